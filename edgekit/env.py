@@ -1,0 +1,21 @@
+"""Environment variables edgekit reads, all in one place."""
+
+from __future__ import annotations
+
+import os
+
+
+def debug() -> bool:
+    """EDGEKIT_DEBUG=1 shows tracebacks for user errors too (same as ``--debug``)."""
+    return os.environ.get("EDGEKIT_DEBUG", "") not in ("", "0", "false")
+
+
+def default_model_dir() -> str | None:
+    """EDGEKIT_DEFAULT_MODEL overrides where ``--model default`` points."""
+    return os.environ.get("EDGEKIT_DEFAULT_MODEL") or None
+
+
+def threads() -> int | None:
+    """EDGEKIT_THREADS caps the threads runtimes use (unset: the runtime decides)."""
+    value = os.environ.get("EDGEKIT_THREADS")
+    return int(value) if value else None

@@ -1,0 +1,47 @@
+"""User-facing errors.
+
+Anything raised as an :class:`EdgekitError` is a user error: the CLI prints it as one
+line with its hint and exits with code 2, without a traceback. Anything else is a bug.
+"""
+
+from __future__ import annotations
+
+
+class EdgekitError(Exception):
+    """A user error: bad input, missing runtime, failed check."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class ConfigError(EdgekitError):
+    """An invalid option, recipe or device-profile field."""
+
+
+class CheckpointError(EdgekitError):
+    """A model directory that is missing, corrupt or unsupported."""
+
+
+class DataError(EdgekitError):
+    """A data file that is missing, unreadable or has the wrong schema."""
+
+
+class MissingDependency(EdgekitError):
+    """An optional runtime or library is not installed."""
+
+
+class TargetError(EdgekitError):
+    """A target that is unknown, unusable here, or failed to compile or load."""
+
+
+class ArtifactError(EdgekitError):
+    """An artifact directory that is missing, incomplete or tampered with."""
+
+
+class ParityError(EdgekitError):
+    """A runtime's outputs differ from PyTorch's beyond the stated tolerance."""

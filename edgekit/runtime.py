@@ -1,0 +1,71 @@
+"""Deploy side: open an artifact and run it on text, with its own runtime and no torch.
+
+``profile`` and ``eval`` use only this module (plus numpy, tokenizers and the target's
+runtime), so they run on a device that has no torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgekit import artifact, targets
+from edgekit.artifact import Manifest
+from edgekit.errors import ConfigError
+from edgekit.targets.base import Session, TargetOptions
+from edgekit.targets.ort import OrtCpuTarget
+from edgekit.tokenizer import Tokenizer
+
+
+def target_for(manifest: Manifest) -> targets.Target:
+    """The target that runs an artifact: an exported ONNX artifact runs on ONNX Runtime."""
+    return OrtCpuTarget() if manifest.kind == "onnx" else targets.get(manifest.target)
+
+
+class Predictor:
+    """An artifact ready to run: tokenizer + runtime session. Use as a context manager."""
+
+    def __init__(self, artifact_dir: str | Path, *, options: TargetOptions | None = None, verify: bool = True) -> None:
+        self.dir = Path(artifact_dir)
+        self.manifest = artifact.read_manifest(self.dir, verify=verify)
+        self.target = target_for(self.manifest)
+        self.target.check_available()
+        self.tokenizer = Tokenizer(self.dir, self.manifest)
+        self.output = self.manifest.outputs[0].name
+        self._options = options
+        self.session: Session | None = None
+
+    @property
+    def static_batch(self) -> int | None:
+        return self.manifest.static_shape[0] if self.manifest.static_shape else None
+
+    def __enter__(self) -> Predictor:
+        self.session = self.target.load(self.dir, self.manifest, self._options).__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.session is not None:
+            self.session.__exit__(*exc)
+            self.session = None
+
+    def check_batch(self, batch: int) -> None:
+        if self.static_batch is not None and batch != self.static_batch:
+            raise ConfigError(
+                f"{self.dir}: built for the static shape {self.manifest.static_shape}, cannot run batch {batch}",
+                hint=f"use batch {self.static_batch}, or export with dynamic shapes",
+            )
+
+    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """Model only: one call on an already tokenized batch."""
+        return self.session.infer(feed)[self.output]
+
+    def predict(self, texts: list[str], *, batch: int = 16) -> np.ndarray:
+        """Outputs (logits or embeddings) for every text, in batches; static batches padded."""
+        batch = self.static_batch or batch
+        parts = []
+        for i in range(0, len(texts), batch):
+            chunk = texts[i : i + batch]
+            padded = chunk + [chunk[-1]] * (batch - len(chunk)) if self.static_batch else chunk
+            parts.append(self.run(self.tokenizer(padded))[: len(chunk)])
+        return np.concatenate(parts, axis=0)

@@ -1,0 +1,58 @@
+"""The target protocol: every runtime edgekit compiles for implements it.
+
+Profiling and eval only ever talk to a :class:`Session`, so every runtime is measured
+by the same code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from edgekit.artifact import Manifest
+
+
+class TargetOptions(BaseModel):
+    """Base of every target's options: frozen, unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    threads: int | None = None
+
+
+@runtime_checkable
+class Session(Protocol):
+    """A loaded artifact, ready to run. Use as a context manager."""
+
+    input_names: list[str]
+    output_names: list[str]
+
+    def __enter__(self) -> Session: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+@runtime_checkable
+class Target(Protocol):
+    name: ClassVar[str]
+    runtime: ClassVar[str]  # the Python module it needs
+    description: ClassVar[str]
+    options_model: ClassVar[type[TargetOptions]]
+
+    def check_available(self) -> None:
+        """Raise MissingDependency/TargetError saying why this target cannot run here."""
+
+    def compile(self, onnx_dir: Path, manifest: Manifest, options: TargetOptions, out: Path) -> dict[str, Any]:
+        """Write the target's model files into ``out``; return manifest fields to set
+        (``model_file``, ``precision``, ``runtime``, ``settings``)."""
+
+    def load(self, artifact_dir: Path, manifest: Manifest, options: TargetOptions | None = None) -> Session:
+        """Open a compiled artifact for inference."""
+
+
+def runtime_version(module: Any) -> str:
+    return str(getattr(module, "__version__", None) or getattr(module, "get_version", lambda: "?")())
