@@ -1,0 +1,274 @@
+"""The ``edgekit`` command line: parse options, call the library, print the result.
+
+Library modules are imported inside each command so ``edgekit --help`` stays fast and
+never imports torch, openvino or tensorrt.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgekit import env
+from edgekit.errors import ConfigError, EdgekitError
+
+app = typer.Typer(
+    name="edgekit", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Take trained transformer encoders to edge devices: export, compile, profile, eval.",
+)
+console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+ModelArg = Annotated[Optional[str], typer.Argument(help="checkpoint directory, or 'default' (all-MiniLM-L6-v2)", show_default="default")]
+TaskOpt = Annotated[Optional[str], typer.Option(help="classifier | embedding (default: detected from the checkpoint)")]
+StaticOpt = Annotated[Optional[str], typer.Option("--static-shape", help="fixed BATCHxSEQUENCE, e.g. 1x128 (default: dynamic axes)")]
+AtolOpt = Annotated[Optional[float], typer.Option(help="parity: max abs difference to PyTorch (default 1e-3 for fp32)")]
+MinCosOpt = Annotated[Optional[float], typer.Option(help="parity: lowest cosine to PyTorch for embeddings (default 0.9999 for fp32)")]
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks for user errors too")] = False) -> None:
+    _state["debug"] = debug or env.debug()
+
+
+def _tolerance(atol: float | None, min_cosine: float | None, precision: str = "fp32"):
+    from edgekit.parity import TOLERANCES, Tolerance
+
+    base = TOLERANCES.get(precision, Tolerance())
+    updates = {k: v for k, v in {"atol": atol, "min_cosine": min_cosine}.items() if v is not None}
+    if not updates:
+        return None
+    try:
+        return Tolerance.model_validate({**base.model_dump(), **updates})
+    except Exception as err:
+        raise ConfigError(f"invalid tolerance: {str(err).splitlines()[-1].strip()}", hint="atol > 0, -1 <= min-cosine <= 1") from err
+
+
+def _export_options(static_shape: str | None, max_length: int | None, atol: float | None, min_cosine: float | None):
+    from edgekit.export import ExportOptions, parse_shape
+
+    tol = _tolerance(atol, min_cosine)
+    fields = {"static_shape": parse_shape(static_shape), "max_length": max_length}
+    if tol is not None:
+        fields["tolerance"] = tol
+    return ExportOptions(**fields)
+
+
+def _parity_line(p) -> str:
+    figure = f"argmax agreement {p.argmax_agreement:.4f}" if p.argmax_agreement is not None else f"min cosine {p.min_cosine:.6f}"
+    return f"parity vs PyTorch on {p.texts} real texts: max abs diff {p.max_abs_diff:.2e} (atol {p.atol:g}), {figure} -> {'ok' if p.passed else 'FAILED'}"
+
+
+@app.command()
+def export(
+    model: ModelArg = None,
+    out: Annotated[Path, typer.Option(help="artifact directory to write")] = Path("build/model"),
+    task: TaskOpt = None,
+    static_shape: StaticOpt = None,
+    max_length: Annotated[Optional[int], typer.Option(help="cap the sequence length (default: the model's)")] = None,
+    atol: AtolOpt = None,
+    min_cosine: MinCosOpt = None,
+) -> None:
+    """Export a checkpoint to ONNX, checked against PyTorch on real text."""
+    from edgekit.export import export as run_export
+
+    manifest = run_export(model or "default", out, _export_options(static_shape, max_length, atol, min_cosine), task=task)
+    console.print(f"[green]exported[/] {manifest.source.model_type} {manifest.task} -> {out}/{manifest.model_file}")
+    console.print(_parity_line(manifest.parity))
+
+
+@app.command()
+def compile(
+    model: Annotated[Optional[str], typer.Argument(help="checkpoint dir, 'default', or an 'edgekit export' directory")] = None,
+    target: Annotated[list[str], typer.Option("--target", "-t", help="target name (repeatable); see 'edgekit targets'")] = ["ort-cpu"],  # noqa: B006
+    out: Annotated[Path, typer.Option(help="output root: writes OUT/<target>/ (and OUT/onnx/ when exporting)")] = Path("dist/model"),
+    option: Annotated[list[str], typer.Option("--option", "-o", help="target option KEY=VALUE (repeatable), e.g. precision=bf16")] = [],  # noqa: B006
+    task: TaskOpt = None,
+    static_shape: StaticOpt = None,
+    atol: AtolOpt = None,
+    min_cosine: MinCosOpt = None,
+) -> None:
+    """Compile for one or more targets (exports first when given a checkpoint)."""
+    from edgekit import compile as step
+
+    options = {}
+    for item in option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"invalid --option {item!r}", hint="write KEY=VALUE, e.g. --option precision=bf16")
+        options[key.strip()] = value.strip()
+    for name in target:  # fail fast on any bad target before exporting
+        from edgekit import targets
+
+        step.target_options(targets.get(name), options)
+        targets.get(name).check_available()
+    onnx_dir, onnx_manifest = step.ensure_onnx(model or "default", out, task=task, export_options=_export_options(static_shape, None, atol, min_cosine))
+    for name in target:
+        precision = options.get("precision", "fp32")
+        manifest = step.compile_artifact(onnx_dir, onnx_manifest, name, out / name, options=options, tolerance=_tolerance(atol, min_cosine, precision))
+        console.print(f"[green]compiled[/] {name} ({manifest.precision}) -> {out / name}")
+        console.print("  " + _parity_line(manifest.parity))
+
+
+def _latency_table(reports) -> Table:
+    t = Table(title="latency (ms) and throughput")
+    for col in ("artifact", "what", "p50", "p90", "p99", "mean", "n"):
+        t.add_column(col, justify="right" if col not in ("artifact", "what") else "left")
+    for r in reports:
+        ft = r.first_token
+        label = f"b1 s{ft.seq_len}" if ft.seq_len else f"b1 text (mean {ft.mean_tokens:.0f} tok)"
+        for what, s in ((f"first-token model-only {label}", ft.model_only), (f"first-token end-to-end {label}", ft.end_to_end)):
+            t.add_row(r.artifact.target, what, f"{s.p50:.2f}", f"{s.p90:.2f}", f"{s.p99:.2f}", f"{s.mean:.2f}", str(s.n))
+        if r.cold_first_result:
+            c = r.cold_first_result
+            t.add_row(r.artifact.target, f"cold first result (start->loaded {c.process_start_to_loaded_ms:.0f} ms)", f"{c.total_ms:.1f}", "", "", "", str(c.runs))
+        for p in r.throughput:
+            t.add_row(r.artifact.target, f"throughput b{p.batch} s{p.seq_len}{' (best)' if p.best else ''}", f"{p.latency_ms_p50:.2f}", "", "", "", f"{p.seq_per_s:.1f} seq/s, {p.tokens_per_s:.0f} tok/s")
+    return t
+
+
+@app.command()
+def profile(
+    artifact_dir: Annotated[Path, typer.Argument(help="artifact directory (from compile or export)")],
+    seq_len: Annotated[int, typer.Option(help="fixed sequence length (first-token and throughput)")] = 128,
+    text_file: Annotated[Optional[Path], typer.Option(help="draw first-token inputs from this real text file (.txt/.jsonl/.csv)")] = None,
+    batches: Annotated[str, typer.Option(help="throughput sweep batch sizes, comma-separated")] = "1,4,16,32",
+    seconds: Annotated[float, typer.Option(help="time budget per measured point")] = 2.0,
+    min_runs: Annotated[int, typer.Option(help="timed runs per point, at least")] = 20,
+    cold_runs: Annotated[int, typer.Option(help="fresh-process cold starts (0 skips)")] = 3,
+    threads: Annotated[Optional[int], typer.Option(help="runtime threads (default: the runtime's)")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="report path (default: ARTIFACT_DIR/../reports/<target>.profile.json)")] = None,
+) -> None:
+    """Latency (first-token, cold start), throughput and memory, measured with the artifact's own runtime."""
+    from edgekit import artifact
+    from edgekit.profile import ProfileOptions, profile as run_profile
+
+    try:
+        batch_list = [int(b) for b in batches.split(",") if b.strip()]
+        opts = ProfileOptions(seq_len=seq_len, text_file=text_file, batches=batch_list, seconds_per_point=seconds, min_runs=min_runs, cold_runs=cold_runs, threads=threads)
+    except ValueError as err:
+        raise ConfigError(f"invalid profile option: {str(err).splitlines()[-1].strip()}", hint="see 'edgekit profile --help'") from err
+    with console.status("profiling") as status:
+        report = run_profile(artifact_dir, opts, progress=lambda m: status.update(f"profiling: {m}"))
+    console.print(_latency_table([report]))
+    if report.memory.peak_rss_mb:
+        console.print(f"peak RSS {report.memory.peak_rss_mb:.0f} MB ({report.memory.source})")
+    for w in report.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    path = json_out or artifact_dir.resolve().parent / "reports" / f"{report.artifact.target}.profile.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    artifact.write_json(path, report.model_dump())
+    console.print(f"report: {path}")
+
+
+@app.command(name="eval")
+def eval_(
+    artifact_dir: Annotated[Path, typer.Argument(help="artifact directory (from compile or export)")],
+    data: Annotated[Path, typer.Option(help="JSONL/CSV: {text,label} for classifiers; {query,doc} pairs or {text} for embedding models")],
+    batch: Annotated[int, typer.Option(help="batch size")] = 16,
+    fidelity: Annotated[bool, typer.Option(help="also compare with the source PyTorch model (needs torch)")] = True,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="report path (default: ARTIFACT_DIR/../reports/<target>.eval.json)")] = None,
+) -> None:
+    """Accuracy of the artifact itself on your data (and fidelity to the PyTorch model)."""
+    from edgekit import artifact
+    from edgekit.eval import evaluate
+
+    with console.status("evaluating") as status:
+        report = evaluate(artifact_dir, data, batch=batch, fidelity=fidelity, progress=lambda m: status.update(f"eval: {m}"))
+    t = Table(title=f"{report.target} on {data.name} ({report.n} texts)")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in report.metrics.items():
+        t.add_row(k, f"{v:.4f}")
+    console.print(t)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    path = json_out or artifact_dir.resolve().parent / "reports" / f"{report.target}.eval.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    artifact.write_json(path, report.model_dump())
+    console.print(f"report: {path}")
+
+
+@app.command(name="targets")
+def targets_() -> None:
+    """List compilation targets and whether each is usable here."""
+    from edgekit.quickstart import usable_targets
+    from edgekit.targets import TARGETS
+
+    _, skipped = usable_targets()
+    t = Table(title="targets")
+    for col in ("target", "runtime", "usable here", "description"):
+        t.add_column(col)
+    for name, cls in TARGETS.items():
+        t.add_row(name, cls.runtime, "[green]yes[/]" if name not in skipped else f"[red]no[/]: {skipped[name]}", cls.description)
+    console.print(t)
+
+
+@app.command(name="devices")
+def devices_() -> None:
+    """List device profiles (devices/*.yaml) and whether each is usable here."""
+    from edgekit import devices
+
+    t = Table(title="device profiles")
+    for col in ("device", "targets", "precisions", "usable here", "description"):
+        t.add_column(col)
+    for name, p in devices.all_profiles().items():
+        ok, why = devices.usable_here(p)
+        t.add_row(name, ", ".join(p.targets), ", ".join(p.precisions), f"[green]yes[/] ({why})" if ok else f"[red]no[/]: {why}", p.description)
+    console.print(t)
+
+
+@app.command()
+def quickstart(
+    model: ModelArg = None,
+    out: Annotated[Path, typer.Option(help="output root")] = Path("dist/quickstart"),
+    data: Annotated[Optional[Path], typer.Option(help="eval data (default: shipped real query/doc pairs)")] = None,
+    seconds: Annotated[float, typer.Option(help="time budget per profiled point")] = 1.0,
+) -> None:
+    """The main job: export -> compile for every usable target -> eval -> profile -> summary."""
+    from edgekit.profile import ProfileOptions
+    from edgekit.quickstart import run
+
+    summary = run(model or "default", out, eval_data=data, profile_options=ProfileOptions(seconds_per_point=seconds, batches=[1, 8, 32], cold_runs=2),
+                  say=lambda m: console.print(f"[cyan]>[/] {m}"))
+    name = summary.name
+    q = Table(title=f"{name}: quality of each artifact on {summary.eval_data}")
+    for col in ("target", *summary.quality_metrics, "parity max|diff|", "size MB"):
+        q.add_column(col, justify="left" if col == "target" else "right")
+    for r in summary.rows:
+        q.add_row(r.target, *(f"{r.eval.metrics[k]:.4f}" for k in summary.quality_metrics), f"{r.parity_max_abs_diff:.1e}", f"{r.size_mb:.1f}")
+    console.print(q)
+    s = Table(title=f"{name}: speed on this machine (ms unless noted)")
+    for col in ("target", "b1 s128 p50", "p90", "p99", "e2e p50", "best seq/s", "tok/s", "cold first"):
+        s.add_column(col, justify="left" if col == "target" else "right")
+    for r in summary.rows:
+        ft, cold = r.profile.first_token, r.profile.cold_first_result
+        best = next(p for p in r.profile.throughput if p.best)
+        s.add_row(r.target, f"{ft.model_only.p50:.1f}", f"{ft.model_only.p90:.1f}", f"{ft.model_only.p99:.1f}", f"{ft.end_to_end.p50:.1f}",
+                  f"{best.seq_per_s:.1f} (b{best.batch})", f"{best.tokens_per_s:.0f}", f"{cold.total_ms:.0f}" if cold else "-")
+    console.print(s)
+    for name, why in summary.skipped.items():
+        console.print(f"[yellow]skipped[/] {name}: {why}")
+    console.print(f"artifacts and reports under {out}/ (summary.json, reports/*.json)")
+
+
+def main() -> None:
+    """Console entry point: user errors are one line and exit code 2."""
+    try:
+        app()
+    except EdgekitError as err:
+        if _state["debug"] or env.debug():
+            raise
+        hint = f" (hint: {err.hint})" if err.hint else ""
+        err_console.print(f"[red]error:[/] {err.message}{hint}", soft_wrap=True, highlight=False, markup=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

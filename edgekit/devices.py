@@ -1,0 +1,110 @@
+"""Device profiles: YAML files describing a target device, validated by one schema.
+
+Shipped profiles live in the repository's ``devices/`` folder (packaged as
+``edgekit/_devices``); ``edgekit devices`` lists them and says whether each is usable here.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edgekit.errors import ConfigError
+from edgekit.targets import TARGETS
+
+SCHEMA_VERSION = 1
+
+
+class DeviceProfile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    schema_version: Literal[1] = 1
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    description: str
+    arch: Literal["x86_64", "aarch64"]
+    cpu_flags: list[str] = []
+    targets: list[str] = Field(min_length=1)
+    precisions: list[Literal["fp32", "fp16", "bf16", "int8"]] = ["fp32"]
+    static_shapes: bool = False
+    threads: int | None = Field(None, ge=1)
+    memory_gb: float | None = Field(None, gt=0)
+    profile: str = "run 'edgekit profile' on the device itself"
+
+    @field_validator("targets")
+    @classmethod
+    def _known_targets(cls, targets: list[str]) -> list[str]:
+        unknown = [t for t in targets if t not in TARGETS]
+        if unknown:
+            raise ValueError(f"unknown target {unknown[0]!r}; known targets: {', '.join(TARGETS)}")
+        return targets
+
+
+def devices_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_devices", here.parent / "devices"):
+        if candidate.is_dir():
+            return candidate
+    raise ConfigError("no devices/ folder found next to edgekit", hint="reinstall edgekit")
+
+
+def load_profile(path: str | Path) -> DeviceProfile:
+    """Read one device profile; a bad field is one line naming the file and field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read YAML ({str(err).splitlines()[0]})", hint="fix the file's syntax") from err
+    try:
+        return DeviceProfile.model_validate(raw)
+    except ValidationError as err:
+        e = err.errors()[0]
+        field = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        raise ConfigError(f"{path}: {field}: {e['msg']}", hint=f"fields: {', '.join(DeviceProfile.model_fields)}") from err
+
+
+def all_profiles() -> dict[str, DeviceProfile]:
+    profiles = {}
+    for f in sorted(devices_dir().glob("*.yaml")):
+        p = load_profile(f)
+        if p.name != f.stem:
+            raise ConfigError(f"{f}: name {p.name!r} differs from the file name", hint=f"name it {f.stem!r}")
+        profiles[p.name] = p
+    return profiles
+
+
+def get(name: str) -> DeviceProfile:
+    profiles = all_profiles()
+    if name not in profiles:
+        raise ConfigError(f"unknown device {name!r}", hint=f"known devices: {', '.join(profiles)}")
+    return profiles[name]
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def usable_here(profile: DeviceProfile) -> tuple[bool, str]:
+    """(usable, reason): right architecture, CPU flags present, a target runtime available."""
+    machine = platform.machine().lower().replace("arm64", "aarch64").replace("amd64", "x86_64")
+    if machine != profile.arch:
+        return False, f"this machine is {machine}, the device is {profile.arch}"
+    missing = [f for f in profile.cpu_flags if f not in cpu_flags()]
+    if missing:
+        return False, f"CPU lacks {', '.join(missing)}"
+    reasons = []
+    for name in profile.targets:
+        try:
+            TARGETS[name]().check_available()
+            return True, f"runs here with {name}"
+        except Exception as err:  # noqa: BLE001 - any failure just means "not usable"
+            reasons.append(f"{name}: {err}")
+    return False, "; ".join(reasons)

@@ -1,0 +1,220 @@
+"""Shared fixtures: tiny random-weight checkpoints built offline, and their exports.
+
+Every checkpoint is a real Hugging Face directory (``save_pretrained``: config.json,
+model.safetensors, tokenizer.json) with hidden size 32, 2 layers and 2 heads, so loading
+and exporting one takes about a second. Tokenizers are real fast tokenizers built from
+the sentences shipped in ``edgekit/data``: a WordPiece vocabulary for BERT and
+DistilBERT, a byte-level BPE trained on the spot for RoBERTa. Nothing is downloaded.
+
+What each checkpoint holds (tests rely on these facts):
+
+====================  ==========  =======================================  ==========
+name                  task        pooling / normalize (from)               max_length
+====================  ==========  =======================================  ==========
+bert-embedding        embedding   mean, normalized (sentence-transformers)  64 (sentence_bert_config)
+roberta-embedding     embedding   cls, not normalized (sentence-transf.)    126 (128 - 2)
+distilbert-embedding  embedding   mean, not normalized (default)            96 (tokenizer model_max_length)
+*-classifier          classifier  labels negative/neutral/positive          126 roberta, else 128
+====================  ==========  =======================================  ==========
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from edgekit import data
+
+ARCHS = ("bert", "roberta", "distilbert")
+TASKS = ("embedding", "classifier")
+NAMES = tuple(f"{arch}-{task}" for arch in ARCHS for task in TASKS)
+
+HIDDEN = 32
+MAX_POSITIONS = 128
+LABELS = ("negative", "neutral", "positive")
+# max_length that checkpoint.inspect must find for each checkpoint (see the table above).
+MAX_LENGTH = {
+    "bert-embedding": 64,
+    "bert-classifier": 128,
+    "roberta-embedding": 126,
+    "roberta-classifier": 126,
+    "distilbert-embedding": 96,
+    "distilbert-classifier": 128,
+}
+WORDPIECE_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+BPE_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")  # ids 0..4; RoBERTa pads with 1
+
+
+def _sentences() -> list[str]:
+    return data.sample_texts()
+
+
+def _wordpiece_vocab(path: Path) -> Path:
+    words = sorted({w for s in _sentences() for w in re.findall(r"\w+|[^\w\s]", s.lower())})
+    path.write_text("\n".join([*WORDPIECE_SPECIALS, *words]) + "\n")
+    return path
+
+
+def _bpe_tokenizer():
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(_sentences(), vocab_size=1000, min_frequency=2, special_tokens=list(BPE_SPECIALS), show_progress=False)
+    return bpe._tokenizer
+
+
+def _tokenizer(arch: str, workdir: Path):
+    import transformers
+
+    if arch == "roberta":
+        return transformers.RobertaTokenizerFast(tokenizer_object=_bpe_tokenizer())
+    vocab = workdir / "vocab.txt"
+    if not vocab.exists():
+        _wordpiece_vocab(vocab)
+    cls = transformers.BertTokenizerFast if arch == "bert" else transformers.DistilBertTokenizerFast
+    # transformers 5 takes the vocabulary as ``vocab`` (a path or a dict); ``vocab_file``
+    # is silently ignored there and gives a tokenizer of 5 special tokens.
+    return cls(vocab=str(vocab))
+
+
+def _config(arch: str, vocab_size: int, task: str):
+    import transformers
+
+    head = {}
+    if task == "classifier":
+        head = {"num_labels": len(LABELS), "id2label": dict(enumerate(LABELS)), "label2id": {n: i for i, n in enumerate(LABELS)}}
+    if arch == "distilbert":
+        return transformers.DistilBertConfig(
+            vocab_size=vocab_size, dim=HIDDEN, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=MAX_POSITIONS, **head
+        )
+    common = dict(
+        vocab_size=vocab_size, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=MAX_POSITIONS, **head,
+    )
+    if arch == "roberta":
+        return transformers.RobertaConfig(**common, pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1)
+    return transformers.BertConfig(**common)
+
+
+_MODEL_CLASSES = {
+    ("bert", "embedding"): "BertModel",
+    ("bert", "classifier"): "BertForSequenceClassification",
+    ("roberta", "embedding"): "RobertaModel",
+    ("roberta", "classifier"): "RobertaForSequenceClassification",
+    ("distilbert", "embedding"): "DistilBertModel",
+    ("distilbert", "classifier"): "DistilBertForSequenceClassification",
+}
+
+
+def _sentence_transformers_files(out: Path, *, pooling: str, normalize: bool, max_seq_length: int | None) -> None:
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (out / "2_Normalize").mkdir()
+    (out / "modules.json").write_text(json.dumps(modules, indent=2))
+    (out / "1_Pooling").mkdir()
+    (out / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": HIDDEN,
+        "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean",
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }))
+    if max_seq_length is not None:
+        (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}))
+
+
+def build_checkpoint(name: str, out: Path, *, seed: int = 0) -> Path:
+    """Write the tiny random-weight checkpoint ``name`` (e.g. ``roberta-classifier``) to ``out``."""
+    import torch
+    import transformers
+
+    arch, task = name.split("-")
+    out.mkdir(parents=True)
+    tokenizer = _tokenizer(arch, out.parent)
+    if arch == "distilbert" and task == "embedding":
+        tokenizer.model_max_length = 96
+    torch.manual_seed(seed)
+    model = getattr(transformers, _MODEL_CLASSES[arch, task])(_config(arch, len(tokenizer), task)).eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    if name == "bert-embedding":
+        _sentence_transformers_files(out, pooling="mean", normalize=True, max_seq_length=64)
+    elif name == "roberta-embedding":
+        _sentence_transformers_files(out, pooling="cls", normalize=False, max_seq_length=None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """All six tiny checkpoints, by name (``bert-embedding``, ..., ``distilbert-classifier``)."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {name: build_checkpoint(name, root / name, seed=i) for i, name in enumerate(NAMES)}
+
+
+@pytest.fixture(params=NAMES)
+def checkpoint_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def copy_checkpoint(checkpoints, tmp_path) -> Callable[[str], Path]:
+    """A fresh copy of a tiny checkpoint under tmp_path, safe to damage."""
+
+    def copy(name: str = "bert-embedding") -> Path:
+        return Path(shutil.copytree(checkpoints[name], tmp_path / f"copy-{name}"))
+
+    return copy
+
+
+@pytest.fixture(scope="session")
+def encoders(checkpoints) -> Callable[[str], object]:
+    """Loaded :class:`edgekit.load.Encoder` per checkpoint name, each loaded once."""
+    from edgekit.load import load
+
+    cache: dict[str, object] = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = load(checkpoints[name])
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def exported(checkpoints, encoders, tmp_path_factory) -> Callable[[str], Path]:
+    """ONNX artifact dir (``edgekit.export.export``) per checkpoint name, each exported once."""
+    from edgekit.export import export
+
+    root = tmp_path_factory.mktemp("exported")
+    cache: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            export(encoders(name), root / name)
+            cache[name] = root / name
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def bert_onnx(exported) -> Path:
+    """The exported ONNX artifact of the tiny BERT embedding model."""
+    return exported("bert-embedding")
+
+
+@pytest.fixture(scope="session")
+def texts() -> list[str]:
+    """A few real sentences of varied length, plus one longer than every max_length."""
+    sents = _sentences()
+    return [sents[0], sents[7], "Yes.", sents[100], " ".join(sents[200:215])]
