@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgekit import env
@@ -138,7 +139,7 @@ def profile(
     artifact_dir: Annotated[Path, typer.Argument(help="artifact directory (from compile or export)")],
     seq_len: Annotated[int, typer.Option(help="fixed sequence length (first-token and throughput)")] = 128,
     text_file: Annotated[Optional[Path], typer.Option(help="draw first-token inputs from this real text file (.txt/.jsonl/.csv)")] = None,
-    batches: Annotated[str, typer.Option(help="throughput sweep batch sizes, comma-separated")] = "1,4,16,32",
+    batches: Annotated[Optional[str], typer.Option(help="throughput sweep batch sizes, comma-separated (default 1,4,16,32; a static artifact: its batch)")] = None,
     seconds: Annotated[float, typer.Option(help="time budget per measured point")] = 2.0,
     min_runs: Annotated[int, typer.Option(help="timed runs per point, at least")] = 20,
     cold_runs: Annotated[int, typer.Option(help="fresh-process cold starts (0 skips)")] = 3,
@@ -150,7 +151,7 @@ def profile(
     from edgekit.profile import ProfileOptions, profile as run_profile
 
     try:
-        batch_list = [int(b) for b in batches.split(",") if b.strip()]
+        batch_list = [int(b) for b in batches.split(",") if b.strip()] if batches else None
         opts = ProfileOptions(seq_len=seq_len, text_file=text_file, batches=batch_list, seconds_per_point=seconds, min_runs=min_runs, cold_runs=cold_runs, threads=threads)
     except ValueError as err:
         raise ConfigError(f"invalid profile option: {str(err).splitlines()[-1].strip()}", hint="see 'edgekit profile --help'") from err
@@ -160,7 +161,7 @@ def profile(
     if report.memory.peak_rss_mb:
         console.print(f"peak RSS {report.memory.peak_rss_mb:.0f} MB ({report.memory.source})")
     for w in report.warnings:
-        console.print(f"[yellow]warning:[/] {w}")
+        console.print(f"[yellow]warning:[/] {escape(w)}")
     path = json_out or artifact_dir.resolve().parent / "reports" / f"{report.artifact.target}.profile.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     artifact.write_json(path, report.model_dump())
@@ -188,7 +189,7 @@ def eval_(
         t.add_row(k, f"{v:.4f}")
     console.print(t)
     for note in report.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {escape(note)}")
     path = json_out or artifact_dir.resolve().parent / "reports" / f"{report.target}.eval.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     artifact.write_json(path, report.model_dump())
@@ -204,9 +205,9 @@ def targets_() -> None:
     _, skipped = usable_targets()
     t = Table(title="targets")
     for col in ("target", "runtime", "usable here", "description"):
-        t.add_column(col)
+        t.add_column(col, no_wrap=col == "target")
     for name, cls in TARGETS.items():
-        t.add_row(name, cls.runtime, "[green]yes[/]" if name not in skipped else f"[red]no[/]: {skipped[name]}", cls.description)
+        t.add_row(name, cls.runtime, "[green]yes[/]" if name not in skipped else f"[red]no[/]: {escape(skipped[name])}", cls.description)
     console.print(t)
 
 
@@ -217,10 +218,10 @@ def devices_() -> None:
 
     t = Table(title="device profiles")
     for col in ("device", "targets", "precisions", "usable here", "description"):
-        t.add_column(col)
+        t.add_column(col, no_wrap=col == "device")
     for name, p in devices.all_profiles().items():
         ok, why = devices.usable_here(p)
-        t.add_row(name, ", ".join(p.targets), ", ".join(p.precisions), f"[green]yes[/] ({why})" if ok else f"[red]no[/]: {why}", p.description)
+        t.add_row(name, ", ".join(p.targets), ", ".join(p.precisions), f"[green]yes[/] ({escape(why)})" if ok else f"[red]no[/]: {escape(why)}", p.description)
     console.print(t)
 
 
@@ -235,7 +236,7 @@ def quickstart(
     from edgekit.profile import ProfileOptions
     from edgekit.quickstart import run
 
-    summary = run(model or "default", out, eval_data=data, profile_options=ProfileOptions(seconds_per_point=seconds, batches=[1, 8, 32], cold_runs=2),
+    summary = run(model or "default", out, eval_data=data, profile_options=ProfileOptions(seconds_per_point=seconds, min_runs=10, batches=[1, 8, 32], cold_runs=2),
                   say=lambda m: console.print(f"[cyan]>[/] {m}"))
     name = summary.name
     q = Table(title=f"{name}: quality of each artifact on {summary.eval_data}")
@@ -254,7 +255,7 @@ def quickstart(
                   f"{best.seq_per_s:.1f} (b{best.batch})", f"{best.tokens_per_s:.0f}", f"{cold.total_ms:.0f}" if cold else "-")
     console.print(s)
     for name, why in summary.skipped.items():
-        console.print(f"[yellow]skipped[/] {name}: {why}")
+        console.print(f"[yellow]skipped[/] {name}: {escape(why)}")
     console.print(f"artifacts and reports under {out}/ (summary.json, reports/*.json)")
 
 
@@ -266,7 +267,7 @@ def main() -> None:
         if _state["debug"] or env.debug():
             raise
         hint = f" (hint: {err.hint})" if err.hint else ""
-        err_console.print(f"[red]error:[/] {err.message}{hint}", soft_wrap=True, highlight=False, markup=True)
+        err_console.print(f"[red]error:[/] {escape(err.message)}{escape(hint)}", soft_wrap=True, highlight=False)
         sys.exit(2)
 
 

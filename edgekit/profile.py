@@ -31,6 +31,7 @@ from edgekit.errors import ConfigError, TargetError
 from edgekit.runtime import Predictor
 
 SCHEMA_VERSION = 1
+DEFAULT_BATCHES = [1, 4, 16, 32]
 INCLUDES = {
     "model_only": "one synchronous inference call on an already-tokenized batch-1 input held in host memory; output copied to a numpy array",
     "end_to_end": "tokenization of the raw text (tokenizers library) + the model-only call",
@@ -140,7 +141,7 @@ class ProfileOptions(_M):
     max_runs: int = Field(2000, ge=3)
     seq_len: int = Field(128, ge=4, description="sequence length for fixed-length points and the throughput sweep")
     text_file: Path | None = Field(None, description="draw first-token inputs from this real text file")
-    batches: list[int] = Field(default_factory=lambda: [1, 4, 16, 32])
+    batches: list[int] | None = Field(None, description="throughput sweep (default: 1, 4, 16, 32; a static artifact: its batch)")
     cold_runs: int = Field(3, ge=0, description="fresh-process cold starts (0 skips)")
     threads: int | None = None
 
@@ -277,12 +278,9 @@ def profile(artifact_dir: str | Path, options: ProfileOptions = ProfileOptions()
         seq_len = static[1] if static else options.seq_len
         if seq_len > pred.tokenizer.max_length:
             raise ConfigError(f"seq_len {seq_len} exceeds the artifact's max length {pred.tokenizer.max_length}", hint=f"use --seq-len <= {pred.tokenizer.max_length}")
-        batches = options.batches
-        if static:
-            bad = [b for b in batches if b != static[0]]
-            if bad and batches != [1, 4, 16, 32]:
-                pred.check_batch(bad[0])
-            batches = [static[0]]
+        batches = options.batches or ([static[0]] if static else DEFAULT_BATCHES)
+        for b in batches:
+            pred.check_batch(b)
         long_text = fixed_length_text(pred, seq_len)
 
         say("first-token latency")

@@ -61,7 +61,7 @@ def run(model: str | Path | None, out: str | Path, *, eval_data: str | Path | No
     say("export: checkpoint -> ONNX (+ parity vs PyTorch)")
     onnx_dir, onnx_manifest = compile_step.ensure_onnx(model, out)
     eval_file = Path(eval_data) if eval_data else data.shipped(data.SAMPLE_PAIRS)
-    opts = profile_options or ProfileOptions(seconds_per_point=1.0, batches=[1, 8, 32], cold_runs=2)
+    opts = profile_options or ProfileOptions(seconds_per_point=1.0, min_runs=10, batches=[1, 8, 32], cold_runs=2)
     rows = []
     for name in names:
         say(f"compile: {name}")

@@ -214,6 +214,16 @@ def bert_onnx(exported) -> Path:
 
 
 @pytest.fixture(scope="session")
+def static_bert_onnx(encoders, tmp_path_factory) -> Path:
+    """The tiny BERT embedding model exported with the static shape (2, 16)."""
+    from edgekit.export import ExportOptions, export
+
+    out = tmp_path_factory.mktemp("static") / "bert-embedding-2x16"
+    export(encoders("bert-embedding"), out, ExportOptions(static_shape=(2, 16)))
+    return out
+
+
+@pytest.fixture(scope="session")
 def texts() -> list[str]:
     """A few real sentences of varied length, plus one longer than every max_length."""
     sents = _sentences()

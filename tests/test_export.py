@@ -86,10 +86,10 @@ def test_parity_reference_holds_torch_outputs(exported, encoders):
     np.testing.assert_allclose(encoder.run(feed), reference, atol=1e-6)
 
 
-def test_static_shape_export_has_fixed_dims(encoders, tmp_path):
+def test_static_shape_export_has_fixed_dims(encoders, static_bert_onnx):
     encoder = encoders("bert-embedding")
-    manifest = export(encoder, tmp_path / "static", ExportOptions(static_shape=(2, 16)))
-    model = onnx.load(str(tmp_path / "static" / MODEL_FILE))
+    manifest = artifact.read_manifest(static_bert_onnx)
+    model = onnx.load(str(static_bert_onnx / MODEL_FILE))
     for i in model.graph.input:
         assert _dims(i) == [2, 16]
     assert _dims(model.graph.output[0]) == [2, HIDDEN]
@@ -97,7 +97,7 @@ def test_static_shape_export_has_fixed_dims(encoders, tmp_path):
     assert [i.shape for i in manifest.inputs] == [[2, 16]] * 3
     assert manifest.parity.passed
 
-    sess = _session(tmp_path / "static")
+    sess = _session(static_bert_onnx)
     feed = encoder.tokenize(["Yes.", "The simple form"], pad_to=16)
     np.testing.assert_allclose(sess.run(None, feed)[0], encoder.run(feed), atol=1e-4)
     with pytest.raises(Exception, match="(?i)dimension|shape"):
