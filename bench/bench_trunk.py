@@ -24,7 +24,8 @@ from pathlib import Path
 
 from edgekit import compile as compile_step, data
 from edgekit.load import load
-from edgekit.profile import fixed_length_text, latency_stats
+from edgekit.profile import fixed_length_text
+from edgekit.report import latency_stats
 from edgekit.runtime import Predictor
 
 

@@ -143,8 +143,12 @@ def read_manifest(root: str | Path, *, verify: bool = True) -> Manifest:
         raise ArtifactError(f"{root}: no {MANIFEST}, so not a finished edgekit artifact", hint="re-run the export or compile that makes it")
     try:
         manifest = Manifest.model_validate(json.loads(path.read_text()))
-    except (json.JSONDecodeError, ValidationError) as err:
-        raise ArtifactError(f"{path}: invalid manifest ({str(err).splitlines()[0]})", hint="re-run the export or compile that makes it") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ArtifactError(f"{path}: invalid manifest, not readable JSON ({err})", hint="re-run the export or compile that makes it") from err
+    except ValidationError as err:
+        e = err.errors()[0]
+        field = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        raise ArtifactError(f"{path}: invalid manifest: {field}: {e['msg']}", hint="re-run the export or compile that makes it") from err
     if verify:
         for name, entry in manifest.files.items():
             f = root / name
@@ -170,11 +174,11 @@ def staging(out: str | Path) -> Iterator[Path]:
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; an artifact gets normal permissions
     except OSError as err:
         raise ConfigError(f"{out}: cannot write the output directory ({err.strerror})", hint="choose a writable --out path") from err
+    old = None
     try:
         yield tmp
         if not (tmp / MANIFEST).exists():
             raise RuntimeError(f"step finished without writing {MANIFEST} in {tmp}")
-        old = None
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)
@@ -183,6 +187,8 @@ def staging(out: str | Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not out.exists():
+            os.replace(old, out)  # put the previous artifact back
         raise
 
 

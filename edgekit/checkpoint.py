@@ -88,7 +88,10 @@ def _check_safetensors(path: Path) -> None:
             header = json.loads(f.read(n))
     except (struct.error, ValueError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path}: unreadable safetensors header ({err})", hint=hint) from err
-    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    try:
+        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    except (AttributeError, KeyError, TypeError, IndexError, ValueError) as err:
+        raise CheckpointError(f"{path}: safetensors header does not describe tensors ({type(err).__name__}: {err})", hint=hint) from err
     if 8 + n + end > size:
         raise CheckpointError(f"{path}: truncated ({size} bytes, tensors need {8 + n + end})", hint=hint)
 
@@ -152,6 +155,8 @@ def inspect(model: str | Path | None, task: str | None = None, pooling: str | No
     if not (path / "config.json").exists():
         raise CheckpointError(f"{path}: no config.json, so not a Hugging Face checkpoint", hint="save it with save_pretrained(dir)")
     config = _read_json(path / "config.json")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path / 'config.json'}: expected a JSON object, got {type(config).__name__}", hint="re-save the checkpoint with save_pretrained()")
     model_type = config.get("model_type")
     if model_type not in SPECS:
         raise CheckpointError(

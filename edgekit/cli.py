@@ -117,55 +117,63 @@ def compile(
         console.print("  " + _parity_line(manifest.parity))
 
 
-def _latency_table(reports) -> Table:
-    t = Table(title="latency (ms) and throughput")
-    for col in ("artifact", "what", "p50", "p90", "p99", "mean", "n"):
-        t.add_column(col, justify="right" if col not in ("artifact", "what") else "left")
-    for r in reports:
-        ft = r.first_token
-        label = f"b1 s{ft.seq_len}" if ft.seq_len else f"b1 text (mean {ft.mean_tokens:.0f} tok)"
-        for what, s in ((f"first-token model-only {label}", ft.model_only), (f"first-token end-to-end {label}", ft.end_to_end)):
-            t.add_row(r.artifact.target, what, f"{s.p50:.2f}", f"{s.p90:.2f}", f"{s.p99:.2f}", f"{s.mean:.2f}", str(s.n))
-        if r.cold_first_result:
-            c = r.cold_first_result
-            t.add_row(r.artifact.target, f"cold first result (start->loaded {c.process_start_to_loaded_ms:.0f} ms)", f"{c.total_ms:.1f}", "", "", "", str(c.runs))
-        for p in r.throughput:
-            t.add_row(r.artifact.target, f"throughput b{p.batch} s{p.seq_len}{' (best)' if p.best else ''}", f"{p.latency_ms_p50:.2f}", "", "", "", f"{p.seq_per_s:.1f} seq/s, {p.tokens_per_s:.0f} tok/s")
-    return t
-
-
 @app.command()
 def profile(
-    artifact_dir: Annotated[Path, typer.Argument(help="artifact directory (from compile or export)")],
+    artifacts: Annotated[list[Path], typer.Argument(help="artifact directories (from compile or export); several are compared")],
+    compare: Annotated[bool, typer.Option("--compare", help="compare the artifacts in one interleaved run (implied by several)")] = False,
     seq_len: Annotated[int, typer.Option(help="fixed sequence length (first-token and throughput)")] = 128,
+    seq_lens: Annotated[Optional[str], typer.Option(help="also sweep batch-1 latency over these lengths, e.g. 16,32,64,128,256")] = None,
     text_file: Annotated[Optional[Path], typer.Option(help="draw first-token inputs from this real text file (.txt/.jsonl/.csv)")] = None,
     batches: Annotated[Optional[str], typer.Option(help="throughput sweep batch sizes, comma-separated (default 1,4,16,32; a static artifact: its batch)")] = None,
     seconds: Annotated[float, typer.Option(help="time budget per measured point")] = 2.0,
     min_runs: Annotated[int, typer.Option(help="timed runs per point, at least")] = 20,
     cold_runs: Annotated[int, typer.Option(help="fresh-process cold starts (0 skips)")] = 3,
     threads: Annotated[Optional[int], typer.Option(help="runtime threads (default: the runtime's)")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="report path (default: ARTIFACT_DIR/../reports/<target>.profile.json)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="report folder (default: FIRST_ARTIFACT/../reports)")] = None,
+    plots: Annotated[bool, typer.Option(help="write PNG plots (needs matplotlib)")] = True,
+    host: Annotated[Optional[str], typer.Option(help="profile on a remote device over SSH, e.g. user@jetson (artifact copied there)")] = None,
+    remote_edgekit: Annotated[str, typer.Option(help="the edgekit command on the remote host")] = "edgekit",
+    port: Annotated[Optional[int], typer.Option(help="SSH port of --host")] = None,
 ) -> None:
-    """Latency (first-token, cold start), throughput and memory, measured with the artifact's own runtime."""
-    from edgekit import artifact
-    from edgekit.profile import ProfileOptions, profile as run_profile
+    """Latency (first-token, cold start), throughput and memory, measured with each artifact's own runtime.
+
+    Writes JSON, a Markdown summary and PNG plots; with several artifacts, measures them in
+    one interleaved run and reports ratios to the first.
+    """
+    from edgekit import profile as step, report as schema
+    from edgekit.remote import remote_profile
+    from edgekit.render import comparison_table, latency_table
+
+    def ints(text: str | None, what: str) -> list[int] | None:
+        try:
+            return [int(b) for b in text.split(",") if b.strip()] if text else None
+        except ValueError as err:
+            raise ConfigError(f"invalid {what} {text!r}", hint="write comma-separated integers, e.g. 1,4,16") from err
 
     try:
-        batch_list = [int(b) for b in batches.split(",") if b.strip()] if batches else None
-        opts = ProfileOptions(seq_len=seq_len, text_file=text_file, batches=batch_list, seconds_per_point=seconds, min_runs=min_runs, cold_runs=cold_runs, threads=threads)
+        opts = step.ProfileOptions(seq_len=seq_len, seq_lens=ints(seq_lens, "--seq-lens") or [], text_file=text_file, batches=ints(batches, "--batches"),
+                                   seconds_per_point=seconds, min_runs=min_runs, cold_runs=cold_runs, threads=threads)
     except ValueError as err:
         raise ConfigError(f"invalid profile option: {str(err).splitlines()[-1].strip()}", hint="see 'edgekit profile --help'") from err
     with console.status("profiling") as status:
-        report = run_profile(artifact_dir, opts, progress=lambda m: status.update(f"profiling: {m}"))
-    console.print(_latency_table([report]))
-    if report.memory.peak_rss_mb:
-        console.print(f"peak RSS {report.memory.peak_rss_mb:.0f} MB ({report.memory.source})")
-    for w in report.warnings:
-        console.print(f"[yellow]warning:[/] {escape(w)}")
-    path = json_out or artifact_dir.resolve().parent / "reports" / f"{report.artifact.target}.profile.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    artifact.write_json(path, report.model_dump())
-    console.print(f"report: {path}")
+        say = lambda m: status.update(f"profiling: {m}")  # noqa: E731
+        if host:
+            reports = [remote_profile(a, host, opts, port=port, edgekit=remote_edgekit, progress=say) for a in artifacts]
+        else:
+            reports = step.profile_many(artifacts, opts, progress=say)
+    comparison = schema.Comparison(created=reports[0].created, reports=reports, ratios=schema.ratios(reports)) if len(reports) > 1 or compare else None
+    console.print(latency_table(reports))
+    if comparison:
+        console.print(comparison_table(comparison))
+    for r in reports:
+        if r.memory.peak_rss_mb:
+            console.print(f"{r.artifact.target}: peak RSS {r.memory.peak_rss_mb:.0f} MB ({r.memory.source})")
+        for w in r.warnings:
+            console.print(f"[yellow]warning:[/] {escape(w)}")
+    folder = out or artifacts[0].resolve().parent / "reports"
+    stem = "compare" if comparison else f"{reports[0].artifact.target}.profile"
+    written = step.write_reports(reports, comparison, folder, stem, plots=plots)
+    console.print("reports: " + ", ".join(str(p) for p in written))
 
 
 @app.command(name="eval")

@@ -13,6 +13,18 @@ import sys
 import time
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec,
+    so a child would report its parent's peak."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def main() -> None:
     from edgekit.profile import fixed_length_text
     from edgekit.runtime import Predictor
@@ -24,7 +36,7 @@ def main() -> None:
     feed = pred.tokenizer([fixed_length_text(pred, seq_len)], pad_to=seq_len)
     pred.run(feed)
     first = time.time()
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    rss_mb = peak_rss_mb()
     print(json.dumps({"loaded": loaded, "first_output": first, "peak_rss_mb": rss_mb, "torch_imported": "torch" in sys.modules}))
 
 

@@ -44,7 +44,7 @@ def ensure_onnx(model: str | Path | None, out_root: Path, *, task: str | None = 
     from edgekit.export import ExportOptions, export
 
     onnx_dir = out_root / ONNX_DIR
-    manifest = export(model, onnx_dir, export_options or ExportOptions(), task=task)
+    manifest = export(model, onnx_dir, export_options or ExportOptions(), task=task, name=out_root.resolve().name)
     return onnx_dir, manifest
 
 

@@ -10,6 +10,7 @@ Every error names the file and the line.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -38,14 +39,19 @@ def _records(path: Path) -> list[tuple[int, dict]]:
     if path.is_dir():
         raise DataError(f"{path}: is a directory, not a data file", hint="pass a .jsonl, .csv or .txt file")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: tolerate Excel's BOM
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: cannot read as UTF-8 text ({err})", hint="pass a UTF-8 .jsonl, .csv or .txt file") from err
     rows: list[tuple[int, dict]] = []
     if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        for n, row in enumerate(reader, start=2):
-            rows.append((n, row))
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            for row in reader:
+                if None in row:
+                    raise DataError(f"{path}:{reader.line_num}: more values than the header has columns ({len(reader.fieldnames or [])})", hint="quote fields that contain commas")
+                rows.append((reader.line_num, row))
+        except csv.Error as err:
+            raise DataError(f"{path}:{reader.line_num}: malformed CSV ({err})", hint="check the quoting") from err
         return rows
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

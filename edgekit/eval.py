@@ -28,6 +28,7 @@ class EvalReport(BaseModel):
     schema_version: int = SCHEMA_VERSION
     created: str
     artifact: str
+    manifest_sha256: str
     target: str
     task: str
     data: str
@@ -138,6 +139,6 @@ def evaluate(artifact_dir: str | Path, data_file: str | Path, *, batch: int = 16
                 metrics["fidelity_cosine_mean"] = float(cos.mean())
                 metrics["fidelity_cosine_min"] = float(cos.min())
     return EvalReport(
-        created=artifact.now(), artifact=str(artifact_dir), target=manifest.target, task=manifest.task, data=str(data_file),
+        created=artifact.now(), artifact=str(artifact_dir), manifest_sha256=artifact.manifest_sha256(artifact_dir), target=manifest.target, task=manifest.task, data=str(data_file),
         data_sha256=artifact.sha256_file(data_file), data_kind=kind, n=len(texts), metrics=metrics, per_class_f1=per_class, notes=notes,
     )

@@ -74,13 +74,16 @@ def _parity_feed(encoder: Encoder, options: ExportOptions, max_length: int) -> d
         batch, seq = options.static_shape
         picked = picked[: max(batch, len(picked) // batch * batch)]
         while len(picked) < batch:
-            picked.append(picked[len(picked) % len(texts)])
+            picked.append(picked[len(picked) % PARITY_TEXTS])
         return encoder.tokenize(picked, pad_to=seq)
     return encoder.tokenize(picked, max_length=max_length)
 
 
-def export(model: str | Path | Encoder | None, out: str | Path, options: ExportOptions = ExportOptions(), *, task: str | None = None) -> Manifest:
-    """Export ``model`` (a checkpoint dir, ``default`` or a loaded :class:`Encoder`) to ``out``."""
+def export(model: str | Path | Encoder | None, out: str | Path, options: ExportOptions = ExportOptions(), *, task: str | None = None,
+           name: str | None = None) -> Manifest:
+    """Export ``model`` (a checkpoint dir, ``default`` or a loaded :class:`Encoder`) to ``out``.
+
+    ``name`` labels the artifact in reports (default: the output folder's name)."""
     encoder = model if isinstance(model, Encoder) else load(model, task=task)
     torch = require("torch", for_="ONNX export")
     onnx = require("onnx", for_="ONNX export")
@@ -127,7 +130,7 @@ def export(model: str | Path | Encoder | None, out: str | Path, options: ExportO
         width = reference.shape[-1]
         tok = encoder.tokenizer
         manifest = Manifest(
-            kind="onnx", target="onnx", name=Path(out).name, created=artifact.now(),
+            kind="onnx", target="onnx", name=name or Path(out).name, created=artifact.now(),
             source=_source(encoder, max_length),
             tokenizer=TokenizerInfo(pad_token=str(tok.pad_token), pad_id=int(tok.pad_token_id), max_length=max_length),
             model_file=MODEL_FILE,

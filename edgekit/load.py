@@ -93,7 +93,8 @@ def load(model: str | Path | None, *, task: str | None = None, pooling: str | No
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     try:
-        hf_model, loading = auto.from_pretrained(info.path, attn_implementation="eager", output_loading_info=True)
+        # Mismatched shapes are loaded as random weights and reported below, by name.
+        hf_model, loading = auto.from_pretrained(info.path, attn_implementation="eager", output_loading_info=True, ignore_mismatched_sizes=True)
         tokenizer = transformers.AutoTokenizer.from_pretrained(info.path)
     except (OSError, ValueError, RuntimeError, KeyError, EnvironmentError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -102,6 +103,14 @@ def load(model: str | Path | None, *, task: str | None = None, pooling: str | No
     if missing:
         raise CheckpointError(
             f"{info.path}: {len(missing)} weights missing from the checkpoint (e.g. {missing[0]}); they would be random",
+            hint="the weights do not match config.json; re-save the trained model",
+        )
+    mismatched = list(loading.get("mismatched_keys", []))
+    if mismatched:
+        first = mismatched[0]
+        detail = f"{first[0]}: checkpoint {tuple(first[1])} vs config {tuple(first[2])}" if isinstance(first, tuple | list) and len(first) == 3 else str(first)
+        raise CheckpointError(
+            f"{info.path}: {len(mismatched)} weights have other shapes than config.json says (e.g. {detail})",
             hint="the weights do not match config.json; re-save the trained model",
         )
     if not getattr(tokenizer, "is_fast", False):

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict
 from edgekit import artifact, compile as compile_step, data, targets
 from edgekit.checkpoint import DEFAULT
 from edgekit.eval import EvalReport, evaluate
-from edgekit.profile import ProfileOptions, ProfileReport, profile
+from edgekit.profile import ProfileOptions, profile
+from edgekit.report import ProfileReport
 
 
 class Row(BaseModel):

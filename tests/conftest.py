@@ -8,14 +8,14 @@ DistilBERT, a byte-level BPE trained on the spot for RoBERTa. Nothing is downloa
 
 What each checkpoint holds (tests rely on these facts):
 
-====================  ==========  =======================================  ==========
-name                  task        pooling / normalize (from)               max_length
-====================  ==========  =======================================  ==========
-bert-embedding        embedding   mean, normalized (sentence-transformers)  64 (sentence_bert_config)
-roberta-embedding     embedding   cls, not normalized (sentence-transf.)    126 (128 - 2)
-distilbert-embedding  embedding   mean, not normalized (default)            96 (tokenizer model_max_length)
-*-classifier          classifier  labels negative/neutral/positive          126 roberta, else 128
-====================  ==========  =======================================  ==========
+- ``bert-embedding``: mean pooling, normalized (sentence-transformers modules.json with
+  Pooling + Normalize); max_length 64 (sentence_bert_config.json).
+- ``roberta-embedding``: cls pooling, not normalized (sentence-transformers Pooling);
+  max_length 126 (128 positions minus RoBERTa's offset of 2).
+- ``distilbert-embedding``: mean pooling by default, no sentence-transformers files;
+  max_length 96 (tokenizer model_max_length).
+- ``*-classifier``: 3 labels negative/neutral/positive from id2label; max_length 128,
+  126 for RoBERTa.
 """
 
 from __future__ import annotations
@@ -138,6 +138,7 @@ def build_checkpoint(name: str, out: Path, *, seed: int = 0) -> Path:
     import transformers
 
     arch, task = name.split("-")
+    transformers.utils.logging.disable_progress_bar()
     out.mkdir(parents=True)
     tokenizer = _tokenizer(arch, out.parent)
     if arch == "distilbert" and task == "embedding":

@@ -87,17 +87,14 @@ def test_unknown_label_in_csv_names_the_line(tmp_path):
         data.read_labeled(path, LABELS)
 
 
-@pytest.mark.xfail(reason="bug: data._records numbers CSV rows by enumerate(), so blank lines shift every later line number", strict=True)
 def test_csv_line_numbers_count_blank_lines(tmp_path):
     path = _write(tmp_path / "l.csv", "text,label\ngood,positive\n\nbad,bogus\n")
     with pytest.raises(DataError, match=r"l\.csv:4: label 'bogus'"):
         data.read_labeled(path, LABELS)
 
 
-@pytest.mark.xfail(reason="bug: data._records reads with encoding='utf-8', so a UTF-8 BOM (Excel CSV) becomes part of the first column name", strict=True)
 def test_csv_with_a_byte_order_mark(tmp_path):
-    path = tmp_path / "l.csv"
-    path.write_bytes("text,label\ngood,positive\n".encode("utf-8-sig"))
+    path = _write(tmp_path / "l.csv", "\ufefftext,label\ngood,positive\n")
     assert data.read_labeled(path, LABELS).texts == ["good"]
 
 
@@ -164,11 +161,6 @@ def test_empty_file(tmp_path, name, content):
         data.read_texts(path)
 
 
-@pytest.mark.xfail(
-    reason="bug: a CSV row with more values than header columns gets DictReader's restkey None, and "
-    "data._field's ', '.join(record) then raises TypeError instead of DataError",
-    strict=True,
-)
 def test_csv_row_with_more_values_than_columns(tmp_path):
     path = _write(tmp_path / "m.csv", "text\nhello, world\n")
     with pytest.raises(DataError, match=r"m\.csv:2"):

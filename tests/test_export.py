@@ -104,6 +104,20 @@ def test_static_shape_export_has_fixed_dims(encoders, static_bert_onnx):
         sess.run(None, encoder.tokenize(["Yes.", "The simple form", "Third"], pad_to=16))
 
 
+@pytest.mark.parametrize("batch", [1, 3, 5, 32])
+def test_static_parity_feed_fills_whole_batches(encoders, batch):
+    from edgekit.export import _parity_feed
+
+    feed = _parity_feed(encoders("bert-embedding"), ExportOptions(static_shape=(batch, 16)), 64)
+    rows, seq = feed["input_ids"].shape
+    assert seq == 16 and rows >= batch and rows % batch == 0
+
+
+def test_static_batch_larger_than_the_parity_texts(encoders, tmp_path):
+    manifest = export(encoders("distilbert-classifier"), tmp_path / "b40", ExportOptions(static_shape=(40, 16)))
+    assert manifest.static_shape == [40, 16] and manifest.parity.passed
+
+
 def test_static_sequence_longer_than_the_model_is_refused(encoders, tmp_path):
     with pytest.raises(ConfigError, match="static sequence 65 exceeds the model's max length 64"):
         export(encoders("bert-embedding"), tmp_path / "out", ExportOptions(static_shape=(1, 65)))

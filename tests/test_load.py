@@ -104,25 +104,19 @@ def test_config_with_other_tensor_sizes_than_the_weights(copy_checkpoint):
     cfg = json.loads((path / "config.json").read_text())
     cfg["intermediate_size"] = 48
     (path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="cannot load the checkpoint") as err:
+    with pytest.raises(CheckpointError, match="other shapes than config.json says"):
         load(path)
-    assert err.value.__cause__ is not None
 
 
-@pytest.mark.xfail(
-    reason="bug: load.py keeps only the first line of transformers' size-mismatch error, which says "
-    "'look at the above report' while the report itself is silenced by set_verbosity_error()",
-    strict=True,
-)
 def test_size_mismatch_error_names_the_tensor(copy_checkpoint):
     path = copy_checkpoint("bert-classifier")
     cfg = json.loads((path / "config.json").read_text())
     cfg["intermediate_size"] = 48
     (path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match=r"output\.dense\.weight"):
+    with pytest.raises(CheckpointError, match=r"intermediate\.dense\.\w+: checkpoint \(\d+,?\d*\) vs config \(48"):
         load(path)
 
 
-def test_load_validates_before_importing_the_model(tmp_path):
+def test_load_of_a_missing_directory(tmp_path):
     with pytest.raises(CheckpointError, match="no such directory"):
         load(tmp_path / "missing")

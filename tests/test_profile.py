@@ -15,16 +15,8 @@ import pytest
 from edgekit import artifact
 from edgekit.compile import compile_artifact
 from edgekit.errors import ConfigError
-from edgekit.profile import (
-    ProfileOptions,
-    ProfileReport,
-    latency_stats,
-    mark_best,
-    noise_warning,
-    percentile,
-    profile,
-    throughput_point,
-)
+from edgekit.profile import ProfileOptions, profile
+from edgekit.report import ProfileReport, latency_stats, mark_best, noise_warning, percentile, throughput_point
 
 FAST = ProfileOptions(warmup=1, min_runs=3, seconds_per_point=0.01, max_runs=5, seq_len=16, batches=[1, 2], cold_runs=1)
 
