@@ -95,6 +95,9 @@ class Manifest(_Frozen):
     settings: dict[str, Any] = {}
     parity: ParityReport | None = None
     parent: str | None = None  # sha256 of the manifest this artifact was compiled from
+    # What is still to be done on the device before this artifact runs (e.g. a TensorRT
+    # engine to build there). None: the artifact is complete.
+    pending: str | None = None
     files: dict[str, FileEntry] = {}
 
     @property

@@ -114,7 +114,12 @@ def compile(
         precision = options.get("precision", "fp32")
         manifest = step.compile_artifact(onnx_dir, onnx_manifest, name, out / name, options=options, tolerance=_tolerance(atol, min_cosine, precision))
         console.print(f"[green]compiled[/] {name} ({manifest.precision}) -> {out / name}")
-        console.print("  " + _parity_line(manifest.parity))
+        if manifest.parity is not None:
+            console.print("  " + _parity_line(manifest.parity))
+        else:
+            console.print(f"  [yellow]not executed here:[/] {escape(manifest.settings.get('parity_not_run', ''))}")
+        if manifest.pending:
+            console.print(f"  [yellow]still to do on the device:[/] {escape(manifest.pending)}")
 
 
 @app.command()

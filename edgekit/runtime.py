@@ -12,7 +12,7 @@ import numpy as np
 
 from edgekit import artifact, targets
 from edgekit.artifact import Manifest
-from edgekit.errors import ConfigError
+from edgekit.errors import ConfigError, TargetError
 from edgekit.targets.base import Session, TargetOptions
 from edgekit.targets.ort import OrtCpuTarget
 from edgekit.tokenizer import Tokenizer
@@ -30,7 +30,11 @@ class Predictor:
         self.dir = Path(artifact_dir)
         self.manifest = artifact.read_manifest(self.dir, verify=verify)
         self.target = target_for(self.manifest)
+        if self.manifest.pending:
+            raise TargetError(f"{self.dir}: not runnable yet: {self.manifest.pending}", hint="finish it on the device it was built for")
         self.target.check_available()
+        if (why := self.target.executable_here(self.manifest)) is not None:
+            raise TargetError(f"{self.dir}: {self.manifest.target} artifacts cannot run here: {why}", hint="run it on the device it was built for")
         self.tokenizer = Tokenizer(self.dir, self.manifest)
         self.output = self.manifest.outputs[0].name
         self._options = options

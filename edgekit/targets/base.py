@@ -50,6 +50,10 @@ class Target(Protocol):
         """Write the target's model files into ``out``; return manifest fields to set
         (``model_file``, ``precision``, ``runtime``, ``settings``)."""
 
+    def executable_here(self, manifest: Manifest) -> str | None:
+        """None if artifacts of this target run on this machine; else why not (then compile
+        writes what it can, skips the parity run, and says so in the manifest)."""
+
     def load(self, artifact_dir: Path, manifest: Manifest, options: TargetOptions | None = None) -> Session:
         """Open a compiled artifact for inference."""
 

@@ -76,6 +76,9 @@ class OpenVinoCpuTarget:
             "settings": {"device": "CPU", "config": _config(options.precision, options.hint, options.threads, options.streams)},
         }
 
+    def executable_here(self, manifest: Manifest) -> str | None:
+        return None
+
     def load(self, artifact_dir: Path, manifest: Manifest, options: TargetOptions | None = None) -> OpenVinoSession:
         config = dict(manifest.settings.get("config", {}))
         if options is not None and options.threads:

@@ -72,6 +72,9 @@ class OrtCpuTarget:
             "settings": {"optimization_saved": options.optimization, "optimization_at_load": "all", "threads": options.threads, "provider": "CPUExecutionProvider"},
         }
 
+    def executable_here(self, manifest: Manifest) -> str | None:
+        return None
+
     def load(self, artifact_dir: Path, manifest: Manifest, options: TargetOptions | None = None) -> OrtSession:
         threads = options.threads if options else manifest.settings.get("threads")
         return OrtSession(Path(artifact_dir) / manifest.model_file, threads)
