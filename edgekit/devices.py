@@ -19,6 +19,16 @@ from edgekit.targets import TARGETS
 SCHEMA_VERSION = 1
 
 
+class RuntimeSpec(BaseModel):
+    """One runtime a device runs, with the versions edgekit supports there."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: Literal["onnxruntime", "openvino", "tensorrt"]
+    versions: str = Field(description="PEP 440 range, e.g. '>=10.3,<11'")
+    platform: str | None = Field(None, description="e.g. 'JetPack 6.2 (L4T r36.4)'")
+    execution_providers: list[str] = Field(default_factory=list, description="ONNX Runtime EPs to use on the device, in order")
+
+
 class DeviceProfile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     schema_version: Literal[1] = 1
@@ -27,10 +37,15 @@ class DeviceProfile(BaseModel):
     arch: Literal["x86_64", "aarch64"]
     cpu_flags: list[str] = []
     targets: list[str] = Field(min_length=1)
+    runtimes: list[RuntimeSpec] = []
     precisions: list[Literal["fp32", "fp16", "bf16", "int8"]] = ["fp32"]
-    static_shapes: bool = False
+    static_shapes: bool = Field(False, description="the device compiles only static shapes (NPU)")
+    dla_cores: int = Field(0, ge=0, description="NVIDIA Deep Learning Accelerator cores (Jetson AGX/NX)")
+    dla_precisions: list[Literal["fp16", "int8"]] = []
+    compute_capability: str | None = Field(None, description="GPU SM version, e.g. '8.7' for Orin")
     threads: int | None = Field(None, ge=1)
     memory_gb: float | None = Field(None, gt=0)
+    accelerator: str | None = Field(None, description="e.g. 'NVIDIA Ampere GPU, 1024 CUDA cores' or 'Intel NPU 4'")
     profile: str = "run 'edgekit profile' on the device itself"
 
     @field_validator("targets")
