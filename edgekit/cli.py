@@ -132,6 +132,8 @@ def profile(
     batches: Annotated[Optional[str], typer.Option(help="throughput sweep batch sizes, comma-separated (default 1,4,16,32; a static artifact: its batch)")] = None,
     seconds: Annotated[float, typer.Option(help="time budget per measured point")] = 2.0,
     min_runs: Annotated[int, typer.Option(help="timed runs per point, at least")] = 20,
+    max_runs: Annotated[int, typer.Option(help="timed runs per point, at most")] = 2000,
+    warmup: Annotated[int, typer.Option(help="untimed runs before each point (more while timings settle)")] = 5,
     cold_runs: Annotated[int, typer.Option(help="fresh-process cold starts (0 skips)")] = 3,
     threads: Annotated[Optional[int], typer.Option(help="runtime threads (default: the runtime's)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="report folder (default: FIRST_ARTIFACT/../reports)")] = None,
@@ -139,6 +141,7 @@ def profile(
     host: Annotated[Optional[str], typer.Option(help="profile on a remote device over SSH, e.g. user@jetson (artifact copied there)")] = None,
     remote_edgekit: Annotated[str, typer.Option(help="the edgekit command on the remote host")] = "edgekit",
     port: Annotated[Optional[int], typer.Option(help="SSH port of --host")] = None,
+    ssh_option: Annotated[list[str], typer.Option("--ssh-option", help="extra ssh -o option for --host, e.g. IdentityFile=~/.ssh/jetson (repeatable)")] = [],  # noqa: B006
 ) -> None:
     """Latency (first-token, cold start), throughput and memory, measured with each artifact's own runtime.
 
@@ -157,13 +160,13 @@ def profile(
 
     try:
         opts = step.ProfileOptions(seq_len=seq_len, seq_lens=ints(seq_lens, "--seq-lens") or [], text_file=text_file, batches=ints(batches, "--batches"),
-                                   seconds_per_point=seconds, min_runs=min_runs, cold_runs=cold_runs, threads=threads)
+                                   seconds_per_point=seconds, min_runs=min_runs, max_runs=max_runs, warmup=warmup, cold_runs=cold_runs, threads=threads)
     except ValueError as err:
         raise ConfigError(f"invalid profile option: {str(err).splitlines()[-1].strip()}", hint="see 'edgekit profile --help'") from err
     with console.status("profiling") as status:
         say = lambda m: status.update(f"profiling: {m}")  # noqa: E731
         if host:
-            reports = [remote_profile(a, host, opts, port=port, edgekit=remote_edgekit, progress=say) for a in artifacts]
+            reports = [remote_profile(a, host, opts, port=port, edgekit=remote_edgekit, ssh_options=ssh_option, progress=say) for a in artifacts]
         else:
             reports = step.profile_many(artifacts, opts, progress=say)
     comparison = schema.Comparison(created=reports[0].created, reports=reports, ratios=schema.ratios(reports)) if len(reports) > 1 or compare else None

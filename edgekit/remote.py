@@ -27,7 +27,7 @@ TIMEOUT_S = 3600
 
 def _options_to_args(options) -> list[str]:
     args = ["--seq-len", str(options.seq_len), "--seconds", str(options.seconds_per_point), "--min-runs", str(options.min_runs),
-            "--cold-runs", str(options.cold_runs)]
+            "--max-runs", str(options.max_runs), "--warmup", str(options.warmup), "--cold-runs", str(options.cold_runs)]
     if options.seq_lens:
         args += ["--seq-lens", ",".join(map(str, options.seq_lens))]
     if options.batches:
@@ -40,12 +40,14 @@ def _options_to_args(options) -> list[str]:
 class Remote:
     """ssh/scp to one host; every failure is a TargetError with ssh's own last line."""
 
-    def __init__(self, host: str, port: int | None = None, connect_timeout: int = 10) -> None:
+    def __init__(self, host: str, port: int | None = None, connect_timeout: int = 10, ssh_options: list[str] | None = None) -> None:
         for tool in ("ssh", "scp"):
             if shutil.which(tool) is None:
                 raise MissingDependency(f"{tool} is not installed but is needed for --host", hint="install the OpenSSH client")
         self.host = host
         common = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}", "-o", "StrictHostKeyChecking=accept-new"]
+        for opt in ssh_options or []:  # e.g. "IdentityFile=~/.ssh/jetson", as ssh -o takes them
+            common += ["-o", opt]
         self.ssh_base = ["ssh", *common, *(["-p", str(port)] if port else []), host]
         self.scp_base = ["scp", "-q", "-r", *common, *(["-P", str(port)] if port else [])]
 
@@ -70,14 +72,14 @@ class Remote:
 
 
 def remote_profile(artifact_dir: str | Path, host: str, options, *, port: int | None = None, edgekit: str = "edgekit",
-                   progress: Callable[[str], None] | None = None) -> ProfileReport:
+                   ssh_options: list[str] | None = None, progress: Callable[[str], None] | None = None) -> ProfileReport:
     """Run ``edgekit profile`` for ``artifact_dir`` on ``host``; returns the report it wrote."""
     say = progress or (lambda msg: None)
     artifact_dir = Path(artifact_dir)
     from edgekit.artifact import read_manifest
 
     manifest = read_manifest(artifact_dir)  # refuse to ship a broken artifact
-    remote = Remote(host, port)
+    remote = Remote(host, port, ssh_options=ssh_options)
     say(f"connecting to {host}")
     remote.run("true", "connecting")
     work = f"/tmp/edgekit-{uuid.uuid4().hex[:12]}"
