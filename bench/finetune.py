@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--limit", type=int, default=None, help="use only this many train/dev/test rows (smoke test)")
     ap.add_argument("--fp16-copy", type=Path, help="also save an fp16 copy (small enough to travel)")
     args = ap.parse_args()
 
@@ -63,7 +64,9 @@ def main() -> None:
     train_x, train_y = read("train")
     dev_x, dev_y = read("dev")
     test_x, test_y = read("test")
-    labels = sorted(set(train_y))
+    if args.limit:
+        train_x, train_y, dev_x, dev_y, test_x, test_y = (v[: args.limit] for v in (train_x, train_y, dev_x, dev_y, test_x, test_y))
+    labels = sorted(set(read("train")[1]))
     label_ids = {name: i for i, name in enumerate(labels)}
     base = resolve(args.model)
     tok = transformers.AutoTokenizer.from_pretrained(base)

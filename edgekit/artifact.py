@@ -76,6 +76,24 @@ class ParityReport(_Frozen):
     passed: bool
 
 
+class SegmentSpec(_Frozen):
+    """One early-exit segment: layers (after_layer, up_to_layer] plus that exit's head."""
+
+    model_file: str
+    up_to_layer: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+class ExitSpec(_Frozen):
+    """How a dynamic early-exit artifact runs: its segments and the exit policy."""
+
+    layers: list[int]
+    policy: str
+    param: float
+    segments: list[SegmentSpec]
+
+
 class Manifest(_Frozen):
     schema_version: int = SCHEMA_VERSION
     kind: Literal["onnx", "compiled"]
@@ -98,6 +116,7 @@ class Manifest(_Frozen):
     # What is still to be done on the device before this artifact runs (e.g. a TensorRT
     # engine to build there). None: the artifact is complete.
     pending: str | None = None
+    exits: ExitSpec | None = None  # set for dynamic early-exit artifacts (one graph per segment)
     files: dict[str, FileEntry] = {}
 
     @property

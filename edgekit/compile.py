@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from edgekit import artifact, parity, targets
 from edgekit.artifact import MANIFEST, Manifest
-from edgekit.errors import ConfigError, TargetError
+from edgekit.errors import ConfigError, EdgekitError, TargetError
 
 ONNX_DIR = "onnx"
 
@@ -60,7 +60,7 @@ def compile_artifact(
         try:
             fields = target.compile(onnx_dir, onnx_manifest, opts, tmp)
         except Exception as err:
-            if isinstance(err, TargetError) or not str(err):
+            if isinstance(err, EdgekitError) or not str(err):
                 raise
             raise TargetError(f"{target.name}: compilation failed: {str(err).strip().splitlines()[0]}", hint="run with --debug for the runtime's traceback") from err
         artifact.copy_tokenizer(onnx_dir, tmp)

@@ -45,3 +45,7 @@ class ArtifactError(EdgekitError):
 
 class ParityError(EdgekitError):
     """A runtime's outputs differ from PyTorch's beyond the stated tolerance."""
+
+
+class TrainingError(EdgekitError):
+    """Training that cannot go on (e.g. a NaN loss); the last good checkpoint is kept."""

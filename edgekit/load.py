@@ -88,13 +88,16 @@ def load(model: str | Path | None, *, task: str | None = None, pooling: str | No
     """Load a trained checkpoint directory (or ``default``) for export."""
     info = checkpoint.inspect(model, task=task, pooling=pooling)
     transformers = require("transformers", for_="loading a checkpoint")
-    require("torch", for_="loading a checkpoint")
+    torch = require("torch", for_="loading a checkpoint")
     auto = transformers.AutoModelForSequenceClassification if info.task == "classifier" else transformers.AutoModel
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     try:
         # Mismatched shapes are loaded as random weights and reported below, by name.
-        hf_model, loading = auto.from_pretrained(info.path, attn_implementation="eager", output_loading_info=True, ignore_mismatched_sizes=True)
+        hf_model, loading = auto.from_pretrained(
+            info.path, attn_implementation="eager", output_loading_info=True, ignore_mismatched_sizes=True,
+            dtype=torch.float32,  # export and parity are fp32 whatever dtype the checkpoint was saved in
+        )
         tokenizer = transformers.AutoTokenizer.from_pretrained(info.path)
     except (OSError, ValueError, RuntimeError, KeyError, EnvironmentError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -115,5 +118,9 @@ def load(model: str | Path | None, *, task: str | None = None, pooling: str | No
         )
     if not getattr(tokenizer, "is_fast", False):
         raise CheckpointError(f"{info.path}: only a slow tokenizer is available", hint="save a fast tokenizer (tokenizer.json) with the model")
+    if (info.path / "edgekit_quant.json").exists():  # a quantized checkpoint (edgekit.quant): rebuild its quantized modules
+        from edgekit.quant.saving import apply_saved
+
+        apply_saved(hf_model, info.path)
     module = _wrapper_class()(hf_model.eval(), SPECS[info.model_type].input_names, info.task, info.pooling, info.normalize).eval()
     return Encoder(module=module, tokenizer=tokenizer, info=info, spec=SPECS[info.model_type])

@@ -32,6 +32,8 @@ TOLERANCES = {
     "fp32": Tolerance(),
     "fp16": Tolerance(atol=0.1, min_argmax_agreement=0.95, min_cosine=0.99),
     "bf16": Tolerance(atol=0.25, min_argmax_agreement=0.9, min_cosine=0.98),
+    # INT8 (PTQ or lowered QDQ graphs) vs the fp32 PyTorch model.
+    "int8": Tolerance(atol=0.5, min_argmax_agreement=0.9, min_cosine=0.97),
 }
 
 

@@ -39,13 +39,13 @@ def latency_table(reports: list[ProfileReport]) -> Table:
         t.add_column(col, justify="left" if col in ("artifact", "what") else "right", no_wrap=col == "artifact")
     for r in reports:
         ft = r.first_token
-        shape = f"b1 s{ft.seq_len}" if ft.seq_len else f"b1 text ({ft.mean_tokens:.0f} tok)"
+        shape = f"b1 s{ft.seq_len}" if ft.seq_len else f"b1 text ({ft.mean_tokens:.0f} tok)" if ft.lengths.startswith("text:") else "length unknown"
         rows = [(f"first-token model-only {shape}", ft.model_only)]
         if ft.end_to_end:
             rows.append((f"first-token end-to-end {shape}", ft.end_to_end))
         rows += [(f"model-only b1 s{p.seq_len}", p.model_only) for p in r.latency_vs_seq]
         for what, s in rows:
-            t.add_row(label(r), what, f"{s.p50:.2f}", f"{s.p90:.2f}", f"{s.p99:.2f}", f"{s.mean:.2f}", str(s.n))
+            t.add_row(label(r), what, f"{s.p50:.2f}", _fmt(s.p90), _fmt(s.p99), f"{s.mean:.2f}", str(s.n))
         if r.cold_first_result:
             c = r.cold_first_result
             t.add_row(label(r), f"cold first result (loaded at {_fmt(c.process_start_to_loaded_ms, 0)})", f"{c.total_ms:.1f}", "", "", "", str(c.runs))
@@ -107,7 +107,7 @@ def markdown(reports: list[ProfileReport], comparison: Comparison | None = None,
         pts = [("first-token model-only", ft.model_only)] + ([("first-token end-to-end", ft.end_to_end)] if ft.end_to_end else [])
         pts += [(f"b1 s{p.seq_len}", p.model_only) for p in r.latency_vs_seq]
         for name, st in pts:
-            lines.append(f"| {name} | {st.p50:.2f} | {st.p90:.2f} | {st.p95:.2f} | {st.p99:.2f} | {st.mean:.2f} | {st.n} |")
+            lines.append(f"| {name} | {st.p50:.2f} | {_fmt(st.p90)} | {_fmt(st.p95)} | {_fmt(st.p99)} | {st.mean:.2f} | {st.n} |")
         if r.throughput:
             lines += ["", "| batch | seq | seq/s | tokens/s | batch p50 ms |", "|---:|---:|---:|---:|---:|"]
             lines += [f"| {p.batch}{' (best)' if p.best else ''} | {p.seq_len} | {p.seq_per_s:.1f} | {p.tokens_per_s:.0f} | {p.latency_ms_p50:.2f} |" for p in r.throughput]
@@ -132,7 +132,8 @@ def plots(reports: list[ProfileReport], out_dir: Path, stem: str, accuracy: dict
             if r.latency_vs_seq:
                 xs = [p.seq_len for p in r.latency_vs_seq]
                 ax.plot(xs, [p.model_only.p50 for p in r.latency_vs_seq], marker="o", label=f"{label(r)} p50")
-                ax.fill_between(xs, [p.model_only.p50 for p in r.latency_vs_seq], [p.model_only.p90 for p in r.latency_vs_seq], alpha=0.2)
+                ax.fill_between(xs, [p.model_only.p50 for p in r.latency_vs_seq],
+                                [p.model_only.p50 if p.model_only.p90 is None else p.model_only.p90 for p in r.latency_vs_seq], alpha=0.2)
         ax.set(xlabel="sequence length (tokens)", ylabel="batch-1 model-only latency (ms)", title="latency vs sequence length (band: p50-p90)")
         ax.grid(alpha=0.3)
         ax.legend()

@@ -30,18 +30,22 @@ class _M(BaseModel):
 
 
 class LatencyStats(_M):
-    """Percentiles of one set of timed runs (linear interpolation, numpy's default)."""
+    """Percentiles of one set of timed runs (linear interpolation, numpy's default).
+
+    edgekit always fills every figure; p90/p95/p99/std are None only in an imported report
+    whose tool did not give them (benchmark_app reports median, mean, min and max).
+    """
 
     unit: Literal["ms"] = "ms"
     n: int = Field(description="number of timed runs")
     p50: float
-    p90: float
-    p95: float
-    p99: float
+    p90: float | None = Field(None, description="None where an imported report did not give it")
+    p95: float | None = Field(None, description="None where an imported report did not give it")
+    p99: float | None = Field(None, description="None where an imported report did not give it")
     mean: float
     min: float
     max: float
-    std: float
+    std: float | None = Field(None, description="None where an imported report did not give it")
 
 
 class FirstToken(_M):
@@ -209,7 +213,7 @@ def mark_best(points: list[ThroughputPoint]) -> list[ThroughputPoint]:
 
 def noise_warning(name: str, stats: LatencyStats) -> str | None:
     """A warning when the spread says the machine was noisy (p90 more than 1.5x p50)."""
-    if stats.p50 > 0 and stats.p90 / stats.p50 > 1.5:
+    if stats.p90 is not None and stats.p50 > 0 and stats.p90 / stats.p50 > 1.5:
         return f"{name}: p90 is {stats.p90 / stats.p50:.1f}x p50; the machine was noisy, rerun with fewer background jobs"
     return None
 

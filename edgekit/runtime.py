@@ -45,8 +45,36 @@ class Predictor:
         return self.manifest.static_shape[0] if self.manifest.static_shape else None
 
     def __enter__(self) -> Predictor:
-        self.session = self.target.load(self.dir, self.manifest, self._options).__enter__()
+        if self.manifest.exits is not None:
+            from edgekit.exits.controller import ExitController
+
+            self._check_runtime_version()
+            self.session = ExitController(self.target, self.dir, self.manifest, self._options).__enter__()
+        else:
+            self.session = self.target.load(self.dir, self.manifest, self._options).__enter__()
         return self
+
+    @property
+    def exits(self):
+        """The early-exit controller (histogram of exit layers), or None."""
+        from edgekit.exits.controller import ExitController
+
+        return self.session if isinstance(self.session, ExitController) else None
+
+    def _check_runtime_version(self) -> None:
+        """Early-exit artifacts run several graphs whose exit decisions were checked with
+        one runtime version; another version is refused rather than trusted."""
+        from edgekit.deps import version_of
+
+        for module, built in self.manifest.runtime.items():
+            if module not in ("onnxruntime", "openvino"):
+                continue
+            here = version_of(module)
+            if here is not None and here.split("-")[0] != built.split("-")[0]:
+                raise TargetError(
+                    f"{self.dir}: early-exit artifact built with {module} {built}, this machine has {here}",
+                    hint=f"recompile it here (edgekit exits compile), or install {module}=={built.split('-')[0]}",
+                )
 
     def __exit__(self, *exc: object) -> None:
         if self.session is not None:
