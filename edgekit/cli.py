@@ -275,6 +275,113 @@ def quickstart(
     console.print(f"artifacts and reports under {out}/ (summary.json, reports/*.json)")
 
 
+exits_app = typer.Typer(no_args_is_help=True, help="Early exit: train exit heads, calibrate policies, export segments or a depth cut.")
+app.add_typer(exits_app, name="exits")
+
+
+@exits_app.command("train")
+def exits_train(
+    model: ModelArg = None,
+    data: Annotated[Path, typer.Option(help="training texts: .txt, or JSONL/CSV with 'text' (+ optional 'label')")] = ...,
+    out: Annotated[Path, typer.Option(help="exit-head directory to write")] = Path("build/exits"),
+    layers: Annotated[Optional[str], typer.Option(help="layers with an exit, e.g. 2,4,6 (default: every layer)")] = None,
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 20,
+    lr: Annotated[float, typer.Option(help="learning rate")] = 1e-3,
+    freeze_backbone: Annotated[bool, typer.Option(help="train only the heads (the final exit keeps the original accuracy exactly)")] = True,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    resume: Annotated[bool, typer.Option(help="continue from OUT's last checkpoint if there is one")] = True,
+) -> None:
+    """Train exit heads by self-distillation from the model's own last layer (labels used when given)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from edgekit.exits import build
+    from edgekit.exits.train import TrainConfig
+
+    layer_list = [int(x) for x in layers.split(",")] if layers else None
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("exits", total=1, info="")
+
+        def progress(stage: str, done: int, total: int, epoch: int = 0, epochs: int = 0, loss: float | None = None) -> None:
+            label = "features" if stage == "features" else f"epoch {epoch}/{epochs}"
+            bar.update(task, description=label, completed=done, total=total, info=f"loss {loss:.4f}" if loss is not None else "")
+
+        report = build.train(model or "default", data, out, layers=layer_list, resume=resume,
+                             config=TrainConfig(epochs=epochs, lr=lr, freeze_backbone=freeze_backbone, device=device, seed=seed), progress=progress)
+    console.print(f"[green]trained[/] exit heads -> {out} (final loss {report['loss'][-1]:.4f} on {report['device']})")
+
+
+@exits_app.command("calibrate")
+def exits_calibrate(
+    heads: Annotated[Path, typer.Argument(help="exit-head directory (from 'edgekit exits train')")],
+    data: Annotated[Path, typer.Option(help="dev file: JSONL/CSV with 'text' and 'label' (or any text with --unsupervised)")],
+    out: Annotated[Optional[Path], typer.Option(help="folder for calibration.json/.png (default: HEADS/calibration)")] = None,
+    target: Annotated[Optional[str], typer.Option(help="measure segment latencies on this target (expected latency)")] = None,
+    max_drop: Annotated[float, typer.Option(help="accuracy budget: at most this many points below the model without exits")] = 1.0,
+    max_latency: Annotated[Optional[float], typer.Option(help="or: a latency target in ms (needs --target)")] = None,
+    unsupervised: Annotated[bool, typer.Option(help="score agreement with the final exit instead of labels")] = False,
+) -> None:
+    """Sweep every policy on a dev file and choose the operating point that meets the budget."""
+    from edgekit.exits import build
+
+    with console.status("calibrating"):
+        r = build.calibrate(heads, data, out or heads / "calibration", target=target, max_drop=max_drop, max_latency_ms=max_latency, unsupervised=unsupervised)
+    c = r["chosen"]
+    lat = f", expected {c['expected_latency_ms']:.2f} ms on {target}" if c["expected_latency_ms"] is not None else ""
+    console.print(f"no exit: {100 * r['base']:.2f}%; chosen [bold]{c['policy']}={c['param']:g}[/]: {100 * c['quality']:.2f}%, {c['mean_layers']:.2f} layers{lat}")
+    console.print("curve: " + ", ".join(r["files"]))
+
+
+@exits_app.command("export")
+def exits_export(
+    heads: Annotated[Path, typer.Argument(help="exit-head directory")],
+    policy: Annotated[str, typer.Option(help="NAME=VALUE: entropy, patience, learned or similarity, e.g. entropy=0.3")],
+    out: Annotated[Path, typer.Option(help="ONNX segments artifact to write")] = Path("build/exits-onnx"),
+) -> None:
+    """Export the early-exit model as one ONNX graph per segment (dynamic exit)."""
+    from edgekit.exits import build
+
+    m = build.export(heads, policy, out)
+    console.print(f"[green]exported[/] {len(m.exits.segments)} segments ({m.exits.policy}={m.exits.param:g}) -> {out}; exits match PyTorch on {m.settings.get('exit_parity', {}).get('rows', 32)} texts")
+
+
+@exits_app.command("compile")
+def exits_compile(
+    onnx_dir: Annotated[Path, typer.Argument(help="segments artifact (from 'edgekit exits export')")],
+    target: Annotated[list[str], typer.Option("--target", "-t", help="target (repeatable)")] = ["ort-cpu"],  # noqa: B006
+    out: Annotated[Path, typer.Option(help="output root: writes OUT/<target>/")] = Path("dist/exits"),
+) -> None:
+    """Compile every segment for each target; checks that exits equal PyTorch's."""
+    from edgekit.exits import build
+
+    for name in target:
+        m = build.compile_exits(onnx_dir, name, out / name)
+        p = m.settings["exit_parity"]
+        console.print(f"[green]compiled[/] {name} -> {out / name}: {p['same_exit_layer']:.0%} of {p['rows']} rows exit where PyTorch does, max abs diff {p['max_abs_diff']:.1e}")
+
+
+@exits_app.command("prune")
+def exits_prune(
+    heads: Annotated[Path, typer.Argument(help="exit-head directory")],
+    out: Annotated[Path, typer.Option(help="ONNX artifact to write (compile it like any export)")] = Path("build/pruned"),
+    layer: Annotated[Optional[int], typer.Option(help="keep layers 1..LAYER and that exit's head")] = None,
+    calibration: Annotated[Optional[Path], typer.Option(help="or: pick the shallowest exit within --max-drop from this calibration.json")] = None,
+    max_drop: Annotated[float, typer.Option(help="accuracy budget in points, with --calibration")] = 1.0,
+) -> None:
+    """Static early-exit pruning: a shorter model (what static-shape targets need)."""
+    import json
+
+    from edgekit.exits import build
+
+    if layer is None:
+        if calibration is None:
+            raise ConfigError("give --layer or --calibration", hint="e.g. --layer 4")
+        layer = build.depth_for(json.loads(calibration.read_text()), max_drop)
+    m = build.prune(heads, layer, out)
+    console.print(f"[green]pruned[/] to {layer} layers -> {out}")
+    console.print(_parity_line(m.parity))
+
+
 def main() -> None:
     """Console entry point: user errors are one line and exit code 2."""
     try:

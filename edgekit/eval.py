@@ -21,6 +21,7 @@ from edgekit.errors import DataError
 from edgekit.runtime import Predictor
 
 SCHEMA_VERSION = 1
+EXIT_LATENCY_TEXTS = 200
 
 
 class EvalReport(BaseModel):
@@ -37,6 +38,7 @@ class EvalReport(BaseModel):
     n: int
     metrics: dict[str, float]
     per_class_f1: dict[str, float] | None = None
+    exits: dict | None = None  # early-exit artifacts: histogram, measured vs expected latency
     notes: list[str] = []
 
 
@@ -129,6 +131,15 @@ def evaluate(artifact_dir: str | Path, data_file: str | Path, *, batch: int = 16
             outputs = pred.predict(texts, batch=batch)
             if kind == "pairs":
                 metrics.update(retrieval(outputs[: len(queries)], outputs[len(queries) :]))
+        exits = None
+        if pred.exits is not None:
+            from edgekit.exits.controller import latency_check
+
+            say("early exit: measured vs expected latency (batch 1)")
+            exits = latency_check(pred.exits, [pred.tokenizer([t]) for t in texts[:EXIT_LATENCY_TEXTS]])
+            metrics["mean_exit_layer"] = exits["mean_exit_layer"]
+            metrics["measured_mean_latency_ms"] = exits["measured_mean_latency_ms"]
+            metrics["expected_latency_ms"] = exits["expected_latency_ms"]
         if fidelity:
             say("PyTorch reference for fidelity")
             ref = _torch_reference(manifest, texts, notes)
@@ -140,5 +151,5 @@ def evaluate(artifact_dir: str | Path, data_file: str | Path, *, batch: int = 16
                 metrics["fidelity_cosine_min"] = float(cos.min())
     return EvalReport(
         created=artifact.now(), artifact=str(artifact_dir), manifest_sha256=artifact.manifest_sha256(artifact_dir), target=manifest.target, task=manifest.task, data=str(data_file),
-        data_sha256=artifact.sha256_file(data_file), data_kind=kind, n=len(texts), metrics=metrics, per_class_f1=per_class, notes=notes,
+        data_sha256=artifact.sha256_file(data_file), data_kind=kind, n=len(texts), metrics=metrics, per_class_f1=per_class, notes=notes, exits=exits,
     )

@@ -30,6 +30,7 @@ from edgekit.report import (
     ArtifactRef,
     ColdStart,
     Comparison,
+    ExitStats,
     FirstToken,
     Host,
     Memory,
@@ -200,7 +201,7 @@ def profile_many(artifact_dirs: list[str | Path], options: ProfileOptions = Prof
         target_options = TargetOptions(threads=options.threads) if options.threads else None
         preds = [stack.enter_context(Predictor(d, options=target_options)) for d in dirs]
         plans = [_plan(p, options) for p in preds]
-        first_token, sweeps, throughput, warnings = _measure(preds, plans, options, say)
+        first_token, sweeps, throughput, warnings, exit_stats = _measure(preds, plans, options, say)
     colds: list[list[dict]] = [[] for _ in dirs]
     for r in range(options.cold_runs):
         say(f"cold first result {r + 1}/{options.cold_runs}")
@@ -224,6 +225,7 @@ def profile_many(artifact_dirs: list[str | Path], options: ProfileOptions = Prof
         reports.append(ProfileReport(
             created=artifact.now(), artifact=ref, host=host, settings=settings, first_token=first_token[k],
             latency_vs_seq=sweeps[k], throughput=mark_best(throughput[k]), cold_first_result=cold, memory=memory, warnings=warnings[k],
+            exits=exit_stats[k],
         ))
     return reports
 
@@ -272,7 +274,16 @@ def _measure(preds: list[Predictor], plans: list[dict], options: ProfileOptions,
     feeds = [[p.tokenizer([t], pad_to=pad) for t in ts] for p, ts, pad in zip(preds, texts, pads)]
 
     say("first-token latency, model only")
+    before = [p.exits.histogram.copy() if p.exits is not None else None for p in preds]
     model_only = time_interleaved([lambda i, p=p, f=f: p.run(f[i % len(f)]) for p, f in zip(preds, feeds)], options)
+    exit_stats = []
+    for p, b in zip(preds, before):
+        if b is None:
+            exit_stats.append(None)
+            continue
+        hist = p.exits.histogram - b
+        exit_stats.append(ExitStats(histogram={int(layer): int(c) for layer, c in zip(p.exits.layers, hist)},
+                                    mean_depth=float((hist * p.exits.layers).sum() / max(hist.sum(), 1))))
     say("first-token latency, end to end")
     e2e = time_interleaved([lambda i, p=p, ts=ts, pad=pad: p.run(p.tokenizer([ts[i % len(ts)]], pad_to=pad))
                             for p, ts, pad in zip(preds, texts, pads)], options)
@@ -302,7 +313,7 @@ def _measure(preds: list[Predictor], plans: list[dict], options: ProfileOptions,
         runs = time_interleaved([lambda i, k=k: preds[k].run(fs[k]) for k in ks], options)
         for k, samples in zip(ks, runs):
             throughput[k].append(throughput_point(b, int(fs[k]["attention_mask"].sum()), samples))
-    return first_token, sweeps, throughput, warnings
+    return first_token, sweeps, throughput, warnings, exit_stats
 
 
 def accuracy_of(reports: list[ProfileReport]) -> dict[str, dict[str, float]]:
