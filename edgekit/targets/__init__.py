@@ -5,11 +5,17 @@ from __future__ import annotations
 from edgekit.errors import TargetError
 from edgekit.targets.base import Session, Target, TargetOptions
 from edgekit.targets.openvino import OpenVinoCpuTarget
+from edgekit.targets.openvino_npu import OpenVinoNpuTarget
 from edgekit.targets.ort import OrtCpuTarget
+from edgekit.targets.ort_mobile import OrtMobileTarget
+from edgekit.targets.tensorrt import JetsonTarget
 
 TARGETS: dict[str, type[Target]] = {
     OrtCpuTarget.name: OrtCpuTarget,
     OpenVinoCpuTarget.name: OpenVinoCpuTarget,
+    OpenVinoNpuTarget.name: OpenVinoNpuTarget,
+    OrtMobileTarget.name: OrtMobileTarget,
+    JetsonTarget.name: JetsonTarget,
 }
 
 
