@@ -87,9 +87,10 @@ def export(
 @app.command()
 def compile(
     model: Annotated[Optional[str], typer.Argument(help="checkpoint dir, 'default', or an 'edgekit export' directory")] = None,
-    target: Annotated[list[str], typer.Option("--target", "-t", help="target name (repeatable); see 'edgekit targets'")] = ["ort-cpu"],  # noqa: B006
+    target: Annotated[list[str], typer.Option("--target", "-t", help="target name (repeatable; default ort-cpu, or the device's first target); see 'edgekit targets'")] = [],  # noqa: B006
     out: Annotated[Path, typer.Option(help="output root: writes OUT/<target>/ (and OUT/onnx/ when exporting)")] = Path("dist/model"),
     option: Annotated[list[str], typer.Option("--option", "-o", help="target option KEY=VALUE (repeatable), e.g. precision=bf16")] = [],  # noqa: B006
+    device: Annotated[Optional[str], typer.Option(help="device profile (see 'edgekit devices'): checks targets and precision, records the device")] = None,
     task: TaskOpt = None,
     static_shape: StaticOpt = None,
     atol: AtolOpt = None,
@@ -104,15 +105,22 @@ def compile(
         if not sep or not key:
             raise ConfigError(f"invalid --option {item!r}", hint="write KEY=VALUE, e.g. --option precision=bf16")
         options[key.strip()] = value.strip()
-    for name in target:  # fail fast on any bad target before exporting
-        from edgekit import targets
+    from edgekit import targets
 
-        step.target_options(targets.get(name), options)
+    if device:
+        from edgekit import devices
+
+        target, per_target = devices.compile_plan(devices.get(device), target, options)
+    else:
+        target = target or ["ort-cpu"]
+        per_target = {name: options for name in target}
+    for name in target:  # fail fast on any bad target before exporting
+        step.target_options(targets.get(name), per_target[name])
         targets.get(name).check_available()
     onnx_dir, onnx_manifest = step.ensure_onnx(model or "default", out, task=task, export_options=_export_options(static_shape, None, atol, min_cosine))
     for name in target:
         precision = options.get("precision", "fp32")
-        manifest = step.compile_artifact(onnx_dir, onnx_manifest, name, out / name, options=options, tolerance=_tolerance(atol, min_cosine, precision))
+        manifest = step.compile_artifact(onnx_dir, onnx_manifest, name, out / name, options=per_target[name], tolerance=_tolerance(atol, min_cosine, precision))
         console.print(f"[green]compiled[/] {name} ({manifest.precision}) -> {out / name}")
         if manifest.parity is not None:
             console.print("  " + _parity_line(manifest.parity))
@@ -218,12 +226,17 @@ def targets_() -> None:
     from edgekit.quickstart import usable_targets
     from edgekit.targets import TARGETS
 
-    _, skipped = usable_targets()
+    _, cannot_compile = usable_targets()
     t = Table(title="targets")
-    for col in ("target", "runtime", "usable here", "description"):
+    for col in ("target", "runtime", "compiles here", "runs here", "description"):
         t.add_column(col, no_wrap=col == "target")
     for name, cls in TARGETS.items():
-        t.add_row(name, cls.runtime, "[green]yes[/]" if name not in skipped else f"[red]no[/]: {escape(skipped[name])}", cls.description)
+        if name in cannot_compile:
+            compiles, runs = f"[red]no[/]: {escape(cannot_compile[name])}", "[red]no[/]"
+        else:
+            why = cls().runs_here()
+            compiles, runs = "[green]yes[/]", "[green]yes[/]" if why is None else f"[yellow]no[/]: {escape(why)}"
+        t.add_row(name, cls.runtime, compiles, runs, cls.description)
     console.print(t)
 
 
@@ -380,6 +393,114 @@ def exits_prune(
     m = build.prune(heads, layer, out)
     console.print(f"[green]pruned[/] to {layer} layers -> {out}")
     console.print(_parity_line(m.parity))
+
+
+@app.command()
+def quantize(
+    model: ModelArg = None,
+    data: Annotated[Path, typer.Option(help="training texts: .txt, or JSONL/CSV with 'text' (+ optional 'label')")] = ...,
+    scheme: Annotated[str, typer.Option(help="bit-w1a1, bit-w1a8, ternary-w2a8, bibert-w1a1, bitnet-w1.58a8, ... (an unknown name lists them)")] = "bit-w1a1",
+    out: Annotated[Path, typer.Option(help="quantized checkpoint directory to write ('edgekit export' accepts it)")] = Path("build/quantized"),
+    eval_data: Annotated[Optional[Path], typer.Option("--eval", help="labeled dev file: accuracy of the teacher and of each stage")] = None,
+    teacher: Annotated[Optional[str], typer.Option(help="teacher checkpoint (default: MODEL itself)")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="training steps per stage (or --epochs)")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="training epochs per stage (default 3)")] = None,
+    multi_step: Annotated[bool, typer.Option(help="BiT multi-step: teacher -> --intermediate student -> the final student")] = False,
+    intermediate: Annotated[str, typer.Option(help="the intermediate scheme of --multi-step")] = "bit-w1a8",
+    batch_size: Annotated[int, typer.Option(help="batch size (per process under torchrun)")] = 32,
+    lr: Annotated[Optional[float], typer.Option(help="learning rate (default by weight bits: 5e-4 for 1 bit, 1e-4 for 2)")] = None,
+    max_length: Annotated[int, typer.Option(help="token limit per text")] = 128,
+    ce: Annotated[Optional[float], typer.Option(help="weight of cross entropy with the labels (default: distillation only)")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    resume: Annotated[bool, typer.Option(help="continue from OUT/train_state if present")] = False,
+    save_dtype: Annotated[str, typer.Option(help="float32 | float16 for the saved float weights")] = "float32",
+) -> None:
+    """Binarize or ternarize a trained checkpoint with distillation from the float model (QAT).
+
+    The same entry point runs on several GPUs: torchrun --nproc_per_node=N -m edgekit.quant.train ...
+    """
+    from edgekit.quant import distill, make_config
+    from edgekit.quant.train import TrainOptions, run
+
+    dcfg = distill.DEFAULTS[make_config(scheme).method].model_copy(update={"ce": ce}) if ce else None
+    try:
+        opts = TrainOptions(model=model or "default", data=str(data), out=str(out), scheme=scheme, teacher=teacher,
+                            eval_data=str(eval_data) if eval_data else None, steps=steps, epochs=epochs, multi_step=multi_step,
+                            intermediate=intermediate, batch_size=batch_size, lr=lr, max_length=max_length, seed=seed, resume=resume,
+                            device=device, save_dtype=save_dtype, distill=dcfg)
+    except ValueError as err:
+        raise ConfigError(f"invalid quantize option: {str(err).splitlines()[-1].strip()}", hint="see 'edgekit quantize --help'") from err
+    report = run(opts)
+    for stage in report["stages"]:
+        acc = stage.get("eval", {}).get("accuracy")
+        console.print(f"[green]{stage['scheme'] if 'scheme' in stage else scheme}[/]: {stage['steps']} steps, {stage['seconds']:.0f}s"
+                      + (f", dev accuracy {acc:.4f}" if acc is not None else ""))
+    teacher_acc = report.get("teacher_eval", {}).get("accuracy")
+    if teacher_acc is not None:
+        console.print(f"teacher dev accuracy {teacher_acc:.4f}")
+    console.print(f"quantized checkpoint -> {out} (report: {out / 'quant_report.json'}); next: edgekit export {out}")
+
+
+report_app = typer.Typer(no_args_is_help=True, help="Profile reports: import trtexec / benchmark_app results, show several side by side.")
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("import")
+def report_import(
+    file: Annotated[Path, typer.Argument(help="trtexec --exportTimes JSON, or benchmark_app -json_stats report (file or -report_folder)")],
+    format: Annotated[Optional[str], typer.Option("--format", help="trtexec-times | benchmark-app (default: detected)")] = None,
+    batch: Annotated[int, typer.Option(help="batch size the tool ran (trtexec files do not record it)")] = 1,
+    seq_len: Annotated[Optional[int], typer.Option(help="sequence length the tool ran")] = None,
+    name: Annotated[Optional[str], typer.Option(help="artifact name to show in tables")] = None,
+    target: Annotated[Optional[str], typer.Option(help="target to record, e.g. jetson or openvino-npu")] = None,
+    layers: Annotated[Optional[Path], typer.Option(help="per-layer file to summarise: trtexec --exportProfile, or benchmark_app counters")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="where the edgekit profile JSON goes (default: FILE.edgekit.json)")] = None,
+) -> None:
+    """Convert a foreign latency report into edgekit's profile schema (what the tool did not measure stays empty)."""
+    from edgekit import artifact, foreign
+    from edgekit.render import latency_table
+
+    r = foreign.import_report(file, format, batch=batch, seq_len=seq_len, name=name, target=target, layers=layers)
+    dest = json_out or file.with_name(file.name + ".edgekit.json")
+    artifact.write_json(dest, r.model_dump())
+    console.print(latency_table([r]))
+    for w in r.warnings:
+        console.print(f"[yellow]warning:[/] {escape(w)}")
+    console.print(f"imported -> {dest}")
+
+
+@report_app.command("schema")
+def report_schema(
+    out: Annotated[Path, typer.Option(help="where the JSON Schema goes")] = Path("docs/profile.schema.json"),
+) -> None:
+    """Write the JSON Schema of edgekit's profile report (versioned; docs/profile.schema.json in the repo)."""
+    import json
+
+    from edgekit import report as schema
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(schema.json_schema(), indent=2, sort_keys=True) + "\n")
+    console.print(f"profile schema v{schema.SCHEMA_VERSION} -> {out}")
+
+
+@report_app.command("show")
+def report_show(
+    files: Annotated[list[Path], typer.Argument(help="edgekit profile JSON files (measured or imported); ratios are to the first")],
+    markdown: Annotated[Optional[Path], typer.Option(help="also write a Markdown summary here")] = None,
+) -> None:
+    """Show profile reports from any device side by side, with ratios to the first."""
+    from edgekit import report as schema
+    from edgekit.render import comparison_table, latency_table, markdown as to_markdown
+
+    reports = [schema.load(f) for f in files]
+    comparison = schema.Comparison(created=reports[0].created, reports=reports, ratios=schema.ratios(reports)) if len(reports) > 1 else None
+    console.print(latency_table(reports))
+    if comparison:
+        console.print(comparison_table(comparison))
+    if markdown:
+        markdown.write_text(to_markdown(reports, comparison))
+        console.print(f"markdown -> {markdown}")
 
 
 def main() -> None:

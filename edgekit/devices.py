@@ -123,3 +123,29 @@ def usable_here(profile: DeviceProfile) -> tuple[bool, str]:
         except Exception as err:  # noqa: BLE001 - any failure just means "not usable"
             reasons.append(f"{name}: {err}")
     return False, "; ".join(reasons)
+
+
+def compile_plan(profile: DeviceProfile, targets: list[str] | None, options: dict[str, str]) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """What ``edgekit compile --device NAME`` builds: the targets (the profile's first one when
+    none is named; a named one must be among the profile's) and each target's options, with
+    the profile's name, precision and thread count filled in where the target takes them.
+
+    A precision the device does not run is an error here, before anything is exported.
+    """
+    chosen = list(targets) if targets else [profile.targets[0]]
+    wrong = [t for t in chosen if t not in profile.targets]
+    if wrong:
+        raise ConfigError(f"device {profile.name} does not run target {wrong[0]!r}", hint=f"its targets: {', '.join(profile.targets)}")
+    precision = options.get("precision")
+    if precision is not None and precision not in profile.precisions:
+        raise ConfigError(f"device {profile.name} does not run precision {precision!r}", hint=f"its precisions: {', '.join(profile.precisions)}")
+    per_target: dict[str, dict[str, str]] = {}
+    for name in chosen:
+        fields = TARGETS[name].options_model.model_fields
+        opts = dict(options)
+        if "device" in fields:
+            opts.setdefault("device", profile.name)
+        if "threads" in fields and profile.threads:
+            opts.setdefault("threads", str(profile.threads))
+        per_target[name] = opts
+    return chosen, per_target

@@ -44,21 +44,36 @@ class Summary(BaseModel):
         return [k for k in keys if self.rows and all(k in r.eval.metrics for r in self.rows)]
 
 
-def usable_targets() -> tuple[list[str], dict[str, str]]:
+def usable_targets(*, must_run: bool = False) -> tuple[list[str], dict[str, str]]:
+    """Targets that compile here (and, with ``must_run``, whose artifacts also run here:
+    the quickstart evaluates and profiles what it builds, so a compile-only target such as
+    a TensorRT plan is listed as skipped with the reason)."""
     ok, skipped = [], {}
     for name, cls in targets.TARGETS.items():
+        target = cls()
         try:
-            cls().check_available()
-            ok.append(name)
+            target.check_available()
         except Exception as err:  # noqa: BLE001 - reported as skipped, with the reason
             skipped[name] = str(err)
+            continue
+        why = target.runs_here() if must_run else None
+        if why is not None:
+            skipped[name] = f"compiles here, runs elsewhere: {why}"
+        else:
+            ok.append(name)
     return ok, skipped
+
+
+def _static_options(name: str) -> dict[str, str]:
+    """Targets that need static shapes get their sequence buckets from the shipped texts."""
+    fields = targets.TARGETS[name].options_model.model_fields
+    return {"data": str(data.shipped(data.SAMPLE_TEXTS))} if "data" in fields else {}
 
 
 def run(model: str | Path | None, out: str | Path, *, eval_data: str | Path | None = None,
         profile_options: ProfileOptions | None = None, say: Callable[[str], None] = print) -> Summary:
     out = Path(out)
-    names, skipped = usable_targets()
+    names, skipped = usable_targets(must_run=True)
     say("export: checkpoint -> ONNX (+ parity vs PyTorch)")
     onnx_dir, onnx_manifest = compile_step.ensure_onnx(model, out)
     eval_file = Path(eval_data) if eval_data else data.shipped(data.SAMPLE_PAIRS)
@@ -67,7 +82,7 @@ def run(model: str | Path | None, out: str | Path, *, eval_data: str | Path | No
     for name in names:
         say(f"compile: {name}")
         target_dir = out / name
-        manifest = compile_step.compile_artifact(onnx_dir, onnx_manifest, name, target_dir)
+        manifest = compile_step.compile_artifact(onnx_dir, onnx_manifest, name, target_dir, options=_static_options(name))
         say(f"eval: {name} on {eval_file.name}")
         report = evaluate(target_dir, eval_file)
         say(f"profile: {name}")

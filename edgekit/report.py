@@ -240,3 +240,34 @@ def ratios(reports: list[ProfileReport]) -> list[dict[str, float | None]]:
     """Each report's headline figures divided by the first report's."""
     base = headline(reports[0])
     return [{k: _ratio(v, base[k]) for k, v in headline(r).items()} for r in reports]
+
+
+def json_schema() -> dict:
+    """The JSON Schema of a profile report (``docs/profile.schema.json``)."""
+    return ProfileReport.model_json_schema()
+
+
+def load(path) -> ProfileReport:
+    """A profile report from JSON (measured by edgekit or imported); a clear error otherwise."""
+    import json
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from edgekit.errors import DataError
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file", hint="pass a *.profile.json written by 'edgekit profile' or 'edgekit report import'") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: not a JSON file ({err})", hint="pass a *.profile.json written by 'edgekit profile' or 'edgekit report import'") from None
+    if isinstance(data, dict) and data.get("schema_version") not in (None, SCHEMA_VERSION):
+        raise DataError(f"{path}: profile schema version {data.get('schema_version')}, this edgekit reads {SCHEMA_VERSION}", hint="upgrade edgekit or re-run the profile")
+    try:
+        return ProfileReport.model_validate(data)
+    except ValidationError as err:
+        e = err.errors()[0]
+        where = ".".join(str(x) for x in e["loc"]) or "top level"
+        raise DataError(f"{path}: not an edgekit profile report ({where}: {e['msg']})", hint="import foreign reports with 'edgekit report import' first") from None

@@ -12,7 +12,7 @@ import pytest
 
 from edgekit import cli
 
-COMMANDS = ["export", "compile", "profile", "eval", "targets", "devices", "quickstart"]
+COMMANDS = ["export", "compile", "profile", "eval", "targets", "devices", "quickstart", "quantize", "report", "exits"]
 
 
 def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
@@ -60,6 +60,24 @@ def test_targets_and_devices_list_usability(monkeypatch, capsys):
     assert code == 0 and "ort-cpu" in out and "openvino-cpu" in out
     code, out, _ = run_cli(["devices"], monkeypatch, capsys)
     assert code == 0 and "x86-64-cpu" in out and "intel-xeon-amx" in out
+
+
+def test_quickstart_runs_only_targets_that_execute_here():
+    """A compile-only target (a TensorRT plan with no tensorrt here) compiles but is not
+    evaluated or profiled by the main job: it is listed as skipped with the reason."""
+    from edgekit.quickstart import usable_targets
+    from edgekit.targets import TARGETS
+
+    compiles, _ = usable_targets()
+    runs, skipped = usable_targets(must_run=True)
+    assert {"ort-cpu", "openvino-cpu", "ort-mobile"} <= set(runs) <= set(compiles)
+    for name in set(compiles) - set(runs):
+        assert TARGETS[name]().runs_here() is not None
+        assert skipped[name].startswith("compiles here, runs elsewhere")
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        assert "jetson" in compiles and "jetson" not in runs
 
 
 def test_missing_path(monkeypatch, capsys, tmp_path):
@@ -163,3 +181,68 @@ def test_export_compile_eval_profile_through_the_cli(monkeypatch, capsys, checkp
     assert code == 0, err
     prof = json.loads((dist / "reports" / "ort-cpu.profile.json").read_text())
     assert prof["first_token"]["model_only"]["n"] >= 3 and [p["batch"] for p in prof["throughput"]] == [1, 2]
+
+
+FOREIGN = Path(__file__).parent / "data" / "foreign"
+
+
+def test_report_import_then_show_side_by_side(monkeypatch, capsys, tmp_path):
+    """Foreign reports land in edgekit's schema and in the same table as each other."""
+    trt = tmp_path / "trt.json"
+    code, out, err = run_cli(["report", "import", str(FOREIGN / "trtexec-times.json"), "--seq-len", "128", "--target", "jetson",
+                              "--name", "orin", "--json", str(trt)], monkeypatch, capsys)
+    assert code == 0, err
+    ov = tmp_path / "ov.json"
+    code, _, err = run_cli(["report", "import", str(FOREIGN / "benchmark_app-cpp"), "--seq-len", "128", "--json", str(ov)], monkeypatch, capsys)
+    assert code == 0, err
+    from edgekit import foreign, report
+
+    a = report.load(trt)
+    assert a.artifact.target == "jetson" and a.source.tool.startswith("trtexec")
+    direct = foreign.import_report(FOREIGN / "trtexec-times.json", seq_len=128)
+    assert a.first_token.model_only == direct.first_token.model_only
+    md = tmp_path / "both.md"
+    code, out, err = run_cli(["report", "show", str(trt), str(ov), "--markdown", str(md)], monkeypatch, capsys)
+    assert code == 0, err
+    assert "orin" in out and md.read_text().count("|") > 10
+
+
+def test_report_show_refuses_a_file_that_is_not_a_profile(monkeypatch, capsys, tmp_path):
+    bad = tmp_path / "x.json"
+    bad.write_text('{"hello": 1}')
+    code, _, err = run_cli(["report", "show", str(bad)], monkeypatch, capsys)
+    assert_user_error(code, err, "not an edgekit profile report", "report import")
+    code, _, err = run_cli(["report", "import", str(tmp_path / "none.json")], monkeypatch, capsys)
+    assert code == 2 and "Traceback" not in err
+
+
+def test_profile_schema_in_docs_is_current(tmp_path, monkeypatch, capsys):
+    """docs/profile.schema.json is what 'edgekit report schema' writes from the models."""
+    out = tmp_path / "s.json"
+    code, _, err = run_cli(["report", "schema", "--out", str(out)], monkeypatch, capsys)
+    assert code == 0, err
+    shipped = Path(__file__).parents[1] / "docs" / "profile.schema.json"
+    assert json.loads(out.read_text()) == json.loads(shipped.read_text()), "run 'edgekit report schema' and commit docs/profile.schema.json"
+
+
+def test_compile_for_a_device_checks_its_targets_and_precisions(monkeypatch, capsys, tmp_path):
+    from edgekit import devices
+
+    nano = devices.get("jetson-orin-nano")
+    chosen, opts = devices.compile_plan(nano, [], {"precision": "fp16"})
+    assert chosen == ["jetson"] and opts["jetson"]["device"] == "jetson-orin-nano" and opts["jetson"]["threads"] == "6"
+    code, _, err = run_cli(["compile", str(tmp_path / "none"), "--device", "jetson-orin-nano", "-t", "openvino-cpu", "--out", str(tmp_path / "o")], monkeypatch, capsys)
+    assert_user_error(code, err, "does not run target 'openvino-cpu'", "jetson")
+    code, _, err = run_cli(["compile", "--device", "raspberry-pi-5", "-o", "precision=fp16", "--out", str(tmp_path / "o")], monkeypatch, capsys)
+    assert_user_error(code, err, "does not run precision 'fp16'")
+    code, _, err = run_cli(["compile", "--device", "no-such-board", "--out", str(tmp_path / "o")], monkeypatch, capsys)
+    assert_user_error(code, err, "unknown device", "jetson-orin-nano")
+    assert not (tmp_path / "o").exists()
+
+
+def test_quantize_refuses_an_unknown_scheme(monkeypatch, capsys, tmp_path):
+    data = tmp_path / "t.txt"
+    data.write_text("a sentence\n")
+    code, _, err = run_cli(["quantize", "default", "--data", str(data), "--scheme", "w0a0", "--out", str(tmp_path / "q")], monkeypatch, capsys)
+    assert_user_error(code, err, "w0a0")
+    assert not (tmp_path / "q").exists()

@@ -50,6 +50,10 @@ class Target(Protocol):
         """Write the target's model files into ``out``; return manifest fields to set
         (``model_file``, ``precision``, ``runtime``, ``settings``)."""
 
+    def runs_here(self) -> str | None:
+        """None if this machine has the runtime and hardware that run this target's
+        artifacts; else why not (the target may still compile here, e.g. a TensorRT plan)."""
+
     def executable_here(self, manifest: Manifest) -> str | None:
         """None if artifacts of this target run on this machine; else why not (then compile
         writes what it can, skips the parity run, and says so in the manifest)."""

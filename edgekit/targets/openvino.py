@@ -76,6 +76,9 @@ class OpenVinoCpuTarget:
             "settings": {"device": "CPU", "config": _config(options.precision, options.hint, options.threads, options.streams)},
         }
 
+    def runs_here(self) -> str | None:
+        return None
+
     def executable_here(self, manifest: Manifest) -> str | None:
         return None
 

@@ -339,6 +339,9 @@ class OpenVinoNpuTarget:
         }
 
     def executable_here(self, manifest: Manifest) -> str | None:
+        return self.runs_here()
+
+    def runs_here(self) -> str | None:
         try:
             import openvino as ov
         except ImportError:

@@ -72,6 +72,9 @@ class OrtCpuTarget:
             "settings": {"optimization_saved": options.optimization, "optimization_at_load": "all", "threads": options.threads, "provider": "CPUExecutionProvider"},
         }
 
+    def runs_here(self) -> str | None:
+        return None
+
     def executable_here(self, manifest: Manifest) -> str | None:
         return None
 

@@ -224,6 +224,9 @@ class OrtMobileTarget:
             },
         }
 
+    def runs_here(self) -> str | None:
+        return None  # .ort models run on ONNX Runtime's CPU provider anywhere
+
     def executable_here(self, manifest: Manifest) -> str | None:
         return None  # .ort models run on ONNX Runtime's CPU provider anywhere
 

@@ -467,10 +467,15 @@ class JetsonTarget:
             return f"this GPU is compute capability {here}; device {device.name} is {device.compute_capability}"
         return None
 
+    def runs_here(self) -> str | None:
+        if _trt() is None:
+            return "tensorrt is not installed here (TensorRT engines are built and run on the Jetson itself)"
+        return None
+
     def executable_here(self, manifest: Manifest) -> str | None:
         trt = _trt()
         if trt is None:
-            return "tensorrt is not installed here (TensorRT engines are built and run on the Jetson itself)"
+            return self.runs_here()
         if manifest.pending:
             return f"the engine is not built yet ({manifest.settings.get('not_built_here', manifest.pending)})"
         return _mismatch(trt, manifest.settings.get("pinned") or {})
