@@ -503,6 +503,12 @@ def report_show(
         console.print(f"markdown -> {markdown}")
 
 
+from edgekit import cli_build, cli_lowbit  # noqa: E402 - their commands join the app here
+
+cli_lowbit.register(app)
+cli_build.register(app)
+
+
 def main() -> None:
     """Console entry point: user errors are one line and exit code 2."""
     try:
