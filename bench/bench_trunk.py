@@ -38,7 +38,7 @@ def main() -> None:
 
     import torch
 
-    work = args.out / "trunk"
+    work = Path("bench/work/trunk")  # artifacts; only the summary goes to --out
     onnx_dir, onnx_manifest = compile_step.ensure_onnx("default", work)
     dirs = {}
     for name in ("ort-cpu", "openvino-cpu"):
