@@ -399,7 +399,7 @@ def exits_prune(
 def quantize(
     model: ModelArg = None,
     data: Annotated[Path, typer.Option(help="training texts: .txt, or JSONL/CSV with 'text' (+ optional 'label')")] = ...,
-    scheme: Annotated[str, typer.Option(help="bit-w1a1, bit-w1a8, ternary-w2a8, bibert-w1a1, bitnet-w1.58a8, ... (an unknown name lists them)")] = "bit-w1a1",
+    scheme: Annotated[str, typer.Option(help="bit-w1a1, bit-w1a8, ternary-w2a8, bibert-w1a1, bitnet-w2a8, ... (an unknown name lists them)")] = "bit-w1a1",
     out: Annotated[Path, typer.Option(help="quantized checkpoint directory to write ('edgekit export' accepts it)")] = Path("build/quantized"),
     eval_data: Annotated[Optional[Path], typer.Option("--eval", help="labeled dev file: accuracy of the teacher and of each stage")] = None,
     teacher: Annotated[Optional[str], typer.Option(help="teacher checkpoint (default: MODEL itself)")] = None,

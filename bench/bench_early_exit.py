@@ -1,0 +1,187 @@
+"""Early-exit benchmark: accuracy vs mean batch-1 latency, deployed, on the real task.
+
+The fine-tuned MiniLM-L6 classifier (bench/finetune.py -> .ckpt/minilm-debian, six Debian
+archive sections) with exit heads after every layer (``edgekit exits train``, backbone
+frozen, so the last exit is the original model). For each target (ort-cpu, openvino-cpu):
+
+1. calibrate every policy on the dev file with segment latencies measured on the target,
+   and take each policy's fastest operating point within ``--max-drop`` points of the
+   model without exits (dev accuracy);
+2. build the deployed artifacts: the model without exits (one graph, the baseline), one
+   segmented early-exit artifact per policy at its operating point, and the static depth
+   cut (early-exit pruning) at the shallowest layer whose own dev accuracy is within budget;
+3. run the test file through all of them at batch 1, interleaved text by text (every
+   artifact sees the same text back to back, so machine drift hits all alike), timing
+   the model-only call; accuracy comes from the same runs.
+
+Columns: test accuracy and its drop in points vs the no-exit model, mean layers run, mean
+and p50 batch-1 latency over the real test texts (unpadded: each text at its own length),
+and the latency ratio to the no-exit model measured in the same run.
+
+Run:  python bench/bench_early_exit.py                 # ~10 min on 2 CPU cores
+      python bench/bench_early_exit.py --limit 200     # quicker, fewer test texts
+Needs: .ckpt/minilm-debian (python bench/finetune.py) and exit heads (trained here when
+--heads does not exist: about 7 minutes on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgekit import artifact, compile as compile_step, data
+from edgekit.exits import build
+from edgekit.exits.calibrate import Point, choose
+from edgekit.exits.model import load_exits
+from edgekit.exits.policies import make
+from edgekit.exits.segments import compile_exits, export_pruned, export_segments
+from edgekit.runtime import Predictor
+
+DATA = Path("bench/data/debian-sections")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=Path(".ckpt/minilm-debian"))
+    ap.add_argument("--heads", type=Path, default=Path(".ckpt/minilm-debian-exits"))
+    ap.add_argument("--targets", default="ort-cpu,openvino-cpu")
+    ap.add_argument("--max-drop", type=float, default=1.0, help="accuracy budget in points (dev) for every operating point")
+    ap.add_argument("--limit", type=int, help="use the first N test texts only")
+    ap.add_argument("--rounds", type=int, default=3, help="timed passes over the test texts; a text's latency is its median over the passes")
+    ap.add_argument("--work", type=Path, default=Path("bench/work/early_exit"))
+    ap.add_argument("--out", type=Path, default=Path("bench/results/early_exit"))
+    args = ap.parse_args()
+    if not (args.model / "config.json").exists():
+        print(f"error: {args.model}: no fine-tuned checkpoint (run python bench/finetune.py first)", file=sys.stderr)
+        return 2
+    if not (args.heads / "exits.json").exists():
+        print(f"training exit heads into {args.heads} (frozen backbone) ...")
+        build.train(args.model, DATA / "train.jsonl", args.heads)
+
+    model = load_exits(args.heads, args.model)
+    labels = list(model.encoder.info.labels)
+    test = data.read_labeled(DATA / "test.jsonl", labels)
+    texts, y = test.texts[: args.limit], np.asarray(test.labels[: args.limit])
+    targets = [t for t in args.targets.split(",") if t]
+    results: dict = {"host": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+                     "model": str(args.model), "heads": str(args.heads), "test_texts": len(texts), "max_drop": args.max_drop, "targets": {}}
+
+    # The model without exits: one ordinary export (the trunk's graph), compiled per target.
+    onnx_dir, onnx_manifest = compile_step.ensure_onnx(args.model, args.work / "full")
+    for target in targets:
+        t0 = time.time()
+        cal = build.calibrate(args.heads, DATA / "dev.jsonl", args.work / f"calibration-{target}", target=target, max_drop=args.max_drop)
+        points = [Point(**p) for p in cal["points"]]
+        arts: dict[str, tuple[Path, dict]] = {}
+        full = args.work / "full" / target
+        compile_step.compile_artifact(onnx_dir, onnx_manifest, target, full)
+        arts["no exits"] = (full, {"policy": None})
+        for policy in dict.fromkeys(p.policy for p in points):
+            chosen = choose(cal["base"], [p for p in points if p.policy == policy], max_drop=args.max_drop)
+            seg = args.work / f"{policy}-{chosen.param:g}"
+            if not (seg / "onnx" / "manifest.json").exists():
+                export_segments(model, make(policy, chosen.param, model.task), seg / "onnx")
+            compile_exits(seg / "onnx", target, seg / target)
+            arts[f"{policy}={chosen.param:g}"] = (seg / target, {"policy": policy, "param": chosen.param, "dev_accuracy": chosen.quality,
+                                                                 "dev_mean_layers": chosen.mean_layers, "expected_latency_ms": chosen.expected_latency_ms})
+        depth = build.depth_for(cal, args.max_drop)
+        cut = args.work / f"pruned-{depth}"
+        if not (cut / "onnx" / "manifest.json").exists():
+            export_pruned(model, depth, cut / "onnx")
+        cut_manifest = artifact.read_manifest(cut / "onnx")
+        compile_step.compile_artifact(cut / "onnx", cut_manifest, target, cut / target)
+        arts[f"pruned to {depth} layers"] = (cut / target, {"policy": "depth cut", "layers": depth})
+        print(f"{target}: built {len(arts)} artifacts in {time.time() - t0:.0f}s; dev base {cal['base']:.4f}, per-exit dev accuracy "
+              + " ".join(f"{q:.3f}" for q in cal["per_exit_quality"]) + f"; segment ms {[round(x, 2) for x in cal['segment_latency_ms']]}")
+        results["targets"][target] = {"calibration": {k: cal[k] for k in ("base", "chosen", "segment_latency_ms", "per_exit_quality", "layers")},
+                                      "rows": measure(arts, texts, y, model.config.layers, args.rounds)}
+        print_table(target, results["targets"][target]["rows"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "early_exit.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "early_exit.md").write_text(markdown(results) + "\n")
+    print(f"wrote {args.out / 'early_exit.json'} and early_exit.md")
+    return 0
+
+
+def measure(arts: dict[str, tuple[Path, dict]], texts: list[str], y: np.ndarray, layers, rounds: int) -> list[dict]:
+    preds = {name: Predictor(path).__enter__() for name, (path, _) in arts.items()}
+    try:
+        feeds = {name: [p.tokenizer([t]) for t in texts] for name, p in preds.items()}
+        for name, p in preds.items():  # warm-up
+            for f in feeds[name][:10]:
+                p.run(f)
+            if p.exits is not None:
+                p.exits.histogram[:] = 0
+        runs = {name: np.zeros((rounds, len(texts))) for name in preds}
+        out = {name: [] for name in preds}
+        for r in range(rounds):
+            for i in range(len(texts)):
+                order = list(preds) if (i + r) % 2 == 0 else list(reversed(preds))  # alternate who goes first
+                for name in order:
+                    t = time.perf_counter()
+                    o = preds[name].run(feeds[name][i])
+                    runs[name][r, i] = (time.perf_counter() - t) * 1000
+                    if r == 0:
+                        out[name].append(o[0])
+        # A text's latency is its median over the passes (robust to a stray spike on a busy
+        # machine); the mean over texts is what a stream of real requests costs.
+        ms = {name: np.median(v, axis=0).tolist() for name, v in runs.items()}
+        hist_rounds = rounds
+        base_acc = float(np.mean(np.argmax(out["no exits"], -1) == y))
+        base_mean = statistics.fmean(ms["no exits"])
+        rows = []
+        for name, p in preds.items():
+            acc = float(np.mean(np.argmax(out[name], -1) == y))
+            hist = (p.exits.histogram // hist_rounds).tolist() if p.exits is not None else None
+            if hist is not None:
+                mean_layers = float(np.dot(hist, p.exits.layers) / max(1, sum(hist)))
+            else:
+                mean_layers = float(arts[name][1].get("layers") or layers[-1])
+            mean = statistics.fmean(ms[name])
+            rows.append({"artifact": name, **arts[name][1], "test_accuracy": acc, "drop_points": (base_acc - acc) * 100,
+                         "mean_layers": mean_layers, "exit_histogram": hist, "mean_ms": mean,
+                         "p50_ms": statistics.median(ms[name]), "p90_ms": float(np.percentile(ms[name], 90)),
+                         "latency_ratio": mean / base_mean, "speedup": base_mean / mean})
+        return rows
+    finally:
+        for p in preds.values():
+            p.__exit__(None, None, None)
+
+
+def print_table(target: str, rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"early exit on {target}: batch 1, real test texts, interleaved")
+    for col in ("artifact", "test acc", "drop (pt)", "mean layers", "mean ms", "p50 ms", "x no-exit"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["artifact"], f"{r['test_accuracy']:.4f}", f"{r['drop_points']:+.2f}", f"{r['mean_layers']:.2f}",
+                  f"{r['mean_ms']:.2f}", f"{r['p50_ms']:.2f}", f"{r['speedup']:.2f}x")
+    Console().print(t)
+
+
+def markdown(results: dict) -> str:
+    lines = [f"# Early exit, deployed: {results['model']} on {results['test_texts']} test texts (budget {results['max_drop']} pt on dev)", ""]
+    for target, res in results["targets"].items():
+        cal = res["calibration"]
+        lines += [f"## {target}", "",
+                  f"Segment latencies (ms, batch 1, dev texts): {', '.join(f'{x:.2f}' for x in cal['segment_latency_ms'])}; "
+                  f"per-exit dev accuracy: {', '.join(f'{q:.3f}' for q in cal['per_exit_quality'])}.", "",
+                  "| artifact | test acc | drop (pt) | mean layers | mean ms | p50 ms | speed-up vs no exits |", "|---|---|---|---|---|---|---|"]
+        for r in res["rows"]:
+            lines.append(f"| {r['artifact']} | {r['test_accuracy']:.4f} | {r['drop_points']:+.2f} | {r['mean_layers']:.2f} | "
+                         f"{r['mean_ms']:.2f} | {r['p50_ms']:.2f} | {r['speedup']:.2f}x |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
