@@ -160,11 +160,15 @@ def print_table(target: str, rows: list[dict]) -> None:
     from rich.table import Table
 
     t = Table(title=f"early exit on {target}: batch 1, real test texts, interleaved")
-    for col in ("artifact", "test acc", "drop (pt)", "mean layers", "mean ms", "p50 ms", "x no-exit"):
+    for col in ("artifact", "test acc", "drop (pt)", "mean layers", "mean ms", "expected ms", "p50 ms", "x no-exit"):
         t.add_column(col)
     for r in rows:
         t.add_row(r["artifact"], f"{r['test_accuracy']:.4f}", f"{r['drop_points']:+.2f}", f"{r['mean_layers']:.2f}",
-                  f"{r['mean_ms']:.2f}", f"{r['p50_ms']:.2f}", f"{r['speedup']:.2f}x")
+                  f"{r['mean_ms']:.2f}", _ms(r.get("expected_latency_ms")), f"{r['p50_ms']:.2f}", f"{r['speedup']:.2f}x")
+
+
+def _ms(v: float | None) -> str:
+    return f"{v:.2f}" if v is not None else "-"
     Console().print(t)
 
 
@@ -175,10 +179,11 @@ def markdown(results: dict) -> str:
         lines += [f"## {target}", "",
                   f"Segment latencies (ms, batch 1, dev texts): {', '.join(f'{x:.2f}' for x in cal['segment_latency_ms'])}; "
                   f"per-exit dev accuracy: {', '.join(f'{q:.3f}' for q in cal['per_exit_quality'])}.", "",
-                  "| artifact | test acc | drop (pt) | mean layers | mean ms | p50 ms | speed-up vs no exits |", "|---|---|---|---|---|---|---|"]
+                  "Expected ms: the calibration's prediction (dev exit distribution x measured segment latencies, taken before this run).", "",
+                  "| artifact | test acc | drop (pt) | mean layers | mean ms | expected ms | p50 ms | speed-up vs no exits |", "|---|---|---|---|---|---|---|---|"]
         for r in res["rows"]:
             lines.append(f"| {r['artifact']} | {r['test_accuracy']:.4f} | {r['drop_points']:+.2f} | {r['mean_layers']:.2f} | "
-                         f"{r['mean_ms']:.2f} | {r['p50_ms']:.2f} | {r['speedup']:.2f}x |")
+                         f"{r['mean_ms']:.2f} | {_ms(r.get('expected_latency_ms'))} | {r['p50_ms']:.2f} | {r['speedup']:.2f}x |")
         lines.append("")
     return "\n".join(lines)
 

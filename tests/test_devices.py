@@ -54,3 +54,33 @@ def test_usable_here_checks_arch_and_flags(monkeypatch):
 def test_unknown_device_lists_known():
     with pytest.raises(ConfigError, match="known devices"):
         devices.get("pdp-11")
+
+
+NEEDS = {"openvino-npu": {"seq_lens": "16,32"}}  # a static-shape target needs its buckets
+
+
+@pytest.mark.parametrize("name", sorted(devices.all_profiles()))
+def test_compile_runs_for_every_target_of_every_device(name, bert_onnx, tmp_path):
+    """'edgekit compile --device NAME' produces, for each of the device's targets, what can be
+    produced here: a checked artifact where the target runs here, a pending one (with its
+    reason) where it does not."""
+    from edgekit import artifact, compile as step, targets
+
+    profile = devices.get(name)
+    manifest = artifact.read_manifest(bert_onnx)
+    for target_name in profile.targets:
+        target = targets.get(target_name)
+        try:
+            target.check_available()
+        except Exception:  # noqa: BLE001 - a runtime missing here is listed by 'edgekit targets'
+            continue
+        chosen, opts = devices.compile_plan(profile, [target_name], dict(NEEDS.get(target_name, {})))
+        out = tmp_path / target_name
+        m = step.compile_artifact(bert_onnx, manifest, target_name, out, options=opts[target_name])
+        assert (out / artifact.MANIFEST).exists() and m.target == target_name
+        if "device" in target.options_model.model_fields:
+            assert name in str(m.settings), m.settings  # the device is recorded
+        if target.executable_here(m) is None:
+            assert m.parity is not None and m.parity.max_abs_diff < 1e-3
+        else:
+            assert m.parity is None and m.settings.get("parity_not_run")
