@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edgekit import artifact, parity, targets
+from edgekit import artifact, packing, parity, targets
 from edgekit.artifact import MANIFEST, Manifest
 from edgekit.errors import ConfigError, EdgekitError, TargetError
 
@@ -58,7 +58,9 @@ def compile_artifact(
     target.check_available()
     with artifact.staging(out) as tmp:
         try:
-            fields = target.compile(onnx_dir, onnx_manifest, opts, tmp)
+            # packed low-bit weights (edgekit lower) are unpacked and hash-checked for the target's tools
+            with packing.unpacked_dir(onnx_dir, onnx_manifest) as source:
+                fields = target.compile(source, onnx_manifest, opts, tmp)
         except Exception as err:
             if isinstance(err, EdgekitError) or not str(err):
                 raise
@@ -69,7 +71,7 @@ def compile_artifact(
             **fields, "kind": "compiled", "target": target.name, "name": out.parent.name, "created": artifact.now(),
             "parent": artifact.manifest_sha256(onnx_dir), "parity": None, "files": {},
         })
-        tol = tolerance or parity.TOLERANCES.get(manifest.precision, parity.Tolerance())
+        tol = tolerance or _recorded_tolerance(manifest, onnx_manifest) or parity.TOLERANCES.get(manifest.precision, parity.Tolerance())
         not_here = target.executable_here(manifest)
         if not_here is not None:
             # Nothing to run here: ship what was produced, say plainly that parity is still to check.
@@ -84,6 +86,14 @@ def compile_artifact(
         report = parity.enforce(parity.compare(reference, actual, task=manifest.task, output=output, runtime=f"{target.name} ({runtime})", tolerance=tol))
         manifest = manifest.model_copy(update={"parity": report, "settings": {**manifest.settings, "tolerance": tol.model_dump()}})
         return artifact.write_manifest(tmp, manifest)
+
+
+def _recorded_tolerance(*manifests: Manifest) -> parity.Tolerance | None:
+    """INT8 PTQ artifacts (edgekit.ptq, openvino-cpu int8=nncf) carry their own parity tolerance."""
+    for m in manifests:
+        if m.precision == "int8" and "ptq" in m.settings and "tolerance" in m.settings:
+            return parity.Tolerance.model_validate(m.settings["tolerance"])
+    return None
 
 
 def compile(

@@ -1,0 +1,606 @@
+"""bench/compare: edgekit's INT8 artifacts against the tools users pick today, one run, one process.
+
+The real task: MiniLM-L6 fine-tuned on bench/data/debian-sections (.ckpt/minilm-debian, FP32)
+and its QAT checkpoints (.ckpt/minilm-w1a1: BiT W1A1; .ckpt/minilm-w2a8: ternary W2A8, when
+present). Baselines, each at the strongest settings a skilled user reaches with the tool:
+
+- torch eager fp32;
+- ORT fp32: the exported ONNX, default session (all graph optimizations);
+- ORT INT8 dynamic: ``onnxruntime.quantization.quantize_dynamic`` (INT8 weights), plain, and
+  after ``onnxruntime.transformers.optimizer`` fusions (Attention, SkipLayerNorm, BiasGelu);
+- OpenVINO fp32 (LATENCY hint, f32 inference precision);
+- OpenVINO INT8 NNCF PTQ (256 training texts), dynamic shapes and a static [1, 128] shape,
+  LATENCY hint, one stream, OpenVINO's default inference precision for the non-INT8 ops
+  (bf16 on this CPU);
+
+then edgekit's artifacts, each on ort-cpu and on openvino-cpu (sequence buckets from the same
+256 texts' token lengths): PTQ INT8 (``edgekit ptq``, ORT static QDQ, same 256 texts), W1A1
+lowered and W2A8 lowered (``edgekit lower``).
+
+Columns: accuracy on dev and test (each artifact run by its own runtime), b1 s128 p50/p90
+(128 real tokens), b1 at real text lengths (mean over dev texts at their natural length;
+static [1,128] models pad to 128), b32 s128 throughput (a static [1,128] model runs the 32
+rows one by one), model file size, and the ratio to the best baseline in each column.
+Timings are interleaved round by round (every backend sees each round back to back, the
+order reversed every other round), so machine drift hits all alike.
+
+Also measured: where the time goes (ONNX Runtime's profiler, time per op type of the
+fastest edgekit ORT artifact), achieved INT8 GOP/s against a plain INT8 GEMM of the same
+shape on the same cores, and sequence buckets (p50/p90/max of the training texts' token
+lengths) against dynamic shapes and padding to 128.
+
+Run:  python bench/compare.py            # ~10-15 min on 2 CPU cores (builds cached in bench/work/compare)
+      python bench/compare.py --rebuild  # rebuild every artifact
+Writes bench/results/compare/compare.json and compare.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgekit import artifact, compile as compile_step, data, packing
+from edgekit.report import latency_stats
+from edgekit.runtime import Predictor
+from edgekit.tokenizer import Tokenizer
+
+DATA = Path("bench/data/debian-sections")
+CKPT = Path(".ckpt")
+LOW_BIT = {"W1A1": CKPT / "minilm-w1a1", "W2A8": CKPT / "minilm-w2a8"}
+# Schemes with low-bit embeddings too (W-E-A): no trained checkpoint here, so their artifact
+# size is measured on an untrained (calibrated) quantization of the FP32 model: size only.
+SIZE_SCHEMES = ("bit-w1e1a1", "ternary-w2e2a8")
+
+
+@dataclass
+class Backend:
+    name: str
+    group: str  # baseline | edgekit
+    run: Callable[[dict[str, np.ndarray]], np.ndarray]
+    size: int
+    static128: bool = False
+    note: str = ""
+    bits: str = ""
+    times: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
+    accuracy: dict[str, float] = field(default_factory=dict)
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def read_jsonl(path: Path, labels: list[str]) -> tuple[list[str], np.ndarray]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r["text"] for r in rows], np.array([labels.index(r["label"]) if isinstance(r["label"], str) else int(r["label"]) for r in rows])
+
+
+def files_bytes(root: Path, names: list[str]) -> int:
+    return sum((root / n).stat().st_size for n in names if (root / n).exists())
+
+
+def artifact_model_bytes(root: Path) -> int:
+    m = artifact.read_manifest(root, verify=False)
+    names = [m.model_file, *(["model.bin"] if m.model_file.endswith(".xml") else []), *([m.settings["packed"]["file"]] if m.settings.get("packed") else [])]
+    return files_bytes(root, names)
+
+
+# ----------------------------------------------------------------------------- builds
+
+
+def build_all(work: Path, calib: Path, rebuild: bool) -> dict[str, Any]:
+    """Every artifact, built once into ``work`` (kept between runs unless ``rebuild``)."""
+    import onnxruntime as ort
+
+    built: dict[str, Any] = {"seconds": {}}
+
+    def done(path: Path) -> bool:
+        return any((path / f).exists() for f in (artifact.MANIFEST, "model.onnx", "model.xml"))
+
+    def step(name: str, path: Path, fn: Callable[[], Any]) -> Path:
+        if rebuild or not done(path):
+            t = time.time()
+            say(f"build {name}")
+            fn()
+            built["seconds"][name] = round(time.time() - t, 1)
+        return path
+
+    fp32 = work / "fp32"
+    step("fp32 export", fp32 / "onnx", lambda: compile_step.ensure_onnx(str(CKPT / "minilm-debian"), fp32))
+    onnx_dir = fp32 / "onnx"
+    onnx_manifest = artifact.read_manifest(onnx_dir)
+    fp32_model = onnx_dir / onnx_manifest.model_file
+    built["fp32_onnx"] = onnx_dir
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    def dyn(src: Path, dst: Path) -> None:
+        dst.mkdir(parents=True, exist_ok=True)
+        # DefaultTensorType: shape inference does not know the fused com.microsoft ops
+        quantize_dynamic(str(src), str(dst / "model.onnx"), weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": 1})
+
+    step("ort dynamic", work / "ort-dynamic", lambda: dyn(fp32_model, work / "ort-dynamic"))
+
+    def fused_dyn() -> None:
+        from onnxruntime.transformers import optimizer
+
+        (work / "ort-fused").mkdir(parents=True, exist_ok=True)
+        opt = optimizer.optimize_model(str(fp32_model), model_type="bert", num_heads=12, hidden_size=384)
+        opt.save_model_to_file(str(work / "ort-fused" / "fused.onnx"))
+        dyn(work / "ort-fused" / "fused.onnx", work / "ort-fused-dynamic")
+
+    step("ort fusions + dynamic", work / "ort-fused-dynamic", fused_dyn)
+
+    import openvino as ov
+
+    from edgekit.ptq import calibration_feeds, nncf_quantize
+
+    def nncf(static: bool) -> None:
+        out = work / ("ov-nncf-static128" if static else "ov-nncf")
+        out.mkdir(parents=True, exist_ok=True)
+        model = ov.convert_model(str(fp32_model))
+        feeds, _ = calibration_feeds(onnx_dir, onnx_manifest, calib, 256)
+        if static:
+            model.reshape({p.get_any_name(): [1, 128] for p in model.inputs})
+            tok = Tokenizer(onnx_dir, onnx_manifest)
+            feeds = [tok([t], pad_to=128) for t in data.read_texts(calib)[:256]]
+        ov.save_model(nncf_quantize(model, feeds), str(out / "model.xml"))
+
+    step("openvino nncf dynamic", work / "ov-nncf", lambda: nncf(False))
+    step("openvino nncf static [1,128]", work / "ov-nncf-static128", lambda: nncf(True))
+
+    from edgekit.lower import lower
+    from edgekit.ptq import quantize_onnx
+
+    edge: dict[str, Path] = {}
+    step("edgekit ptq", work / "edgekit-ptq" / "onnx", lambda: quantize_onnx(onnx_dir, work / "edgekit-ptq" / "onnx", calibration=calib, samples=256))
+    edge["PTQ INT8"] = work / "edgekit-ptq"
+    for bits, ckpt in LOW_BIT.items():
+        if not (ckpt / "edgekit_quant.json").exists():
+            say(f"skip {bits}: {ckpt} not there")
+            continue
+        step(f"edgekit lower {bits}", work / f"edgekit-{bits}" / "onnx", lambda ckpt=ckpt, bits=bits: lower(ckpt, work / f"edgekit-{bits}" / "onnx"))
+        edge[f"{bits} lowered"] = work / f"edgekit-{bits}"
+    for label, root in edge.items():
+        src = root / "onnx"
+        m = artifact.read_manifest(src)
+        for target, options in (("ort-cpu", {}), ("openvino-cpu", {"buckets_from": str(calib)})):
+            step(f"edgekit {label} {target}", root / target,
+                 lambda src=src, m=m, target=target, root=root, options=options: compile_step.compile_artifact(src, m, target, root / target, options=options))
+    built["edgekit"] = edge
+
+    def untrained(scheme: str) -> None:
+        import torch
+
+        from edgekit.load import load
+        from edgekit.quant import calibrate, quantize_
+        from edgekit.quant.saving import save_quantized
+
+        enc = load(str(CKPT / "minilm-debian"))
+        quantize_(enc.module, scheme)
+        feed = enc.tokenize(data.read_texts(calib)[:16])
+        calibrate(enc.module, [tuple(torch.from_numpy(feed[n]) for n in enc.spec.input_names)])
+        ckpt = save_quantized(enc.module, enc.tokenizer, work / f"size-{scheme}-ckpt", source=CKPT / "minilm-debian")
+        lower(ckpt, work / f"size-{scheme}")
+
+    built["size_study"] = {}
+    for scheme in SIZE_SCHEMES:
+        built["size_study"][scheme] = step(f"size study {scheme} (untrained)", work / f"size-{scheme}", lambda scheme=scheme: untrained(scheme))
+    built["ort_version"] = ort.__version__
+    built["openvino_version"] = ov.__version__ if hasattr(ov, "__version__") else ov.get_version()
+    return built
+
+
+# ----------------------------------------------------------------------------- backends
+
+
+def make_backends(built: dict[str, Any], work: Path) -> list[Backend]:
+    import onnxruntime as ort
+    import openvino as ov
+    import torch
+
+    from edgekit.load import load
+
+    backends: list[Backend] = []
+    encoder = load(str(CKPT / "minilm-debian"))
+    names = encoder.spec.input_names
+
+    def torch_run(feed):
+        with torch.inference_mode():
+            return encoder.module(*[torch.from_numpy(feed[n]) for n in names]).numpy()
+
+    backends.append(Backend("torch eager fp32", "baseline", torch_run, files_bytes(CKPT / "minilm-debian", ["model.safetensors"]), bits="fp32"))
+
+    def ort_backend(name: str, path: Path, note: str = "") -> Backend:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return Backend(name, "baseline", lambda feed, s=sess: s.run(None, feed)[0], path.stat().st_size, note=note)
+
+    fp32_model = built["fp32_onnx"] / "model.onnx"
+    backends.append(ort_backend("ORT fp32", fp32_model))
+    backends.append(ort_backend("ORT INT8 dynamic", work / "ort-dynamic" / "model.onnx", "quantize_dynamic"))
+    backends.append(ort_backend("ORT INT8 dynamic + fusions", work / "ort-fused-dynamic" / "model.onnx", "transformers optimizer, then quantize_dynamic"))
+
+    core = ov.Core()
+
+    def ov_backend(name: str, model: Any, config: dict[str, str], size: int, static: bool = False, note: str = "") -> Backend:
+        compiled = core.compile_model(model, "CPU", config)
+        request = compiled.create_infer_request()
+        out = compiled.outputs[0]
+        return Backend(name, "baseline", lambda feed: np.array(request.infer(feed)[out]), size, static128=static, note=note)
+
+    backends.append(ov_backend("OpenVINO fp32", ov.convert_model(str(fp32_model)), {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"},
+                               fp32_model.stat().st_size, note="IR weights as the ONNX file"))
+    user = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+    for name, sub, static in (("OpenVINO INT8 NNCF dynamic", "ov-nncf", False), ("OpenVINO INT8 NNCF static [1,128]", "ov-nncf-static128", True)):
+        d = work / sub
+        backends.append(ov_backend(name, str(d / "model.xml"), user, files_bytes(d, ["model.xml", "model.bin"]), static=static,
+                                   note="LATENCY, 1 stream, default inference precision"))
+
+    for label, root in built["edgekit"].items():
+        for target in ("ort-cpu", "openvino-cpu"):
+            pred = Predictor(root / target).__enter__()
+            m = pred.manifest
+            backends.append(Backend(f"edgekit {label} / {target}", "edgekit", pred.run, artifact_model_bytes(root / target),
+                                    bits=label, note=f"{target} {m.precision}"))
+    return backends
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def accuracy(b: Backend, tok: Tokenizer, texts: list[str], labels: np.ndarray, batch: int = 32) -> float:
+    order = np.argsort([len(t) for t in texts])
+    preds = np.empty(len(texts), dtype=int)
+    if b.static128:
+        for i in order:
+            preds[i] = int(b.run(tok([texts[i]], pad_to=128)).argmax(-1)[0])
+    else:
+        for k in range(0, len(order), batch):
+            idx = order[k : k + batch]
+            preds[idx] = b.run(tok([texts[i] for i in idx])).argmax(-1)
+    return float((preds == labels).mean())
+
+
+def pad_feed(feed: dict[str, np.ndarray], seq: int, pad_id: int) -> dict[str, np.ndarray]:
+    from edgekit.targets.openvino_npu import fit_feed
+
+    return fit_feed(feed, feed["input_ids"].shape[0], seq, pad_id)
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+def op_profile(model: bytes, feed: dict[str, np.ndarray], runs: int) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "p")
+        sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        for _ in range(3):
+            sess.run(None, feed)
+        t = time.perf_counter()
+        for _ in range(runs):
+            sess.run(None, feed)
+        wall = (time.perf_counter() - t) / runs
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per_op: collections.Counter = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_op[e["args"]["op_name"]] += e["dur"]
+    total = sum(per_op.values())
+    return {"wall_ms": wall * 1e3, "kernel_ms": total / 1e3 / (runs + 3),
+            "share": {k: round(v / total, 4) for k, v in per_op.most_common()},
+            "ms": {k: round(v / 1e3 / (runs + 3), 3) for k, v in per_op.most_common()}}
+
+
+def int8_gemm_gops(m: int, k: int, n: int, runs: int = 20) -> float:
+    """GOP/s of one MatMulIntegerToFloat [m,k] (u8) x [k,n] (s8) on ONNX Runtime, these cores."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.choice([-1, 1], size=(k, n)).astype(np.int8), "W"), numpy_helper.from_array(np.float32(0.02), "ws"),
+             numpy_helper.from_array(np.int8(0), "wz"), numpy_helper.from_array(np.float32(0.05), "xs"), numpy_helper.from_array(np.uint8(0), "xz")]
+    nodes = [helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["x"]), helper.make_node("DequantizeLinear", ["W", "ws", "wz"], ["w"]),
+             helper.make_node("MatMul", ["x", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "gemm", [helper.make_tensor_value_info("xq", TensorProto.UINT8, [m, k])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    x = rng.integers(0, 2, size=(m, k)).astype(np.uint8)
+    for _ in range(3):
+        sess.run(None, {"xq": x})
+    ts = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(None, {"xq": x})
+        ts.append(time.perf_counter() - t)
+    return 2 * m * k * n / statistics.median(ts) / 1e9
+
+
+def encoder_int8_macs(seq: int, batch: int = 1, layers: int = 6, hidden: int = 384, ffn: int = 1536) -> int:
+    linears = seq * (4 * hidden * hidden + 2 * hidden * ffn)
+    attention = 2 * seq * seq * hidden
+    return batch * layers * (linears + attention)
+
+
+def bucket_study(root: Path, feeds: list[dict], buckets: list[int], pad_id: int, rounds: int) -> dict[str, Any]:
+    """Real-text batch-1 latency on one artifact: dynamic shapes vs buckets vs padding to 128 (openvino-cpu)."""
+    from edgekit.targets.openvino import OpenVinoSession
+
+    m = artifact.read_manifest(root / "openvino-cpu")
+    path = root / "openvino-cpu" / m.model_file
+    config = dict(m.settings["config"])
+    modes = {
+        "dynamic": (OpenVinoSession(path, config), lambda f: f),
+        f"buckets {','.join(map(str, buckets))}": (OpenVinoSession(path, config, buckets=buckets, pad_id=pad_id), lambda f: f),
+        f"pad to the largest bucket ({buckets[-1]})": (OpenVinoSession(path, config), lambda f: pad_feed(f, buckets[-1], pad_id)),
+    }
+    times: dict[str, list[float]] = collections.defaultdict(list)
+    for name, (sess, prep) in modes.items():
+        for f in feeds[:3]:
+            sess.infer(prep(f))
+    for r in range(rounds):
+        for name, (sess, prep) in (modes.items() if r % 2 == 0 else reversed(list(modes.items()))):
+            for f in feeds:
+                g = prep(f)
+                t = time.perf_counter()
+                sess.infer(g)
+                times[name].append(time.perf_counter() - t)
+    return {name: round(statistics.mean(ts) * 1e3, 3) for name, ts in times.items()}
+
+
+def tuning_study(root: Path, s128: dict, b32: dict, rounds: int) -> dict[str, Any]:
+    """openvino-cpu runtime settings on one lowered artifact: inference precision of the non-INT8 ops, hint."""
+    from edgekit.targets.openvino import OpenVinoSession
+
+    m = artifact.read_manifest(root / "openvino-cpu")
+    path = root / "openvino-cpu" / m.model_file
+    variants = {
+        "f32, LATENCY (edgekit default)": {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"},
+        "bf16, LATENCY": {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"},
+        "f32, THROUGHPUT": {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "THROUGHPUT"},
+    }
+    sessions = {k: OpenVinoSession(path, cfg) for k, cfg in variants.items()}
+    times: dict[str, dict[str, list[float]]] = {k: {"b1 s128": [], "b32": []} for k in variants}
+    for sess in sessions.values():
+        sess.infer(s128)
+        sess.infer(b32)
+    for r in range(rounds):
+        for name, sess in (sessions.items() if r % 2 == 0 else reversed(list(sessions.items()))):
+            for key, feed, n in (("b1 s128", s128, 15), ("b32", b32, 2)):
+                for _ in range(n):
+                    t = time.perf_counter()
+                    sess.infer(feed)
+                    times[name][key].append(time.perf_counter() - t)
+    return {name: {"b1_s128_p50_ms": round(statistics.median(t["b1 s128"]) * 1e3, 3), "b32_seq_per_s": round(32 * len(t["b32"]) / sum(t["b32"]), 1)}
+            for name, t in times.items()}
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("bench/work/compare"))
+    ap.add_argument("--out", type=Path, default=Path("bench/results/compare"))
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds")
+    ap.add_argument("--rebuild", action="store_true", help="rebuild every artifact")
+    ap.add_argument("--acc-limit", type=int, default=None, help="accuracy on the first N texts only")
+    ap.add_argument("--dev-accuracy", action="store_true", help="also measure accuracy on dev (test only by default)")
+    args = ap.parse_args()
+    t0 = time.time()
+    args.work.mkdir(parents=True, exist_ok=True)
+    train = [json.loads(line)["text"] for line in (DATA / "train.jsonl").read_text().splitlines()[:256]]
+    calib = args.work / "calibration.txt"
+    calib.write_text("\n".join(t.replace("\n", " ") for t in train) + "\n")
+
+    built = build_all(args.work, calib, args.rebuild)
+    say("loading backends")
+    backends = make_backends(built, args.work)
+    onnx_manifest = artifact.read_manifest(built["fp32_onnx"])
+    tok = Tokenizer(built["fp32_onnx"], onnx_manifest)
+    labels = list(onnx_manifest.source.labels)
+    pad_id = onnx_manifest.tokenizer.pad_id
+
+    sets = {s: read_jsonl(DATA / f"{s}.jsonl", labels) for s in ("dev", "test")}
+    dev_texts = sets["dev"][0]
+    if not args.dev_accuracy:  # dev accuracies of these checkpoints are in bench/results/quant; test is the held-out figure
+        sets = {"test": sets["test"]}
+    if args.acc_limit:
+        sets = {s: (t[: args.acc_limit], y[: args.acc_limit]) for s, (t, y) in sets.items()}
+    for b in backends:
+        t = time.time()
+        for s, (texts, y) in sets.items():
+            b.accuracy[s] = accuracy(b, tok, texts, y)
+        say(f"accuracy {b.name}: " + ", ".join(f"{k} {v:.4f}" for k, v in b.accuracy.items()) + f" ({time.time() - t:.0f}s)")
+
+    text128 = ""
+    for sentence in data.sample_texts():
+        text128 = f"{text128} {sentence}".strip()
+        if tok.lengths([text128])[0] >= 128:
+            break
+    real = [tok([t]) for t in dev_texts[:: max(1, len(dev_texts) // 120)][:120]]
+    s128 = tok([text128], pad_to=128)
+    feeds_dyn = {"b1 s128": [s128], "b1 real": real, "b32": [tok([text128] * 32, pad_to=128)]}
+    feeds_static = {**feeds_dyn, "b1 real": [pad_feed(f, 128, pad_id) for f in real]}
+    runs = {"b1 s128": 15, "b1 real": 40, "b32": 2}
+    say("timing")
+    timed_rounds([b for b in backends if not b.static128], [b for b in backends if b.static128], feeds_dyn, feeds_static, args.rounds, runs)
+
+    fp32_onnx_bytes = (built["fp32_onnx"] / "model.onnx").stat().st_size
+    rows = {}
+    for b in backends:
+        s = latency_stats(b.times["b1 s128"])
+        rows[b.name] = {
+            "group": b.group, "note": b.note,
+            "dev_acc": b.accuracy.get("dev"), "test_acc": b.accuracy["test"],
+            "b1_s128_p50_ms": s.p50, "b1_s128_p90_ms": s.p90,
+            "b1_real_mean_ms": statistics.mean(b.times["b1 real"]) * 1e3,
+            "b32_seq_per_s": 32 * len(b.times["b32"]) / sum(b.times["b32"]),
+            "model_bytes": b.size, "x_smaller_than_fp32_onnx": fp32_onnx_bytes / b.size,
+        }
+    base = {k: v for k, v in rows.items() if v["group"] == "baseline"}
+    best = {
+        "b1_s128_p50_ms": min(r["b1_s128_p50_ms"] for r in base.values()),
+        "b1_real_mean_ms": min(r["b1_real_mean_ms"] for r in base.values()),
+        "b32_seq_per_s": max(r["b32_seq_per_s"] for r in base.values()),
+        "model_bytes": min(r["model_bytes"] for r in base.values()),
+    }
+    fp32_test = rows["torch eager fp32"]["test_acc"]
+    for name, r in rows.items():
+        r["vs_best_baseline"] = {
+            "b1_s128_p50": best["b1_s128_p50_ms"] / r["b1_s128_p50_ms"],
+            "b1_real_mean": best["b1_real_mean_ms"] / r["b1_real_mean_ms"],
+            "b32": r["b32_seq_per_s"] / best["b32_seq_per_s"],
+            "size": best["model_bytes"] / r["model_bytes"],
+        }
+        r["drop_points_test"] = 100 * (fp32_test - r["test_acc"])
+
+    say("analysis: time per op type, INT8 GEMM, buckets")
+    analysis: dict[str, Any] = {}
+    edge_ort = [b for b in backends if b.group == "edgekit" and b.name.endswith("ort-cpu") and "lowered" in b.name]
+    if edge_ort:
+        fastest = min(edge_ort, key=lambda b: rows[b.name]["b1_s128_p50_ms"])
+        label = fastest.name.removeprefix("edgekit ").split(" / ")[0]
+        root = built["edgekit"][label] / "ort-cpu"
+        m = artifact.read_manifest(root)
+        model = packing.model_bytes(root, m.model_file, m.settings.get("packed"))
+        prof1 = op_profile(model, s128, 30)
+        prof32 = op_profile(model, feeds_dyn["b32"][0], 3)
+        gemm = {"b1 [128,384]x[384,1536]": int8_gemm_gops(128, 384, 1536), "b32 [4096,384]x[384,1536]": int8_gemm_gops(4096, 384, 1536, 5)}
+        int8_ops = ("MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger")
+        achieved = {}
+        for key, prof, batch in (("b1 s128", prof1, 1), ("b32 s128", prof32, 32)):
+            ms = sum(prof["ms"].get(op, 0.0) for op in int8_ops)
+            macs = encoder_int8_macs(128, batch)
+            achieved[key] = {"int8_matmul_ms": ms, "int8_gops_in_matmuls": 2 * macs / (ms / 1e3) / 1e9 if ms else None,
+                             "model_gops_wall": 2 * macs / (prof["wall_ms"] / 1e3) / 1e9}
+        analysis["ort_profile"] = {"artifact": fastest.name, "b1_s128": prof1, "b32_s128": prof32, "plain_int8_gemm_gops": gemm, "achieved": achieved}
+        from edgekit.targets.openvino import data_buckets
+        from edgekit.targets.openvino_npu import ROUND
+
+        buckets = data_buckets(tok.lengths(data.read_texts(calib)), onnx_manifest.tokenizer.max_length)
+        longest = max(f["input_ids"].shape[1] for f in real)
+        if longest > buckets[-1]:  # a dev text longer than every training text: one more bucket
+            buckets.append(ROUND * -(-longest // ROUND))
+        analysis["buckets"] = {"artifact": f"edgekit {label} / openvino-cpu", "buckets": buckets, "source": "p50/p90/max of the 256 training texts' token lengths + powers of two between",
+                               "b1_real_mean_ms": bucket_study(built["edgekit"][label], real, buckets, pad_id, max(1, args.rounds - 1))}
+        analysis["openvino_tuning"] = {"artifact": f"edgekit {label} / openvino-cpu",
+                                       "settings": tuning_study(built["edgekit"][label], s128, feeds_dyn["b32"][0], max(1, args.rounds - 1))}
+
+    analysis["size_low_bit_embeddings"] = {
+        scheme: {"model_bytes": artifact_model_bytes(path), "x_smaller_than_fp32_onnx": fp32_onnx_bytes / artifact_model_bytes(path)}
+        for scheme, path in built["size_study"].items()}
+    result = {
+        "host": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
+                 "onnxruntime": built["ort_version"], "openvino": str(built["openvino_version"])},
+        "data": {"accuracy_sets": {k: len(v[0]) for k, v in sets.items()}, "real_text_mean_tokens": statistics.mean(f["input_ids"].shape[1] for f in real),
+                 "calibration": "first 256 texts of train.jsonl"},
+        "rounds": args.rounds, "runs_per_round": runs, "fp32_onnx_bytes": fp32_onnx_bytes, "best_baseline": best,
+        "rows": rows, "analysis": analysis, "build_seconds": built["seconds"], "seconds": round(time.time() - t0, 1),
+        "not_measured": ["early exit rows (edgekit artifacts with exit heads): exit heads are not trained for the low-bit checkpoints; see bench/bench_early_exit.py for FP32"],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "compare.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    md = table(result)
+    (args.out / "compare.md").write_text(md)
+    print(md)
+    return 0
+
+
+def timed_rounds(dynamic: list[Backend], static: list[Backend], feeds_dyn: dict, feeds_static: dict, rounds: int, runs: dict) -> None:
+    """Interleaved rounds over every backend; static [1,128] backends get inputs padded to 128."""
+    everyone = [(b, feeds_dyn) for b in dynamic] + [(b, feeds_static) for b in static]
+
+    def call(b: Backend, key: str, feed: dict) -> float:
+        t = time.perf_counter()
+        if key == "b32" and b.static128:
+            one = {k: v[:1] for k, v in feed.items()}
+            for _ in range(feed["input_ids"].shape[0]):
+                b.run(one)
+        else:
+            b.run(feed)
+        return time.perf_counter() - t
+
+    for b, feeds in everyone:
+        for key, fl in feeds.items():
+            for f in fl[:2]:
+                call(b, key, f)
+    for r in range(rounds):
+        order = everyone if r % 2 == 0 else list(reversed(everyone))
+        for key in feeds_dyn:
+            n = runs[key]
+            for b, feeds in order:
+                fl = feeds[key]
+                for i in range(n):
+                    b.times[key].append(call(b, key, fl[(r * n + i) % len(fl)]))
+        say(f"round {r + 1}/{rounds} done")
+
+
+def table(result: dict[str, Any]) -> str:
+    h = result["host"]
+    lines = [
+        f"# bench/compare: MiniLM-L6 on debian-sections ({h['cpu']}, {h['cores']} cores, onnxruntime {h['onnxruntime']}, openvino {h['openvino']})",
+        "",
+        f"Real text: {result['data']['real_text_mean_tokens']:.1f} tokens on average (120 dev texts, batch 1). Accuracy on "
+        + ", ".join(f"{k} ({n} texts)" for k, n in result['data']['accuracy_sets'].items()) + "; static [1,128] models truncate longer texts to 128 tokens.",
+        "Ratios (x): against the best baseline in that column (>1 is better: faster, more throughput, smaller).",
+        "",
+        "| backend | dev acc | test acc | drop pts (test) | b1 s128 p50 ms | p90 ms | b1 real mean ms | b32 seq/s | model MB | vs FP32 ONNX | x p50 | x real | x b32 | x size |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in result["rows"].items():
+        v = r["vs_best_baseline"]
+        dev = f"{r['dev_acc']:.4f}" if r["dev_acc"] is not None else "-"
+        lines.append(f"| {name} | {dev} | {r['test_acc']:.4f} | {r['drop_points_test']:+.2f} | {r['b1_s128_p50_ms']:.2f} | {r['b1_s128_p90_ms']:.2f} | "
+                     f"{r['b1_real_mean_ms']:.2f} | {r['b32_seq_per_s']:.1f} | {r['model_bytes'] / 1e6:.1f} | {r['x_smaller_than_fp32_onnx']:.1f}x | "
+                     f"{v['b1_s128_p50']:.2f} | {v['b1_real_mean']:.2f} | {v['b32']:.2f} | {v['size']:.2f} |")
+    a = result["analysis"]
+    if "ort_profile" in a:
+        p = a["ort_profile"]
+        lines += ["", f"## Where the time goes: {p['artifact']} (ONNX Runtime profiler)", ""]
+        for key in ("b1_s128", "b32_s128"):
+            top = ", ".join(f"{k} {100 * s:.0f}%" for k, s in list(p[key]["share"].items())[:8])
+            lines.append(f"- {key}: wall {p[key]['wall_ms']:.2f} ms; {top}")
+        g = p["plain_int8_gemm_gops"]
+        lines.append("- plain INT8 GEMM (MatMulIntegerToFloat, u8 x s8) on these cores: " + ", ".join(f"{k}: {v:.0f} GOP/s" for k, v in g.items()))
+        for key, ach in p["achieved"].items():
+            inm = f"{ach['int8_gops_in_matmuls']:.0f}" if ach["int8_gops_in_matmuls"] else "?"
+            lines.append(f"- achieved {key}: {inm} GOP/s inside the INT8 matmuls ({ach['int8_matmul_ms']:.2f} ms), {ach['model_gops_wall']:.0f} GOP/s over the whole forward")
+    if "buckets" in a:
+        b = a["buckets"]
+        lines += ["", f"## Sequence buckets: {b['artifact']}, buckets {b['buckets']} ({b['source']})", ""]
+        lines += [f"- {k}: {v:.2f} ms mean at batch 1 over real dev texts" for k, v in b["b1_real_mean_ms"].items()]
+    if "openvino_tuning" in a:
+        t = a["openvino_tuning"]
+        lines += ["", f"## OpenVINO runtime settings: {t['artifact']}", ""]
+        lines += [f"- {k}: b1 s128 p50 {v['b1_s128_p50_ms']:.2f} ms, b32 {v['b32_seq_per_s']:.1f} seq/s" for k, v in t["settings"].items()]
+    if a.get("size_low_bit_embeddings"):
+        lines += ["", "## Artifact size with low-bit embeddings too (untrained quantization of the FP32 model: size only)", ""]
+        lines += [f"- {k}: {v['model_bytes'] / 1e6:.2f} MB, {v['x_smaller_than_fp32_onnx']:.1f}x smaller than FP32 ONNX" for k, v in a["size_low_bit_embeddings"].items()]
+    lines += ["", f"Not measured: {'; '.join(result['not_measured'])}.", f"Total {result['seconds']:.0f} s (builds: {result['build_seconds']})."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
