@@ -111,7 +111,15 @@ def main() -> int:
 
 
 def measure(arts: dict[str, tuple[Path, dict]], texts: list[str], y: np.ndarray, layers, rounds: int) -> list[dict]:
-    preds = {name: Predictor(path).__enter__() for name, (path, _) in arts.items()}
+    # Many ORT sessions live in one process here (six per early-exit artifact); with ORT's
+    # default spinning, idle sessions' threads busy-wait and steal the 2 cores from the one
+    # running. Spinning is turned off for every ORT artifact alike (the baseline included).
+    opts = None
+    if Predictor(next(iter(arts.values()))[0]).manifest.target == "ort-cpu":
+        from edgekit.targets.ort import OrtOptions
+
+        opts = OrtOptions(spinning=False)
+    preds = {name: Predictor(path, options=opts).__enter__() for name, (path, _) in arts.items()}
     try:
         feeds = {name: [p.tokenizer([t]) for t in texts] for name, p in preds.items()}
         for name, p in preds.items():  # warm-up
