@@ -16,6 +16,7 @@ EXTRAS = {
     "safetensors": "pip install 'edgekit[export]'",
     "onnx": "pip install 'edgekit[export]'",
     "openvino": "pip install 'edgekit[openvino]'",
+    "nncf": "pip install 'edgekit[nncf]'",
     "onnxruntime": "pip install onnxruntime",
     "tensorrt": "use an NVIDIA L4T/JetPack image with TensorRT (see Dockerfile.jetson)",
     "matplotlib": "pip install 'edgekit[plots]'",

@@ -180,7 +180,7 @@ def quantize_onnx(onnx_dir: str | Path, out: str | Path, *, calibration: str | P
 
 def nncf_quantize(model: Any, feeds: list[dict[str, np.ndarray]], *, preset: str = "mixed", fast_bias_correction: bool = True) -> Any:
     """``nncf.quantize`` of an OpenVINO ``ov.Model`` on the calibration ``feeds`` (transformer type)."""
-    nncf = require("nncf", for_="NNCF INT8 quantization (openvino-cpu option int8=nncf)", hint="pip install 'edgekit[openvino]' (it includes nncf)")
+    nncf = require("nncf", for_="NNCF INT8 quantization (openvino-cpu option int8=nncf)", hint="pip install 'edgekit[nncf]'")
     presets = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}
     if preset not in presets:
         raise ConfigError(f"unknown NNCF preset {preset!r}", hint=f"one of {', '.join(presets)}")
