@@ -335,14 +335,33 @@ def accuracy_of(reports: list[ProfileReport]) -> dict[str, dict[str, float]]:
     return {}
 
 
+def report_names(reports: list[ProfileReport]) -> list[str]:
+    """File stems, one per report: the target, or (where several artifacts share a target)
+    the artifact's directory name too, numbered if that still collides."""
+    import re
+
+    targets = [r.artifact.target for r in reports]
+    names = []
+    for r in reports:
+        name = r.artifact.target
+        if targets.count(name) > 1:
+            parent = Path(r.artifact.path).parent.name or "artifact"
+            name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{parent}-{name}")
+        base, n = name, 2
+        while name in names:
+            name, n = f"{base}-{n}", n + 1
+        names.append(name)
+    return names
+
+
 def write_reports(reports: list[ProfileReport], comparison: Comparison | None, folder: Path, stem: str, *, plots: bool = True) -> list[Path]:
     """JSON (one per artifact, plus the comparison), a Markdown summary and PNG plots."""
     from edgekit.render import markdown, plots as draw
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for r in reports:
-        path = folder / f"{r.artifact.target}.profile.json"
+    for r, name in zip(reports, report_names(reports)):
+        path = folder / f"{name}.profile.json"
         artifact.write_json(path, r.model_dump())
         written.append(path)
     if comparison:

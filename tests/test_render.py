@@ -75,3 +75,18 @@ def test_markdown_of_a_single_report_has_every_percentile(two):
     st = c.reports[0].first_token.model_only
     assert f"| first-token model-only | {st.p50:.2f} | {st.p90:.2f} | {st.p95:.2f} | {st.p99:.2f} |" in md
     assert ratios(c.reports)[0]["first_token_p50_ms"] == 1.0
+
+
+def test_reports_of_one_target_get_one_file_each(two, tmp_path):
+    """Several artifacts of the same target (e.g. fp32, early exit, low-bit on openvino-cpu)
+    must not overwrite each other's JSON."""
+    from edgekit.profile import report_names
+
+    c = compare(two, FAST)
+    r0, r1 = c.reports
+    same = [r0, r1.model_copy(update={"artifact": r1.artifact.model_copy(update={"target": r0.artifact.target})})]
+    names = report_names(same)
+    assert len(set(names)) == 2 and all(r0.artifact.target in n for n in names), names
+    written = write_reports(same, None, tmp_path / "rep", "x", plots=False)
+    assert len({p.name for p in written if p.name.endswith(".profile.json")}) == 2
+    assert report_names([r0, r0]) == [names[0], names[0] + "-2"]
