@@ -229,3 +229,19 @@ def texts() -> list[str]:
     """A few real sentences of varied length, plus one longer than every max_length."""
     sents = _sentences()
     return [sents[0], sents[7], "Yes.", sents[100], " ".join(sents[200:215])]
+
+
+def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
+    """Run the ``edgekit`` console entry point in-process: (exit code, stdout, stderr)."""
+    import sys
+
+    from edgekit import cli
+
+    monkeypatch.setattr(sys, "argv", ["edgekit", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err

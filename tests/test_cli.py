@@ -11,19 +11,11 @@ from pathlib import Path
 import pytest
 
 from edgekit import cli
+from conftest import run_cli  # noqa: E402 - shared by the CLI tests
 
 COMMANDS = ["export", "compile", "profile", "eval", "targets", "devices", "quickstart", "quantize", "report", "exits"]
 
 
-def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["edgekit", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_user_error(code: int, err: str, *fragments: str) -> None:

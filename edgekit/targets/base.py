@@ -7,12 +7,26 @@ by the same code.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Annotated, Any, ClassVar, Optional, Protocol, runtime_checkable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
 from edgekit.artifact import Manifest
+
+
+def _split_ints(v: Any) -> Any:
+    return [int(x) for x in v.replace(" ", "").split(",") if x] if isinstance(v, str) else v
+
+
+def _check_seq_lens(v: list[int] | None) -> list[int] | None:
+    if v is not None and (not v or min(v) < 4):
+        raise ValueError("give at least one sequence length, each >= 4")
+    return sorted(set(v)) if v is not None else None
+
+
+# Sequence buckets as a target option: '64,128' or [64, 128] -> sorted, unique, each >= 4.
+SeqLens = Annotated[Optional[list[int]], BeforeValidator(_split_ints), AfterValidator(_check_seq_lens)]
 
 
 class TargetOptions(BaseModel):

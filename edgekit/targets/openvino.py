@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from edgekit.artifact import Manifest
 from edgekit.deps import require
 from edgekit.errors import ConfigError, TargetError
-from edgekit.targets.base import TargetOptions, runtime_version
+from edgekit.targets.base import SeqLens, TargetOptions, runtime_version
 
 MODEL_FILE = "model.xml"
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
@@ -41,20 +41,8 @@ class OpenVinoOptions(TargetOptions):
     int8: Literal["none", "nncf"] = Field("none", description="nncf: INT8 post-training quantization of an FP32 model with NNCF")
     calibration: str | None = Field(None, description="int8=nncf: calibration texts (.txt, one per line, or JSONL/CSV 'text')")
     samples: int = Field(256, ge=1, description="int8=nncf: calibration texts used")
-    buckets: list[int] | None = Field(None, description="static sequence buckets, e.g. 64,128 (default: dynamic shapes)")
+    buckets: SeqLens = Field(None, description="static sequence buckets, e.g. 64,128 (default: dynamic shapes)")
     buckets_from: str | None = Field(None, description="texts file whose token-length histogram (p50/p90/max) picks the buckets")
-
-    @field_validator("buckets", mode="before")
-    @classmethod
-    def _split(cls, v: Any) -> Any:
-        return [int(x) for x in v.replace(" ", "").split(",") if x] if isinstance(v, str) else v
-
-    @field_validator("buckets")
-    @classmethod
-    def _sorted(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and (not v or min(v) < 4):
-            raise ValueError("give at least one sequence length, each >= 4")
-        return sorted(set(v)) if v is not None else None
 
     @model_validator(mode="after")
     def _consistent(self) -> OpenVinoOptions:

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from edgekit import data, parity
 from edgekit.artifact import Manifest, TensorSpec
 from edgekit.deps import require
 from edgekit.errors import ConfigError, TargetError
-from edgekit.targets.base import TargetOptions, runtime_version
+from edgekit.targets.base import SeqLens, TargetOptions, runtime_version
 from edgekit.tokenizer import Tokenizer
 
 DEVICE = "NPU"
@@ -43,22 +43,10 @@ _QUANT_OPS = frozenset({"FakeQuantize", "FakeConvert"})
 
 class NpuOptions(TargetOptions):
     batch: int = Field(1, ge=1, description="static batch size of every bucket")
-    seq_lens: list[int] | None = Field(None, description="sequence buckets, e.g. [64, 128] (or '64,128')")
+    seq_lens: SeqLens = Field(None, description="sequence buckets, e.g. [64, 128] (or '64,128')")
     data: str | None = Field(None, description="text file whose token-length histogram picks the buckets (p50/p90/max)")
     precision: Literal["fp16", "int8"] = "fp16"
     cache_dir: str | None = Field(None, description="OpenVINO CACHE_DIR for IRs compiled at load time")
-
-    @field_validator("seq_lens", mode="before")
-    @classmethod
-    def _split(cls, v: Any) -> Any:
-        return [int(x) for x in v.replace(" ", "").split(",") if x] if isinstance(v, str) else v
-
-    @field_validator("seq_lens")
-    @classmethod
-    def _sorted(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and (not v or min(v) < 4):
-            raise ValueError("give at least one sequence length, each >= 4")
-        return sorted(set(v)) if v is not None else None
 
     @model_validator(mode="after")
     def _one_source(self) -> NpuOptions:

@@ -16,22 +16,12 @@ import yaml
 
 from edgekit import build as runner
 from edgekit.errors import ConfigError, MissingDependency
+from conftest import run_cli  # noqa: E402 - shared by the CLI tests
 
 FAST_PROFILE = {"seconds": 0.02, "min_runs": 3, "warmup": 0, "cold_runs": 0, "seq_len": 32}
 LABELS = ("negative", "neutral", "positive")
 
 
-def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    from edgekit import cli
-
-    monkeypatch.setattr(sys, "argv", ["edgekit", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

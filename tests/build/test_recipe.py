@@ -13,23 +13,13 @@ import yaml
 
 from edgekit import recipe as schema
 from edgekit.errors import CheckpointError, ConfigError, DataError
+from conftest import run_cli  # noqa: E402 - shared by the CLI tests
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 MINIMAL = {"name": "r", "targets": ["ort-cpu"]}
 
 
-def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    from edgekit import cli
-
-    monkeypatch.setattr(sys, "argv", ["edgekit", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def parse(**fields) -> schema.Recipe:
