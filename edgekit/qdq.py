@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from edgekit.errors import ConfigError
-from edgekit.quant.modules import QuantEmbedding, QuantLinear, QuantSelfAttention
+from edgekit.quant.modules import QuantEmbedding, QuantLinear, QuantSelfAttention, masked
 from edgekit.quant.quantizers import BinaryWeight, ElasticBinary, LSQActivation, TernaryWeight
 
 _RANGES = {True: (-128, 127), False: (0, 255)}
@@ -210,11 +210,7 @@ class LoweredSelfAttention(nn.Module):
         k = self._heads(getattr(self, kn)(hidden_states)).transpose(-1, -2)
         v = self._heads(getattr(self, vn)(hidden_states))
         scores = self._matmul(q, self.q_act, k, self.k_act) * self.scaling
-        if attention_mask is not None:
-            if attention_mask.dtype == torch.bool:
-                scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-            else:
-                scores = scores + attention_mask.to(scores.dtype)
+        scores = masked(scores, attention_mask)
         if self.bi_attention:
             attn = (scores >= 0).to(scores.dtype)  # BiBERT's {0,1} map: an exact uint8 code, scale 1
             context = torch.matmul(qdq(attn, 1.0, False), self._act(self.v_act, v)) if _exporting() else \

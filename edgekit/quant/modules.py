@@ -19,6 +19,15 @@ from edgekit.quant.config import QuantConfig
 from edgekit.quant.quantizers import BinaryWeight, ElasticBinary, LSQActivation, TernaryWeight, bool_ste
 
 
+def masked(scores: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Attention scores with the mask applied: a boolean mask (True = keep) or an additive one."""
+    if attention_mask is None:
+        return scores
+    if attention_mask.dtype == torch.bool:
+        return scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    return scores + attention_mask.to(scores.dtype)
+
+
 def weight_quantizer(bits: int, method: str | None, weight: torch.Tensor) -> nn.Module | None:
     if bits >= 32:
         return None
@@ -138,11 +147,7 @@ class QuantSelfAttention(nn.Module):
         v, v_s = self._split(self.v_quant, self._heads(getattr(self, vn)(hidden_states)))
         # codes first (exact), scales after: bool(scores) at a tie is the same in torch and ORT
         scores = self._scaled(torch.matmul(q, k.transpose(-1, -2)), q_s, k_s) * self.scaling
-        if attention_mask is not None:
-            if attention_mask.dtype == torch.bool:
-                scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-            else:
-                scores = scores + attention_mask.to(scores.dtype)
+        scores = masked(scores, attention_mask)
         if self.bi_attention:
             attn, p_s = bool_ste(scores), None  # BiBERT: {0,1} map; masked keys have scores ~ -inf -> 0
         else:
