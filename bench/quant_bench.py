@@ -35,7 +35,9 @@ DATA = ROOT / "bench" / "data" / "debian-sections"
 # Retention (quantized / full-precision GLUE average) reported by the papers, W1A1 (1-1-1 bits).
 PAPER_RETENTION = {"bit-w1a1": ("BiT W1A1, GLUE avg 73.5/83.9", 0.876), "bibert-w1a1": ("BiBERT W1A1, GLUE avg 63.2/83.9", 0.753)}
 # Default budgets (epochs over the 5.5k training texts) and the smoke budgets (steps).
-BUDGET = {"ternary-w2a8": 3.0, "bit-w1a8": 3.0, "bit-w1a1": 8.0, "bibert-w1a1": 3.0}
+BUDGET = {"ternary-w2a8": 3.0, "ternary-w2e2a8": 3.0, "bit-w1a8": 3.0, "bit-w1a1": 8.0, "bit-w1e1a1": 8.0, "bibert-w1a1": 3.0}
+# What --stages may name: the final scheme of each plan (a multi-step plan trains its intermediate too).
+STAGES = ("ternary-w2a8", "bit-w1a1", "bibert-w1a1", "ternary-w2e2a8", "bit-w1e1a1")
 SMOKE_STEPS = 2
 
 
@@ -70,6 +72,8 @@ def main() -> int:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-bibert", action="store_true")
+    ap.add_argument("--stages", default="ternary-w2a8,bit-w1a1,bibert-w1a1",
+                    help=f"comma-separated plans to run, of {', '.join(STAGES)} (the *e* schemes quantize the embeddings too)")
     ap.add_argument("--smoke", action="store_true", help=f"CPU check: {SMOKE_STEPS} steps per stage on 32 texts of 32 tokens, eval on 32")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
@@ -98,11 +102,17 @@ def main() -> int:
 
     common = dict(model=str(args.model), data=str(train), batch_size=8 if args.smoke else args.batch_size, max_length=max_length, seed=args.seed,
                   device=device_opt, save_dtype="float16", save_every=10**9, keep_state=False, progress=not args.smoke, calib_batches=2 if args.smoke else 4)
-    plans = [("ternary-w2a8", dict(scheme="ternary-w2a8", **budget("ternary-w2a8"))),
-             ("bit-w1a1", dict(scheme="bit-w1a1", multi_step=True, intermediate="bit-w1a8",
-                               **budget("bit-w1a1"), **{f"intermediate_{k}": v for k, v in budget("bit-w1a8").items()}))]
-    if not args.no_bibert:
-        plans.append(("bibert-w1a1", dict(scheme="bibert-w1a1", **budget("bibert-w1a1"))))
+    def bit(final: str) -> dict:  # BiT multi-step: fp32 -> bit-w1a8 -> final (embeddings, if any, quantized in the last step)
+        return dict(scheme=final, multi_step=True, intermediate="bit-w1a8", **budget(final), **{f"intermediate_{k}": v for k, v in budget("bit-w1a8").items()})
+
+    every = {"ternary-w2a8": dict(scheme="ternary-w2a8", **budget("ternary-w2a8")), "ternary-w2e2a8": dict(scheme="ternary-w2e2a8", **budget("ternary-w2e2a8")),
+             "bit-w1a1": bit("bit-w1a1"), "bit-w1e1a1": bit("bit-w1e1a1"), "bibert-w1a1": dict(scheme="bibert-w1a1", **budget("bibert-w1a1"))}
+    wanted = [x.strip() for x in args.stages.split(",") if x.strip()]
+    unknown = [x for x in wanted if x not in every]
+    if unknown:
+        print(f"error: unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}", file=sys.stderr)
+        return 2
+    plans = [(name, every[name]) for name in wanted if not (args.no_bibert and name.startswith("bibert"))]
 
     rows: list[dict] = []
     reports: dict = {}
