@@ -74,7 +74,6 @@ def check_scheme(config) -> None:
 def lower(checkpoint: str | Path, out: str | Path, *, pack: bool = True, progress: Callable[[str], None] | None = None) -> Manifest:
     """Lower the quantized checkpoint ``checkpoint`` to an INT8 QDQ ONNX artifact in ``out``."""
     from edgekit import checkpoint as ckpt
-    from edgekit.export import ExportOptions, _parity_feed, export
     from edgekit.load import load
 
     say = progress or (lambda msg: None)
@@ -82,9 +81,6 @@ def lower(checkpoint: str | Path, out: str | Path, *, pack: bool = True, progres
     if not (info.path / QUANT_FILE).exists():
         raise _not_quantized(info.path)
     require("torch", for_="lowering a quantized checkpoint")
-    onnx = require("onnx", for_="lowering to ONNX")
-    ort = require("onnxruntime", for_="the lowering parity check")
-    from edgekit import int8check, packing, qdq
     from edgekit.quant import quant_config_of
 
     say("loading the quantized checkpoint")
@@ -92,6 +88,22 @@ def lower(checkpoint: str | Path, out: str | Path, *, pack: bool = True, progres
     config = quant_config_of(encoder.module.model)
     if config is None:
         raise _not_quantized(info.path)
+    return lower_encoder(encoder, config, out, pack=pack, progress=progress, name=Path(out).name)
+
+
+def lower_encoder(encoder, config, out: str | Path, *, pack: bool = True, progress: Callable[[str], None] | None = None,
+                  name: str | None = None, settings: dict | None = None) -> Manifest:
+    """Lower a loaded encoder whose modules are edgekit's fake-quant ones (quantization ``config``).
+
+    ``encoder.module`` may be any wrapper around them (a depth-cut model, say); its modules are
+    lowered in place. ``settings`` are recorded in the manifest beside the lowering's own."""
+    from edgekit.export import ExportOptions, _parity_feed, export
+
+    say = progress or (lambda msg: None)
+    onnx = require("onnx", for_="lowering to ONNX")
+    ort = require("onnxruntime", for_="the lowering parity check")
+    from edgekit import int8check, packing, qdq
+
     check_scheme(config)
     feed = _parity_feed(encoder, ExportOptions(), encoder.info.max_length)
     reference = encoder.run(feed)  # the fake-quant torch model: what the lowered graph must compute
@@ -102,7 +114,7 @@ def lower(checkpoint: str | Path, out: str | Path, *, pack: bool = True, progres
         sub = tmp / "_export"
         # export checks ONNX Runtime against the lowered torch modules; the check that matters,
         # against the fake-quant model, follows with TOLERANCE.
-        exported = export(encoder, sub, ExportOptions(tolerance=parity.TOLERANCES["int8"]), name=Path(out).name)
+        exported = export(encoder, sub, ExportOptions(tolerance=parity.TOLERANCES["int8"]), name=name or Path(out).name)
         (sub / artifact.MANIFEST).unlink()
         for f in sub.iterdir():
             os.replace(f, tmp / f.name)
@@ -122,10 +134,7 @@ def lower(checkpoint: str | Path, out: str | Path, *, pack: bool = True, progres
                                                runtime=f"onnxruntime {ort.__version__} (lowered INT8 vs fake-quant torch)", tolerance=TOLERANCE))
 
         say("checking INT8 execution on ONNX Runtime")
-        int8 = int8check.ort_report(model_path)
-        if not int8["all_int8"]:
-            raise ConfigError(f"scheme {config.scheme} cannot run in INT8 on ONNX Runtime: " + int8check.fallback_message("onnxruntime", int8)[len("onnxruntime "):],
-                              hint="lowering needs quantized activations (A8, A4 or A1) on every low-bit matmul")
+        int8 = require_int8(model_path, config.scheme)
 
         codes = sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8)
         fp32_bytes = model_path.stat().st_size + 3 * codes  # the same graph with the codes' weights in float32
@@ -136,6 +145,7 @@ def lower(checkpoint: str | Path, out: str | Path, *, pack: bool = True, progres
         total = sum(f.stat().st_size for f in (model_path, tmp / packing.PACKED_FILE) if f.exists())
         settings = {
             **exported.settings,
+            **(settings or {}),
             "tolerance": TOLERANCE.model_dump(),
             "lowered": {
                 "scheme": config.scheme, "config": config.model_dump(), "modules": counts,
@@ -149,3 +159,13 @@ def lower(checkpoint: str | Path, out: str | Path, *, pack: bool = True, progres
         manifest = exported.model_copy(update={"precision": "int8", "settings": settings, "parity": report, "created": artifact.now()})
         return artifact.write_manifest(tmp, manifest)
 
+
+def require_int8(model_path: Path, scheme: str) -> dict:
+    """ONNX Runtime's INT8 report for a lowered graph; refuse one with a float fallback."""
+    from edgekit import int8check
+
+    int8 = int8check.ort_report(model_path)
+    if not int8["all_int8"]:
+        raise ConfigError(f"scheme {scheme} cannot run in INT8 on ONNX Runtime: " + int8check.fallback_message("onnxruntime", int8)[len("onnxruntime "):],
+                          hint="lowering needs quantized activations (A8, A4 or A1) on every low-bit matmul")
+    return int8

@@ -285,7 +285,8 @@ class Recipe(_M):
         if s.prune and not s.exits:
             raise ValueError("steps.prune needs steps.exits (the depth cut is made at a trained, calibrated exit)")
         if s.lower and s.exits:
-            raise ValueError("steps.lower takes a whole quantized checkpoint; with early exit use steps.prune + steps.ptq, or drop steps.lower")
+            raise ValueError("steps.lower takes a whole quantized checkpoint; with early exit drop steps.lower: the exit segments and "
+                             "steps.prune's depth cut of a quantized model are lowered to INT8 themselves")
         if s.ptq and (s.quantize or s.lower):
             raise ValueError("steps.ptq quantizes a float model; a QAT model is lowered with steps.lower instead")
         if s.ptq and s.exits and not s.prune:

@@ -30,7 +30,7 @@ from pydantic import Field, field_validator, model_validator
 from edgekit import __version__, artifact, parity
 from edgekit.artifact import Manifest
 from edgekit.deps import is_installed, require
-from edgekit.errors import ArtifactError, ConfigError, DataError, EdgekitError, MissingDependency, TargetError
+from edgekit.errors import ArtifactError, ConfigError, DataError, EdgekitError, MissingDependency, ParityError, TargetError
 from edgekit.targets import tensorrt_plan as plan
 from edgekit.targets.base import TargetOptions, runtime_version
 
@@ -371,6 +371,10 @@ class JetsonTarget:
         major, major_from = self._plan_major(options, device, trt)
         dla = options.dla_core is not None
         model = onnx.load(str(onnx_dir / manifest.model_file), load_external_data=False)
+        signed = plan.signed_qdq(model) if plan.has_qdq(model) else None
+        if signed and signed["asymmetric"]:
+            raise TargetError(f"{self.name}: TensorRT takes symmetric INT8 Q/DQ only (zero point 0); {len(signed['asymmetric'])} UINT8 tensors have another "
+                              f"zero point, e.g. {signed['asymmetric'][0]}", hint="quantize with symmetric activations (edgekit lower does; for PTQ use the symmetric presets)")
         check = plan.check_graph(model, precision=options.precision, trt_major=major, dla=dla, gpu_fallback=options.gpu_fallback)
         if check.failures:
             raise TargetError(f"{self.name}: TensorRT {major} cannot build this graph: {'; '.join(check.failures)}", hint="the support table is edgekit/data/tensorrt_onnx_ops.json")
@@ -385,7 +389,8 @@ class JetsonTarget:
                 "inputs": [t.model_copy(update={"shape": [b, s]}) for t in manifest.inputs],
                 "outputs": [t.model_copy(update={"shape": [b, *t.shape[1:]]}) for t in manifest.outputs],
             }
-        _copy_onnx(onnx_dir, manifest.model_file, model, out)
+        _copy_onnx(onnx_dir, manifest.model_file, model, out, rewritten=bool(signed and (signed["exact"] or signed["requantized"])))
+        signed_int8 = _check_signed(out / manifest.model_file, onnx_dir, manifest, signed) if signed else None
         build_onnx = manifest.model_file
         if major >= 11 and options.precision == "fp16":
             build_onnx = _write_fp16(onnx, out / manifest.model_file, out / plan.FP16_ONNX)
@@ -402,6 +407,7 @@ class JetsonTarget:
             "dla": {"core": options.dla_core, "gpu_fallback": options.gpu_fallback} if dla else None,
             "shapes": shapes, "sequence": seq_note, "workspace_mb": options.workspace_mb,
             "support_check": check.settings(),
+            "signed_int8": signed_int8,
             "plan": {"onnx": build_onnx, "engine": plan.ENGINE_FILE, "timing_cache": plan.TIMING_CACHE,
                      "trtexec": shlex.join(cmd), "scripts": [plan.BUILD_SH, plan.BUILD_PY]},
             "pinned": {"tensorrt_major": major, "compute_capability": device.compute_capability if device else None},
@@ -494,9 +500,45 @@ class JetsonTarget:
                              min_seq=first["min"][1], pad_id=manifest.tokenizer.pad_id)
 
 
-def _copy_onnx(onnx_dir: Path, name: str, model: Any, out: Path) -> None:
-    """Copy the graph and any external-data files it names."""
-    shutil.copy2(onnx_dir / name, out / name)
+def _check_signed(path: Path, onnx_dir: Path, manifest: Manifest, signed: dict[str, list[str]]) -> dict[str, Any]:
+    """Record the signed-INT8 rewrite; a requantized graph must still pass its parity check
+    (run with ONNX Runtime here, on the artifact's reference texts)."""
+    out: dict[str, Any] = {"exact": len(signed["exact"]), "requantized": len(signed["requantized"]), "requantized_tensors": signed["requantized"]}
+    if not signed["requantized"]:
+        out["note"] = "every UINT8 activation became INT8 exactly (codes <= 127)"
+        return out
+    out["note"] = ("non-negative 8-bit activations keep 7 bits on TensorRT (its INT8 is signed): scale x 255/127 after a Relu; "
+                   "checked against the reference with ONNX Runtime here")
+    if not is_installed("onnxruntime"):
+        out["parity_onnxruntime"] = "not checked: onnxruntime is not installed here"
+        return out
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    feed, reference = parity.load_reference(onnx_dir / parity.REFERENCE)
+    name = manifest.outputs[0].name
+    actual = parity.run_chunked(lambda f: sess.run([name], f)[0], feed, 8)
+    report = parity.compare(reference, actual, task=manifest.source.task, output=name, tolerance=plan.REQUANTIZED,
+                            runtime=f"onnxruntime {ort.__version__} running the signed-INT8 graph built for TensorRT")
+    try:
+        parity.enforce(report)
+    except ParityError as err:
+        raise TargetError(f"{FOR}: with signed INT8 (TensorRT has no UINT8) the graph no longer matches its reference: {err.message}",
+                          hint="this scheme's non-negative 8-bit activations need UINT8; use a scheme with binary or signed activations, or precision fp16 on a float export") from err
+    out["parity_onnxruntime"] = report.model_dump()
+    return out
+
+
+def _copy_onnx(onnx_dir: Path, name: str, model: Any, out: Path, *, rewritten: bool = False) -> None:
+    """Copy the graph (or write ``model``, when edgekit rewrote it) and any external-data files it names."""
+    if rewritten:
+        import onnx
+
+        onnx.save(model, str(out / name))
+    else:
+        shutil.copy2(onnx_dir / name, out / name)
     for tensor in model.graph.initializer:
         if tensor.data_location == 1:  # onnx.TensorProto.EXTERNAL
             location = next(e.value for e in tensor.external_data if e.key == "location")
