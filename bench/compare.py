@@ -1,8 +1,9 @@
 """bench/compare: edgekit's INT8 artifacts against the tools users pick today, one run, one process.
 
 The real task: MiniLM-L6 fine-tuned on bench/data/debian-sections (.ckpt/minilm-debian, FP32)
-and its QAT checkpoints (.ckpt/minilm-w1a1: BiT W1A1; .ckpt/minilm-w2a8: ternary W2A8, when
-present). Baselines, each at the strongest settings a skilled user reaches with the tool:
+and its QAT checkpoints (.ckpt/minilm-w1a1: BiT W1A1; .ckpt/minilm-w2a8: ternary W2A8;
+.ckpt/minilm-{w2e2a8,w1e1a1}-int8: lowered artifacts; each used when present; all made by
+``bash bench/device_lowbit.sh 1|2|3`` on a GPU). Baselines, each at the strongest settings a skilled user reaches with the tool:
 
 - torch eager fp32;
 - ORT fp32: the exported ONNX, default session (all graph optimizations);
@@ -15,7 +16,11 @@ present). Baselines, each at the strongest settings a skilled user reaches with 
 
 then edgekit's artifacts, each on ort-cpu and on openvino-cpu (sequence buckets from the same
 256 texts' token lengths): PTQ INT8 (``edgekit ptq``, ORT static QDQ, same 256 texts), W1A1
-lowered and W2A8 lowered (``edgekit lower``).
+lowered and W2A8 lowered (``edgekit lower``), W2E2A8 and W1E1A1 lowered (low-bit embeddings
+too; trained and lowered on a GPU by bench/device_lowbit.sh), and W2A8 / W1A1 with early exit
+(exit heads trained here on 2,000 training texts, policy calibrated on dev within 0.5 points,
+lowered INT8 segments). The lowered graphs are also compiled for ``jetson`` (TensorRT plan,
+signed INT8) and that graph's test accuracy is measured with ONNX Runtime: TensorRT is not here.
 
 Columns: accuracy on dev and test (each artifact run by its own runtime), b1 s128 p50/p90
 (128 real tokens), b1 at real text lengths (mean over dev texts at their natural length;
@@ -60,9 +65,15 @@ from edgekit.tokenizer import Tokenizer
 DATA = Path("bench/data/debian-sections")
 CKPT = Path(".ckpt")
 LOW_BIT = {"W1A1": CKPT / "minilm-w1a1", "W2A8": CKPT / "minilm-w2a8"}
-# Schemes with low-bit embeddings too (W-E-A): no trained checkpoint here, so their artifact
-# size is measured on an untrained (calibrated) quantization of the FP32 model: size only.
-SIZE_SCHEMES = ("bit-w1e1a1", "ternary-w2e2a8")
+# Low-bit embeddings too (W-E-A): trained and lowered on the GPU by bench/device_lowbit.sh (the
+# checkpoints stay there: 45 MB each does not travel back beside the others); the lowered
+# artifacts (a few MB) do.
+LOWERED_E = {"W2E2A8": CKPT / "minilm-w2e2a8-int8", "W1E1A1": CKPT / "minilm-w1e1a1-int8"}
+# Early exit on the low-bit checkpoints: heads trained on EXIT_TRAIN_TEXTS training texts (frozen
+# backbone), the policy calibrated on dev with a 0.5-point margin (bench/results/early_exit_margin:
+# a 1-point dev budget lost 1.2-1.8 points on test).
+EXIT_TRAIN_TEXTS = 2000
+EXIT_MAX_DROP = 0.5
 
 
 @dataclass
@@ -107,7 +118,9 @@ def build_all(work: Path, calib: Path, rebuild: bool) -> dict[str, Any]:
     built: dict[str, Any] = {"seconds": {}}
 
     def done(path: Path) -> bool:
-        return any((path / f).exists() for f in (artifact.MANIFEST, "model.onnx", "model.xml"))
+        from edgekit.exits.model import EXITS_CONFIG
+
+        return any((path / f).exists() for f in (artifact.MANIFEST, "model.onnx", "model.xml", EXITS_CONFIG))
 
     def step(name: str, path: Path, fn: Callable[[], Any]) -> Path:
         if rebuild or not done(path):
@@ -173,31 +186,55 @@ def build_all(work: Path, calib: Path, rebuild: bool) -> dict[str, Any]:
             continue
         step(f"edgekit lower {bits}", work / f"edgekit-{bits}" / "onnx", lambda ckpt=ckpt, bits=bits: lower(ckpt, work / f"edgekit-{bits}" / "onnx"))
         edge[f"{bits} lowered"] = work / f"edgekit-{bits}"
-    for label, root in edge.items():
+    for label, root in list(edge.items()):
         src = root / "onnx"
         m = artifact.read_manifest(src)
         for target, options in (("ort-cpu", {}), ("openvino-cpu", {"buckets_from": str(calib)})):
             step(f"edgekit {label} {target}", root / target,
                  lambda src=src, m=m, target=target, root=root, options=options: compile_step.compile_artifact(src, m, target, root / target, options=options))
+
+    for bits, lowered in LOWERED_E.items():
+        if not (lowered / artifact.MANIFEST).exists():
+            say(f"skip {bits}: {lowered} not there (bash bench/device_lowbit.sh on a GPU)")
+            continue
+        root = work / f"edgekit-{bits}"
+        if rebuild or not (root / "onnx").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            shutil.copytree(lowered, root / "onnx")
+        for target, options in (("ort-cpu", {}), ("openvino-cpu", {"buckets_from": str(calib)})):
+            step(f"edgekit {bits} lowered {target}", root / target,
+                 lambda root=root, target=target, options=options: compile_step.compile_artifact(root / "onnx", artifact.read_manifest(root / "onnx"), target, root / target, options=options))
+        edge[f"{bits} lowered"] = root
     built["edgekit"] = edge
 
-    def untrained(scheme: str) -> None:
-        import torch
+    from edgekit.exits import build as exits
 
-        from edgekit.load import load
-        from edgekit.quant import calibrate, quantize_
-        from edgekit.quant.saving import save_quantized
+    built["exits"] = {}
+    subset = work / "exit-train.jsonl"
+    subset.write_text("".join(line + "\n" for line in (DATA / "train.jsonl").read_text().splitlines()[:EXIT_TRAIN_TEXTS]))
+    for bits, ckpt in LOW_BIT.items():
+        if not (ckpt / "edgekit_quant.json").exists():
+            continue
+        root = work / f"edgekit-{bits}-exits"
+        step(f"exit heads {bits}", root / "heads", lambda ckpt=ckpt, root=root: exits.train(ckpt, subset, root / "heads", resume=False))
+        cal = root / "heads" / "calibration" / "calibration.json"
+        if rebuild or not cal.exists():
+            say(f"calibrate exits {bits}")
+            exits.calibrate(root / "heads", DATA / "dev.jsonl", cal.parent, max_drop=EXIT_MAX_DROP)
+        chosen = json.loads(cal.read_text())["chosen"]
+        policy = f"{chosen['policy']}={chosen['param']:g}"
+        step(f"exit segments {bits} ({policy})", root / "onnx", lambda root=root, policy=policy: exits.export(root / "heads", policy, root / "onnx"))
+        for target in ("ort-cpu", "openvino-cpu"):
+            step(f"exit segments {bits} {target}", root / target, lambda root=root, target=target: exits.compile_exits(root / "onnx", target, root / target))
+        built["exits"][f"{bits} lowered + early exit ({policy})"] = root
 
-        enc = load(str(CKPT / "minilm-debian"))
-        quantize_(enc.module, scheme)
-        feed = enc.tokenize(data.read_texts(calib)[:16])
-        calibrate(enc.module, [tuple(torch.from_numpy(feed[n]) for n in enc.spec.input_names)])
-        ckpt = save_quantized(enc.module, enc.tokenizer, work / f"size-{scheme}-ckpt", source=CKPT / "minilm-debian")
-        lower(ckpt, work / f"size-{scheme}")
-
-    built["size_study"] = {}
-    for scheme in SIZE_SCHEMES:
-        built["size_study"][scheme] = step(f"size study {scheme} (untrained)", work / f"size-{scheme}", lambda scheme=scheme: untrained(scheme))
+    built["tensorrt_signed"] = {}
+    for label, root in edge.items():  # what TensorRT would run: the signed-INT8 graph the jetson target writes
+        if "lowered" in label:
+            step(f"edgekit {label} jetson plan", root / "jetson",
+                 lambda root=root: compile_step.compile_artifact(root / "onnx", artifact.read_manifest(root / "onnx"), "jetson", root / "jetson",
+                                                                 options={"precision": "int8", "tensorrt_major": 10}))
+            built["tensorrt_signed"][label] = root / "jetson"
     built["ort_version"] = ort.__version__
     built["openvino_version"] = ov.__version__ if hasattr(ov, "__version__") else ov.get_version()
     return built
@@ -221,7 +258,8 @@ def make_backends(built: dict[str, Any], work: Path) -> list[Backend]:
         with torch.inference_mode():
             return encoder.module(*[torch.from_numpy(feed[n]) for n in names]).numpy()
 
-    backends.append(Backend("torch eager fp32", "baseline", torch_run, files_bytes(CKPT / "minilm-debian", ["model.safetensors"]), bits="fp32"))
+    fp32_bytes = sum(p.numel() * 4 for p in encoder.module.parameters())  # the weights in fp32 (the checkpoint may be saved in fp16)
+    backends.append(Backend("torch eager fp32", "baseline", torch_run, fp32_bytes, bits="fp32"))
 
     def ort_backend(name: str, path: Path, note: str = "") -> Backend:
         so = ort.SessionOptions()
@@ -256,6 +294,14 @@ def make_backends(built: dict[str, Any], work: Path) -> list[Backend]:
             m = pred.manifest
             backends.append(Backend(f"edgekit {label} / {target}", "edgekit", pred.run, artifact_model_bytes(root / target),
                                     bits=label, note=f"{target} {m.precision}"))
+    for label, root in built["exits"].items():
+        for target in ("ort-cpu", "openvino-cpu"):
+            pred = Predictor(root / target).__enter__()
+            m = pred.manifest
+            size = sum(files_bytes(root / target, [s.model_file, *([s.model_file.rsplit("/", 1)[0] + "/model.bin"] if s.model_file.endswith(".xml") else [])])
+                       for s in m.exits.segments)
+            backends.append(Backend(f"edgekit {label} / {target}", "edgekit", pred.run, size, bits=label,
+                                    note=f"{target} {m.precision}, {len(m.exits.segments)} segments, int8 codes unpacked"))
     return backends
 
 
@@ -308,6 +354,14 @@ def op_profile(model: bytes, feed: dict[str, np.ndarray], runs: int) -> dict[str
     return {"wall_ms": wall * 1e3, "kernel_ms": total / 1e3 / (runs + 3),
             "share": {k: round(v / total, 4) for k, v in per_op.most_common()},
             "ms": {k: round(v / 1e3 / (runs + 3), 3) for k, v in per_op.most_common()}}
+
+
+def ort_session(path: Path):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def int8_gemm_gops(m: int, k: int, n: int, runs: int = 20) -> float:
@@ -434,14 +488,15 @@ def main() -> int:
             b.accuracy[s] = accuracy(b, tok, texts, y)
         say(f"accuracy {b.name}: " + ", ".join(f"{k} {v:.4f}" for k, v in b.accuracy.items()) + f" ({time.time() - t:.0f}s)")
 
-    text128 = ""
-    for sentence in data.sample_texts():
-        text128 = f"{text128} {sentence}".strip()
-        if tok.lengths([text128])[0] >= 128:
-            break
+    # 128-token inputs: real package descriptions of the dev set that are at least 128 tokens
+    # long, truncated to 128 (an early-exit artifact's time depends on what it reads, so no
+    # synthetic or out-of-domain text); b32 takes 32 of them.
+    lengths = tok.lengths(dev_texts)
+    long128 = [t for t, n in zip(dev_texts, lengths) if n >= 128]
+    long128 = (long128 * (1 + 32 // max(1, len(long128))))[:max(32, len(long128))]
     real = [tok([t]) for t in dev_texts[:: max(1, len(dev_texts) // 120)][:120]]
-    s128 = tok([text128], pad_to=128)
-    feeds_dyn = {"b1 s128": [s128], "b1 real": real, "b32": [tok([text128] * 32, pad_to=128)]}
+    s128 = tok([long128[0]], pad_to=128)
+    feeds_dyn = {"b1 s128": [tok([t], pad_to=128) for t in long128[:32]], "b1 real": real, "b32": [tok(long128[:32], pad_to=128)]}
     feeds_static = {**feeds_dyn, "b1 real": [pad_feed(f, 128, pad_id) for f in real]}
     runs = {"b1 s128": 15, "b1 real": 40, "b32": 2}
     say("timing")
@@ -478,7 +533,7 @@ def main() -> int:
 
     say("analysis: time per op type, INT8 GEMM, buckets")
     analysis: dict[str, Any] = {}
-    edge_ort = [b for b in backends if b.group == "edgekit" and b.name.endswith("ort-cpu") and "lowered" in b.name]
+    edge_ort = [b for b in backends if b.group == "edgekit" and b.name.endswith("ort-cpu") and "lowered" in b.name and "early exit" not in b.name]
     if edge_ort:
         fastest = min(edge_ort, key=lambda b: rows[b.name]["b1_s128_p50_ms"])
         label = fastest.name.removeprefix("edgekit ").split(" / ")[0]
@@ -508,17 +563,27 @@ def main() -> int:
         analysis["openvino_tuning"] = {"artifact": f"edgekit {label} / openvino-cpu",
                                        "settings": tuning_study(built["edgekit"][label], s128, feeds_dyn["b32"][0], max(1, args.rounds - 1))}
 
-    analysis["size_low_bit_embeddings"] = {
-        scheme: {"model_bytes": artifact_model_bytes(path), "x_smaller_than_fp32_onnx": fp32_onnx_bytes / artifact_model_bytes(path)}
-        for scheme, path in built["size_study"].items()}
+    if built["tensorrt_signed"]:
+        say("accuracy of the signed-INT8 graphs built for TensorRT (run by ONNX Runtime here)")
+        analysis["tensorrt_signed_int8"] = {}
+        test_texts, test_y = read_jsonl(DATA / "test.jsonl", labels)
+        for label, root in built["tensorrt_signed"].items():
+            m = artifact.read_manifest(root)
+            sess = ort_session(root / m.settings["plan"]["onnx"])
+            b = Backend(label, "analysis", lambda feed, s=sess: s.run(None, feed)[0], 0)
+            signed = m.settings["signed_int8"]
+            analysis["tensorrt_signed_int8"][label] = {"test_acc": accuracy(b, tok, test_texts, test_y), "exact": signed["exact"], "requantized": signed["requantized"],
+                                                       "lowered_test_acc": rows.get(f"edgekit {label} / ort-cpu", {}).get("test_acc")}
     result = {
         "host": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
                  "onnxruntime": built["ort_version"], "openvino": str(built["openvino_version"])},
         "data": {"accuracy_sets": {k: len(v[0]) for k, v in sets.items()}, "real_text_mean_tokens": statistics.mean(f["input_ids"].shape[1] for f in real),
+                 "s128_texts": f"{len(set(long128))} dev texts of >= 128 tokens, truncated to 128",
                  "calibration": "first 256 texts of train.jsonl"},
         "rounds": args.rounds, "runs_per_round": runs, "fp32_onnx_bytes": fp32_onnx_bytes, "best_baseline": best,
         "rows": rows, "analysis": analysis, "build_seconds": built["seconds"], "seconds": round(time.time() - t0, 1),
-        "not_measured": ["early exit rows (edgekit artifacts with exit heads): exit heads are not trained for the low-bit checkpoints; see bench/bench_early_exit.py for FP32"],
+        "not_measured": ["TensorRT itself (no NVIDIA Jetson or TensorRT here: the signed-INT8 graphs it would build from are run by ONNX Runtime for accuracy only)",
+                         "PTQ INT8 with early exit (dynamic exit needs one INT8 graph per segment; bench/bench_early_exit.py has the FP32 exit artifacts)"],
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "compare.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
@@ -564,6 +629,8 @@ def table(result: dict[str, Any]) -> str:
         "",
         f"Real text: {result['data']['real_text_mean_tokens']:.1f} tokens on average (120 dev texts, batch 1). Accuracy on "
         + ", ".join(f"{k} ({n} texts)" for k, n in result['data']['accuracy_sets'].items()) + "; static [1,128] models truncate longer texts to 128 tokens.",
+        f"b1 s128 and b32: {result['data']['s128_texts']} (b1 cycles through them; b32 is 32 of them). "
+        "Early-exit rows leave where their policy says, so their time depends on the text: read them on real text.",
         "Ratios (x): against the best baseline in that column (>1 is better: faster, more throughput, smaller).",
         "",
         "| backend | dev acc | test acc | drop pts (test) | b1 s128 p50 ms | p90 ms | b1 real mean ms | b32 seq/s | model MB | vs FP32 ONNX | x p50 | x real | x b32 | x size |",
@@ -595,9 +662,11 @@ def table(result: dict[str, Any]) -> str:
         t = a["openvino_tuning"]
         lines += ["", f"## OpenVINO runtime settings: {t['artifact']}", ""]
         lines += [f"- {k}: b1 s128 p50 {v['b1_s128_p50_ms']:.2f} ms, b32 {v['b32_seq_per_s']:.1f} seq/s" for k, v in t["settings"].items()]
-    if a.get("size_low_bit_embeddings"):
-        lines += ["", "## Artifact size with low-bit embeddings too (untrained quantization of the FP32 model: size only)", ""]
-        lines += [f"- {k}: {v['model_bytes'] / 1e6:.2f} MB, {v['x_smaller_than_fp32_onnx']:.1f}x smaller than FP32 ONNX" for k, v in a["size_low_bit_embeddings"].items()]
+    if a.get("tensorrt_signed_int8"):
+        lines += ["", "## As TensorRT would run them: signed INT8 (TensorRT has no UINT8 Q/DQ; graphs written by the jetson target, run by ONNX Runtime here)", ""]
+        for k, v in a["tensorrt_signed_int8"].items():
+            low = f" (lowered graph on ort-cpu: {v['lowered_test_acc']:.4f})" if v.get("lowered_test_acc") is not None else ""
+            lines.append(f"- {k}: test acc {v['test_acc']:.4f}{low}; UINT8 activations made INT8 exactly: {v['exact']}, requantized to 7 bits: {v['requantized']}")
     lines += ["", f"Not measured: {'; '.join(result['not_measured'])}.", f"Total {result['seconds']:.0f} s (builds: {result['build_seconds']})."]
     return "\n".join(lines) + "\n"
 

@@ -34,6 +34,7 @@ from edgekit.errors import ArtifactError
 
 PACKED_FILE = "weights.lowbit"
 FORMAT = "edgekit-lowbit-1"
+IR_FORMAT = "edgekit-lowbit-ir-1"  # OpenVINO IR: low-bit i8 constants cut out of the .bin (pack_ir)
 MIN_ELEMENTS = 256  # smaller int8 tensors (zero points, tiny tables) stay in the model file
 _INT8 = 3  # onnx.TensorProto.INT8
 
@@ -109,8 +110,9 @@ def pack_onnx(model_path: Path, out_dir: Path, *, min_elements: int = MIN_ELEMEN
 
 def unpack_all(artifact_dir: Path, packed: dict[str, Any]) -> dict[str, np.ndarray]:
     """Every packed tensor, unpacked and checked against its sha256 in the manifest."""
-    if packed.get("format") != FORMAT:
-        raise ArtifactError(f"{artifact_dir}: packed weights in format {packed.get('format')!r}, this edgekit reads {FORMAT}", hint="rebuild the artifact with this edgekit version")
+    if packed.get("format") not in (FORMAT, IR_FORMAT):
+        raise ArtifactError(f"{artifact_dir}: packed weights in format {packed.get('format')!r}, this edgekit reads {FORMAT} and {IR_FORMAT}",
+                            hint="rebuild the artifact with this edgekit version")
     try:
         blob = (Path(artifact_dir) / packed["file"]).read_bytes()
     except OSError as err:
@@ -126,6 +128,72 @@ def unpack_all(artifact_dir: Path, packed: dict[str, Any]) -> dict[str, np.ndarr
             )
         out[name] = values
     return out
+
+
+# ----------------------------------------------------------------------------- OpenVINO IR
+
+
+def pack_ir(xml_path: Path, bin_path: Path, out_dir: Path, *, min_elements: int = MIN_ELEMENTS) -> dict[str, Any] | None:
+    """Cut the low-bit i8 constants out of an OpenVINO IR's ``.bin`` into ``out_dir/weights.lowbit``, packed.
+
+    The ``.xml`` is untouched: it keeps every constant's offset into the *original* ``.bin``,
+    which :func:`ir_weights` rebuilds in memory (the remaining bytes, with the unpacked codes
+    put back at their offsets). Constants OpenVINO shares (the same offset) are stored once.
+    Returns the manifest entry, or None (nothing to pack)."""
+    import xml.etree.ElementTree as ET
+
+    original = Path(bin_path).read_bytes()
+    regions: dict[int, tuple[str, int, np.ndarray, int]] = {}
+    for layer in ET.parse(xml_path).getroot().iter("layer"):
+        data = layer.find("data")
+        if layer.get("type") != "Const" or data is None or data.get("element_type") != "i8":
+            continue
+        offset, size = int(data.get("offset", -1)), int(data.get("size", 0))
+        if size < min_elements or offset < 0 or offset + size > len(original) or offset in regions:
+            continue
+        values = np.frombuffer(original, dtype=np.int8, count=size, offset=offset)
+        bits = lowbit_width(values)
+        if bits is not None:
+            regions[offset] = (layer.get("name", f"const@{offset}"), size, values, bits)
+    residual, blob, tensors, pos = bytearray(), bytearray(), {}, 0
+    for offset in sorted(regions):
+        name, size, values, bits = regions[offset]
+        if offset < pos:  # inside a region already cut: restored with it
+            continue
+        residual += original[pos:offset]
+        data = pack(values, bits)
+        tensors[f"{name}@{offset}"] = {"bits": bits, "shape": [size], "offset": len(blob), "bytes": len(data), "sha256": sha256(values), "bin_offset": offset}
+        blob += data
+        pos = offset + size
+    if not tensors:
+        return None
+    residual += original[pos:]
+    Path(bin_path).write_bytes(bytes(residual))
+    (Path(out_dir) / PACKED_FILE).write_bytes(bytes(blob))
+    unpacked = sum(t["shape"][0] for t in tensors.values())
+    return {"file": PACKED_FILE, "format": IR_FORMAT, "bin": Path(bin_path).name, "bin_bytes": len(original), "tensors": tensors,
+            "unpacked_bytes": unpacked, "packed_bytes": len(blob)}
+
+
+def ir_weights(artifact_dir: Path, packed: dict[str, Any]) -> np.ndarray:
+    """The IR's original ``.bin`` (uint8), rebuilt from the remaining bytes and the unpacked, hash-checked codes."""
+    artifact_dir = Path(artifact_dir)
+    try:
+        residual = (artifact_dir / packed["bin"]).read_bytes()
+    except OSError as err:
+        raise ArtifactError(f"{artifact_dir}: cannot read {packed['bin']} ({err.strerror})", hint="the artifact is incomplete; rebuild it") from err
+    values = unpack_all(artifact_dir, packed)
+    full, pos, cur = bytearray(), 0, 0
+    for name, t in sorted(packed["tensors"].items(), key=lambda kv: kv[1]["bin_offset"]):
+        gap = t["bin_offset"] - cur
+        full += residual[pos : pos + gap]
+        full += values[name].tobytes()
+        pos, cur = pos + gap, t["bin_offset"] + t["shape"][0]
+    full += residual[pos:]
+    if len(full) != packed["bin_bytes"]:
+        raise ArtifactError(f"{artifact_dir}: {packed['bin']} rebuilt to {len(full)} bytes, the manifest says {packed['bin_bytes']}",
+                            hint="the .bin or the packed weights were altered; rebuild the artifact")
+    return np.frombuffer(bytes(full), dtype=np.uint8)
 
 
 # ----------------------------------------------------------------------------- protobuf, by hand

@@ -125,6 +125,11 @@ def test_compiles_for_runtimes_int8(lowered, tmp_path, name, scheme):
     assert set(report["precisions"]) & {"u8", "i8"}
     assert all("pooler" in f or "logits" in f or "classifier" in f for f in report["float"])
     assert ov_manifest.parity.passed and ov_manifest.parity.max_abs_diff < 1e-3
+    # the IR's low-bit constants are packed too: the .bin keeps the rest, rebuilt in memory at load
+    packed = ov_manifest.settings["packed"]
+    assert packed["format"] == packing.IR_FORMAT and packed["tensors"]
+    assert (tmp_path / "openvino-cpu" / "model.bin").stat().st_size == packed["bin_bytes"] - packed["unpacked_bytes"]
+    assert packed["packed_bytes"] <= packed["unpacked_bytes"] // 4 + 4 * len(packed["tensors"])
 
     ort_manifest = compile_artifact(path, manifest, "ort-cpu", tmp_path / "ort-cpu")
     assert ort_manifest.settings["int8"]["all_int8"] and ort_manifest.settings["packed"]["tensors"]
@@ -165,6 +170,23 @@ def test_packed_weights_that_do_not_match_the_manifest_are_refused(lowered, tmp_
     with pytest.raises(ArtifactError, match="refusing to load"):
         compile_artifact(path, artifact.read_manifest(path), "ort-cpu", tmp_path / "ort")
     assert not (tmp_path / "ort").exists()
+
+
+def test_packed_ir_that_does_not_match_the_manifest_is_refused(lowered, tmp_path):
+    pytest.importorskip("openvino")
+    src, manifest = lowered("bert-classifier", "bit-w1a1")
+    compile_artifact(src, manifest, "openvino-cpu", tmp_path / "ov")
+    with Predictor(tmp_path / "ov") as pred:  # loads from the packed weights
+        assert pred.predict(["a short text"]).shape[0] == 1
+    doc = json.loads((tmp_path / "ov" / artifact.MANIFEST).read_text())
+    t = next(iter(doc["settings"]["packed"]["tensors"].values()))
+    blob = bytearray((tmp_path / "ov" / packing.PACKED_FILE).read_bytes())
+    blob[t["offset"]] ^= 0xFF
+    (tmp_path / "ov" / packing.PACKED_FILE).write_bytes(bytes(blob))
+    doc["files"][packing.PACKED_FILE] = {"sha256": artifact.sha256_file(tmp_path / "ov" / packing.PACKED_FILE), "bytes": len(blob)}
+    (tmp_path / "ov" / artifact.MANIFEST).write_text(json.dumps(doc))
+    with pytest.raises(ArtifactError, match="does not match the manifest; refusing to load"):
+        Predictor(tmp_path / "ov").__enter__()
 
 
 def test_no_pack_keeps_plain_int8_onnx(checkpoints, encoders, tmp_path):

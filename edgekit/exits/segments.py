@@ -89,9 +89,12 @@ def _lower_in_place(model: MultiExitModel, config) -> dict:
 # exact, but the float order of the scales differs (edgekit.lower.TOLERANCE), which moves outputs
 # by up to ~0.1 on MiniLM W2A8; a row whose exit score sits that close to the policy's threshold
 # can exit one segment earlier or later. Allow that for at most 1 row in 25; rows exiting at the
-# same layer must agree within lower.TOLERANCE's atol. A float artifact must match exactly.
+# same layer must agree within 0.5, edgekit's INT8 tolerance (parity.TOLERANCES["int8"]): the
+# intermediate exits see the code flips less averaged out than the final one does (measured on
+# MiniLM W2A8 segments: 0.30 on OpenVINO, where the whole lowered graph stays within 0.25).
+# A float artifact must match exactly.
 EXACT = {"min_same_exit": 1.0, "atol": 1e-3}
-LOWERED = {"min_same_exit": 0.96, "atol": 0.25}
+LOWERED = {"min_same_exit": 0.96, "atol": 0.5}
 
 
 def torch_exits(model: MultiExitModel, feed: dict[str, np.ndarray], batch: int = 64) -> list[dict[str, np.ndarray]]:
@@ -232,6 +235,11 @@ def compile_exits(onnx_dir: str | Path, target_name: str, out: str | Path, *, op
         raise ConfigError(f"{onnx_dir}: not an early-exit export", hint="use 'edgekit compile' for plain artifacts")
     target = targets.get(target_name)
     opts = target_options(target, options)
+    if getattr(opts, "spinning", False) is None:
+        # One session per segment share the cores: ORT's spinning intra-op threads of one segment
+        # steal them from the next (measured: calibration's expected latency 2x the real one with
+        # spinning on). Off unless the user chose.
+        opts = opts.model_copy(update={"spinning": False})
     target.check_available()
     if target.executable_here(src) is not None or getattr(opts, "static", False):
         raise TargetError(f"dynamic early exit cannot run on {target_name} here", hint="use 'edgekit exits prune' for static-shape targets")

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from edgekit import packing
 from edgekit.artifact import Manifest
 from edgekit.deps import require
 from edgekit.errors import ConfigError, TargetError
@@ -65,16 +66,23 @@ def _config(precision: str, hint: str, threads: int | None, streams: int | None)
 
 
 class OpenVinoSession:
-    def __init__(self, path: Path, config: dict[str, str], device: str = "CPU", *, buckets: list[int] | None = None, pad_id: int = 0) -> None:
+    def __init__(self, path: Path, config: dict[str, str], device: str = "CPU", *, buckets: list[int] | None = None, pad_id: int = 0,
+                 packed: dict[str, Any] | None = None) -> None:
+        """``packed``: the manifest's ``settings.packed`` (low-bit constants cut out of the .bin: packing.pack_ir)."""
         ov = require("openvino", for_="target openvino-cpu")
         core = ov.Core()
         self.buckets = sorted(buckets) if buckets else None
         self.pad_id = pad_id
         self.last_bucket: int | None = None
-        self._path, self._config, self._device, self._core = path, config, device, core
+        self._config, self._device, self._core = config, device, core
+        # the model OpenVINO compiles: the IR's path, or (packed) the model read from memory
+        self._source: Any = str(path)
+        if packed:
+            weights = packing.ir_weights(Path(path).parent, packed)
+            self._source = core.read_model(Path(path).read_text(), ov.Tensor(weights))
         self._dynamic: tuple[Any, Any] | None = None
         if self.buckets:
-            model = core.read_model(str(path))
+            model = core.read_model(self._source) if isinstance(self._source, str) else self._source
             self._models = {}
             for s in self.buckets:
                 m = model.clone()
@@ -83,7 +91,7 @@ class OpenVinoSession:
                 self._models[s] = (compiled, compiled.create_infer_request())
             self._compiled, self._request = self._models[self.buckets[-1]]
         else:
-            self._compiled = core.compile_model(str(path), device, config)
+            self._compiled = core.compile_model(self._source, device, config)
             self._request = self._compiled.create_infer_request()
         self.input_names = [p.get_any_name() for p in self._compiled.inputs]
         self.output_names = [p.get_any_name() for p in self._compiled.outputs]
@@ -108,7 +116,7 @@ class OpenVinoSession:
             length = used_length(feed, self.pad_id)
             if length > self.buckets[-1]:  # longer than every bucket: the dynamic-shape model, compiled once
                 if self._dynamic is None:
-                    dyn = self._core.compile_model(str(self._path), self._device, self._config)
+                    dyn = self._core.compile_model(self._source, self._device, self._config)
                     self._dynamic = (dyn, dyn.create_infer_request())
                 compiled, request = self._dynamic
                 self.last_bucket = None
@@ -164,6 +172,10 @@ class OpenVinoCpuTarget:
         if buckets:
             settings["buckets"], settings["bucket_source"] = buckets
         ov.save_model(model, str(out / MODEL_FILE), compress_to_fp16=options.precision == "fp16")
+        if manifest.settings.get("packed"):  # the source's low-bit weights were packed: so are the IR's
+            packed = packing.pack_ir(out / MODEL_FILE, out / MODEL_FILE.replace(".xml", ".bin"), out)
+            if packed is not None:
+                settings["packed"] = packed
         return {
             "model_file": MODEL_FILE,
             "precision": precision,
@@ -181,7 +193,8 @@ class OpenVinoCpuTarget:
         config = dict(manifest.settings.get("config", {}))
         if options is not None and options.threads:
             config["INFERENCE_NUM_THREADS"] = str(options.threads)
-        return OpenVinoSession(Path(artifact_dir) / manifest.model_file, config, buckets=manifest.settings.get("buckets"), pad_id=manifest.tokenizer.pad_id)
+        return OpenVinoSession(Path(artifact_dir) / manifest.model_file, config, buckets=manifest.settings.get("buckets"), pad_id=manifest.tokenizer.pad_id,
+                               packed=manifest.settings.get("packed"))
 
 
 def _version(dist: str) -> str | None:
