@@ -404,10 +404,11 @@ def bucket_study(root: Path, feeds: list[dict], buckets: list[int], pad_id: int,
     m = artifact.read_manifest(root / "openvino-cpu")
     path = root / "openvino-cpu" / m.model_file
     config = dict(m.settings["config"])
+    packed = m.settings.get("packed")
     modes = {
-        "dynamic": (OpenVinoSession(path, config), lambda f: f),
-        f"buckets {','.join(map(str, buckets))}": (OpenVinoSession(path, config, buckets=buckets, pad_id=pad_id), lambda f: f),
-        f"pad to the largest bucket ({buckets[-1]})": (OpenVinoSession(path, config), lambda f: pad_feed(f, buckets[-1], pad_id)),
+        "dynamic": (OpenVinoSession(path, config, packed=packed), lambda f: f),
+        f"buckets {','.join(map(str, buckets))}": (OpenVinoSession(path, config, buckets=buckets, pad_id=pad_id, packed=packed), lambda f: f),
+        f"pad to the largest bucket ({buckets[-1]})": (OpenVinoSession(path, config, packed=packed), lambda f: pad_feed(f, buckets[-1], pad_id)),
     }
     times: dict[str, list[float]] = collections.defaultdict(list)
     for name, (sess, prep) in modes.items():
@@ -434,7 +435,7 @@ def tuning_study(root: Path, s128: dict, b32: dict, rounds: int) -> dict[str, An
         "bf16, LATENCY": {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"},
         "f32, THROUGHPUT": {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "THROUGHPUT"},
     }
-    sessions = {k: OpenVinoSession(path, cfg) for k, cfg in variants.items()}
+    sessions = {k: OpenVinoSession(path, cfg, packed=m.settings.get("packed")) for k, cfg in variants.items()}
     times: dict[str, dict[str, list[float]]] = {k: {"b1 s128": [], "b32": []} for k in variants}
     for sess in sessions.values():
         sess.infer(s128)
