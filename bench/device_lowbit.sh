@@ -7,6 +7,14 @@
 #                                   # embeddings too); lower W2E2A8; back: the fp32 classifier (fp16 parts)
 #   bash bench/device_lowbit.sh 2   # BiT multi-step W1A1 and W1E1A1; lower W1E1A1; back: the W2A8 checkpoint
 #   bash bench/device_lowbit.sh 3   # back: the W1A1 checkpoint
+#   SCALE_T=4 SCALE_B=2 bash bench/device_lowbit.sh 4
+#                                   # does a longer QAT budget close the accuracy gap? W2E2A8 (SCALE_T x 3
+#                                   # epochs) and W1E1A1 (SCALE_B x the BiT budget) from the fp32 classifier
+#                                   # carried in .ckpt/minilm-debian; back: the reports and both lowered artifacts
+#   SCALE_B=2 bash bench/device_lowbit.sh 5
+#                                   # W1E1A1 at the budget phase 4 chose on dev (x2), from .ckpt/minilm-debian;
+#                                   # back: its report and checkpoint (fp16 parts; bench/compare.py lowers it and
+#                                   # trains exit heads on it). Here: cat OUT/w1e1a1_part_* | tar xf - -C .ckpt/minilm-w1e1a1
 #
 # Everything stays in .ckpt/device between calls (ignored; kept while the machine is warm).
 # Here: for p in fp32 w2a8 w1a1; do mkdir -p .ckpt/minilm-$p && cat OUT/${p}_part_* | tar xf - -C .ckpt/minilm-$p; done
@@ -43,6 +51,22 @@ case $PHASE in
   tar cf "$OUT/quant-binary.tar" -C "$D" quant-binary
   lower "$D/q/bit-w1e1a1" lowered-w1e1a1
   tar cf - -C "$D/q/ternary-w2a8" --exclude=train_state . | split -b 15M - "$OUT/w2a8_part_"
+  ;;
+4)
+  ST=${SCALE_T:-4}; SB=${SCALE_B:-2}
+  nvidia-smi --query-gpu=name --format=csv,noheader
+  $PY bench/quant_bench.py --model .ckpt/minilm-debian --stages ternary-w2e2a8 --scale "$ST" --out "$D/quant-w2e2a8-x$ST" --ckpt-dir "$D/q4" --keep none
+  $PY bench/quant_bench.py --model .ckpt/minilm-debian --stages bit-w1e1a1 --scale "$SB" --out "$D/quant-w1e1a1-x$SB" --ckpt-dir "$D/q4" --keep none
+  tar cf "$OUT/quant-longer.tar" -C "$D" "quant-w2e2a8-x$ST" "quant-w1e1a1-x$SB"
+  lower "$D/q4/ternary-w2e2a8" "lowered-w2e2a8-x$ST"
+  lower "$D/q4/bit-w1e1a1" "lowered-w1e1a1-x$SB"
+  ;;
+5)
+  SB=${SCALE_B:-2}
+  nvidia-smi --query-gpu=name --format=csv,noheader
+  $PY bench/quant_bench.py --model .ckpt/minilm-debian --stages bit-w1e1a1 --scale "$SB" --out "$D/quant-w1e1a1-ckpt" --ckpt-dir "$D/q5" --keep none
+  tar cf "$OUT/quant-w1e1a1-ckpt.tar" -C "$D" quant-w1e1a1-ckpt
+  tar cf - -C "$D/q5/bit-w1e1a1" --exclude=train_state --exclude='step1-*' . | split -b 15M - "$OUT/w1e1a1_part_"
   ;;
 3)
   tar cf - -C "$D/q/bit-w1a1" --exclude=train_state --exclude='step1-*' . | split -b 15M - "$OUT/w1a1_part_"

@@ -22,13 +22,14 @@ from edgekit.quant.saving import save_quantized
 from edgekit.runtime import Predictor
 
 
-@pytest.fixture(scope="module")
-def heads(checkpoints, encoders, texts, tmp_path_factory):
-    """Exit heads trained on a calibrated W1A1 tiny BERT classifier (3 layers: exits at 1, 2, 3)."""
+@pytest.fixture(scope="module", params=["bit-w1a1", "bit-w1e1a1"])
+def heads(request, checkpoints, encoders, texts, tmp_path_factory):
+    """Exit heads trained on a calibrated W1A1 tiny BERT classifier (3 layers: exits at 1, 2, 3),
+    with float or binary embeddings."""
     root = tmp_path_factory.mktemp("lowbit-exits")
     enc = encoders("bert-classifier")
     module = copy.deepcopy(enc.module)
-    quantize_(module, "bit-w1a1")
+    quantize_(module, request.param)
     feed = enc.tokenize(data.sample_texts()[:16])
     calibrate(module, [tuple(torch.from_numpy(feed[n]) for n in enc.spec.input_names)])
     ckpt = save_quantized(module, enc.tokenizer, root / "ckpt", source=checkpoints["bert-classifier"])
@@ -51,7 +52,9 @@ def test_segments_of_a_quantized_model_are_int8_and_exit_like_fake_quant_torch(h
     m = export_segments(model, policy, tmp_path / "onnx")
     assert m.precision == "int8" and m.settings["exit_tolerance"] == LOWERED
     lowered = m.settings["lowered"]
-    assert lowered["scheme"] == "bit-w1a1" and lowered["modules"]["linear"] > 0
+    assert lowered["scheme"] in ("bit-w1a1", "bit-w1e1a1") and lowered["modules"]["linear"] > 0
+    # binary embeddings are lowered too (Gather on int8 codes), in the first segment only
+    assert (lowered["modules"]["embedding"] > 0) == (lowered["scheme"] == "bit-w1e1a1")
     for i, seg in enumerate(m.exits.segments):
         graph = onnx.load(str(tmp_path / "onnx" / seg.model_file))
         assert any(n.op_type == "QuantizeLinear" for n in graph.graph.node), seg.model_file
