@@ -83,6 +83,8 @@ class SegmentSpec(_Frozen):
     up_to_layer: int
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    # this segment's packed low-bit weights (edgekit.packing), beside its model file
+    packed: dict[str, Any] | None = None
 
 
 class ExitSpec(_Frozen):

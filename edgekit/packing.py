@@ -78,8 +78,8 @@ def sha256(values: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()
 
 
-def pack_onnx(model_path: Path, out_dir: Path, *, min_elements: int = MIN_ELEMENTS) -> dict[str, Any] | None:
-    """Move the low-bit int8 initializers of ``model_path`` into ``out_dir/weights.lowbit``, packed.
+def pack_onnx(model_path: Path, out_dir: Path, *, min_elements: int = MIN_ELEMENTS, file: str = PACKED_FILE) -> dict[str, Any] | None:
+    """Move the low-bit int8 initializers of ``model_path`` into ``out_dir/file``, packed.
 
     Rewrites ``model_path`` without them. Returns the manifest entry, or None (nothing to pack)."""
     import onnx
@@ -103,9 +103,9 @@ def pack_onnx(model_path: Path, out_dir: Path, *, min_elements: int = MIN_ELEMEN
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
     onnx.save(model, str(model_path))
-    (Path(out_dir) / PACKED_FILE).write_bytes(bytes(blob))
+    (Path(out_dir) / file).write_bytes(bytes(blob))
     unpacked = sum(int(np.prod(t["shape"])) for t in tensors.values())
-    return {"file": PACKED_FILE, "format": FORMAT, "tensors": tensors, "unpacked_bytes": unpacked, "packed_bytes": len(blob)}
+    return {"file": file, "format": FORMAT, "tensors": tensors, "unpacked_bytes": unpacked, "packed_bytes": len(blob)}
 
 
 def unpack_all(artifact_dir: Path, packed: dict[str, Any]) -> dict[str, np.ndarray]:

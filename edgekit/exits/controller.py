@@ -18,8 +18,10 @@ EXIT_LAYER = "exit_layer"
 
 
 def segment_manifest(manifest: Manifest, i: int) -> Manifest:
+    """Segment ``i`` as a plain artifact's manifest (its packed weights, if any, as ``settings.packed``)."""
     seg = manifest.exits.segments[i]
-    return manifest.model_copy(update={"model_file": seg.model_file, "inputs": seg.inputs, "outputs": seg.outputs, "exits": None})
+    settings = {k: v for k, v in manifest.settings.items() if k != "packed"} | ({"packed": seg.packed} if seg.packed else {})
+    return manifest.model_copy(update={"model_file": seg.model_file, "inputs": seg.inputs, "outputs": seg.outputs, "exits": None, "settings": settings})
 
 
 class ExitController:

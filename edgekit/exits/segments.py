@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit import artifact, parity
+from edgekit import artifact, packing, parity
 from edgekit.artifact import ExitSpec, Manifest, SegmentSpec, Source, TensorSpec, TokenizerInfo
 from edgekit.compile import target_options
 from edgekit.deps import version_of
 from edgekit.errors import ConfigError, ParityError, TargetError
+from edgekit.exits.controller import segment_manifest
 from edgekit.exits.model import MultiExitModel, torch
 from edgekit.exits.policies import Policy, simulate
 from edgekit.export import ExportOptions, _parity_feed
@@ -147,16 +148,19 @@ def export_segments(model: MultiExitModel, policy: Policy, out: str | Path, *, n
             else:
                 sample = (torch.zeros(2, feed["attention_mask"].shape[1], hidden), torch.from_numpy(feed["attention_mask"][:2]))
             _export(seg, sample, tmp / f"seg{i}.onnx", 17)
+            packed = None
             if lowered is not None:
                 from edgekit.lower import require_int8
 
                 int8.append(require_int8(tmp / f"seg{i}.onnx", config.scheme))
+                # binary/ternary int8 codes stored in 1/2 bits, unpacked and hash-checked at load
+                packed = packing.pack_onnx(tmp / f"seg{i}.onnx", tmp, file=f"seg{i}.lowbit")
             ins = ([TensorSpec(name=n, shape=["batch", "sequence"], dtype="int64") for n in seg.input_names()] if seg.first
                    else [TensorSpec(name="hidden_in", shape=["batch", "sequence", hidden], dtype="float32"), TensorSpec(name="attention_mask", shape=["batch", "sequence"], dtype="int64")])
             outs = ([] if seg.last else [TensorSpec(name="hidden", shape=["batch", "sequence", hidden], dtype="float32")]) + [
                 TensorSpec(name="output", shape=["batch", width], dtype="float32"), TensorSpec(name="rep", shape=["batch", hidden], dtype="float32"),
                 TensorSpec(name="score", shape=["batch"], dtype="float32")]
-            segs.append(SegmentSpec(model_file=f"seg{i}.onnx", up_to_layer=model.config.layers[i], inputs=ins, outputs=outs))
+            segs.append(SegmentSpec(model_file=f"seg{i}.onnx", up_to_layer=model.config.layers[i], inputs=ins, outputs=outs, packed=packed))
         _tokenizer_files(model, tmp)
         np.savez_compressed(tmp / EXIT_REFERENCE, output=final, exit_at=exit_at, **{f"input.{k}": v for k, v in feed.items()})
         parity.save_reference(tmp / parity.REFERENCE, feed, final)
@@ -164,7 +168,6 @@ def export_segments(model: MultiExitModel, policy: Policy, out: str | Path, *, n
         settings: dict = {"exits": extra or {}, "exit_tolerance": EXACT}
         base = _base_manifest(model, name or out.name, max_length, width, model.encoder.tokenizer)
         if lowered is not None:
-            # segments keep their int8 codes unpacked: packing (edgekit.packing) is per model file
             settings |= {"exit_tolerance": LOWERED, "lowered": {**lowered, "onnxruntime_int8": int8}}
             base["precision"] = "int8"
         manifest = Manifest(**base, model_file="seg0.onnx", exits=spec, settings=settings)
@@ -246,10 +249,13 @@ def compile_exits(onnx_dir: str | Path, target_name: str, out: str | Path, *, op
     with artifact.staging(out) as tmp:
         segs, fields = [], {}
         for i, seg in enumerate(src.exits.segments):
-            seg_manifest = src.model_copy(update={"model_file": seg.model_file, "inputs": seg.inputs, "outputs": seg.outputs, "exits": None})
+            seg_manifest = segment_manifest(src, i)
             (tmp / f"seg{i}").mkdir()
-            fields = target.compile(onnx_dir, seg_manifest, opts, tmp / f"seg{i}")
-            segs.append(seg.model_copy(update={"model_file": f"seg{i}/{fields['model_file']}"}))
+            with packing.unpacked_dir(onnx_dir, seg_manifest) as source:  # packed segments: unpacked, hash-checked
+                fields = target.compile(source, seg_manifest, opts, tmp / f"seg{i}")
+            # a packed source gives a packed compiled segment (its weights file beside it in seg{i}/)
+            seg_packed = fields["settings"].pop("packed", None)
+            segs.append(seg.model_copy(update={"model_file": f"seg{i}/{fields['model_file']}", "packed": seg_packed}))
         artifact.copy_tokenizer(onnx_dir, tmp)
         for f in (parity.REFERENCE, EXIT_REFERENCE):
             shutil.copy2(onnx_dir / f, tmp / f)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from edgekit import artifact, data, int8check, packing
+from edgekit.errors import ArtifactError
 from edgekit.exits.model import MultiExitModel, load_exits
 from edgekit.exits.policies import make, normalized_entropy, simulate
 from edgekit.exits.segments import LOWERED, compile_exits, export_pruned, export_segments, torch_exits
@@ -60,9 +61,15 @@ def test_segments_of_a_quantized_model_are_int8_and_exit_like_fake_quant_torch(h
         assert any(n.op_type == "QuantizeLinear" for n in graph.graph.node), seg.model_file
         report = lowered["onnxruntime_int8"][i]
         assert report["all_int8"] and report["integer_total"] == report["expected_int8"] > 0
+        # the binary codes left the segment's model file: 1 bit each in seg{i}.lowbit
+        assert seg.packed is not None and seg.packed["file"] == f"seg{i}.lowbit"
+        assert {t["bits"] for t in seg.packed["tensors"].values()} == {1}
+        assert (tmp_path / "onnx" / seg.packed["file"]).stat().st_size == seg.packed["packed_bytes"]
+        assert not any(init.name in seg.packed["tensors"] for init in graph.graph.initializer)
     for target in ("ort-cpu", "openvino-cpu"):
         c = compile_exits(tmp_path / "onnx", target, tmp_path / target)
         assert c.settings["exit_parity"]["same_exit_layer"] >= LOWERED["min_same_exit"]
+        assert "packed" not in c.settings and all(seg.packed for seg in c.exits.segments), target  # packed per segment
         with Predictor(tmp_path / target) as pred:
             res = pred.session.infer(pred.tokenizer(texts))
         same = res["exit_layer"] == np.asarray(model.config.layers)[exit_at]
@@ -83,3 +90,16 @@ def test_depth_cut_of_a_quantized_model_is_a_lowered_int8_graph(heads, texts, tm
         out = pred.run(pred.tokenizer(texts))
     np.testing.assert_allclose(out, ref, atol=LOWERED["atol"])
     assert artifact.read_manifest(tmp_path / "cut").settings["packed"]["tensors"]
+
+
+def test_tampered_packed_segment_is_refused(heads, texts, tmp_path):
+    model = load_exits(heads)
+    m = export_segments(model, make("entropy", _middle_threshold(model, texts)), tmp_path / "onnx")
+    packed = m.exits.segments[1].packed
+    path = tmp_path / "onnx" / packed["file"]
+    blob = bytearray(path.read_bytes())
+    blob[0] ^= 0xFF  # flips 8 binary weights of the first packed tensor
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ArtifactError, match="sha256 does not match"):
+        with Predictor(tmp_path / "onnx", verify=False) as pred:  # verify=False: past the manifest's file hashes
+            pred.session.infer(pred.tokenizer(texts))
