@@ -304,10 +304,14 @@ def make_backends(built: dict[str, Any], work: Path) -> list[Backend]:
         for target in ("ort-cpu", "openvino-cpu"):
             pred = Predictor(root / target).__enter__()
             m = pred.manifest
-            size = sum(files_bytes(root / target, [s.model_file, *([s.model_file.rsplit("/", 1)[0] + "/model.bin"] if s.model_file.endswith(".xml") else [])])
-                       for s in m.exits.segments)
+            size = 0
+            for s in m.exits.segments:  # each segment's model file, its OpenVINO weights, its packed low-bit weights
+                folder = s.model_file.rsplit("/", 1)[0] + "/" if "/" in s.model_file else ""
+                size += files_bytes(root / target, [s.model_file, *([folder + "model.bin"] if s.model_file.endswith(".xml") else []),
+                                                    *([folder + s.packed["file"]] if s.packed else [])])
+            packed = "packed" if all(s.packed for s in m.exits.segments) else "int8 codes unpacked"
             backends.append(Backend(f"edgekit {label} / {target}", "edgekit", pred.run, size, bits=label,
-                                    note=f"{target} {m.precision}, {len(m.exits.segments)} segments, int8 codes unpacked"))
+                                    note=f"{target} {m.precision}, {len(m.exits.segments)} segments, {packed}"))
     return backends
 
 
