@@ -106,10 +106,18 @@ def files_bytes(root: Path, names: list[str]) -> int:
     return sum((root / n).stat().st_size for n in names if (root / n).exists())
 
 
+def _model_files(model_file: str, packed: dict | None) -> list[str]:
+    """A model file, its OpenVINO weights and its packed low-bit weights (paths beside it)."""
+    folder = model_file.rsplit("/", 1)[0] + "/" if "/" in model_file else ""
+    return [model_file, *([folder + "model.bin"] if model_file.endswith(".xml") else []), *([folder + packed["file"]] if packed else [])]
+
+
 def artifact_model_bytes(root: Path) -> int:
+    """Bytes of the model (every early-exit segment's), tokenizer and manifest left out."""
     m = artifact.read_manifest(root, verify=False)
-    names = [m.model_file, *(["model.bin"] if m.model_file.endswith(".xml") else []), *([m.settings["packed"]["file"]] if m.settings.get("packed") else [])]
-    return files_bytes(root, names)
+    if m.exits is not None:
+        return sum(files_bytes(root, _model_files(seg.model_file, seg.packed)) for seg in m.exits.segments)
+    return files_bytes(root, _model_files(m.model_file, m.settings.get("packed")))
 
 
 # ----------------------------------------------------------------------------- builds
@@ -304,13 +312,8 @@ def make_backends(built: dict[str, Any], work: Path) -> list[Backend]:
         for target in ("ort-cpu", "openvino-cpu"):
             pred = Predictor(root / target).__enter__()
             m = pred.manifest
-            size = 0
-            for s in m.exits.segments:  # each segment's model file, its OpenVINO weights, its packed low-bit weights
-                folder = s.model_file.rsplit("/", 1)[0] + "/" if "/" in s.model_file else ""
-                size += files_bytes(root / target, [s.model_file, *([folder + "model.bin"] if s.model_file.endswith(".xml") else []),
-                                                    *([folder + s.packed["file"]] if s.packed else [])])
             packed = "packed" if all(s.packed for s in m.exits.segments) else "int8 codes unpacked"
-            backends.append(Backend(f"edgekit {label} / {target}", "edgekit", pred.run, size, bits=label,
+            backends.append(Backend(f"edgekit {label} / {target}", "edgekit", pred.run, artifact_model_bytes(root / target), bits=label,
                                     note=f"{target} {m.precision}, {len(m.exits.segments)} segments, {packed}"))
     return backends
 
