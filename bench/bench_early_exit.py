@@ -36,13 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit import artifact, compile as compile_step, data
-from edgekit.exits import build
-from edgekit.exits.calibrate import Point, choose
-from edgekit.exits.model import load_exits
-from edgekit.exits.policies import make
-from edgekit.exits.segments import compile_exits, export_pruned, export_segments
-from edgekit.runtime import Predictor
+from edgekit.deploy import artifact, data
+from edgekit.build import compile as compile_step
+from edgekit.build.exits import steps as build
+from edgekit.build.exits.calibrate import Point, choose
+from edgekit.build.exits.model import load_exits
+from edgekit.deploy.exits.policies import make
+from edgekit.build.exits.segments import compile_exits, export_pruned, export_segments
+from edgekit.deploy.runtime import Predictor
 
 DATA = Path("bench/data/debian-sections")
 
@@ -116,7 +117,7 @@ def measure(arts: dict[str, tuple[Path, dict]], texts: list[str], y: np.ndarray,
     # running. Spinning is turned off for every ORT artifact alike (the baseline included).
     opts = None
     if Predictor(next(iter(arts.values()))[0]).manifest.target == "ort-cpu":
-        from edgekit.targets.ort import OrtOptions
+        from edgekit.deploy.targets.ort import OrtOptions
 
         opts = OrtOptions(spinning=False)
     preds = {name: Predictor(path, options=opts).__enter__() for name, (path, _) in arts.items()}

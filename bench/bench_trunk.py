@@ -22,11 +22,12 @@ import sys
 import time
 from pathlib import Path
 
-from edgekit import compile as compile_step, data
-from edgekit.load import load
-from edgekit.profile import fixed_length_text
-from edgekit.report import latency_stats
-from edgekit.runtime import Predictor
+from edgekit.build import compile as compile_step
+from edgekit.deploy import data
+from edgekit.build.load import load
+from edgekit.deploy.profile import fixed_length_text
+from edgekit.deploy.report import latency_stats
+from edgekit.deploy.runtime import Predictor
 
 
 def main() -> None:

@@ -57,10 +57,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgekit import artifact, compile as compile_step, data, packing
-from edgekit.report import latency_stats
-from edgekit.runtime import Predictor
-from edgekit.tokenizer import Tokenizer
+from edgekit.deploy import artifact, data, packing
+from edgekit.build import compile as compile_step
+from edgekit.deploy.report import latency_stats
+from edgekit.deploy.runtime import Predictor
+from edgekit.deploy.tokenizer import Tokenizer
 
 DATA = Path("bench/data/debian-sections")
 CKPT = Path(".ckpt")
@@ -130,7 +131,7 @@ def build_all(work: Path, calib: Path, rebuild: bool) -> dict[str, Any]:
     built: dict[str, Any] = {"seconds": {}}
 
     def done(path: Path) -> bool:
-        from edgekit.exits.model import EXITS_CONFIG
+        from edgekit.build.exits.model import EXITS_CONFIG
 
         return any((path / f).exists() for f in (artifact.MANIFEST, "model.onnx", "model.xml", EXITS_CONFIG))
 
@@ -170,7 +171,7 @@ def build_all(work: Path, calib: Path, rebuild: bool) -> dict[str, Any]:
 
     import openvino as ov
 
-    from edgekit.ptq import calibration_feeds, nncf_quantize
+    from edgekit.build.ptq import calibration_feeds, nncf_quantize
 
     def nncf(static: bool) -> None:
         out = work / ("ov-nncf-static128" if static else "ov-nncf")
@@ -186,8 +187,8 @@ def build_all(work: Path, calib: Path, rebuild: bool) -> dict[str, Any]:
     step("openvino nncf dynamic", work / "ov-nncf", lambda: nncf(False))
     step("openvino nncf static [1,128]", work / "ov-nncf-static128", lambda: nncf(True))
 
-    from edgekit.lower import lower
-    from edgekit.ptq import quantize_onnx
+    from edgekit.build.lower import lower
+    from edgekit.build.ptq import quantize_onnx
 
     edge: dict[str, Path] = {}
     step("edgekit ptq", work / "edgekit-ptq" / "onnx", lambda: quantize_onnx(onnx_dir, work / "edgekit-ptq" / "onnx", calibration=calib, samples=256))
@@ -221,7 +222,7 @@ def build_all(work: Path, calib: Path, rebuild: bool) -> dict[str, Any]:
         edge[f"{bits} lowered"] = root
     built["edgekit"] = edge
 
-    from edgekit.exits import build as exits
+    from edgekit.build.exits import steps as exits
 
     built["exits"] = {}
     subset = work / "exit-train.jsonl"
@@ -262,7 +263,7 @@ def make_backends(built: dict[str, Any], work: Path) -> list[Backend]:
     import openvino as ov
     import torch
 
-    from edgekit.load import load
+    from edgekit.build.load import load
 
     backends: list[Backend] = []
     encoder = load(str(CKPT / "minilm-debian"))
@@ -335,7 +336,7 @@ def accuracy(b: Backend, tok: Tokenizer, texts: list[str], labels: np.ndarray, b
 
 
 def pad_feed(feed: dict[str, np.ndarray], seq: int, pad_id: int) -> dict[str, np.ndarray]:
-    from edgekit.targets.openvino_npu import fit_feed
+    from edgekit.deploy.targets.openvino_npu import fit_feed
 
     return fit_feed(feed, feed["input_ids"].shape[0], seq, pad_id)
 
@@ -412,7 +413,7 @@ def encoder_int8_macs(seq: int, batch: int = 1, layers: int = 6, hidden: int = 3
 
 def bucket_study(root: Path, feeds: list[dict], buckets: list[int], pad_id: int, rounds: int) -> dict[str, Any]:
     """Real-text batch-1 latency on one artifact: dynamic shapes vs buckets vs padding to 128 (openvino-cpu)."""
-    from edgekit.targets.openvino import OpenVinoSession
+    from edgekit.deploy.targets.openvino import OpenVinoSession
 
     m = artifact.read_manifest(root / "openvino-cpu")
     path = root / "openvino-cpu" / m.model_file
@@ -439,7 +440,7 @@ def bucket_study(root: Path, feeds: list[dict], buckets: list[int], pad_id: int,
 
 def tuning_study(root: Path, s128: dict, b32: dict, rounds: int) -> dict[str, Any]:
     """openvino-cpu runtime settings on one lowered artifact: inference precision of the non-INT8 ops, hint."""
-    from edgekit.targets.openvino import OpenVinoSession
+    from edgekit.deploy.targets.openvino import OpenVinoSession
 
     m = artifact.read_manifest(root / "openvino-cpu")
     path = root / "openvino-cpu" / m.model_file
@@ -565,8 +566,8 @@ def main() -> int:
             achieved[key] = {"int8_matmul_ms": ms, "int8_gops_in_matmuls": 2 * macs / (ms / 1e3) / 1e9 if ms else None,
                              "model_gops_wall": 2 * macs / (prof["wall_ms"] / 1e3) / 1e9}
         analysis["ort_profile"] = {"artifact": fastest.name, "b1_s128": prof1, "b32_s128": prof32, "plain_int8_gemm_gops": gemm, "achieved": achieved}
-        from edgekit.targets.openvino import data_buckets
-        from edgekit.targets.openvino_npu import ROUND
+        from edgekit.deploy.targets.openvino import data_buckets
+        from edgekit.deploy.targets.openvino_npu import ROUND
 
         buckets = data_buckets(tok.lengths(data.read_texts(calib)), onnx_manifest.tokenizer.max_length)
         longest = max(f["input_ids"].shape[1] for f in real)

@@ -20,7 +20,7 @@
 # Here: for p in fp32 w2a8 w1a1; do mkdir -p .ckpt/minilm-$p && cat OUT/${p}_part_* | tar xf - -C .ckpt/minilm-$p; done
 # (the fp32 classifier goes to .ckpt/minilm-debian). The lowered E-scheme artifacts come back whole
 # (a few MB: packed 1/2-bit weights and embeddings) as tar files.
-# carry: .ckpt/base-fp16 and .wheels (pydantic and rich wheels for Python 3.12, for edgekit.lower there).
+# carry: .ckpt/base-fp16 and .wheels (pydantic and rich wheels for Python 3.12, for edgekit.build.lower there).
 set -euo pipefail
 PHASE=${1:?phase 1, 2 or 3}
 OUT=${OUT:-/tmp/device_out}; mkdir -p "$OUT"
@@ -33,7 +33,7 @@ if ! $PY -c "import pydantic, rich" 2>/dev/null; then
 fi
 
 lower() {  # lower a quantized checkpoint and pack the artifact into OUT
-  $PY -c "from edgekit.lower import lower; m = lower('$1', '$D/$2'); print('$2', m.settings['size'])"
+  $PY -c "from edgekit.build.lower import lower; m = lower('$1', '$D/$2'); print('$2', m.settings['size'])"
   tar cf "$OUT/$2.tar" -C "$D" "$2"
 }
 

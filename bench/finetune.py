@@ -56,7 +56,7 @@ def main() -> None:
     import torch
     import transformers
 
-    from edgekit.checkpoint import resolve
+    from edgekit.build.checkpoint import resolve
 
     random.seed(args.seed)
     torch.manual_seed(args.seed)

@@ -8,7 +8,7 @@ descriptions -> 6 sections, bench/data/debian-sections) and, in one process:
 3. BiT multi-step: bit-w1a8 distilled from FP32, then bit-w1a1 distilled from (and initialised by) it;
 4. bibert-w1a1 distilled from FP32 (skip with --no-bibert).
 
-Every accuracy is measured on the saved checkpoint reloaded with edgekit.load (the thing
+Every accuracy is measured on the saved checkpoint reloaded with edgekit.build.load (the thing
 `edgekit export` exports), not on the in-memory training module.
 
     python bench/quant_bench.py [--model .ckpt/minilm-debian] --out bench/results/quant      # CUDA GPU, < 8 min on one H100
@@ -42,9 +42,9 @@ SMOKE_STEPS = 2
 
 
 def _accuracy(path: Path, split: str, device, limit: int | None, max_length: int) -> float:
-    from edgekit import data as datafiles
-    from edgekit.load import load
-    from edgekit.quant.train import evaluate
+    from edgekit.deploy import data as datafiles
+    from edgekit.build.load import load
+    from edgekit.build.quant.train import evaluate
 
     enc = load(path)
     labeled = datafiles.read_labeled(DATA / f"{split}.jsonl", list(enc.info.labels))
@@ -81,7 +81,7 @@ def main() -> int:
     import torch
 
     from edgekit.errors import EdgekitError
-    from edgekit.quant.train import TrainOptions, run
+    from edgekit.build.quant.train import TrainOptions, run
 
     device_opt = "cpu" if args.smoke and args.device == "auto" else args.device
     if not args.smoke and device_opt == "auto" and not torch.cuda.is_available():
@@ -155,7 +155,7 @@ def main() -> int:
         paper = f"{r['paper_retention']:.1%}" if r["paper_retention"] else ""
         lines.append(f"| {r['stage']} | {r['bits (W-E-A)']} | {r['teacher']} | {r['dev']:.4f} | {r['test']:.4f} | {r['retention_test']:.1%} | {paper} | "
                      f"{r['train_s']:.0f} | {r['flops_saving']:.1f}x | {r['size_saving']:.1f}x |")
-    from edgekit.quant.stats import FORMULA
+    from edgekit.build.quant.stats import FORMULA
 
     lines += ["", f"Total wall time {total:.0f} s on {gpu}. Paper retention: {'; '.join(f'{v[0]} = {v[1]:.1%}' for v in PAPER_RETENTION.values())}.",
               f"FLOPs/size as BiBERT counts them at {max_length} tokens: {FORMULA}"]

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekit import data
+from edgekit.deploy import data
 
 ARCHS = ("bert", "roberta", "distilbert")
 TASKS = ("embedding", "classifier")
@@ -178,8 +178,8 @@ def copy_checkpoint(checkpoints, tmp_path) -> Callable[[str], Path]:
 
 @pytest.fixture(scope="session")
 def encoders(checkpoints) -> Callable[[str], object]:
-    """Loaded :class:`edgekit.load.Encoder` per checkpoint name, each loaded once."""
-    from edgekit.load import load
+    """Loaded :class:`edgekit.build.load.Encoder` per checkpoint name, each loaded once."""
+    from edgekit.build.load import load
 
     cache: dict[str, object] = {}
 
@@ -193,8 +193,8 @@ def encoders(checkpoints) -> Callable[[str], object]:
 
 @pytest.fixture(scope="session")
 def exported(checkpoints, encoders, tmp_path_factory) -> Callable[[str], Path]:
-    """ONNX artifact dir (``edgekit.export.export``) per checkpoint name, each exported once."""
-    from edgekit.export import export
+    """ONNX artifact dir (``edgekit.build.export.export``) per checkpoint name, each exported once."""
+    from edgekit.build.export import export
 
     root = tmp_path_factory.mktemp("exported")
     cache: dict[str, Path] = {}
@@ -217,7 +217,7 @@ def bert_onnx(exported) -> Path:
 @pytest.fixture(scope="session")
 def static_bert_onnx(encoders, tmp_path_factory) -> Path:
     """The tiny BERT embedding model exported with the static shape (2, 16)."""
-    from edgekit.export import ExportOptions, export
+    from edgekit.build.export import ExportOptions, export
 
     out = tmp_path_factory.mktemp("static") / "bert-embedding-2x16"
     export(encoders("bert-embedding"), out, ExportOptions(static_shape=(2, 16)))
@@ -235,7 +235,7 @@ def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
     """Run the ``edgekit`` console entry point in-process: (exit code, stdout, stderr)."""
     import sys
 
-    from edgekit import cli
+    from edgekit.cli import app as cli
 
     monkeypatch.setattr(sys, "argv", ["edgekit", *args])
     code = 0

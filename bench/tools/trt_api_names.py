@@ -14,7 +14,7 @@ the binary. This script reads them (and the top-level names of the package's
     python bench/tools/trt_api_names.py /tmp/trtw/tensorrt_cu13_bindings-11.4.0.106-*.whl \
         --out edgekit/data/tensorrt_api/11.x.txt
 
-tests/targets/test_tensorrt.py checks that every name in ``edgekit.targets.tensorrt``'s
+tests/targets/test_tensorrt.py checks that every name in ``edgekit.deploy.targets.tensorrt``'s
 ``TRT_API`` is in the list of each TensorRT major it is meant for.
 
 Limits, stated in the list's header too: a string table says which names exist, not

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgekit import build as runner
+from edgekit.build import runner
 from edgekit.errors import ConfigError, MissingDependency
 from conftest import run_cli  # noqa: E402 - shared by the CLI tests
 
@@ -27,7 +27,7 @@ LABELS = ("negative", "neutral", "positive")
 @pytest.fixture
 def work(tmp_path, monkeypatch, checkpoints):
     """A working directory with labeled train/dev files and a helper that writes recipes."""
-    from edgekit import data
+    from edgekit.deploy import data
 
     monkeypatch.chdir(tmp_path)
     rng = random.Random(0)
@@ -112,7 +112,7 @@ def test_too_tight_budget_exits_3_naming_the_figure(work, monkeypatch, capsys):
 
 
 def test_unchecked_budget_is_said_and_fails_with_strict(work, monkeypatch, capsys):
-    from edgekit import devices
+    from edgekit.deploy import devices
 
     monkeypatch.setattr(devices, "usable_here", lambda p: (False, "CPU lacks amx_tile"))
     path = work(budgets={"max_p50_ms": {"intel-xeon-amx": 5}})
@@ -145,7 +145,7 @@ def test_output_of_another_recipe_or_foreign_files_is_not_replaced(work):
 
 
 def test_interrupted_build_leaves_no_complete_looking_output_and_resumes(work, monkeypatch):
-    from edgekit import compile as compile_step
+    from edgekit.build import compile as compile_step
 
     path = work(targets=["ort-cpu", "openvino-cpu"])
     real = compile_step.compile_artifact
@@ -214,7 +214,7 @@ def test_quantize_exits_prune_pipeline_on_a_tiny_classifier(work):
 
 def test_embedding_model_with_pairs_and_a_short_max_length(work, checkpoints, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
-    from edgekit import data
+    from edgekit.deploy import data
 
     texts = data.sample_texts()
     pairs.write_text("".join(json.dumps({"query": texts[i], "doc": texts[i + 1]}) + "\n" for i in range(0, 40, 2)))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgekit import recipe as schema
+from edgekit.build import recipe as schema
 from edgekit.errors import CheckpointError, ConfigError, DataError
 from conftest import run_cli  # noqa: E402 - shared by the CLI tests
 
@@ -157,7 +157,7 @@ def test_cli_recipe_new_and_check(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("args", [["build", "--help"], ["recipe", "--help"], ["recipe", "check", "--help"], ["recipe", "new", "--help"]])
 def test_help_is_light(args):
     code = (
-        "import sys, json\nfrom edgekit.cli import app\n"
+        "import sys, json\nfrom edgekit.cli.app import app\n"
         f"try:\n    app({args!r})\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
         "print(json.dumps([m for m in ('torch', 'transformers', 'openvino', 'tensorrt', 'onnxruntime') if m in sys.modules]))\n"
     )

@@ -1,0 +1,1 @@
+"""Early exit, build side: exit heads, their training, calibration, segment export."""

@@ -1,0 +1,155 @@
+"""Training exit heads from a trained checkpoint.
+
+Self-distillation from the model's own last exit (works without labels, on any text),
+plus cross-entropy when labels are given; the learned exit score is trained to predict
+whether its exit already agrees with the target. With a frozen backbone (the default)
+each layer's features are computed once and the heads train on them, which takes seconds
+even on a CPU, and the last exit keeps the original model's accuracy exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import ConfigError, DataError
+from edgekit.build.exits.model import MultiExitModel, torch
+
+nn = torch.nn
+STATE = "train_state.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    batch: int = 64
+    lr: float = 1e-3
+    temperature: float = 2.0
+    label_weight: float = 0.5
+    freeze_backbone: bool = True
+    seed: int = 0
+    device: str = "auto"
+    max_length: int = 128
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked but no CUDA GPU is available", hint="use --device cpu")
+    return name
+
+
+@torch.no_grad()
+def collect(model: MultiExitModel, texts: list[str], batch: int, max_length: int, device: str, progress=None) -> dict:
+    """Per-exit head features and the final exit's outputs for every text (frozen backbone)."""
+    enc = model.encoder
+    model.to(device).eval()
+    feats = [[] for _ in model.config.layers[:-1]]
+    final = []
+    for i in range(0, len(texts), batch):
+        feed = {k: torch.from_numpy(v).to(device) for k, v in enc.tokenize(texts[i : i + batch], max_length=max_length).items()}
+        mask = feed["attention_mask"]
+        hidden = model.embed(feed)
+        prev = 0
+        for j, layer in enumerate(model.config.layers):
+            hidden = model.run_layers(hidden, mask, prev, layer)
+            prev = layer
+            if j < len(model.heads):
+                feats[j].append(model.heads[j].features(hidden, mask).cpu())
+        final.append(model.final_head(hidden, mask).cpu())
+        if progress:
+            progress(min(i + batch, len(texts)))
+    return {"features": [torch.cat(f) for f in feats], "final": torch.cat(final)}
+
+
+def head_loss(model: MultiExitModel, outs: list, final, labels, cfg: TrainConfig):
+    """Distillation (+CE) for every intermediate exit, and BCE for its learned score."""
+    total = 0.0
+    for out, score in outs:
+        if model.task == "classifier":
+            t = cfg.temperature
+            kd = nn.functional.kl_div(nn.functional.log_softmax(out / t, -1), nn.functional.softmax(final / t, -1), reduction="batchmean") * t * t
+            target = labels if labels is not None else final.argmax(-1)
+            loss = kd if labels is None else (1 - cfg.label_weight) * kd + cfg.label_weight * nn.functional.cross_entropy(out, labels)
+            right = (out.argmax(-1) == target).float()
+        else:
+            cos = nn.functional.cosine_similarity(out, final, dim=-1)
+            loss = (1 - cos).mean()
+            right = (cos > 0.98).float()
+        total = total + loss + nn.functional.binary_cross_entropy(score.clamp(1e-6, 1 - 1e-6), right.detach())
+    return total
+
+
+def train_heads(model: MultiExitModel, texts: list[str], labels: list[int] | None, out: Path, cfg: TrainConfig = TrainConfig(),
+                *, resume: bool = True, progress=None) -> dict:
+    """Train the exit heads; checkpoints each epoch into ``out`` and resumes from it."""
+    if not texts:
+        raise DataError("no training texts", hint="pass a text file with at least one line")
+    if labels is not None and model.task != "classifier":
+        labels = None
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    device = _device(cfg.device)
+    max_len = min(cfg.max_length, model.encoder.info.max_length)
+    out.mkdir(parents=True, exist_ok=True)
+    say = progress or (lambda **kw: None)
+    params = list(model.heads.parameters())
+    if not cfg.freeze_backbone:
+        params += list(model.hf.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr if cfg.freeze_backbone else min(cfg.lr, 2e-5))
+    start = 0
+    if resume and (out / STATE).exists():
+        state = torch.load(out / STATE, map_location="cpu", weights_only=True)
+        model.heads.load_state_dict(state["heads"])
+        opt.load_state_dict(state["optimizer"])
+        start = state["epoch"]
+    y = torch.tensor(labels) if labels is not None else None
+    cached = None
+    if cfg.freeze_backbone:
+        for p in model.hf.parameters():
+            p.requires_grad_(False)
+        say(stage="features", done=0, total=len(texts))
+        cached = collect(model, texts, 128, max_len, device, progress=lambda n: say(stage="features", done=n, total=len(texts)))
+    model.to(device)
+    history = []
+    for epoch in range(start, cfg.epochs):
+        model.heads.train()
+        order = torch.randperm(len(texts))
+        total, n = 0.0, 0
+        for i in range(0, len(texts), cfg.batch):
+            idx = order[i : i + cfg.batch]
+            yb = y[idx].to(device) if y is not None else None
+            if cached is not None:
+                final = cached["final"][idx].to(device)
+                outs = [h.from_features(f[idx].to(device)) for h, f in zip(model.heads, cached["features"])]
+            else:
+                model.hf.train()
+                feed = {k: torch.from_numpy(v).to(device) for k, v in model.encoder.tokenize([texts[j] for j in idx], max_length=max_len).items()}
+                all_outs = model.forward_all(feed)
+                final = all_outs[-1]["output"]
+                outs = [(o["output"], o["score"]) for o in all_outs[:-1]]
+                if model.task == "classifier" and yb is not None:
+                    final_loss = nn.functional.cross_entropy(final, yb)
+                    final = final.detach()
+                else:
+                    final_loss, final = 0.0, final.detach()
+            loss = head_loss(model, outs, final, yb, cfg)
+            if cached is None:
+                loss = loss + final_loss
+            if not torch.isfinite(loss):
+                raise ConfigError(f"exit training diverged (loss {loss.item()}) at epoch {epoch + 1}", hint=f"lower the learning rate; the last good heads are in {out}")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+            n += len(idx)
+            say(stage="train", epoch=epoch + 1, epochs=cfg.epochs, done=n, total=len(texts), loss=total / n)
+        history.append(total / n)
+        torch.save({"heads": model.heads.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1}, out / STATE)
+    model.eval().cpu()
+    return {"epochs": cfg.epochs, "loss": history, "device": device, "frozen_backbone": cfg.freeze_backbone, "texts": len(texts), "labels": labels is not None}

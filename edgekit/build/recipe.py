@@ -1,0 +1,514 @@
+"""Recipes: one YAML file naming the checkpoint, the data, the steps with their settings,
+the targets and the budgets of a build (``edgekit build RECIPE``).
+
+The schema is a tree of frozen pydantic models with ``extra="forbid"``: a typo is an error
+naming the field and the allowed keys or values, never a warning. :func:`load` turns the
+first validation error into one line, ``recipes/x.yaml: steps.quantize.steps: ...``.
+:func:`check_files` then checks what exists on disk (model, data files) without torch.
+
+Relative paths are relative to the working directory ``edgekit build`` runs in (as every
+other command's paths are); ``edgekit:NAME`` names a data file shipped with edgekit
+(``edgekit:pydoc_sentences.txt``, ``edgekit:pydoc_pairs.jsonl``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgekit.errors import ConfigError, DataError
+from edgekit.deploy.targets import TARGETS
+
+SCHEMA_VERSION = 1
+SHIPPED_PREFIX = "edgekit:"
+# Targets whose artifacts take one static shape per graph: dynamic early exit (a graph per
+# segment, run by a controller) cannot go there; a static depth cut (prune) can.
+STATIC_TARGETS = ("openvino-npu", "jetson")
+TargetName = Literal[tuple(TARGETS)]  # type: ignore[valid-type] - the Literal comes from the TARGETS dict
+METRICS = ("accuracy", "macro_f1", "recall@1", "recall@10", "mrr")
+DEFAULT_METRIC = {"classifier": "accuracy", "embedding": "mrr"}
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def resolve_path(value: str | Path) -> Path:
+    """A recipe path: ``edgekit:NAME`` is a data file shipped with edgekit, the rest as written."""
+    text = str(value)
+    if text.startswith(SHIPPED_PREFIX):
+        from edgekit.deploy import data
+
+        return data.shipped(text[len(SHIPPED_PREFIX):])
+    return Path(text).expanduser()
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+class Data(_M):
+    """Data files: JSONL/CSV (``text`` + ``label`` for classifiers, ``query``/``doc`` pairs) or .txt."""
+
+    train: str | None = Field(None, description="training texts for quantization (QAT) and exit heads")
+    calibration: str | None = Field(None, description="PTQ and exit calibration texts (default: train)")
+    dev: str | None = Field(None, description="held-out data every artifact is evaluated on (accuracy budget)")
+
+    def calibration_file(self) -> str | None:
+        return self.calibration or self.train
+
+
+class Quantize(_M):
+    """QAT with distillation from the float model (edgekit.build.quant.train)."""
+
+    scheme: str = Field(description="e.g. ternary-w2a8, bit-w1a1, bibert-w1a1, bitnet-w2a8")
+    steps: int | None = Field(None, ge=1, description="training steps per stage")
+    epochs: float | None = Field(None, gt=0, description="or: epochs per stage")
+    limit: int | None = Field(None, ge=1, description="train on the first N texts only")
+    batch_size: int = Field(32, ge=1)
+    max_length: int = Field(128, ge=8)
+    lr: float | None = Field(None, gt=0, description="default by weight bits: 5e-4 (1 bit), 1e-4 (2 bits)")
+    multi_step: bool = Field(False, description="BiT: float teacher -> intermediate student -> final student")
+    intermediate: str = "bit-w1a8"
+    ce: float | None = Field(None, ge=0, description="weight of cross entropy with the labels (default: distillation only)")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    save_every: int = Field(50, ge=1, description="training steps between resumable checkpoints")
+
+    @field_validator("scheme", "intermediate")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        from edgekit.build.quant.config import ALIASES, SCHEMES
+
+        key = v.strip().lower()
+        if ALIASES.get(key, key) not in SCHEMES:
+            raise ValueError(f"unknown scheme {v!r}; valid schemes: {', '.join([*SCHEMES, *ALIASES])}")
+        return ALIASES.get(key, key)
+
+    @model_validator(mode="after")
+    def _budget(self) -> Quantize:
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give the training budget as steps or epochs (exactly one): QAT is slow on a CPU, so a recipe says how long")
+        return self
+
+
+class Exits(_M):
+    """Exit heads trained by self-distillation, then calibrated (edgekit.exits)."""
+
+    layers: list[int] | None = Field(None, description="layers with an exit (default: every layer)")
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    limit: int | None = Field(None, ge=1, description="train and calibrate on the first N texts only")
+    max_drop: float = Field(1.0, ge=0, description="calibration: quality budget in points for the chosen exit policy / depth")
+    policy: str | None = Field(None, description="dynamic exit: NAME=VALUE (e.g. entropy=0.3); default: chosen by calibration")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class Prune(_M):
+    """Static depth cut at an exit (what static-shape targets need)."""
+
+    layer: int | None = Field(None, ge=1, description="keep layers 1..LAYER (default: the shallowest exit within exits.max_drop)")
+
+
+class Lower(_M):
+    """Quantized checkpoint -> INT8 QDQ ONNX graph (edgekit.build.lower)."""
+
+    pack: bool = Field(True, description="store ternary/binary weights bit-packed")
+
+
+class Ptq(_M):
+    """INT8 post-training quantization of the float ONNX export (edgekit.build.ptq)."""
+
+    samples: int = Field(256, ge=1, description="calibration texts")
+
+
+class Export(_M):
+    opset: int = Field(17, ge=17, le=21)
+    static_shape: tuple[int, int] | None = Field(None, description="fixed [batch, sequence], or '1x128'")
+    max_length: int | None = Field(None, ge=8, description="cap on the sequence length")
+    # Parity tolerances vs PyTorch for the export and every compile (default: by precision,
+    # fp32: atol 1e-3, cosine 0.9999). A fake-quant graph exported without steps.lower
+    # rounds its 8-bit activations, and a float difference of 1e-7 can move a value across a
+    # rounding step: such graphs need looser figures (e.g. atol 0.05, min_cosine 0.99).
+    atol: float | None = Field(None, gt=0)
+    min_cosine: float | None = Field(None, ge=-1, le=1)
+    min_argmax_agreement: float | None = Field(None, ge=0, le=1)
+
+    def tolerance(self):
+        """The parity tolerance these fields ask for, or None for the defaults."""
+        from edgekit.deploy.parity import Tolerance
+
+        given = {k: v for k, v in (("atol", self.atol), ("min_cosine", self.min_cosine), ("min_argmax_agreement", self.min_argmax_agreement)) if v is not None}
+        return Tolerance(**given) if given else None
+
+    @field_validator("static_shape", mode="before")
+    @classmethod
+    def _shape(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            parts = v.lower().split("x")
+            if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+                raise ValueError(f"write BATCHxSEQUENCE, e.g. 1x128 (got {v!r})")
+            return tuple(int(p) for p in parts)
+        return v
+
+
+class Steps(_M):
+    """The pipeline steps; each runs when present, always in this order:
+    quantize -> exits -> prune -> lower | export -> ptq -> compile (per target)."""
+
+    quantize: Quantize | None = None
+    exits: Exits | None = None
+    prune: Prune | None = None
+    lower: Lower | None = None
+    ptq: Ptq | None = None
+    export: Export = Export()
+
+
+class Target(_M):
+    name: TargetName
+    device: str | None = Field(None, description="device profile (devices/*.yaml): fills device, threads; checks precision")
+    options: dict[str, Any] = Field(default_factory=dict, description="target options (see 'edgekit compile --help')")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str | None) -> str | None:
+        if v is not None:
+            from edgekit.deploy import devices
+
+            known = devices.all_profiles()
+            if v not in known:
+                raise ValueError(f"unknown device {v!r}; known devices: {', '.join(known)}")
+        return v
+
+    @model_validator(mode="after")
+    def _options(self) -> Target:
+        from edgekit.build import compile as compile_step
+        from edgekit.deploy import devices, targets
+
+        try:
+            opts = self.plan_options()
+            compile_step.target_options(targets.get(self.name), opts)
+            if self.device:
+                devices.compile_plan(devices.get(self.device), [self.name], {k: str(v) for k, v in self.options.items()})
+        except ConfigError as err:
+            raise ValueError(err.message + (f" ({err.hint})" if err.hint else "")) from None
+        return self
+
+    def plan_options(self) -> dict[str, Any]:
+        """The target's options with the device profile's filled in and shipped paths resolved."""
+        opts = {k: (str(resolve_path(v)) if isinstance(v, str) and v.startswith(SHIPPED_PREFIX) else v) for k, v in self.options.items()}
+        if self.device:
+            from edgekit.deploy import devices
+
+            fields = TARGETS[self.name].options_model.model_fields
+            profile = devices.get(self.device)
+            if "device" in fields:
+                opts.setdefault("device", profile.name)
+            if "threads" in fields and profile.threads:
+                opts.setdefault("threads", profile.threads)
+        return opts
+
+
+class Budgets(_M):
+    """What every artifact must meet; a failed budget makes ``edgekit build`` exit with code 3."""
+
+    max_accuracy_drop: float | None = Field(None, ge=0, description="points below the FP32 checkpoint on data.dev")
+    metric: Literal["accuracy", "macro_f1", "recall@1", "recall@10", "mrr"] | None = Field(
+        None, description="what accuracy means (default: accuracy for classifiers, mrr for query/doc pairs)")
+    max_p50_ms: dict[str, float] = Field(default_factory=dict, description="device profile -> max batch-1 p50 latency (ms, model only)")
+    max_size_mb: float | None = Field(None, gt=0, description="model files of each artifact (tokenizer and references not counted)")
+
+    @field_validator("max_p50_ms")
+    @classmethod
+    def _devices(cls, v: dict[str, float]) -> dict[str, float]:
+        if v:
+            from edgekit.deploy import devices
+
+            known = devices.all_profiles()
+            for name, ms in v.items():
+                if name not in known:
+                    raise ValueError(f"unknown device {name!r}; known devices: {', '.join(known)}")
+                if not ms > 0:
+                    raise ValueError(f"{name}: the latency budget must be > 0 ms (got {ms})")
+        return v
+
+
+class Profile(_M):
+    """How artifacts that run here are profiled (batch-1 first-token latency)."""
+
+    enabled: bool = True
+    seq_len: int = Field(128, ge=4)
+    seconds: float = Field(1.0, gt=0, description="time budget per measured point")
+    min_runs: int = Field(10, ge=3)
+    warmup: int = Field(5, ge=0)
+    cold_runs: int = Field(0, ge=0, description="fresh-process cold starts (slow; 0 skips)")
+    threads: int | None = Field(None, ge=1)
+    texts: str | None = Field(None, description="time batch 1 on these real texts at their own lengths (default: seq_len tokens)")
+
+
+class Recipe(_M):
+    schema_version: Literal[1] = 1
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the build's folder: OUTPUT/NAME/")
+    description: str = ""
+    model: str = Field("default", description="checkpoint directory, or 'default' (all-MiniLM-L6-v2)")
+    task: Literal["classifier", "embedding"] | None = None
+    data: Data = Data()
+    steps: Steps = Steps()
+    targets: list[Target] = Field(min_length=1)
+    budgets: Budgets = Budgets()
+    profile: Profile = Profile()
+    output: str = Field("dist", description="output root; the build goes to OUTPUT/NAME/")
+    cache: str = Field("build/cache", description="step cache (shared by recipes; keys are content hashes)")
+
+    @field_validator("targets")
+    @classmethod
+    def _unique(cls, v: list[Target]) -> list[Target]:
+        names = [t.name for t in v]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup:
+            raise ValueError(f"target {dup!r} is listed twice")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        s, d, b = self.steps, self.data, self.budgets
+        if s.prune and not s.exits:
+            raise ValueError("steps.prune needs steps.exits (the depth cut is made at a trained, calibrated exit)")
+        if s.lower and s.exits:
+            raise ValueError("steps.lower takes a whole quantized checkpoint; with early exit drop steps.lower: the exit segments and "
+                             "steps.prune's depth cut of a quantized model are lowered to INT8 themselves")
+        if s.ptq and (s.quantize or s.lower):
+            raise ValueError("steps.ptq quantizes a float model; a QAT model is lowered with steps.lower instead")
+        if s.ptq and s.exits and not s.prune:
+            raise ValueError("steps.ptq needs one graph: with dynamic early exit (several segments) add steps.prune")
+        if s.exits and s.export.static_shape:
+            raise ValueError("steps.export.static_shape does not apply to early-exit graphs; give static targets sequence buckets in their options")
+        if s.exits and not s.prune:
+            static = [t.name for t in self.targets if t.name in STATIC_TARGETS]
+            if static:
+                raise ValueError(f"dynamic early exit cannot run on {static[0]} (static shapes); add steps.prune for a depth cut")
+        for step, need in (("quantize", d.train), ("exits", d.train)):
+            if getattr(s, step) is not None and not need:
+                raise ValueError(f"steps.{step} needs data.train")
+        if s.ptq and not d.calibration_file():
+            raise ValueError("steps.ptq needs data.calibration (or data.train)")
+        if b.max_accuracy_drop is not None and not d.dev:
+            raise ValueError("budgets.max_accuracy_drop needs data.dev: accuracy is measured on it")
+        if b.max_p50_ms:
+            if not self.profile.enabled:
+                raise ValueError("budgets.max_p50_ms needs profiling, and profile.enabled is false: the budget could never be checked")
+            from edgekit.deploy import devices
+
+            mine = {t.name for t in self.targets}
+            for name in b.max_p50_ms:
+                if not mine & set(devices.get(name).targets):
+                    raise ValueError(f"budgets.max_p50_ms: device {name} runs none of this recipe's targets ({', '.join(sorted(mine))})")
+        return self
+
+    # ---- derived
+
+    def metric_for(self, task: str) -> str:
+        return self.budgets.metric or DEFAULT_METRIC[task]
+
+    def canonical(self) -> str:
+        """The recipe as canonical JSON (defaults filled in): what its hash is taken over."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.canonical().encode()).hexdigest()
+
+    def step_names(self) -> list[str]:
+        """The steps that run, in order."""
+        s = self.steps
+        names = [n for n in ("quantize", "exits") if getattr(s, n) is not None]
+        names.append("prune" if s.prune else "segments" if s.exits else "lower" if s.lower else "export")
+        if s.ptq:
+            names.append("ptq")
+        return names
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The model class whose field ``loc[-1]`` is (for 'unknown key' messages)."""
+    model: Any = Recipe
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        args = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else (args[0] if args else None)
+    return model
+
+
+def _where(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith("function-") or part in ("tagged-union", "str"):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def describe_error(err: ValidationError) -> tuple[str, str | None]:
+    """(``field: message``, hint) for the first error of a validation."""
+    e = err.errors()[0]
+    loc = tuple(e["loc"])
+    where = _where(loc)
+    msg = e["msg"].removeprefix("Value error, ")
+    hint = None
+    if e["type"] == "extra_forbidden":
+        model = _model_at(loc)
+        valid = ", ".join(model.model_fields) if model else None
+        msg = f"unknown key {loc[-1]!r}" + (f"; valid keys: {valid}" if valid else "")
+        if model is Steps:
+            msg = f"unknown step {loc[-1]!r}; valid steps: {valid}"
+    elif e["type"] == "missing":
+        msg = "required field is missing"
+    elif e["type"] == "literal_error":
+        msg = f"{e['msg']} (got {e.get('input')!r})"
+    return f"{where}: {msg}", hint
+
+
+def parse(raw: Any, source: str = "recipe") -> Recipe:
+    """Validate a recipe from parsed YAML; errors name ``source`` and the field."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a recipe is a YAML mapping, got {type(raw).__name__}", hint="start from 'edgekit recipe new'")
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        line, hint = describe_error(err)
+        raise ConfigError(f"{source}: {line}", hint=hint or "see 'edgekit recipe new' for a commented example") from err
+
+
+def load(path: str | Path) -> Recipe:
+    """Read and validate a recipe file (schema only; see :func:`check_files`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such recipe file", hint="write one with 'edgekit recipe new'")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        first = str(err).strip().splitlines()
+        raise ConfigError(f"{path}: cannot read YAML ({' '.join(x.strip() for x in first[:3])})", hint="fix the file's syntax") from err
+    return parse(raw, str(path))
+
+
+def check_files(recipe: Recipe, source: str = "recipe") -> list[str]:
+    """Check what the recipe names on disk, without torch: the model and every data file.
+
+    Returns notes (e.g. which targets only produce plans here); raises on what is missing."""
+    from edgekit.build import checkpoint
+    from edgekit.deploy import data, targets
+
+    info = checkpoint.inspect(recipe.model, task=recipe.task)
+    if recipe.steps.lower and not recipe.steps.quantize and not (info.path / "edgekit_quant.json").exists():
+        raise ConfigError(f"{source}: steps.lower needs a quantized checkpoint, and {info.path} is a float model",
+                          hint="add steps.quantize (QAT), or use steps.ptq for INT8 post-training quantization")
+    for role in ("train", "calibration", "dev"):
+        value = getattr(recipe.data, role)
+        if value is None:
+            continue
+        path = resolve_path(value)
+        if not path.is_file():
+            raise DataError(f"{source}: data.{role}: {path}: no such file", hint="fix the path (relative paths start at the working directory)")
+        kind = data.kind(path)
+        if role == "dev" and info.task == "classifier" and kind != "labeled":
+            raise DataError(f"{source}: data.dev: {path} has no labels, and the model is a classifier", hint="give records with 'text' and 'label'")
+        if role == "dev" and info.task == "embedding" and kind != "pairs" and recipe.budgets.max_accuracy_drop is not None:
+            raise DataError(f"{source}: data.dev: {path} has no query/doc pairs, so an embedding model has no accuracy to budget",
+                            hint="give {'query': ..., 'doc': ...} records, or drop budgets.max_accuracy_drop")
+    if recipe.profile.texts and not resolve_path(recipe.profile.texts).is_file():
+        raise DataError(f"{source}: profile.texts: {resolve_path(recipe.profile.texts)}: no such file", hint="fix the path")
+    metric = recipe.metric_for(info.task)
+    valid = ("accuracy", "macro_f1") if info.task == "classifier" else ("recall@1", "recall@10", "mrr")
+    if metric not in valid:
+        raise ConfigError(f"{source}: budgets.metric: {metric!r} is not a metric of a {info.task} model", hint=f"use one of: {', '.join(valid)}")
+    notes = []
+    for t in recipe.targets:
+        target = targets.get(t.name)
+        try:
+            target.check_available()
+        except Exception as err:  # noqa: BLE001 - reported as a note: the build will say it again
+            notes.append(f"{t.name}: cannot compile here: {err}")
+            continue
+        why = target.runs_here()
+        if why is not None:
+            notes.append(f"{t.name}: compiles here, runs on the device only ({why}); its accuracy and latency budgets are checked there")
+    return notes
+
+
+# ----------------------------------------------------------------------------- starter
+
+
+TEMPLATE = """\
+# edgekit recipe: `edgekit recipe check THIS.yaml` validates it, `edgekit build THIS.yaml` runs it.
+# Unknown keys are errors. Relative paths start at the working directory; `edgekit:NAME`
+# is a data file shipped with edgekit (pydoc_sentences.txt, pydoc_pairs.jsonl).
+schema_version: 1
+name: my-model                # the build goes to OUTPUT/NAME/ (dist/my-model/)
+description: MiniLM embedding model, ternary W2A8, for Intel CPUs and phones
+model: default                # checkpoint directory, or `default` (all-MiniLM-L6-v2)
+# task: embedding             # classifier | embedding (default: detected from the checkpoint)
+
+data:
+  train: edgekit:pydoc_sentences.txt   # QAT / exit-head training texts (labels optional)
+  # calibration: calib.txt             # PTQ and exit calibration (default: train)
+  dev: edgekit:pydoc_pairs.jsonl       # every artifact is evaluated on it (query/doc pairs, or text+label)
+
+steps:                        # each runs when present, in this order:
+  quantize:                   # QAT with distillation from the float model
+    scheme: ternary-w2a8      # ternary-w2a8, bitnet-w2a8, bit-w1a8, bit-w1a1, bibert-w1a1, ...
+    steps: 40                 # training budget: steps or epochs (about 1.5 s/step for MiniLM at batch 32 on 2 CPU cores)
+    limit: 1280               # train on the first N texts only
+    batch_size: 32
+    max_length: 128
+  # exits:                    # early exit: heads trained by self-distillation, calibrated
+  #   layers: [2, 4, 6]
+  #   max_drop: 1.0           # points the calibrated exit may lose
+  # prune: {}                 # static depth cut at the calibrated exit (or layer: N)
+  # lower: {pack: true}       # quantized checkpoint -> INT8 QDQ ONNX (edgekit.build.lower)
+  # ptq: {samples: 256}       # or, for a float model: INT8 post-training quantization
+  export:
+    opset: 17
+    # static_shape: 1x128     # fixed shape (default: dynamic batch and sequence)
+
+targets:                      # `edgekit targets` lists them; options as in `edgekit compile -o`
+  - openvino-cpu
+  - name: ort-mobile
+    device: android-arm64     # device profile (devices/*.yaml): records its execution providers
+  # - name: openvino-npu
+  #   device: intel-core-ultra-npu
+  #   options: {seq_lens: [64, 128]}
+
+budgets:                      # a failed budget: exit code 3 (the CI gate), failing figures printed
+  max_accuracy_drop: 3.0      # points below the FP32 checkpoint on data.dev
+  # metric: mrr               # accuracy | macro_f1 (classifiers); mrr | recall@1 | recall@10 (pairs)
+  max_p50_ms:                 # batch-1 latency at profile.seq_len, checked where this machine is that device
+    x86-64-cpu: 50
+  max_size_mb: 40             # model files of each artifact
+
+profile:
+  seq_len: 128
+  seconds: 1.0
+
+output: dist                  # dist/my-model/<target>/ + manifest.json
+cache: build/cache            # step cache; `edgekit build --no-cache` ignores it
+"""

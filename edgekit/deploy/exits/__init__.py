@@ -1,0 +1,1 @@
+"""Early exit at run time: exit policies and the segment controller (numpy only)."""

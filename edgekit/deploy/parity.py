@@ -1,0 +1,83 @@
+"""Compare a runtime's outputs with PyTorch's on the same real tokenized text.
+
+Export records PyTorch's outputs in ``parity_reference.npz`` (inputs + outputs), so every
+later compile can be checked against PyTorch without importing torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgekit.deploy.artifact import ParityReport
+from edgekit.errors import ParityError
+
+REFERENCE = "parity_reference.npz"
+
+
+class Tolerance(BaseModel):
+    """Parity tolerances. Defaults suit fp32 runtimes; lower precisions need looser ones."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    atol: float = Field(1e-3, gt=0, description="max abs difference allowed on any output value")
+    min_argmax_agreement: float = Field(1.0, ge=0, le=1, description="classifier: share of rows whose argmax must agree")
+    min_cosine: float = Field(0.9999, ge=-1, le=1, description="embeddings: lowest cosine allowed between rows")
+
+
+# Defaults per precision: fp32 runtimes must match PyTorch closely; half precisions cannot.
+TOLERANCES = {
+    "fp32": Tolerance(),
+    "fp16": Tolerance(atol=0.1, min_argmax_agreement=0.95, min_cosine=0.99),
+    "bf16": Tolerance(atol=0.25, min_argmax_agreement=0.9, min_cosine=0.98),
+    # INT8 (PTQ or lowered QDQ graphs) vs the fp32 PyTorch model.
+    "int8": Tolerance(atol=0.5, min_argmax_agreement=0.9, min_cosine=0.97),
+}
+
+
+def save_reference(path: Path, feed: dict[str, np.ndarray], output: np.ndarray) -> None:
+    np.savez_compressed(path, output=output, **{f"input.{k}": v for k, v in feed.items()})
+
+
+def load_reference(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    with np.load(path) as z:
+        feed = {k.removeprefix("input."): z[k] for k in z.files if k.startswith("input.")}
+        return feed, z["output"]
+
+
+def run_chunked(infer: Callable[[dict], np.ndarray], feed: dict[str, np.ndarray], batch: int) -> np.ndarray:
+    rows = next(iter(feed.values())).shape[0]
+    parts = [infer({k: v[i : i + batch] for k, v in feed.items()}) for i in range(0, rows, batch)]
+    return np.concatenate(parts, axis=0)
+
+
+def compare(reference: np.ndarray, actual: np.ndarray, *, task: str, output: str, runtime: str, tolerance: Tolerance) -> ParityReport:
+    """Figures for ``actual`` vs ``reference``; ``passed`` says whether they meet ``tolerance``."""
+    if reference.shape != actual.shape:
+        raise ParityError(f"{runtime}: output {output!r} has shape {actual.shape}, PyTorch gave {reference.shape}", hint="the graph was built for other shapes")
+    ref, act = reference.astype(np.float64), actual.astype(np.float64)
+    max_abs = float(np.max(np.abs(ref - act))) if ref.size else 0.0
+    finite = bool(np.isfinite(act).all())
+    common = dict(runtime=runtime, output=output, texts=int(ref.shape[0]), max_abs_diff=max_abs, atol=tolerance.atol)
+    if task == "classifier":
+        agree = float(np.mean(ref.argmax(-1) == act.argmax(-1)))
+        ok = finite and max_abs <= tolerance.atol and agree >= tolerance.min_argmax_agreement
+        return ParityReport(**common, argmax_agreement=agree, min_required=tolerance.min_argmax_agreement, passed=ok)
+    num = (ref * act).sum(-1)
+    den = np.linalg.norm(ref, axis=-1) * np.linalg.norm(act, axis=-1)
+    cos = float(np.min(num / np.maximum(den, 1e-12)))
+    ok = finite and max_abs <= tolerance.atol and cos >= tolerance.min_cosine
+    return ParityReport(**common, min_cosine=cos, min_required=tolerance.min_cosine, passed=ok)
+
+
+def enforce(report: ParityReport) -> ParityReport:
+    """Raise :class:`ParityError` naming the output and the largest difference if it failed."""
+    if not report.passed:
+        figure = f"argmax agreement {report.argmax_agreement:.4f}" if report.argmax_agreement is not None else f"min cosine {report.min_cosine:.6f}"
+        raise ParityError(
+            f"{report.runtime} output {report.output!r} differs from PyTorch: max abs diff {report.max_abs_diff:.3g} (atol {report.atol:g}), {figure} (need >= {report.min_required})",
+            hint="loosen with --atol/--min-cosine if this precision is intended, else report a bug",
+        )
+    return report

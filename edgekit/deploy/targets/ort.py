@@ -1,0 +1,124 @@
+"""Target ``ort-cpu``: ONNX Runtime on the CPU, graph optimizations applied offline and saved.
+
+INT8 artifacts (``edgekit lower``, ``edgekit ptq``): compile asks ONNX Runtime which of the
+quantized matmuls it fuses into integer kernels (:mod:`edgekit.deploy.int8check`), records the
+answer, and refuses a lowered binary/ternary graph where some would run in float, naming
+them (a PTQ graph's fallbacks are recorded, not refused); a source with packed low-bit weights
+gives a packed artifact too (the optimized graph's int8 codes, 2 or 1 bits each), unpacked
+and hash-checked when a session opens it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from edgekit.deploy import packing
+from edgekit.deploy.artifact import Manifest
+from edgekit.deps import is_installed, require
+from edgekit.errors import TargetError
+from edgekit.deploy.targets.base import TargetOptions, runtime_version
+
+MODEL_FILE = "model.ort-opt.onnx"
+
+
+class OrtOptions(TargetOptions):
+    # "extended" is the highest level ONNX Runtime recommends saving offline: "all" adds
+    # layout transforms specific to the CPU that ran the optimization. Sessions still apply
+    # "all" at load time on the device itself.
+    optimization: Literal["basic", "extended", "all"] = "extended"
+    # Runtime tuning, recorded in the manifest and used by every session that loads it.
+    spinning: bool | None = None  # intra-op threads spin while waiting (ORT default: on); off frees the cores between calls
+
+
+_LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+
+
+def session_options(ort: Any, level: str, threads: int | None, spinning: bool | None = None) -> Any:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
+    if threads:
+        so.intra_op_num_threads = threads
+    if spinning is not None:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return so
+
+
+class OrtSession:
+    def __init__(self, path: Path, threads: int | None, *, packed: dict[str, Any] | None = None, spinning: bool | None = None) -> None:
+        """``packed``: the manifest's ``settings.packed`` (weights to unpack and hash-check first)."""
+        ort = require("onnxruntime", for_="target ort-cpu")
+        model = packing.model_bytes(path.parent, path.name, packed) if packed else str(path)
+        self._sess = ort.InferenceSession(model, session_options(ort, "all", threads, spinning), providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self._sess.get_inputs()]
+        self.output_names = [o.name for o in self._sess.get_outputs()]
+
+    def __enter__(self) -> OrtSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sess = None
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self._sess.run(self.output_names, feed)))
+
+
+class OrtCpuTarget:
+    name: ClassVar[str] = "ort-cpu"
+    runtime: ClassVar[str] = "onnxruntime"
+    description: ClassVar[str] = "ONNX Runtime, CPU execution provider, graph optimizations saved"
+    options_model: ClassVar[type[TargetOptions]] = OrtOptions
+
+    def check_available(self) -> None:
+        require("onnxruntime", for_=f"target {self.name}")
+
+    def compile(self, onnx_dir: Path, manifest: Manifest, options: OrtOptions, out: Path) -> dict[str, Any]:
+        ort = require("onnxruntime", for_=f"target {self.name}")
+        so = session_options(ort, options.optimization, options.threads, options.spinning)
+        so.optimized_model_filepath = str(out / MODEL_FILE)
+        ort.InferenceSession(str(onnx_dir / manifest.model_file), so, providers=["CPUExecutionProvider"])
+        settings: dict[str, Any] = {"optimization_saved": options.optimization, "optimization_at_load": "all", "threads": options.threads,
+                                    "spinning": options.spinning, "provider": "CPUExecutionProvider"}
+        if manifest.precision == "int8":
+            settings["int8"] = check_int8(onnx_dir / manifest.model_file, options.threads, strict="lowered" in manifest.settings)
+        if manifest.settings.get("packed") and is_installed("onnx"):
+            packed = packing.pack_onnx(out / MODEL_FILE, out)
+            if packed is not None:
+                settings["packed"] = packed
+        return {
+            "model_file": MODEL_FILE,
+            "precision": manifest.precision,
+            "runtime": {"onnxruntime": runtime_version(ort)},
+            "settings": settings,
+        }
+
+    def runs_here(self) -> str | None:
+        return None
+
+    def executable_here(self, manifest: Manifest) -> str | None:
+        return None
+
+    def load(self, artifact_dir: Path, manifest: Manifest, options: TargetOptions | None = None) -> OrtSession:
+        threads = options.threads if options else manifest.settings.get("threads")
+        spinning = getattr(options, "spinning", None) if options else None
+        spinning = spinning if spinning is not None else manifest.settings.get("spinning")
+        return OrtSession(Path(artifact_dir) / manifest.model_file, threads, packed=manifest.settings.get("packed"), spinning=spinning)
+
+
+def check_int8(model_path: Path, threads: int | None, *, strict: bool = True) -> dict[str, Any]:
+    """ONNX Runtime's own answer on which quantized matmuls run in INT8; with ``strict`` (lowered
+    binary/ternary graphs) raises if some fall back, else records them."""
+    if not is_installed("onnx"):
+        return {"checked": False, "why": "onnx is not installed (pip install 'edgekit[export]')"}
+    from edgekit.deploy import int8check
+
+    report = int8check.ort_report(model_path, threads=threads)
+    if not report["all_int8"] and not strict:
+        report["note"] = int8check.fallback_message("onnxruntime", report)
+    elif not report["all_int8"]:
+        raise TargetError(f"ort-cpu: {int8check.fallback_message('onnxruntime', report)}", hint="this scheme cannot execute in INT8 on ONNX Runtime; quantize the activations of those matmuls (A8/A4/A1)")
+    return report

@@ -1,0 +1,105 @@
+"""Early exit on a quantized (binary/ternary) checkpoint: heads train on the fake-quant model,
+and the deployed segments and depth cut are lowered INT8 graphs (edgekit.build.lower) that exit
+where the fake-quant torch controller does."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgekit.deploy import artifact, data, int8check, packing
+from edgekit.errors import ArtifactError
+from edgekit.build.exits.model import MultiExitModel, load_exits
+from edgekit.deploy.exits.policies import make, normalized_entropy, simulate
+from edgekit.build.exits.segments import LOWERED, compile_exits, export_pruned, export_segments, torch_exits
+from edgekit.build.exits.train import TrainConfig, train_heads
+from edgekit.build.load import load
+from edgekit.build.quant import calibrate, quantize_
+from edgekit.build.quant.saving import save_quantized
+from edgekit.deploy.runtime import Predictor
+
+
+@pytest.fixture(scope="module", params=["bit-w1a1", "bit-w1e1a1"])
+def heads(request, checkpoints, encoders, texts, tmp_path_factory):
+    """Exit heads trained on a calibrated W1A1 tiny BERT classifier (3 layers: exits at 1, 2, 3),
+    with float or binary embeddings."""
+    root = tmp_path_factory.mktemp("lowbit-exits")
+    enc = encoders("bert-classifier")
+    module = copy.deepcopy(enc.module)
+    quantize_(module, request.param)
+    feed = enc.tokenize(data.sample_texts()[:16])
+    calibrate(module, [tuple(torch.from_numpy(feed[n]) for n in enc.spec.input_names)])
+    ckpt = save_quantized(module, enc.tokenizer, root / "ckpt", source=checkpoints["bert-classifier"])
+    model = MultiExitModel(load(ckpt))
+    train_heads(model, texts * 4, None, root / "heads", TrainConfig(epochs=3, batch=4), resume=False)
+    model.save(root / "heads")
+    return root / "heads"
+
+
+def _middle_threshold(model, texts) -> float:
+    ent = np.sort(normalized_entropy(torch_exits(model, model.encoder.tokenize(texts))[0]["output"]))
+    return float(np.median(ent))
+
+
+def test_segments_of_a_quantized_model_are_int8_and_exit_like_fake_quant_torch(heads, texts, tmp_path):
+    model = load_exits(heads)
+    policy = make("entropy", _middle_threshold(model, texts))
+    feed = model.encoder.tokenize(texts)
+    exit_at, ref = simulate(policy, torch_exits(model, feed))  # the fake-quant model, before lowering
+    m = export_segments(model, policy, tmp_path / "onnx")
+    assert m.precision == "int8" and m.settings["exit_tolerance"] == LOWERED
+    lowered = m.settings["lowered"]
+    assert lowered["scheme"] in ("bit-w1a1", "bit-w1e1a1") and lowered["modules"]["linear"] > 0
+    # binary embeddings are lowered too (Gather on int8 codes), in the first segment only
+    assert (lowered["modules"]["embedding"] > 0) == (lowered["scheme"] == "bit-w1e1a1")
+    for i, seg in enumerate(m.exits.segments):
+        graph = onnx.load(str(tmp_path / "onnx" / seg.model_file))
+        assert any(n.op_type == "QuantizeLinear" for n in graph.graph.node), seg.model_file
+        report = lowered["onnxruntime_int8"][i]
+        assert report["all_int8"] and report["integer_total"] == report["expected_int8"] > 0
+        # the binary codes left the segment's model file: 1 bit each in seg{i}.lowbit
+        assert seg.packed is not None and seg.packed["file"] == f"seg{i}.lowbit"
+        assert {t["bits"] for t in seg.packed["tensors"].values()} == {1}
+        assert (tmp_path / "onnx" / seg.packed["file"]).stat().st_size == seg.packed["packed_bytes"]
+        assert not any(init.name in seg.packed["tensors"] for init in graph.graph.initializer)
+    for target in ("ort-cpu", "openvino-cpu"):
+        c = compile_exits(tmp_path / "onnx", target, tmp_path / target)
+        assert c.settings["exit_parity"]["same_exit_layer"] >= LOWERED["min_same_exit"]
+        assert "packed" not in c.settings and all(seg.packed for seg in c.exits.segments), target  # packed per segment
+        with Predictor(tmp_path / target) as pred:
+            res = pred.session.infer(pred.tokenizer(texts))
+        same = res["exit_layer"] == np.asarray(model.config.layers)[exit_at]
+        assert same.mean() >= 0.9, target
+        np.testing.assert_allclose(res["logits"][same], ref[same], atol=LOWERED["atol"])
+
+
+def test_depth_cut_of_a_quantized_model_is_a_lowered_int8_graph(heads, texts, tmp_path):
+    model = load_exits(heads)
+    ref = torch_exits(model, model.encoder.tokenize(texts))[0]["output"]  # exit 1, fake-quant
+    m = export_pruned(model, 1, tmp_path / "cut")
+    assert m.precision == "int8" and m.settings["pruned_to_layer"] == 1
+    assert m.settings["lowered"]["onnxruntime_int8"]["all_int8"]
+    assert m.parity.passed
+    graph = onnx.load_from_string(packing.model_bytes(tmp_path / "cut", m.model_file, m.settings.get("packed")))
+    assert len(int8check.quantized_matmuls(graph)) > 0
+    with Predictor(tmp_path / "cut") as pred:
+        out = pred.run(pred.tokenizer(texts))
+    np.testing.assert_allclose(out, ref, atol=LOWERED["atol"])
+    assert artifact.read_manifest(tmp_path / "cut").settings["packed"]["tensors"]
+
+
+def test_tampered_packed_segment_is_refused(heads, texts, tmp_path):
+    model = load_exits(heads)
+    m = export_segments(model, make("entropy", _middle_threshold(model, texts)), tmp_path / "onnx")
+    packed = m.exits.segments[1].packed
+    path = tmp_path / "onnx" / packed["file"]
+    blob = bytearray(path.read_bytes())
+    blob[0] ^= 0xFF  # flips 8 binary weights of the first packed tensor
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ArtifactError, match="sha256 does not match"):
+        with Predictor(tmp_path / "onnx", verify=False) as pred:  # verify=False: past the manifest's file hashes
+            pred.session.infer(pred.tokenizer(texts))

@@ -1,0 +1,197 @@
+"""edgekit.build.lower (+ edgekit.build.qdq, edgekit.deploy.int8check): quantized checkpoint -> INT8 QDQ ONNX artifact.
+
+Parity is against the fake-quant torch model with ``edgekit.build.lower.TOLERANCE`` (the codes are
+exact; only the float order of the scales around each integer matmul differs, so the tiny
+models match to ~1e-6); these tests also ask ONNX Runtime and OpenVINO themselves whether the
+quantized matmuls run in INT8.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgekit.deploy import artifact, int8check, packing
+from edgekit.build.compile import compile_artifact
+from edgekit.errors import ArtifactError, ConfigError
+from edgekit.build.lower import TOLERANCE, lower
+from edgekit.build.quant import calibrate, make_config, quantize_
+from edgekit.build.quant.saving import save_quantized
+from edgekit.deploy.runtime import Predictor
+
+CASES = [("bert-classifier", "bit-w1a1"), ("roberta-embedding", "ternary-w2a8"),
+         ("distilbert-classifier", "bibert-w1e1a1"), ("bert-embedding", "ternary-w2e2a8")]
+
+
+def quantized_checkpoint(checkpoints, encoders, out: Path, name: str, scheme) -> Path:
+    """A calibrated (untrained) quantized checkpoint of the tiny model ``name``."""
+    enc = encoders(name)
+    module = copy.deepcopy(enc.module)
+    quantize_(module, scheme)
+    from edgekit.deploy import data
+
+    feed = enc.tokenize(data.sample_texts()[:16])
+    calibrate(module, [tuple(torch.from_numpy(feed[n]) for n in enc.spec.input_names)])
+    return save_quantized(module, enc.tokenizer, out, source=checkpoints[name])
+
+
+@pytest.fixture(scope="module")
+def lowered(checkpoints, encoders, tmp_path_factory):
+    """(name, scheme) -> (lowered artifact dir, manifest), each lowered once."""
+    root = tmp_path_factory.mktemp("lowered")
+    cache: dict = {}
+
+    def get(name: str, scheme: str):
+        if (name, scheme) not in cache:
+            ckpt = quantized_checkpoint(checkpoints, encoders, root / f"{name}-{scheme}-ckpt", name, scheme)
+            cache[name, scheme] = (root / f"{name}-{scheme}", lower(ckpt, root / f"{name}-{scheme}"))
+        return cache[name, scheme]
+
+    return get
+
+
+def full_model(path: Path) -> onnx.ModelProto:
+    manifest = artifact.read_manifest(path)
+    return onnx.load_from_string(packing.model_bytes(path, manifest.model_file, manifest.settings.get("packed")))
+
+
+@pytest.mark.parametrize("name,scheme", CASES)
+def test_lowered_matches_fake_quant_and_runs_int8(lowered, name, scheme):
+    path, manifest = lowered(name, scheme)
+    assert manifest.kind == "onnx" and manifest.precision == "int8"
+    assert manifest.parity.passed and manifest.parity.atol == TOLERANCE.atol
+    assert manifest.parity.max_abs_diff < 1e-4  # observed ~1e-6: the codes are exact
+    if manifest.task == "classifier":
+        assert manifest.parity.argmax_agreement == 1.0
+    else:
+        assert manifest.parity.min_cosine > 0.99999
+    # 6 linears + 2 attention matmuls per layer, 2 layers: all INT8 in ORT's own optimized graph
+    int8 = manifest.settings["lowered"]["onnxruntime_int8"]
+    assert int8["expected_int8"] == 16 and int8["integer_total"] == 16 and int8["all_int8"] and not int8["float_fallback"]
+    assert set(int8["integer_ops"]) <= {"MatMulIntegerToFloat", "QLinearMatMul"}
+
+    model = full_model(path)
+    inits = {t.name: t for t in model.graph.initializer}
+    dq_weights = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert len(dq_weights) == 12  # one per linear
+    for node in dq_weights:
+        codes = onnx.numpy_helper.to_array(inits[node.input[0]])
+        scale = onnx.numpy_helper.to_array(inits[node.input[1]])
+        assert codes.dtype == np.int8 and set(np.unique(codes)) <= {-1, 0, 1}
+        assert scale.shape == (codes.shape[1],) and (scale > 0).all()  # one scale per output channel
+        assert next(a.i for a in node.attribute if a.name == "axis") == 1
+    if "e2" in scheme or "e1" in scheme:  # low-bit embeddings: an int8 table gathered, never float
+        assert any(t.data_type == onnx.TensorProto.INT8 and "word_embeddings" in t.name for t in inits.values())
+
+
+def test_optimized_graph_has_integer_matmuls(lowered, tmp_path):
+    path, manifest = lowered("bert-classifier", "bit-w1a1")
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(packing.model_bytes(path, manifest.model_file, manifest.settings["packed"]), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 16
+    assert "MatMul" not in ops  # the only float matmuls left are the pooler/classifier Gemms
+    assert [op for op in ops if "Gemm" in op]
+
+
+def test_predictor_runs_the_packed_artifact(lowered, encoders, texts):
+    path, manifest = lowered("roberta-embedding", "ternary-w2a8")
+    assert (path / packing.PACKED_FILE).exists() and manifest.settings["packed"]["tensors"]
+    with Predictor(path) as pred:
+        out = pred.predict(texts[:3])
+    assert out.shape == (3, 32) and np.isfinite(out).all()
+
+
+@pytest.mark.openvino
+@pytest.mark.parametrize("name,scheme", [("bert-classifier", "bit-w1a1"), ("roberta-embedding", "ternary-w2a8")])
+def test_compiles_for_runtimes_int8(lowered, tmp_path, name, scheme):
+    pytest.importorskip("openvino")
+    path, manifest = lowered(name, scheme)
+    ov_manifest = compile_artifact(path, manifest, "openvino-cpu", tmp_path / "openvino-cpu")
+    report = ov_manifest.settings["int8"]
+    # OpenVINO's runtime model: every quantized matmul at u8/i8 (a fused int8 attention block counts as its 2 matmuls)
+    assert ov_manifest.precision == "int8" and report["all_int8"] and report["int8"] >= 16
+    assert set(report["precisions"]) & {"u8", "i8"}
+    assert all("pooler" in f or "logits" in f or "classifier" in f for f in report["float"])
+    assert ov_manifest.parity.passed and ov_manifest.parity.max_abs_diff < 1e-3
+    # the IR's low-bit constants are packed too: the .bin keeps the rest, rebuilt in memory at load
+    packed = ov_manifest.settings["packed"]
+    assert packed["format"] == packing.IR_FORMAT and packed["tensors"]
+    assert (tmp_path / "openvino-cpu" / "model.bin").stat().st_size == packed["bin_bytes"] - packed["unpacked_bytes"]
+    assert packed["packed_bytes"] <= packed["unpacked_bytes"] // 4 + 4 * len(packed["tensors"])
+
+    ort_manifest = compile_artifact(path, manifest, "ort-cpu", tmp_path / "ort-cpu")
+    assert ort_manifest.settings["int8"]["all_int8"] and ort_manifest.settings["packed"]["tensors"]
+    assert ort_manifest.parity.passed and ort_manifest.parity.max_abs_diff < 1e-4
+
+
+def test_float_checkpoint_points_to_ptq(checkpoints, tmp_path):
+    with pytest.raises(ConfigError, match="not a quantized") as info:
+        lower(checkpoints["bert-classifier"], tmp_path / "x")
+    assert "edgekit ptq" in info.value.hint
+    assert not (tmp_path / "x").exists()
+
+
+def test_scheme_that_cannot_run_int8_names_the_float_ops(checkpoints, encoders, tmp_path):
+    # ternary weights with float activations: weight-only, which ONNX Runtime runs as float DQ + MatMul
+    ckpt = quantized_checkpoint(checkpoints, encoders, tmp_path / "w2a32", "bert-classifier", make_config(None, weight_bits=2))
+    with pytest.raises(ConfigError, match="fall back to float") as info:
+        lower(ckpt, tmp_path / "x")
+    assert "/query/MatMul" in str(info.value)
+    ckpt = quantized_checkpoint(checkpoints, encoders, tmp_path / "w32a8", "bert-classifier", make_config(None, activation_bits=8))
+    with pytest.raises(ConfigError, match="32-bit weights"):
+        lower(ckpt, tmp_path / "y")
+
+
+def test_packed_weights_that_do_not_match_the_manifest_are_refused(lowered, tmp_path):
+    src, _ = lowered("bert-classifier", "bit-w1a1")
+    path = Path(shutil.copytree(src, tmp_path / "copy"))
+    doc = json.loads((path / artifact.MANIFEST).read_text())
+    name = next(iter(doc["settings"]["packed"]["tensors"]))
+    # a packer bug / swapped file: the packed bytes change and the file table is rewritten to match
+    blob = bytearray((path / packing.PACKED_FILE).read_bytes())
+    blob[doc["settings"]["packed"]["tensors"][name]["offset"]] ^= 0xFF
+    (path / packing.PACKED_FILE).write_bytes(bytes(blob))
+    doc["files"][packing.PACKED_FILE] = {"sha256": artifact.sha256_file(path / packing.PACKED_FILE), "bytes": len(blob)}
+    (path / artifact.MANIFEST).write_text(json.dumps(doc))
+    with pytest.raises(ArtifactError, match="does not match the manifest; refusing to load"):
+        Predictor(path).__enter__()
+    with pytest.raises(ArtifactError, match="refusing to load"):
+        compile_artifact(path, artifact.read_manifest(path), "ort-cpu", tmp_path / "ort")
+    assert not (tmp_path / "ort").exists()
+
+
+def test_packed_ir_that_does_not_match_the_manifest_is_refused(lowered, tmp_path):
+    pytest.importorskip("openvino")
+    src, manifest = lowered("bert-classifier", "bit-w1a1")
+    compile_artifact(src, manifest, "openvino-cpu", tmp_path / "ov")
+    with Predictor(tmp_path / "ov") as pred:  # loads from the packed weights
+        assert pred.predict(["a short text"]).shape[0] == 1
+    doc = json.loads((tmp_path / "ov" / artifact.MANIFEST).read_text())
+    t = next(iter(doc["settings"]["packed"]["tensors"].values()))
+    blob = bytearray((tmp_path / "ov" / packing.PACKED_FILE).read_bytes())
+    blob[t["offset"]] ^= 0xFF
+    (tmp_path / "ov" / packing.PACKED_FILE).write_bytes(bytes(blob))
+    doc["files"][packing.PACKED_FILE] = {"sha256": artifact.sha256_file(tmp_path / "ov" / packing.PACKED_FILE), "bytes": len(blob)}
+    (tmp_path / "ov" / artifact.MANIFEST).write_text(json.dumps(doc))
+    with pytest.raises(ArtifactError, match="does not match the manifest; refusing to load"):
+        Predictor(tmp_path / "ov").__enter__()
+
+
+def test_no_pack_keeps_plain_int8_onnx(checkpoints, encoders, tmp_path):
+    ckpt = quantized_checkpoint(checkpoints, encoders, tmp_path / "q", "distilbert-classifier", "ternary-w2a8")
+    manifest = lower(ckpt, tmp_path / "low", pack=False)
+    assert "packed" not in manifest.settings and not (tmp_path / "low" / packing.PACKED_FILE).exists()
+    model = onnx.load(str(tmp_path / "low" / manifest.model_file))
+    assert len(int8check.quantized_matmuls(model)) == 16

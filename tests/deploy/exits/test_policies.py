@@ -1,0 +1,69 @@
+"""Exit policies and their simulation, on controlled arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgekit.errors import ConfigError
+from edgekit.deploy.exits.policies import EXIT_POLICIES, State, make, normalized_entropy, parse, simulate
+
+
+def test_normalized_entropy_bounds():
+    assert normalized_entropy(np.array([[0.0, 0.0, 0.0]]))[0] == pytest.approx(1.0)
+    assert normalized_entropy(np.array([[100.0, 0.0, 0.0]]))[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_patience_counts_consecutive_agreement():
+    p = make("patience", 2)
+    state = State()
+    preds = [[0, 1], [0, 0], [0, 0]]  # row 0 agrees at exits 2 and 3; row 1 changes at exit 2
+    leaves = []
+    for pred in preds:
+        logits = np.eye(2)[pred] * 5
+        leave, state = p.decide({"output": logits, "rep": np.zeros((2, 2)), "score": np.zeros(2)}, state)
+        leaves.append(leave.tolist())
+    assert leaves == [[False, False], [False, False], [True, False]]
+
+
+def test_similarity_and_learned():
+    s = make("similarity", 0.9)
+    rep1 = np.array([[1.0, 0.0], [1.0, 0.0]])
+    rep2 = np.array([[1.0, 0.0], [0.0, 1.0]])
+    leave, st = s.decide({"output": rep1, "rep": rep1, "score": np.zeros(2)}, State())
+    assert not leave.any()  # nothing to compare with at the first exit
+    leave, _ = s.decide({"output": rep2, "rep": rep2, "score": np.zeros(2)}, st)
+    assert leave.tolist() == [True, False]
+    leave, _ = make("learned", 0.7).decide({"output": rep1, "rep": rep1, "score": np.array([0.9, 0.5])}, State())
+    assert leave.tolist() == [True, False]
+
+
+def test_simulate_takes_rows_out_and_the_last_exit_takes_the_rest():
+    confident = np.array([[9.0, 0, 0], [0.1, 0, 0], [0.2, 0, 0]])
+    exits = [
+        {"output": confident, "rep": np.ones((3, 2)), "score": np.zeros(3)},
+        {"output": np.array([[0, 9.0, 0], [0, 9.0, 0], [0.1, 0, 0]]), "rep": np.ones((3, 2)), "score": np.zeros(3)},
+        {"output": np.array([[0, 0, 1.0]] * 3), "rep": np.ones((3, 2)), "score": np.zeros(3)},
+    ]
+    exit_at, out = simulate(make("entropy", 0.1), exits)
+    assert exit_at.tolist() == [0, 1, 2]
+    assert out[0].argmax() == 0 and out[1].argmax() == 1 and out[2].argmax() == 2
+
+
+@pytest.mark.parametrize("spec", ["entropy=1.5", "patience=0", "learned=-0.1", "similarity=2"])
+def test_parameter_out_of_range(spec):
+    with pytest.raises(ConfigError, match="out of range"):
+        parse(spec)
+
+
+def test_unknown_policy_and_bad_spec():
+    with pytest.raises(ConfigError, match="known policies: " + ", ".join(EXIT_POLICIES)):
+        parse("coinflip=0.5")
+    with pytest.raises(ConfigError, match="NAME=VALUE"):
+        parse("entropy")
+
+
+def test_classifier_only_policies_refuse_embedding_models():
+    with pytest.raises(ConfigError, match="needs a classifier"):
+        make("entropy", 0.3, "embedding")
+    assert make("similarity", 0.99, "embedding").param == 0.99
