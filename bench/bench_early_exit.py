@@ -36,13 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.deploy import artifact, data
 from edgekit.build import compile as compile_step
 from edgekit.build.exits import steps as build
 from edgekit.build.exits.calibrate import Point, choose
 from edgekit.build.exits.model import load_exits
-from edgekit.deploy.exits.policies import make
 from edgekit.build.exits.segments import compile_exits, export_pruned, export_segments
+from edgekit.deploy import artifact, data
+from edgekit.deploy.exits.policies import make
 from edgekit.deploy.runtime import Predictor
 
 DATA = Path("bench/data/debian-sections")
@@ -55,7 +55,9 @@ def main() -> int:
     ap.add_argument("--targets", default="ort-cpu,openvino-cpu")
     ap.add_argument("--max-drop", type=float, default=1.0, help="accuracy budget in points (dev) for every operating point")
     ap.add_argument("--limit", type=int, help="use the first N test texts only")
-    ap.add_argument("--rounds", type=int, default=3, help="timed passes over the test texts; a text's latency is its median over the passes")
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="timed passes over the test texts; a text's latency is its median over the passes"
+    )
     ap.add_argument("--work", type=Path, default=Path("bench/work/early_exit"))
     ap.add_argument("--out", type=Path, default=Path("bench/results/early_exit"))
     args = ap.parse_args()
@@ -71,8 +73,14 @@ def main() -> int:
     test = data.read_labeled(DATA / "test.jsonl", labels)
     texts, y = test.texts[: args.limit], np.asarray(test.labels[: args.limit])
     targets = [t for t in args.targets.split(",") if t]
-    results: dict = {"host": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
-                     "model": str(args.model), "heads": str(args.heads), "test_texts": len(texts), "max_drop": args.max_drop, "targets": {}}
+    results: dict = {
+        "host": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+        "model": str(args.model),
+        "heads": str(args.heads),
+        "test_texts": len(texts),
+        "max_drop": args.max_drop,
+        "targets": {},
+    }
 
     # The model without exits: one ordinary export (the trunk's graph), compiled per target.
     onnx_dir, onnx_manifest = compile_step.ensure_onnx(args.model, args.work / "full")
@@ -90,8 +98,16 @@ def main() -> int:
             if not (seg / "onnx" / "manifest.json").exists():
                 export_segments(model, make(policy, chosen.param, model.task), seg / "onnx")
             compile_exits(seg / "onnx", target, seg / target)
-            arts[f"{policy}={chosen.param:g}"] = (seg / target, {"policy": policy, "param": chosen.param, "dev_accuracy": chosen.quality,
-                                                                 "dev_mean_layers": chosen.mean_layers, "expected_latency_ms": chosen.expected_latency_ms})
+            arts[f"{policy}={chosen.param:g}"] = (
+                seg / target,
+                {
+                    "policy": policy,
+                    "param": chosen.param,
+                    "dev_accuracy": chosen.quality,
+                    "dev_mean_layers": chosen.mean_layers,
+                    "expected_latency_ms": chosen.expected_latency_ms,
+                },
+            )
         depth = build.depth_for(cal, args.max_drop)
         cut = args.work / f"pruned-{depth}"
         if not (cut / "onnx" / "manifest.json").exists():
@@ -99,10 +115,15 @@ def main() -> int:
         cut_manifest = artifact.read_manifest(cut / "onnx")
         compile_step.compile_artifact(cut / "onnx", cut_manifest, target, cut / target)
         arts[f"pruned to {depth} layers"] = (cut / target, {"policy": "depth cut", "layers": depth})
-        print(f"{target}: built {len(arts)} artifacts in {time.time() - t0:.0f}s; dev base {cal['base']:.4f}, per-exit dev accuracy "
-              + " ".join(f"{q:.3f}" for q in cal["per_exit_quality"]) + f"; segment ms {[round(x, 2) for x in cal['segment_latency_ms']]}")
-        results["targets"][target] = {"calibration": {k: cal[k] for k in ("base", "chosen", "segment_latency_ms", "per_exit_quality", "layers")},
-                                      "rows": measure(arts, texts, y, model.config.layers, args.rounds)}
+        print(
+            f"{target}: built {len(arts)} artifacts in {time.time() - t0:.0f}s; dev base {cal['base']:.4f}, per-exit dev accuracy "
+            + " ".join(f"{q:.3f}" for q in cal["per_exit_quality"])
+            + f"; segment ms {[round(x, 2) for x in cal['segment_latency_ms']]}"
+        )
+        results["targets"][target] = {
+            "calibration": {k: cal[k] for k in ("base", "chosen", "segment_latency_ms", "per_exit_quality", "layers")},
+            "rows": measure(arts, texts, y, model.config.layers, args.rounds),
+        }
         print_table(target, results["targets"][target]["rows"])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "early_exit.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -154,10 +175,21 @@ def measure(arts: dict[str, tuple[Path, dict]], texts: list[str], y: np.ndarray,
             else:
                 mean_layers = float(arts[name][1].get("layers") or layers[-1])
             mean = statistics.fmean(ms[name])
-            rows.append({"artifact": name, **arts[name][1], "test_accuracy": acc, "drop_points": (base_acc - acc) * 100,
-                         "mean_layers": mean_layers, "exit_histogram": hist, "mean_ms": mean,
-                         "p50_ms": statistics.median(ms[name]), "p90_ms": float(np.percentile(ms[name], 90)),
-                         "latency_ratio": mean / base_mean, "speedup": base_mean / mean})
+            rows.append(
+                {
+                    "artifact": name,
+                    **arts[name][1],
+                    "test_accuracy": acc,
+                    "drop_points": (base_acc - acc) * 100,
+                    "mean_layers": mean_layers,
+                    "exit_histogram": hist,
+                    "mean_ms": mean,
+                    "p50_ms": statistics.median(ms[name]),
+                    "p90_ms": float(np.percentile(ms[name], 90)),
+                    "latency_ratio": mean / base_mean,
+                    "speedup": base_mean / mean,
+                }
+            )
         return rows
     finally:
         for p in preds.values():
@@ -165,34 +197,51 @@ def measure(arts: dict[str, tuple[Path, dict]], texts: list[str], y: np.ndarray,
 
 
 def print_table(target: str, rows: list[dict]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     t = Table(title=f"early exit on {target}: batch 1, real test texts, interleaved")
     for col in ("artifact", "test acc", "drop (pt)", "mean layers", "mean ms", "expected ms", "p50 ms", "x no-exit"):
         t.add_column(col)
     for r in rows:
-        t.add_row(r["artifact"], f"{r['test_accuracy']:.4f}", f"{r['drop_points']:+.2f}", f"{r['mean_layers']:.2f}",
-                  f"{r['mean_ms']:.2f}", _ms(r.get("expected_latency_ms")), f"{r['p50_ms']:.2f}", f"{r['speedup']:.2f}x")
+        t.add_row(
+            r["artifact"],
+            f"{r['test_accuracy']:.4f}",
+            f"{r['drop_points']:+.2f}",
+            f"{r['mean_layers']:.2f}",
+            f"{r['mean_ms']:.2f}",
+            _ms(r.get("expected_latency_ms")),
+            f"{r['p50_ms']:.2f}",
+            f"{r['speedup']:.2f}x",
+        )
 
 
 def _ms(v: float | None) -> str:
     return f"{v:.2f}" if v is not None else "-"
-    Console().print(t)
 
 
 def markdown(results: dict) -> str:
-    lines = [f"# Early exit, deployed: {results['model']} on {results['test_texts']} test texts (budget {results['max_drop']} pt on dev)", ""]
+    lines = [
+        f"# Early exit, deployed: {results['model']} on {results['test_texts']} test texts (budget {results['max_drop']} pt on dev)",
+        "",
+    ]
     for target, res in results["targets"].items():
         cal = res["calibration"]
-        lines += [f"## {target}", "",
-                  f"Segment latencies (ms, batch 1, dev texts): {', '.join(f'{x:.2f}' for x in cal['segment_latency_ms'])}; "
-                  f"per-exit dev accuracy: {', '.join(f'{q:.3f}' for q in cal['per_exit_quality'])}.", "",
-                  "Expected ms: the calibration's prediction (dev exit distribution x measured segment latencies, taken before this run).", "",
-                  "| artifact | test acc | drop (pt) | mean layers | mean ms | expected ms | p50 ms | speed-up vs no exits |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {target}",
+            "",
+            f"Segment latencies (ms, batch 1, dev texts): {', '.join(f'{x:.2f}' for x in cal['segment_latency_ms'])}; "
+            f"per-exit dev accuracy: {', '.join(f'{q:.3f}' for q in cal['per_exit_quality'])}.",
+            "",
+            "Expected ms: the calibration's prediction (dev exit distribution x measured segment latencies, taken before this run).",
+            "",
+            "| artifact | test acc | drop (pt) | mean layers | mean ms | expected ms | p50 ms | speed-up vs no exits |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in res["rows"]:
-            lines.append(f"| {r['artifact']} | {r['test_accuracy']:.4f} | {r['drop_points']:+.2f} | {r['mean_layers']:.2f} | "
-                         f"{r['mean_ms']:.2f} | {_ms(r.get('expected_latency_ms'))} | {r['p50_ms']:.2f} | {r['speedup']:.2f}x |")
+            lines.append(
+                f"| {r['artifact']} | {r['test_accuracy']:.4f} | {r['drop_points']:+.2f} | {r['mean_layers']:.2f} | "
+                f"{r['mean_ms']:.2f} | {_ms(r.get('expected_latency_ms'))} | {r['p50_ms']:.2f} | {r['speedup']:.2f}x |"
+            )
         lines.append("")
     return "\n".join(lines)
 

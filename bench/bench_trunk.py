@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 from edgekit.build import compile as compile_step
-from edgekit.deploy import data
 from edgekit.build.load import load
+from edgekit.deploy import data
 from edgekit.deploy.profile import fixed_length_text
 from edgekit.deploy.report import latency_stats
 from edgekit.deploy.runtime import Predictor
@@ -50,7 +50,7 @@ def main() -> None:
     preds = {name: Predictor(d).__enter__() for name, d in dirs.items()}
     tok = preds["ort-cpu"].tokenizer
     text128 = fixed_length_text(preds["ort-cpu"], 128)
-    sentences = data.sample_texts()[:: 8][:200]
+    sentences = data.sample_texts()[::8][:200]
 
     feeds = {
         "b1 s128": [tok([text128], pad_to=128)],
@@ -64,7 +64,7 @@ def main() -> None:
 
     backends = {"torch eager fp32": torch_call, **{n: p.run for n, p in preds.items()}}
     results: dict[str, dict[str, list[float]]] = {b: {k: [] for k in feeds} for b in backends}
-    for name, call in backends.items():  # warm-up
+    for call in backends.values():  # warm-up
         for fl in feeds.values():
             for f in fl[:3]:
                 call(f)
@@ -86,16 +86,30 @@ def main() -> None:
         s128 = latency_stats(res["b1 s128"])
         real = latency_stats(res["b1 real text"])
         b32 = 32 * len(res["b32 s128"]) / sum(res["b32 s128"])
-        table[name] = {"b1_s128_p50_ms": s128.p50, "b1_s128_p90_ms": s128.p90, "b1_real_mean_ms": real.mean, "b1_real_p50_ms": real.p50, "b32_s128_seq_per_s": b32}
+        table[name] = {
+            "b1_s128_p50_ms": s128.p50,
+            "b1_s128_p90_ms": s128.p90,
+            "b1_real_mean_ms": real.mean,
+            "b1_real_p50_ms": real.p50,
+            "b32_s128_seq_per_s": b32,
+        }
     base = table["torch eager fp32"]
     mean_tokens = statistics.mean(int(f["attention_mask"].sum()) for f in feeds["b1 real text"])
-    print(f"\nall-MiniLM-L6-v2, {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; real text mean {mean_tokens:.1f} tokens")
-    print(f"{'backend':18s} {'b1 s128 p50':>12s} {'p90':>8s} {'b1 real mean':>13s} {'b32 seq/s':>10s} | speed-up vs torch: {'s128':>6s} {'real':>6s} {'b32':>6s}")
+    print(
+        f"\nall-MiniLM-L6-v2, {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; real text mean {mean_tokens:.1f} tokens"
+    )
+    print(
+        f"{'backend':18s} {'b1 s128 p50':>12s} {'p90':>8s} {'b1 real mean':>13s} {'b32 seq/s':>10s} | speed-up vs torch: {'s128':>6s} {'real':>6s} {'b32':>6s}"
+    )
     for name, row in table.items():
-        print(f"{name:18s} {row['b1_s128_p50_ms']:10.2f}ms {row['b1_s128_p90_ms']:6.2f}ms {row['b1_real_mean_ms']:11.2f}ms {row['b32_s128_seq_per_s']:10.1f} |"
-              f"                   {base['b1_s128_p50_ms'] / row['b1_s128_p50_ms']:5.2f}x {base['b1_real_mean_ms'] / row['b1_real_mean_ms']:5.2f}x {row['b32_s128_seq_per_s'] / base['b32_s128_seq_per_s']:5.2f}x")
+        print(
+            f"{name:18s} {row['b1_s128_p50_ms']:10.2f}ms {row['b1_s128_p90_ms']:6.2f}ms {row['b1_real_mean_ms']:11.2f}ms {row['b32_s128_seq_per_s']:10.1f} |"
+            f"                   {base['b1_s128_p50_ms'] / row['b1_s128_p50_ms']:5.2f}x {base['b1_real_mean_ms'] / row['b1_real_mean_ms']:5.2f}x {row['b32_s128_seq_per_s'] / base['b32_s128_seq_per_s']:5.2f}x"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "trunk.json").write_text(json.dumps({"results": table, "rounds": args.rounds, "real_text_mean_tokens": mean_tokens}, indent=2))
+    (args.out / "trunk.json").write_text(
+        json.dumps({"results": table, "rounds": args.rounds, "real_text_mean_tokens": mean_tokens}, indent=2)
+    )
     for p in preds.values():
         p.__exit__(None, None, None)
 

@@ -51,14 +51,15 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from edgekit.deploy import artifact, data, packing
 from edgekit.build import compile as compile_step
+from edgekit.deploy import artifact, data, packing
 from edgekit.deploy.report import latency_stats
 from edgekit.deploy.runtime import Predictor
 from edgekit.deploy.tokenizer import Tokenizer
@@ -191,20 +192,33 @@ def build_all(work: Path, calib: Path, rebuild: bool) -> dict[str, Any]:
     from edgekit.build.ptq import quantize_onnx
 
     edge: dict[str, Path] = {}
-    step("edgekit ptq", work / "edgekit-ptq" / "onnx", lambda: quantize_onnx(onnx_dir, work / "edgekit-ptq" / "onnx", calibration=calib, samples=256))
+    step(
+        "edgekit ptq",
+        work / "edgekit-ptq" / "onnx",
+        lambda: quantize_onnx(onnx_dir, work / "edgekit-ptq" / "onnx", calibration=calib, samples=256),
+    )
     edge["PTQ INT8"] = work / "edgekit-ptq"
     for bits, ckpt in LOW_BIT.items():
         if not (ckpt / "edgekit_quant.json").exists():
             say(f"skip {bits}: {ckpt} not there")
             continue
-        step(f"edgekit lower {bits}", work / f"edgekit-{bits}" / "onnx", lambda ckpt=ckpt, bits=bits: lower(ckpt, work / f"edgekit-{bits}" / "onnx"))
+        step(
+            f"edgekit lower {bits}",
+            work / f"edgekit-{bits}" / "onnx",
+            lambda ckpt=ckpt, bits=bits: lower(ckpt, work / f"edgekit-{bits}" / "onnx"),
+        )
         edge[f"{bits} lowered"] = work / f"edgekit-{bits}"
     for label, root in list(edge.items()):
         src = root / "onnx"
         m = artifact.read_manifest(src)
         for target, options in (("ort-cpu", {}), ("openvino-cpu", {"buckets_from": str(calib)})):
-            step(f"edgekit {label} {target}", root / target,
-                 lambda src=src, m=m, target=target, root=root, options=options: compile_step.compile_artifact(src, m, target, root / target, options=options))
+            step(
+                f"edgekit {label} {target}",
+                root / target,
+                lambda src=src, m=m, target=target, root=root, options=options: compile_step.compile_artifact(
+                    src, m, target, root / target, options=options
+                ),
+            )
 
     for bits, lowered in LOWERED_E.items():
         if f"{bits} lowered" in edge:
@@ -217,8 +231,13 @@ def build_all(work: Path, calib: Path, rebuild: bool) -> dict[str, Any]:
             shutil.rmtree(root, ignore_errors=True)
             shutil.copytree(lowered, root / "onnx")
         for target, options in (("ort-cpu", {}), ("openvino-cpu", {"buckets_from": str(calib)})):
-            step(f"edgekit {bits} lowered {target}", root / target,
-                 lambda root=root, target=target, options=options: compile_step.compile_artifact(root / "onnx", artifact.read_manifest(root / "onnx"), target, root / target, options=options))
+            step(
+                f"edgekit {bits} lowered {target}",
+                root / target,
+                lambda root=root, target=target, options=options: compile_step.compile_artifact(
+                    root / "onnx", artifact.read_manifest(root / "onnx"), target, root / target, options=options
+                ),
+            )
         edge[f"{bits} lowered"] = root
     built["edgekit"] = edge
 
@@ -238,17 +257,33 @@ def build_all(work: Path, calib: Path, rebuild: bool) -> dict[str, Any]:
             exits.calibrate(root / "heads", DATA / "dev.jsonl", cal.parent, max_drop=EXIT_MAX_DROP)
         chosen = json.loads(cal.read_text())["chosen"]
         policy = f"{chosen['policy']}={chosen['param']:g}"
-        step(f"exit segments {bits} ({policy})", root / "onnx", lambda root=root, policy=policy: exits.export(root / "heads", policy, root / "onnx"))
+        step(
+            f"exit segments {bits} ({policy})",
+            root / "onnx",
+            lambda root=root, policy=policy: exits.export(root / "heads", policy, root / "onnx"),
+        )
         for target in ("ort-cpu", "openvino-cpu"):
-            step(f"exit segments {bits} {target}", root / target, lambda root=root, target=target: exits.compile_exits(root / "onnx", target, root / target))
+            step(
+                f"exit segments {bits} {target}",
+                root / target,
+                lambda root=root, target=target: exits.compile_exits(root / "onnx", target, root / target),
+            )
         built["exits"][f"{bits} lowered + early exit ({policy})"] = root
 
     built["tensorrt_signed"] = {}
     for label, root in edge.items():  # what TensorRT would run: the signed-INT8 graph the jetson target writes
         if "lowered" in label:
-            step(f"edgekit {label} jetson plan", root / "jetson",
-                 lambda root=root: compile_step.compile_artifact(root / "onnx", artifact.read_manifest(root / "onnx"), "jetson", root / "jetson",
-                                                                 options={"precision": "int8", "tensorrt_major": 10}))
+            step(
+                f"edgekit {label} jetson plan",
+                root / "jetson",
+                lambda root=root: compile_step.compile_artifact(
+                    root / "onnx",
+                    artifact.read_manifest(root / "onnx"),
+                    "jetson",
+                    root / "jetson",
+                    options={"precision": "int8", "tensorrt_major": 10},
+                ),
+            )
             built["tensorrt_signed"][label] = root / "jetson"
     built["ort_version"] = ort.__version__
     built["openvino_version"] = ov.__version__ if hasattr(ov, "__version__") else ov.get_version()
@@ -285,7 +320,11 @@ def make_backends(built: dict[str, Any], work: Path) -> list[Backend]:
     fp32_model = built["fp32_onnx"] / "model.onnx"
     backends.append(ort_backend("ORT fp32", fp32_model))
     backends.append(ort_backend("ORT INT8 dynamic", work / "ort-dynamic" / "model.onnx", "quantize_dynamic"))
-    backends.append(ort_backend("ORT INT8 dynamic + fusions", work / "ort-fused-dynamic" / "model.onnx", "transformers optimizer, then quantize_dynamic"))
+    backends.append(
+        ort_backend(
+            "ORT INT8 dynamic + fusions", work / "ort-fused-dynamic" / "model.onnx", "transformers optimizer, then quantize_dynamic"
+        )
+    )
 
     core = ov.Core()
 
@@ -295,27 +334,61 @@ def make_backends(built: dict[str, Any], work: Path) -> list[Backend]:
         out = compiled.outputs[0]
         return Backend(name, "baseline", lambda feed: np.array(request.infer(feed)[out]), size, static128=static, note=note)
 
-    backends.append(ov_backend("OpenVINO fp32", ov.convert_model(str(fp32_model)), {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"},
-                               fp32_model.stat().st_size, note="IR weights as the ONNX file"))
+    backends.append(
+        ov_backend(
+            "OpenVINO fp32",
+            ov.convert_model(str(fp32_model)),
+            {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"},
+            fp32_model.stat().st_size,
+            note="IR weights as the ONNX file",
+        )
+    )
     user = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
-    for name, sub, static in (("OpenVINO INT8 NNCF dynamic", "ov-nncf", False), ("OpenVINO INT8 NNCF static [1,128]", "ov-nncf-static128", True)):
+    for name, sub, static in (
+        ("OpenVINO INT8 NNCF dynamic", "ov-nncf", False),
+        ("OpenVINO INT8 NNCF static [1,128]", "ov-nncf-static128", True),
+    ):
         d = work / sub
-        backends.append(ov_backend(name, str(d / "model.xml"), user, files_bytes(d, ["model.xml", "model.bin"]), static=static,
-                                   note="LATENCY, 1 stream, default inference precision"))
+        backends.append(
+            ov_backend(
+                name,
+                str(d / "model.xml"),
+                user,
+                files_bytes(d, ["model.xml", "model.bin"]),
+                static=static,
+                note="LATENCY, 1 stream, default inference precision",
+            )
+        )
 
     for label, root in built["edgekit"].items():
         for target in ("ort-cpu", "openvino-cpu"):
             pred = Predictor(root / target).__enter__()
             m = pred.manifest
-            backends.append(Backend(f"edgekit {label} / {target}", "edgekit", pred.run, artifact_model_bytes(root / target),
-                                    bits=label, note=f"{target} {m.precision}"))
+            backends.append(
+                Backend(
+                    f"edgekit {label} / {target}",
+                    "edgekit",
+                    pred.run,
+                    artifact_model_bytes(root / target),
+                    bits=label,
+                    note=f"{target} {m.precision}",
+                )
+            )
     for label, root in built["exits"].items():
         for target in ("ort-cpu", "openvino-cpu"):
             pred = Predictor(root / target).__enter__()
             m = pred.manifest
             packed = "packed" if all(s.packed for s in m.exits.segments) else "int8 codes unpacked"
-            backends.append(Backend(f"edgekit {label} / {target}", "edgekit", pred.run, artifact_model_bytes(root / target), bits=label,
-                                    note=f"{target} {m.precision}, {len(m.exits.segments)} segments, {packed}"))
+            backends.append(
+                Backend(
+                    f"edgekit {label} / {target}",
+                    "edgekit",
+                    pred.run,
+                    artifact_model_bytes(root / target),
+                    bits=label,
+                    note=f"{target} {m.precision}, {len(m.exits.segments)} segments, {packed}",
+                )
+            )
     return backends
 
 
@@ -365,9 +438,12 @@ def op_profile(model: bytes, feed: dict[str, np.ndarray], runs: int) -> dict[str
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             per_op[e["args"]["op_name"]] += e["dur"]
     total = sum(per_op.values())
-    return {"wall_ms": wall * 1e3, "kernel_ms": total / 1e3 / (runs + 3),
-            "share": {k: round(v / total, 4) for k, v in per_op.most_common()},
-            "ms": {k: round(v / 1e3 / (runs + 3), 3) for k, v in per_op.most_common()}}
+    return {
+        "wall_ms": wall * 1e3,
+        "kernel_ms": total / 1e3 / (runs + 3),
+        "share": {k: round(v / total, 4) for k, v in per_op.most_common()},
+        "ms": {k: round(v / 1e3 / (runs + 3), 3) for k, v in per_op.most_common()},
+    }
 
 
 def ort_session(path: Path):
@@ -384,11 +460,25 @@ def int8_gemm_gops(m: int, k: int, n: int, runs: int = 20) -> float:
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.choice([-1, 1], size=(k, n)).astype(np.int8), "W"), numpy_helper.from_array(np.float32(0.02), "ws"),
-             numpy_helper.from_array(np.int8(0), "wz"), numpy_helper.from_array(np.float32(0.05), "xs"), numpy_helper.from_array(np.uint8(0), "xz")]
-    nodes = [helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["x"]), helper.make_node("DequantizeLinear", ["W", "ws", "wz"], ["w"]),
-             helper.make_node("MatMul", ["x", "w"], ["y"])]
-    graph = helper.make_graph(nodes, "gemm", [helper.make_tensor_value_info("xq", TensorProto.UINT8, [m, k])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], inits)
+    inits = [
+        numpy_helper.from_array(rng.choice([-1, 1], size=(k, n)).astype(np.int8), "W"),
+        numpy_helper.from_array(np.float32(0.02), "ws"),
+        numpy_helper.from_array(np.int8(0), "wz"),
+        numpy_helper.from_array(np.float32(0.05), "xs"),
+        numpy_helper.from_array(np.uint8(0), "xz"),
+    ]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["x"]),
+        helper.make_node("DequantizeLinear", ["W", "ws", "wz"], ["w"]),
+        helper.make_node("MatMul", ["x", "w"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "gemm",
+        [helper.make_tensor_value_info("xq", TensorProto.UINT8, [m, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     so = ort.SessionOptions()
@@ -421,15 +511,21 @@ def bucket_study(root: Path, feeds: list[dict], buckets: list[int], pad_id: int,
     packed = m.settings.get("packed")
     modes = {
         "dynamic": (OpenVinoSession(path, config, packed=packed), lambda f: f),
-        f"buckets {','.join(map(str, buckets))}": (OpenVinoSession(path, config, buckets=buckets, pad_id=pad_id, packed=packed), lambda f: f),
-        f"pad to the largest bucket ({buckets[-1]})": (OpenVinoSession(path, config, packed=packed), lambda f: pad_feed(f, buckets[-1], pad_id)),
+        f"buckets {','.join(map(str, buckets))}": (
+            OpenVinoSession(path, config, buckets=buckets, pad_id=pad_id, packed=packed),
+            lambda f: f,
+        ),
+        f"pad to the largest bucket ({buckets[-1]})": (
+            OpenVinoSession(path, config, packed=packed),
+            lambda f: pad_feed(f, buckets[-1], pad_id),
+        ),
     }
     times: dict[str, list[float]] = collections.defaultdict(list)
-    for name, (sess, prep) in modes.items():
+    for sess, prep in modes.values():
         for f in feeds[:3]:
             sess.infer(prep(f))
     for r in range(rounds):
-        for name, (sess, prep) in (modes.items() if r % 2 == 0 else reversed(list(modes.items()))):
+        for name, (sess, prep) in modes.items() if r % 2 == 0 else reversed(list(modes.items())):
             for f in feeds:
                 g = prep(f)
                 t = time.perf_counter()
@@ -455,14 +551,19 @@ def tuning_study(root: Path, s128: dict, b32: dict, rounds: int) -> dict[str, An
         sess.infer(s128)
         sess.infer(b32)
     for r in range(rounds):
-        for name, sess in (sessions.items() if r % 2 == 0 else reversed(list(sessions.items()))):
+        for name, sess in sessions.items() if r % 2 == 0 else reversed(list(sessions.items())):
             for key, feed, n in (("b1 s128", s128, 15), ("b32", b32, 2)):
                 for _ in range(n):
                     t = time.perf_counter()
                     sess.infer(feed)
                     times[name][key].append(time.perf_counter() - t)
-    return {name: {"b1_s128_p50_ms": round(statistics.median(t["b1 s128"]) * 1e3, 3), "b32_seq_per_s": round(32 * len(t["b32"]) / sum(t["b32"]), 1)}
-            for name, t in times.items()}
+    return {
+        name: {
+            "b1_s128_p50_ms": round(statistics.median(t["b1 s128"]) * 1e3, 3),
+            "b32_seq_per_s": round(32 * len(t["b32"]) / sum(t["b32"]), 1),
+        }
+        for name, t in times.items()
+    }
 
 
 # ----------------------------------------------------------------------------- main
@@ -508,7 +609,7 @@ def main() -> int:
     # synthetic or out-of-domain text); b32 takes 32 of them.
     lengths = tok.lengths(dev_texts)
     long128 = [t for t, n in zip(dev_texts, lengths) if n >= 128]
-    long128 = (long128 * (1 + 32 // max(1, len(long128))))[:max(32, len(long128))]
+    long128 = (long128 * (1 + 32 // max(1, len(long128))))[: max(32, len(long128))]
     real = [tok([t]) for t in dev_texts[:: max(1, len(dev_texts) // 120)][:120]]
     s128 = tok([long128[0]], pad_to=128)
     feeds_dyn = {"b1 s128": [tok([t], pad_to=128) for t in long128[:32]], "b1 real": real, "b32": [tok(long128[:32], pad_to=128)]}
@@ -522,12 +623,16 @@ def main() -> int:
     for b in backends:
         s = latency_stats(b.times["b1 s128"])
         rows[b.name] = {
-            "group": b.group, "note": b.note,
-            "dev_acc": b.accuracy.get("dev"), "test_acc": b.accuracy["test"],
-            "b1_s128_p50_ms": s.p50, "b1_s128_p90_ms": s.p90,
+            "group": b.group,
+            "note": b.note,
+            "dev_acc": b.accuracy.get("dev"),
+            "test_acc": b.accuracy["test"],
+            "b1_s128_p50_ms": s.p50,
+            "b1_s128_p90_ms": s.p90,
             "b1_real_mean_ms": statistics.mean(b.times["b1 real"]) * 1e3,
             "b32_seq_per_s": 32 * len(b.times["b32"]) / sum(b.times["b32"]),
-            "model_bytes": b.size, "x_smaller_than_fp32_onnx": fp32_onnx_bytes / b.size,
+            "model_bytes": b.size,
+            "x_smaller_than_fp32_onnx": fp32_onnx_bytes / b.size,
         }
     base = {k: v for k, v in rows.items() if v["group"] == "baseline"}
     best = {
@@ -537,7 +642,7 @@ def main() -> int:
         "model_bytes": min(r["model_bytes"] for r in base.values()),
     }
     fp32_test = rows["torch eager fp32"]["test_acc"]
-    for name, r in rows.items():
+    for _name, r in rows.items():
         r["vs_best_baseline"] = {
             "b1_s128_p50": best["b1_s128_p50_ms"] / r["b1_s128_p50_ms"],
             "b1_real_mean": best["b1_real_mean_ms"] / r["b1_real_mean_ms"],
@@ -548,7 +653,9 @@ def main() -> int:
 
     say("analysis: time per op type, INT8 GEMM, buckets")
     analysis: dict[str, Any] = {}
-    edge_ort = [b for b in backends if b.group == "edgekit" and b.name.endswith("ort-cpu") and "lowered" in b.name and "early exit" not in b.name]
+    edge_ort = [
+        b for b in backends if b.group == "edgekit" and b.name.endswith("ort-cpu") and "lowered" in b.name and "early exit" not in b.name
+    ]
     if edge_ort:
         fastest = min(edge_ort, key=lambda b: rows[b.name]["b1_s128_p50_ms"])
         label = fastest.name.removeprefix("edgekit ").split(" / ")[0]
@@ -563,9 +670,18 @@ def main() -> int:
         for key, prof, batch in (("b1 s128", prof1, 1), ("b32 s128", prof32, 32)):
             ms = sum(prof["ms"].get(op, 0.0) for op in int8_ops)
             macs = encoder_int8_macs(128, batch)
-            achieved[key] = {"int8_matmul_ms": ms, "int8_gops_in_matmuls": 2 * macs / (ms / 1e3) / 1e9 if ms else None,
-                             "model_gops_wall": 2 * macs / (prof["wall_ms"] / 1e3) / 1e9}
-        analysis["ort_profile"] = {"artifact": fastest.name, "b1_s128": prof1, "b32_s128": prof32, "plain_int8_gemm_gops": gemm, "achieved": achieved}
+            achieved[key] = {
+                "int8_matmul_ms": ms,
+                "int8_gops_in_matmuls": 2 * macs / (ms / 1e3) / 1e9 if ms else None,
+                "model_gops_wall": 2 * macs / (prof["wall_ms"] / 1e3) / 1e9,
+            }
+        analysis["ort_profile"] = {
+            "artifact": fastest.name,
+            "b1_s128": prof1,
+            "b32_s128": prof32,
+            "plain_int8_gemm_gops": gemm,
+            "achieved": achieved,
+        }
         from edgekit.deploy.targets.openvino import data_buckets
         from edgekit.deploy.targets.openvino_npu import ROUND
 
@@ -573,10 +689,16 @@ def main() -> int:
         longest = max(f["input_ids"].shape[1] for f in real)
         if longest > buckets[-1]:  # a dev text longer than every training text: one more bucket
             buckets.append(ROUND * -(-longest // ROUND))
-        analysis["buckets"] = {"artifact": f"edgekit {label} / openvino-cpu", "buckets": buckets, "source": "p50/p90/max of the 256 training texts' token lengths + powers of two between",
-                               "b1_real_mean_ms": bucket_study(built["edgekit"][label], real, buckets, pad_id, max(1, args.rounds - 1))}
-        analysis["openvino_tuning"] = {"artifact": f"edgekit {label} / openvino-cpu",
-                                       "settings": tuning_study(built["edgekit"][label], s128, feeds_dyn["b32"][0], max(1, args.rounds - 1))}
+        analysis["buckets"] = {
+            "artifact": f"edgekit {label} / openvino-cpu",
+            "buckets": buckets,
+            "source": "p50/p90/max of the 256 training texts' token lengths + powers of two between",
+            "b1_real_mean_ms": bucket_study(built["edgekit"][label], real, buckets, pad_id, max(1, args.rounds - 1)),
+        }
+        analysis["openvino_tuning"] = {
+            "artifact": f"edgekit {label} / openvino-cpu",
+            "settings": tuning_study(built["edgekit"][label], s128, feeds_dyn["b32"][0], max(1, args.rounds - 1)),
+        }
 
     if built["tensorrt_signed"]:
         say("accuracy of the signed-INT8 graphs built for TensorRT (run by ONNX Runtime here)")
@@ -587,18 +709,38 @@ def main() -> int:
             sess = ort_session(root / m.settings["plan"]["onnx"])
             b = Backend(label, "analysis", lambda feed, s=sess: s.run(None, feed)[0], 0)
             signed = m.settings["signed_int8"]
-            analysis["tensorrt_signed_int8"][label] = {"test_acc": accuracy(b, tok, test_texts, test_y), "exact": signed["exact"], "requantized": signed["requantized"],
-                                                       "lowered_test_acc": rows.get(f"edgekit {label} / ort-cpu", {}).get("test_acc")}
+            analysis["tensorrt_signed_int8"][label] = {
+                "test_acc": accuracy(b, tok, test_texts, test_y),
+                "exact": signed["exact"],
+                "requantized": signed["requantized"],
+                "lowered_test_acc": rows.get(f"edgekit {label} / ort-cpu", {}).get("test_acc"),
+            }
     result = {
-        "host": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
-                 "onnxruntime": built["ort_version"], "openvino": str(built["openvino_version"])},
-        "data": {"accuracy_sets": {k: len(v[0]) for k, v in sets.items()}, "real_text_mean_tokens": statistics.mean(f["input_ids"].shape[1] for f in real),
-                 "s128_texts": f"{len(set(long128))} dev texts of >= 128 tokens, truncated to 128",
-                 "calibration": "first 256 texts of train.jsonl"},
-        "rounds": args.rounds, "runs_per_round": runs, "fp32_onnx_bytes": fp32_onnx_bytes, "best_baseline": best,
-        "rows": rows, "analysis": analysis, "build_seconds": built["seconds"], "seconds": round(time.time() - t0, 1),
-        "not_measured": ["TensorRT itself (no NVIDIA Jetson or TensorRT here: the signed-INT8 graphs it would build from are run by ONNX Runtime for accuracy only)",
-                         "PTQ INT8 with early exit (dynamic exit needs one INT8 graph per segment; bench/bench_early_exit.py has the FP32 exit artifacts)"],
+        "host": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "onnxruntime": built["ort_version"],
+            "openvino": str(built["openvino_version"]),
+        },
+        "data": {
+            "accuracy_sets": {k: len(v[0]) for k, v in sets.items()},
+            "real_text_mean_tokens": statistics.mean(f["input_ids"].shape[1] for f in real),
+            "s128_texts": f"{len(set(long128))} dev texts of >= 128 tokens, truncated to 128",
+            "calibration": "first 256 texts of train.jsonl",
+        },
+        "rounds": args.rounds,
+        "runs_per_round": runs,
+        "fp32_onnx_bytes": fp32_onnx_bytes,
+        "best_baseline": best,
+        "rows": rows,
+        "analysis": analysis,
+        "build_seconds": built["seconds"],
+        "seconds": round(time.time() - t0, 1),
+        "not_measured": [
+            "TensorRT itself (no NVIDIA Jetson or TensorRT here: the signed-INT8 graphs it would build from are run by ONNX Runtime for accuracy only)",
+            "PTQ INT8 with early exit (dynamic exit needs one INT8 graph per segment; bench/bench_early_exit.py has the FP32 exit artifacts)",
+        ],
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "compare.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
@@ -627,7 +769,7 @@ def timed_rounds(dynamic: list[Backend], static: list[Backend], feeds_dyn: dict,
     # early exit over the 120 real texts, 4.6 ms a text on the first pass, 1.7 ms after).
     for b, feeds in everyone:
         for key, fl in feeds.items():
-            for f in (fl if key == "b1 real" else fl[:2]):
+            for f in fl if key == "b1 real" else fl[:2]:
                 call(b, key, f)
     for r in range(rounds):
         order = everyone if r % 2 == 0 else list(reversed(everyone))
@@ -646,7 +788,8 @@ def table(result: dict[str, Any]) -> str:
         f"# bench/compare: MiniLM-L6 on debian-sections ({h['cpu']}, {h['cores']} cores, onnxruntime {h['onnxruntime']}, openvino {h['openvino']})",
         "",
         f"Real text: {result['data']['real_text_mean_tokens']:.1f} tokens on average (120 dev texts, batch 1; every backend ran each once before timing). Accuracy on "
-        + ", ".join(f"{k} ({n} texts)" for k, n in result['data']['accuracy_sets'].items()) + "; static [1,128] models truncate longer texts to 128 tokens.",
+        + ", ".join(f"{k} ({n} texts)" for k, n in result["data"]["accuracy_sets"].items())
+        + "; static [1,128] models truncate longer texts to 128 tokens.",
         f"b1 s128 and b32: {result['data']['s128_texts']} (b1 cycles through them; b32 is 32 of them). "
         "Early-exit rows leave where their policy says, so their time depends on the text: read them on real text.",
         "Ratios (x): against the best baseline in that column (>1 is better: faster, more throughput, smaller).",
@@ -657,9 +800,11 @@ def table(result: dict[str, Any]) -> str:
     for name, r in result["rows"].items():
         v = r["vs_best_baseline"]
         dev = f"{r['dev_acc']:.4f}" if r["dev_acc"] is not None else "-"
-        lines.append(f"| {name} | {dev} | {r['test_acc']:.4f} | {r['drop_points_test']:+.2f} | {r['b1_s128_p50_ms']:.2f} | {r['b1_s128_p90_ms']:.2f} | "
-                     f"{r['b1_real_mean_ms']:.2f} | {r['b32_seq_per_s']:.1f} | {r['model_bytes'] / 1e6:.1f} | {r['x_smaller_than_fp32_onnx']:.1f}x | "
-                     f"{v['b1_s128_p50']:.2f} | {v['b1_real_mean']:.2f} | {v['b32']:.2f} | {v['size']:.2f} |")
+        lines.append(
+            f"| {name} | {dev} | {r['test_acc']:.4f} | {r['drop_points_test']:+.2f} | {r['b1_s128_p50_ms']:.2f} | {r['b1_s128_p90_ms']:.2f} | "
+            f"{r['b1_real_mean_ms']:.2f} | {r['b32_seq_per_s']:.1f} | {r['model_bytes'] / 1e6:.1f} | {r['x_smaller_than_fp32_onnx']:.1f}x | "
+            f"{v['b1_s128_p50']:.2f} | {v['b1_real_mean']:.2f} | {v['b32']:.2f} | {v['size']:.2f} |"
+        )
     a = result["analysis"]
     if "ort_profile" in a:
         p = a["ort_profile"]
@@ -668,10 +813,14 @@ def table(result: dict[str, Any]) -> str:
             top = ", ".join(f"{k} {100 * s:.0f}%" for k, s in list(p[key]["share"].items())[:8])
             lines.append(f"- {key}: wall {p[key]['wall_ms']:.2f} ms; {top}")
         g = p["plain_int8_gemm_gops"]
-        lines.append("- plain INT8 GEMM (MatMulIntegerToFloat, u8 x s8) on these cores: " + ", ".join(f"{k}: {v:.0f} GOP/s" for k, v in g.items()))
+        lines.append(
+            "- plain INT8 GEMM (MatMulIntegerToFloat, u8 x s8) on these cores: " + ", ".join(f"{k}: {v:.0f} GOP/s" for k, v in g.items())
+        )
         for key, ach in p["achieved"].items():
             inm = f"{ach['int8_gops_in_matmuls']:.0f}" if ach["int8_gops_in_matmuls"] else "?"
-            lines.append(f"- achieved {key}: {inm} GOP/s inside the INT8 matmuls ({ach['int8_matmul_ms']:.2f} ms), {ach['model_gops_wall']:.0f} GOP/s over the whole forward")
+            lines.append(
+                f"- achieved {key}: {inm} GOP/s inside the INT8 matmuls ({ach['int8_matmul_ms']:.2f} ms), {ach['model_gops_wall']:.0f} GOP/s over the whole forward"
+            )
     if "buckets" in a:
         b = a["buckets"]
         lines += ["", f"## Sequence buckets: {b['artifact']}, buckets {b['buckets']} ({b['source']})", ""]
@@ -681,11 +830,21 @@ def table(result: dict[str, Any]) -> str:
         lines += ["", f"## OpenVINO runtime settings: {t['artifact']}", ""]
         lines += [f"- {k}: b1 s128 p50 {v['b1_s128_p50_ms']:.2f} ms, b32 {v['b32_seq_per_s']:.1f} seq/s" for k, v in t["settings"].items()]
     if a.get("tensorrt_signed_int8"):
-        lines += ["", "## As TensorRT would run them: signed INT8 (TensorRT has no UINT8 Q/DQ; graphs written by the jetson target, run by ONNX Runtime here)", ""]
+        lines += [
+            "",
+            "## As TensorRT would run them: signed INT8 (TensorRT has no UINT8 Q/DQ; graphs written by the jetson target, run by ONNX Runtime here)",
+            "",
+        ]
         for k, v in a["tensorrt_signed_int8"].items():
             low = f" (lowered graph on ort-cpu: {v['lowered_test_acc']:.4f})" if v.get("lowered_test_acc") is not None else ""
-            lines.append(f"- {k}: test acc {v['test_acc']:.4f}{low}; UINT8 activations made INT8 exactly: {v['exact']}, requantized to 7 bits: {v['requantized']}")
-    lines += ["", f"Not measured: {'; '.join(result['not_measured'])}.", f"Total {result['seconds']:.0f} s (builds: {result['build_seconds']})."]
+            lines.append(
+                f"- {k}: test acc {v['test_acc']:.4f}{low}; UINT8 activations made INT8 exactly: {v['exact']}, requantized to 7 bits: {v['requantized']}"
+            )
+    lines += [
+        "",
+        f"Not measured: {'; '.join(result['not_measured'])}.",
+        f"Total {result['seconds']:.0f} s (builds: {result['build_seconds']}).",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -71,7 +71,11 @@ def main() -> None:
     base = resolve(args.model)
     tok = transformers.AutoTokenizer.from_pretrained(base)
     model = transformers.AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label_ids, dtype=torch.float32,
+        base,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id=label_ids,
+        dtype=torch.float32,
     ).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     steps = args.epochs * ((len(train_x) + args.batch - 1) // args.batch)
@@ -98,7 +102,11 @@ def main() -> None:
     print(json.dumps({"dev_accuracy": dev_acc, "test_accuracy": test_acc, "seconds": round(time.time() - t0, 1), "device": device}))
     model.cpu().save_pretrained(args.out)
     tok.save_pretrained(args.out)
-    (args.out / "finetune.json").write_text(json.dumps({"dev_accuracy": dev_acc, "test_accuracy": test_acc, "epochs": args.epochs, "data": "bench/data/debian-sections"}, indent=2))
+    (args.out / "finetune.json").write_text(
+        json.dumps(
+            {"dev_accuracy": dev_acc, "test_accuracy": test_acc, "epochs": args.epochs, "data": "bench/data/debian-sections"}, indent=2
+        )
+    )
     if args.fp16_copy:
         model.half().save_pretrained(args.fp16_copy)
         tok.save_pretrained(args.fp16_copy)

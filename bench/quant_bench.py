@@ -42,9 +42,9 @@ SMOKE_STEPS = 2
 
 
 def _accuracy(path: Path, split: str, device, limit: int | None, max_length: int) -> float:
-    from edgekit.deploy import data as datafiles
     from edgekit.build.load import load
     from edgekit.build.quant.train import evaluate
+    from edgekit.deploy import data as datafiles
 
     enc = load(path)
     labeled = datafiles.read_labeled(DATA / f"{split}.jsonl", list(enc.info.labels))
@@ -72,41 +72,69 @@ def main() -> int:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-bibert", action="store_true")
-    ap.add_argument("--stages", default="ternary-w2a8,bit-w1a1,bibert-w1a1",
-                    help=f"comma-separated plans to run, of {', '.join(STAGES)} (the *e* schemes quantize the embeddings too)")
+    ap.add_argument(
+        "--stages",
+        default="ternary-w2a8,bit-w1a1,bibert-w1a1",
+        help=f"comma-separated plans to run, of {', '.join(STAGES)} (the *e* schemes quantize the embeddings too)",
+    )
     ap.add_argument("--smoke", action="store_true", help=f"CPU check: {SMOKE_STEPS} steps per stage on 32 texts of 32 tokens, eval on 32")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
     import torch
 
-    from edgekit.errors import EdgekitError
     from edgekit.build.quant.train import TrainOptions, run
+    from edgekit.errors import EdgekitError
 
     device_opt = "cpu" if args.smoke and args.device == "auto" else args.device
     if not args.smoke and device_opt == "auto" and not torch.cuda.is_available():
         print("error: no CUDA device; run with --smoke for the CPU check, or --device cpu for a (slow) full CPU run", file=sys.stderr)
         return 2
-    device = torch.device("cuda" if device_opt in ("auto", "cuda") and torch.cuda.is_available() else device_opt if device_opt != "auto" else "cpu")
+    device = torch.device(
+        "cuda" if device_opt in ("auto", "cuda") and torch.cuda.is_available() else device_opt if device_opt != "auto" else "cpu"
+    )
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     ckpt = args.ckpt_dir or out / "checkpoints"
     limit = 32 if args.smoke else None
     max_length = 32 if args.smoke else args.max_length
     train = _subset(DATA / "train.jsonl", out / "_smoke_train.jsonl", limit)
-    dev = _subset(DATA / "dev.jsonl", out / "_smoke_dev.jsonl", limit)
+    _subset(DATA / "dev.jsonl", out / "_smoke_dev.jsonl", limit)
     t_start = time.time()
 
     def budget(scheme: str) -> dict:
         return {"steps": SMOKE_STEPS} if args.smoke else {"epochs": BUDGET[scheme] * args.scale}
 
-    common = dict(model=str(args.model), data=str(train), batch_size=8 if args.smoke else args.batch_size, max_length=max_length, seed=args.seed,
-                  device=device_opt, save_dtype="float16", save_every=10**9, keep_state=False, progress=not args.smoke, calib_batches=2 if args.smoke else 4)
-    def bit(final: str) -> dict:  # BiT multi-step: fp32 -> bit-w1a8 -> final (embeddings, if any, quantized in the last step)
-        return dict(scheme=final, multi_step=True, intermediate="bit-w1a8", **budget(final), **{f"intermediate_{k}": v for k, v in budget("bit-w1a8").items()})
+    common = dict(
+        model=str(args.model),
+        data=str(train),
+        batch_size=8 if args.smoke else args.batch_size,
+        max_length=max_length,
+        seed=args.seed,
+        device=device_opt,
+        save_dtype="float16",
+        save_every=10**9,
+        keep_state=False,
+        progress=not args.smoke,
+        calib_batches=2 if args.smoke else 4,
+    )
 
-    every = {"ternary-w2a8": dict(scheme="ternary-w2a8", **budget("ternary-w2a8")), "ternary-w2e2a8": dict(scheme="ternary-w2e2a8", **budget("ternary-w2e2a8")),
-             "bit-w1a1": bit("bit-w1a1"), "bit-w1e1a1": bit("bit-w1e1a1"), "bibert-w1a1": dict(scheme="bibert-w1a1", **budget("bibert-w1a1"))}
+    def bit(final: str) -> dict:  # BiT multi-step: fp32 -> bit-w1a8 -> final (embeddings, if any, quantized in the last step)
+        return dict(
+            scheme=final,
+            multi_step=True,
+            intermediate="bit-w1a8",
+            **budget(final),
+            **{f"intermediate_{k}": v for k, v in budget("bit-w1a8").items()},
+        )
+
+    every = {
+        "ternary-w2a8": dict(scheme="ternary-w2a8", **budget("ternary-w2a8")),
+        "ternary-w2e2a8": dict(scheme="ternary-w2e2a8", **budget("ternary-w2e2a8")),
+        "bit-w1a1": bit("bit-w1a1"),
+        "bit-w1e1a1": bit("bit-w1e1a1"),
+        "bibert-w1a1": dict(scheme="bibert-w1a1", **budget("bibert-w1a1")),
+    }
     wanted = [x.strip() for x in args.stages.split(",") if x.strip()]
     unknown = [x for x in wanted if x not in every]
     if unknown:
@@ -120,8 +148,19 @@ def main() -> int:
         t0 = time.time()
         fp_dev = _accuracy(args.model, "dev", device, limit, max_length)
         fp_test = _accuracy(args.model, "test", device, limit, max_length)
-        rows.append({"stage": "fp32", "bits (W-E-A)": "32-32-32", "teacher": "-", "dev": fp_dev, "test": fp_test, "train_s": 0.0,
-                     "flops_saving": 1.0, "size_saving": 1.0, "eval_s": round(time.time() - t0, 1)})
+        rows.append(
+            {
+                "stage": "fp32",
+                "bits (W-E-A)": "32-32-32",
+                "teacher": "-",
+                "dev": fp_dev,
+                "test": fp_test,
+                "train_s": 0.0,
+                "flops_saving": 1.0,
+                "size_saving": 1.0,
+                "eval_s": round(time.time() - t0, 1),
+            }
+        )
         print(f"fp32: dev {fp_dev:.4f} test {fp_test:.4f}", flush=True)
         for name, plan in plans:
             report = run(TrainOptions(out=str(ckpt / name), **common, **plan))
@@ -132,14 +171,27 @@ def main() -> int:
                 dev_acc = _accuracy(path, "dev", device, limit, max_length)
                 test_acc = _accuracy(path, "test", device, limit, max_length)
                 cfg, sav = stage["config"], stage["model"]["savings"]
-                rows.append({"stage": stage["scheme"], "bits (W-E-A)": f"{cfg['weight_bits']}-{cfg['embedding_bits']}-{cfg['activation_bits']}",
-                             "teacher": stage["teacher"], "dev": dev_acc, "test": test_acc, "train_s": stage["seconds"], "steps": stage["steps"],
-                             "epochs": round(stage["epochs"], 2), "flops_saving": sav["flops_saving"], "size_saving": sav["size_saving"],
-                             "eval_s": round(time.time() - t0, 1)})
+                rows.append(
+                    {
+                        "stage": stage["scheme"],
+                        "bits (W-E-A)": f"{cfg['weight_bits']}-{cfg['embedding_bits']}-{cfg['activation_bits']}",
+                        "teacher": stage["teacher"],
+                        "dev": dev_acc,
+                        "test": test_acc,
+                        "train_s": stage["seconds"],
+                        "steps": stage["steps"],
+                        "epochs": round(stage["epochs"], 2),
+                        "flops_saving": sav["flops_saving"],
+                        "size_saving": sav["size_saving"],
+                        "eval_s": round(time.time() - t0, 1),
+                    }
+                )
                 print(f"{stage['scheme']}: dev {dev_acc:.4f} test {test_acc:.4f} ({stage['seconds']:.0f}s training)", flush=True)
                 (out / stage["scheme"]).mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path / "edgekit_quant.json", out / stage["scheme"] / "edgekit_quant.json")
-                (out / stage["scheme"]).joinpath("quant_report.json").write_text(json.dumps({**{k: v for k, v in report.items() if k != "stages"}, "stage": stage}, indent=1))
+                (out / stage["scheme"]).joinpath("quant_report.json").write_text(
+                    json.dumps({**{k: v for k, v in report.items() if k != "stages"}, "stage": stage}, indent=1)
+                )
     except EdgekitError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -149,21 +201,39 @@ def main() -> int:
         row["paper_retention"] = PAPER_RETENTION.get(row["stage"], ("", None))[1]
     total = time.time() - t_start
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    header = "| stage | bits W-E-A | teacher | dev acc | test acc | retention (test) | paper retention | train s | FLOPs saving | size saving |"
+    header = (
+        "| stage | bits W-E-A | teacher | dev acc | test acc | retention (test) | paper retention | train s | FLOPs saving | size saving |"
+    )
     lines = [f"# Low-bit MiniLM-L6 on debian-sections ({'SMOKE, not a result' if args.smoke else gpu})", "", header, "|" + "---|" * 10]
     for r in rows:
         paper = f"{r['paper_retention']:.1%}" if r["paper_retention"] else ""
-        lines.append(f"| {r['stage']} | {r['bits (W-E-A)']} | {r['teacher']} | {r['dev']:.4f} | {r['test']:.4f} | {r['retention_test']:.1%} | {paper} | "
-                     f"{r['train_s']:.0f} | {r['flops_saving']:.1f}x | {r['size_saving']:.1f}x |")
+        lines.append(
+            f"| {r['stage']} | {r['bits (W-E-A)']} | {r['teacher']} | {r['dev']:.4f} | {r['test']:.4f} | {r['retention_test']:.1%} | {paper} | "
+            f"{r['train_s']:.0f} | {r['flops_saving']:.1f}x | {r['size_saving']:.1f}x |"
+        )
     from edgekit.build.quant.stats import FORMULA
 
-    lines += ["", f"Total wall time {total:.0f} s on {gpu}. Paper retention: {'; '.join(f'{v[0]} = {v[1]:.1%}' for v in PAPER_RETENTION.values())}.",
-              f"FLOPs/size as BiBERT counts them at {max_length} tokens: {FORMULA}"]
+    lines += [
+        "",
+        f"Total wall time {total:.0f} s on {gpu}. Paper retention: {'; '.join(f'{v[0]} = {v[1]:.1%}' for v in PAPER_RETENTION.values())}.",
+        f"FLOPs/size as BiBERT counts them at {max_length} tokens: {FORMULA}",
+    ]
     table = "\n".join(lines)
     print(table)
     (out / "quant_bench.md").write_text(table + "\n")
-    (out / "quant_bench.json").write_text(json.dumps({"rows": rows, "device": gpu, "smoke": args.smoke, "seconds": round(total, 1),
-                                                      "torch": torch.__version__, "model": str(args.model)}, indent=1))
+    (out / "quant_bench.json").write_text(
+        json.dumps(
+            {
+                "rows": rows,
+                "device": gpu,
+                "smoke": args.smoke,
+                "seconds": round(total, 1),
+                "torch": torch.__version__,
+                "model": str(args.model),
+            },
+            indent=1,
+        )
+    )
     if args.keep != "none":
         src = next((Path(s["out"]) for r in reports.values() for s in r["stages"] if s["scheme"] == args.keep), None)
         if src is not None:

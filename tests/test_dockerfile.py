@@ -113,7 +113,7 @@ def test_usage_is_documented():
 
 def test_the_parser_joins_continued_lines(tmp_path):
     f = tmp_path / "Dockerfile"
-    f.write_text("# c\nFROM a:1\nRUN x \\\n    && y\n\nENTRYPOINT [\"e\"]\n")
+    f.write_text('# c\nFROM a:1\nRUN x \\\n    && y\n\nENTRYPOINT ["e"]\n')
     assert instructions(f) == [("FROM", "a:1"), ("RUN", "x && y"), ("ENTRYPOINT", '["e"]')]
 
 

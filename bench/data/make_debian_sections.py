@@ -99,11 +99,17 @@ def main() -> None:
         with open(OUT / f"{split}.jsonl", "w") as f:
             for item in items:
                 f.write(json.dumps(item) + "\n")
-    lines = ["# debian-sections", "", "Real text classification built offline by `bench/data/make_debian_sections.py`:",
-             "Debian bookworm (main, amd64) package descriptions (synopsis + first paragraph of the long description,",
-             "written by each package's maintainers) labelled with the archive section they are filed under.",
-             "Split by source package (no source package on two sides).", "",
-             "| label | archive sections | train | dev | test |", "|---|---|---:|---:|---:|"]
+    lines = [
+        "# debian-sections",
+        "",
+        "Real text classification built offline by `bench/data/make_debian_sections.py`:",
+        "Debian bookworm (main, amd64) package descriptions (synopsis + first paragraph of the long description,",
+        "written by each package's maintainers) labelled with the archive section they are filed under.",
+        "Split by source package (no source package on two sides).",
+        "",
+        "| label | archive sections | train | dev | test |",
+        "|---|---|---:|---:|---:|",
+    ]
     for label, secs in LABELS.items():
         lines.append(f"| {label} | {', '.join(secs)} | {counts['train'][label]} | {counts['dev'][label]} | {counts['test'][label]} |")
     (OUT / "README.md").write_text("\n".join(lines) + "\n")

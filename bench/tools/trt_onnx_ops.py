@@ -29,7 +29,9 @@ def parse(text: str) -> dict:
     if not head:
         raise SystemExit("no 'TensorRT X supports operators in the inclusive range of opset A to opset B' line found")
     types_line = TYPES_LINE.search(text)
-    data_types = [DOC_TYPES.get(t, t) for t in re.split(r",\s*(?:and\s+)?|\s+and\s+", types_line.group(1).strip()) if t] if types_line else []
+    data_types = (
+        [DOC_TYPES.get(t, t) for t in re.split(r",\s*(?:and\s+)?|\s+and\s+", types_line.group(1).strip()) if t] if types_line else []
+    )
     quantized = QUANTIZED.search(text)
     operators: dict[str, dict] = {}
     for line in text.splitlines():

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit import env
-from edgekit.errors import CheckpointError, MissingDependency
 from edgekit.build.specs import POOLINGS, SPECS, TASKS
+from edgekit.errors import CheckpointError, MissingDependency
 
 DEFAULT = "default"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -139,9 +139,7 @@ def _sentence_transformers_pooling(path: Path) -> tuple[str | None, bool]:
                 pooling = "mean"
             else:
                 modes = [k for k, v in cfg.items() if k.startswith("pooling_mode") and v]
-                raise CheckpointError(
-                    f"{cfg_path}: pooling {modes} is not supported", hint=f"supported poolings: {', '.join(POOLINGS)}"
-                )
+                raise CheckpointError(f"{cfg_path}: pooling {modes} is not supported", hint=f"supported poolings: {', '.join(POOLINGS)}")
     return pooling, normalize
 
 
@@ -156,7 +154,10 @@ def inspect(model: str | Path | None, task: str | None = None, pooling: str | No
         raise CheckpointError(f"{path}: no config.json, so not a Hugging Face checkpoint", hint="save it with save_pretrained(dir)")
     config = _read_json(path / "config.json")
     if not isinstance(config, dict):
-        raise CheckpointError(f"{path / 'config.json'}: expected a JSON object, got {type(config).__name__}", hint="re-save the checkpoint with save_pretrained()")
+        raise CheckpointError(
+            f"{path / 'config.json'}: expected a JSON object, got {type(config).__name__}",
+            hint="re-save the checkpoint with save_pretrained()",
+        )
     model_type = config.get("model_type")
     if model_type not in SPECS:
         raise CheckpointError(

@@ -31,7 +31,9 @@ def target_options(target: targets.Target, options: dict[str, Any] | None) -> ta
     except ValidationError as err:
         e = err.errors()[0]
         field = ".".join(str(x) for x in e["loc"])
-        raise ConfigError(f"target {target.name}: option {field}: {e['msg']}", hint=f"valid options: {', '.join(target.options_model.model_fields)}") from err
+        raise ConfigError(
+            f"target {target.name}: option {field}: {e['msg']}", hint=f"valid options: {', '.join(target.options_model.model_fields)}"
+        ) from err
 
 
 def ensure_onnx(model: str | Path | None, out_root: Path, *, task: str | None = None, export_options=None) -> tuple[Path, Manifest]:
@@ -39,7 +41,10 @@ def ensure_onnx(model: str | Path | None, out_root: Path, *, task: str | None = 
     if is_artifact(model):
         manifest = artifact.read_manifest(model)
         if manifest.kind != "onnx":
-            raise ConfigError(f"{model}: is a compiled {manifest.target} artifact", hint="compile from the checkpoint or from an 'edgekit export' directory")
+            raise ConfigError(
+                f"{model}: is a compiled {manifest.target} artifact",
+                hint="compile from the checkpoint or from an 'edgekit export' directory",
+            )
         return Path(model), manifest
     from edgekit.build.export import ExportOptions, export
 
@@ -49,8 +54,13 @@ def ensure_onnx(model: str | Path | None, out_root: Path, *, task: str | None = 
 
 
 def compile_artifact(
-    onnx_dir: Path, onnx_manifest: Manifest, target_name: str, out: Path, *,
-    options: dict[str, Any] | None = None, tolerance: parity.Tolerance | None = None,
+    onnx_dir: Path,
+    onnx_manifest: Manifest,
+    target_name: str,
+    out: Path,
+    *,
+    options: dict[str, Any] | None = None,
+    tolerance: parity.Tolerance | None = None,
 ) -> Manifest:
     """Compile an exported ONNX artifact for ``target_name`` into ``out``."""
     target = targets.get(target_name)
@@ -64,13 +74,24 @@ def compile_artifact(
         except Exception as err:
             if isinstance(err, EdgekitError) or not str(err):
                 raise
-            raise TargetError(f"{target.name}: compilation failed: {str(err).strip().splitlines()[0]}", hint="run with --debug for the runtime's traceback") from err
+            raise TargetError(
+                f"{target.name}: compilation failed: {str(err).strip().splitlines()[0]}",
+                hint="run with --debug for the runtime's traceback",
+            ) from err
         artifact.copy_tokenizer(onnx_dir, tmp)
         shutil.copy2(onnx_dir / parity.REFERENCE, tmp / parity.REFERENCE)
-        manifest = onnx_manifest.model_copy(update={
-            **fields, "kind": "compiled", "target": target.name, "name": out.parent.name, "created": artifact.now(),
-            "parent": artifact.manifest_sha256(onnx_dir), "parity": None, "files": {},
-        })
+        manifest = onnx_manifest.model_copy(
+            update={
+                **fields,
+                "kind": "compiled",
+                "target": target.name,
+                "name": out.parent.name,
+                "created": artifact.now(),
+                "parent": artifact.manifest_sha256(onnx_dir),
+                "parity": None,
+                "files": {},
+            }
+        )
         tol = tolerance or _recorded_tolerance(manifest, onnx_manifest) or parity.TOLERANCES.get(manifest.precision, parity.Tolerance())
         not_here = target.executable_here(manifest)
         if not_here is not None:
@@ -83,7 +104,9 @@ def compile_artifact(
         with target.load(tmp, manifest, opts) as session:
             actual = parity.run_chunked(lambda f: session.infer(f)[output], feed, batch)
         runtime = " ".join(f"{k} {v}" for k, v in fields["runtime"].items())
-        report = parity.enforce(parity.compare(reference, actual, task=manifest.task, output=output, runtime=f"{target.name} ({runtime})", tolerance=tol))
+        report = parity.enforce(
+            parity.compare(reference, actual, task=manifest.task, output=output, runtime=f"{target.name} ({runtime})", tolerance=tol)
+        )
         manifest = manifest.model_copy(update={"parity": report, "settings": {**manifest.settings, "tolerance": tol.model_dump()}})
         return artifact.write_manifest(tmp, manifest)
 
@@ -97,8 +120,14 @@ def _recorded_tolerance(*manifests: Manifest) -> parity.Tolerance | None:
 
 
 def compile(
-    model: str | Path | None, target_name: str, out_root: str | Path, *, options: dict[str, Any] | None = None,
-    task: str | None = None, export_options=None, tolerance: parity.Tolerance | None = None,
+    model: str | Path | None,
+    target_name: str,
+    out_root: str | Path,
+    *,
+    options: dict[str, Any] | None = None,
+    task: str | None = None,
+    export_options=None,
+    tolerance: parity.Tolerance | None = None,
 ) -> tuple[Path, Manifest]:
     """Checkpoint or ONNX artifact -> ``out_root/<target>``. Returns (artifact dir, manifest)."""
     target = targets.get(target_name)  # unknown target: fail before a slow export

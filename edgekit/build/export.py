@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from edgekit.build.load import Encoder, load
 from edgekit.deploy import artifact, data, parity
 from edgekit.deploy.artifact import Manifest, Source, TensorSpec, TokenizerInfo
 from edgekit.deps import require, version_of
 from edgekit.errors import CheckpointError, ConfigError
-from edgekit.build.load import Encoder, load
 
 MODEL_FILE = "model.onnx"
 PARITY_TEXTS = 32
@@ -57,8 +57,13 @@ def parse_shape(text: str | None) -> tuple[int, int] | None:
 def _source(encoder: Encoder, max_length: int) -> Source:
     info = encoder.info
     return Source(
-        path=str(info.path), sha256=info.sha256(), model_type=info.model_type, task=info.task,
-        pooling=info.pooling, normalize=info.normalize, labels=list(info.labels) if info.labels else None,
+        path=str(info.path),
+        sha256=info.sha256(),
+        model_type=info.model_type,
+        task=info.task,
+        pooling=info.pooling,
+        normalize=info.normalize,
+        labels=list(info.labels) if info.labels else None,
         max_length=max_length,
     )
 
@@ -79,8 +84,14 @@ def _parity_feed(encoder: Encoder, options: ExportOptions, max_length: int) -> d
     return encoder.tokenize(picked, max_length=max_length)
 
 
-def export(model: str | Path | Encoder | None, out: str | Path, options: ExportOptions = ExportOptions(), *, task: str | None = None,
-           name: str | None = None) -> Manifest:
+def export(
+    model: str | Path | Encoder | None,
+    out: str | Path,
+    options: ExportOptions = ExportOptions(),
+    *,
+    task: str | None = None,
+    name: str | None = None,
+) -> Manifest:
     """Export ``model`` (a checkpoint dir, ``default`` or a loaded :class:`Encoder`) to ``out``.
 
     ``name`` labels the artifact in reports (default: the output folder's name)."""
@@ -90,14 +101,21 @@ def export(model: str | Path | Encoder | None, out: str | Path, options: ExportO
     ort = require("onnxruntime", for_="the export parity check")
     max_length = min(options.max_length or encoder.info.max_length, encoder.info.max_length)
     if options.static_shape and options.static_shape[1] > max_length:
-        raise ConfigError(f"static sequence {options.static_shape[1]} exceeds the model's max length {max_length}", hint=f"use a sequence <= {max_length}")
+        raise ConfigError(
+            f"static sequence {options.static_shape[1]} exceeds the model's max length {max_length}", hint=f"use a sequence <= {max_length}"
+        )
     names = list(encoder.spec.input_names)
     output = encoder.output_name
     feed = _parity_feed(encoder, options, max_length)
     sample = {k: v[: (options.static_shape[0] if options.static_shape else 2)] for k, v in feed.items()}
-    dynamic = None if options.static_shape else {
-        **{n: {0: "batch", 1: "sequence"} for n in names}, output: {0: "batch"},
-    }
+    dynamic = (
+        None
+        if options.static_shape
+        else {
+            **{n: {0: "batch", 1: "sequence"} for n in names},
+            output: {0: "batch"},
+        }
+    )
 
     with artifact.staging(out) as tmp:
         onnx_path = tmp / MODEL_FILE
@@ -105,32 +123,54 @@ def export(model: str | Path | Encoder | None, out: str | Path, options: ExportO
             warnings.simplefilter("ignore")
             try:
                 torch.onnx.export(
-                    encoder.module, tuple(torch.from_numpy(sample[n]) for n in names), str(onnx_path),
-                    input_names=names, output_names=[output], dynamic_axes=dynamic,
-                    opset_version=options.opset, do_constant_folding=True, dynamo=False,
+                    encoder.module,
+                    tuple(torch.from_numpy(sample[n]) for n in names),
+                    str(onnx_path),
+                    input_names=names,
+                    output_names=[output],
+                    dynamic_axes=dynamic,
+                    opset_version=options.opset,
+                    do_constant_folding=True,
+                    dynamo=False,
                 )
             except Exception as err:  # the exporter raises many types; keep its message
-                raise CheckpointError(f"ONNX export of {encoder.info.path} failed: {str(err).splitlines()[0]}", hint="run with --debug for the exporter's traceback") from err
+                raise CheckpointError(
+                    f"ONNX export of {encoder.info.path} failed: {str(err).splitlines()[0]}",
+                    hint="run with --debug for the exporter's traceback",
+                ) from err
         onnx.checker.check_model(str(onnx_path))
         encoder.tokenizer.save_pretrained(str(tmp / "_tok"))
         artifact.copy_tokenizer(tmp / "_tok", tmp)
         shutil.rmtree(tmp / "_tok")
         if not (tmp / "tokenizer.json").exists():
-            raise CheckpointError(f"{encoder.info.path}: the tokenizer could not be saved as tokenizer.json", hint="use a model with a fast tokenizer")
+            raise CheckpointError(
+                f"{encoder.info.path}: the tokenizer could not be saved as tokenizer.json", hint="use a model with a fast tokenizer"
+            )
 
         reference = encoder.run(feed)
         parity.save_reference(tmp / parity.REFERENCE, feed, reference)
         sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         batch = options.static_shape[0] if options.static_shape else PARITY_BATCH
         actual = parity.run_chunked(lambda f: sess.run([output], f)[0], feed, batch)
-        report = parity.enforce(parity.compare(reference, actual, task=encoder.info.task, output=output, runtime=f"onnxruntime {ort.__version__}", tolerance=options.tolerance))
-        del sess
+        report = parity.enforce(
+            parity.compare(
+                reference,
+                actual,
+                task=encoder.info.task,
+                output=output,
+                runtime=f"onnxruntime {ort.__version__}",
+                tolerance=options.tolerance,
+            )
+        )
 
         shape: list[int | str] = list(options.static_shape) if options.static_shape else ["batch", "sequence"]
         width = reference.shape[-1]
         tok = encoder.tokenizer
         manifest = Manifest(
-            kind="onnx", target="onnx", name=name or Path(out).name, created=artifact.now(),
+            kind="onnx",
+            target="onnx",
+            name=name or Path(out).name,
+            created=artifact.now(),
             source=_source(encoder, max_length),
             tokenizer=TokenizerInfo(pad_token=str(tok.pad_token), pad_id=int(tok.pad_token_id), max_length=max_length),
             model_file=MODEL_FILE,
@@ -138,7 +178,12 @@ def export(model: str | Path | Encoder | None, out: str | Path, options: ExportO
             outputs=[TensorSpec(name=output, shape=[shape[0], width], dtype="float32")],
             static_shape=list(options.static_shape) if options.static_shape else None,
             opset=options.opset,
-            runtime={"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__, "transformers": version_of("transformers") or "?"},
+            runtime={
+                "torch": torch.__version__,
+                "onnx": onnx.__version__,
+                "onnxruntime": ort.__version__,
+                "transformers": version_of("transformers") or "?",
+            },
             settings={"tolerance": options.tolerance.model_dump()},
             parity=report,
         )

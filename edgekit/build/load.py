@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.build import checkpoint
+from edgekit.build.specs import SPECS, ArchSpec
 from edgekit.deps import require
 from edgekit.errors import CheckpointError
-from edgekit.build.specs import SPECS, ArchSpec
 
 # Missing keys that do not change the function we export.
 _IGNORABLE_MISSING = ("pooler.", "position_ids")
@@ -95,13 +95,18 @@ def load(model: str | Path | None, *, task: str | None = None, pooling: str | No
     try:
         # Mismatched shapes are loaded as random weights and reported below, by name.
         hf_model, loading = auto.from_pretrained(
-            info.path, attn_implementation="eager", output_loading_info=True, ignore_mismatched_sizes=True,
+            info.path,
+            attn_implementation="eager",
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,
             dtype=torch.float32,  # export and parity are fp32 whatever dtype the checkpoint was saved in
         )
         tokenizer = transformers.AutoTokenizer.from_pretrained(info.path)
-    except (OSError, ValueError, RuntimeError, KeyError, EnvironmentError) as err:
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{info.path}: cannot load the checkpoint: {first}", hint="check the files or re-save with save_pretrained(dir)") from err
+        raise CheckpointError(
+            f"{info.path}: cannot load the checkpoint: {first}", hint="check the files or re-save with save_pretrained(dir)"
+        ) from err
     missing = [k for k in loading.get("missing_keys", []) if not any(i in k for i in _IGNORABLE_MISSING)]
     if missing:
         raise CheckpointError(
@@ -111,13 +116,19 @@ def load(model: str | Path | None, *, task: str | None = None, pooling: str | No
     mismatched = list(loading.get("mismatched_keys", []))
     if mismatched:
         first = mismatched[0]
-        detail = f"{first[0]}: checkpoint {tuple(first[1])} vs config {tuple(first[2])}" if isinstance(first, tuple | list) and len(first) == 3 else str(first)
+        detail = (
+            f"{first[0]}: checkpoint {tuple(first[1])} vs config {tuple(first[2])}"
+            if isinstance(first, tuple | list) and len(first) == 3
+            else str(first)
+        )
         raise CheckpointError(
             f"{info.path}: {len(mismatched)} weights have other shapes than config.json says (e.g. {detail})",
             hint="the weights do not match config.json; re-save the trained model",
         )
     if not getattr(tokenizer, "is_fast", False):
-        raise CheckpointError(f"{info.path}: only a slow tokenizer is available", hint="save a fast tokenizer (tokenizer.json) with the model")
+        raise CheckpointError(
+            f"{info.path}: only a slow tokenizer is available", hint="save a fast tokenizer (tokenizer.json) with the model"
+        )
     if (info.path / "edgekit_quant.json").exists():  # a quantized checkpoint (edgekit.build.quant): rebuild its quantized modules
         from edgekit.build.quant.saving import apply_saved
 

@@ -58,7 +58,7 @@ def _not_quantized(path: Path) -> ConfigError:
         f"{path}: not a quantized edgekit checkpoint (no {QUANT_FILE}); lowering turns trained binary/ternary "
         "weights into INT8 without changing them, and a full-precision model has none",
         hint=f"for a float model use INT8 post-training quantization: edgekit ptq {path} --data texts.txt --out DIR "
-             "(or train a low-bit model first: edgekit quantize)",
+        "(or train a low-bit model first: edgekit quantize)",
     )
 
 
@@ -91,8 +91,16 @@ def lower(checkpoint: str | Path, out: str | Path, *, pack: bool = True, progres
     return lower_encoder(encoder, config, out, pack=pack, progress=progress, name=Path(out).name)
 
 
-def lower_encoder(encoder, config, out: str | Path, *, pack: bool = True, progress: Callable[[str], None] | None = None,
-                  name: str | None = None, settings: dict | None = None) -> Manifest:
+def lower_encoder(
+    encoder,
+    config,
+    out: str | Path,
+    *,
+    pack: bool = True,
+    progress: Callable[[str], None] | None = None,
+    name: str | None = None,
+    settings: dict | None = None,
+) -> Manifest:
     """Lower a loaded encoder whose modules are edgekit's fake-quant ones (quantization ``config``).
 
     ``encoder.module`` may be any wrapper around them (a depth-cut model, say); its modules are
@@ -102,8 +110,8 @@ def lower_encoder(encoder, config, out: str | Path, *, pack: bool = True, progre
     say = progress or (lambda msg: None)
     onnx = require("onnx", for_="lowering to ONNX")
     ort = require("onnxruntime", for_="the lowering parity check")
-    from edgekit.deploy import int8check, packing
     from edgekit.build import qdq
+    from edgekit.deploy import int8check, packing
 
     check_scheme(config)
     feed = _parity_feed(encoder, ExportOptions(), encoder.info.max_length)
@@ -130,9 +138,16 @@ def lower_encoder(encoder, config, out: str | Path, *, pack: bool = True, progre
         sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
         output = exported.outputs[0].name
         actual = parity.run_chunked(lambda f: sess.run([output], f)[0], feed, 8)
-        del sess
-        report = parity.enforce(parity.compare(reference, actual, task=encoder.info.task, output=output,
-                                               runtime=f"onnxruntime {ort.__version__} (lowered INT8 vs fake-quant torch)", tolerance=TOLERANCE))
+        report = parity.enforce(
+            parity.compare(
+                reference,
+                actual,
+                task=encoder.info.task,
+                output=output,
+                runtime=f"onnxruntime {ort.__version__} (lowered INT8 vs fake-quant torch)",
+                tolerance=TOLERANCE,
+            )
+        )
 
         say("checking INT8 execution on ONNX Runtime")
         int8 = require_int8(model_path, config.scheme)
@@ -149,11 +164,19 @@ def lower_encoder(encoder, config, out: str | Path, *, pack: bool = True, progre
             **(settings or {}),
             "tolerance": TOLERANCE.model_dump(),
             "lowered": {
-                "scheme": config.scheme, "config": config.model_dump(), "modules": counts,
-                "quantized_matmuls": len(quantized), "onnxruntime_int8": int8,
+                "scheme": config.scheme,
+                "config": config.model_dump(),
+                "modules": counts,
+                "quantized_matmuls": len(quantized),
+                "onnxruntime_int8": int8,
                 "reference": "fake-quant torch model (edgekit.build.quant) of the source checkpoint",
             },
-            "size": {"model_bytes": total, "int8_codes": codes, "fp32_equivalent_bytes": fp32_bytes, "ratio_vs_fp32": round(fp32_bytes / max(total, 1), 2)},
+            "size": {
+                "model_bytes": total,
+                "int8_codes": codes,
+                "fp32_equivalent_bytes": fp32_bytes,
+                "ratio_vs_fp32": round(fp32_bytes / max(total, 1), 2),
+            },
         }
         if packed is not None:
             settings["packed"] = packed
@@ -167,6 +190,9 @@ def require_int8(model_path: Path, scheme: str) -> dict:
 
     int8 = int8check.ort_report(model_path)
     if not int8["all_int8"]:
-        raise ConfigError(f"scheme {scheme} cannot run in INT8 on ONNX Runtime: " + int8check.fallback_message("onnxruntime", int8)[len("onnxruntime "):],
-                          hint="lowering needs quantized activations (A8, A4 or A1) on every low-bit matmul")
+        raise ConfigError(
+            f"scheme {scheme} cannot run in INT8 on ONNX Runtime: "
+            + int8check.fallback_message("onnxruntime", int8)[len("onnxruntime ") :],
+            hint="lowering needs quantized activations (A8, A4 or A1) on every low-bit matmul",
+        )
     return int8

@@ -38,9 +38,9 @@ import numpy as np
 
 from edgekit.deploy import artifact, data, parity
 from edgekit.deploy.artifact import Manifest
+from edgekit.deploy.tokenizer import Tokenizer
 from edgekit.deps import require
 from edgekit.errors import ConfigError, DataError
-from edgekit.deploy.tokenizer import Tokenizer
 
 OP_TYPES = ("MatMul",)
 # PTQ changes the function, and edgekit's shipped parity texts (Python reference prose) are
@@ -54,7 +54,9 @@ FIDELITY = parity.Tolerance(atol=1e9, min_argmax_agreement=0.95, min_cosine=0.95
 FIDELITY_TEXTS = 256
 
 
-def calibration_feeds(artifact_dir: Path, manifest: Manifest, calibration: str | Path, samples: int) -> tuple[list[dict[str, np.ndarray]], dict[str, Any]]:
+def calibration_feeds(
+    artifact_dir: Path, manifest: Manifest, calibration: str | Path, samples: int
+) -> tuple[list[dict[str, np.ndarray]], dict[str, Any]]:
     """(one feed per text, what was used) from the calibration file, tokenized by the artifact's tokenizer."""
     if samples < 1:
         raise ConfigError(f"samples must be >= 1 (got {samples})", hint="e.g. --samples 256")
@@ -63,8 +65,12 @@ def calibration_feeds(artifact_dir: Path, manifest: Manifest, calibration: str |
         raise DataError(f"{calibration}: only {len(texts)} calibration texts", hint="calibrate on at least 16 texts from the task's data")
     tok = Tokenizer(artifact_dir, manifest)
     feeds = [tok([t]) for t in texts]
-    info = {"file": str(calibration), "sha256": artifact.sha256_file(Path(calibration)), "texts": len(texts),
-            "mean_tokens": round(float(np.mean([f["input_ids"].shape[1] for f in feeds])), 1)}
+    info = {
+        "file": str(calibration),
+        "sha256": artifact.sha256_file(Path(calibration)),
+        "texts": len(texts),
+        "mean_tokens": round(float(np.mean([f["input_ids"].shape[1] for f in feeds])), 1),
+    }
     return feeds, info
 
 
@@ -77,14 +83,23 @@ def fidelity_texts(calibration: str | Path, samples: int) -> tuple[list[str], st
     return texts[:FIDELITY_TEXTS], f"the {min(len(texts), FIDELITY_TEXTS)} calibration texts (the file has no others)"
 
 
-def check_fidelity(fp32: Callable[[dict], np.ndarray], int8: Callable[[dict], np.ndarray], artifact_dir: Path, manifest: Manifest,
-                   calibration: str | Path, samples: int, runtime: str) -> dict[str, Any]:
+def check_fidelity(
+    fp32: Callable[[dict], np.ndarray],
+    int8: Callable[[dict], np.ndarray],
+    artifact_dir: Path,
+    manifest: Manifest,
+    calibration: str | Path,
+    samples: int,
+    runtime: str,
+) -> dict[str, Any]:
     """INT8 vs the FP32 ONNX model (itself checked against PyTorch) on the user's own texts; raises below FIDELITY."""
     texts, source = fidelity_texts(calibration, samples)
     tok = Tokenizer(artifact_dir, manifest)
     ref = np.concatenate([fp32(tok([t])) for t in texts])
     act = np.concatenate([int8(tok([t])) for t in texts])
-    report = parity.compare(ref, act, task=manifest.task, output=manifest.outputs[0].name, runtime=f"{runtime} vs FP32 on the user's texts", tolerance=FIDELITY)
+    report = parity.compare(
+        ref, act, task=manifest.task, output=manifest.outputs[0].name, runtime=f"{runtime} vs FP32 on the user's texts", tolerance=FIDELITY
+    )
     parity.enforce(report)
     return {"texts": source, **report.model_dump(exclude={"atol", "reference"})}
 
@@ -98,7 +113,10 @@ def fp32_runner(onnx_dir: Path, manifest: Manifest) -> Callable[[dict], np.ndarr
 def _source_manifest(onnx_dir: Path) -> Manifest:
     manifest = artifact.read_manifest(onnx_dir)
     if manifest.kind != "onnx":
-        raise ConfigError(f"{onnx_dir}: a compiled {manifest.target} artifact; PTQ takes an exported ONNX artifact", hint="run 'edgekit export' first, or pass the checkpoint")
+        raise ConfigError(
+            f"{onnx_dir}: a compiled {manifest.target} artifact; PTQ takes an exported ONNX artifact",
+            hint="run 'edgekit export' first, or pass the checkpoint",
+        )
     if manifest.precision != "fp32":
         raise ConfigError(f"{onnx_dir}: already {manifest.precision}", hint="quantize the FP32 export")
     if manifest.exits is not None:
@@ -106,8 +124,9 @@ def _source_manifest(onnx_dir: Path) -> Manifest:
     return manifest
 
 
-def quantize_onnx(onnx_dir: str | Path, out: str | Path, *, calibration: str | Path, samples: int = 256,
-                  progress: Callable[[str], None] | None = None) -> Manifest:
+def quantize_onnx(
+    onnx_dir: str | Path, out: str | Path, *, calibration: str | Path, samples: int = 256, progress: Callable[[str], None] | None = None
+) -> Manifest:
     """ONNX Runtime static QDQ INT8 PTQ of the FP32 ONNX artifact ``onnx_dir`` into ``out``."""
     say = progress or (lambda msg: None)
     onnx_dir = Path(onnx_dir).resolve()  # absolute: quantize_static runs in a scratch working directory
@@ -127,8 +146,14 @@ def quantize_onnx(onnx_dir: str | Path, out: str | Path, *, calibration: str | P
         def get_next(self):
             return next(self._it, None)
 
-    options = {"quant_format": "QDQ", "per_channel": True, "activation_type": "QUInt8", "weight_type": "QInt8",
-               "op_types": list(OP_TYPES), "calibrate_method": "MinMax"}
+    options = {
+        "quant_format": "QDQ",
+        "per_channel": True,
+        "activation_type": "QUInt8",
+        "weight_type": "QInt8",
+        "op_types": list(OP_TYPES),
+        "calibrate_method": "MinMax",
+    }
     with artifact.staging(out) as tmp:
         say(f"calibrating on {len(feeds)} texts")
         model_path = tmp / manifest.model_file
@@ -138,14 +163,24 @@ def quantize_onnx(onnx_dir: str | Path, out: str | Path, *, calibration: str | P
             cwd = os.getcwd()
             os.chdir(work)  # quantize_static writes its augmented model into the working directory
             try:
-                quantize_static(str(onnx_dir / manifest.model_file), str(model_path), _Reader(), quant_format=QuantFormat.QDQ,
-                                per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                op_types_to_quantize=list(OP_TYPES), calibrate_method=CalibrationMethod.MinMax,
-                                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+                quantize_static(
+                    str(onnx_dir / manifest.model_file),
+                    str(model_path),
+                    _Reader(),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    op_types_to_quantize=list(OP_TYPES),
+                    calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+                )
             finally:
                 os.chdir(cwd)
         except Exception as err:
-            raise ConfigError(f"onnxruntime quantization failed: {str(err).strip().splitlines()[0]}", hint="run with --debug for its traceback") from err
+            raise ConfigError(
+                f"onnxruntime quantization failed: {str(err).strip().splitlines()[0]}", hint="run with --debug for its traceback"
+            ) from err
         shutil.rmtree(work, ignore_errors=True)
         for name in os.listdir(onnx_dir):
             if name not in (artifact.MANIFEST, manifest.model_file) and (onnx_dir / name).is_file():
@@ -158,23 +193,52 @@ def quantize_onnx(onnx_dir: str | Path, out: str | Path, *, calibration: str | P
         output = manifest.outputs[0].name
         batch = manifest.static_shape[0] if manifest.static_shape else 8
         actual = parity.run_chunked(lambda f: sess.run([output], f)[0], feed, batch)
-        report = parity.enforce(parity.compare(reference, actual, task=manifest.task, output=output,
-                                               runtime=f"onnxruntime {ort.__version__} (static INT8 PTQ)", tolerance=tol))
+        report = parity.enforce(
+            parity.compare(
+                reference,
+                actual,
+                task=manifest.task,
+                output=output,
+                runtime=f"onnxruntime {ort.__version__} (static INT8 PTQ)",
+                tolerance=tol,
+            )
+        )
         fidelity = None
         if manifest.static_shape is None:
-            fidelity = check_fidelity(fp32_runner(onnx_dir, manifest), lambda f: sess.run([output], f)[0], onnx_dir, manifest, calibration, samples,
-                                      f"onnxruntime {ort.__version__} INT8")
-        del sess
+            fidelity = check_fidelity(
+                fp32_runner(onnx_dir, manifest),
+                lambda f: sess.run([output], f)[0],
+                onnx_dir,
+                manifest,
+                calibration,
+                samples,
+                f"onnxruntime {ort.__version__} INT8",
+            )
         say("checking INT8 execution on ONNX Runtime")
         int8 = int8check.ort_report(model_path)
-        settings = {**manifest.settings, "tolerance": tol.model_dump(),
-                    "ptq": {"method": "onnxruntime.quantization.quantize_static", "options": options, "calibration": calib, "onnxruntime_int8": int8,
-                            "fidelity": fidelity},
-                    "size": {"model_bytes": model_path.stat().st_size, "fp32_bytes": (onnx_dir / manifest.model_file).stat().st_size}}
-        new = manifest.model_copy(update={
-            "precision": "int8", "name": Path(out).name, "created": artifact.now(), "parent": artifact.manifest_sha256(onnx_dir),
-            "settings": settings, "parity": report, "files": {},
-        })
+        settings = {
+            **manifest.settings,
+            "tolerance": tol.model_dump(),
+            "ptq": {
+                "method": "onnxruntime.quantization.quantize_static",
+                "options": options,
+                "calibration": calib,
+                "onnxruntime_int8": int8,
+                "fidelity": fidelity,
+            },
+            "size": {"model_bytes": model_path.stat().st_size, "fp32_bytes": (onnx_dir / manifest.model_file).stat().st_size},
+        }
+        new = manifest.model_copy(
+            update={
+                "precision": "int8",
+                "name": Path(out).name,
+                "created": artifact.now(),
+                "parent": artifact.manifest_sha256(onnx_dir),
+                "settings": settings,
+                "parity": report,
+                "files": {},
+            }
+        )
         return artifact.write_manifest(tmp, new)
 
 
@@ -189,8 +253,13 @@ def nncf_quantize(model: Any, feeds: list[dict[str, np.ndarray]], *, preset: str
     level = logging.getLogger("nncf").level
     logging.getLogger("nncf").setLevel(logging.ERROR)
     try:
-        return nncf.quantize(model, nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER, preset=presets[preset],
-                             subset_size=len(feeds), fast_bias_correction=fast_bias_correction)
+        return nncf.quantize(
+            model,
+            nncf.Dataset(feeds),
+            model_type=nncf.ModelType.TRANSFORMER,
+            preset=presets[preset],
+            subset_size=len(feeds),
+            fast_bias_correction=fast_bias_correction,
+        )
     finally:
         logging.getLogger("nncf").setLevel(level)
-

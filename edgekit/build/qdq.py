@@ -29,11 +29,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from edgekit.errors import ConfigError
 from edgekit.build.quant.modules import QuantEmbedding, QuantLinear, QuantSelfAttention, masked
 from edgekit.build.quant.quantizers import BinaryWeight, ElasticBinary, LSQActivation, TernaryWeight
+from edgekit.errors import ConfigError
 
 _RANGES = {True: (-128, 127), False: (0, 255)}
 
@@ -92,9 +91,15 @@ class ActQDQ(nn.Module):
             self.two_set = bool(quantizer.two_set)
             self.signed = not self.two_set
         else:
-            raise ConfigError(f"cannot lower the activation quantizer {type(quantizer).__name__}", hint="supported: LSQ/calibrated 4/8-bit, BiT/BiBERT binary")
+            raise ConfigError(
+                f"cannot lower the activation quantizer {type(quantizer).__name__}",
+                hint="supported: LSQ/calibrated 4/8-bit, BiT/BiBERT binary",
+            )
         if not bool(getattr(quantizer, "initialized", torch.ones(()))):
-            raise ConfigError("an activation quantizer was never calibrated (its scale is the initial 1.0)", hint="train or calibrate the model before lowering (edgekit quantize)")
+            raise ConfigError(
+                "an activation quantizer was never calibrated (its scale is the initial 1.0)",
+                hint="train or calibrate the model before lowering (edgekit quantize)",
+            )
         self.quantizer_type = type(quantizer).__name__
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,7 +133,10 @@ def _weight_codes(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """(int8 codes [out, in], float32 scale [out]) of a quantized weight."""
     wq = module.weight_quant
     if not isinstance(wq, BinaryWeight | TernaryWeight):
-        raise ConfigError(f"cannot lower the weight quantizer {type(wq).__name__}", hint="supported: binary (sign) and ternary (twn, absmean, absmedian) weights")
+        raise ConfigError(
+            f"cannot lower the weight quantizer {type(wq).__name__}",
+            hint="supported: binary (sign) and ternary (twn, absmean, absmedian) weights",
+        )
     with torch.no_grad():
         codes, scale = wq.codes(module.weight.detach().float())
         scale = scale.reshape(-1).expand(codes.shape[0]).contiguous().float()
@@ -143,7 +151,10 @@ class LoweredLinear(nn.Module):
     def __init__(self, ql: QuantLinear) -> None:
         super().__init__()
         if ql.weight_quant is None:
-            raise ConfigError("a quantized linear has full-precision weights", hint="lowering needs binary or ternary weights; for 8-bit weights use INT8 PTQ (edgekit ptq)")
+            raise ConfigError(
+                "a quantized linear has full-precision weights",
+                hint="lowering needs binary or ternary weights; for 8-bit weights use INT8 PTQ (edgekit ptq)",
+            )
         codes, scale = _weight_codes(ql)
         self.register_buffer("codes", codes.t().contiguous())
         self.register_buffer("scale", scale)
@@ -213,8 +224,12 @@ class LoweredSelfAttention(nn.Module):
         scores = masked(scores, attention_mask)
         if self.bi_attention:
             attn = (scores >= 0).to(scores.dtype)  # BiBERT's {0,1} map: an exact uint8 code, scale 1
-            context = torch.matmul(qdq(attn, 1.0, False), self._act(self.v_act, v)) if _exporting() else \
-                torch.matmul(attn, self.v_act.codes(v) if self.v_act is not None else v) * (self.v_act.scale if self.v_act is not None else 1.0)
+            context = (
+                torch.matmul(qdq(attn, 1.0, False), self._act(self.v_act, v))
+                if _exporting()
+                else torch.matmul(attn, self.v_act.codes(v) if self.v_act is not None else v)
+                * (self.v_act.scale if self.v_act is not None else 1.0)
+            )
         else:
             context = self._matmul(torch.softmax(scores, dim=-1), self.p_act, v, self.v_act)
         context = context.transpose(1, 2).reshape(*hidden_states.shape[:-1], -1)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from edgekit.deploy import artifact, data, targets
 from edgekit.build import compile as compile_step
 from edgekit.build.checkpoint import DEFAULT
+from edgekit.deploy import artifact, data, targets
 from edgekit.deploy.eval import EvalReport, evaluate
 from edgekit.deploy.profile import ProfileOptions, profile
 from edgekit.deploy.report import ProfileReport
@@ -71,8 +71,14 @@ def _static_options(name: str) -> dict[str, str]:
     return {"data": str(data.shipped(data.SAMPLE_TEXTS))} if "data" in fields else {}
 
 
-def run(model: str | Path | None, out: str | Path, *, eval_data: str | Path | None = None,
-        profile_options: ProfileOptions | None = None, say: Callable[[str], None] = print) -> Summary:
+def run(
+    model: str | Path | None,
+    out: str | Path,
+    *,
+    eval_data: str | Path | None = None,
+    profile_options: ProfileOptions | None = None,
+    say: Callable[[str], None] = print,
+) -> Summary:
     out = Path(out)
     names, skipped = usable_targets(must_run=True)
     say("export: checkpoint -> ONNX (+ parity vs PyTorch)")
@@ -93,7 +99,11 @@ def run(model: str | Path | None, out: str | Path, *, eval_data: str | Path | No
         artifact.write_json(reports / f"{name}.eval.json", report.model_dump())
         artifact.write_json(reports / f"{name}.profile.json", prof.model_dump())
         size = sum(f.bytes for f in manifest.files.values()) / 1e6
-        rows.append(Row(target=name, path=str(target_dir), size_mb=size, parity_max_abs_diff=manifest.parity.max_abs_diff, eval=report, profile=prof))
+        rows.append(
+            Row(
+                target=name, path=str(target_dir), size_mb=size, parity_max_abs_diff=manifest.parity.max_abs_diff, eval=report, profile=prof
+            )
+        )
     is_default = model is None or str(model) == DEFAULT
     name = "all-MiniLM-L6-v2 (default)" if is_default else Path(onnx_manifest.source.path).name
     summary = Summary(name=name, model=onnx_manifest.source.path, eval_data=eval_file.name, onnx=str(onnx_dir), rows=rows, skipped=skipped)

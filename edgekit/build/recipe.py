@@ -21,8 +21,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edgekit.errors import ConfigError, DataError
 from edgekit.deploy.targets import TARGETS
+from edgekit.errors import ConfigError, DataError
 
 SCHEMA_VERSION = 1
 SHIPPED_PREFIX = "edgekit:"
@@ -44,7 +44,7 @@ def resolve_path(value: str | Path) -> Path:
     if text.startswith(SHIPPED_PREFIX):
         from edgekit.deploy import data
 
-        return data.shipped(text[len(SHIPPED_PREFIX):])
+        return data.shipped(text[len(SHIPPED_PREFIX) :])
     return Path(text).expanduser()
 
 
@@ -143,7 +143,11 @@ class Export(_M):
         """The parity tolerance these fields ask for, or None for the defaults."""
         from edgekit.deploy.parity import Tolerance
 
-        given = {k: v for k, v in (("atol", self.atol), ("min_cosine", self.min_cosine), ("min_argmax_agreement", self.min_argmax_agreement)) if v is not None}
+        given = {
+            k: v
+            for k, v in (("atol", self.atol), ("min_cosine", self.min_cosine), ("min_argmax_agreement", self.min_argmax_agreement))
+            if v is not None
+        }
         return Tolerance(**given) if given else None
 
     @field_validator("static_shape", mode="before")
@@ -224,7 +228,8 @@ class Budgets(_M):
 
     max_accuracy_drop: float | None = Field(None, ge=0, description="points below the FP32 checkpoint on data.dev")
     metric: Literal["accuracy", "macro_f1", "recall@1", "recall@10", "mrr"] | None = Field(
-        None, description="what accuracy means (default: accuracy for classifiers, mrr for query/doc pairs)")
+        None, description="what accuracy means (default: accuracy for classifiers, mrr for query/doc pairs)"
+    )
     max_p50_ms: dict[str, float] = Field(default_factory=dict, description="device profile -> max batch-1 p50 latency (ms, model only)")
     max_size_mb: float | None = Field(None, gt=0, description="model files of each artifact (tokenizer and references not counted)")
 
@@ -285,14 +290,18 @@ class Recipe(_M):
         if s.prune and not s.exits:
             raise ValueError("steps.prune needs steps.exits (the depth cut is made at a trained, calibrated exit)")
         if s.lower and s.exits:
-            raise ValueError("steps.lower takes a whole quantized checkpoint; with early exit drop steps.lower: the exit segments and "
-                             "steps.prune's depth cut of a quantized model are lowered to INT8 themselves")
+            raise ValueError(
+                "steps.lower takes a whole quantized checkpoint; with early exit drop steps.lower: the exit segments and "
+                "steps.prune's depth cut of a quantized model are lowered to INT8 themselves"
+            )
         if s.ptq and (s.quantize or s.lower):
             raise ValueError("steps.ptq quantizes a float model; a QAT model is lowered with steps.lower instead")
         if s.ptq and s.exits and not s.prune:
             raise ValueError("steps.ptq needs one graph: with dynamic early exit (several segments) add steps.prune")
         if s.exits and s.export.static_shape:
-            raise ValueError("steps.export.static_shape does not apply to early-exit graphs; give static targets sequence buckets in their options")
+            raise ValueError(
+                "steps.export.static_shape does not apply to early-exit graphs; give static targets sequence buckets in their options"
+            )
         if s.exits and not s.prune:
             static = [t.name for t in self.targets if t.name in STATIC_TARGETS]
             if static:
@@ -420,27 +429,37 @@ def check_files(recipe: Recipe, source: str = "recipe") -> list[str]:
 
     info = checkpoint.inspect(recipe.model, task=recipe.task)
     if recipe.steps.lower and not recipe.steps.quantize and not (info.path / "edgekit_quant.json").exists():
-        raise ConfigError(f"{source}: steps.lower needs a quantized checkpoint, and {info.path} is a float model",
-                          hint="add steps.quantize (QAT), or use steps.ptq for INT8 post-training quantization")
+        raise ConfigError(
+            f"{source}: steps.lower needs a quantized checkpoint, and {info.path} is a float model",
+            hint="add steps.quantize (QAT), or use steps.ptq for INT8 post-training quantization",
+        )
     for role in ("train", "calibration", "dev"):
         value = getattr(recipe.data, role)
         if value is None:
             continue
         path = resolve_path(value)
         if not path.is_file():
-            raise DataError(f"{source}: data.{role}: {path}: no such file", hint="fix the path (relative paths start at the working directory)")
+            raise DataError(
+                f"{source}: data.{role}: {path}: no such file", hint="fix the path (relative paths start at the working directory)"
+            )
         kind = data.kind(path)
         if role == "dev" and info.task == "classifier" and kind != "labeled":
-            raise DataError(f"{source}: data.dev: {path} has no labels, and the model is a classifier", hint="give records with 'text' and 'label'")
+            raise DataError(
+                f"{source}: data.dev: {path} has no labels, and the model is a classifier", hint="give records with 'text' and 'label'"
+            )
         if role == "dev" and info.task == "embedding" and kind != "pairs" and recipe.budgets.max_accuracy_drop is not None:
-            raise DataError(f"{source}: data.dev: {path} has no query/doc pairs, so an embedding model has no accuracy to budget",
-                            hint="give {'query': ..., 'doc': ...} records, or drop budgets.max_accuracy_drop")
+            raise DataError(
+                f"{source}: data.dev: {path} has no query/doc pairs, so an embedding model has no accuracy to budget",
+                hint="give {'query': ..., 'doc': ...} records, or drop budgets.max_accuracy_drop",
+            )
     if recipe.profile.texts and not resolve_path(recipe.profile.texts).is_file():
         raise DataError(f"{source}: profile.texts: {resolve_path(recipe.profile.texts)}: no such file", hint="fix the path")
     metric = recipe.metric_for(info.task)
     valid = ("accuracy", "macro_f1") if info.task == "classifier" else ("recall@1", "recall@10", "mrr")
     if metric not in valid:
-        raise ConfigError(f"{source}: budgets.metric: {metric!r} is not a metric of a {info.task} model", hint=f"use one of: {', '.join(valid)}")
+        raise ConfigError(
+            f"{source}: budgets.metric: {metric!r} is not a metric of a {info.task} model", hint=f"use one of: {', '.join(valid)}"
+        )
     notes = []
     for t in recipe.targets:
         target = targets.get(t.name)

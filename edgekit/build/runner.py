@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from edgekit import __version__
-from edgekit.deploy import artifact
 from edgekit.build.budgets import REPRODUCIBILITY, check_budgets
-from edgekit.errors import ArtifactError, ConfigError, MissingDependency
 from edgekit.build.recipe import Recipe, Target, check_files, load, resolve_path
+from edgekit.deploy import artifact
+from edgekit.errors import ArtifactError, ConfigError, MissingDependency
 
 BUILD_KIND = "edgekit-build"
 MANIFEST_SCHEMA = 1
@@ -48,12 +48,26 @@ TOOLS = ("torch", "transformers", "onnx", "onnxruntime", "openvino", "nncf", "nu
 # The tools whose versions a step's output depends on (its cache key holds them, and edgekit's).
 _TORCH, _ONNX = ("torch", "transformers", "numpy"), ("torch", "transformers", "onnx", "onnxruntime", "numpy")
 STEP_TOOLS = {
-    "quantize": _TORCH, "exits": _TORCH, "export": _ONNX, "prune": _ONNX, "segments": _ONNX, "lower": _ONNX,
-    "ptq": ("onnx", "onnxruntime", "numpy", "tokenizers"), "compile": ("onnx", "onnxruntime", "openvino", "nncf", "numpy", "tokenizers"),
-    "eval": ("onnxruntime", "openvino", "numpy", "tokenizers"), "profile": ("onnxruntime", "openvino", "numpy", "tokenizers"),
+    "quantize": _TORCH,
+    "exits": _TORCH,
+    "export": _ONNX,
+    "prune": _ONNX,
+    "segments": _ONNX,
+    "lower": _ONNX,
+    "ptq": ("onnx", "onnxruntime", "numpy", "tokenizers"),
+    "compile": ("onnx", "onnxruntime", "openvino", "nncf", "numpy", "tokenizers"),
+    "eval": ("onnxruntime", "openvino", "numpy", "tokenizers"),
+    "profile": ("onnxruntime", "openvino", "numpy", "tokenizers"),
 }
 # Files of an artifact that are not the model: not counted in its size budget.
-AUX_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "parity_reference.npz", "exit_reference.npz", artifact.MANIFEST)
+AUX_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "parity_reference.npz",
+    "exit_reference.npz",
+    artifact.MANIFEST,
+)
 Say = Callable[[str], None]
 
 
@@ -167,8 +181,15 @@ class Runner:
         t0 = time.perf_counter()
         output, summary = fn(entry)
         seconds = time.perf_counter() - t0
-        record = {"step": name, "key": key, "output": output, "seconds": round(seconds, 2), "created": artifact.now(),
-                  "inputs": payload, "summary": summary}
+        record = {
+            "step": name,
+            "key": key,
+            "output": output,
+            "seconds": round(seconds, 2),
+            "created": artifact.now(),
+            "inputs": payload,
+            "summary": summary,
+        }
         tmp = entry / f".{STEP_RECORD}.tmp"
         tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
         os.replace(tmp, record_file)  # the entry is complete from here on
@@ -218,8 +239,10 @@ def _lazy(module: str, what: str):
     except ModuleNotFoundError as err:
         if err.name != module:
             raise
-        raise MissingDependency(f"{module} is not part of this edgekit, but the recipe's step {what} needs it",
-                                hint=f"update edgekit, or remove steps.{what} from the recipe") from err
+        raise MissingDependency(
+            f"{module} is not part of this edgekit, but the recipe's step {what} needs it",
+            hint=f"update edgekit, or remove steps.{what} from the recipe",
+        ) from err
 
 
 # ----------------------------------------------------------------------------- the steps
@@ -255,18 +278,40 @@ class Pipeline:
             if resume:
                 self.say(f"quantize: resuming the interrupted training in {work}")
             dcfg = distill.DEFAULTS[make_config(q.scheme).method].model_copy(update={"ce": q.ce}) if q.ce else None
-            opts = TrainOptions(model=str(model.path), data=str(train.path), out=str(work), scheme=q.scheme, steps=q.steps, epochs=q.epochs,
-                                limit=q.limit, batch_size=q.batch_size, max_length=q.max_length, lr=q.lr, multi_step=q.multi_step,
-                                intermediate=q.intermediate, seed=q.seed, device=q.device, save_every=q.save_every, resume=resume,
-                                keep_state=False, progress=self.train_progress, distill=dcfg)
+            opts = TrainOptions(
+                model=str(model.path),
+                data=str(train.path),
+                out=str(work),
+                scheme=q.scheme,
+                steps=q.steps,
+                epochs=q.epochs,
+                limit=q.limit,
+                batch_size=q.batch_size,
+                max_length=q.max_length,
+                lr=q.lr,
+                multi_step=q.multi_step,
+                intermediate=q.intermediate,
+                seed=q.seed,
+                device=q.device,
+                save_every=q.save_every,
+                resume=resume,
+                keep_state=False,
+                progress=self.train_progress,
+                distill=dcfg,
+            )
             report = run(opts)
             shutil.rmtree(entry / "checkpoint", ignore_errors=True)
             os.replace(work, entry / "checkpoint")
-            stages = [{k: s.get(k) for k in ("scheme", "steps", "epochs", "seconds", "loss_first", "loss_last", "start_step")} for s in report["stages"]]
+            stages = [
+                {k: s.get(k) for k in ("scheme", "steps", "epochs", "seconds", "loss_first", "loss_last", "start_step")}
+                for s in report["stages"]
+            ]
             return "checkpoint", {"scheme": q.scheme, "texts": report["texts"], "device": report["device"], "stages": stages}
 
         budget = f"{q.steps} steps" if q.steps else f"{q.epochs:g} epochs"
-        step = self.runner.run("quantize", f"quantize: {q.scheme} QAT, {budget}", {"model": model.id, "train": train.id, "settings": q.model_dump()}, fn)
+        step = self.runner.run(
+            "quantize", f"quantize: {q.scheme} QAT, {budget}", {"model": model.id, "train": train.id, "settings": q.model_dump()}, fn
+        )
         self.model = Ref(step.out, step.key)
 
     def exits(self) -> Step:
@@ -274,9 +319,9 @@ class Pipeline:
         model, train, calib = self.model, self.data["train"], self.data["calibration"]
 
         def fn(entry: Path) -> tuple[str, dict]:
-            from edgekit.deploy import data
             from edgekit.build.exits import steps as xb
             from edgekit.build.exits.train import TrainConfig
+            from edgekit.deploy import data
 
             heads = entry / "heads"
             tr = subset(train.path, e.limit, entry)
@@ -287,13 +332,28 @@ class Pipeline:
             else:
                 cal = tr
                 self.say("exits: calibrating on the heads' own training texts (give data.calibration, or a limit under half of data.train)")
-            xb.train(model.path, tr, heads, layers=e.layers, resume=True,
-                     config=TrainConfig(epochs=e.epochs, lr=e.lr, seed=e.seed, device=e.device))
+            xb.train(
+                model.path,
+                tr,
+                heads,
+                layers=e.layers,
+                resume=True,
+                config=TrainConfig(epochs=e.epochs, lr=e.lr, seed=e.seed, device=e.device),
+            )
             r = xb.calibrate(heads, cal, heads / "calibration", max_drop=e.max_drop, unsupervised=data.kind(cal) != "labeled")
-            return "heads", {"layers": r["layers"], "base_quality": r["base"], "per_exit_quality": r["per_exit_quality"], "chosen": r["chosen"]}
+            return "heads", {
+                "layers": r["layers"],
+                "base_quality": r["base"],
+                "per_exit_quality": r["per_exit_quality"],
+                "chosen": r["chosen"],
+            }
 
-        return self.runner.run("exits", "exits: train heads, calibrate", {"model": model.id, "train": train.id, "calibration": calib.id,
-                                                                          "settings": e.model_dump()}, fn)
+        return self.runner.run(
+            "exits",
+            "exits: train heads, calibrate",
+            {"model": model.id, "train": train.id, "calibration": calib.id, "settings": e.model_dump()},
+            fn,
+        )
 
     def onnx(self) -> Step:
         """The one ONNX artifact every target compiles from."""
@@ -309,7 +369,9 @@ class Pipeline:
                     xb.prune(heads.out, layer, entry / "onnx", name=name)
                     return "onnx", {"layer": layer}
 
-                return self.runner.run("prune", f"prune: depth cut at layer {layer}", {"heads": heads.key, "layer": layer, "name": name}, prune)
+                return self.runner.run(
+                    "prune", f"prune: depth cut at layer {layer}", {"heads": heads.key, "layer": layer, "name": name}, prune
+                )
             chosen = heads.summary["chosen"]
             policy = s.exits.policy or f"{chosen['policy']}={chosen['param']:g}"
 
@@ -319,7 +381,9 @@ class Pipeline:
                 xb.export(heads.out, policy, entry / "onnx", name=name)
                 return "onnx", {"policy": policy}
 
-            return self.runner.run("segments", f"export: early-exit segments, policy {policy}", {"heads": heads.key, "policy": policy, "name": name}, segments)
+            return self.runner.run(
+                "segments", f"export: early-exit segments, policy {policy}", {"heads": heads.key, "policy": policy, "name": name}, segments
+            )
         if s.lower:
             model = self.model
 
@@ -328,7 +392,9 @@ class Pipeline:
                 m = mod.lower(model.path, entry / "onnx", pack=s.lower.pack, progress=self.say)
                 return "onnx", {"precision": m.precision}
 
-            return self.runner.run("lower", "lower: quantized checkpoint -> INT8 QDQ ONNX", {"model": model.id, "settings": s.lower.model_dump()}, lower)
+            return self.runner.run(
+                "lower", "lower: quantized checkpoint -> INT8 QDQ ONNX", {"model": model.id, "settings": s.lower.model_dump()}, lower
+            )
         return self.export(self.model, "export")
 
     def export(self, model: Ref, label: str) -> Step:
@@ -342,7 +408,9 @@ class Pipeline:
             m = export(model.path, entry / "onnx", opts, task=task, name=name)
             return "onnx", {"parity_max_abs_diff": m.parity.max_abs_diff if m.parity else None}
 
-        return self.runner.run("export", f"{label}: checkpoint -> ONNX", {"model": model.id, "task": task, "name": name, "settings": x.model_dump()}, fn)
+        return self.runner.run(
+            "export", f"{label}: checkpoint -> ONNX", {"model": model.id, "task": task, "name": name, "settings": x.model_dump()}, fn
+        )
 
     def ptq(self, onnx: Step) -> Step:
         p, calib = self.recipe.steps.ptq, self.data["calibration"]
@@ -352,8 +420,12 @@ class Pipeline:
             m = mod.quantize_onnx(onnx.out, entry / "onnx", calibration=calib.path, samples=p.samples, progress=self.say)
             return "onnx", {"precision": m.precision}
 
-        return self.runner.run("ptq", f"ptq: INT8 static quantization ({p.samples} calibration texts)",
-                               {"onnx": onnx.key, "calibration": calib.id, "settings": p.model_dump()}, fn)
+        return self.runner.run(
+            "ptq",
+            f"ptq: INT8 static quantization ({p.samples} calibration texts)",
+            {"onnx": onnx.key, "calibration": calib.id, "settings": p.model_dump()},
+            fn,
+        )
 
     def compile(self, onnx: Step, t: Target) -> Step:
         name = self.recipe.name
@@ -373,13 +445,27 @@ class Pipeline:
             if src.exits is not None:
                 m = compile_exits(onnx.out, t.name, out, options=options)
             else:
-                m = compile_step.compile_artifact(onnx.out, src, t.name, out, options=options, tolerance=self.recipe.steps.export.tolerance())
+                m = compile_step.compile_artifact(
+                    onnx.out, src, t.name, out, options=options, tolerance=self.recipe.steps.export.tolerance()
+                )
             return f"{name}/{t.name}", {"precision": m.precision, "pending": m.pending}
 
         file_options = {k: hash_path(Path(v)) for k, v in options.items() if isinstance(v, str) and Path(v).is_file()}
-        return self.runner.run(f"compile:{t.name}", f"compile: {t.name}", {"onnx": onnx.key, "target": t.name, "options": options, "option_files": file_options,
-                                                                           "device": t.device, "device_profile": device_id, "name": name,
-                                                                           "tolerance": self.recipe.steps.export.model_dump(include={"atol", "min_cosine", "min_argmax_agreement"})}, fn)
+        return self.runner.run(
+            f"compile:{t.name}",
+            f"compile: {t.name}",
+            {
+                "onnx": onnx.key,
+                "target": t.name,
+                "options": options,
+                "option_files": file_options,
+                "device": t.device,
+                "device_profile": device_id,
+                "name": name,
+                "tolerance": self.recipe.steps.export.model_dump(include={"atol", "min_cosine", "min_argmax_agreement"}),
+            },
+            fn,
+        )
 
     def evaluate(self, what: str, artifact_key: str, artifact_dir: Path) -> Step:
         dev = self.data["dev"]
@@ -402,16 +488,38 @@ class Pipeline:
         def fn(entry: Path) -> tuple[str, dict]:
             from edgekit.deploy.profile import ProfileOptions, profile
 
-            opts = ProfileOptions(seq_len=seq_len, seconds_per_point=p.seconds, min_runs=p.min_runs, warmup=p.warmup, cold_runs=p.cold_runs,
-                                  threads=p.threads, batches=None if static else [1], text_file=texts.path if texts else None)
+            opts = ProfileOptions(
+                seq_len=seq_len,
+                seconds_per_point=p.seconds,
+                min_runs=p.min_runs,
+                warmup=p.warmup,
+                cold_runs=p.cold_runs,
+                threads=p.threads,
+                batches=None if static else [1],
+                text_file=texts.path if texts else None,
+            )
             report = profile(artifact_dir, opts)
             artifact.write_json(entry / "profile.json", report.model_dump())
             ft = report.first_token
-            return "profile.json", {"p50_ms": ft.model_only.p50, "p90_ms": ft.model_only.p90, "seq_len": ft.seq_len,
-                                    "e2e_p50_ms": ft.end_to_end.p50 if ft.end_to_end else None}
+            return "profile.json", {
+                "p50_ms": ft.model_only.p50,
+                "p90_ms": ft.model_only.p90,
+                "seq_len": ft.seq_len,
+                "e2e_p50_ms": ft.end_to_end.p50 if ft.end_to_end else None,
+            }
 
-        return self.runner.run(f"profile:{what}", f"profile: {what}", {"artifact": artifact_key, "settings": p.model_dump(), "seq_len": seq_len,
-                                                                      "texts": texts.id if texts else None, "host": host_fingerprint()}, fn)
+        return self.runner.run(
+            f"profile:{what}",
+            f"profile: {what}",
+            {
+                "artifact": artifact_key,
+                "settings": p.model_dump(),
+                "seq_len": seq_len,
+                "texts": texts.id if texts else None,
+                "host": host_fingerprint(),
+            },
+            fn,
+        )
 
 
 def _depth_for(exits_summary: dict, max_drop: float) -> int:
@@ -432,18 +540,24 @@ def _owner_check(out: Path, recipe: Recipe, recipe_path: Path) -> None:
     manifest = out / artifact.MANIFEST
     if not manifest.exists():
         if any(out.iterdir()):
-            raise ConfigError(f"{out}: exists and is not an edgekit build (no manifest.json); refusing to replace it",
-                              hint="remove it, or set another `output` or `name` in the recipe")
+            raise ConfigError(
+                f"{out}: exists and is not an edgekit build (no manifest.json); refusing to replace it",
+                hint="remove it, or set another `output` or `name` in the recipe",
+            )
         return
     try:
         doc = json.loads(manifest.read_text())
         theirs = doc["recipe"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise ConfigError(f"{out}: holds something other than an edgekit build ({manifest} is not a build manifest); refusing to replace it",
-                          hint="remove it, or set another `output` or `name` in the recipe") from None
+        raise ConfigError(
+            f"{out}: holds something other than an edgekit build ({manifest} is not a build manifest); refusing to replace it",
+            hint="remove it, or set another `output` or `name` in the recipe",
+        ) from None
     if doc.get("kind") != BUILD_KIND or theirs.get("name") != recipe.name or theirs.get("path") != str(recipe_path):
-        raise ConfigError(f"{out}: holds the build of another recipe ({theirs.get('path')}, name {theirs.get('name')!r}); refusing to replace it",
-                          hint="remove it, or give this recipe another `name` or `output`")
+        raise ConfigError(
+            f"{out}: holds the build of another recipe ({theirs.get('path')}, name {theirs.get('name')!r}); refusing to replace it",
+            hint="remove it, or give this recipe another `name` or `output`",
+        )
 
 
 def _model_bytes(m: artifact.Manifest) -> int:
@@ -469,8 +583,15 @@ class BuildResult:
         return EXIT_BUDGET if self.failed or (self.strict and self.unchecked) else 0
 
 
-def build(recipe_path: str | Path, *, targets: list[str] | None = None, use_cache: bool = True, strict: bool = False,
-          say: Say = print, train_progress: bool = True) -> BuildResult:
+def build(
+    recipe_path: str | Path,
+    *,
+    targets: list[str] | None = None,
+    use_cache: bool = True,
+    strict: bool = False,
+    say: Say = print,
+    train_progress: bool = True,
+) -> BuildResult:
     """Build ``recipe_path``: every step (cached), every target (or ``targets``), budgets, manifest."""
     from edgekit.build import checkpoint
     from edgekit.deploy import targets as registry
@@ -518,21 +639,42 @@ def build(recipe_path: str | Path, *, targets: list[str] | None = None, use_cach
         target = registry.get(t.name)
         not_here = m.pending or target.executable_here(m)
         entry: dict[str, Any] = {
-            "path": t.name, "target": t.name, "device": t.device, "kind": m.kind, "precision": m.precision,
-            "inputs": [x.model_dump() for x in m.inputs], "outputs": [x.model_dump() for x in m.outputs], "static_shape": m.static_shape,
+            "path": t.name,
+            "target": t.name,
+            "device": t.device,
+            "kind": m.kind,
+            "precision": m.precision,
+            "inputs": [x.model_dump() for x in m.inputs],
+            "outputs": [x.model_dump() for x in m.outputs],
+            "static_shape": m.static_shape,
             "exits": {"layers": m.exits.layers, "policy": m.exits.policy, "param": m.exits.param} if m.exits else None,
-            "runtime": m.runtime, "parity": m.parity.model_dump() if m.parity else None,
-            "parity_not_run": m.settings.get("parity_not_run"), "pending": m.pending, "runs_here": not_here is None, "not_here": not_here,
-            "files": {k: v.model_dump() for k, v in m.files.items()}, "size_bytes": sum(f.bytes for f in m.files.values()),
-            "model_bytes": _model_bytes(m), "manifest_sha256": artifact.manifest_sha256(step.out), "step_key": step.key,
-            "accuracy": None, "latency": None,
+            "runtime": m.runtime,
+            "parity": m.parity.model_dump() if m.parity else None,
+            "parity_not_run": m.settings.get("parity_not_run"),
+            "pending": m.pending,
+            "runs_here": not_here is None,
+            "not_here": not_here,
+            "files": {k: v.model_dump() for k, v in m.files.items()},
+            "size_bytes": sum(f.bytes for f in m.files.values()),
+            "model_bytes": _model_bytes(m),
+            "manifest_sha256": artifact.manifest_sha256(step.out),
+            "step_key": step.key,
+            "accuracy": None,
+            "latency": None,
         }
         if not_here is None and baseline is not None:
             ev = pipe.evaluate(t.name, step.key, step.out)
             value, base = ev.summary["metrics"].get(metric), baseline.summary["metrics"].get(metric)
             if value is not None and base is not None:
-                entry["accuracy"] = {"metric": metric, "value": value, "baseline": base, "drop_points": round((base - value) * 100, 4),
-                                     "data": data["dev"].path.name, "n": ev.summary["n"], "report": f"{REPORTS}/{t.name}.eval.json"}
+                entry["accuracy"] = {
+                    "metric": metric,
+                    "value": value,
+                    "baseline": base,
+                    "drop_points": round((base - value) * 100, 4),
+                    "data": data["dev"].path.name,
+                    "n": ev.summary["n"],
+                    "report": f"{REPORTS}/{t.name}.eval.json",
+                }
             entry["_eval"] = ev
         if not_here is None and recipe.profile.enabled:
             pr = pipe.profile(t.name, step.key, step.out, m)
@@ -543,25 +685,55 @@ def build(recipe_path: str | Path, *, targets: list[str] | None = None, use_cach
 
     results = [b for e in entries.values() for b in e["budgets"]]
     manifest = {
-        "schema_version": MANIFEST_SCHEMA, "kind": BUILD_KIND, "created": artifact.now(),
-        "recipe": {"name": recipe.name, "path": str(recipe_path.resolve()), "sha256": recipe.sha256(), "file_sha256": hash_path(recipe_path),
-                   "description": recipe.description},
-        "checkpoint": {"path": str(info.path), "sha256": info.sha256(), "dir_sha256": model.id.removeprefix("model:"), "task": info.task,
-                       "model_type": info.model_type},
+        "schema_version": MANIFEST_SCHEMA,
+        "kind": BUILD_KIND,
+        "created": artifact.now(),
+        "recipe": {
+            "name": recipe.name,
+            "path": str(recipe_path.resolve()),
+            "sha256": recipe.sha256(),
+            "file_sha256": hash_path(recipe_path),
+            "description": recipe.description,
+        },
+        "checkpoint": {
+            "path": str(info.path),
+            "sha256": info.sha256(),
+            "dir_sha256": model.id.removeprefix("model:"),
+            "task": info.task,
+            "model_type": info.model_type,
+        },
         "data": {role: {"path": str(r.path), "sha256": r.id.removeprefix("data:")} for role, r in data.items()},
-        "tools": tool_versions(), "host": host_fingerprint(),
-        "steps": [{"step": s.name, "key": s.key, "cached": s.cached, "seconds": s.record["seconds"], "summary": s.summary} for s in runner.steps],
-        "targets_in_recipe": [t.name for t in recipe.targets], "targets_built": [t.name for t in chosen],
-        "baseline": {"metric": metric, "value": baseline.summary["metrics"].get(metric), "artifact": "FP32 checkpoint exported to ONNX, on onnxruntime",
-                     "data": data["dev"].path.name} if baseline else None,
+        "tools": tool_versions(),
+        "host": host_fingerprint(),
+        "steps": [
+            {"step": s.name, "key": s.key, "cached": s.cached, "seconds": s.record["seconds"], "summary": s.summary} for s in runner.steps
+        ],
+        "targets_in_recipe": [t.name for t in recipe.targets],
+        "targets_built": [t.name for t in chosen],
+        "baseline": {
+            "metric": metric,
+            "value": baseline.summary["metrics"].get(metric),
+            "artifact": "FP32 checkpoint exported to ONNX, on onnxruntime",
+            "data": data["dev"].path.name,
+        }
+        if baseline
+        else None,
         "artifacts": {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in entries.items()},
         # passed: every budget checked and met; partly-checked: none failed, some could not be checked here
-        "budgets": {"status": "failed" if any(r["status"] == "failed" for r in results) else "partly-checked" if any(r["status"] == "unchecked" for r in results) else "passed",
-                    "passed": [r for r in results if r["status"] == "passed"], "failed": [r for r in results if r["status"] == "failed"],
-                    "unchecked": [r for r in results if r["status"] == "unchecked"]},
+        "budgets": {
+            "status": "failed"
+            if any(r["status"] == "failed" for r in results)
+            else "partly-checked"
+            if any(r["status"] == "unchecked" for r in results)
+            else "passed",
+            "passed": [r for r in results if r["status"] == "passed"],
+            "failed": [r for r in results if r["status"] == "failed"],
+            "unchecked": [r for r in results if r["status"] == "unchecked"],
+        },
         "reproducibility": REPRODUCIBILITY,
         "seconds": round(time.perf_counter() - t_start, 1),
-        "cached_steps": sum(s.cached for s in runner.steps), "total_steps": len(runner.steps),
+        "cached_steps": sum(s.cached for s in runner.steps),
+        "total_steps": len(runner.steps),
     }
     with artifact.staging(out) as tmp:
         say(f"writing {out}")
@@ -588,4 +760,3 @@ def _select(recipe: Recipe, names: list[str] | None, source: Path) -> list[Targe
     if unknown:
         raise ConfigError(f"{source}: --targets {unknown[0]!r} is not one of the recipe's targets", hint=f"its targets: {', '.join(mine)}")
     return [mine[n] for n in dict.fromkeys(names)]
-

@@ -7,7 +7,7 @@ passed; 2 a user error; 3 a budget failed (``--strict``: or could not be checked
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -20,7 +20,10 @@ def register(app: typer.Typer) -> None:
     @app.command(name="build")
     def build_(
         recipe: Annotated[Path, typer.Argument(help="recipe YAML (see 'edgekit recipe new')")],
-        targets: Annotated[Optional[str], typer.Option("--targets", help="build only these of the recipe's targets, comma-separated, e.g. ort-cpu,openvino-cpu")] = None,
+        targets: Annotated[
+            str | None,
+            typer.Option("--targets", help="build only these of the recipe's targets, comma-separated, e.g. ort-cpu,openvino-cpu"),
+        ] = None,
         no_cache: Annotated[bool, typer.Option("--no-cache", help="run every step again (results still go to the cache)")] = False,
         strict: Annotated[bool, typer.Option("--strict", help="a budget that cannot be checked here fails the build too (exit 3)")] = False,
     ) -> None:
@@ -34,16 +37,24 @@ def register(app: typer.Typer) -> None:
         from edgekit.cli.app import console, err_console
 
         names = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
-        result = build(recipe, targets=names, use_cache=not no_cache, strict=strict,
-                       say=lambda m: console.print(f"[cyan]>[/] {escape(m)}", highlight=False))
+        result = build(
+            recipe,
+            targets=names,
+            use_cache=not no_cache,
+            strict=strict,
+            say=lambda m: console.print(f"[cyan]>[/] {escape(m)}", highlight=False),
+        )
         _summary(console, result)
         code = result.exit_code
         for b in result.failed:
             err_console.print(f"[red]budget failed:[/] {escape(_budget_line(b))}", highlight=False, soft_wrap=True)
         for b in result.unchecked:
             label = "[red]budget not checked (--strict):[/]" if strict else "[yellow]budget not checked here:[/]"
-            err_console.print(f"{label} {escape(b['target'])} {escape(b['budget'])} <= {b['limit']:g} {b['unit']}: {escape(b['reason'] or '')}",
-                              highlight=False, soft_wrap=True)
+            err_console.print(
+                f"{label} {escape(b['target'])} {escape(b['budget'])} <= {b['limit']:g} {b['unit']}: {escape(b['reason'] or '')}",
+                highlight=False,
+                soft_wrap=True,
+            )
         if code:
             raise typer.Exit(code)
 
@@ -71,9 +82,9 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option("--force", help="overwrite an existing file")] = False,
     ) -> None:
         """Write a commented starter recipe (MiniLM -> ternary W2A8 -> openvino-cpu + ort-mobile)."""
+        from edgekit.build.recipe import TEMPLATE
         from edgekit.cli.app import console
         from edgekit.errors import ConfigError
-        from edgekit.build.recipe import TEMPLATE
 
         if path.exists() and not force:
             raise ConfigError(f"{path}: already exists", hint="pass --force to overwrite it, or another path")
@@ -87,7 +98,9 @@ def register(app: typer.Typer) -> None:
 
 def _budget_line(b: dict) -> str:
     value = f"{b['value']:g}" if isinstance(b["value"], float | int) else str(b["value"])
-    return f"{b['target']}: {b['budget']} = {value} {b['unit']} > limit {b['limit']:g} {b['unit']}" + (f" ({b['detail']})" if b.get("detail") else "")
+    return f"{b['target']}: {b['budget']} = {value} {b['unit']} > limit {b['limit']:g} {b['unit']}" + (
+        f" ({b['detail']})" if b.get("detail") else ""
+    )
 
 
 def _summary(console, result) -> None:
@@ -104,15 +117,32 @@ def _summary(console, result) -> None:
         par = a["parity"]
         parity = ("ok" if par["passed"] else "FAILED") + f" {par['max_abs_diff']:.0e}" if par else "-"
         status = {r["status"] for r in a["budgets"]}
-        shown = "[red]failed[/]" if "failed" in status else "[yellow]not checked[/]" if "unchecked" in status else "[green]passed[/]" if status else "-"
-        t.add_row(name, a["precision"], f"{a['model_bytes'] / 1e6:.1f}", parity,
-                  f"{acc['value']:.4f} ({acc['drop_points']:.2f})" if acc else "-",
-                  f"{a['latency']['p50_ms']:.2f}" if a["latency"] else "-", shown)
+        shown = (
+            "[red]failed[/]"
+            if "failed" in status
+            else "[yellow]not checked[/]"
+            if "unchecked" in status
+            else "[green]passed[/]"
+            if status
+            else "-"
+        )
+        t.add_row(
+            name,
+            a["precision"],
+            f"{a['model_bytes'] / 1e6:.1f}",
+            parity,
+            f"{acc['value']:.4f} ({acc['drop_points']:.2f})" if acc else "-",
+            f"{a['latency']['p50_ms']:.2f}" if a["latency"] else "-",
+            shown,
+        )
     console.print(t)
     for name, a in m["artifacts"].items():
         if not a["runs_here"]:
-            console.print(f"[yellow]{escape(name)}[/]: produced here, runs on the device only: {escape(a['not_here'] or '')}", highlight=False)
+            console.print(
+                f"[yellow]{escape(name)}[/]: produced here, runs on the device only: {escape(a['not_here'] or '')}", highlight=False
+            )
     if m["baseline"]:
         console.print(f"FP32 checkpoint: {m['baseline']['metric']} {m['baseline']['value']:.4f} on {m['baseline']['data']}")
-    console.print(f"{m['cached_steps']} of {m['total_steps']} steps from the cache; {m['seconds']:.1f}s; manifest: {result.path / 'manifest.json'}")
-
+    console.print(
+        f"{m['cached_steps']} of {m['total_steps']} steps from the cache; {m['seconds']:.1f}s; manifest: {result.path / 'manifest.json'}"
+    )

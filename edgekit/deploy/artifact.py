@@ -168,7 +168,9 @@ def read_manifest(root: str | Path, *, verify: bool = True) -> Manifest:
     try:
         manifest = Manifest.model_validate(json.loads(path.read_text()))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ArtifactError(f"{path}: invalid manifest, not readable JSON ({err})", hint="re-run the export or compile that makes it") from err
+        raise ArtifactError(
+            f"{path}: invalid manifest, not readable JSON ({err})", hint="re-run the export or compile that makes it"
+        ) from err
     except ValidationError as err:
         e = err.errors()[0]
         field = ".".join(str(x) for x in e["loc"]) or "(top level)"
@@ -179,7 +181,9 @@ def read_manifest(root: str | Path, *, verify: bool = True) -> Manifest:
             if not f.exists():
                 raise ArtifactError(f"{root}: {name} listed in the manifest is missing", hint="the artifact is incomplete; rebuild it")
             if f.stat().st_size != entry.bytes or sha256_file(f) != entry.sha256:
-                raise ArtifactError(f"{root}: {name} does not match its sha256 in the manifest", hint="the artifact was modified or corrupted; rebuild it")
+                raise ArtifactError(
+                    f"{root}: {name} does not match its sha256 in the manifest", hint="the artifact was modified or corrupted; rebuild it"
+                )
     return manifest
 
 

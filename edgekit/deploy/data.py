@@ -48,7 +48,10 @@ def _records(path: Path) -> list[tuple[int, dict]]:
         try:
             for row in reader:
                 if None in row:
-                    raise DataError(f"{path}:{reader.line_num}: more values than the header has columns ({len(reader.fieldnames or [])})", hint="quote fields that contain commas")
+                    raise DataError(
+                        f"{path}:{reader.line_num}: more values than the header has columns ({len(reader.fieldnames or [])})",
+                        hint="quote fields that contain commas",
+                    )
                 rows.append((reader.line_num, row))
         except csv.Error as err:
             raise DataError(f"{path}:{reader.line_num}: malformed CSV ({err})", hint="check the quoting") from err
@@ -112,7 +115,10 @@ def read_labeled(path: str | Path, label_names: list[str]) -> Labeled:
         elif raw.lstrip("-").isdigit() and 0 <= int(raw) < len(label_names):
             labels.append(int(raw))
         else:
-            raise DataError(f"{path}:{n}: label {raw!r} is not one of the model's labels", hint=f"use one of: {', '.join(label_names)} (or 0..{len(label_names) - 1})")
+            raise DataError(
+                f"{path}:{n}: label {raw!r} is not one of the model's labels",
+                hint=f"use one of: {', '.join(label_names)} (or 0..{len(label_names) - 1})",
+            )
     _nonempty(path, texts)
     return Labeled(texts, labels)
 
@@ -137,4 +143,7 @@ def kind(path: str | Path) -> str:
         return "labeled"
     if "text" in first:
         return "text"
-    raise DataError(f"{path}:{rows[0][0]}: records need 'text' (+ 'label'), or 'query' and 'doc' (has: {', '.join(first)})", hint="see 'edgekit eval --help' for the schemas")
+    raise DataError(
+        f"{path}:{rows[0][0]}: records need 'text' (+ 'label'), or 'query' and 'doc' (has: {', '.join(first)})",
+        hint="see 'edgekit eval --help' for the schemas",
+    )

@@ -13,8 +13,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edgekit.errors import ConfigError
 from edgekit.deploy.targets import TARGETS
+from edgekit.errors import ConfigError
 
 SCHEMA_VERSION = 1
 
@@ -138,7 +138,9 @@ def compile_plan(profile: DeviceProfile, targets: list[str] | None, options: dic
         raise ConfigError(f"device {profile.name} does not run target {wrong[0]!r}", hint=f"its targets: {', '.join(profile.targets)}")
     precision = options.get("precision")
     if precision is not None and precision not in profile.precisions:
-        raise ConfigError(f"device {profile.name} does not run precision {precision!r}", hint=f"its precisions: {', '.join(profile.precisions)}")
+        raise ConfigError(
+            f"device {profile.name} does not run precision {precision!r}", hint=f"its precisions: {', '.join(profile.precisions)}"
+        )
     per_target: dict[str, dict[str, str]] = {}
     for name in chosen:
         fields = TARGETS[name].options_model.model_fields

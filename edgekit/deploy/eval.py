@@ -9,16 +9,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from edgekit.deploy import artifact, data
+from edgekit.deploy.runtime import Predictor
 from edgekit.deps import is_installed
 from edgekit.errors import DataError
-from edgekit.deploy.runtime import Predictor
 
 SCHEMA_VERSION = 1
 EXIT_LATENCY_TEXTS = 200
@@ -95,8 +96,14 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
 
 
-def evaluate(artifact_dir: str | Path, data_file: str | Path, *, batch: int = 16, fidelity: bool = True,
-             progress: Callable[[str], None] | None = None) -> EvalReport:
+def evaluate(
+    artifact_dir: str | Path,
+    data_file: str | Path,
+    *,
+    batch: int = 16,
+    fidelity: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> EvalReport:
     """Evaluate the artifact in ``artifact_dir`` on ``data_file``."""
     say = progress or (lambda msg: None)
     data_file = Path(data_file)
@@ -108,7 +115,10 @@ def evaluate(artifact_dir: str | Path, data_file: str | Path, *, batch: int = 16
         manifest = pred.manifest
         if manifest.task == "classifier":
             if kind != "labeled":
-                raise DataError(f"{data_file}: a classifier needs records with 'text' and 'label' (found {kind} data)", hint="add a 'label' field to each record")
+                raise DataError(
+                    f"{data_file}: a classifier needs records with 'text' and 'label' (found {kind} data)",
+                    hint="add a 'label' field to each record",
+                )
             labeled = data.read_labeled(data_file, manifest.source.labels or [])
             texts = labeled.texts
             say(f"classifying {len(texts)} texts")
@@ -150,6 +160,17 @@ def evaluate(artifact_dir: str | Path, data_file: str | Path, *, batch: int = 16
                 metrics["fidelity_cosine_mean"] = float(cos.mean())
                 metrics["fidelity_cosine_min"] = float(cos.min())
     return EvalReport(
-        created=artifact.now(), artifact=str(artifact_dir), manifest_sha256=artifact.manifest_sha256(artifact_dir), target=manifest.target, task=manifest.task, data=str(data_file),
-        data_sha256=artifact.sha256_file(data_file), data_kind=kind, n=len(texts), metrics=metrics, per_class_f1=per_class, notes=notes, exits=exits,
+        created=artifact.now(),
+        artifact=str(artifact_dir),
+        manifest_sha256=artifact.manifest_sha256(artifact_dir),
+        target=manifest.target,
+        task=manifest.task,
+        data=str(data_file),
+        data_sha256=artifact.sha256_file(data_file),
+        data_kind=kind,
+        n=len(texts),
+        metrics=metrics,
+        per_class_f1=per_class,
+        notes=notes,
+        exits=exits,
     )

@@ -38,22 +38,41 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from edgekit.errors import ConfigError, DataError
 from edgekit.deploy.report import (
-    ArtifactRef, FirstToken, LatencyStats, Memory, ProfileReport, Settings, Source, ThroughputPoint, latency_stats_ms,
-    mark_best, noise_warning,
+    ArtifactRef,
+    FirstToken,
+    LatencyStats,
+    Memory,
+    ProfileReport,
+    Settings,
+    Source,
+    ThroughputPoint,
+    latency_stats_ms,
+    mark_best,
+    noise_warning,
 )
+from edgekit.errors import ConfigError, DataError
 
 Format = Literal["trtexec-times", "trtexec-profile", "benchmark-app"]
 FORMATS: tuple[str, ...] = ("trtexec-times", "trtexec-profile", "benchmark-app")
-HINT = ("supported: trtexec-times (trtexec --exportTimes JSON), trtexec-profile (trtexec --exportProfile JSON, "
-        "given as layers= with a times file), benchmark-app (benchmark_app -json_stats benchmark_report.json)")
+HINT = (
+    "supported: trtexec-times (trtexec --exportTimes JSON), trtexec-profile (trtexec --exportProfile JSON, "
+    "given as layers= with a times file), benchmark-app (benchmark_app -json_stats benchmark_report.json)"
+)
 COUNTERS = ("benchmark_average_counters_report.json", "benchmark_detailed_counters_report.json")
 NOT_MEASURED = "not measured by {tool}"
 
 
-def import_report(path: str | Path, fmt: Format | None = None, *, batch: int = 1, seq_len: int | None = None,
-                  name: str | None = None, target: str | None = None, layers: str | Path | None = None) -> ProfileReport:
+def import_report(
+    path: str | Path,
+    fmt: Format | None = None,
+    *,
+    batch: int = 1,
+    seq_len: int | None = None,
+    name: str | None = None,
+    target: str | None = None,
+    layers: str | Path | None = None,
+) -> ProfileReport:
     """A ProfileReport from a trtexec or benchmark_app file (``fmt`` None: detected from the content).
 
     ``batch``/``seq_len``: the shape the tool ran (trtexec files do not record it; benchmark_app's
@@ -63,15 +82,19 @@ def import_report(path: str | Path, fmt: Format | None = None, *, batch: int = 1
     if fmt is not None and fmt not in FORMATS:
         raise ConfigError(f"unknown report format {fmt!r}", hint=HINT)
     if batch < 1 or (seq_len is not None and seq_len < 1):
-        raise ConfigError(f"batch and seq_len must be at least 1 (got batch={batch}, seq_len={seq_len})", hint="pass the shape the tool ran")
+        raise ConfigError(
+            f"batch and seq_len must be at least 1 (got batch={batch}, seq_len={seq_len})", hint="pass the shape the tool ran"
+        )
     path = Path(path)
     if path.is_dir():  # benchmark_app's -report_folder
         path = path / "benchmark_report.json"
     data = _load(path)
     kind = fmt or detect(data, path)
     if kind == "trtexec-profile":
-        raise DataError(f"{path}: a trtexec per-layer profile (trtexec-profile) holds layer means only, no per-query latencies",
-                        hint="import the --exportTimes file and pass this one as layers=")
+        raise DataError(
+            f"{path}: a trtexec per-layer profile (trtexec-profile) holds layer means only, no per-query latencies",
+            hint="import the --exportTimes file and pass this one as layers=",
+        )
     layer_notes = [_layers(Path(layers), _load(Path(layers)))] if layers else []
     if kind == "trtexec-times":
         return _trtexec(path, data, batch, seq_len, name, target, layer_notes)
@@ -91,10 +114,17 @@ def detect(data: Any, path: Path) -> str:
         if "execution_results" in data:
             return "benchmark-app"
         if "report_type" in data:
-            raise DataError(f"{path}: a benchmark_app per-layer counters report, which has no latencies",
-                            hint="import benchmark_report.json from the same folder; counters beside it are read too")
-    shape = f"array of {len(data)}" if isinstance(data, list) else f"object with {', '.join(list(data)[:5]) or 'no keys'}" \
-        if isinstance(data, dict) else type(data).__name__
+            raise DataError(
+                f"{path}: a benchmark_app per-layer counters report, which has no latencies",
+                hint="import benchmark_report.json from the same folder; counters beside it are read too",
+            )
+    shape = (
+        f"array of {len(data)}"
+        if isinstance(data, list)
+        else f"object with {', '.join(list(data)[:5]) or 'no keys'}"
+        if isinstance(data, dict)
+        else type(data).__name__
+    )
     raise DataError(f"{path}: not a report edgekit can import (a JSON {shape})", hint=HINT)
 
 
@@ -126,12 +156,28 @@ def _pick(d: dict, *keys: str) -> Any:
     return next((d[k] for k in keys if k in d), None)
 
 
-def _report(path: Path, tool: str, stats: LatencyStats, *, batch: int, seq_len: int | None, seq_per_s: float, runs: int,
-            name: str, target: str, model: str | None, precision: str, includes: dict[str, str], notes: list[str],
-            warnings: list[str], settings: dict) -> ProfileReport:
+def _report(
+    path: Path,
+    tool: str,
+    stats: LatencyStats,
+    *,
+    batch: int,
+    seq_len: int | None,
+    seq_per_s: float,
+    runs: int,
+    name: str,
+    target: str,
+    model: str | None,
+    precision: str,
+    includes: dict[str, str],
+    notes: list[str],
+    warnings: list[str],
+    settings: dict,
+) -> ProfileReport:
     if seq_len:
-        point = ThroughputPoint(batch=batch, seq_len=seq_len, runs=runs, seq_per_s=seq_per_s, tokens_per_s=seq_per_s * seq_len,
-                                latency_ms_p50=stats.p50)
+        point = ThroughputPoint(
+            batch=batch, seq_len=seq_len, runs=runs, seq_per_s=seq_per_s, tokens_per_s=seq_per_s * seq_len, latency_ms_p50=stats.p50
+        )
         throughput = mark_best([point])
     else:
         throughput = []
@@ -143,17 +189,33 @@ def _report(path: Path, tool: str, stats: LatencyStats, *, batch: int, seq_len: 
     created = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc).isoformat(timespec="seconds")
     never = NOT_MEASURED.format(tool=tool)
     return ProfileReport(
-        created=created, source=Source(tool=tool, version=None, file=str(path), notes=notes),
-        artifact=ArtifactRef(path=model or str(path), name=name, target=target, precision=precision, task=None,
-                             manifest_sha256=None, model_bytes=None),
+        created=created,
+        source=Source(tool=tool, version=None, file=str(path), notes=notes),
+        artifact=ArtifactRef(
+            path=model or str(path), name=name, target=target, precision=precision, task=None, manifest_sha256=None, model_bytes=None
+        ),
         host=None,
-        settings=Settings(**{"warmup": None, "min_runs": None, "seconds_per_point": None, "threads": None, **settings},
-                          seq_len=seq_len, text_file=None, batches=[batch], cold_runs=0),
-        includes={"model_only": includes["model_only"], "end_to_end": f"{never} (no tokenizer)", "cold_first_result": never,
-                  "throughput": includes["throughput"], "memory": never},
-        first_token=FirstToken(lengths="fixed" if seq_len else "unknown", seq_len=seq_len, mean_tokens=float(seq_len or 0),
-                               model_only=stats, end_to_end=None),
-        throughput=throughput, cold_first_result=None, memory=Memory(peak_rss_mb=None, source=never), warnings=warnings,
+        settings=Settings(
+            **{"warmup": None, "min_runs": None, "seconds_per_point": None, "threads": None, **settings},
+            seq_len=seq_len,
+            text_file=None,
+            batches=[batch],
+            cold_runs=0,
+        ),
+        includes={
+            "model_only": includes["model_only"],
+            "end_to_end": f"{never} (no tokenizer)",
+            "cold_first_result": never,
+            "throughput": includes["throughput"],
+            "memory": never,
+        },
+        first_token=FirstToken(
+            lengths="fixed" if seq_len else "unknown", seq_len=seq_len, mean_tokens=float(seq_len or 0), model_only=stats, end_to_end=None
+        ),
+        throughput=throughput,
+        cold_first_result=None,
+        memory=Memory(peak_rss_mb=None, source=never),
+        warnings=warnings,
     )
 
 
@@ -190,14 +252,31 @@ def _trtexec(path, recs, batch, seq_len, name, target, notes) -> ProfileReport:
     if "endToEndMs" in recs[0]:
         warnings.append("written by trtexec before TensorRT 8.4, which also exported its warm-up queries: they are in these figures")
     if not any(h2d) and not any(d2h):
-        warnings.append("H2D and D2H are zero in every record (trtexec --noDataTransfers?): model_only is GPU compute only, without transfers")
-    return _report(path, "trtexec", stats, batch=batch, seq_len=seq_len, seq_per_s=seq_per_s, runs=len(recs),
-                   name=name or path.stem, target=target or "tensorrt", model=None, precision="unknown",
-                   includes={"model_only": "trtexec latencyMs per query: H2D copy of the inputs + GPU compute + D2H copy of the outputs "
-                                           "(CUDA-event intervals); launch overhead and host synchronisation not included",
-                             "throughput": "trtexec: batch x queries / host wall span from the first H2D start to the last D2H end; "
-                                           "queries overlap as trtexec enqueues them"},
-                   notes=notes, warnings=warnings, settings={})
+        warnings.append(
+            "H2D and D2H are zero in every record (trtexec --noDataTransfers?): model_only is GPU compute only, without transfers"
+        )
+    return _report(
+        path,
+        "trtexec",
+        stats,
+        batch=batch,
+        seq_len=seq_len,
+        seq_per_s=seq_per_s,
+        runs=len(recs),
+        name=name or path.stem,
+        target=target or "tensorrt",
+        model=None,
+        precision="unknown",
+        includes={
+            "model_only": "trtexec latencyMs per query: H2D copy of the inputs + GPU compute + D2H copy of the outputs "
+            "(CUDA-event intervals); launch overhead and host synchronisation not included",
+            "throughput": "trtexec: batch x queries / host wall span from the first H2D start to the last D2H end; "
+            "queries overlap as trtexec enqueues them",
+        },
+        notes=notes,
+        warnings=warnings,
+        settings={},
+    )
 
 
 def _benchmark_app(path, data, batch, seq_len, name, target, notes) -> ProfileReport:
@@ -206,7 +285,9 @@ def _benchmark_app(path, data, batch, seq_len, name, target, notes) -> ProfileRe
     res, cfg = data["execution_results"], data.get("configuration_setup") or {}
     cmd = {str(k).lstrip("-"): v for k, v in (data.get("cmd_options") or {}).items()}
     if "error" in res:
-        raise DataError(f"{path}: benchmark_app reported a failed run: {str(res['error']).splitlines()[0]}", hint="fix the run, then import its report")
+        raise DataError(
+            f"{path}: benchmark_app reported a failed run: {str(res['error']).splitlines()[0]}", hint="fix the run, then import its report"
+        )
     cpp = "latency_median" in res or "iterations_num" in res
     median_key, pct = next(((k, 50) for k in ("latency_median", "latency (ms)") if k in res), (None, None))
     for key in res:
@@ -216,12 +297,19 @@ def _benchmark_app(path, data, batch, seq_len, name, target, notes) -> ProfileRe
         raise DataError(f"{path}: execution_results has no latency figures (benchmark_app writes none for MULTI devices)", hint=HINT)
     pct = int(_num(res.get("percentile_boundary", pct), path, "execution_results.percentile_boundary"))
     if pct != 50:
-        raise DataError(f"{path}: benchmark_app reported its {pct}th latency percentile, not the median edgekit's tables need",
-                        hint="rerun benchmark_app without -latency_percentile (50 is its default)")
+        raise DataError(
+            f"{path}: benchmark_app reported its {pct}th latency percentile, not the median edgekit's tables need",
+            hint="rerun benchmark_app without -latency_percentile (50 is its default)",
+        )
     f = lambda *keys: _num(_pick(res, *keys), path, f"execution_results.{keys[0]}")  # noqa: E731
     runs = int(f("iterations_num", "total number of iterations"))
-    stats = LatencyStats(n=runs, p50=f(median_key), mean=f("latency_avg", "avg latency"), min=f("latency_min", "min latency"),
-                         max=f("latency_max", "max latency"))
+    stats = LatencyStats(
+        n=runs,
+        p50=f(median_key),
+        mean=f("latency_avg", "avg latency"),
+        min=f("latency_min", "min latency"),
+        max=f("latency_max", "max latency"),
+    )
     fps = f("throughput")
     file_batch = _pick(cfg, "batch_size", "batch size")
     if isinstance(file_batch, (int, str)) and str(file_batch).isdigit() and int(file_batch) > 0:
@@ -234,34 +322,64 @@ def _benchmark_app(path, data, batch, seq_len, name, target, notes) -> ProfileRe
     mode = _pick(cfg, "benchmark_mode", "inference_only")
     warnings = []
     if api == "async" and nireq is not None and str(nireq).isdigit() and int(nireq) > 1:
-        warnings.append(f"latencies were measured with {nireq} async requests in flight, so each includes waiting behind the others; "
-                        "edgekit's model_only is one call at a time (rerun with -api sync for comparable latency)")
+        warnings.append(
+            f"latencies were measured with {nireq} async requests in flight, so each includes waiting behind the others; "
+            "edgekit's model_only is one call at a time (rerun with -api sync for comparable latency)"
+        )
     if "group" in res or "group_latencies" in res:
-        warnings.append("the run had several input-shape groups; " + ("per-group figures are not imported" if cpp else
-                        "the Python app's report keeps the last group's avg/min/max in place of the overall ones"))
+        warnings.append(
+            "the run had several input-shape groups; "
+            + (
+                "per-group figures are not imported"
+                if cpp
+                else "the Python app's report keeps the last group's avg/min/max in place of the overall ones"
+            )
+        )
     notes = [
         f"benchmark_app ({'C++' if cpp else 'Python'} app), device {device or '?'}, api {api}, {nireq or '?'} infer requests"
         + (f", mode {'inference only' if mode in (True, 'inference only') else 'full (input filling timed)'}" if mode is not None else ""),
         "model_only p50 is benchmark_app's own median (its percentile method, not numpy's); not reported by benchmark_app: p90, p95, p99, std",
-        *(f"{k.removesuffix(' (ms)')}: {res[k]} ms" for k in res if "time" in k and k not in ("execution_time", "total execution time (ms)")),
-        *(["first inference time is in the warm benchmark process, not edgekit's cold first result (a fresh process)"]
-          if _pick(res, "first_inference_time", "first inference time (ms)") is not None else []),
+        *(
+            f"{k.removesuffix(' (ms)')}: {res[k]} ms"
+            for k in res
+            if "time" in k and k not in ("execution_time", "total execution time (ms)")
+        ),
+        *(
+            ["first inference time is in the warm benchmark process, not edgekit's cold first result (a fresh process)"]
+            if _pick(res, "first_inference_time", "first inference time (ms)") is not None
+            else []
+        ),
         "the report does not record the OpenVINO version; created is the file's modification time",
         *(["Python app, api sync: its throughput is batch x 1000 / median latency, not wall clock"] if api == "sync" and not cpp else []),
         *notes,
     ]
     duration = _pick(cfg, "duration", "duration (ms)")
-    settings = {"seconds_per_point": _num(duration, path, "configuration_setup.duration") / 1000.0 if duration not in (None, "", 0, "0") else None,
-                "threads": int(cmd["nthreads"]) if str(cmd.get("nthreads", "")).isdigit() else None}
+    settings = {
+        "seconds_per_point": _num(duration, path, "configuration_setup.duration") / 1000.0 if duration not in (None, "", 0, "0") else None,
+        "threads": int(cmd["nthreads"]) if str(cmd.get("nthreads", "")).isdigit() else None,
+    }
     model = str(cmd["m"]) if cmd.get("m") else None
-    return _report(path, "benchmark_app", stats, batch=batch, seq_len=seq_len, seq_per_s=fps, runs=runs,
-                   name=name or str(_pick(cfg, "topology") or "") or (Path(model).stem if model else path.parent.name),
-                   target=target or ("openvino-" + re.split(r"[.:(]", device)[0].lower() if device else "openvino"),
-                   model=model, precision=str(cmd.get("infer_precision") or "unknown"),
-                   includes={"model_only": f"benchmark_app latency of one infer request on {device or '?'} (api {api}); "
-                                           "tensors in host memory unless -use_device_mem",
-                             "throughput": "benchmark_app's throughput: frames (sequences) per second over the run"},
-                   notes=notes, warnings=warnings, settings=settings)
+    return _report(
+        path,
+        "benchmark_app",
+        stats,
+        batch=batch,
+        seq_len=seq_len,
+        seq_per_s=fps,
+        runs=runs,
+        name=name or str(_pick(cfg, "topology") or "") or (Path(model).stem if model else path.parent.name),
+        target=target or ("openvino-" + re.split(r"[.:(]", device)[0].lower() if device else "openvino"),
+        model=model,
+        precision=str(cmd.get("infer_precision") or "unknown"),
+        includes={
+            "model_only": f"benchmark_app latency of one infer request on {device or '?'} (api {api}); "
+            "tensors in host memory unless -use_device_mem",
+            "throughput": "benchmark_app's throughput: frames (sequences) per second over the run",
+        },
+        notes=notes,
+        warnings=warnings,
+        settings=settings,
+    )
 
 
 def _layers(path: Path, data: Any) -> str:
@@ -277,11 +395,22 @@ def _layers(path: Path, data: Any) -> str:
         for q in requests:
             for i, n in enumerate(q["nodes"]):
                 key = f"{n.get('name')} [{n.get('exec_type')}]" if isinstance(n, dict) else str(n)
-                rows[key] = rows.get(key, 0.0) + _num(n.get("real_time") if isinstance(n, dict) else None, path, f"node {i} real_time") / len(requests)
-        what = f"benchmark_app {data.get('report_type')} counters" + (f", mean of {len(requests)} requests" if isinstance(perf, list) else "")
+                rows[key] = rows.get(key, 0.0) + _num(
+                    n.get("real_time") if isinstance(n, dict) else None, path, f"node {i} real_time"
+                ) / len(requests)
+        what = f"benchmark_app {data.get('report_type')} counters" + (
+            f", mean of {len(requests)} requests" if isinstance(perf, list) else ""
+        )
     else:
-        raise DataError(f"{path}: not a per-layer file edgekit can read", hint="layers= takes trtexec --exportProfile JSON or benchmark_app counters JSON")
+        raise DataError(
+            f"{path}: not a per-layer file edgekit can read",
+            hint="layers= takes trtexec --exportProfile JSON or benchmark_app counters JSON",
+        )
     total = sum(rows.values())
-    top = "; ".join(f"{n if len(n) <= 70 else n[:67] + '...'} {t:.3f} ms ({t / total * 100 if total else 0:.0f}%)"
-                    for n, t in sorted(rows.items(), key=lambda r: -r[1])[:5])
-    return f"per-layer ({what}; {path.name}): {sum(t > 0 for t in rows.values())} timed layers, {total:.3f} ms per inference; slowest: {top}"
+    top = "; ".join(
+        f"{n if len(n) <= 70 else n[:67] + '...'} {t:.3f} ms ({t / total * 100 if total else 0:.0f}%)"
+        for n, t in sorted(rows.items(), key=lambda r: -r[1])[:5]
+    )
+    return (
+        f"per-layer ({what}; {path.name}): {sum(t > 0 for t in rows.values())} timed layers, {total:.3f} ms per inference; slowest: {top}"
+    )

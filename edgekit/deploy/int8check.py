@@ -38,8 +38,11 @@ def _producers(graph) -> dict[str, Any]:
 def quantized_matmuls(model) -> list[str]:
     """Names of the matmuls in an ONNX ``ModelProto`` that take a DequantizeLinear output."""
     prod = _producers(model.graph)
-    return [n.name or n.output[0] for n in model.graph.node
-            if n.op_type in FLOAT_MATMULS and any(getattr(prod.get(i), "op_type", "") == "DequantizeLinear" for i in n.input)]
+    return [
+        n.name or n.output[0]
+        for n in model.graph.node
+        if n.op_type in FLOAT_MATMULS and any(getattr(prod.get(i), "op_type", "") == "DequantizeLinear" for i in n.input)
+    ]
 
 
 def ort_report(model: bytes | str | Path, *, level: str = "all", threads: int | None = 1) -> dict[str, Any]:
@@ -67,9 +70,14 @@ def ort_report(model: bytes | str | Path, *, level: str = "all", threads: int | 
     still_float = {n.name for n in optimized.graph.node if n.op_type in FLOAT_MATMULS}
     fallback = list(dict.fromkeys([*quantized_matmuls(optimized), *(n for n in expected if n in still_float)]))
     return {
-        "runtime": f"onnxruntime {ort.__version__}", "optimization": level, "expected_int8": len(expected),
-        "integer_ops": integer, "integer_total": sum(integer.values()), "float_matmuls": floats,
-        "float_fallback": fallback, "all_int8": not fallback and sum(integer.values()) >= len(expected),
+        "runtime": f"onnxruntime {ort.__version__}",
+        "optimization": level,
+        "expected_int8": len(expected),
+        "integer_ops": integer,
+        "integer_total": sum(integer.values()),
+        "float_matmuls": floats,
+        "float_fallback": fallback,
+        "all_int8": not fallback and sum(integer.values()) >= len(expected),
     }
 
 
@@ -94,8 +102,11 @@ def openvino_report(compiled: Any, expected: int | None = None) -> dict[str, Any
                 else:
                     floats.append((f"{op.get_friendly_name()} [attention block: 2 matmuls]", kind, precision))
     report = {
-        "int8": len(integer) + 2 * len(blocks), "int8_matmul_nodes": len(integer), "int8_attention_blocks": len(blocks),
-        "float": [f"{n} ({k}, {p})" for n, k, p in floats], "precisions": sorted({p for _, _, p in integer + floats}),
+        "int8": len(integer) + 2 * len(blocks),
+        "int8_matmul_nodes": len(integer),
+        "int8_attention_blocks": len(blocks),
+        "float": [f"{n} ({k}, {p})" for n, k, p in floats],
+        "precisions": sorted({p for _, _, p in integer + floats}),
     }
     if expected is not None:
         report["expected_int8"] = expected

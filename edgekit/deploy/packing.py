@@ -60,7 +60,9 @@ def unpack(data: bytes, bits: int, shape: list[int]) -> np.ndarray:
     else:
         raise ValueError(f"cannot unpack {bits}-bit codes")
     if flat.size != n:
-        raise ArtifactError(f"packed tensor holds {flat.size} values, its shape {shape} needs {n}", hint="the artifact is corrupt; rebuild it")
+        raise ArtifactError(
+            f"packed tensor holds {flat.size} values, its shape {shape} needs {n}", hint="the artifact is corrupt; rebuild it"
+        )
     return flat.astype(np.int8).reshape(shape)
 
 
@@ -111,12 +113,17 @@ def pack_onnx(model_path: Path, out_dir: Path, *, min_elements: int = MIN_ELEMEN
 def unpack_all(artifact_dir: Path, packed: dict[str, Any]) -> dict[str, np.ndarray]:
     """Every packed tensor, unpacked and checked against its sha256 in the manifest."""
     if packed.get("format") not in (FORMAT, IR_FORMAT):
-        raise ArtifactError(f"{artifact_dir}: packed weights in format {packed.get('format')!r}, this edgekit reads {FORMAT} and {IR_FORMAT}",
-                            hint="rebuild the artifact with this edgekit version")
+        raise ArtifactError(
+            f"{artifact_dir}: packed weights in format {packed.get('format')!r}, this edgekit reads {FORMAT} and {IR_FORMAT}",
+            hint="rebuild the artifact with this edgekit version",
+        )
     try:
         blob = (Path(artifact_dir) / packed["file"]).read_bytes()
     except OSError as err:
-        raise ArtifactError(f"{artifact_dir}: cannot read the packed weights {packed['file']} ({err.strerror})", hint="the artifact is incomplete; rebuild it") from err
+        raise ArtifactError(
+            f"{artifact_dir}: cannot read the packed weights {packed['file']} ({err.strerror})",
+            hint="the artifact is incomplete; rebuild it",
+        ) from err
     out = {}
     for name, t in packed["tensors"].items():
         data = blob[t["offset"] : t["offset"] + t["bytes"]]
@@ -162,7 +169,14 @@ def pack_ir(xml_path: Path, bin_path: Path, out_dir: Path, *, min_elements: int 
             continue
         residual += original[pos:offset]
         data = pack(values, bits)
-        tensors[f"{name}@{offset}"] = {"bits": bits, "shape": [size], "offset": len(blob), "bytes": len(data), "sha256": sha256(values), "bin_offset": offset}
+        tensors[f"{name}@{offset}"] = {
+            "bits": bits,
+            "shape": [size],
+            "offset": len(blob),
+            "bytes": len(data),
+            "sha256": sha256(values),
+            "bin_offset": offset,
+        }
         blob += data
         pos = offset + size
     if not tensors:
@@ -171,8 +185,15 @@ def pack_ir(xml_path: Path, bin_path: Path, out_dir: Path, *, min_elements: int 
     Path(bin_path).write_bytes(bytes(residual))
     (Path(out_dir) / PACKED_FILE).write_bytes(bytes(blob))
     unpacked = sum(t["shape"][0] for t in tensors.values())
-    return {"file": PACKED_FILE, "format": IR_FORMAT, "bin": Path(bin_path).name, "bin_bytes": len(original), "tensors": tensors,
-            "unpacked_bytes": unpacked, "packed_bytes": len(blob)}
+    return {
+        "file": PACKED_FILE,
+        "format": IR_FORMAT,
+        "bin": Path(bin_path).name,
+        "bin_bytes": len(original),
+        "tensors": tensors,
+        "unpacked_bytes": unpacked,
+        "packed_bytes": len(blob),
+    }
 
 
 def ir_weights(artifact_dir: Path, packed: dict[str, Any]) -> np.ndarray:
@@ -181,7 +202,9 @@ def ir_weights(artifact_dir: Path, packed: dict[str, Any]) -> np.ndarray:
     try:
         residual = (artifact_dir / packed["bin"]).read_bytes()
     except OSError as err:
-        raise ArtifactError(f"{artifact_dir}: cannot read {packed['bin']} ({err.strerror})", hint="the artifact is incomplete; rebuild it") from err
+        raise ArtifactError(
+            f"{artifact_dir}: cannot read {packed['bin']} ({err.strerror})", hint="the artifact is incomplete; rebuild it"
+        ) from err
     values = unpack_all(artifact_dir, packed)
     full, pos, cur = bytearray(), 0, 0
     for name, t in sorted(packed["tensors"].items(), key=lambda kv: kv[1]["bin_offset"]):
@@ -191,8 +214,10 @@ def ir_weights(artifact_dir: Path, packed: dict[str, Any]) -> np.ndarray:
         pos, cur = pos + gap, t["bin_offset"] + t["shape"][0]
     full += residual[pos:]
     if len(full) != packed["bin_bytes"]:
-        raise ArtifactError(f"{artifact_dir}: {packed['bin']} rebuilt to {len(full)} bytes, the manifest says {packed['bin_bytes']}",
-                            hint="the .bin or the packed weights were altered; rebuild the artifact")
+        raise ArtifactError(
+            f"{artifact_dir}: {packed['bin']} rebuilt to {len(full)} bytes, the manifest says {packed['bin_bytes']}",
+            hint="the .bin or the packed weights were altered; rebuild the artifact",
+        )
     return np.frombuffer(bytes(full), dtype=np.uint8)
 
 
@@ -254,7 +279,9 @@ def append_initializers(model_bytes: bytes, tensors: dict[str, np.ndarray]) -> b
                 found = True
                 continue
         else:
-            raise ArtifactError(f"unexpected protobuf wire type {wire} in the model file", hint="the model file is corrupt; rebuild the artifact")
+            raise ArtifactError(
+                f"unexpected protobuf wire type {wire} in the model file", hint="the model file is corrupt; rebuild the artifact"
+            )
         out += model_bytes[start:i]
     if not found:
         raise ArtifactError("the model file has no graph", hint="the model file is corrupt; rebuild the artifact")

@@ -56,7 +56,10 @@ def run_chunked(infer: Callable[[dict], np.ndarray], feed: dict[str, np.ndarray]
 def compare(reference: np.ndarray, actual: np.ndarray, *, task: str, output: str, runtime: str, tolerance: Tolerance) -> ParityReport:
     """Figures for ``actual`` vs ``reference``; ``passed`` says whether they meet ``tolerance``."""
     if reference.shape != actual.shape:
-        raise ParityError(f"{runtime}: output {output!r} has shape {actual.shape}, PyTorch gave {reference.shape}", hint="the graph was built for other shapes")
+        raise ParityError(
+            f"{runtime}: output {output!r} has shape {actual.shape}, PyTorch gave {reference.shape}",
+            hint="the graph was built for other shapes",
+        )
     ref, act = reference.astype(np.float64), actual.astype(np.float64)
     max_abs = float(np.max(np.abs(ref - act))) if ref.size else 0.0
     finite = bool(np.isfinite(act).all())
@@ -75,7 +78,11 @@ def compare(reference: np.ndarray, actual: np.ndarray, *, task: str, output: str
 def enforce(report: ParityReport) -> ParityReport:
     """Raise :class:`ParityError` naming the output and the largest difference if it failed."""
     if not report.passed:
-        figure = f"argmax agreement {report.argmax_agreement:.4f}" if report.argmax_agreement is not None else f"min cosine {report.min_cosine:.6f}"
+        figure = (
+            f"argmax agreement {report.argmax_agreement:.4f}"
+            if report.argmax_agreement is not None
+            else f"min cosine {report.min_cosine:.6f}"
+        )
         raise ParityError(
             f"{report.runtime} output {report.output!r} differs from PyTorch: max abs diff {report.max_abs_diff:.3g} (atol {report.atol:g}), {figure} (need >= {report.min_required})",
             hint="loosen with --atol/--min-cosine if this precision is intended, else report a bug",

@@ -25,8 +25,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edgekit import __version__
 from edgekit.deploy import artifact, data
-from edgekit.deps import version_of
-from edgekit.errors import ConfigError, TargetError
 from edgekit.deploy.report import (
     ArtifactRef,
     ColdStart,
@@ -47,6 +45,8 @@ from edgekit.deploy.report import (
 )
 from edgekit.deploy.runtime import Predictor
 from edgekit.deploy.targets.base import TargetOptions
+from edgekit.deps import version_of
+from edgekit.errors import ConfigError, TargetError
 
 DEFAULT_BATCHES = [1, 4, 16, 32]
 
@@ -66,6 +66,7 @@ class ProfileOptions(BaseModel):
 
 
 # ---- measurement -------------------------------------------------------------------------
+
 
 def _warm(fn: Callable[[int], object], opts: ProfileOptions) -> None:
     """Fixed warm-up, then keep warming while a run is clearly slower than the one before."""
@@ -135,10 +136,12 @@ def _read(path: str) -> str | None:
 def power_facts() -> dict[str, str]:
     """Power mode and clocks where this machine exposes them (Linux cpufreq, Jetson tools)."""
     facts: dict[str, str] = {}
-    for key, path in (("cpufreq_governor", "/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
-                      ("cpu0_cur_khz", "/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq"),
-                      ("cpu0_max_khz", "/sys/devices/system/cpu/cpu0/cpufreq/scaling_max_freq"),
-                      ("jetson_model", "/proc/device-tree/model")):
+    for key, path in (
+        ("cpufreq_governor", "/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        ("cpu0_cur_khz", "/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq"),
+        ("cpu0_max_khz", "/sys/devices/system/cpu/cpu0/cpufreq/scaling_max_freq"),
+        ("jetson_model", "/proc/device-tree/model"),
+    ):
         if (value := _read(path)) is not None:
             facts[key] = value.replace("\x00", "")
     for key, cmd in (("nvpmodel", ["nvpmodel", "-q"]), ("tegrastats", ["tegrastats", "--interval", "200"])):
@@ -162,9 +165,14 @@ def host_info() -> Host:
             break
     runtimes = {name: v for name in ("onnxruntime", "openvino", "tensorrt", "tokenizers", "numpy") if (v := version_of(name))}
     return Host(
-        cpu=cpu, logical_cores=os.cpu_count() or 0, physical_cores=psutil.cpu_count(logical=False),
-        os=f"{platform.system()} {platform.release()}", python=platform.python_version(), edgekit=__version__,
-        runtimes=runtimes, power=power_facts(),
+        cpu=cpu,
+        logical_cores=os.cpu_count() or 0,
+        physical_cores=psutil.cpu_count(logical=False),
+        os=f"{platform.system()} {platform.release()}",
+        python=platform.python_version(),
+        edgekit=__version__,
+        runtimes=runtimes,
+        power=power_facts(),
     )
 
 
@@ -176,23 +184,32 @@ def _cold_once(artifact_dir: Path, seq_len: int, threads: int | None) -> dict:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise TargetError(f"{artifact_dir}: cold-start subprocess failed: {tail}", hint="run 'edgekit --debug profile ...'")
     r = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"loaded": (r["loaded"] - t0) * 1000, "first": (r["first_output"] - r["loaded"]) * 1000,
-            "total": (r["first_output"] - t0) * 1000, "rss": r["peak_rss_mb"]}
+    return {
+        "loaded": (r["loaded"] - t0) * 1000,
+        "first": (r["first_output"] - r["loaded"]) * 1000,
+        "total": (r["first_output"] - t0) * 1000,
+        "rss": r["peak_rss_mb"],
+    }
 
 
 def _cold_summary(runs: list[dict]) -> tuple[ColdStart, Memory]:
     med = lambda key: percentile(sorted(r[key] for r in runs), 50)  # noqa: E731
     cold = ColdStart(
-        runs=len(runs), process_start_to_loaded_ms=med("loaded"), loaded_to_first_output_ms=med("first"),
-        total_ms=med("total"), samples_total_ms=[round(r["total"], 2) for r in runs],
+        runs=len(runs),
+        process_start_to_loaded_ms=med("loaded"),
+        loaded_to_first_output_ms=med("first"),
+        total_ms=med("total"),
+        samples_total_ms=[round(r["total"], 2) for r in runs],
     )
     return cold, Memory(peak_rss_mb=max(r["rss"] for r in runs), source="cold-start subprocess, VmHWM (peak RSS)")
 
 
 # ---- the step ----------------------------------------------------------------------------
 
-def profile_many(artifact_dirs: list[str | Path], options: ProfileOptions = ProfileOptions(), *,
-                 progress: Callable[[str], None] | None = None) -> list[ProfileReport]:
+
+def profile_many(
+    artifact_dirs: list[str | Path], options: ProfileOptions = ProfileOptions(), *, progress: Callable[[str], None] | None = None
+) -> list[ProfileReport]:
     """Profile several artifacts in one interleaved run (one artifact: a plain profile)."""
     dirs = [Path(d) for d in artifact_dirs]
     if not dirs:
@@ -214,31 +231,54 @@ def profile_many(artifact_dirs: list[str | Path], options: ProfileOptions = Prof
         m = pred.manifest
         cold, memory = _cold_summary(colds[k]) if colds[k] else (None, Memory(peak_rss_mb=None, source="not measured (cold_runs=0)"))
         ref = ArtifactRef(
-            path=str(d), name=m.name, target=m.target, precision=m.precision, task=m.task,
-            manifest_sha256=artifact.manifest_sha256(d), model_bytes=sum(f.bytes for f in m.files.values()),
+            path=str(d),
+            name=m.name,
+            target=m.target,
+            precision=m.precision,
+            task=m.task,
+            manifest_sha256=artifact.manifest_sha256(d),
+            model_bytes=sum(f.bytes for f in m.files.values()),
         )
         settings = Settings(
-            warmup=options.warmup, min_runs=options.min_runs, seconds_per_point=options.seconds_per_point,
-            seq_len=plan["seq_len"], seq_lens=plan["seq_lens"], text_file=str(options.text_file) if options.text_file else None,
-            batches=plan["batches"], cold_runs=options.cold_runs, threads=options.threads,
+            warmup=options.warmup,
+            min_runs=options.min_runs,
+            seconds_per_point=options.seconds_per_point,
+            seq_len=plan["seq_len"],
+            seq_lens=plan["seq_lens"],
+            text_file=str(options.text_file) if options.text_file else None,
+            batches=plan["batches"],
+            cold_runs=options.cold_runs,
+            threads=options.threads,
             interleaved_with=[str(o) for o in dirs if o != d],
         )
-        reports.append(ProfileReport(
-            created=artifact.now(), artifact=ref, host=host, settings=settings, first_token=first_token[k],
-            latency_vs_seq=sweeps[k], throughput=mark_best(throughput[k]), cold_first_result=cold, memory=memory, warnings=warnings[k],
-            exits=exit_stats[k],
-        ))
+        reports.append(
+            ProfileReport(
+                created=artifact.now(),
+                artifact=ref,
+                host=host,
+                settings=settings,
+                first_token=first_token[k],
+                latency_vs_seq=sweeps[k],
+                throughput=mark_best(throughput[k]),
+                cold_first_result=cold,
+                memory=memory,
+                warnings=warnings[k],
+                exits=exit_stats[k],
+            )
+        )
     return reports
 
 
-def profile(artifact_dir: str | Path, options: ProfileOptions = ProfileOptions(), *,
-            progress: Callable[[str], None] | None = None) -> ProfileReport:
+def profile(
+    artifact_dir: str | Path, options: ProfileOptions = ProfileOptions(), *, progress: Callable[[str], None] | None = None
+) -> ProfileReport:
     """Profile one artifact with its own runtime."""
     return profile_many([artifact_dir], options, progress=progress)[0]
 
 
-def compare(artifact_dirs: list[str | Path], options: ProfileOptions = ProfileOptions(), *,
-            progress: Callable[[str], None] | None = None) -> Comparison:
+def compare(
+    artifact_dirs: list[str | Path], options: ProfileOptions = ProfileOptions(), *, progress: Callable[[str], None] | None = None
+) -> Comparison:
     """Profile several artifacts interleaved; ratios are each one's figures over the first's."""
     reports = profile_many(artifact_dirs, options, progress=progress)
     return Comparison(created=artifact.now(), reports=reports, ratios=ratios(reports))
@@ -253,11 +293,19 @@ def _plan(pred: Predictor, options: ProfileOptions) -> dict:
         if s > limit:
             raise ConfigError(f"{pred.dir}: sequence length {s} exceeds the artifact's max length {limit}", hint=f"use lengths <= {limit}")
     if static and any(s != static[1] for s in options.seq_lens):
-        raise ConfigError(f"{pred.dir}: built for the static shape {static}, cannot sweep sequence lengths", hint="drop --seq-lens, or export with dynamic shapes")
+        raise ConfigError(
+            f"{pred.dir}: built for the static shape {static}, cannot sweep sequence lengths",
+            hint="drop --seq-lens, or export with dynamic shapes",
+        )
     batches = options.batches or ([static[0]] if static else DEFAULT_BATCHES)
     for b in batches:
         pred.check_batch(b)
-    return {"seq_len": seq_len, "seq_lens": sorted(set(options.seq_lens)), "batches": batches, "text": fixed_length_text(pred, max([seq_len, *options.seq_lens]))}
+    return {
+        "seq_len": seq_len,
+        "seq_lens": sorted(set(options.seq_lens)),
+        "batches": batches,
+        "text": fixed_length_text(pred, max([seq_len, *options.seq_lens])),
+    }
 
 
 def _measure(preds: list[Predictor], plans: list[dict], options: ProfileOptions, say: Callable[[str], None]):
@@ -265,7 +313,7 @@ def _measure(preds: list[Predictor], plans: list[dict], options: ProfileOptions,
     static = [p.manifest.static_shape is not None for p in preds]
     texts: list[list[str]] = []
     pads: list[int | None] = []
-    for p, plan, st in zip(preds, plans, static):
+    for plan, st in zip(plans, static):
         if options.text_file:
             texts.append(data.read_texts(options.text_file)[:500])
             pads.append(plan["seq_len"] if st else None)
@@ -283,20 +331,30 @@ def _measure(preds: list[Predictor], plans: list[dict], options: ProfileOptions,
             exit_stats.append(None)
             continue
         hist = p.exits.histogram - b
-        exit_stats.append(ExitStats(histogram={int(layer): int(c) for layer, c in zip(p.exits.layers, hist)},
-                                    mean_depth=float((hist * p.exits.layers).sum() / max(hist.sum(), 1))))
+        exit_stats.append(
+            ExitStats(
+                histogram={int(layer): int(c) for layer, c in zip(p.exits.layers, hist)},
+                mean_depth=float((hist * p.exits.layers).sum() / max(hist.sum(), 1)),
+            )
+        )
     say("first-token latency, end to end")
-    e2e = time_interleaved([lambda i, p=p, ts=ts, pad=pad: p.run(p.tokenizer([ts[i % len(ts)]], pad_to=pad))
-                            for p, ts, pad in zip(preds, texts, pads)], options)
+    e2e = time_interleaved(
+        [lambda i, p=p, ts=ts, pad=pad: p.run(p.tokenizer([ts[i % len(ts)]], pad_to=pad)) for p, ts, pad in zip(preds, texts, pads)],
+        options,
+    )
     first_token, warnings = [], []
     for k in range(n):
         lengths = [int(f["attention_mask"].sum()) for f in feeds[k]]
         mo, ee = latency_stats(model_only[k]), latency_stats(e2e[k])
-        first_token.append(FirstToken(
-            lengths=f"text:{options.text_file}" if options.text_file else "fixed",
-            seq_len=None if options.text_file else plans[k]["seq_len"], mean_tokens=sum(lengths) / len(lengths),
-            model_only=mo, end_to_end=ee,
-        ))
+        first_token.append(
+            FirstToken(
+                lengths=f"text:{options.text_file}" if options.text_file else "fixed",
+                seq_len=None if options.text_file else plans[k]["seq_len"],
+                mean_tokens=sum(lengths) / len(lengths),
+                model_only=mo,
+                end_to_end=ee,
+            )
+        )
         warnings.append([w for name, s in (("model_only", mo), ("end_to_end", ee)) if (w := noise_warning(name, s))])
 
     sweeps: list[list[SeqPoint]] = [[] for _ in range(n)]
@@ -311,7 +369,7 @@ def _measure(preds: list[Predictor], plans: list[dict], options: ProfileOptions,
         ks = [k for k in range(n) if b in plans[k]["batches"]]
         say(f"throughput at batch {b}")
         fs = {k: preds[k].tokenizer([plans[k]["text"]] * b, pad_to=plans[k]["seq_len"]) for k in ks}
-        runs = time_interleaved([lambda i, k=k: preds[k].run(fs[k]) for k in ks], options)
+        runs = time_interleaved([lambda i, k=k, fs=fs: preds[k].run(fs[k]) for k in ks], options)
         for k, samples in zip(ks, runs):
             throughput[k].append(throughput_point(b, int(fs[k]["attention_mask"].sum()), samples))
     return first_token, sweeps, throughput, warnings, exit_stats
@@ -355,9 +413,12 @@ def report_names(reports: list[ProfileReport]) -> list[str]:
     return names
 
 
-def write_reports(reports: list[ProfileReport], comparison: Comparison | None, folder: Path, stem: str, *, plots: bool = True) -> list[Path]:
+def write_reports(
+    reports: list[ProfileReport], comparison: Comparison | None, folder: Path, stem: str, *, plots: bool = True
+) -> list[Path]:
     """JSON (one per artifact, plus the comparison), a Markdown summary and PNG plots."""
-    from edgekit.deploy.render import markdown, plots as draw
+    from edgekit.deploy.render import markdown
+    from edgekit.deploy.render import plots as draw
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []

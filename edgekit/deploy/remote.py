@@ -19,15 +19,27 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from edgekit.errors import MissingDependency, TargetError
 from edgekit.deploy.report import ProfileReport
+from edgekit.errors import MissingDependency, TargetError
 
 TIMEOUT_S = 3600
 
 
 def _options_to_args(options) -> list[str]:
-    args = ["--seq-len", str(options.seq_len), "--seconds", str(options.seconds_per_point), "--min-runs", str(options.min_runs),
-            "--max-runs", str(options.max_runs), "--warmup", str(options.warmup), "--cold-runs", str(options.cold_runs)]
+    args = [
+        "--seq-len",
+        str(options.seq_len),
+        "--seconds",
+        str(options.seconds_per_point),
+        "--min-runs",
+        str(options.min_runs),
+        "--max-runs",
+        str(options.max_runs),
+        "--warmup",
+        str(options.warmup),
+        "--cold-runs",
+        str(options.cold_runs),
+    ]
     if options.seq_lens:
         args += ["--seq-lens", ",".join(map(str, options.seq_lens))]
     if options.batches:
@@ -58,7 +70,10 @@ class Remote:
             raise TargetError(f"{self.host}: {what} timed out", hint="check the device is up and not overloaded") from err
         if proc.returncode != 0:
             lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()] or [f"exit code {proc.returncode}"]
-            raise TargetError(f"{self.host}: {what} failed: {lines[-1].strip()}", hint="check that 'ssh HOST' works without a password prompt and edgekit is installed there")
+            raise TargetError(
+                f"{self.host}: {what} failed: {lines[-1].strip()}",
+                hint="check that 'ssh HOST' works without a password prompt and edgekit is installed there",
+            )
         return proc.stdout
 
     def run(self, command: str, what: str) -> str:
@@ -71,8 +86,16 @@ class Remote:
         self._run([*self.scp_base, f"{self.host}:{remote}", str(local)], "fetching the report")
 
 
-def remote_profile(artifact_dir: str | Path, host: str, options, *, port: int | None = None, edgekit: str = "edgekit",
-                   ssh_options: list[str] | None = None, progress: Callable[[str], None] | None = None) -> ProfileReport:
+def remote_profile(
+    artifact_dir: str | Path,
+    host: str,
+    options,
+    *,
+    port: int | None = None,
+    edgekit: str = "edgekit",
+    ssh_options: list[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ProfileReport:
     """Run ``edgekit profile`` for ``artifact_dir`` on ``host``; returns the report it wrote."""
     say = progress or (lambda msg: None)
     artifact_dir = Path(artifact_dir)
@@ -92,23 +115,39 @@ def remote_profile(artifact_dir: str | Path, host: str, options, *, port: int | 
             remote.put(Path(options.text_file), f"{work}/texts{Path(options.text_file).suffix}")
             args += ["--text-file", f"{work}/texts{Path(options.text_file).suffix}"]
         say(f"profiling on {host}")
-        remote.run(" ".join([edgekit, "profile", shlex.quote(f"{work}/artifact"), *map(shlex.quote, args),
-                             "--out", shlex.quote(f"{work}/reports"), "--no-plots"]), "edgekit profile")
+        remote.run(
+            " ".join(
+                [
+                    edgekit,
+                    "profile",
+                    shlex.quote(f"{work}/artifact"),
+                    *map(shlex.quote, args),
+                    "--out",
+                    shlex.quote(f"{work}/reports"),
+                    "--no-plots",
+                ]
+            ),
+            "edgekit profile",
+        )
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / "report.json"
             remote.get(f"{work}/reports/{manifest.target}.profile.json", local)
             try:
                 report = ProfileReport.model_validate(json.loads(local.read_text()))
             except (ValueError, ValidationError) as err:
-                raise TargetError(f"{host}: the remote report does not match this edgekit's schema ({str(err).splitlines()[0]})",
-                                  hint="install the same edgekit version on the device") from err
+                raise TargetError(
+                    f"{host}: the remote report does not match this edgekit's schema ({str(err).splitlines()[0]})",
+                    hint="install the same edgekit version on the device",
+                ) from err
     finally:
         try:
             remote.run(f"rm -rf {shlex.quote(work)}", "cleaning up")
         except TargetError:
             pass
     notes = [*report.source.notes, f"measured on {host} over ssh; artifact copied from {artifact_dir}"]
-    return report.model_copy(update={
-        "source": report.source.model_copy(update={"notes": notes}),
-        "artifact": report.artifact.model_copy(update={"path": str(artifact_dir)}),
-    })
+    return report.model_copy(
+        update={
+            "source": report.source.model_copy(update={"notes": notes}),
+            "artifact": report.artifact.model_copy(update={"path": str(artifact_dir)}),
+        }
+    )

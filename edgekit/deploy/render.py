@@ -9,8 +9,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from edgekit.deps import require
 from edgekit.deploy.report import Comparison, ProfileReport, headline
+from edgekit.deps import require
 
 HEADLINE_LABELS = {
     "first_token_p50_ms": "p50 ms",
@@ -39,7 +39,13 @@ def latency_table(reports: list[ProfileReport]) -> Table:
         t.add_column(col, justify="left" if col in ("artifact", "what") else "right", no_wrap=col == "artifact")
     for r in reports:
         ft = r.first_token
-        shape = f"b1 s{ft.seq_len}" if ft.seq_len else f"b1 text ({ft.mean_tokens:.0f} tok)" if ft.lengths.startswith("text:") else "length unknown"
+        shape = (
+            f"b1 s{ft.seq_len}"
+            if ft.seq_len
+            else f"b1 text ({ft.mean_tokens:.0f} tok)"
+            if ft.lengths.startswith("text:")
+            else "length unknown"
+        )
         rows = [(f"first-token model-only {shape}", ft.model_only)]
         if ft.end_to_end:
             rows.append((f"first-token end-to-end {shape}", ft.end_to_end))
@@ -48,17 +54,32 @@ def latency_table(reports: list[ProfileReport]) -> Table:
             t.add_row(label(r), what, f"{s.p50:.2f}", _fmt(s.p90), _fmt(s.p99), f"{s.mean:.2f}", str(s.n))
         if r.cold_first_result:
             c = r.cold_first_result
-            t.add_row(label(r), f"cold first result (loaded at {_fmt(c.process_start_to_loaded_ms, 0)})", f"{c.total_ms:.1f}", "", "", "", str(c.runs))
+            t.add_row(
+                label(r),
+                f"cold first result (loaded at {_fmt(c.process_start_to_loaded_ms, 0)})",
+                f"{c.total_ms:.1f}",
+                "",
+                "",
+                "",
+                str(c.runs),
+            )
         for p in r.throughput:
-            t.add_row(label(r), f"throughput b{p.batch} s{p.seq_len}{' (best)' if p.best else ''}", f"{p.latency_ms_p50:.2f}", "", "", "",
-                      f"{p.seq_per_s:.1f} seq/s")
+            t.add_row(
+                label(r),
+                f"throughput b{p.batch} s{p.seq_len}{' (best)' if p.best else ''}",
+                f"{p.latency_ms_p50:.2f}",
+                "",
+                "",
+                "",
+                f"{p.seq_per_s:.1f} seq/s",
+            )
     return t
 
 
 def comparison_table(c: Comparison) -> Table:
     t = Table(title=f"comparison (interleaved run); ratios to {label(c.reports[0])}; first-token is batch 1")
     t.add_column("artifact", no_wrap=True)
-    for key, name in HEADLINE_LABELS.items():
+    for name in HEADLINE_LABELS.values():
         t.add_column(name, justify="right")
     for r, ratio in zip(c.reports, c.ratios):
         h = headline(r)
@@ -70,8 +91,12 @@ def comparison_table(c: Comparison) -> Table:
     return t
 
 
-def markdown(reports: list[ProfileReport], comparison: Comparison | None = None, plots: list[Path] | None = None,
-             accuracy: dict[str, dict[str, float]] | None = None) -> str:
+def markdown(
+    reports: list[ProfileReport],
+    comparison: Comparison | None = None,
+    plots: list[Path] | None = None,
+    accuracy: dict[str, dict[str, float]] | None = None,
+) -> str:
     """A Markdown summary: host, settings, one table of headline figures, details, plots."""
     r0 = reports[0]
     lines = ["# edgekit profile", ""]
@@ -87,7 +112,10 @@ def markdown(reports: list[ProfileReport], comparison: Comparison | None = None,
         f"sequence length {s.seq_len if not s.text_file else 'from ' + s.text_file}, batches {s.batches}, cold runs {s.cold_runs}"
         + (", artifacts measured interleaved in one run." if len(reports) > 1 else "."),
         "",
-        "| artifact | source | " + " | ".join(HEADLINE_LABELS.values()) + (" | " + " | ".join(next(iter(accuracy.values()))) if accuracy else "") + " |",
+        "| artifact | source | "
+        + " | ".join(HEADLINE_LABELS.values())
+        + (" | " + " | ".join(next(iter(accuracy.values()))) if accuracy else "")
+        + " |",
         "|---|---|" + "---:|" * (len(HEADLINE_LABELS) + (len(next(iter(accuracy.values()))) if accuracy else 0)),
     ]
     for i, r in enumerate(reports):
@@ -110,7 +138,10 @@ def markdown(reports: list[ProfileReport], comparison: Comparison | None = None,
             lines.append(f"| {name} | {st.p50:.2f} | {_fmt(st.p90)} | {_fmt(st.p95)} | {_fmt(st.p99)} | {st.mean:.2f} | {st.n} |")
         if r.throughput:
             lines += ["", "| batch | seq | seq/s | tokens/s | batch p50 ms |", "|---:|---:|---:|---:|---:|"]
-            lines += [f"| {p.batch}{' (best)' if p.best else ''} | {p.seq_len} | {p.seq_per_s:.1f} | {p.tokens_per_s:.0f} | {p.latency_ms_p50:.2f} |" for p in r.throughput]
+            lines += [
+                f"| {p.batch}{' (best)' if p.best else ''} | {p.seq_len} | {p.seq_per_s:.1f} | {p.tokens_per_s:.0f} | {p.latency_ms_p50:.2f} |"
+                for p in r.throughput
+            ]
         for w in r.warnings + r.source.notes:
             lines.append(f"\n> {w}")
     if plots:
@@ -132,9 +163,15 @@ def plots(reports: list[ProfileReport], out_dir: Path, stem: str, accuracy: dict
             if r.latency_vs_seq:
                 xs = [p.seq_len for p in r.latency_vs_seq]
                 ax.plot(xs, [p.model_only.p50 for p in r.latency_vs_seq], marker="o", label=f"{label(r)} p50")
-                ax.fill_between(xs, [p.model_only.p50 for p in r.latency_vs_seq],
-                                [p.model_only.p50 if p.model_only.p90 is None else p.model_only.p90 for p in r.latency_vs_seq], alpha=0.2)
-        ax.set(xlabel="sequence length (tokens)", ylabel="batch-1 model-only latency (ms)", title="latency vs sequence length (band: p50-p90)")
+                ax.fill_between(
+                    xs,
+                    [p.model_only.p50 for p in r.latency_vs_seq],
+                    [p.model_only.p50 if p.model_only.p90 is None else p.model_only.p90 for p in r.latency_vs_seq],
+                    alpha=0.2,
+                )
+        ax.set(
+            xlabel="sequence length (tokens)", ylabel="batch-1 model-only latency (ms)", title="latency vs sequence length (band: p50-p90)"
+        )
         ax.grid(alpha=0.3)
         ax.legend()
         written.append(_save(fig, out_dir / f"{stem}-latency-vs-seq.png"))

@@ -104,7 +104,9 @@ class Host(_M):
     python: str
     edgekit: str
     runtimes: dict[str, str]
-    power: dict[str, str] = Field(default_factory=dict, description="power mode / clocks where readable (cpufreq governor, nvpmodel, tegrastats)")
+    power: dict[str, str] = Field(
+        default_factory=dict, description="power mode / clocks where readable (cpufreq governor, nvpmodel, tegrastats)"
+    )
 
 
 class Settings(_M):
@@ -171,6 +173,7 @@ class Comparison(_M):
 
 # ---- arithmetic (tested on controlled inputs) ------------------------------------------
 
+
 def percentile(sorted_values: list[float], q: float) -> float:
     """Linear-interpolated percentile (numpy's default method) of sorted values."""
     if not sorted_values:
@@ -190,16 +193,26 @@ def latency_stats_ms(ms: list[float]) -> LatencyStats:
     mean = sum(ms) / len(ms)
     std = math.sqrt(sum((x - mean) ** 2 for x in ms) / len(ms))
     return LatencyStats(
-        n=len(ms), p50=percentile(ms, 50), p90=percentile(ms, 90), p95=percentile(ms, 95), p99=percentile(ms, 99),
-        mean=mean, min=ms[0], max=ms[-1], std=std,
+        n=len(ms),
+        p50=percentile(ms, 50),
+        p90=percentile(ms, 90),
+        p95=percentile(ms, 95),
+        p99=percentile(ms, 99),
+        mean=mean,
+        min=ms[0],
+        max=ms[-1],
+        std=std,
     )
 
 
 def throughput_point(batch: int, tokens_per_batch: int, seconds: list[float]) -> ThroughputPoint:
     total = sum(seconds)
     return ThroughputPoint(
-        batch=batch, seq_len=tokens_per_batch // batch, runs=len(seconds),
-        seq_per_s=batch * len(seconds) / total, tokens_per_s=tokens_per_batch * len(seconds) / total,
+        batch=batch,
+        seq_len=tokens_per_batch // batch,
+        runs=len(seconds),
+        seq_per_s=batch * len(seconds) / total,
+        tokens_per_s=tokens_per_batch * len(seconds) / total,
         latency_ms_p50=latency_stats(seconds).p50,
     )
 
@@ -260,14 +273,23 @@ def load(path) -> ProfileReport:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise DataError(f"{path}: no such file", hint="pass a *.profile.json written by 'edgekit profile' or 'edgekit report import'") from None
+        raise DataError(
+            f"{path}: no such file", hint="pass a *.profile.json written by 'edgekit profile' or 'edgekit report import'"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{path}: not a JSON file ({err})", hint="pass a *.profile.json written by 'edgekit profile' or 'edgekit report import'") from None
+        raise DataError(
+            f"{path}: not a JSON file ({err})", hint="pass a *.profile.json written by 'edgekit profile' or 'edgekit report import'"
+        ) from None
     if isinstance(data, dict) and data.get("schema_version") not in (None, SCHEMA_VERSION):
-        raise DataError(f"{path}: profile schema version {data.get('schema_version')}, this edgekit reads {SCHEMA_VERSION}", hint="upgrade edgekit or re-run the profile")
+        raise DataError(
+            f"{path}: profile schema version {data.get('schema_version')}, this edgekit reads {SCHEMA_VERSION}",
+            hint="upgrade edgekit or re-run the profile",
+        )
     try:
         return ProfileReport.model_validate(data)
     except ValidationError as err:
         e = err.errors()[0]
         where = ".".join(str(x) for x in e["loc"]) or "top level"
-        raise DataError(f"{path}: not an edgekit profile report ({where}: {e['msg']})", hint="import foreign reports with 'edgekit report import' first") from None
+        raise DataError(
+            f"{path}: not an edgekit profile report ({where}: {e['msg']})", hint="import foreign reports with 'edgekit report import' first"
+        ) from None

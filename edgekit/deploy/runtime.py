@@ -12,10 +12,10 @@ import numpy as np
 
 from edgekit.deploy import artifact, targets
 from edgekit.deploy.artifact import Manifest
-from edgekit.errors import ConfigError, TargetError
 from edgekit.deploy.targets.base import Session, TargetOptions
 from edgekit.deploy.targets.ort import OrtCpuTarget
 from edgekit.deploy.tokenizer import Tokenizer
+from edgekit.errors import ConfigError, TargetError
 
 
 def target_for(manifest: Manifest) -> targets.Target:
@@ -34,7 +34,9 @@ class Predictor:
             raise TargetError(f"{self.dir}: not runnable yet: {self.manifest.pending}", hint="finish it on the device it was built for")
         self.target.check_available()
         if (why := self.target.executable_here(self.manifest)) is not None:
-            raise TargetError(f"{self.dir}: {self.manifest.target} artifacts cannot run here: {why}", hint="run it on the device it was built for")
+            raise TargetError(
+                f"{self.dir}: {self.manifest.target} artifacts cannot run here: {why}", hint="run it on the device it was built for"
+            )
         self.tokenizer = Tokenizer(self.dir, self.manifest)
         self.output = self.manifest.outputs[0].name
         self._options = options

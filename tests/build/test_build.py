@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_cli  # noqa: E402 - shared by the CLI tests
 
 from edgekit.build import runner
 from edgekit.errors import ConfigError, MissingDependency
-from conftest import run_cli  # noqa: E402 - shared by the CLI tests
 
 FAST_PROFILE = {"seconds": 0.02, "min_runs": 3, "warmup": 0, "cold_runs": 0, "seq_len": 32}
 LABELS = ("negative", "neutral", "positive")
-
-
 
 
 @pytest.fixture
@@ -36,8 +33,14 @@ def work(tmp_path, monkeypatch, checkpoints):
         Path(name).write_text("".join(json.dumps({"text": t, "label": rng.choice(LABELS)}) + "\n" for t in rows))
 
     def write(name: str = "tiny", file: str | None = None, **fields) -> Path:
-        doc = {"name": name, "model": str(checkpoints["bert-classifier"]), "data": {"train": "train.jsonl", "dev": "dev.jsonl"},
-               "targets": ["ort-cpu"], "profile": FAST_PROFILE, **fields}
+        doc = {
+            "name": name,
+            "model": str(checkpoints["bert-classifier"]),
+            "data": {"train": "train.jsonl", "dev": "dev.jsonl"},
+            "targets": ["ort-cpu"],
+            "profile": FAST_PROFILE,
+            **fields,
+        }
         path = tmp_path / (file or f"{name}.yaml")
         path.write_text(yaml.safe_dump(doc))
         return path
@@ -50,8 +53,10 @@ def quiet(_: str) -> None:
 
 
 def test_build_writes_targets_reports_and_manifest_then_serves_from_cache(work):
-    path = work(targets=["ort-cpu", "openvino-cpu", {"name": "jetson", "device": "jetson-orin-nano"}],
-                budgets={"max_accuracy_drop": 0.5, "max_size_mb": 5, "max_p50_ms": {"x86-64-cpu": 1000}})
+    path = work(
+        targets=["ort-cpu", "openvino-cpu", {"name": "jetson", "device": "jetson-orin-nano"}],
+        budgets={"max_accuracy_drop": 0.5, "max_size_mb": 5, "max_p50_ms": {"x86-64-cpu": 1000}},
+    )
     said: list[str] = []
     first = runner.build(path, say=said.append)
     out = Path("dist/tiny").resolve()
@@ -60,9 +65,23 @@ def test_build_writes_targets_reports_and_manifest_then_serves_from_cache(work):
     assert m == first.manifest and m["kind"] == "edgekit-build"
     assert sorted(p.name for p in out.iterdir()) == ["jetson", "manifest.json", "openvino-cpu", "ort-cpu", "reports"]
     assert sorted(p.name for p in (out / "reports").iterdir()) == [
-        "fp32.eval.json", "openvino-cpu.eval.json", "openvino-cpu.profile.json", "ort-cpu.eval.json", "ort-cpu.profile.json"]
-    assert [s["step"] for s in m["steps"]] == ["export", "compile:ort-cpu", "compile:openvino-cpu", "compile:jetson", "eval:fp32",
-                                              "eval:ort-cpu", "profile:ort-cpu", "eval:openvino-cpu", "profile:openvino-cpu"]
+        "fp32.eval.json",
+        "openvino-cpu.eval.json",
+        "openvino-cpu.profile.json",
+        "ort-cpu.eval.json",
+        "ort-cpu.profile.json",
+    ]
+    assert [s["step"] for s in m["steps"]] == [
+        "export",
+        "compile:ort-cpu",
+        "compile:openvino-cpu",
+        "compile:jetson",
+        "eval:fp32",
+        "eval:ort-cpu",
+        "profile:ort-cpu",
+        "eval:openvino-cpu",
+        "profile:openvino-cpu",
+    ]
     assert not any(s["cached"] for s in m["steps"])
     assert m["recipe"]["sha256"] and m["checkpoint"]["sha256"] and m["data"]["dev"]["sha256"]
     assert {"edgekit", "python", "torch", "onnx", "onnxruntime"} <= set(m["tools"])
@@ -72,7 +91,11 @@ def test_build_writes_targets_reports_and_manifest_then_serves_from_cache(work):
     assert ort["inputs"][0]["shape"] == ["batch", "sequence"]
     assert ort["accuracy"]["drop_points"] == 0.0 and ort["accuracy"]["metric"] == "accuracy"
     assert ort["latency"]["p50_ms"] > 0 and ort["latency"]["seq_len"] == 32
-    assert {b["budget"]: b["status"] for b in ort["budgets"]} == {"max_accuracy_drop": "passed", "max_p50_ms[x86-64-cpu]": "passed", "max_size_mb": "passed"}
+    assert {b["budget"]: b["status"] for b in ort["budgets"]} == {
+        "max_accuracy_drop": "passed",
+        "max_p50_ms[x86-64-cpu]": "passed",
+        "max_size_mb": "passed",
+    }
     jet = m["artifacts"]["jetson"]
     assert not jet["runs_here"] and jet["pending"] and jet["accuracy"] is None and jet["latency"] is None
     assert {b["budget"]: b["status"] for b in jet["budgets"]} == {"max_accuracy_drop": "unchecked", "max_size_mb": "unchecked"}
@@ -85,9 +108,11 @@ def test_build_writes_targets_reports_and_manifest_then_serves_from_cache(work):
     assert sum("cached" in line for line in said) == len(second.manifest["steps"])
     assert second.manifest["artifacts"]["ort-cpu"]["files"] == ort["files"]
     # a changed setting reruns only what depends on it
-    work(targets=["ort-cpu", "openvino-cpu", {"name": "jetson", "device": "jetson-orin-nano"}],
-         budgets={"max_accuracy_drop": 0.5, "max_size_mb": 5, "max_p50_ms": {"x86-64-cpu": 1000}},
-         profile={**FAST_PROFILE, "seq_len": 16})
+    work(
+        targets=["ort-cpu", "openvino-cpu", {"name": "jetson", "device": "jetson-orin-nano"}],
+        budgets={"max_accuracy_drop": 0.5, "max_size_mb": 5, "max_p50_ms": {"x86-64-cpu": 1000}},
+        profile={**FAST_PROFILE, "seq_len": 16},
+    )
     third = runner.build(path, say=quiet)
     rerun = [s["step"] for s in third.manifest["steps"] if not s["cached"]]
     assert rerun == ["profile:ort-cpu", "profile:openvino-cpu"]
@@ -118,7 +143,10 @@ def test_unchecked_budget_is_said_and_fails_with_strict(work, monkeypatch, capsy
     path = work(budgets={"max_p50_ms": {"intel-xeon-amx": 5}})
     code, _, err = run_cli(["build", str(path)], monkeypatch, capsys)
     assert code == 0
-    assert "budget not checked here: ort-cpu max_p50_ms[intel-xeon-amx] <= 5 ms: this machine is not a intel-xeon-amx (CPU lacks amx_tile)" in " ".join(err.split())
+    assert (
+        "budget not checked here: ort-cpu max_p50_ms[intel-xeon-amx] <= 5 ms: this machine is not a intel-xeon-amx (CPU lacks amx_tile)"
+        in " ".join(err.split())
+    )
     code, _, err = run_cli(["build", str(path), "--strict"], monkeypatch, capsys)
     assert code == 3 and "budget not checked (--strict)" in err
 
@@ -198,9 +226,15 @@ def test_same_recipe_gives_byte_identical_onnx(work):
 
 
 def test_quantize_exits_prune_pipeline_on_a_tiny_classifier(work):
-    path = work(name="lowbit", steps={"quantize": {"scheme": "ternary-w2a8", "steps": 2, "limit": 16, "batch_size": 8, "max_length": 32},
-                                      "exits": {"layers": [1, 2], "epochs": 2, "limit": 24}, "prune": {"layer": 1}},
-                budgets={"max_accuracy_drop": 100})
+    path = work(
+        name="lowbit",
+        steps={
+            "quantize": {"scheme": "ternary-w2a8", "steps": 2, "limit": 16, "batch_size": 8, "max_length": 32},
+            "exits": {"layers": [1, 2], "epochs": 2, "limit": 24},
+            "prune": {"layer": 1},
+        },
+        budgets={"max_accuracy_drop": 100},
+    )
     result = runner.build(path, say=quiet, train_progress=False)
     steps = [s["step"] for s in result.manifest["steps"]]
     assert steps[:4] == ["quantize", "exits", "prune", "compile:ort-cpu"]
@@ -218,8 +252,13 @@ def test_embedding_model_with_pairs_and_a_short_max_length(work, checkpoints, tm
 
     texts = data.sample_texts()
     pairs.write_text("".join(json.dumps({"query": texts[i], "doc": texts[i + 1]}) + "\n" for i in range(0, 40, 2)))
-    path = work(name="emb", model=str(checkpoints["bert-embedding"]), data={"dev": str(pairs)},
-                profile={**FAST_PROFILE, "seq_len": 128}, budgets={"max_accuracy_drop": 0.1})
+    path = work(
+        name="emb",
+        model=str(checkpoints["bert-embedding"]),
+        data={"dev": str(pairs)},
+        profile={**FAST_PROFILE, "seq_len": 128},
+        budgets={"max_accuracy_drop": 0.1},
+    )
     m = runner.build(path, say=quiet).manifest
     ort = m["artifacts"]["ort-cpu"]
     assert ort["accuracy"]["metric"] == "mrr" and ort["accuracy"]["drop_points"] == pytest.approx(0, abs=1e-6)

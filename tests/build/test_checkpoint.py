@@ -9,8 +9,8 @@ import pytest
 from conftest import LABELS, MAX_LENGTH
 
 from edgekit.build import checkpoint
-from edgekit.errors import CheckpointError
 from edgekit.build.specs import SPECS
+from edgekit.errors import CheckpointError
 
 
 def _expected(name: str) -> dict:

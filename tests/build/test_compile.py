@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgekit.deploy import artifact, parity
 from edgekit.build import compile as compile_step
-from edgekit.errors import ConfigError, ParityError, TargetError
+from edgekit.deploy import artifact, parity
 from edgekit.deploy.targets.ort import OrtCpuTarget
+from edgekit.errors import ConfigError, ParityError, TargetError
 
 
 def test_compile_from_a_checkpoint_exports_first(checkpoints, tmp_path):

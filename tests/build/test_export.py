@@ -8,10 +8,10 @@ import onnxruntime as ort
 import pytest
 from conftest import HIDDEN, LABELS, MAX_LENGTH
 
-from edgekit.deploy import artifact, parity
 from edgekit.build import checkpoint
-from edgekit.errors import CheckpointError, ConfigError, ParityError
 from edgekit.build.export import MODEL_FILE, ExportOptions, export, parse_shape
+from edgekit.deploy import artifact, parity
+from edgekit.errors import CheckpointError, ConfigError, ParityError
 
 
 def _session(path):
@@ -49,7 +49,9 @@ def test_dynamic_batch_and_sequence_match_torch(exported, encoders, checkpoint_n
     for feed in feeds:
         (got,) = sess.run([encoder.output_name], feed)
         expected = encoder.run(feed)
-        assert got.shape == expected.shape == (feed["input_ids"].shape[0], len(LABELS) if checkpoint_name.endswith("classifier") else HIDDEN)
+        assert (
+            got.shape == expected.shape == (feed["input_ids"].shape[0], len(LABELS) if checkpoint_name.endswith("classifier") else HIDDEN)
+        )
         np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
@@ -153,8 +155,14 @@ def test_parse_shape(text, shape):
 
 @pytest.mark.parametrize(
     ("text", "hint"),
-    [("128", "BATCHxSEQUENCE"), ("1x", "BATCHxSEQUENCE"), ("axb", "BATCHxSEQUENCE"), ("1x2x3", "BATCHxSEQUENCE"),
-     ("0x16", "batch >= 1"), ("1x3", "sequence >= 4")],
+    [
+        ("128", "BATCHxSEQUENCE"),
+        ("1x", "BATCHxSEQUENCE"),
+        ("axb", "BATCHxSEQUENCE"),
+        ("1x2x3", "BATCHxSEQUENCE"),
+        ("0x16", "batch >= 1"),
+        ("1x3", "sequence >= 4"),
+    ],
 )
 def test_parse_shape_rejects(text, hint):
     with pytest.raises(ConfigError, match=f"invalid shape '{text}'") as err:

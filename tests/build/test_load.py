@@ -10,8 +10,8 @@ import torch
 import transformers
 from conftest import HIDDEN, LABELS
 
-from edgekit.errors import CheckpointError
 from edgekit.build.load import load
+from edgekit.errors import CheckpointError
 
 
 def test_run_gives_one_row_per_text(encoders, checkpoint_name, texts):

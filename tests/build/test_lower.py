@@ -18,16 +18,20 @@ import onnx
 import pytest
 import torch
 
-from edgekit.deploy import artifact, int8check, packing
 from edgekit.build.compile import compile_artifact
-from edgekit.errors import ArtifactError, ConfigError
 from edgekit.build.lower import TOLERANCE, lower
 from edgekit.build.quant import calibrate, make_config, quantize_
 from edgekit.build.quant.saving import save_quantized
+from edgekit.deploy import artifact, int8check, packing
 from edgekit.deploy.runtime import Predictor
+from edgekit.errors import ArtifactError, ConfigError
 
-CASES = [("bert-classifier", "bit-w1a1"), ("roberta-embedding", "ternary-w2a8"),
-         ("distilbert-classifier", "bibert-w1e1a1"), ("bert-embedding", "ternary-w2e2a8")]
+CASES = [
+    ("bert-classifier", "bit-w1a1"),
+    ("roberta-embedding", "ternary-w2a8"),
+    ("distilbert-classifier", "bibert-w1e1a1"),
+    ("bert-embedding", "ternary-w2e2a8"),
+]
 
 
 def quantized_checkpoint(checkpoints, encoders, out: Path, name: str, scheme) -> Path:
@@ -98,7 +102,9 @@ def test_optimized_graph_has_integer_matmuls(lowered, tmp_path):
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.optimized_model_filepath = str(tmp_path / "opt.onnx")
-    ort.InferenceSession(packing.model_bytes(path, manifest.model_file, manifest.settings["packed"]), so, providers=["CPUExecutionProvider"])
+    ort.InferenceSession(
+        packing.model_bytes(path, manifest.model_file, manifest.settings["packed"]), so, providers=["CPUExecutionProvider"]
+    )
     ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
     assert ops.count("MatMulIntegerToFloat") == 16
     assert "MatMul" not in ops  # the only float matmuls left are the pooler/classifier Gemms

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.deploy import data, int8check
 from edgekit.build.compile import compile_artifact
-from edgekit.errors import ConfigError, DataError
 from edgekit.build.ptq import quantize_onnx
+from edgekit.deploy import data
 from edgekit.deploy.runtime import Predictor
+from edgekit.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +64,13 @@ def test_nncf_ptq_on_openvino(exported, calib, tmp_path):
     src = exported("bert-classifier")
     from edgekit.deploy import artifact
 
-    manifest = compile_artifact(src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "ov",
-                                options={"int8": "nncf", "calibration": str(calib), "samples": 24})
+    manifest = compile_artifact(
+        src,
+        artifact.read_manifest(src),
+        "openvino-cpu",
+        tmp_path / "ov",
+        options={"int8": "nncf", "calibration": str(calib), "samples": 24},
+    )
     assert manifest.precision == "int8" and manifest.parity.passed
     assert manifest.settings["ptq"]["method"] == "nncf.quantize" and manifest.settings["ptq"]["calibration"]["texts"] == 24
     assert manifest.settings["int8"]["int8"] >= 12 and set(manifest.settings["int8"]["precisions"]) & {"u8", "i8"}

@@ -15,7 +15,9 @@ def test_quickstart_on_the_default_model(tmp_path):
     out = tmp_path / "qs"
     proc = subprocess.run(
         [sys.executable, "-m", "edgekit.cli.app", "quickstart", "--out", str(out), "--seconds", "0.3"],
-        capture_output=True, text=True, timeout=1200,
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())

@@ -10,16 +10,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_cli  # noqa: E402 - shared by the CLI tests
 
 from edgekit.build import recipe as schema
 from edgekit.errors import CheckpointError, ConfigError, DataError
-from conftest import run_cli  # noqa: E402 - shared by the CLI tests
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 MINIMAL = {"name": "r", "targets": ["ort-cpu"]}
-
-
 
 
 def parse(**fields) -> schema.Recipe:
@@ -92,7 +90,9 @@ def test_inconsistent_recipes_say_what_is_missing():
     assert "steps.prune needs steps.exits" in error_of(steps={"prune": {}})
     assert "dynamic early exit cannot run on openvino-npu" in error_of(data={"train": "t"}, steps={"exits": {}}, targets=["openvino-npu"])
     assert "steps.lower takes a whole quantized checkpoint" in error_of(data={"train": "t"}, steps={"exits": {}, "lower": {}})
-    assert "steps.ptq quantizes a float model" in error_of(data={"train": "t"}, steps={"quantize": {"scheme": "w2a8", "steps": 1}, "ptq": {}})
+    assert "steps.ptq quantizes a float model" in error_of(
+        data={"train": "t"}, steps={"quantize": {"scheme": "w2a8", "steps": 1}, "ptq": {}}
+    )
     assert "budgets.max_accuracy_drop needs data.dev" in error_of(budgets={"max_accuracy_drop": 1})
     msg = error_of(budgets={"max_p50_ms": {"x86-64-cpu": 10}}, profile={"enabled": False})
     assert "needs profiling, and profile.enabled is false: the budget could never be checked" in msg

@@ -9,13 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from edgekit.cli import app as cli
 from conftest import run_cli  # noqa: E402 - shared by the CLI tests
 
 COMMANDS = ["export", "compile", "profile", "eval", "targets", "devices", "quickstart", "quantize", "report", "exits"]
-
-
 
 
 def assert_user_error(code: int, err: str, *fragments: str) -> None:
@@ -116,7 +112,9 @@ def test_bad_target_option(monkeypatch, capsys, tmp_path):
 
 def test_missing_runtime_names_the_extra(monkeypatch, capsys, checkpoints, tmp_path):
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
-    code, _, err = run_cli(["compile", str(checkpoints["bert-embedding"]), "-t", "openvino-cpu", "--out", str(tmp_path / "d")], monkeypatch, capsys)
+    code, _, err = run_cli(
+        ["compile", str(checkpoints["bert-embedding"]), "-t", "openvino-cpu", "--out", str(tmp_path / "d")], monkeypatch, capsys
+    )
     assert_user_error(code, err, "openvino is not installed", "pip install 'edgekit[openvino]'")
     assert not (tmp_path / "d").exists()
 
@@ -159,7 +157,9 @@ def test_debug_shows_the_traceback(monkeypatch, capsys, tmp_path):
 
 def test_export_compile_eval_profile_through_the_cli(monkeypatch, capsys, checkpoints, tmp_path):
     dist = tmp_path / "dist"
-    code, out, err = run_cli(["compile", str(checkpoints["roberta-classifier"]), "-t", "ort-cpu", "-t", "openvino-cpu", "--out", str(dist)], monkeypatch, capsys)
+    code, out, err = run_cli(
+        ["compile", str(checkpoints["roberta-classifier"]), "-t", "ort-cpu", "-t", "openvino-cpu", "--out", str(dist)], monkeypatch, capsys
+    )
     assert code == 0, err
     assert out.count("parity vs PyTorch") == 2 and "-> ok" in out
     dev = tmp_path / "dev.csv"
@@ -168,8 +168,24 @@ def test_export_compile_eval_profile_through_the_cli(monkeypatch, capsys, checkp
     assert code == 0, err
     report = json.loads((dist / "reports" / "openvino-cpu.eval.json").read_text())
     assert report["n"] == 2 and 0 <= report["metrics"]["accuracy"] <= 1
-    code, out, err = run_cli(["profile", str(dist / "ort-cpu"), "--seq-len", "16", "--batches", "1,2", "--seconds", "0.01",
-                              "--min-runs", "3", "--cold-runs", "0"], monkeypatch, capsys)
+    code, out, err = run_cli(
+        [
+            "profile",
+            str(dist / "ort-cpu"),
+            "--seq-len",
+            "16",
+            "--batches",
+            "1,2",
+            "--seconds",
+            "0.01",
+            "--min-runs",
+            "3",
+            "--cold-runs",
+            "0",
+        ],
+        monkeypatch,
+        capsys,
+    )
     assert code == 0, err
     prof = json.loads((dist / "reports" / "ort-cpu.profile.json").read_text())
     assert prof["first_token"]["model_only"]["n"] >= 3 and [p["batch"] for p in prof["throughput"]] == [1, 2]
@@ -181,11 +197,28 @@ FOREIGN = Path(__file__).parents[1] / "data" / "foreign"
 def test_report_import_then_show_side_by_side(monkeypatch, capsys, tmp_path):
     """Foreign reports land in edgekit's schema and in the same table as each other."""
     trt = tmp_path / "trt.json"
-    code, out, err = run_cli(["report", "import", str(FOREIGN / "trtexec-times.json"), "--seq-len", "128", "--target", "jetson",
-                              "--name", "orin", "--json", str(trt)], monkeypatch, capsys)
+    code, out, err = run_cli(
+        [
+            "report",
+            "import",
+            str(FOREIGN / "trtexec-times.json"),
+            "--seq-len",
+            "128",
+            "--target",
+            "jetson",
+            "--name",
+            "orin",
+            "--json",
+            str(trt),
+        ],
+        monkeypatch,
+        capsys,
+    )
     assert code == 0, err
     ov = tmp_path / "ov.json"
-    code, _, err = run_cli(["report", "import", str(FOREIGN / "benchmark_app-cpp"), "--seq-len", "128", "--json", str(ov)], monkeypatch, capsys)
+    code, _, err = run_cli(
+        ["report", "import", str(FOREIGN / "benchmark_app-cpp"), "--seq-len", "128", "--json", str(ov)], monkeypatch, capsys
+    )
     assert code == 0, err
     from edgekit.deploy import foreign, report
 
@@ -223,9 +256,15 @@ def test_compile_for_a_device_checks_its_targets_and_precisions(monkeypatch, cap
     nano = devices.get("jetson-orin-nano")
     chosen, opts = devices.compile_plan(nano, [], {"precision": "fp16"})
     assert chosen == ["jetson"] and opts["jetson"]["device"] == "jetson-orin-nano" and opts["jetson"]["threads"] == "6"
-    code, _, err = run_cli(["compile", str(tmp_path / "none"), "--device", "jetson-orin-nano", "-t", "openvino-cpu", "--out", str(tmp_path / "o")], monkeypatch, capsys)
+    code, _, err = run_cli(
+        ["compile", str(tmp_path / "none"), "--device", "jetson-orin-nano", "-t", "openvino-cpu", "--out", str(tmp_path / "o")],
+        monkeypatch,
+        capsys,
+    )
     assert_user_error(code, err, "does not run target 'openvino-cpu'", "jetson")
-    code, _, err = run_cli(["compile", "--device", "raspberry-pi-5", "-o", "precision=fp16", "--out", str(tmp_path / "o")], monkeypatch, capsys)
+    code, _, err = run_cli(
+        ["compile", "--device", "raspberry-pi-5", "-o", "precision=fp16", "--out", str(tmp_path / "o")], monkeypatch, capsys
+    )
     assert_user_error(code, err, "does not run precision 'fp16'")
     code, _, err = run_cli(["compile", "--device", "no-such-board", "--out", str(tmp_path / "o")], monkeypatch, capsys)
     assert_user_error(code, err, "unknown device", "jetson-orin-nano")
@@ -235,6 +274,8 @@ def test_compile_for_a_device_checks_its_targets_and_precisions(monkeypatch, cap
 def test_quantize_refuses_an_unknown_scheme(monkeypatch, capsys, tmp_path):
     data = tmp_path / "t.txt"
     data.write_text("a sentence\n")
-    code, _, err = run_cli(["quantize", "default", "--data", str(data), "--scheme", "w0a0", "--out", str(tmp_path / "q")], monkeypatch, capsys)
+    code, _, err = run_cli(
+        ["quantize", "default", "--data", str(data), "--scheme", "w0a0", "--out", str(tmp_path / "q")], monkeypatch, capsys
+    )
     assert_user_error(code, err, "w0a0")
     assert not (tmp_path / "q").exists()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
-from edgekit.deploy import data
 from test_cli import assert_user_error, no_partials, run_cli
 from test_lower import quantized_checkpoint
+
+from edgekit.deploy import data
 
 
 def test_lower_cli(checkpoints, encoders, tmp_path, monkeypatch, capsys):

@@ -15,13 +15,17 @@ from edgekit.errors import ArtifactError, ConfigError
 
 def _manifest(name: str = "art") -> Manifest:
     return Manifest(
-        kind="onnx", target="onnx", name=name, created=artifact.now(),
+        kind="onnx",
+        target="onnx",
+        name=name,
+        created=artifact.now(),
         source=Source(path="/ckpt", sha256="0" * 64, model_type="bert", task="embedding", pooling="mean", max_length=64),
         tokenizer=TokenizerInfo(pad_token="[PAD]", pad_id=0, max_length=64),
         model_file="model.onnx",
         inputs=[TensorSpec(name="input_ids", shape=["batch", "sequence"], dtype="int64")],
         outputs=[TensorSpec(name="embeddings", shape=["batch", 32], dtype="float32")],
-        opset=17, runtime={"onnxruntime": "x"},
+        opset=17,
+        runtime={"onnxruntime": "x"},
     )
 
 

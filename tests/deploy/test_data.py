@@ -55,12 +55,15 @@ def test_sample_texts_are_shipped():
 
 
 def test_labels_by_name_and_by_integer_id(tmp_path):
-    path = _jsonl(tmp_path / "l.jsonl", [
-        {"text": "a", "label": "positive"},
-        {"text": "b", "label": 0},
-        {"text": "c", "label": "1"},
-        {"text": "d", "label": "negative"},
-    ])
+    path = _jsonl(
+        tmp_path / "l.jsonl",
+        [
+            {"text": "a", "label": "positive"},
+            {"text": "b", "label": 0},
+            {"text": "c", "label": "1"},
+            {"text": "d", "label": "negative"},
+        ],
+    )
     labeled = data.read_labeled(path, LABELS)
     assert labeled.texts == ["a", "b", "c", "d"]
     assert labeled.labels == [2, 0, 1, 0]
@@ -174,7 +177,9 @@ def test_csv_with_only_a_header_is_empty(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "reader", [data.read_texts, data.read_pairs, data.kind, lambda p: data.read_labeled(p, LABELS)], ids=["texts", "pairs", "kind", "labeled"]
+    "reader",
+    [data.read_texts, data.read_pairs, data.kind, lambda p: data.read_labeled(p, LABELS)],
+    ids=["texts", "pairs", "kind", "labeled"],
 )
 @pytest.mark.parametrize("name", ["missing.jsonl", "missing.csv"])
 def test_missing_file(tmp_path, reader, name):

@@ -16,13 +16,29 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.deploy import artifact
 from edgekit.build.compile import compile_artifact
+from edgekit.deploy import artifact
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-PROFILE_ARGS = ["--seq-len", "16", "--batches", "1", "--seconds", "0.2", "--min-runs", "5", "--max-runs", "50", "--warmup", "2", "--cold-runs", "1", "--no-plots"]
+PROFILE_ARGS = [
+    "--seq-len",
+    "16",
+    "--batches",
+    "1",
+    "--seconds",
+    "0.2",
+    "--min-runs",
+    "5",
+    "--max-runs",
+    "50",
+    "--warmup",
+    "2",
+    "--cold-runs",
+    "1",
+    "--no-plots",
+]
 
 
 def _run(cmd: list[str], timeout: int, **kw) -> subprocess.CompletedProcess:

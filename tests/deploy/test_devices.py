@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import yaml
 import pytest
+import yaml
 
 from edgekit.deploy import devices
 from edgekit.errors import ConfigError
@@ -64,8 +64,8 @@ def test_compile_runs_for_every_target_of_every_device(name, bert_onnx, tmp_path
     """'edgekit compile --device NAME' produces, for each of the device's targets, what can be
     produced here: a checked artifact where the target runs here, a pending one (with its
     reason) where it does not."""
-    from edgekit.deploy import artifact, targets
     from edgekit.build import compile as step
+    from edgekit.deploy import artifact, targets
 
     profile = devices.get(name)
     manifest = artifact.read_manifest(bert_onnx)

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from edgekit.deploy import artifact
 from edgekit.build.compile import compile_artifact
-from edgekit.errors import DataError
+from edgekit.deploy import artifact
 from edgekit.deploy.eval import evaluate, f1_scores, retrieval
+from edgekit.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,9 @@ def test_classifier_accuracy_is_the_artifacts(compiled, encoders, texts, tmp_pat
 def test_embedding_pairs_and_fidelity(compiled, tmp_path):
     art = compiled("bert-embedding", "openvino-cpu")
     f = tmp_path / "pairs.jsonl"
-    f.write_text("".join(json.dumps({"query": f"query {i} about loops", "doc": f"document {i}: loops repeat statements"}) + "\n" for i in range(6)))
+    f.write_text(
+        "".join(json.dumps({"query": f"query {i} about loops", "doc": f"document {i}: loops repeat statements"}) + "\n" for i in range(6))
+    )
     r = evaluate(art, f)
     assert r.data_kind == "pairs" and r.n == 12
     assert {"recall@1", "recall@10", "mrr"} <= set(r.metrics)

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit.errors import ConfigError, DataError, EdgekitError
 from edgekit.deploy.foreign import FORMATS, detect, import_report
 from edgekit.deploy.render import latency_table, markdown
 from edgekit.deploy.report import ProfileReport, headline
+from edgekit.errors import ConfigError, DataError, EdgekitError
 
 DATA = Path(__file__).parents[1] / "data" / "foreign"
 TIMES, OLD_TIMES, PROFILE = DATA / "trtexec-times.json", DATA / "trtexec-8.2-times.json", DATA / "trtexec-profile.json"
@@ -33,6 +33,7 @@ def assert_one_line_error(excinfo, *words: str) -> None:
 
 
 # ---- trtexec --exportTimes -------------------------------------------------------------
+
 
 def test_trtexec_model_only_is_latency_ms_with_numpy_percentiles():
     r = import_report(TIMES, batch=8, seq_len=128)
@@ -115,11 +116,18 @@ def test_a_profile_alone_is_refused_with_the_way_to_attach_it():
 
 # ---- benchmark_app -------------------------------------------------------------------
 
+
 def test_benchmark_app_cpp_maps_what_it_reports():
     r = import_report(CPP, seq_len=128)
     res = json.loads(CPP.read_text())["execution_results"]
     s = r.first_token.model_only
-    assert (s.n, s.p50, s.mean, s.min, s.max) == (res["iterations_num"], res["latency_median"], res["latency_avg"], res["latency_min"], res["latency_max"])
+    assert (s.n, s.p50, s.mean, s.min, s.max) == (
+        res["iterations_num"],
+        res["latency_median"],
+        res["latency_avg"],
+        res["latency_min"],
+        res["latency_max"],
+    )
     assert (s.p90, s.p95, s.p99, s.std) == (None, None, None, None)
     assert any("not reported by benchmark_app: p90, p95, p99, std" in n for n in r.source.notes)
     (p,) = r.throughput
@@ -141,7 +149,11 @@ def test_benchmark_app_folder_and_counters_beside_it():
     r = import_report(CPP.parent)
     assert r.source.file == str(CPP)
     note = next(n for n in r.source.notes if n.startswith("per-layer"))
-    assert "average counters" in note and "5 timed layers, 1.937 ms" in note and "intermediate/dense/MatMul [brgemm_avx512_FP32] 1.103 ms" in note
+    assert (
+        "average counters" in note
+        and "5 timed layers, 1.937 ms" in note
+        and "intermediate/dense/MatMul [brgemm_avx512_FP32] 1.103 ms" in note
+    )
     note = next(n for n in import_report(PY.parent).source.notes if n.startswith("per-layer"))
     assert "mean of 2 requests" in note and "1.975 ms per inference" in note  # (1.937 + 1.04 * 1.937) / 2
 
@@ -151,13 +163,16 @@ def test_benchmark_app_batch_from_the_report_wins(tmp_path):
     assert r.throughput[0].batch == 1 and any("batch 4 was given" in n for n in r.source.notes)
 
 
-@pytest.mark.parametrize("change, words", [
-    (lambda d: d["execution_results"].update(percentile_boundary=90), ["90th latency percentile"]),
-    (lambda d: d["execution_results"].update(error="Cannot load library"), ["failed run", "Cannot load library"]),
-    (lambda d: [d["execution_results"].pop(k) for k in ("latency_median", "percentile_boundary")], ["no latency figures"]),
-    (lambda d: d["execution_results"].update(latency_avg="fast"), ["execution_results.latency_avg", "not a number"]),
-    (lambda d: d["execution_results"].pop("iterations_num"), ["execution_results.iterations_num is missing"]),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda d: d["execution_results"].update(percentile_boundary=90), ["90th latency percentile"]),
+        (lambda d: d["execution_results"].update(error="Cannot load library"), ["failed run", "Cannot load library"]),
+        (lambda d: [d["execution_results"].pop(k) for k in ("latency_median", "percentile_boundary")], ["no latency figures"]),
+        (lambda d: d["execution_results"].update(latency_avg="fast"), ["execution_results.latency_avg", "not a number"]),
+        (lambda d: d["execution_results"].pop("iterations_num"), ["execution_results.iterations_num is missing"]),
+    ],
+)
 def test_benchmark_app_refusals(tmp_path, change, words):
     d = json.loads(CPP.read_text())
     change(d)
@@ -177,8 +192,11 @@ def test_python_percentile_key_is_read(tmp_path):
 
 # ---- detection, errors, round trip -------------------------------------------------------
 
-@pytest.mark.parametrize("path, fmt", [(TIMES, "trtexec-times"), (OLD_TIMES, "trtexec-times"), (PROFILE, "trtexec-profile"),
-                                       (CPP, "benchmark-app"), (PY, "benchmark-app")])
+
+@pytest.mark.parametrize(
+    "path, fmt",
+    [(TIMES, "trtexec-times"), (OLD_TIMES, "trtexec-times"), (PROFILE, "trtexec-profile"), (CPP, "benchmark-app"), (PY, "benchmark-app")],
+)
 def test_detect(path, fmt):
     assert detect(json.loads(path.read_text()), path) == fmt
     assert fmt in FORMATS
@@ -189,21 +207,26 @@ def test_explicit_format_equals_detected():
     assert import_report(CPP, "benchmark-app") == import_report(CPP)
 
 
-@pytest.mark.parametrize("content, words", [
-    ("not json {", ["not JSON"]),
-    ('{"foo": 1}', ["not a report edgekit can import", "object with foo"]),
-    ("[1, 2, 3]", ["not a report edgekit can import", "array of 3"]),
-    ("[]", ["not a report edgekit can import"]),
-    ('[{"computeMs": 1.0}]', ["no h2dMs or inMs"]),
-    ('[{"computeMs": 1.0, "h2dMs": "x", "d2hMs": 0.1, "startH2dMs": 0, "endD2hMs": 1}]', ["record 0 h2dMs is 'x', not a number"]),
-    ('{"report_type": "average", "avg_performance": {"nodes": []}}', ["per-layer counters", "benchmark_report.json"]),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ("not json {", ["not JSON"]),
+        ('{"foo": 1}', ["not a report edgekit can import", "object with foo"]),
+        ("[1, 2, 3]", ["not a report edgekit can import", "array of 3"]),
+        ("[]", ["not a report edgekit can import"]),
+        ('[{"computeMs": 1.0}]', ["no h2dMs or inMs"]),
+        ('[{"computeMs": 1.0, "h2dMs": "x", "d2hMs": 0.1, "startH2dMs": 0, "endD2hMs": 1}]', ["record 0 h2dMs is 'x', not a number"]),
+        ('{"report_type": "average", "avg_performance": {"nodes": []}}', ["per-layer counters", "benchmark_report.json"]),
+    ],
+)
 def test_wrong_files_are_one_line_data_errors(tmp_path, content, words):
     (f := tmp_path / "x.json").write_text(content)
     with pytest.raises(DataError) as e:
         import_report(f)
     assert_one_line_error(e, str(f), *words)
-    assert e.value.hint and (("trtexec-times" in e.value.hint and "benchmark-app" in e.value.hint) or "benchmark_report.json" in e.value.hint)
+    assert e.value.hint and (
+        ("trtexec-times" in e.value.hint and "benchmark-app" in e.value.hint) or "benchmark_report.json" in e.value.hint
+    )
 
 
 def test_missing_file_and_wrong_explicit_format(tmp_path):
@@ -231,15 +254,24 @@ def test_bad_arguments_are_config_errors():
 
 
 def test_never_a_bare_key_or_type_error(tmp_path):
-    shapes = ['[{"count": 3}]', '[{"latencyMs": 1}]', '{"execution_results": []}', '{"execution_results": {"latency_median": null}}',
-              '[{"computeMs": 1, "h2dMs": 0, "d2hMs": 0, "startH2dMs": 5, "endD2hMs": 5}]', '"just a string"', "null"]
+    shapes = [
+        '[{"count": 3}]',
+        '[{"latencyMs": 1}]',
+        '{"execution_results": []}',
+        '{"execution_results": {"latency_median": null}}',
+        '[{"computeMs": 1, "h2dMs": 0, "d2hMs": 0, "startH2dMs": 5, "endD2hMs": 5}]',
+        '"just a string"',
+        "null",
+    ]
     for i, content in enumerate(shapes):
         (f := tmp_path / f"{i}.json").write_text(content)
         with pytest.raises(EdgekitError):
             import_report(f)
 
 
-@pytest.mark.parametrize("path, kw", [(TIMES, {"batch": 8, "seq_len": 128, "layers": PROFILE}), (OLD_TIMES, {}), (CPP, {"seq_len": 128}), (PY, {})])
+@pytest.mark.parametrize(
+    "path, kw", [(TIMES, {"batch": 8, "seq_len": 128, "layers": PROFILE}), (OLD_TIMES, {}), (CPP, {"seq_len": 128}), (PY, {})]
+)
 def test_round_trip_and_render(path, kw):
     r = import_report(path, **kw)
     assert ProfileReport.model_validate_json(r.model_dump_json()) == r

@@ -39,9 +39,11 @@ def _model(weights: dict[str, np.ndarray]) -> onnx.ModelProto:
 
 def test_pack_onnx_then_append_gives_the_same_model(tmp_path):
     rng = np.random.default_rng(1)
-    weights = {"ternary": rng.choice([-1, 0, 1], size=(40, 30)).astype(np.int8),
-               "binary": rng.choice([-1, 1], size=(64, 9)).astype(np.int8),
-               "int8": rng.integers(-100, 100, size=(40, 30)).astype(np.int8)}
+    weights = {
+        "ternary": rng.choice([-1, 0, 1], size=(40, 30)).astype(np.int8),
+        "binary": rng.choice([-1, 1], size=(64, 9)).astype(np.int8),
+        "int8": rng.integers(-100, 100, size=(40, 30)).astype(np.int8),
+    }
     model = _model(weights)
     onnx.save(model, str(tmp_path / "m.onnx"))
     packed = packing.pack_onnx(tmp_path / "m.onnx", tmp_path)

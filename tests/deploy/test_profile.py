@@ -12,11 +12,11 @@ import sys
 import numpy as np
 import pytest
 
-from edgekit.deploy import artifact
 from edgekit.build.compile import compile_artifact
-from edgekit.errors import ConfigError
+from edgekit.deploy import artifact
 from edgekit.deploy.profile import ProfileOptions, profile
 from edgekit.deploy.report import ProfileReport, latency_stats, mark_best, noise_warning, percentile, throughput_point
+from edgekit.errors import ConfigError
 
 FAST = ProfileOptions(warmup=1, min_runs=3, seconds_per_point=0.01, max_runs=5, seq_len=16, batches=[1, 2], cold_runs=1)
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.deploy import artifact
 from edgekit.build.compile import compile_artifact
-from edgekit.errors import TargetError
+from edgekit.deploy import artifact
 from edgekit.deploy.profile import ProfileOptions
 from edgekit.deploy.remote import remote_profile
+from edgekit.errors import TargetError
 
 SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
 OPTS = ProfileOptions(warmup=0, min_runs=3, max_runs=3, seconds_per_point=0.01, seq_len=8, batches=[1], cold_runs=0)

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from edgekit.deploy import artifact
 from edgekit.build.compile import compile_artifact
+from edgekit.deploy import artifact
 from edgekit.deploy.eval import evaluate
 from edgekit.deploy.profile import ProfileOptions, compare, time_interleaved, write_reports
 from edgekit.deploy.render import markdown

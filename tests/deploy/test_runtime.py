@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgekit.errors import ArtifactError, ConfigError
 from edgekit.deploy.runtime import Predictor, target_for
 from edgekit.deploy.targets.ort import OrtCpuTarget
+from edgekit.errors import ArtifactError, ConfigError
 
 
 def test_onnx_artifact_runs_on_onnxruntime(bert_onnx, encoders, texts):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from edgekit.deploy import artifact
-from edgekit.errors import ArtifactError
 from edgekit.deploy.tokenizer import Tokenizer
+from edgekit.errors import ArtifactError
 
 # One artifact per architecture; the mix of tasks does not matter to the tokenizer.
 ARTIFACTS = ("bert-embedding", "roberta-classifier", "distilbert-embedding")
@@ -67,7 +67,12 @@ def test_static_artifact_always_pads_to_its_sequence(encoders, tmp_path):
     manifest = export(encoders("roberta-embedding"), tmp_path / "static", ExportOptions(static_shape=(1, 12)))
     tok = Tokenizer(tmp_path / "static", manifest)
     got = tok(["Yes.", "A much longer sentence that will certainly need more than twelve tokens to encode"])
-    _assert_same(got, encoders("roberta-embedding").tokenize(["Yes.", "A much longer sentence that will certainly need more than twelve tokens to encode"], pad_to=12))
+    _assert_same(
+        got,
+        encoders("roberta-embedding").tokenize(
+            ["Yes.", "A much longer sentence that will certainly need more than twelve tokens to encode"], pad_to=12
+        ),
+    )
     assert got["input_ids"].shape == (2, 12)
 
 

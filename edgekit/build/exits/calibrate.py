@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import ConfigError
 from edgekit.deploy.exits.policies import EXIT_POLICIES, make, simulate
+from edgekit.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,14 @@ def quality(task: str, outputs: np.ndarray, final: np.ndarray, labels: np.ndarra
     return float(np.mean(num / np.maximum(den, 1e-12)))
 
 
-def sweep(exits: list[dict[str, np.ndarray]], layers: list[int], task: str, labels: np.ndarray | None = None,
-          policies: list[str] | None = None, segment_ms: list[float] | None = None) -> tuple[float, list[Point]]:
+def sweep(
+    exits: list[dict[str, np.ndarray]],
+    layers: list[int],
+    task: str,
+    labels: np.ndarray | None = None,
+    policies: list[str] | None = None,
+    segment_ms: list[float] | None = None,
+) -> tuple[float, list[Point]]:
     """(quality of the model without exits, every policy x parameter point)."""
     final = exits[-1]["output"]
     base = quality(task, final, final, labels)
@@ -49,11 +55,16 @@ def sweep(exits: list[dict[str, np.ndarray]], layers: list[int], task: str, labe
             policy = make(name, param, task)
             exit_at, out = simulate(policy, exits)
             hist = np.bincount(exit_at, minlength=len(layers))
-            points.append(Point(
-                policy=name, param=float(param), quality=quality(task, out, final, labels),
-                mean_layers=float(np.mean(np.asarray(layers)[exit_at])), exit_histogram=hist.tolist(),
-                expected_latency_ms=float((hist / hist.sum()) @ cum) if cum is not None else None,
-            ))
+            points.append(
+                Point(
+                    policy=name,
+                    param=float(param),
+                    quality=quality(task, out, final, labels),
+                    mean_layers=float(np.mean(np.asarray(layers)[exit_at])),
+                    exit_histogram=hist.tolist(),
+                    expected_latency_ms=float((hist / hist.sum()) @ cum) if cum is not None else None,
+                )
+            )
     return base, points
 
 
@@ -65,20 +76,31 @@ def choose(base: float, points: list[Point], *, max_drop: float | None = 1.0, ma
             raise ConfigError("a latency target needs measured segment latencies", hint="calibrate with --target to measure them")
         ok = [p for p in points if p.expected_latency_ms <= max_latency_ms]
         if not ok:
-            raise ConfigError(f"no operating point meets {max_latency_ms} ms (fastest: {min(speed(p) for p in points):.2f} ms)", hint="raise the latency target")
+            raise ConfigError(
+                f"no operating point meets {max_latency_ms} ms (fastest: {min(speed(p) for p in points):.2f} ms)",
+                hint="raise the latency target",
+            )
         return max(ok, key=lambda p: (p.quality, -speed(p)))
     drop = 1.0 if max_drop is None else max_drop
     ok = [p for p in points if (base - p.quality) * 100 <= drop + 1e-9]
     return min(ok, key=lambda p: (speed(p), -p.quality))
 
 
-def save(out: Path, base: float, points: list[Point], chosen: Point, layers: list[int], segment_ms: list[float] | None, meta: dict) -> list[Path]:
+def save(
+    out: Path, base: float, points: list[Point], chosen: Point, layers: list[int], segment_ms: list[float] | None, meta: dict
+) -> list[Path]:
     """calibration.json and calibration.png (quality vs expected layers and vs latency)."""
     import json
 
     out.mkdir(parents=True, exist_ok=True)
-    doc = {"base_quality": base, "layers": layers, "segment_latency_ms": segment_ms, "chosen": asdict(chosen),
-           "points": [asdict(p) for p in points], **meta}
+    doc = {
+        "base_quality": base,
+        "layers": layers,
+        "segment_latency_ms": segment_ms,
+        "chosen": asdict(chosen),
+        "points": [asdict(p) for p in points],
+        **meta,
+    }
     (out / "calibration.json").write_text(json.dumps(doc, indent=2) + "\n")
     written = [out / "calibration.json"]
     try:
@@ -90,7 +112,10 @@ def save(out: Path, base: float, points: list[Point], chosen: Point, layers: lis
         return written
     has_lat = segment_ms is not None
     fig, axes = plt.subplots(1, 2 if has_lat else 1, figsize=(11 if has_lat else 6, 4), squeeze=False)
-    for ax, key, xlabel in ((axes[0][0], "mean_layers", "expected layers run"), *(((axes[0][1], "expected_latency_ms", "expected latency (ms, measured segments)"),) if has_lat else ())):
+    for ax, key, xlabel in (
+        (axes[0][0], "mean_layers", "expected layers run"),
+        *(((axes[0][1], "expected_latency_ms", "expected latency (ms, measured segments)"),) if has_lat else ()),
+    ):
         for name in dict.fromkeys(p.policy for p in points):
             ps = sorted((p for p in points if p.policy == name), key=lambda p: getattr(p, key))
             ax.plot([getattr(p, key) for p in ps], [100 * p.quality for p in ps], marker="o", ms=3, label=name)

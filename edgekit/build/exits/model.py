@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgekit.build.load import Encoder, load
 from edgekit.deps import require
 from edgekit.errors import ConfigError
-from edgekit.build.load import Encoder, load
 
 torch = require("torch", for_="early-exit heads")
 nn = torch.nn
@@ -110,7 +110,10 @@ class MultiExitModel(nn.Module):
         layers = sorted(set(layers or range(1, self.n_layers + 1)))
         bad = [k for k in layers if not 1 <= k <= self.n_layers]
         if bad:
-            raise ConfigError(f"exit at layer {bad[0]} does not exist: the model has layers 1..{self.n_layers}", hint=f"choose layers between 1 and {self.n_layers}")
+            raise ConfigError(
+                f"exit at layer {bad[0]} does not exist: the model has layers 1..{self.n_layers}",
+                hint=f"choose layers between 1 and {self.n_layers}",
+            )
         if layers[-1] != self.n_layers:
             layers.append(self.n_layers)  # the model's own head is always the last exit
         self.config = ExitConfig(tuple(layers))
@@ -193,8 +196,13 @@ class MultiExitModel(nn.Module):
     def save(self, out: Path, extra: dict | None = None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         torch.save({"heads": self.heads.state_dict()}, out / EXITS_WEIGHTS)
-        meta = {**self.config.to_json(), "source": str(self.encoder.info.path), "source_sha256": self.encoder.info.sha256(),
-                "task": self.task, **(extra or {})}
+        meta = {
+            **self.config.to_json(),
+            "source": str(self.encoder.info.path),
+            "source_sha256": self.encoder.info.sha256(),
+            "task": self.task,
+            **(extra or {}),
+        }
         (out / EXITS_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -207,7 +215,9 @@ def load_exits(exits_dir: str | Path, model: str | Path | None = None) -> MultiE
     meta = json.loads(cfg_path.read_text())
     encoder = load(model or meta["source"])
     if encoder.info.sha256() != meta["source_sha256"]:
-        raise ConfigError(f"{exits_dir}: heads were trained on another checkpoint than {encoder.info.path}", hint="retrain the exits for this checkpoint")
+        raise ConfigError(
+            f"{exits_dir}: heads were trained on another checkpoint than {encoder.info.path}", hint="retrain the exits for this checkpoint"
+        )
     m = MultiExitModel(encoder, meta["layers"])
     state = torch.load(exits_dir / EXITS_WEIGHTS, map_location="cpu", weights_only=True)
     m.heads.load_state_dict(state["heads"])

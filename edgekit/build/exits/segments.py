@@ -16,15 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.build.compile import target_options
+from edgekit.build.exits.model import MultiExitModel, torch
+from edgekit.build.export import ExportOptions, _parity_feed
 from edgekit.deploy import artifact, packing, parity
 from edgekit.deploy.artifact import ExitSpec, Manifest, SegmentSpec, Source, TensorSpec, TokenizerInfo
-from edgekit.build.compile import target_options
+from edgekit.deploy.exits.controller import segment_manifest
+from edgekit.deploy.exits.policies import Policy, simulate
 from edgekit.deps import version_of
 from edgekit.errors import ConfigError, ParityError, TargetError
-from edgekit.deploy.exits.controller import segment_manifest
-from edgekit.build.exits.model import MultiExitModel, torch
-from edgekit.deploy.exits.policies import Policy, simulate
-from edgekit.build.export import ExportOptions, _parity_feed
 
 nn = torch.nn
 EXIT_REFERENCE = "exit_reference.npz"
@@ -61,12 +61,24 @@ class Segment(nn.Module):
 
 def _export(module: Segment, sample: tuple, path: Path, opset: int) -> None:
     names = module.input_names()
-    dyn = {n: {0: "batch", 1: "sequence"} for n in names} | {"hidden": {0: "batch", 1: "sequence"}, "hidden_in": {0: "batch", 1: "sequence"}}
+    dyn = {n: {0: "batch", 1: "sequence"} for n in names} | {
+        "hidden": {0: "batch", 1: "sequence"},
+        "hidden_in": {0: "batch", 1: "sequence"},
+    }
     dyn |= {o: {0: "batch"} for o in module.output_names() if o != "hidden"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, sample, str(path), input_names=names, output_names=module.output_names(),
-                          dynamic_axes=dyn, opset_version=opset, do_constant_folding=True, dynamo=False)
+        torch.onnx.export(
+            module,
+            sample,
+            str(path),
+            input_names=names,
+            output_names=module.output_names(),
+            dynamic_axes=dyn,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
 
 
 def quant_config(model: MultiExitModel):
@@ -82,8 +94,12 @@ def _lower_in_place(model: MultiExitModel, config) -> dict:
 
     lower.check_scheme(config)
     counts = qdq.lower_modules(model.encoder.module)
-    return {"scheme": config.scheme, "config": config.model_dump(), "modules": counts,
-            "reference": "fake-quant torch model (edgekit.build.quant) of the source checkpoint, with the exit heads"}
+    return {
+        "scheme": config.scheme,
+        "config": config.model_dump(),
+        "modules": counts,
+        "reference": "fake-quant torch model (edgekit.build.quant) of the source checkpoint, with the exit heads",
+    }
 
 
 # Exit decisions of a lowered (INT8) artifact vs the fake-quant torch controller. Integer codes are
@@ -112,13 +128,25 @@ def torch_exits(model: MultiExitModel, feed: dict[str, np.ndarray], batch: int =
 def _base_manifest(model: MultiExitModel, name: str, max_length: int, width: int, tok) -> dict:
     info = model.encoder.info
     return dict(
-        kind="onnx", target="onnx", name=name, created=artifact.now(),
-        source=Source(path=str(info.path), sha256=info.sha256(), model_type=info.model_type, task=info.task, pooling=info.pooling,
-                      normalize=info.normalize, labels=list(info.labels) if info.labels else None, max_length=max_length),
+        kind="onnx",
+        target="onnx",
+        name=name,
+        created=artifact.now(),
+        source=Source(
+            path=str(info.path),
+            sha256=info.sha256(),
+            model_type=info.model_type,
+            task=info.task,
+            pooling=info.pooling,
+            normalize=info.normalize,
+            labels=list(info.labels) if info.labels else None,
+            max_length=max_length,
+        ),
         tokenizer=TokenizerInfo(pad_token=str(tok.pad_token), pad_id=int(tok.pad_token_id), max_length=max_length),
         inputs=[TensorSpec(name=n, shape=["batch", "sequence"], dtype="int64") for n in model.encoder.spec.input_names],
         outputs=[TensorSpec(name=model.encoder.output_name, shape=["batch", width], dtype="float32")],
-        opset=17, runtime={"torch": torch.__version__, "onnx": version_of("onnx") or "?", "transformers": version_of("transformers") or "?"},
+        opset=17,
+        runtime={"torch": torch.__version__, "onnx": version_of("onnx") or "?", "transformers": version_of("transformers") or "?"},
     )
 
 
@@ -128,7 +156,9 @@ def _tokenizer_files(model: MultiExitModel, tmp: Path) -> None:
     shutil.rmtree(tmp / "_tok")
 
 
-def export_segments(model: MultiExitModel, policy: Policy, out: str | Path, *, name: str | None = None, extra: dict | None = None) -> Manifest:
+def export_segments(
+    model: MultiExitModel, policy: Policy, out: str | Path, *, name: str | None = None, extra: dict | None = None
+) -> Manifest:
     """Dynamic early exit: one ONNX per segment + the PyTorch controller reference."""
     out = Path(out)
     max_length = model.encoder.info.max_length
@@ -155,11 +185,19 @@ def export_segments(model: MultiExitModel, policy: Policy, out: str | Path, *, n
                 int8.append(require_int8(tmp / f"seg{i}.onnx", config.scheme))
                 # binary/ternary int8 codes stored in 1/2 bits, unpacked and hash-checked at load
                 packed = packing.pack_onnx(tmp / f"seg{i}.onnx", tmp, file=f"seg{i}.lowbit")
-            ins = ([TensorSpec(name=n, shape=["batch", "sequence"], dtype="int64") for n in seg.input_names()] if seg.first
-                   else [TensorSpec(name="hidden_in", shape=["batch", "sequence", hidden], dtype="float32"), TensorSpec(name="attention_mask", shape=["batch", "sequence"], dtype="int64")])
+            ins = (
+                [TensorSpec(name=n, shape=["batch", "sequence"], dtype="int64") for n in seg.input_names()]
+                if seg.first
+                else [
+                    TensorSpec(name="hidden_in", shape=["batch", "sequence", hidden], dtype="float32"),
+                    TensorSpec(name="attention_mask", shape=["batch", "sequence"], dtype="int64"),
+                ]
+            )
             outs = ([] if seg.last else [TensorSpec(name="hidden", shape=["batch", "sequence", hidden], dtype="float32")]) + [
-                TensorSpec(name="output", shape=["batch", width], dtype="float32"), TensorSpec(name="rep", shape=["batch", hidden], dtype="float32"),
-                TensorSpec(name="score", shape=["batch"], dtype="float32")]
+                TensorSpec(name="output", shape=["batch", width], dtype="float32"),
+                TensorSpec(name="rep", shape=["batch", hidden], dtype="float32"),
+                TensorSpec(name="score", shape=["batch"], dtype="float32"),
+            ]
             segs.append(SegmentSpec(model_file=f"seg{i}.onnx", up_to_layer=model.config.layers[i], inputs=ins, outputs=outs, packed=packed))
         _tokenizer_files(model, tmp)
         np.savez_compressed(tmp / EXIT_REFERENCE, output=final, exit_at=exit_at, **{f"input.{k}": v for k, v in feed.items()})
@@ -222,9 +260,11 @@ def check_controller(artifact_dir: Path, manifest: Manifest, runtime: str, optio
     same = float(np.mean(agree))
     diff = float(np.max(np.abs(out[agree] - ref_out[agree]))) if agree.any() else float("inf")
     if same < tol["min_same_exit"] or diff > tol["atol"]:
-        raise ParityError(f"{runtime}: early-exit decisions differ from PyTorch ({same:.1%} of rows exit at the same layer, max abs diff {diff:.2e}; "
-                          f"allowed: {tol['min_same_exit']:.0%}, {tol['atol']:g})",
-                          hint="the runtime's numerics moved rows across the policy threshold; report it")
+        raise ParityError(
+            f"{runtime}: early-exit decisions differ from PyTorch ({same:.1%} of rows exit at the same layer, max abs diff {diff:.2e}; "
+            f"allowed: {tol['min_same_exit']:.0%}, {tol['atol']:g})",
+            hint="the runtime's numerics moved rows across the policy threshold; report it",
+        )
     return {"same_exit_layer": same, "max_abs_diff": diff, "rows": int(len(ref_exit)), "tolerance": tol}
 
 
@@ -259,11 +299,21 @@ def compile_exits(onnx_dir: str | Path, target_name: str, out: str | Path, *, op
         artifact.copy_tokenizer(onnx_dir, tmp)
         for f in (parity.REFERENCE, EXIT_REFERENCE):
             shutil.copy2(onnx_dir / f, tmp / f)
-        manifest = src.model_copy(update={
-            "kind": "compiled", "target": target.name, "name": out.parent.name, "created": artifact.now(), "model_file": segs[0].model_file,
-            "precision": fields["precision"], "runtime": fields["runtime"], "settings": {**src.settings, **fields["settings"]},
-            "parent": artifact.manifest_sha256(onnx_dir), "exits": src.exits.model_copy(update={"segments": segs}), "files": {},
-        })
+        manifest = src.model_copy(
+            update={
+                "kind": "compiled",
+                "target": target.name,
+                "name": out.parent.name,
+                "created": artifact.now(),
+                "model_file": segs[0].model_file,
+                "precision": fields["precision"],
+                "runtime": fields["runtime"],
+                "settings": {**src.settings, **fields["settings"]},
+                "parent": artifact.manifest_sha256(onnx_dir),
+                "exits": src.exits.model_copy(update={"segments": segs}),
+                "files": {},
+            }
+        )
         check = check_controller(tmp, manifest, target.name, opts)
         manifest = manifest.model_copy(update={"settings": {**manifest.settings, "exit_parity": check}})
         return artifact.write_manifest(tmp, manifest)

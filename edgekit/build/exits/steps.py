@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.deploy import data
-from edgekit.errors import DataError
 from edgekit.build.exits import calibrate as cal
 from edgekit.build.exits.model import MultiExitModel, load_exits
-from edgekit.deploy.exits.policies import make
 from edgekit.build.exits.segments import compile_exits, export_pruned, export_segments, torch_exits
 from edgekit.build.exits.train import TrainConfig, train_heads
 from edgekit.build.load import load
+from edgekit.deploy import data
+from edgekit.deploy.exits.policies import make
+from edgekit.errors import DataError
 
 
 def _texts_and_labels(path: str | Path, labels: list[str] | None, need_labels: bool = False) -> tuple[list[str], list[int] | None]:
@@ -27,12 +27,23 @@ def _texts_and_labels(path: str | Path, labels: list[str] | None, need_labels: b
         d = data.read_labeled(path, labels)
         return d.texts, d.labels
     if need_labels:
-        raise DataError(f"{path}: no 'label' field, but supervised calibration needs labels", hint="add labels, or pass --unsupervised to score agreement with the final exit")
+        raise DataError(
+            f"{path}: no 'label' field, but supervised calibration needs labels",
+            hint="add labels, or pass --unsupervised to score agreement with the final exit",
+        )
     return data.read_texts(path), None
 
 
-def train(checkpoint: str | Path, data_file: str | Path, out: str | Path, *, layers: list[int] | None = None,
-          config: TrainConfig = TrainConfig(), resume: bool = True, progress=None) -> dict:
+def train(
+    checkpoint: str | Path,
+    data_file: str | Path,
+    out: str | Path,
+    *,
+    layers: list[int] | None = None,
+    config: TrainConfig = TrainConfig(),
+    resume: bool = True,
+    progress=None,
+) -> dict:
     """Exit heads for a trained checkpoint, trained on ``data_file`` (labels optional)."""
     model = MultiExitModel(load(checkpoint), layers)
     texts, labels = _texts_and_labels(data_file, list(model.encoder.info.labels or []))
@@ -41,31 +52,65 @@ def train(checkpoint: str | Path, data_file: str | Path, out: str | Path, *, lay
     return report
 
 
-def calibrate(heads: str | Path, data_file: str | Path, out: str | Path, *, target: str | None = None, max_drop: float = 1.0,
-              max_latency_ms: float | None = None, policies: list[str] | None = None, unsupervised: bool = False,
-              latency_texts: int = 100) -> dict:
+def calibrate(
+    heads: str | Path,
+    data_file: str | Path,
+    out: str | Path,
+    *,
+    target: str | None = None,
+    max_drop: float = 1.0,
+    max_latency_ms: float | None = None,
+    policies: list[str] | None = None,
+    unsupervised: bool = False,
+    latency_texts: int = 100,
+) -> dict:
     """Sweep every policy on ``data_file``; with ``target``, latencies are measured there."""
     model = load_exits(heads)
     out = Path(out)
-    texts, labels = _texts_and_labels(data_file, None if unsupervised else list(model.encoder.info.labels or []),
-                                      need_labels=model.task == "classifier" and not unsupervised)
+    texts, labels = _texts_and_labels(
+        data_file,
+        None if unsupervised else list(model.encoder.info.labels or []),
+        need_labels=model.task == "classifier" and not unsupervised,
+    )
     feed = model.encoder.tokenize(texts, max_length=model.encoder.info.max_length)
     exits = torch_exits(model, feed)
     seg_ms = None
     if target:
         art = out / "segments"
-        export_segments(model, make("entropy" if model.task == "classifier" else "similarity", 0.0 if model.task == "classifier" else 1.0), art / "onnx")
+        export_segments(
+            model, make("entropy" if model.task == "classifier" else "similarity", 0.0 if model.task == "classifier" else 1.0), art / "onnx"
+        )
         compile_exits(art / "onnx", target, art / target)
         seg_ms = measure(art / target, texts[:latency_texts])
     y = np.asarray(labels) if labels is not None else None
     base, points = cal.sweep(exits, list(model.config.layers), model.task, y, policies, seg_ms)
     chosen = cal.choose(base, points, max_drop=max_drop, max_latency_ms=max_latency_ms)
     per_exit = [cal.quality(model.task, e["output"], exits[-1]["output"], y) for e in exits]
-    files = cal.save(out, base, points, chosen, list(model.config.layers), seg_ms,
-                     {"data": str(data_file), "target": target, "max_drop": max_drop, "max_latency_ms": max_latency_ms, "heads": str(heads),
-                      "per_exit_quality": per_exit})
-    return {"base": base, "chosen": asdict(chosen), "files": [str(f) for f in files], "segment_latency_ms": seg_ms,
-            "per_exit_quality": per_exit, "layers": list(model.config.layers), "points": [asdict(p) for p in points]}
+    files = cal.save(
+        out,
+        base,
+        points,
+        chosen,
+        list(model.config.layers),
+        seg_ms,
+        {
+            "data": str(data_file),
+            "target": target,
+            "max_drop": max_drop,
+            "max_latency_ms": max_latency_ms,
+            "heads": str(heads),
+            "per_exit_quality": per_exit,
+        },
+    )
+    return {
+        "base": base,
+        "chosen": asdict(chosen),
+        "files": [str(f) for f in files],
+        "segment_latency_ms": seg_ms,
+        "per_exit_quality": per_exit,
+        "layers": list(model.config.layers),
+        "points": [asdict(p) for p in points],
+    }
 
 
 def measure(artifact_dir: str | Path, texts: list[str]) -> list[float]:

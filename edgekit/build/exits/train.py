@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import ConfigError, DataError
 from edgekit.build.exits.model import MultiExitModel, torch
+from edgekit.errors import ConfigError, DataError
 
 nn = torch.nn
 STATE = "train_state.pt"
@@ -72,7 +72,11 @@ def head_loss(model: MultiExitModel, outs: list, final, labels, cfg: TrainConfig
     for out, score in outs:
         if model.task == "classifier":
             t = cfg.temperature
-            kd = nn.functional.kl_div(nn.functional.log_softmax(out / t, -1), nn.functional.softmax(final / t, -1), reduction="batchmean") * t * t
+            kd = (
+                nn.functional.kl_div(nn.functional.log_softmax(out / t, -1), nn.functional.softmax(final / t, -1), reduction="batchmean")
+                * t
+                * t
+            )
             target = labels if labels is not None else final.argmax(-1)
             loss = kd if labels is None else (1 - cfg.label_weight) * kd + cfg.label_weight * nn.functional.cross_entropy(out, labels)
             right = (out.argmax(-1) == target).float()
@@ -84,8 +88,16 @@ def head_loss(model: MultiExitModel, outs: list, final, labels, cfg: TrainConfig
     return total
 
 
-def train_heads(model: MultiExitModel, texts: list[str], labels: list[int] | None, out: Path, cfg: TrainConfig = TrainConfig(),
-                *, resume: bool = True, progress=None) -> dict:
+def train_heads(
+    model: MultiExitModel,
+    texts: list[str],
+    labels: list[int] | None,
+    out: Path,
+    cfg: TrainConfig = TrainConfig(),
+    *,
+    resume: bool = True,
+    progress=None,
+) -> dict:
     """Train the exit heads; checkpoints each epoch into ``out`` and resumes from it."""
     if not texts:
         raise DataError("no training texts", hint="pass a text file with at least one line")
@@ -129,7 +141,10 @@ def train_heads(model: MultiExitModel, texts: list[str], labels: list[int] | Non
                 outs = [h.from_features(f[idx].to(device)) for h, f in zip(model.heads, cached["features"])]
             else:
                 model.hf.train()
-                feed = {k: torch.from_numpy(v).to(device) for k, v in model.encoder.tokenize([texts[j] for j in idx], max_length=max_len).items()}
+                feed = {
+                    k: torch.from_numpy(v).to(device)
+                    for k, v in model.encoder.tokenize([texts[j] for j in idx], max_length=max_len).items()
+                }
                 all_outs = model.forward_all(feed)
                 final = all_outs[-1]["output"]
                 outs = [(o["output"], o["score"]) for o in all_outs[:-1]]
@@ -142,7 +157,10 @@ def train_heads(model: MultiExitModel, texts: list[str], labels: list[int] | Non
             if cached is None:
                 loss = loss + final_loss
             if not torch.isfinite(loss):
-                raise ConfigError(f"exit training diverged (loss {loss.item()}) at epoch {epoch + 1}", hint=f"lower the learning rate; the last good heads are in {out}")
+                raise ConfigError(
+                    f"exit training diverged (loss {loss.item()}) at epoch {epoch + 1}",
+                    hint=f"lower the learning rate; the last good heads are in {out}",
+                )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -152,4 +170,11 @@ def train_heads(model: MultiExitModel, texts: list[str], labels: list[int] | Non
         history.append(total / n)
         torch.save({"heads": model.heads.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1}, out / STATE)
     model.eval().cpu()
-    return {"epochs": cfg.epochs, "loss": history, "device": device, "frozen_backbone": cfg.freeze_backbone, "texts": len(texts), "labels": labels is not None}
+    return {
+        "epochs": cfg.epochs,
+        "loss": history,
+        "device": device,
+        "frozen_backbone": cfg.freeze_backbone,
+        "texts": len(texts),
+        "labels": labels is not None,
+    }

@@ -13,6 +13,16 @@ from edgekit.build.quant.config import ALIASES, SCHEMES, QuantConfig, make_confi
 from edgekit.build.quant.modules import QuantEmbedding, QuantLinear, QuantSelfAttention
 
 __all__ = [
-    "ALIASES", "SCHEMES", "QuantConfig", "QuantEmbedding", "QuantLinear", "QuantSelfAttention",
-    "calibrate", "float_state", "make_config", "quant_config_of", "quant_state", "quantize_",
+    "ALIASES",
+    "SCHEMES",
+    "QuantConfig",
+    "QuantEmbedding",
+    "QuantLinear",
+    "QuantSelfAttention",
+    "calibrate",
+    "float_state",
+    "make_config",
+    "quant_config_of",
+    "quant_state",
+    "quantize_",
 ]

@@ -67,4 +67,5 @@ except ImportError:  # pragma: no cover
         def __repr__(self):
             return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.model_dump().items())})"
 
+
 __all__ = ["BaseModel", "ConfigDict", "ValidationError", "HAVE_PYDANTIC"]

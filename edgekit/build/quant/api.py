@@ -19,11 +19,11 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from edgekit.errors import ConfigError
 from edgekit.build.quant.config import QuantConfig, make_config
 from edgekit.build.quant.layout import get, layout_of
 from edgekit.build.quant.modules import QuantEmbedding, QuantLinear, QuantSelfAttention
 from edgekit.build.quant.quantizers import Quantizer, _ActQuantizer
+from edgekit.errors import ConfigError
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -49,7 +49,7 @@ def quantize_(model: nn.Module, config: QuantConfig | str, filter_fn: FilterFn |
         raise ConfigError("the model is already quantized", hint="quantize a fresh copy of the float model")
     layers = get(base, lay.layers)
     if config.attention_bits < 32:
-        for i, layer in enumerate(layers):
+        for i in range(len(layers)):
             fqn = f"{lay.layers}.{i}.{lay.attention}"
             _set(base, fqn, QuantSelfAttention(get(base, fqn), (lay.q, lay.k, lay.v, lay.out), config))
     if config.weight_bits < 32 or config.activation_bits < 32:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from edgekit.errors import ConfigError
 from edgekit.build.quant._compat import BaseModel, ConfigDict, ValidationError
+from edgekit.errors import ConfigError
 
 WEIGHT_BITS = (1, 2, 32)
 EMBEDDING_BITS = (1, 2, 32)
@@ -64,8 +64,12 @@ def _one_of(values) -> str:
 
 def _check(fields: dict) -> None:
     c = _Fields(fields)
-    for field, allowed in (("weight_bits", WEIGHT_BITS), ("embedding_bits", EMBEDDING_BITS),
-                           ("activation_bits", ACTIVATION_BITS), ("attention_bits", ATTENTION_BITS)):
+    for field, allowed in (
+        ("weight_bits", WEIGHT_BITS),
+        ("embedding_bits", EMBEDDING_BITS),
+        ("activation_bits", ACTIVATION_BITS),
+        ("attention_bits", ATTENTION_BITS),
+    ):
         value = getattr(c, field)
         if isinstance(value, bool) or value not in allowed:
             raise ConfigError(f"quant.{field}: must be {_one_of(allowed)} (got {value!r})")
@@ -94,15 +98,32 @@ class _Fields:
         self.__dict__.update(fields)
 
 
-_DEFAULTS = dict(scheme="custom", method="custom", weight_bits=32, weight_method=None, embedding_bits=32, activation_bits=32,
-                 activation_method=None, attention_bits=32, bi_attention=False)
+_DEFAULTS = dict(
+    scheme="custom",
+    method="custom",
+    weight_bits=32,
+    weight_method=None,
+    embedding_bits=32,
+    activation_bits=32,
+    activation_method=None,
+    attention_bits=32,
+    bi_attention=False,
+)
 
 
-def _scheme(method: str, w: int, a: int, *, e: int = 32, attn: int | None = None, wm: str | None = None,
-            am: str | None = None, bi: bool = False) -> dict:
-    return dict(method=method, weight_bits=w, weight_method=wm or ("sign" if w == 1 else "twn"), embedding_bits=e,
-                activation_bits=a, activation_method=am or ("elastic" if a == 1 else "lsq"),
-                attention_bits=a if attn is None else attn, bi_attention=bi)
+def _scheme(
+    method: str, w: int, a: int, *, e: int = 32, attn: int | None = None, wm: str | None = None, am: str | None = None, bi: bool = False
+) -> dict:
+    return dict(
+        method=method,
+        weight_bits=w,
+        weight_method=wm or ("sign" if w == 1 else "twn"),
+        embedding_bits=e,
+        activation_bits=a,
+        activation_method=am or ("elastic" if a == 1 else "lsq"),
+        attention_bits=a if attn is None else attn,
+        bi_attention=bi,
+    )
 
 
 # Named schemes, as the papers name them. ``w*`` aliases point at the BiT/TernaryBERT variant.
@@ -120,8 +141,14 @@ SCHEMES: dict[str, dict] = {
     "bibert-w1a1": _scheme("bibert", 1, 1, am="sign", bi=True),  # BiBERT, embeddings fp32
     "bibert-w1e1a1": _scheme("bibert", 1, 1, e=1, am="sign", bi=True),  # BiBERT 1-1-1
 }
-ALIASES = {"w2a8": "ternary-w2a8", "w2e2a8": "ternary-w2e2a8", "w1a8": "bit-w1a8", "w1a4": "bit-w1a4",
-           "w1a1": "bit-w1a1", "w1e1a1": "bit-w1e1a1"}
+ALIASES = {
+    "w2a8": "ternary-w2a8",
+    "w2e2a8": "ternary-w2e2a8",
+    "w1a8": "bit-w1a8",
+    "w1a4": "bit-w1a4",
+    "w1a1": "bit-w1a1",
+    "w1e1a1": "bit-w1e1a1",
+}
 
 
 def make_config(scheme: str | QuantConfig | None = None, **overrides) -> QuantConfig:

@@ -20,10 +20,10 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from edgekit.errors import ConfigError
 from edgekit.build.quant._compat import BaseModel, ConfigDict
 from edgekit.build.quant.layout import get, layout_of
 from edgekit.build.quant.modules import QuantSelfAttention
+from edgekit.errors import ConfigError
 
 
 class DistillConfig(BaseModel):
@@ -152,18 +152,31 @@ def dmd(s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, heads: int) -> tor
 
 
 def _heads(model) -> int:
-    cfg = getattr(model, "config", None) or getattr(getattr(model, "model", None), "config")
+    cfg = getattr(model, "config", None) or getattr(model, "model", None).config
     return int(getattr(cfg, "num_attention_heads", None) or cfg.n_heads)
 
 
 def _per_layer(name: str, s: list, t: list, fn) -> torch.Tensor:
     if len(s) != len(t) or not s:
-        raise ConfigError(f"distill.{name}: student has {len(s)} layers to match, teacher {len(t)}", hint=f"set distill.{name}=0 for students of another depth")
+        raise ConfigError(
+            f"distill.{name}: student has {len(s)} layers to match, teacher {len(t)}",
+            hint=f"set distill.{name}=0 for students of another depth",
+        )
     return torch.stack([fn(a, b) for a, b in zip(s, t)]).mean()
 
 
-def distill_loss(cfg: DistillConfig, *, task: str, student_out: torch.Tensor, teacher_out: torch.Tensor, student_rec: dict,
-                 teacher_rec: dict, attention_mask: torch.Tensor, labels: torch.Tensor | None = None, heads: int = 1) -> tuple[torch.Tensor, dict]:
+def distill_loss(
+    cfg: DistillConfig,
+    *,
+    task: str,
+    student_out: torch.Tensor,
+    teacher_out: torch.Tensor,
+    student_rec: dict,
+    teacher_rec: dict,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    heads: int = 1,
+) -> tuple[torch.Tensor, dict]:
     """Total loss and its parts (floats) for one batch."""
     parts: dict[str, torch.Tensor] = {}
     if task == "classifier":
@@ -176,13 +189,21 @@ def distill_loss(cfg: DistillConfig, *, task: str, student_out: torch.Tensor, te
         parts["embedding"] = cfg.embedding * (F.mse_loss(s, t) + (1 - F.cosine_similarity(s, t, dim=-1)).mean())
     mask = attention_mask
     if cfg.hidden:
-        parts["hidden"] = cfg.hidden * _per_layer("hidden", student_rec["hidden"], teacher_rec["hidden"], lambda a, b: masked_mse(a.float(), b.float(), mask))
+        parts["hidden"] = cfg.hidden * _per_layer(
+            "hidden", student_rec["hidden"], teacher_rec["hidden"], lambda a, b: masked_mse(a.float(), b.float(), mask)
+        )
     if cfg.attention:
-        parts["attention"] = cfg.attention * _per_layer("attention", student_rec["attention"], teacher_rec["attention"], lambda a, b: attention_mse(a.float(), b.float(), mask))
+        parts["attention"] = cfg.attention * _per_layer(
+            "attention", student_rec["attention"], teacher_rec["attention"], lambda a, b: attention_mse(a.float(), b.float(), mask)
+        )
     if cfg.dmd:
-        parts["dmd"] = cfg.dmd * sum(_per_layer("dmd", student_rec[k], teacher_rec[k], lambda a, b: dmd(a, b, mask, heads)) for k in ("q", "k", "v"))
+        parts["dmd"] = cfg.dmd * sum(
+            _per_layer("dmd", student_rec[k], teacher_rec[k], lambda a, b: dmd(a, b, mask, heads)) for k in ("q", "k", "v")
+        )
     if not parts:
-        raise ConfigError("distill: every loss weight is 0 for this task", hint="set logits (classifiers) or embedding (embedding models) > 0")
+        raise ConfigError(
+            "distill: every loss weight is 0 for this task", hint="set logits (classifiers) or embedding (embedding models) > 0"
+        )
     total = sum(parts.values())
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
@@ -215,5 +236,14 @@ class Distiller:
         with torch.no_grad():
             t_out = self.teacher(*inputs)
         s_out = self.student(*inputs)
-        return distill_loss(self.cfg, task=self.task, student_out=s_out, teacher_out=t_out, student_rec=self._s_cap.records,
-                            teacher_rec=self._t_cap.records, attention_mask=attention_mask, labels=labels, heads=self.heads)
+        return distill_loss(
+            self.cfg,
+            task=self.task,
+            student_out=s_out,
+            teacher_out=t_out,
+            student_rec=self._s_cap.records,
+            teacher_rec=self._t_cap.records,
+            attention_mask=attention_mask,
+            labels=labels,
+            heads=self.heads,
+        )

@@ -34,7 +34,9 @@ def hf_model_of(model):
     if hasattr(model, "input_names") and hasattr(model, "model"):  # edgekit.build.load's EncoderModule
         model = model.model
     if not hasattr(model, "base_model") or not hasattr(model, "config"):
-        raise CheckpointError(f"{type(model).__name__} is not a Hugging Face encoder", hint="pass an edgekit Encoder's module or a transformers model")
+        raise CheckpointError(
+            f"{type(model).__name__} is not a Hugging Face encoder", hint="pass an edgekit Encoder's module or a transformers model"
+        )
     return model
 
 

@@ -59,9 +59,14 @@ class QuantLinear(nn.Linear):
     @classmethod
     def from_float(cls, linear: nn.Linear, cfg: QuantConfig, *, nonnegative_input: bool = False) -> QuantLinear:
         """Wrap ``linear`` (sharing its parameters) with the quantizers ``cfg`` asks for."""
-        new = cls(linear.in_features, linear.out_features, linear.bias is not None, device="meta",
-                  weight_quant=weight_quantizer(cfg.weight_bits, cfg.weight_method, linear.weight),
-                  input_quant=act_quantizer(cfg, cfg.activation_bits, nonnegative=nonnegative_input))
+        new = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            device="meta",
+            weight_quant=weight_quantizer(cfg.weight_bits, cfg.weight_method, linear.weight),
+            input_quant=act_quantizer(cfg, cfg.activation_bits, nonnegative=nonnegative_input),
+        )
         new.weight = linear.weight
         new.bias = linear.bias
         return new.to(linear.weight.device)
@@ -90,7 +95,9 @@ class QuantEmbedding(nn.Embedding):
     def from_float(cls, emb: nn.Embedding, cfg: QuantConfig) -> QuantEmbedding:
         new = cls(emb.num_embeddings, emb.embedding_dim, padding_idx=emb.padding_idx, device="meta")
         new.weight = emb.weight
-        new.weight_quant = weight_quantizer(cfg.embedding_bits, cfg.weight_method if cfg.embedding_bits == cfg.weight_bits else None, emb.weight)
+        new.weight_quant = weight_quantizer(
+            cfg.embedding_bits, cfg.weight_method if cfg.embedding_bits == cfg.weight_bits else None, emb.weight
+        )
         return new.to(emb.weight.device)
 
     def quantized_weight(self) -> torch.Tensor:

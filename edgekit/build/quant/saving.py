@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from edgekit.errors import CheckpointError
-from edgekit.build.quant.api import float_state, quant_config_of, quant_state, quantize_
 from edgekit.build.quant._compat import ValidationError
+from edgekit.build.quant.api import float_state, quant_config_of, quant_state, quantize_
 from edgekit.build.quant.config import QuantConfig
 from edgekit.build.quant.layout import hf_model_of
+from edgekit.errors import CheckpointError
 
 QUANT_FILE = "edgekit_quant.json"
 FORMAT = 1
@@ -41,8 +41,9 @@ def copy_side_files(source: str | Path, out: str | Path) -> None:
             shutil.copytree(source / name, out / name, dirs_exist_ok=True)
 
 
-def save_quantized(model, tokenizer, out: str | Path, *, source: str | Path | None = None, dtype: torch.dtype | None = None,
-                   extra: dict | None = None) -> Path:
+def save_quantized(
+    model, tokenizer, out: str | Path, *, source: str | Path | None = None, dtype: torch.dtype | None = None, extra: dict | None = None
+) -> Path:
     """Write ``model`` (quantized with ``quantize_``) to ``out``; ``dtype=torch.float16`` halves the files.
 
     ``source``: the float checkpoint it came from, whose sentence-transformers pooling files
@@ -62,8 +63,10 @@ def save_quantized(model, tokenizer, out: str | Path, *, source: str | Path | No
         tokenizer.save_pretrained(out)
     if source is not None:
         copy_side_files(source, out)
-    qstate = {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch."), "values": v.detach().cpu().float().flatten().tolist()}
-              for k, v in quant_state(hf).items()}
+    qstate = {
+        k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch."), "values": v.detach().cpu().float().flatten().tolist()}
+        for k, v in quant_state(hf).items()
+    }
     doc = {"format": FORMAT, "scheme": config.scheme, "config": config.model_dump(), "state": qstate, **(extra or {})}
     (out / QUANT_FILE).write_text(json.dumps(doc, indent=1))
     return out
@@ -86,20 +89,26 @@ def apply_saved(hf_model, path: str | Path):
     try:
         config = QuantConfig(**doc["config"])
     except (ValidationError, TypeError) as err:
-        raise CheckpointError(f"{Path(path) / QUANT_FILE}: invalid quantization config ({str(err).splitlines()[0]})", hint="re-save the quantized checkpoint") from err
+        raise CheckpointError(
+            f"{Path(path) / QUANT_FILE}: invalid quantization config ({str(err).splitlines()[0]})", hint="re-save the quantized checkpoint"
+        ) from err
     quantize_(hf_model, config)
     own = quant_state(hf_model)
     saved = doc["state"]
     missing, extra = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
     if missing or extra:
         which = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
-        raise CheckpointError(f"{Path(path) / QUANT_FILE}: quantizer state does not match scheme {config.scheme} ({which})",
-                              hint="the file belongs to another model or scheme; re-save it")
+        raise CheckpointError(
+            f"{Path(path) / QUANT_FILE}: quantizer state does not match scheme {config.scheme} ({which})",
+            hint="the file belongs to another model or scheme; re-save it",
+        )
     with torch.no_grad():
         for name, tensor in own.items():
             entry = saved[name]
             value = torch.tensor(entry["values"], dtype=torch.float32).reshape(entry["shape"])
             if tuple(value.shape) != tuple(tensor.shape):
-                raise CheckpointError(f"{Path(path) / QUANT_FILE}: {name} has shape {tuple(value.shape)}, the model needs {tuple(tensor.shape)}")
+                raise CheckpointError(
+                    f"{Path(path) / QUANT_FILE}: {name} has shape {tuple(value.shape)}, the model needs {tuple(tensor.shape)}"
+                )
             tensor.copy_(value.to(tensor.dtype))
     return config

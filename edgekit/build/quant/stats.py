@@ -24,9 +24,11 @@ from edgekit.build.quant.modules import QuantEmbedding, QuantLinear
 from edgekit.build.quant.quantizers import ElasticBinary, LSQActivation
 
 SEQ_LEN = 128
-FORMULA = ("FLOPs = 2 * sum(MACs * cost), cost = b1*b2/64 when both operands have <= 8 bits (a binary op, BOP, is 1/64 FLOP), "
-           "else 1; over encoder linears (W x A bits), attention matmuls (A x A bits) and the float head. "
-           "Size = sum(params * bits) + one 32-bit scale per quantized row; biases, LayerNorm, head at 32 bits.")
+FORMULA = (
+    "FLOPs = 2 * sum(MACs * cost), cost = b1*b2/64 when both operands have <= 8 bits (a binary op, BOP, is 1/64 FLOP), "
+    "else 1; over encoder linears (W x A bits), attention matmuls (A x A bits) and the float head. "
+    "Size = sum(params * bits) + one 32-bit scale per quantized row; biases, LayerNorm, head at 32 bits."
+)
 
 
 def _cost(b1: int, b2: int) -> float:
@@ -35,9 +37,15 @@ def _cost(b1: int, b2: int) -> float:
 
 def _dims(cfg) -> dict:
     get = lambda *names: next(getattr(cfg, n) for n in names if getattr(cfg, n, None) is not None)  # noqa: E731
-    return dict(hidden=get("hidden_size", "dim"), inter=get("intermediate_size", "hidden_dim"), layers=get("num_hidden_layers", "n_layers"),
-                vocab=get("vocab_size"), positions=get("max_position_embeddings"), types=getattr(cfg, "type_vocab_size", 0) or 0,
-                labels=getattr(cfg, "num_labels", 0) or 0)
+    return dict(
+        hidden=get("hidden_size", "dim"),
+        inter=get("intermediate_size", "hidden_dim"),
+        layers=get("num_hidden_layers", "n_layers"),
+        vocab=get("vocab_size"),
+        positions=get("max_position_embeddings"),
+        types=getattr(cfg, "type_vocab_size", 0) or 0,
+        labels=getattr(cfg, "num_labels", 0) or 0,
+    )
 
 
 def savings(hf_config, qcfg: QuantConfig | None, *, seq_len: int = SEQ_LEN, classifier: bool = True) -> dict:
@@ -57,11 +65,18 @@ def savings(hf_config, qcfg: QuantConfig | None, *, seq_len: int = SEQ_LEN, clas
     emb_rows = d["vocab"] + d["positions"] + d["types"]
     other = n * (4 * h + i + h + 4 * h) + 2 * h + head_macs + h + d["labels"]  # biases, LayerNorms, head
     fp_bits = 32 * (linear_params + emb_params + other)
-    q_bits = (linear_params * wb + (32 * linear_rows if wb < 32 else 0)) + (emb_params * eb + (32 * emb_rows if eb < 32 else 0)) + 32 * other
+    q_bits = (
+        (linear_params * wb + (32 * linear_rows if wb < 32 else 0)) + (emb_params * eb + (32 * emb_rows if eb < 32 else 0)) + 32 * other
+    )
     return {
-        "seq_len": L, "formula": FORMULA,
-        "fp32_gflops": fp_flops / 1e9, "quant_gflops": q_flops / 1e9, "flops_saving": fp_flops / q_flops,
-        "fp32_mb": fp_bits / 8e6, "quant_mb": q_bits / 8e6, "size_saving": fp_bits / q_bits,
+        "seq_len": L,
+        "formula": FORMULA,
+        "fp32_gflops": fp_flops / 1e9,
+        "quant_gflops": q_flops / 1e9,
+        "flops_saving": fp_flops / q_flops,
+        "fp32_mb": fp_bits / 8e6,
+        "quant_mb": q_bits / 8e6,
+        "size_saving": fp_bits / q_bits,
     }
 
 
@@ -73,9 +88,17 @@ def weight_distribution(model) -> list[dict]:
         if isinstance(mod, (QuantLinear, QuantEmbedding)) and getattr(mod, "weight_quant", None) is not None:
             codes, scale = mod.weight_quant.split(mod.weight.detach().float())
             total = codes.numel()
-            rows.append({"module": name, "bits": mod.weight_quant.bits, "shape": list(mod.weight.shape),
-                         "frac_neg": float((codes < 0).sum()) / total, "frac_zero": float((codes == 0).sum()) / total,
-                         "frac_pos": float((codes > 0).sum()) / total, "mean_scale": float(scale.float().mean())})
+            rows.append(
+                {
+                    "module": name,
+                    "bits": mod.weight_quant.bits,
+                    "shape": list(mod.weight.shape),
+                    "frac_neg": float((codes < 0).sum()) / total,
+                    "frac_zero": float((codes == 0).sum()) / total,
+                    "frac_pos": float((codes > 0).sum()) / total,
+                    "mean_scale": float(scale.float().mean()),
+                }
+            )
     return rows
 
 
@@ -85,16 +108,32 @@ def activation_scales(model) -> list[dict]:
     rows = []
     for name, q in quantizers(hf_model_of(model)):
         if isinstance(q, ElasticBinary):
-            rows.append({"quantizer": name, "kind": "elastic-{0,1}" if q.two_set else "elastic-{-1,+1}", "alpha": float(q.alpha.abs()), "beta": float(q.beta)})
+            rows.append(
+                {
+                    "quantizer": name,
+                    "kind": "elastic-{0,1}" if q.two_set else "elastic-{-1,+1}",
+                    "alpha": float(q.alpha.abs()),
+                    "beta": float(q.beta),
+                }
+            )
         elif isinstance(q, LSQActivation):
-            rows.append({"quantizer": name, "kind": f"{'lsq' if q.learned else 'calibrated'}-{q.bits}bit-{'signed' if q.signed else 'unsigned'}",
-                         "scale": float(q.scale.abs())})
+            rows.append(
+                {
+                    "quantizer": name,
+                    "kind": f"{'lsq' if q.learned else 'calibrated'}-{q.bits}bit-{'signed' if q.signed else 'unsigned'}",
+                    "scale": float(q.scale.abs()),
+                }
+            )
     return rows
 
 
 def describe(model, *, classifier: bool, seq_len: int = SEQ_LEN) -> dict:
     hf = hf_model_of(model)
     qcfg = quant_config_of(model) or quant_config_of(hf)
-    return {"scheme": qcfg.scheme if qcfg else "fp32", "config": qcfg.model_dump() if qcfg else None,
-            "savings": savings(hf.config, qcfg, seq_len=seq_len, classifier=classifier),
-            "weights": weight_distribution(model), "activations": activation_scales(model)}
+    return {
+        "scheme": qcfg.scheme if qcfg else "fp32",
+        "config": qcfg.model_dump() if qcfg else None,
+        "savings": savings(hf.config, qcfg, seq_len=seq_len, classifier=classifier),
+        "weights": weight_distribution(model),
+        "activations": activation_scales(model),
+    }

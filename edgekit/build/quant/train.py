@@ -18,7 +18,6 @@ saved after it, so ``DIR`` holds the last good checkpoint.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -30,8 +29,6 @@ from typing import Literal
 
 import torch
 
-from edgekit.deploy import data as datafiles
-from edgekit.errors import ConfigError, DataError, EdgekitError, TrainingError
 from edgekit.build.load import Encoder, load
 from edgekit.build.quant import distill, stats
 from edgekit.build.quant._compat import BaseModel, ConfigDict
@@ -40,6 +37,8 @@ from edgekit.build.quant.config import QuantConfig, make_config
 from edgekit.build.quant.distill import DistillConfig, Distiller
 from edgekit.build.quant.quantizers import Quantizer
 from edgekit.build.quant.saving import save_quantized
+from edgekit.deploy import data as datafiles
+from edgekit.errors import ConfigError, DataError, EdgekitError, TrainingError
 
 STATE_DIR = "train_state"
 REPORT = "quant_report.json"
@@ -147,8 +146,15 @@ class _Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
         except ImportError:
             return
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                             TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            transient=False,
+        )
         self._bar.start()
         self._task = self._bar.add_task(title, total=total, completed=start, loss="-")
 
@@ -210,13 +216,16 @@ def check_tokenizers(teacher: Encoder, student: Encoder) -> None:
     va, vb = a.get_vocab(), b.get_vocab()
     if va != vb or a.pad_token_id != b.pad_token_id or a.cls_token_id != b.cls_token_id:
         diff = f"vocabulary {len(va)} vs {len(vb)} tokens" if len(va) != len(vb) else "same size, other tokens or special ids"
-        raise ConfigError(f"teacher {teacher.info.path} and student {student.info.path} tokenize differently ({diff})",
-                          hint="distil from a teacher with the student's tokenizer")
+        raise ConfigError(
+            f"teacher {teacher.info.path} and student {student.info.path} tokenize differently ({diff})",
+            hint="distil from a teacher with the student's tokenizer",
+        )
 
 
 @torch.no_grad()
-def evaluate(encoder: Encoder, module, texts: list[str], labels: list[int] | None, device, *, max_length: int = 128, batch: int = 128,
-             reference=None) -> dict:
+def evaluate(
+    encoder: Encoder, module, texts: list[str], labels: list[int] | None, device, *, max_length: int = 128, batch: int = 128, reference=None
+) -> dict:
     """Accuracy (labeled classifier data) and/or mean cosine to ``reference``'s outputs (any model)."""
     was = module.training
     module.eval()
@@ -249,11 +258,13 @@ def _lr(opts: TrainOptions, qcfg: QuantConfig) -> float:
 def _optimizer(student, opts: TrainOptions, qcfg: QuantConfig):
     quant_ids = {id(p) for m in student.modules() if isinstance(m, Quantizer) for p in m.parameters(recurse=False)}
     decay, no_decay = [], []
-    for name, p in student.named_parameters():
+    for _name, p in student.named_parameters():
         if not p.requires_grad:
             continue
         (no_decay if id(p) in quant_ids or p.ndim < 2 else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=_lr(opts, qcfg))
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=_lr(opts, qcfg)
+    )
 
 
 def _schedule(opt, total: int, warmup: float):
@@ -269,9 +280,19 @@ def _budget(n_texts: int, world: int, batch: int, steps: int | None, epochs: flo
 
 def _save_state(path: Path, step: int, student, opt, sched, qcfg: QuantConfig, total: int) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    state = {"step": step, "total": total, "scheme": qcfg.model_dump(), "model": student.state_dict(), "optimizer": opt.state_dict(),
-             "scheduler": sched.state_dict(), "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                                                      "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
+    state = {
+        "step": step,
+        "total": total,
+        "scheme": qcfg.model_dump(),
+        "model": student.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        },
+    }
     tmp = path / "state.pt.tmp"
     torch.save(state, tmp)
     os.replace(tmp, path / "state.pt")
@@ -284,7 +305,10 @@ def _load_state(path: Path, student, opt, sched, qcfg: QuantConfig) -> int:
     except (OSError, RuntimeError, EOFError) as err:
         raise TrainingError(f"{f}: cannot resume from it ({str(err).splitlines()[0]})", hint="delete it to start over") from err
     if state.get("scheme") != qcfg.model_dump():
-        raise ConfigError(f"{f}: saved for scheme {state.get('scheme', {}).get('scheme')!r}, not {qcfg.scheme!r}", hint="use another --out, or the same scheme")
+        raise ConfigError(
+            f"{f}: saved for scheme {state.get('scheme', {}).get('scheme')!r}, not {qcfg.scheme!r}",
+            hint="use another --out, or the same scheme",
+        )
     student.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
@@ -295,8 +319,20 @@ def _load_state(path: Path, student, opt, sched, qcfg: QuantConfig) -> int:
     return int(state["step"])
 
 
-def train_stage(teacher: Encoder, student: Encoder, qcfg: QuantConfig, texts: list[str], labels: list[int] | None, out: Path,
-                opts: TrainOptions, *, dist: _Dist, steps: int | None = None, epochs: float | None = None, title: str | None = None) -> dict:
+def train_stage(
+    teacher: Encoder,
+    student: Encoder,
+    qcfg: QuantConfig,
+    texts: list[str],
+    labels: list[int] | None,
+    out: Path,
+    opts: TrainOptions,
+    *,
+    dist: _Dist,
+    steps: int | None = None,
+    epochs: float | None = None,
+    title: str | None = None,
+) -> dict:
     """Quantize ``student.module`` in place with ``qcfg`` (unless already) and distil it from ``teacher``.
 
     Saves the quantized checkpoint to ``out`` (and resume state under ``out/train_state``)."""
@@ -331,8 +367,9 @@ def train_stage(teacher: Encoder, student: Encoder, qcfg: QuantConfig, texts: li
         _say(dist, f"resuming {qcfg.scheme} from step {start} ({state_dir})")
     wrapped = module
     if dist.enabled:
-        wrapped = torch.nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
-                                                            find_unused_parameters=True)
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
     bar = _Progress(dist.main and opts.progress, total, start, title or qcfg.scheme, opts.log_every)
     history: list[float] = []
     last_saved = start if start else None
@@ -343,8 +380,14 @@ def train_stage(teacher: Encoder, student: Encoder, qcfg: QuantConfig, texts: li
     def save(step_now: int) -> None:
         nonlocal last_saved
         if dist.main:
-            save_quantized(module, student.tokenizer, out, source=student.info.path, dtype=torch.float16 if opts.save_dtype == "float16" else None,
-                           extra={"step": step_now, "total_steps": total})
+            save_quantized(
+                module,
+                student.tokenizer,
+                out,
+                source=student.info.path,
+                dtype=torch.float16 if opts.save_dtype == "float16" else None,
+                extra={"step": step_now, "total_steps": total},
+            )
             _save_state(state_dir, step_now, module, opt, sched, qcfg, total)
         dist.barrier()
         last_saved = step_now
@@ -364,8 +407,10 @@ def train_stage(teacher: Encoder, student: Encoder, qcfg: QuantConfig, texts: li
                     value = float(loss.detach())
                     if dist.any(not math.isfinite(value)):
                         where = f"{out} (step {last_saved})" if last_saved is not None else "none (no checkpoint was saved yet)"
-                        raise TrainingError(f"{qcfg.scheme}: loss is {value} at step {step + 1}; stopped. Last good checkpoint: {where}",
-                                            hint="lower --lr, or resume from the last checkpoint with --resume")
+                        raise TrainingError(
+                            f"{qcfg.scheme}: loss is {value} at step {step + 1}; stopped. Last good checkpoint: {where}",
+                            hint="lower --lr, or resume from the last checkpoint with --resume",
+                        )
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
@@ -385,11 +430,22 @@ def train_stage(teacher: Encoder, student: Encoder, qcfg: QuantConfig, texts: li
         (state_dir / "state.pt").unlink()
     module.eval()
     head = history[: max(1, len(history) // 10)]
-    tail = history[-max(1, len(history) // 10):]
-    return {"scheme": qcfg.scheme, "config": qcfg.model_dump(), "distill": dcfg.model_dump(), "out": str(out), "steps": total,
-            "start_step": start, "epochs": total / per_epoch, "seconds": round(seconds, 2), "lr": _lr(opts, qcfg),
-            "loss_first": sum(head) / len(head) if history else None, "loss_last": sum(tail) / len(tail) if history else None,
-            "batch_size": opts.batch_size, "world_size": dist.world}
+    tail = history[-max(1, len(history) // 10) :]
+    return {
+        "scheme": qcfg.scheme,
+        "config": qcfg.model_dump(),
+        "distill": dcfg.model_dump(),
+        "out": str(out),
+        "steps": total,
+        "start_step": start,
+        "epochs": total / per_epoch,
+        "seconds": round(seconds, 2),
+        "lr": _lr(opts, qcfg),
+        "loss_first": sum(head) / len(head) if history else None,
+        "loss_last": sum(tail) / len(tail) if history else None,
+        "batch_size": opts.batch_size,
+        "world_size": dist.world,
+    }
 
 
 # ----------------------------------------------------------------------------- whole run
@@ -416,9 +472,18 @@ def run(opts: TrainOptions) -> dict:
             texts, labels = texts[: opts.limit], (labels[: opts.limit] if labels is not None else None)
         evalset = read_training_data(opts.eval_data, student) if opts.eval_data else None
         classifier = student.info.task == "classifier"
-        report: dict = {"model": str(student.info.path), "teacher": str(teacher.info.path), "data": str(opts.data), "texts": len(texts),
-                        "device": str(dist.device), "world_size": dist.world, "scheme": final_cfg.scheme, "multi_step": opts.multi_step,
-                        "stages": [], "flops_formula": stats.FORMULA}
+        report: dict = {
+            "model": str(student.info.path),
+            "teacher": str(teacher.info.path),
+            "data": str(opts.data),
+            "texts": len(texts),
+            "device": str(dist.device),
+            "world_size": dist.world,
+            "scheme": final_cfg.scheme,
+            "multi_step": opts.multi_step,
+            "stages": [],
+            "flops_formula": stats.FORMULA,
+        }
         if evalset and dist.main:
             report["teacher_eval"] = evaluate(teacher, teacher.module.to(dist.device), *evalset, dist.device, max_length=opts.max_length)
         plan = [(inter_cfg, out / f"step1-{inter_cfg.scheme}", opts.intermediate_steps, opts.intermediate_epochs)] if inter_cfg else []
@@ -434,14 +499,21 @@ def run(opts: TrainOptions) -> dict:
                 current_teacher = previous
             _seed(opts.seed + n)
             title = f"[{n}/{len(plan)}] {qcfg.scheme}"
-            stage = train_stage(current_teacher, student, qcfg, texts, labels, stage_out, opts, dist=dist, steps=steps, epochs=epochs, title=title)
+            stage = train_stage(
+                current_teacher, student, qcfg, texts, labels, stage_out, opts, dist=dist, steps=steps, epochs=epochs, title=title
+            )
             stage["teacher"] = "fp32" if n == 1 else plan[n - 2][0].scheme
             if evalset and dist.main:
-                stage["eval"] = evaluate(student, student.module, *evalset, dist.device, max_length=opts.max_length, reference=teacher.module)
+                stage["eval"] = evaluate(
+                    student, student.module, *evalset, dist.device, max_length=opts.max_length, reference=teacher.module
+                )
             stage["model"] = stats.describe(student.module, classifier=classifier, seq_len=opts.max_length)
             report["stages"].append(stage)
-            _say(dist, f"{title}: {stage['steps']} steps in {stage['seconds']:.1f}s, loss {stage['loss_first'] or 0:.4f} -> {stage['loss_last'] or 0:.4f}"
-                 + (f", eval {json.dumps(stage['eval'])}" if "eval" in stage else ""))
+            _say(
+                dist,
+                f"{title}: {stage['steps']} steps in {stage['seconds']:.1f}s, loss {stage['loss_first'] or 0:.4f} -> {stage['loss_last'] or 0:.4f}"
+                + (f", eval {json.dumps(stage['eval'])}" if "eval" in stage else ""),
+            )
         if dist.main:
             out.mkdir(parents=True, exist_ok=True)
             (out / REPORT).write_text(json.dumps(report, indent=1))
@@ -455,7 +527,9 @@ def run(opts: TrainOptions) -> dict:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m edgekit.build.quant.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m edgekit.build.quant.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", required=True, help="trained float checkpoint directory (the student's start and default teacher)")
     ap.add_argument("--scheme", default="bit-w1a1", help="quantization scheme (e.g. ternary-w2a8, bit-w1a8, bit-w1a1, bibert-w1a1)")
     ap.add_argument("--data", required=True, help="training texts: .txt, or .jsonl/.csv with text (+ label)")
@@ -488,12 +562,31 @@ def main(argv: list[str] | None = None) -> int:
         dcfg = None
         if args.ce:
             dcfg = distill.DEFAULTS[make_config(args.scheme).method].model_copy(update={"ce": args.ce})
-        opts = TrainOptions(model=args.model, scheme=args.scheme, data=args.data, out=args.out, teacher=args.teacher, eval_data=args.eval_data,
-                            steps=args.steps, epochs=args.epochs, multi_step=args.multi_step, intermediate=args.intermediate,
-                            intermediate_steps=args.intermediate_steps, intermediate_epochs=args.intermediate_epochs, batch_size=args.batch_size,
-                            lr=args.lr, max_length=args.max_length, seed=args.seed, save_every=args.save_every, resume=args.resume,
-                            device=args.device, save_dtype=args.save_dtype, distill=dcfg, progress=not args.no_progress)
-        report = run(opts)
+        opts = TrainOptions(
+            model=args.model,
+            scheme=args.scheme,
+            data=args.data,
+            out=args.out,
+            teacher=args.teacher,
+            eval_data=args.eval_data,
+            steps=args.steps,
+            epochs=args.epochs,
+            multi_step=args.multi_step,
+            intermediate=args.intermediate,
+            intermediate_steps=args.intermediate_steps,
+            intermediate_epochs=args.intermediate_epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            max_length=args.max_length,
+            seed=args.seed,
+            save_every=args.save_every,
+            resume=args.resume,
+            device=args.device,
+            save_dtype=args.save_dtype,
+            distill=dcfg,
+            progress=not args.no_progress,
+        )
+        run(opts)
     except EdgekitError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

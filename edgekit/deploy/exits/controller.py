@@ -21,7 +21,9 @@ def segment_manifest(manifest: Manifest, i: int) -> Manifest:
     """Segment ``i`` as a plain artifact's manifest (its packed weights, if any, as ``settings.packed``)."""
     seg = manifest.exits.segments[i]
     settings = {k: v for k, v in manifest.settings.items() if k != "packed"} | ({"packed": seg.packed} if seg.packed else {})
-    return manifest.model_copy(update={"model_file": seg.model_file, "inputs": seg.inputs, "outputs": seg.outputs, "exits": None, "settings": settings})
+    return manifest.model_copy(
+        update={"model_file": seg.model_file, "inputs": seg.inputs, "outputs": seg.outputs, "exits": None, "settings": settings}
+    )
 
 
 class ExitController:
@@ -119,6 +121,9 @@ def latency_check(controller: ExitController, feeds: list[dict[str, np.ndarray]]
     return {
         "exit_histogram": {int(layer): int(n) for layer, n in zip(controller.layers, hist)},
         "mean_exit_layer": float((hist * controller.layers).sum() / hist.sum()),
-        "measured_mean_latency_ms": measured, "expected_latency_ms": expected, "segment_latency_ms": seg_ms,
-        "measured_over_expected": measured / expected if expected else None, "texts": len(feeds),
+        "measured_mean_latency_ms": measured,
+        "expected_latency_ms": expected,
+        "segment_latency_ms": seg_ms,
+        "measured_over_expected": measured / expected if expected else None,
+        "texts": len(feeds),
     }

@@ -53,7 +53,9 @@ class Policy:
 
     def __post_init__(self) -> None:
         if not self.lower <= self.param <= self.upper:
-            raise ConfigError(f"policy {self.name}: parameter {self.param} out of range", hint=f"use a value in [{self.lower}, {self.upper}]")
+            raise ConfigError(
+                f"policy {self.name}: parameter {self.param} out of range", hint=f"use a value in [{self.lower}, {self.upper}]"
+            )
 
     def decide(self, outputs: dict[str, np.ndarray], state: State) -> tuple[np.ndarray, State]:
         raise NotImplementedError
@@ -126,7 +128,9 @@ def make(name: str, param: float, task: str | None = None) -> Policy:
         raise ConfigError(f"unknown exit policy {name!r}", hint=f"known policies: {', '.join(EXIT_POLICIES)}")
     cls = EXIT_POLICIES[name]
     if task is not None and task not in cls.tasks:
-        raise ConfigError(f"policy {name} needs a classifier (the model is an {task} model)", hint="use 'similarity' or 'learned' for embedding models")
+        raise ConfigError(
+            f"policy {name} needs a classifier (the model is an {task} model)", hint="use 'similarity' or 'learned' for embedding models"
+        )
     return cls(param=param)
 
 

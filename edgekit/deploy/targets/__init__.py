@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from edgekit.errors import TargetError
 from edgekit.deploy.targets.base import Session, Target, TargetOptions
 from edgekit.deploy.targets.openvino import OpenVinoCpuTarget
 from edgekit.deploy.targets.openvino_npu import OpenVinoNpuTarget
 from edgekit.deploy.targets.ort import OrtCpuTarget
 from edgekit.deploy.targets.ort_mobile import OrtMobileTarget
 from edgekit.deploy.targets.tensorrt import JetsonTarget
+from edgekit.errors import TargetError
 
 TARGETS: dict[str, type[Target]] = {
     OrtCpuTarget.name: OrtCpuTarget,

@@ -7,7 +7,7 @@ by the same code.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Optional, Protocol, runtime_checkable
+from typing import Annotated, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
@@ -26,7 +26,7 @@ def _check_seq_lens(v: list[int] | None) -> list[int] | None:
 
 
 # Sequence buckets as a target option: '64,128' or [64, 128] -> sorted, unique, each >= 4.
-SeqLens = Annotated[Optional[list[int]], BeforeValidator(_split_ints), AfterValidator(_check_seq_lens)]
+SeqLens = Annotated[list[int] | None, BeforeValidator(_split_ints), AfterValidator(_check_seq_lens)]
 
 
 class TargetOptions(BaseModel):

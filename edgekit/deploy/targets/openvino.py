@@ -25,9 +25,9 @@ from pydantic import Field, model_validator
 
 from edgekit.deploy import packing
 from edgekit.deploy.artifact import Manifest
+from edgekit.deploy.targets.base import SeqLens, TargetOptions, runtime_version
 from edgekit.deps import require
 from edgekit.errors import ConfigError, TargetError
-from edgekit.deploy.targets.base import SeqLens, TargetOptions, runtime_version
 
 MODEL_FILE = "model.xml"
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
@@ -66,8 +66,16 @@ def _config(precision: str, hint: str, threads: int | None, streams: int | None)
 
 
 class OpenVinoSession:
-    def __init__(self, path: Path, config: dict[str, str], device: str = "CPU", *, buckets: list[int] | None = None, pad_id: int = 0,
-                 packed: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        config: dict[str, str],
+        device: str = "CPU",
+        *,
+        buckets: list[int] | None = None,
+        pad_id: int = 0,
+        packed: dict[str, Any] | None = None,
+    ) -> None:
         """``packed``: the manifest's ``settings.packed`` (low-bit constants cut out of the .bin: packing.pack_ir)."""
         ov = require("openvino", for_="target openvino-cpu")
         core = ov.Core()
@@ -148,21 +156,35 @@ class OpenVinoCpuTarget:
         precision = options.precision
         if options.int8 == "nncf":
             if manifest.precision == "int8":
-                raise ConfigError("int8=nncf quantizes an FP32 model, and this model is already INT8", hint="drop int8=nncf: the INT8 graph compiles as it is")
-            from edgekit.build.ptq import calibration_feeds, nncf_quantize
-
-            from edgekit.build.ptq import TOLERANCE, check_fidelity, fp32_runner
+                raise ConfigError(
+                    "int8=nncf quantizes an FP32 model, and this model is already INT8",
+                    hint="drop int8=nncf: the INT8 graph compiles as it is",
+                )
+            from edgekit.build.ptq import TOLERANCE, calibration_feeds, check_fidelity, fp32_runner, nncf_quantize
 
             feeds, calib = calibration_feeds(onnx_dir, manifest, options.calibration, options.samples)
             model = nncf_quantize(model, feeds)
             fidelity = None
             if manifest.static_shape is None:
                 compiled = ov.Core().compile_model(model, "CPU", settings["config"])
-                fidelity = check_fidelity(fp32_runner(onnx_dir, manifest), lambda f: np.array(compiled(f)[0]), onnx_dir, manifest,
-                                          options.calibration, options.samples, "openvino-cpu NNCF INT8")
+                fidelity = check_fidelity(
+                    fp32_runner(onnx_dir, manifest),
+                    lambda f: np.array(compiled(f)[0]),
+                    onnx_dir,
+                    manifest,
+                    options.calibration,
+                    options.samples,
+                    "openvino-cpu NNCF INT8",
+                )
                 del compiled
-            settings["ptq"] = {"method": "nncf.quantize", "model_type": "transformer", "preset": "mixed", "calibration": calib,
-                               "nncf": _version("nncf"), "fidelity": fidelity}
+            settings["ptq"] = {
+                "method": "nncf.quantize",
+                "model_type": "transformer",
+                "preset": "mixed",
+                "calibration": calib,
+                "nncf": _version("nncf"),
+                "fidelity": fidelity,
+            }
             settings["tolerance"] = TOLERANCE.model_dump()
         int8 = options.int8 == "nncf" or manifest.precision == "int8"
         if int8:
@@ -193,8 +215,13 @@ class OpenVinoCpuTarget:
         config = dict(manifest.settings.get("config", {}))
         if options is not None and options.threads:
             config["INFERENCE_NUM_THREADS"] = str(options.threads)
-        return OpenVinoSession(Path(artifact_dir) / manifest.model_file, config, buckets=manifest.settings.get("buckets"), pad_id=manifest.tokenizer.pad_id,
-                               packed=manifest.settings.get("packed"))
+        return OpenVinoSession(
+            Path(artifact_dir) / manifest.model_file,
+            config,
+            buckets=manifest.settings.get("buckets"),
+            pad_id=manifest.tokenizer.pad_id,
+            packed=manifest.settings.get("packed"),
+        )
 
 
 def _version(dist: str) -> str | None:
@@ -208,12 +235,17 @@ def plan_buckets(onnx_dir: Path, manifest: Manifest, options: OpenVinoOptions) -
     if options.buckets is None and options.buckets_from is None:
         return None
     if manifest.static_shape:
-        raise ConfigError(f"the model was exported with the static shape {manifest.static_shape}; it has no sequence buckets", hint="export with dynamic shapes to use buckets")
+        raise ConfigError(
+            f"the model was exported with the static shape {manifest.static_shape}; it has no sequence buckets",
+            hint="export with dynamic shapes to use buckets",
+        )
     max_length = manifest.tokenizer.max_length
     if options.buckets is not None:
         too_long = [b for b in options.buckets if b > max_length]
         if too_long:
-            raise ConfigError(f"sequence bucket {too_long[0]} exceeds the model's max length {max_length}", hint=f"use buckets <= {max_length}")
+            raise ConfigError(
+                f"sequence bucket {too_long[0]} exceeds the model's max length {max_length}", hint=f"use buckets <= {max_length}"
+            )
         buckets, source = options.buckets, "option buckets"
     else:
         from edgekit.deploy import data
@@ -256,8 +288,10 @@ def check_int8(model: Any, config: dict[str, str], onnx_dir: Path, manifest: Man
     strict = "lowered" in manifest.settings
     if report["int8"] == 0 or (strict and report.get("all_int8") is False):
         report.setdefault("expected_int8", expected or "some")
-        raise TargetError(f"openvino-cpu: {int8check.fallback_message('OpenVINO CPU', report)}",
-                          hint="this scheme cannot execute in INT8 on OpenVINO; quantize the activations of those matmuls (A8/A4/A1)")
+        raise TargetError(
+            f"openvino-cpu: {int8check.fallback_message('OpenVINO CPU', report)}",
+            hint="this scheme cannot execute in INT8 on OpenVINO; quantize the activations of those matmuls (A8/A4/A1)",
+        )
     if report.get("all_int8") is False:
         report["note"] = int8check.fallback_message("OpenVINO CPU", report)
     return report

@@ -23,10 +23,10 @@ from pydantic import Field, model_validator
 
 from edgekit.deploy import data, parity
 from edgekit.deploy.artifact import Manifest, TensorSpec
-from edgekit.deps import require
-from edgekit.errors import ConfigError, TargetError
 from edgekit.deploy.targets.base import SeqLens, TargetOptions, runtime_version
 from edgekit.deploy.tokenizer import Tokenizer
+from edgekit.deps import require
+from edgekit.errors import ConfigError, TargetError
 
 DEVICE = "NPU"
 PENDING = "NPU compilation needs the Intel NPU driver; the IR is ready"
@@ -35,10 +35,20 @@ LOAD_CONFIG = {"PERFORMANCE_HINT": "LATENCY"}
 # Ops whose output shape depends on the data, or that need control flow: a static-shape
 # compiler cannot place them, so the NPU plugin cannot run them. Checked on every machine;
 # where an NPU is present, ``core.query_model`` (the plugin's own answer) is checked too.
-NOT_ON_NPU = frozenset({
-    "Loop", "TensorIterator", "If", "NonZero", "Unique", "NonMaxSuppression", "MatrixNms",
-    "MulticlassNms", "StringTensorPack", "StringTensorUnpack",
-})
+NOT_ON_NPU = frozenset(
+    {
+        "Loop",
+        "TensorIterator",
+        "If",
+        "NonZero",
+        "Unique",
+        "NonMaxSuppression",
+        "MatrixNms",
+        "MulticlassNms",
+        "StringTensorPack",
+        "StringTensorUnpack",
+    }
+)
 _QUANT_OPS = frozenset({"FakeQuantize", "FakeConvert"})
 
 
@@ -80,11 +90,17 @@ def plan_buckets(onnx_dir: Path, manifest: Manifest, options: NpuOptions) -> tup
     if options.seq_lens is not None:
         too_long = [s for s in options.seq_lens if s > max_length]
         if too_long:
-            raise ConfigError(f"sequence bucket {too_long[0]} exceeds the model's max length {max_length}", hint=f"use seq_lens <= {max_length}")
+            raise ConfigError(
+                f"sequence bucket {too_long[0]} exceeds the model's max length {max_length}", hint=f"use seq_lens <= {max_length}"
+            )
         return options.batch, list(options.seq_lens), "option seq_lens"
     if options.data is not None:
         lengths = Tokenizer(onnx_dir, manifest).lengths(data.read_texts(options.data))
-        return options.batch, buckets_from_lengths(lengths, max_length), f"p50/p90/max token length of {len(lengths)} texts in {options.data}"
+        return (
+            options.batch,
+            buckets_from_lengths(lengths, max_length),
+            f"p50/p90/max token length of {len(lengths)} texts in {options.data}",
+        )
     raise ConfigError(
         "a dynamic model sent to the NPU: the NPU runs only static shapes and no sequence buckets were given",
         hint=f"pass seq_lens (e.g. --option seq_lens={','.join(map(str, sorted({min(128, max_length), max_length})))}) or data=<texts file>, or export with --static-shape",
@@ -124,11 +140,19 @@ def pick_bucket(length: int, buckets: list[int]) -> int:
     for s in buckets:
         if length <= s:
             return s
-    raise TargetError(f"an input of {length} tokens is longer than the largest sequence bucket ({buckets[-1]})", hint="truncate the text, or compile with a larger bucket")
+    raise TargetError(
+        f"an input of {length} tokens is longer than the largest sequence bucket ({buckets[-1]})",
+        hint="truncate the text, or compile with a larger bucket",
+    )
 
 
-def run_in_buckets(feed: dict[str, np.ndarray], batch: int, buckets: list[int], pad_id: int,
-                   run: Callable[[int, dict[str, np.ndarray]], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def run_in_buckets(
+    feed: dict[str, np.ndarray],
+    batch: int,
+    buckets: list[int],
+    pad_id: int,
+    run: Callable[[int, dict[str, np.ndarray]], dict[str, np.ndarray]],
+) -> dict[str, np.ndarray]:
     """Run ``feed`` through static-shape models: ``batch`` rows at a time, each chunk padded
     to the smallest bucket that holds it; ``run(bucket, feed)`` runs one model."""
     rows = next(iter(feed.values())).shape[0]
@@ -171,7 +195,14 @@ def check_ir_on_cpu(out: Path, manifest: Manifest, onnx_dir: Path, core: Any, pr
     with NpuSession(out, manifest, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"}) as session:
         output = manifest.outputs[0].name
         actual = session.infer({k: v[fits] for k, v in feed.items()})[output]
-    report = parity.compare(reference[fits], actual, task=manifest.task, output=output, runtime="openvino-npu IR on the CPU plugin", tolerance=ir_tolerance(precision))
+    report = parity.compare(
+        reference[fits],
+        actual,
+        task=manifest.task,
+        output=output,
+        runtime="openvino-npu IR on the CPU plugin",
+        tolerance=ir_tolerance(precision),
+    )
     return {"device": "CPU", "skipped_longer_texts": int((~fits).sum()), **parity.enforce(report).model_dump()}
 
 
@@ -211,8 +242,15 @@ def _device_info(core: Any) -> dict[str, str]:
 class NpuSession:
     """One compiled model per bucket; each call runs on the smallest bucket that fits."""
 
-    def __init__(self, artifact_dir: Path, manifest: Manifest, *, device: str | None = None, cache_dir: str | None = None,
-                 config: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        artifact_dir: Path,
+        manifest: Manifest,
+        *,
+        device: str | None = None,
+        cache_dir: str | None = None,
+        config: dict[str, str] | None = None,
+    ) -> None:
         """``device``/``config`` other than the NPU's are for checking the IR elsewhere (tests run it on the CPU)."""
         ov = require("openvino", for_="target openvino-npu")
         device = device or DEVICE
@@ -296,10 +334,16 @@ class OpenVinoNpuTarget:
             try:
                 m.reshape({p.get_any_name(): [batch, s] for p in m.inputs})
             except RuntimeError as err:
-                raise TargetError(f"{self.name}: cannot reshape the model to [{batch}, {s}]: {str(err).strip().splitlines()[-1]}", hint="export with dynamic shapes") from err
+                raise TargetError(
+                    f"{self.name}: cannot reshape the model to [{batch}, {s}]: {str(err).strip().splitlines()[-1]}",
+                    hint="export with dynamic shapes",
+                ) from err
             dynamic = [p.get_any_name() for p in [*m.inputs, *m.outputs] if p.get_partial_shape().is_dynamic]
             if dynamic or m.is_dynamic():
-                raise TargetError(f"{self.name}: shapes still dynamic after reshaping to [{batch}, {s}] ({', '.join(dynamic) or 'inner tensors'})", hint="the NPU needs every shape static; export with --static-shape")
+                raise TargetError(
+                    f"{self.name}: shapes still dynamic after reshaping to [{batch}, {s}] ({', '.join(dynamic) or 'inner tensors'})",
+                    hint="the NPU needs every shape static; export with --static-shape",
+                )
             bad = unsupported_ops(m, core)
             if bad:
                 raise TargetError(f"{self.name}: ops the NPU cannot run: {', '.join(bad)}", hint="use openvino-cpu for this model")
@@ -320,7 +364,9 @@ class OpenVinoNpuTarget:
                 (out / blob).write_bytes(_blob_bytes(compiled.export_model()))
             models[str(s)] = {"xml": xml, "bin": weights, "blob": blob}
         shape = [batch, seqs[-1]]
-        ir_check = check_ir_on_cpu(out, manifest.model_copy(update={"static_shape": shape, "settings": {"models": models}}), onnx_dir, core, options.precision)
+        ir_check = check_ir_on_cpu(
+            out, manifest.model_copy(update={"static_shape": shape, "settings": {"models": models}}), onnx_dir, core, options.precision
+        )
         return {
             "model_file": models[str(seqs[-1])]["xml"],
             "precision": options.precision,
@@ -330,10 +376,15 @@ class OpenVinoNpuTarget:
             "outputs": [TensorSpec(name=t.name, shape=[batch, *t.shape[1:]], dtype=t.dtype) for t in manifest.outputs],
             "pending": None if on_npu else PENDING,
             "settings": {
-                "device": DEVICE, "buckets": [[batch, s] for s in seqs], "bucket_source": source, "models": models,
-                "config": dict(LOAD_CONFIG), "weights": "fp16 (compress_to_fp16)" + (", int8 from the QDQ model" if options.precision == "int8" else ""),
+                "device": DEVICE,
+                "buckets": [[batch, s] for s in seqs],
+                "bucket_source": source,
+                "models": models,
+                "config": dict(LOAD_CONFIG),
+                "weights": "fp16 (compress_to_fp16)" + (", int8 from the QDQ model" if options.precision == "int8" else ""),
                 "op_check": f"known list{' + query_model(NPU)' if on_npu else ''}",
-                "npu": _device_info(core) if on_npu else None, "cache_dir": options.cache_dir,
+                "npu": _device_info(core) if on_npu else None,
+                "cache_dir": options.cache_dir,
                 "ir_check": ir_check,
             },
         }

@@ -17,9 +17,9 @@ import numpy as np
 
 from edgekit.deploy import packing
 from edgekit.deploy.artifact import Manifest
+from edgekit.deploy.targets.base import TargetOptions, runtime_version
 from edgekit.deps import is_installed, require
 from edgekit.errors import TargetError
-from edgekit.deploy.targets.base import TargetOptions, runtime_version
 
 MODEL_FILE = "model.ort-opt.onnx"
 
@@ -81,8 +81,13 @@ class OrtCpuTarget:
         so = session_options(ort, options.optimization, options.threads, options.spinning)
         so.optimized_model_filepath = str(out / MODEL_FILE)
         ort.InferenceSession(str(onnx_dir / manifest.model_file), so, providers=["CPUExecutionProvider"])
-        settings: dict[str, Any] = {"optimization_saved": options.optimization, "optimization_at_load": "all", "threads": options.threads,
-                                    "spinning": options.spinning, "provider": "CPUExecutionProvider"}
+        settings: dict[str, Any] = {
+            "optimization_saved": options.optimization,
+            "optimization_at_load": "all",
+            "threads": options.threads,
+            "spinning": options.spinning,
+            "provider": "CPUExecutionProvider",
+        }
         if manifest.precision == "int8":
             settings["int8"] = check_int8(onnx_dir / manifest.model_file, options.threads, strict="lowered" in manifest.settings)
         if manifest.settings.get("packed") and is_installed("onnx"):
@@ -120,5 +125,8 @@ def check_int8(model_path: Path, threads: int | None, *, strict: bool = True) ->
     if not report["all_int8"] and not strict:
         report["note"] = int8check.fallback_message("onnxruntime", report)
     elif not report["all_int8"]:
-        raise TargetError(f"ort-cpu: {int8check.fallback_message('onnxruntime', report)}", hint="this scheme cannot execute in INT8 on ONNX Runtime; quantize the activations of those matmuls (A8/A4/A1)")
+        raise TargetError(
+            f"ort-cpu: {int8check.fallback_message('onnxruntime', report)}",
+            hint="this scheme cannot execute in INT8 on ONNX Runtime; quantize the activations of those matmuls (A8/A4/A1)",
+        )
     return report

@@ -25,11 +25,11 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from edgekit.deploy.artifact import Manifest, TensorSpec
-from edgekit.deps import require
-from edgekit.errors import ConfigError, TargetError
 from edgekit.deploy.targets.base import TargetOptions, runtime_version
 from edgekit.deploy.targets.openvino_npu import check_reference_fits, run_in_buckets
 from edgekit.deploy.targets.ort import session_options
+from edgekit.deps import require
+from edgekit.errors import ConfigError, TargetError
 
 MODEL_FILE = "model.ort"
 CONFIG_FILE = "required_operators.config"
@@ -75,11 +75,22 @@ def providers_for(options: OrtMobileOptions, ort: Any) -> tuple[list[str], dict[
 
         profile = devices.get(options.device)
         if OrtMobileTarget.name not in profile.targets:
-            raise ConfigError(f"device {profile.name!r} does not list target {OrtMobileTarget.name}", hint=f"its targets: {', '.join(profile.targets)}")
+            raise ConfigError(
+                f"device {profile.name!r} does not list target {OrtMobileTarget.name}", hint=f"its targets: {', '.join(profile.targets)}"
+            )
         runtime = next((r for r in profile.runtimes if r.name == "onnxruntime"), None)
         if runtime is None:
-            raise ConfigError(f"device {profile.name!r} names no onnxruntime runtime", hint="add runtimes: [{name: onnxruntime, versions: ..., execution_providers: [...]}] to its profile")
-        info = {"device": profile.name, "arch": profile.arch, "versions": runtime.versions, "platform": runtime.platform, "static_shapes": profile.static_shapes}
+            raise ConfigError(
+                f"device {profile.name!r} names no onnxruntime runtime",
+                hint="add runtimes: [{name: onnxruntime, versions: ..., execution_providers: [...]}] to its profile",
+            )
+        info = {
+            "device": profile.name,
+            "arch": profile.arch,
+            "versions": runtime.versions,
+            "platform": runtime.platform,
+            "static_shapes": profile.static_shapes,
+        }
         eps = eps or list(runtime.execution_providers)
         if profile.static_shapes and options.fixed_shape is None:
             raise ConfigError(f"device {profile.name!r} runs only static shapes", hint="pass fixed_shape, e.g. --option fixed_shape=1x128")
@@ -102,7 +113,10 @@ def _fix_shape(src: Path, dst: Path, shape: tuple[int, int]) -> None:
         for inp in model.graph.input:
             make_input_shape_fixed(model.graph, inp.name, list(shape))
     except ValueError as err:
-        raise ConfigError(f"cannot fix the input shape to {list(shape)}: {err}", hint="a static export keeps its own shape; drop fixed_shape or export with dynamic shapes") from err
+        raise ConfigError(
+            f"cannot fix the input shape to {list(shape)}: {err}",
+            hint="a static export keeps its own shape; drop fixed_shape or export with dynamic shapes",
+        ) from err
     fix_output_shapes(model)
     onnx.save(model, str(dst))
 
@@ -128,9 +142,14 @@ def convert(src: Path, out: Path, *, style: str, platform: str) -> None:
         log = io.StringIO()
         try:
             with contextlib.redirect_stdout(log), _quiet("ort_format_model.utils"):
-                convert_onnx_models_to_ort(src, output_dir=Path(tmp), optimization_styles=[OptimizationStyle[style]], target_platform=platform)
+                convert_onnx_models_to_ort(
+                    src, output_dir=Path(tmp), optimization_styles=[OptimizationStyle[style]], target_platform=platform
+                )
         except Exception as err:
-            raise TargetError(f"ort-mobile: conversion to .ort failed: {str(err).strip().splitlines()[0]}", hint=log.getvalue().strip().splitlines()[-1] if log.getvalue().strip() else None) from err
+            raise TargetError(
+                f"ort-mobile: conversion to .ort failed: {str(err).strip().splitlines()[0]}",
+                hint=log.getvalue().strip().splitlines()[-1] if log.getvalue().strip() else None,
+            ) from err
         suffix = ".with_runtime_opt" if style == "Runtime" else ""
         shutil.move(Path(tmp) / f"{src.stem}{suffix}.ort", out / MODEL_FILE)
         config = Path(tmp) / f"{src.stem}.required_operators{suffix}.config"
@@ -199,7 +218,10 @@ class OrtMobileTarget:
             if options.fixed_shape is not None:
                 batch, seq = options.fixed_shape
                 if seq > manifest.tokenizer.max_length:
-                    raise ConfigError(f"fixed sequence {seq} exceeds the model's max length {manifest.tokenizer.max_length}", hint=f"use a sequence <= {manifest.tokenizer.max_length}")
+                    raise ConfigError(
+                        f"fixed sequence {seq} exceeds the model's max length {manifest.tokenizer.max_length}",
+                        hint=f"use a sequence <= {manifest.tokenizer.max_length}",
+                    )
                 check_reference_fits(onnx_dir, manifest, seq, "fixed sequence length")
                 fixed = Path(tmp) / src.name
                 _fix_shape(src, fixed, options.fixed_shape)
@@ -209,7 +231,9 @@ class OrtMobileTarget:
             convert(src, out, style=options.optimization_style, platform=platform)
         notes = []
         if shape is None and any(e in STATIC_EPS for e in eps):
-            notes.append(f"{', '.join(e for e in eps if e in STATIC_EPS)} take only nodes with fixed shapes: pass fixed_shape to give them the whole graph")
+            notes.append(
+                f"{', '.join(e for e in eps if e in STATIC_EPS)} take only nodes with fixed shapes: pass fixed_shape to give them the whole graph"
+            )
         return {
             "model_file": MODEL_FILE,
             "precision": manifest.precision,
@@ -218,9 +242,15 @@ class OrtMobileTarget:
             "inputs": inputs,
             "outputs": outputs,
             "settings": {
-                "format": "ORT", "optimization_style": options.optimization_style, "target_platform": platform,
-                "required_operators": CONFIG_FILE, "operators": required_operators(out / CONFIG_FILE),
-                "execution_providers": eps, "device": device or None, "threads": options.threads, "notes": notes,
+                "format": "ORT",
+                "optimization_style": options.optimization_style,
+                "target_platform": platform,
+                "required_operators": CONFIG_FILE,
+                "operators": required_operators(out / CONFIG_FILE),
+                "execution_providers": eps,
+                "device": device or None,
+                "threads": options.threads,
+                "notes": notes,
             },
         }
 

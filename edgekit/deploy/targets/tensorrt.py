@@ -30,10 +30,10 @@ from pydantic import Field, field_validator, model_validator
 from edgekit import __version__
 from edgekit.deploy import artifact, parity
 from edgekit.deploy.artifact import Manifest
-from edgekit.deps import is_installed, require
-from edgekit.errors import ArtifactError, ConfigError, DataError, EdgekitError, MissingDependency, ParityError, TargetError
 from edgekit.deploy.targets import tensorrt_plan as plan
 from edgekit.deploy.targets.base import TargetOptions, runtime_version
+from edgekit.deps import is_installed, require
+from edgekit.errors import ArtifactError, ConfigError, DataError, EdgekitError, MissingDependency, ParityError, TargetError
 
 FOR = "target jetson"
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")
@@ -41,22 +41,59 @@ PENDING = f"engine to be built on the device: run {plan.BUILD_SH} there (or pyth
 
 # Every TensorRT attribute this module uses, as class.member paths, on TensorRT 10 and 11.
 TRT_API: tuple[str, ...] = (
-    "__version__", "nptype", "Logger", "Logger.WARNING",
-    "Builder", "Builder.create_network", "Builder.create_builder_config", "Builder.create_optimization_profile",
-    "Builder.build_serialized_network", "Builder.num_DLA_cores",
+    "__version__",
+    "nptype",
+    "Logger",
+    "Logger.WARNING",
+    "Builder",
+    "Builder.create_network",
+    "Builder.create_builder_config",
+    "Builder.create_optimization_profile",
+    "Builder.build_serialized_network",
+    "Builder.num_DLA_cores",
     "NetworkDefinitionCreationFlag.STRONGLY_TYPED",
-    "INetworkDefinition.num_inputs", "INetworkDefinition.get_input", "INetworkDefinition.num_layers", "INetworkDefinition.get_layer",
-    "ITensor.name", "ITensor.shape", "ILayer.name", "ILayer.type",
-    "OnnxParser", "OnnxParser.parse_from_file", "OnnxParser.num_errors", "OnnxParser.get_error",
-    "ParserError.desc", "ParserError.node", "ParserError.node_name", "ParserError.node_operator",
-    "IBuilderConfig.set_memory_pool_limit", "MemoryPoolType.WORKSPACE", "IBuilderConfig.set_flag", "BuilderFlag.GPU_FALLBACK",
-    "IBuilderConfig.default_device_type", "DeviceType.DLA", "IBuilderConfig.DLA_core", "IBuilderConfig.can_run_on_DLA",
-    "IBuilderConfig.add_optimization_profile", "IOptimizationProfile.set_shape",
-    "IBuilderConfig.create_timing_cache", "IBuilderConfig.set_timing_cache", "IBuilderConfig.get_timing_cache", "ITimingCache.serialize",
-    "Runtime", "Runtime.DLA_core", "Runtime.deserialize_cuda_engine",
-    "ICudaEngine.create_execution_context", "ICudaEngine.num_io_tensors", "ICudaEngine.get_tensor_name",
-    "ICudaEngine.get_tensor_mode", "ICudaEngine.get_tensor_dtype", "TensorIOMode.INPUT",
-    "IExecutionContext.set_input_shape", "IExecutionContext.get_tensor_shape", "IExecutionContext.set_tensor_address",
+    "INetworkDefinition.num_inputs",
+    "INetworkDefinition.get_input",
+    "INetworkDefinition.num_layers",
+    "INetworkDefinition.get_layer",
+    "ITensor.name",
+    "ITensor.shape",
+    "ILayer.name",
+    "ILayer.type",
+    "OnnxParser",
+    "OnnxParser.parse_from_file",
+    "OnnxParser.num_errors",
+    "OnnxParser.get_error",
+    "ParserError.desc",
+    "ParserError.node",
+    "ParserError.node_name",
+    "ParserError.node_operator",
+    "IBuilderConfig.set_memory_pool_limit",
+    "MemoryPoolType.WORKSPACE",
+    "IBuilderConfig.set_flag",
+    "BuilderFlag.GPU_FALLBACK",
+    "IBuilderConfig.default_device_type",
+    "DeviceType.DLA",
+    "IBuilderConfig.DLA_core",
+    "IBuilderConfig.can_run_on_DLA",
+    "IBuilderConfig.add_optimization_profile",
+    "IOptimizationProfile.set_shape",
+    "IBuilderConfig.create_timing_cache",
+    "IBuilderConfig.set_timing_cache",
+    "IBuilderConfig.get_timing_cache",
+    "ITimingCache.serialize",
+    "Runtime",
+    "Runtime.DLA_core",
+    "Runtime.deserialize_cuda_engine",
+    "ICudaEngine.create_execution_context",
+    "ICudaEngine.num_io_tensors",
+    "ICudaEngine.get_tensor_name",
+    "ICudaEngine.get_tensor_mode",
+    "ICudaEngine.get_tensor_dtype",
+    "TensorIOMode.INPUT",
+    "IExecutionContext.set_input_shape",
+    "IExecutionContext.get_tensor_shape",
+    "IExecutionContext.set_tensor_address",
     "IExecutionContext.execute_async_v3",
 )
 # Weak typing: precision flags that exist in TensorRT 10 only (11 builds strongly typed networks).
@@ -111,7 +148,10 @@ def _cudart() -> Any:
         try:
             from cuda import cudart as runtime  # older cuda-python
         except ImportError as err:
-            raise MissingDependency(f"cuda-python is not installed but is needed for {FOR} (GPU memory for TensorRT)", hint="pip install cuda-python (the version of the device's CUDA)") from err
+            raise MissingDependency(
+                f"cuda-python is not installed but is needed for {FOR} (GPU memory for TensorRT)",
+                hint="pip install cuda-python (the version of the device's CUDA)",
+            ) from err
     return runtime
 
 
@@ -163,10 +203,15 @@ def profile_major(device: Any) -> int | None:
     try:
         allowed = SpecifierSet(spec)
     except InvalidSpecifier as err:
-        raise ConfigError(f"device {device.name}: tensorrt versions {spec!r} is not a version range", hint="write e.g. '>=10.3,<11'") from err
+        raise ConfigError(
+            f"device {device.name}: tensorrt versions {spec!r} is not a version range", hint="write e.g. '>=10.3,<11'"
+        ) from err
     majors = [m for m in (10, 11) if any(allowed.contains(f"{m}.{minor}.{patch}") for minor in range(30) for patch in range(10))]
     if len(majors) != 1:
-        raise ConfigError(f"device {device.name}: tensorrt versions {spec!r} match {'both TensorRT 10 and 11' if majors else 'neither TensorRT 10 nor 11'}", hint="set the option tensorrt_major=10 or 11")
+        raise ConfigError(
+            f"device {device.name}: tensorrt versions {spec!r} match {'both TensorRT 10 and 11' if majors else 'neither TensorRT 10 nor 11'}",
+            hint="set the option tensorrt_major=10 or 11",
+        )
     return majors[0]
 
 
@@ -181,11 +226,19 @@ def _check_device(options: JetsonOptions, device: Any | None) -> None:
     if options.dla_core is None:
         return
     if device.dla_cores == 0:
-        raise ConfigError(f"{where} has no DLA cores, so dla_core={options.dla_core} cannot be used", hint="drop dla_core to build for the GPU, or pick a device with DLA (e.g. Jetson AGX Orin)")
+        raise ConfigError(
+            f"{where} has no DLA cores, so dla_core={options.dla_core} cannot be used",
+            hint="drop dla_core to build for the GPU, or pick a device with DLA (e.g. Jetson AGX Orin)",
+        )
     if options.dla_core >= device.dla_cores:
-        raise ConfigError(f"{where} has {device.dla_cores} DLA core(s); dla_core={options.dla_core} does not exist", hint=f"use dla_core 0..{device.dla_cores - 1}")
+        raise ConfigError(
+            f"{where} has {device.dla_cores} DLA core(s); dla_core={options.dla_core} does not exist",
+            hint=f"use dla_core 0..{device.dla_cores - 1}",
+        )
     if device.dla_precisions and options.precision not in device.dla_precisions:
-        raise ConfigError(f"the DLA of {where} runs {', '.join(device.dla_precisions)}, not {options.precision}", hint="change precision or drop dla_core")
+        raise ConfigError(
+            f"the DLA of {where} runs {', '.join(device.dla_precisions)}, not {options.precision}", hint="change precision or drop dla_core"
+        )
 
 
 def _mismatch(trt: Any, pinned: dict[str, Any]) -> str | None:
@@ -218,7 +271,9 @@ def build_engine(trt: Any, onnx_path: Path, out: Path, settings: dict[str, Any])
     if not parser.parse_from_file(str(onnx_path)):
         errors = [parser.get_error(i) for i in range(parser.num_errors)]
         detail = "; ".join(f"{err.node_operator() or '?'} node {err.node_name() or err.node()}: {err.desc()}" for err in errors[:5])
-        raise TargetError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {detail or 'no error reported'}", hint="see support_check in manifest.json")
+        raise TargetError(
+            f"TensorRT's ONNX parser rejected {onnx_path.name}: {detail or 'no error reported'}", hint="see support_check in manifest.json"
+        )
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings["workspace_mb"] << 20)
     for flag in settings["builder_flags"]:  # TensorRT 10 only: FP16, INT8 (TRT_API_10)
@@ -227,7 +282,10 @@ def build_engine(trt: Any, onnx_path: Path, out: Path, settings: dict[str, Any])
     dla = settings.get("dla")
     if dla is not None:
         if builder.num_DLA_cores <= dla["core"]:
-            raise TargetError(f"this device has {builder.num_DLA_cores} DLA core(s); dla_core={dla['core']} does not exist", hint="recompile with another dla_core, or without it")
+            raise TargetError(
+                f"this device has {builder.num_DLA_cores} DLA core(s); dla_core={dla['core']} does not exist",
+                hint="recompile with another dla_core, or without it",
+            )
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = dla["core"]
         if dla["gpu_fallback"]:
@@ -254,12 +312,18 @@ def build_engine(trt: Any, onnx_path: Path, out: Path, settings: dict[str, Any])
     config.set_timing_cache(cache, False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise TargetError("TensorRT could not build the engine (its log above says why)", hint="check support_check in manifest.json; a larger workspace_mb may help")
+        raise TargetError(
+            "TensorRT could not build the engine (its log above says why)",
+            hint="check support_check in manifest.json; a larger workspace_mb may help",
+        )
     (out / plan.ENGINE_FILE).write_bytes(bytes(serialized))
     cache_file.write_bytes(bytes(config.get_timing_cache().serialize()))
     return {
-        "tensorrt_version": runtime_version(trt), "compute_capability": gpu_compute_capability(), "l4t": l4t_release(),
-        "dla_layers_on_gpu": on_gpu if dla is not None else None, "built_with": "edgekit (TensorRT Python API)",
+        "tensorrt_version": runtime_version(trt),
+        "compute_capability": gpu_compute_capability(),
+        "l4t": l4t_release(),
+        "dla_layers_on_gpu": on_gpu if dla is not None else None,
+        "built_with": "edgekit (TensorRT Python API)",
     }
 
 
@@ -273,7 +337,9 @@ class JetsonSession:
     sequences shorter than its shortest are padded (masked, so outputs do not change).
     """
 
-    def __init__(self, engine_path: Path, *, dla_core: int | None = None, max_batch: int | None = None, min_seq: int = 1, pad_id: int = 0) -> None:
+    def __init__(
+        self, engine_path: Path, *, dla_core: int | None = None, max_batch: int | None = None, min_seq: int = 1, pad_id: int = 0
+    ) -> None:
         trt = require("tensorrt", for_=FOR)
         self._cudart = _cudart()
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -282,7 +348,9 @@ class JetsonSession:
             self._runtime.DLA_core = dla_core
         self._engine = self._runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
         if self._engine is None:
-            raise TargetError(f"{engine_path}: TensorRT could not deserialize the engine", hint="rebuild it on this device with build_engine.sh")
+            raise TargetError(
+                f"{engine_path}: TensorRT could not deserialize the engine", hint="rebuild it on this device with build_engine.sh"
+            )
         self._context = self._engine.create_execution_context()
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         self.input_names = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -320,13 +388,19 @@ class JetsonSession:
             return {name: np.concatenate([p[name] for p in parts]) for name in self.output_names}
         width = next(iter(feed.values())).shape[1]
         if width < self._min_seq:
-            feed = {k: np.pad(v, ((0, 0), (0, self._min_seq - width)), constant_values=self._pad_id if k == "input_ids" else 0) for k, v in feed.items()}
+            feed = {
+                k: np.pad(v, ((0, 0), (0, self._min_seq - width)), constant_values=self._pad_id if k == "input_ids" else 0)
+                for k, v in feed.items()
+            }
         cudart, kinds = self._cudart, self._cudart.cudaMemcpyKind
         hosts = []
         for name in self.input_names:
             arr = np.ascontiguousarray(feed[name], dtype=self._dtypes[name])
             if not self._context.set_input_shape(name, arr.shape):
-                raise TargetError(f"input {name!r} of shape {arr.shape} is outside the engine's optimization profile", hint="see settings.shapes in manifest.json")
+                raise TargetError(
+                    f"input {name!r} of shape {arr.shape} is outside the engine's optimization profile",
+                    hint="see settings.shapes in manifest.json",
+                )
             ptr = self._device(name, max(arr.nbytes, 1))
             _cuda(cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, kinds.cudaMemcpyHostToDevice, self._stream), "cudaMemcpyAsync")
             self._context.set_tensor_address(name, ptr)
@@ -339,7 +413,10 @@ class JetsonSession:
         if not self._context.execute_async_v3(int(self._stream)):  # TensorRT takes the stream handle as an int
             raise TargetError("TensorRT failed to run the engine (its log above says why)")
         for name, host in outputs.items():
-            _cuda(cudart.cudaMemcpyAsync(host.ctypes.data, self._buffers[name][0], host.nbytes, kinds.cudaMemcpyDeviceToHost, self._stream), "cudaMemcpyAsync")
+            _cuda(
+                cudart.cudaMemcpyAsync(host.ctypes.data, self._buffers[name][0], host.nbytes, kinds.cudaMemcpyDeviceToHost, self._stream),
+                "cudaMemcpyAsync",
+            )
         _cuda(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         return outputs
 
@@ -350,13 +427,18 @@ class JetsonSession:
 class JetsonTarget:
     name: ClassVar[str] = "jetson"
     runtime: ClassVar[str] = "tensorrt"
-    description: ClassVar[str] = "TensorRT engine for NVIDIA Jetson (GPU, optionally DLA); built on the device where TensorRT is absent here"
+    description: ClassVar[str] = (
+        "TensorRT engine for NVIDIA Jetson (GPU, optionally DLA); built on the device where TensorRT is absent here"
+    )
     options_model: ClassVar[type[TargetOptions]] = JetsonOptions
 
     def check_available(self) -> None:
         """Compiling needs onnx (graph checks, build plan); running needs tensorrt. Raise if neither is here."""
         if not (is_installed("onnx") or is_installed("tensorrt")):
-            raise MissingDependency(f"{FOR} needs onnx to compile (graph checks and build plan) or tensorrt to build and run engines", hint="pip install 'edgekit[export]'; on the Jetson, TensorRT comes with JetPack")
+            raise MissingDependency(
+                f"{FOR} needs onnx to compile (graph checks and build plan) or tensorrt to build and run engines",
+                hint="pip install 'edgekit[export]'; on the Jetson, TensorRT comes with JetPack",
+            )
 
     def compile(self, onnx_dir: Path, manifest: Manifest, options: JetsonOptions, out: Path) -> dict[str, Any]:
         try:
@@ -374,13 +456,21 @@ class JetsonTarget:
         model = onnx.load(str(onnx_dir / manifest.model_file), load_external_data=False)
         signed = plan.signed_qdq(model) if plan.has_qdq(model) else None
         if signed and signed["asymmetric"]:
-            raise TargetError(f"{self.name}: TensorRT takes symmetric INT8 Q/DQ only (zero point 0); {len(signed['asymmetric'])} UINT8 tensors have another "
-                              f"zero point, e.g. {signed['asymmetric'][0]}", hint="quantize with symmetric activations (edgekit lower does; for PTQ use the symmetric presets)")
+            raise TargetError(
+                f"{self.name}: TensorRT takes symmetric INT8 Q/DQ only (zero point 0); {len(signed['asymmetric'])} UINT8 tensors have another "
+                f"zero point, e.g. {signed['asymmetric'][0]}",
+                hint="quantize with symmetric activations (edgekit lower does; for PTQ use the symmetric presets)",
+            )
         check = plan.check_graph(model, precision=options.precision, trt_major=major, dla=dla, gpu_fallback=options.gpu_fallback)
         if check.failures:
-            raise TargetError(f"{self.name}: TensorRT {major} cannot build this graph: {'; '.join(check.failures)}", hint="the support table is edgekit/data/tensorrt_onnx_ops.json")
+            raise TargetError(
+                f"{self.name}: TensorRT {major} cannot build this graph: {'; '.join(check.failures)}",
+                hint="the support table is edgekit/data/tensorrt_onnx_ops.json",
+            )
         seq, seq_note = self._seq_range(onnx_dir, manifest, options)
-        shapes = plan.profile_shapes([t.name for t in manifest.inputs], manifest.static_shape, seq, opt_batch=options.opt_batch, max_batch=options.max_batch)
+        shapes = plan.profile_shapes(
+            [t.name for t in manifest.inputs], manifest.static_shape, seq, opt_batch=options.opt_batch, max_batch=options.max_batch
+        )
         fields: dict[str, Any] = {}
         if dla and not plan.is_static(shapes):
             shapes = plan.pin(shapes, options.opt_batch)
@@ -396,21 +486,39 @@ class JetsonTarget:
         if major >= 11 and options.precision == "fp16":
             build_onnx = _write_fp16(onnx, out / manifest.model_file, out / plan.FP16_ONNX)
         strongly_typed, builder_flags = plan.flags(options.precision, major)
-        cmd = plan.trtexec_command(build_onnx, shapes, precision=options.precision, trt_major=major, dla_core=options.dla_core,
-                                   gpu_fallback=options.gpu_fallback, workspace_mb=options.workspace_mb, dynamic=manifest.static_shape is None)
+        cmd = plan.trtexec_command(
+            build_onnx,
+            shapes,
+            precision=options.precision,
+            trt_major=major,
+            dla_core=options.dla_core,
+            gpu_fallback=options.gpu_fallback,
+            workspace_mb=options.workspace_mb,
+            dynamic=manifest.static_shape is None,
+        )
         (out / plan.BUILD_SH).write_text(plan.build_script(cmd, trt_major=major, edgekit_version=__version__))
         (out / plan.BUILD_SH).chmod(0o755)
         (out / plan.BUILD_PY).write_text(plan.BUILD_PY_TEXT)
         settings: dict[str, Any] = {
             "device": device.name if device else None,
-            "tensorrt_major": major, "tensorrt_major_from": major_from,
-            "precision": options.precision, "strongly_typed": strongly_typed, "builder_flags": builder_flags,
+            "tensorrt_major": major,
+            "tensorrt_major_from": major_from,
+            "precision": options.precision,
+            "strongly_typed": strongly_typed,
+            "builder_flags": builder_flags,
             "dla": {"core": options.dla_core, "gpu_fallback": options.gpu_fallback} if dla else None,
-            "shapes": shapes, "sequence": seq_note, "workspace_mb": options.workspace_mb,
+            "shapes": shapes,
+            "sequence": seq_note,
+            "workspace_mb": options.workspace_mb,
             "support_check": check.settings(),
             "signed_int8": signed_int8,
-            "plan": {"onnx": build_onnx, "engine": plan.ENGINE_FILE, "timing_cache": plan.TIMING_CACHE,
-                     "trtexec": shlex.join(cmd), "scripts": [plan.BUILD_SH, plan.BUILD_PY]},
+            "plan": {
+                "onnx": build_onnx,
+                "engine": plan.ENGINE_FILE,
+                "timing_cache": plan.TIMING_CACHE,
+                "trtexec": shlex.join(cmd),
+                "scripts": [plan.BUILD_SH, plan.BUILD_PY],
+            },
             "pinned": {"tensorrt_major": major, "compute_capability": device.compute_capability if device else None},
         }
         base = {"precision": options.precision, **fields}
@@ -422,7 +530,10 @@ class JetsonTarget:
             runtime = {"tensorrt": runtime_version(trt) if trt else "not installed here"}
             return {**base, "model_file": manifest.model_file, "runtime": runtime, "settings": settings, "pending": PENDING}
         built = build_engine(trt, out / build_onnx, out, settings)
-        settings |= {"built": built, "pinned": {"tensorrt_version": built["tensorrt_version"], "compute_capability": built["compute_capability"]}}
+        settings |= {
+            "built": built,
+            "pinned": {"tensorrt_version": built["tensorrt_version"], "compute_capability": built["compute_capability"]},
+        }
         return {**base, "model_file": plan.ENGINE_FILE, "runtime": {"tensorrt": built["tensorrt_version"]}, "settings": settings}
 
     @staticmethod
@@ -493,23 +604,37 @@ class JetsonTarget:
         trt = require("tensorrt", for_=FOR)
         why = _mismatch(trt, manifest.settings.get("pinned") or {})
         if why is not None:
-            raise TargetError(f"{artifact_dir}: refusing to load the engine: {why}", hint="an engine runs only with the TensorRT and GPU it was built for; rebuild it here with build_engine.sh")
+            raise TargetError(
+                f"{artifact_dir}: refusing to load the engine: {why}",
+                hint="an engine runs only with the TensorRT and GPU it was built for; rebuild it here with build_engine.sh",
+            )
         dla = manifest.settings.get("dla") or {}
         shapes = manifest.settings.get("shapes") or {}
         first = next(iter(shapes.values())) if shapes else {"min": [1, 1], "max": [None, None]}
-        return JetsonSession(Path(artifact_dir) / manifest.model_file, dla_core=dla.get("core"), max_batch=first["max"][0],
-                             min_seq=first["min"][1], pad_id=manifest.tokenizer.pad_id)
+        return JetsonSession(
+            Path(artifact_dir) / manifest.model_file,
+            dla_core=dla.get("core"),
+            max_batch=first["max"][0],
+            min_seq=first["min"][1],
+            pad_id=manifest.tokenizer.pad_id,
+        )
 
 
 def _check_signed(path: Path, onnx_dir: Path, manifest: Manifest, signed: dict[str, list[str]]) -> dict[str, Any]:
     """Record the signed-INT8 rewrite; a requantized graph must still pass its parity check
     (run with ONNX Runtime here, on the artifact's reference texts)."""
-    out: dict[str, Any] = {"exact": len(signed["exact"]), "requantized": len(signed["requantized"]), "requantized_tensors": signed["requantized"]}
+    out: dict[str, Any] = {
+        "exact": len(signed["exact"]),
+        "requantized": len(signed["requantized"]),
+        "requantized_tensors": signed["requantized"],
+    }
     if not signed["requantized"]:
         out["note"] = "every UINT8 activation became INT8 exactly (codes <= 127)"
         return out
-    out["note"] = ("non-negative 8-bit activations keep 7 bits on TensorRT (its INT8 is signed): scale x 255/127 after a Relu; "
-                   "checked against the reference with ONNX Runtime here")
+    out["note"] = (
+        "non-negative 8-bit activations keep 7 bits on TensorRT (its INT8 is signed): scale x 255/127 after a Relu; "
+        "checked against the reference with ONNX Runtime here"
+    )
     if not is_installed("onnxruntime"):
         out["parity_onnxruntime"] = "not checked: onnxruntime is not installed here"
         return out
@@ -521,13 +646,21 @@ def _check_signed(path: Path, onnx_dir: Path, manifest: Manifest, signed: dict[s
     feed, reference = parity.load_reference(onnx_dir / parity.REFERENCE)
     name = manifest.outputs[0].name
     actual = parity.run_chunked(lambda f: sess.run([name], f)[0], feed, 8)
-    report = parity.compare(reference, actual, task=manifest.source.task, output=name, tolerance=plan.REQUANTIZED,
-                            runtime=f"onnxruntime {ort.__version__} running the signed-INT8 graph built for TensorRT")
+    report = parity.compare(
+        reference,
+        actual,
+        task=manifest.source.task,
+        output=name,
+        tolerance=plan.REQUANTIZED,
+        runtime=f"onnxruntime {ort.__version__} running the signed-INT8 graph built for TensorRT",
+    )
     try:
         parity.enforce(report)
     except ParityError as err:
-        raise TargetError(f"{FOR}: with signed INT8 (TensorRT has no UINT8) the graph no longer matches its reference: {err.message}",
-                          hint="this scheme's non-negative 8-bit activations need UINT8; use a scheme with binary or signed activations, or precision fp16 on a float export") from err
+        raise TargetError(
+            f"{FOR}: with signed INT8 (TensorRT has no UINT8) the graph no longer matches its reference: {err.message}",
+            hint="this scheme's non-negative 8-bit activations need UINT8; use a scheme with binary or signed activations, or precision fp16 on a float export",
+        ) from err
     out["parity_onnxruntime"] = report.model_dump()
     return out
 
@@ -565,12 +698,17 @@ def finish(artifact_dir: Path, *, adopt: bool = False) -> Manifest:
     root = Path(artifact_dir)
     manifest = artifact.read_manifest(root)
     if manifest.target != JetsonTarget.name:
-        raise ArtifactError(f"{root}: a {manifest.target} artifact, not a jetson one", hint="pass a directory written by 'edgekit compile -t jetson'")
+        raise ArtifactError(
+            f"{root}: a {manifest.target} artifact, not a jetson one", hint="pass a directory written by 'edgekit compile -t jetson'"
+        )
     trt = require("tensorrt", for_=FOR)
     settings = dict(manifest.settings)
     version = runtime_version(trt)
     if _major(version) != settings["tensorrt_major"]:
-        raise TargetError(f"{root}: planned for TensorRT {settings['tensorrt_major']}, this is TensorRT {version}", hint=f"recompile with the option tensorrt_major={_major(version)}")
+        raise TargetError(
+            f"{root}: planned for TensorRT {settings['tensorrt_major']}, this is TensorRT {version}",
+            hint=f"recompile with the option tensorrt_major={_major(version)}",
+        )
     if adopt:
         if not (root / plan.ENGINE_FILE).exists():
             raise TargetError(f"{root}: no {plan.ENGINE_FILE} to adopt", hint=f"run {plan.BUILD_SH} first")
@@ -579,7 +717,10 @@ def finish(artifact_dir: Path, *, adopt: bool = False) -> Manifest:
         built = build_engine(trt, root / settings["plan"]["onnx"], root, settings)
     for key in ("not_built_here", "parity_not_run", "parity_rows"):
         settings.pop(key, None)
-    settings |= {"built": built, "pinned": {"tensorrt_version": built["tensorrt_version"], "compute_capability": built["compute_capability"]}}
+    settings |= {
+        "built": built,
+        "pinned": {"tensorrt_version": built["tensorrt_version"], "compute_capability": built["compute_capability"]},
+    }
     update = {"model_file": plan.ENGINE_FILE, "pending": None, "runtime": {"tensorrt": version}, "settings": settings}
     feed, reference = parity.load_reference(root / parity.REFERENCE)
     total = len(reference)
@@ -590,11 +731,17 @@ def finish(artifact_dir: Path, *, adopt: bool = False) -> Manifest:
     if len(reference) < total:
         settings["parity_rows"] = f"{len(reference)} of {total} reference texts (the others are longer than the engine's profile)"
     manifest = manifest.model_copy(update=update)
-    tolerance = parity.Tolerance(**settings["tolerance"]) if "tolerance" in settings else parity.TOLERANCES.get(manifest.precision, parity.Tolerance())
+    tolerance = (
+        parity.Tolerance(**settings["tolerance"])
+        if "tolerance" in settings
+        else parity.TOLERANCES.get(manifest.precision, parity.Tolerance())
+    )
     output = manifest.outputs[0].name
     with JetsonTarget().load(root, manifest) as session:
         actual = parity.run_chunked(lambda f: session.infer(f)[output], feed, batch)
-    report = parity.enforce(parity.compare(reference, actual, task=manifest.task, output=output, runtime=f"jetson (tensorrt {version})", tolerance=tolerance))
+    report = parity.enforce(
+        parity.compare(reference, actual, task=manifest.task, output=output, runtime=f"jetson (tensorrt {version})", tolerance=tolerance)
+    )
     return artifact.write_manifest(root, manifest.model_copy(update={"parity": report}))
 
 
@@ -608,6 +755,10 @@ def main(argv: list[str] | None = None) -> int:
     except EdgekitError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result = f"parity passed (max abs diff {manifest.parity.max_abs_diff:.3g})" if manifest.parity else manifest.settings.get("parity_not_run", "")
+    result = (
+        f"parity passed (max abs diff {manifest.parity.max_abs_diff:.3g})"
+        if manifest.parity
+        else manifest.settings.get("parity_not_run", "")
+    )
     print(f"{args.artifact / plan.ENGINE_FILE}: TensorRT {manifest.runtime['tensorrt']}; {result}")
     return 0

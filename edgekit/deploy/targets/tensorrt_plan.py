@@ -33,7 +33,20 @@ ONNX_DOMAINS = ("", "ai.onnx")
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 NOT_LAYERS = ("Constant", "Identity")  # no TensorRT layer of their own: not reported for DLA
 # onnx.TensorProto data types -> the names the support table uses.
-ONNX_TYPES = {1: "FP32", 2: "UINT8", 3: "INT8", 6: "INT32", 7: "INT64", 9: "BOOL", 10: "FP16", 11: "DOUBLE", 16: "BF16", 17: "FP8", 22: "INT4", 23: "FP4"}
+ONNX_TYPES = {
+    1: "FP32",
+    2: "UINT8",
+    3: "INT8",
+    6: "INT32",
+    7: "INT64",
+    9: "BOOL",
+    10: "FP16",
+    11: "DOUBLE",
+    16: "BF16",
+    17: "FP8",
+    22: "INT4",
+    23: "FP4",
+}
 
 
 @cache
@@ -82,7 +95,9 @@ def seq_range(max_length: int, *, seq_lens: list[int] | None = None, lengths: li
     return SeqRange(1, min(128, max_length), max_length, f"default: 1 .. max_length {max_length}")
 
 
-def profile_shapes(input_names: list[str], static_shape: list[int] | None, seq: SeqRange, *, opt_batch: int, max_batch: int) -> dict[str, dict[str, list[int]]]:
+def profile_shapes(
+    input_names: list[str], static_shape: list[int] | None, seq: SeqRange, *, opt_batch: int, max_batch: int
+) -> dict[str, dict[str, list[int]]]:
     """{input: {"min": [batch, seq], "opt": [...], "max": [...]}} for every input."""
     if static_shape:
         b, s = static_shape
@@ -119,8 +134,12 @@ class Check:
         table = ops_table()
         return {
             "table": f"{table['source']['repository']} {table['source']['path']} (TensorRT {table['tensorrt']}, opset {table['opset'][0]}-{table['opset'][1]})",
-            "failures": self.failures, "unsupported": self.unsupported, "type_warnings": self.type_warnings,
-            "restrictions": self.restrictions, "dla_gpu_fallback": self.dla_gpu_fallback, "notes": self.notes,
+            "failures": self.failures,
+            "unsupported": self.unsupported,
+            "type_warnings": self.type_warnings,
+            "restrictions": self.restrictions,
+            "dla_gpu_fallback": self.dla_gpu_fallback,
+            "notes": self.notes,
         }
 
 
@@ -325,7 +344,9 @@ def _check_dla(check: Check, nodes: list[Any], *, precision: str, trt_major: int
     if fallback and not gpu_fallback:
         check.failures.append(f"gpu_fallback is off but {sum(fallback.values())} nodes cannot run on the DLA ({', '.join(fallback)})")
     elif fallback:
-        check.notes.append(f"{sum(fallback.values())} of {sum(1 for n in nodes if n.op_type not in NOT_LAYERS)} nodes fall back to the GPU (estimate from the DLA layer table; the builder decides per layer)")
+        check.notes.append(
+            f"{sum(fallback.values())} of {sum(1 for n in nodes if n.op_type not in NOT_LAYERS)} nodes fall back to the GPU (estimate from the DLA layer table; the builder decides per layer)"
+        )
     check.notes.append(f"DLA on TensorRT {trt_major}: {table['tensorrt'][str(min(trt_major, 11))]}")
     check.notes.append("DLA takes static shapes only: the optimization profile is pinned to one shape")
 
@@ -340,10 +361,25 @@ def flags(precision: str, trt_major: int) -> tuple[bool, list[str]]:
     return False, {"fp32": [], "fp16": ["FP16"], "int8": ["INT8", "FP16"]}[precision]
 
 
-def trtexec_command(onnx_file: str, shapes: dict[str, dict[str, list[int]]], *, precision: str, trt_major: int,
-                    dla_core: int | None, gpu_fallback: bool, workspace_mb: int, dynamic: bool) -> list[str]:
+def trtexec_command(
+    onnx_file: str,
+    shapes: dict[str, dict[str, list[int]]],
+    *,
+    precision: str,
+    trt_major: int,
+    dla_core: int | None,
+    gpu_fallback: bool,
+    workspace_mb: int,
+    dynamic: bool,
+) -> list[str]:
     """The ``trtexec`` argv that builds the same engine (run in the artifact directory)."""
-    cmd = ["trtexec", f"--onnx={onnx_file}", f"--saveEngine={ENGINE_FILE}", f"--timingCacheFile={TIMING_CACHE}", f"--memPoolSize=workspace:{workspace_mb}M"]
+    cmd = [
+        "trtexec",
+        f"--onnx={onnx_file}",
+        f"--saveEngine={ENGINE_FILE}",
+        f"--timingCacheFile={TIMING_CACHE}",
+        f"--memPoolSize=workspace:{workspace_mb}M",
+    ]
     if dynamic:
         for key in ("min", "opt", "max"):
             cmd.append(f"--{key}Shapes=" + ",".join(f"{name}:{'x'.join(map(str, s[key]))}" for name, s in shapes.items()))
@@ -407,7 +443,9 @@ def uncovered(feed: dict[str, np.ndarray], shapes: dict[str, dict[str, list[int]
     return None
 
 
-def fit_feed(feed: dict[str, np.ndarray], reference: np.ndarray, shapes: dict[str, dict[str, list[int]]], pad_id: int) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+def fit_feed(
+    feed: dict[str, np.ndarray], reference: np.ndarray, shapes: dict[str, dict[str, list[int]]], pad_id: int
+) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
     """The parity texts an engine's profile can take: (feed, reference rows, batch).
 
     Rows longer than the profile's longest sequence are left out; columns are cut (or,

@@ -5,16 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgekit.errors import ConfigError
 from edgekit.build.exits.calibrate import Point, choose, sweep
+from edgekit.errors import ConfigError
 
 
 def _exits():
     # 4 rows, 2 exits: exit 1 is confident and right on rows 0-1, unsure on 2-3
     first = np.array([[9.0, 0], [0, 9.0], [0.1, 0], [0, 0.1]])
     final = np.array([[5.0, 0], [0, 5.0], [0, 5.0], [5.0, 0]])
-    return [{"output": first, "rep": np.ones((4, 2)), "score": np.array([0.99, 0.99, 0.2, 0.2])},
-            {"output": final, "rep": np.ones((4, 2)), "score": np.ones(4)}]
+    return [
+        {"output": first, "rep": np.ones((4, 2)), "score": np.array([0.99, 0.99, 0.2, 0.2])},
+        {"output": final, "rep": np.ones((4, 2)), "score": np.ones(4)},
+    ]
 
 
 def test_expected_latency_is_exit_probability_times_cumulative_segments():
@@ -28,7 +30,11 @@ def test_expected_latency_is_exit_probability_times_cumulative_segments():
 
 
 def test_choose_fastest_within_budget_and_latency_target():
-    pts = [Point("entropy", 0.0, 0.92, 6, [0, 10], 10.0), Point("entropy", 0.3, 0.915, 4, [5, 5], 7.0), Point("entropy", 0.6, 0.80, 2, [9, 1], 3.0)]
+    pts = [
+        Point("entropy", 0.0, 0.92, 6, [0, 10], 10.0),
+        Point("entropy", 0.3, 0.915, 4, [5, 5], 7.0),
+        Point("entropy", 0.6, 0.80, 2, [9, 1], 3.0),
+    ]
     assert choose(0.92, pts, max_drop=1.0).param == 0.3
     assert choose(0.92, pts, max_drop=20).param == 0.6
     assert choose(0.92, pts, max_latency_ms=8.0).param == 0.3

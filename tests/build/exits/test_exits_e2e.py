@@ -8,15 +8,15 @@ import json
 import numpy as np
 import pytest
 
-from edgekit.deploy import artifact
-from edgekit.errors import ConfigError, TargetError
 from edgekit.build.exits import steps as build
 from edgekit.build.exits.model import MultiExitModel, load_exits
-from edgekit.deploy.exits.policies import make, normalized_entropy, simulate
 from edgekit.build.exits.segments import compile_exits, export_pruned, export_segments, torch_exits
 from edgekit.build.exits.train import TrainConfig, train_heads
 from edgekit.build.load import load
+from edgekit.deploy import artifact
+from edgekit.deploy.exits.policies import make, normalized_entropy, simulate
 from edgekit.deploy.runtime import Predictor
+from edgekit.errors import ConfigError, TargetError
 
 
 @pytest.fixture(scope="module")

@@ -11,16 +11,16 @@ import onnx
 import pytest
 import torch
 
-from edgekit.deploy import artifact, data, int8check, packing
-from edgekit.errors import ArtifactError
 from edgekit.build.exits.model import MultiExitModel, load_exits
-from edgekit.deploy.exits.policies import make, normalized_entropy, simulate
 from edgekit.build.exits.segments import LOWERED, compile_exits, export_pruned, export_segments, torch_exits
 from edgekit.build.exits.train import TrainConfig, train_heads
 from edgekit.build.load import load
 from edgekit.build.quant import calibrate, quantize_
 from edgekit.build.quant.saving import save_quantized
+from edgekit.deploy import artifact, data, int8check, packing
+from edgekit.deploy.exits.policies import make, normalized_entropy, simulate
 from edgekit.deploy.runtime import Predictor
+from edgekit.errors import ArtifactError
 
 
 @pytest.fixture(scope="module", params=["bit-w1a1", "bit-w1e1a1"])

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from edgekit.errors import ConfigError
 from edgekit.build.quant import QuantEmbedding, QuantLinear, QuantSelfAttention, calibrate, make_config, quant_state, quantize_
+from edgekit.errors import ConfigError
 
 
 def _count(module, cls):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
-from edgekit.errors import ConfigError
 from edgekit.build.quant import SCHEMES, make_config
+from edgekit.errors import ConfigError
 
 
 @pytest.mark.parametrize("name", list(SCHEMES))
@@ -30,8 +31,15 @@ def test_unknown_scheme_lists_valid_ones():
     assert "bit-w3a3" in text and "bit-w1a1" in text and "ternary-w2a8" in text and "\n" not in text
 
 
-@pytest.mark.parametrize("field,value,allowed", [("weight_bits", 3, "1, 2 or 32"), ("activation_bits", 2, "1, 4, 8 or 32"),
-                                                 ("embedding_bits", 8, "1, 2 or 32"), ("attention_bits", 0, "1, 4, 8 or 32")])
+@pytest.mark.parametrize(
+    "field,value,allowed",
+    [
+        ("weight_bits", 3, "1, 2 or 32"),
+        ("activation_bits", 2, "1, 4, 8 or 32"),
+        ("embedding_bits", 8, "1, 2 or 32"),
+        ("attention_bits", 0, "1, 4, 8 or 32"),
+    ],
+)
 def test_bits_out_of_range(field, value, allowed):
     with pytest.raises(ConfigError) as err:
         make_config("bit-w1a1", **{field: value})
@@ -49,5 +57,5 @@ def test_inconsistent_methods():
 
 def test_frozen():
     cfg = make_config("bit-w1a1")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.weight_bits = 2

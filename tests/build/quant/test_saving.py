@@ -10,15 +10,22 @@ import onnx
 import pytest
 import torch
 
-from edgekit.errors import CheckpointError
 from edgekit.build.export import export
 from edgekit.build.load import load
 from edgekit.build.quant import QuantLinear, calibrate, quantize_
 from edgekit.build.quant.saving import QUANT_FILE, save_quantized
+from edgekit.errors import CheckpointError
 
 
-@pytest.mark.parametrize("name,scheme", [("bert-classifier", "bit-w1a1"), ("roberta-embedding", "ternary-w2a8"),
-                                         ("distilbert-classifier", "bibert-w1e1a1"), ("bert-embedding", "bitnet-median-w2a8")])
+@pytest.mark.parametrize(
+    "name,scheme",
+    [
+        ("bert-classifier", "bit-w1a1"),
+        ("roberta-embedding", "ternary-w2a8"),
+        ("distilbert-classifier", "bibert-w1e1a1"),
+        ("bert-embedding", "bitnet-median-w2a8"),
+    ],
+)
 def test_save_load_export_parity(checkpoints, encoders, texts, tmp_path, name, scheme):
     enc = encoders(name)
     module = copy.deepcopy(enc.module)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgekit.deploy import data
-from edgekit.errors import ConfigError, DataError, TrainingError
 from edgekit.build.quant import distill
 from edgekit.build.quant.train import STATE_DIR, TrainOptions, main, run
+from edgekit.deploy import data
+from edgekit.errors import ConfigError, DataError, TrainingError
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +73,18 @@ def test_nan_stops_and_keeps_last_checkpoint(checkpoints, train_txt, tmp_path, m
 
 
 def test_multi_step_embedding_model(checkpoints, train_txt, tmp_path):
-    report = run(_opts(checkpoints["bert-embedding"], train_txt, tmp_path / "out", scheme="bit-w1a1", steps=2, multi_step=True,
-                       intermediate="bit-w1a8", eval_data=str(train_txt)))
+    report = run(
+        _opts(
+            checkpoints["bert-embedding"],
+            train_txt,
+            tmp_path / "out",
+            scheme="bit-w1a1",
+            steps=2,
+            multi_step=True,
+            intermediate="bit-w1a8",
+            eval_data=str(train_txt),
+        )
+    )
     assert [s["scheme"] for s in report["stages"]] == ["bit-w1a8", "bit-w1a1"]
     assert report["stages"][1]["teacher"] == "bit-w1a8"
     assert "cosine_to_teacher" in report["stages"][1]["eval"]
@@ -97,7 +107,18 @@ def test_bad_inputs(checkpoints, train_txt, tmp_path):
 
 
 def test_cli_one_line_error(checkpoints, tmp_path, capsys):
-    code = main(["--model", str(checkpoints["bert-classifier"]), "--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o"), "--steps", "1"])
+    code = main(
+        [
+            "--model",
+            str(checkpoints["bert-classifier"]),
+            "--data",
+            str(tmp_path / "missing.txt"),
+            "--out",
+            str(tmp_path / "o"),
+            "--steps",
+            "1",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "no such data file" in err
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgekit.errors import ConfigError
 from edgekit.deploy.exits.policies import EXIT_POLICIES, State, make, normalized_entropy, parse, simulate
+from edgekit.errors import ConfigError
 
 
 def test_normalized_entropy_bounds():

@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from edgekit.deploy import targets
-from edgekit.errors import TargetError
 from edgekit.deploy.targets.base import Target, TargetOptions
+from edgekit.errors import TargetError
 
 HERE = Path(__file__).parent
 

@@ -7,13 +7,13 @@ import shutil
 import numpy as np
 import pytest
 
-from edgekit.deploy import artifact, parity
 from edgekit.build.compile import compile_artifact
-from edgekit.errors import ArtifactError, ConfigError
+from edgekit.deploy import artifact, parity
 from edgekit.deploy.runtime import Predictor
 from edgekit.deploy.targets import Session
 from edgekit.deploy.targets.base import runtime_version
 from edgekit.deploy.targets.openvino import MODEL_FILE, OpenVinoCpuTarget
+from edgekit.errors import ArtifactError, ConfigError
 
 ov = pytest.importorskip("openvino")
 pytestmark = pytest.mark.openvino
@@ -71,14 +71,27 @@ def test_predictor_matches_torch(compiled, encoders, texts, name):
 
 def test_fp16_uses_the_fp16_tolerance_and_records_the_options(exported, tmp_path):
     src = exported("bert-embedding")
-    manifest = compile_artifact(src, artifact.read_manifest(src), TARGET, tmp_path / TARGET, options={"precision": "fp16", "hint": "THROUGHPUT", "threads": 1, "streams": 1})
+    manifest = compile_artifact(
+        src,
+        artifact.read_manifest(src),
+        TARGET,
+        tmp_path / TARGET,
+        options={"precision": "fp16", "hint": "THROUGHPUT", "threads": 1, "streams": 1},
+    )
     assert manifest.precision == "fp16"
     assert manifest.settings["tolerance"] == parity.TOLERANCES["fp16"].model_dump()
-    assert manifest.settings["config"] == {"INFERENCE_PRECISION_HINT": "f16", "PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_NUM_THREADS": "1", "NUM_STREAMS": "1"}
+    assert manifest.settings["config"] == {
+        "INFERENCE_PRECISION_HINT": "f16",
+        "PERFORMANCE_HINT": "THROUGHPUT",
+        "INFERENCE_NUM_THREADS": "1",
+        "NUM_STREAMS": "1",
+    }
     assert manifest.parity.passed
 
 
-@pytest.mark.parametrize(("options", "field"), [({"precision": "int3"}, "precision"), ({"hint": "FAST"}, "hint"), ({"device": "GPU"}, "device")])
+@pytest.mark.parametrize(
+    ("options", "field"), [({"precision": "int3"}, "precision"), ({"hint": "FAST"}, "hint"), ({"device": "GPU"}, "device")]
+)
 def test_invalid_option_names_the_field(bert_onnx, tmp_path, options, field):
     with pytest.raises(ConfigError, match=f"target openvino-cpu: option {field}:") as err:
         compile_artifact(bert_onnx, artifact.read_manifest(bert_onnx), TARGET, tmp_path / TARGET, options=options)

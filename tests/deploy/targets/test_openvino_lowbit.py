@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from edgekit.deploy import artifact, data
 from edgekit.build.compile import compile_artifact
-from edgekit.errors import ConfigError
+from edgekit.deploy import artifact, data
 from edgekit.deploy.runtime import Predictor
+from edgekit.errors import ConfigError
 
 pytest.importorskip("openvino")
 
@@ -35,7 +35,9 @@ def test_buckets_from_data_and_bad_options(exported, static_bert_onnx, tmp_path)
     manifest = compile_artifact(src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "ov", options={"buckets_from": str(texts)})
     assert manifest.settings["buckets"][-1] <= 64 and "200 texts" in manifest.settings["bucket_source"]
     with pytest.raises(ConfigError, match="not both"):
-        compile_artifact(src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "x", options={"buckets": "16", "buckets_from": str(texts)})
+        compile_artifact(
+            src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "x", options={"buckets": "16", "buckets_from": str(texts)}
+        )
     # buckets shorter than some parity texts: those run on the dynamic-shape model
     manifest = compile_artifact(src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "short", options={"buckets": "8"})
     assert manifest.parity.passed
@@ -43,14 +45,18 @@ def test_buckets_from_data_and_bad_options(exported, static_bert_onnx, tmp_path)
         pred.run(pred.tokenizer([" ".join(data.sample_texts()[:5])]))
         assert pred.session.last_bucket is None
     with pytest.raises(ConfigError, match="static shape"):
-        compile_artifact(static_bert_onnx, artifact.read_manifest(static_bert_onnx), "openvino-cpu", tmp_path / "x", options={"buckets": "16"})
+        compile_artifact(
+            static_bert_onnx, artifact.read_manifest(static_bert_onnx), "openvino-cpu", tmp_path / "x", options={"buckets": "16"}
+        )
     with pytest.raises(ConfigError, match="calibration"):
         compile_artifact(src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "x", options={"calibration": str(texts)})
 
 
 def test_ort_tuning_options_recorded(exported, tmp_path):
     src = exported("distilbert-classifier")
-    manifest = compile_artifact(src, artifact.read_manifest(src), "ort-cpu", tmp_path / "ort", options={"spinning": "false", "threads": "1"})
+    manifest = compile_artifact(
+        src, artifact.read_manifest(src), "ort-cpu", tmp_path / "ort", options={"spinning": "false", "threads": "1"}
+    )
     assert manifest.settings["spinning"] is False and manifest.settings["threads"] == 1
     with Predictor(tmp_path / "ort") as pred:
         assert pred.predict(["a short text"]).shape == (1, 3)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgekit.deploy import artifact, parity
 from edgekit.build.compile import compile_artifact
-from edgekit.errors import ConfigError, EdgekitError, TargetError
+from edgekit.deploy import artifact, parity
 from edgekit.deploy.runtime import Predictor
 from edgekit.deploy.targets import Session, openvino_npu
 from edgekit.deploy.targets.openvino_npu import PENDING, NpuOptions, NpuSession, OpenVinoNpuTarget
+from edgekit.errors import ConfigError, EdgekitError, TargetError
 
 ov = pytest.importorskip("openvino")
 pytestmark = pytest.mark.openvino
@@ -59,8 +59,10 @@ def test_without_an_npu_the_ir_ships_and_says_what_is_pending(compiled):
     assert all(t.shape == [1, 64] for t in manifest.inputs) and manifest.outputs[0].shape == [1, 32]
     assert manifest.settings["buckets"] == [[1, 16], [1, 64]]
     # the buckets differ in shapes only: one weights file serves both
-    assert manifest.settings["models"] == {"16": {"xml": "model_s16.xml", "bin": "model_s16.bin", "blob": None},
-                                           "64": {"xml": "model_s64.xml", "bin": "model_s16.bin", "blob": None}}
+    assert manifest.settings["models"] == {
+        "16": {"xml": "model_s16.xml", "bin": "model_s16.bin", "blob": None},
+        "64": {"xml": "model_s64.xml", "bin": "model_s16.bin", "blob": None},
+    }
     assert {"model_s16.xml", "model_s16.bin", "model_s64.xml"} <= set(manifest.files) and "model_s64.bin" not in manifest.files
     assert not [f for f in manifest.files if f.endswith(".blob")]
     assert artifact.read_manifest(out) == manifest
@@ -88,7 +90,9 @@ def test_ir_on_the_cpu_plugin_matches_torch_padded_to_each_bucket(compiled, expo
         assert session.used == dict.fromkeys(session.buckets, "ir")
         actual = parity.run_chunked(lambda f: session.infer(f)[manifest.outputs[0].name], feed, manifest.static_shape[0])
     # The fp16 tolerance is what the NPU gets; fp16 weights computed in fp32 stay far within it.
-    report = parity.compare(reference, actual, task=manifest.task, output=manifest.outputs[0].name, runtime="IR on CPU", tolerance=parity.TOLERANCES["fp16"])
+    report = parity.compare(
+        reference, actual, task=manifest.task, output=manifest.outputs[0].name, runtime="IR on CPU", tolerance=parity.TOLERANCES["fp16"]
+    )
     assert report.passed and report.max_abs_diff < 1e-3
     # The same check ran at compile time and is in the manifest.
     check = manifest.settings["ir_check"]
@@ -105,7 +109,9 @@ def test_each_batch_runs_on_the_smallest_bucket_that_fits(compiled, exported):
         small = session.infer({k: v[short : short + 1] for k, v in feed.items()})["embeddings"]
         assert session.last_bucket == 16
         # The short text padded by hand to the big bucket gives the same output.
-        padded = openvino_npu.fit_feed({k: v[short : short + 1, : lengths[short]] for k, v in feed.items()}, 1, 64, manifest.tokenizer.pad_id)
+        padded = openvino_npu.fit_feed(
+            {k: v[short : short + 1, : lengths[short]] for k, v in feed.items()}, 1, 64, manifest.tokenizer.pad_id
+        )
         big = session._run(64, padded)["embeddings"]
         session.infer({k: v[long : long + 1] for k, v in feed.items()})
         assert session.last_bucket == 64
@@ -114,7 +120,11 @@ def test_each_batch_runs_on_the_smallest_bucket_that_fits(compiled, exported):
 
 
 def test_fit_feed_pads_with_the_pad_id_and_mask_zero():
-    feed = {"input_ids": np.array([[5, 6, 7, 1, 1]]), "attention_mask": np.array([[1, 1, 1, 0, 0]]), "token_type_ids": np.zeros((1, 5), np.int64)}
+    feed = {
+        "input_ids": np.array([[5, 6, 7, 1, 1]]),
+        "attention_mask": np.array([[1, 1, 1, 0, 0]]),
+        "token_type_ids": np.zeros((1, 5), np.int64),
+    }
     assert openvino_npu.used_length(feed, pad_id=1) == 3
     fitted = openvino_npu.fit_feed(feed, batch=2, seq=8, pad_id=1)
     assert fitted["input_ids"].tolist() == [[5, 6, 7, 1, 1, 1, 1, 1]] * 2
@@ -165,7 +175,9 @@ def test_int8_takes_a_qdq_model(exported, tmp_path):
         def get_next(self):
             return next(self.rows, None)
 
-    quantize_static(str(src / "model.onnx"), str(src / "model.onnx"), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"])
+    quantize_static(
+        str(src / "model.onnx"), str(src / "model.onnx"), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"]
+    )
     artifact.write_manifest(src, artifact.read_manifest(src, verify=False).model_copy(update={"precision": "int8"}))
     fields = _compile(src, tmp_path / "out", seq_lens=[64], precision="int8")
     assert fields["precision"] == "int8"
@@ -214,7 +226,10 @@ def test_ops_the_npu_cannot_run_are_named():
     assert openvino_npu.unsupported_ops(model) == ["NonZero"]
 
 
-@pytest.mark.parametrize(("options", "field"), [({"precision": "fp32"}, "precision"), ({"seq_lens": "a,b"}, "seq_lens"), ({"batch": 0}, "batch"), ({"device": "NPU"}, "device")])
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [({"precision": "fp32"}, "precision"), ({"seq_lens": "a,b"}, "seq_lens"), ({"batch": 0}, "batch"), ({"device": "NPU"}, "device")],
+)
 def test_invalid_option_names_the_field(bert_onnx, tmp_path, options, field):
     with pytest.raises(ConfigError, match=f"target openvino-npu: option {field}"):
         compile_artifact(bert_onnx, artifact.read_manifest(bert_onnx), TARGET, tmp_path / TARGET, options=options)

@@ -6,12 +6,12 @@ import numpy as np
 import onnxruntime
 import pytest
 
-from edgekit.deploy import artifact, parity
 from edgekit.build.compile import compile_artifact
-from edgekit.errors import ArtifactError, ConfigError
+from edgekit.deploy import artifact, parity
 from edgekit.deploy.runtime import Predictor
 from edgekit.deploy.targets import Session
 from edgekit.deploy.targets.ort import MODEL_FILE, OrtCpuTarget
+from edgekit.errors import ArtifactError, ConfigError
 
 TARGET = "ort-cpu"
 MODELS = ("bert-embedding", "distilbert-classifier")
@@ -64,13 +64,17 @@ def test_predictor_matches_torch(compiled, encoders, texts, name):
 
 def test_options_are_recorded(exported, tmp_path):
     src = exported("bert-embedding")
-    manifest = compile_artifact(src, artifact.read_manifest(src), TARGET, tmp_path / TARGET, options={"optimization": "basic", "threads": 1})
+    manifest = compile_artifact(
+        src, artifact.read_manifest(src), TARGET, tmp_path / TARGET, options={"optimization": "basic", "threads": 1}
+    )
     assert manifest.settings["optimization_saved"] == "basic"
     assert manifest.settings["threads"] == 1
     assert manifest.parity.passed
 
 
-@pytest.mark.parametrize(("options", "field"), [({"bogus": 1}, "bogus"), ({"optimization": "max"}, "optimization"), ({"threads": "many"}, "threads")])
+@pytest.mark.parametrize(
+    ("options", "field"), [({"bogus": 1}, "bogus"), ({"optimization": "max"}, "optimization"), ({"threads": "many"}, "threads")]
+)
 def test_invalid_option_names_the_field(bert_onnx, tmp_path, options, field):
     with pytest.raises(ConfigError, match=f"target ort-cpu: option {field}:") as err:
         compile_artifact(bert_onnx, artifact.read_manifest(bert_onnx), TARGET, tmp_path / TARGET, options=options)

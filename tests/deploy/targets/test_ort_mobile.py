@@ -12,13 +12,13 @@ import numpy as np
 import onnxruntime
 import pytest
 
-from edgekit.deploy import artifact, devices, parity
 from edgekit.build.compile import compile_artifact
+from edgekit.deploy import artifact, devices, parity
 from edgekit.deploy.devices import DeviceProfile, RuntimeSpec
-from edgekit.errors import ArtifactError, ConfigError, EdgekitError
 from edgekit.deploy.runtime import Predictor
 from edgekit.deploy.targets import Session
 from edgekit.deploy.targets.ort_mobile import CONFIG_FILE, MODEL_FILE, OrtMobileOptions, OrtMobileTarget, required_operators
+from edgekit.errors import ArtifactError, ConfigError, EdgekitError
 
 TARGET = "ort-mobile"
 MODELS = ("bert-embedding", "distilbert-classifier")
@@ -40,15 +40,37 @@ def compiled(exported, tmp_path_factory) -> dict[str, tuple]:
 @pytest.fixture
 def phones(monkeypatch):
     """Device profiles built here (the shipped YAMLs belong to someone else), served by devices.get."""
+
     def ort(eps):
         return [RuntimeSpec(name="onnxruntime", versions=">=1.20", execution_providers=eps)]
 
     profiles = {
-        "android-phone": DeviceProfile(name="android-phone", description="Android phone, NNAPI + XNNPACK", arch="aarch64", targets=["ort-mobile"], runtimes=ort(["NnapiExecutionProvider", "XnnpackExecutionProvider"])),
-        "npu-phone": DeviceProfile(name="npu-phone", description="phone NPU that takes static shapes", arch="aarch64", targets=["ort-mobile"], runtimes=ort(["QNNExecutionProvider"]), static_shapes=True),
-        "bad-ep-phone": DeviceProfile(name="bad-ep-phone", description="typo in its EP", arch="aarch64", targets=["ort-mobile"], runtimes=ort(["NnapiExecutionProvidr"])),
+        "android-phone": DeviceProfile(
+            name="android-phone",
+            description="Android phone, NNAPI + XNNPACK",
+            arch="aarch64",
+            targets=["ort-mobile"],
+            runtimes=ort(["NnapiExecutionProvider", "XnnpackExecutionProvider"]),
+        ),
+        "npu-phone": DeviceProfile(
+            name="npu-phone",
+            description="phone NPU that takes static shapes",
+            arch="aarch64",
+            targets=["ort-mobile"],
+            runtimes=ort(["QNNExecutionProvider"]),
+            static_shapes=True,
+        ),
+        "bad-ep-phone": DeviceProfile(
+            name="bad-ep-phone",
+            description="typo in its EP",
+            arch="aarch64",
+            targets=["ort-mobile"],
+            runtimes=ort(["NnapiExecutionProvidr"]),
+        ),
         "cpu-box": DeviceProfile(name="cpu-box", description="ORT CPU only", arch="x86_64", targets=["ort-cpu"], runtimes=ort([CPU])),
-        "no-ort-board": DeviceProfile(name="no-ort-board", description="lists ort-mobile but no onnxruntime", arch="aarch64", targets=["ort-mobile"]),
+        "no-ort-board": DeviceProfile(
+            name="no-ort-board", description="lists ort-mobile but no onnxruntime", arch="aarch64", targets=["ort-mobile"]
+        ),
     }
     monkeypatch.setattr(devices, "all_profiles", lambda: profiles)
     return profiles
@@ -149,19 +171,28 @@ def test_device_profile_execution_providers_are_recorded(exported, phones, tmp_p
 
 
 def test_explicit_providers_override_the_device(exported, phones, tmp_path):
-    fields = _compile(exported("bert-embedding"), tmp_path, device="android-phone", execution_providers="XnnpackExecutionProvider", target_platform="amd64")
+    fields = _compile(
+        exported("bert-embedding"),
+        tmp_path,
+        device="android-phone",
+        execution_providers="XnnpackExecutionProvider",
+        target_platform="amd64",
+    )
     assert fields["settings"]["execution_providers"] == ["XnnpackExecutionProvider", CPU]
     assert fields["settings"]["target_platform"] == "amd64"
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"execution_providers": ["FooExecutionProvider"]}, "unknown execution provider 'FooExecutionProvider'"),
-    ({"device": "bad-ep-phone"}, "unknown execution provider 'NnapiExecutionProvidr'"),
-    ({"device": "no-such-phone"}, "unknown device 'no-such-phone'"),
-    ({"device": "cpu-box"}, "device 'cpu-box' does not list target ort-mobile"),
-    ({"device": "no-ort-board"}, "device 'no-ort-board' names no onnxruntime runtime"),
-    ({"device": "npu-phone"}, "device 'npu-phone' runs only static shapes"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"execution_providers": ["FooExecutionProvider"]}, "unknown execution provider 'FooExecutionProvider'"),
+        ({"device": "bad-ep-phone"}, "unknown execution provider 'NnapiExecutionProvidr'"),
+        ({"device": "no-such-phone"}, "unknown device 'no-such-phone'"),
+        ({"device": "cpu-box"}, "device 'cpu-box' does not list target ort-mobile"),
+        ({"device": "no-ort-board"}, "device 'no-ort-board' names no onnxruntime runtime"),
+        ({"device": "npu-phone"}, "device 'npu-phone' runs only static shapes"),
+    ],
+)
 def test_bad_device_or_provider_is_a_clear_error(exported, phones, tmp_path, options, message):
     with pytest.raises(ConfigError, match=message) as err:
         _compile(exported("bert-embedding"), tmp_path, **options)
@@ -175,7 +206,9 @@ def test_bad_device_or_provider_is_a_clear_error(exported, phones, tmp_path, opt
 def test_bad_provider_through_compile_artifact_leaves_nothing(exported, tmp_path):
     src = exported("bert-embedding")
     with pytest.raises(EdgekitError, match="unknown execution provider 'FooExecutionProvider'"):
-        compile_artifact(src, artifact.read_manifest(src), TARGET, tmp_path / TARGET, options={"execution_providers": "FooExecutionProvider"})
+        compile_artifact(
+            src, artifact.read_manifest(src), TARGET, tmp_path / TARGET, options={"execution_providers": "FooExecutionProvider"}
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -193,7 +226,15 @@ def test_runtime_optimization_style_loads_with_saved_optimizations(exported, tmp
     assert manifest.parity.passed and manifest.parity.max_abs_diff < 1e-4
 
 
-@pytest.mark.parametrize(("options", "field"), [({"fixed_shape": "1xfoo"}, "fixed_shape"), ({"fixed_shape": [1, 2]}, "fixed_shape"), ({"optimization_style": "Max"}, "optimization_style"), ({"target_platform": "riscv"}, "target_platform")])
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"fixed_shape": "1xfoo"}, "fixed_shape"),
+        ({"fixed_shape": [1, 2]}, "fixed_shape"),
+        ({"optimization_style": "Max"}, "optimization_style"),
+        ({"target_platform": "riscv"}, "target_platform"),
+    ],
+)
 def test_invalid_option_names_the_field(bert_onnx, tmp_path, options, field):
     with pytest.raises(ConfigError, match=f"target ort-mobile: option {field}") as err:
         compile_artifact(bert_onnx, artifact.read_manifest(bert_onnx), TARGET, tmp_path / TARGET, options=options)

@@ -26,13 +26,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit.deploy import artifact, data, parity
 from edgekit.build.compile import compile_artifact
+from edgekit.deploy import artifact, data, parity
 from edgekit.deploy.devices import DeviceProfile, RuntimeSpec
-from edgekit.errors import ConfigError, TargetError
 from edgekit.deploy.runtime import Predictor
-from edgekit.deploy.targets import TARGETS, tensorrt_plan as plan
-from edgekit.deploy.targets.tensorrt import TRT_API, TRT_API_10, JetsonOptions, JetsonTarget, build_engine, finish, l4t_release, main, profile_major
+from edgekit.deploy.targets import TARGETS
+from edgekit.deploy.targets import tensorrt_plan as plan
+from edgekit.deploy.targets.tensorrt import (
+    TRT_API,
+    TRT_API_10,
+    JetsonOptions,
+    JetsonTarget,
+    build_engine,
+    finish,
+    l4t_release,
+    main,
+    profile_major,
+)
+from edgekit.errors import ConfigError, TargetError
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
@@ -93,7 +104,9 @@ def add_qdq(model) -> None:
     """Quantize the first MatMul's activation input (what a QDQ export looks like)."""
     g = model.graph
     mm = next(n for n in g.node if n.op_type == "MatMul")
-    g.initializer.extend([helper.make_tensor("q_scale", TensorProto.FLOAT, [], [0.05]), helper.make_tensor("q_zero", TensorProto.INT8, [], [0])])
+    g.initializer.extend(
+        [helper.make_tensor("q_scale", TensorProto.FLOAT, [], [0.05]), helper.make_tensor("q_zero", TensorProto.INT8, [], [0])]
+    )
     q = helper.make_node("QuantizeLinear", [mm.input[0], "q_scale", "q_zero"], ["q_out"], name="q0")
     dq = helper.make_node("DequantizeLinear", ["q_out", "q_scale", "q_zero"], ["dq_out"], name="dq0")
     mm.input[0] = "dq_out"
@@ -145,16 +158,23 @@ def test_dynamic_export_compiles_to_a_pending_plan(exported, tmp_path):
     assert (out / "model.onnx").read_bytes() == (src / "model.onnx").read_bytes()
     assert {"model.onnx", "build_engine.sh", "build_engine.py", "tokenizer.json", parity.REFERENCE} <= set(manifest.files)
     s = manifest.settings
-    assert s["shapes"] == {name: {"min": [1, 1], "opt": [1, 128], "max": [8, 128]} for name in ("input_ids", "attention_mask", "token_type_ids")}
+    assert s["shapes"] == {
+        name: {"min": [1, 1], "opt": [1, 128], "max": [8, 128]} for name in ("input_ids", "attention_mask", "token_type_ids")
+    }
     assert (s["tensorrt_major"], s["strongly_typed"], s["builder_flags"], s["dla"]) == (10, False, ["FP16"], None)
     assert s["support_check"]["failures"] == [] and s["support_check"]["unsupported"] == {}
     assert "TensorRT 10.15" in s["support_check"]["table"]
     cmd = s["plan"]["trtexec"].split()
     assert cmd[:2] == ["trtexec", "--onnx=model.onnx"]
-    for flag in ("--saveEngine=model.engine", "--timingCacheFile=timing.cache", "--memPoolSize=workspace:1024M", "--fp16",
-                 "--minShapes=input_ids:1x1,attention_mask:1x1,token_type_ids:1x1",
-                 "--optShapes=input_ids:1x128,attention_mask:1x128,token_type_ids:1x128",
-                 "--maxShapes=input_ids:8x128,attention_mask:8x128,token_type_ids:8x128"):
+    for flag in (
+        "--saveEngine=model.engine",
+        "--timingCacheFile=timing.cache",
+        "--memPoolSize=workspace:1024M",
+        "--fp16",
+        "--minShapes=input_ids:1x1,attention_mask:1x1,token_type_ids:1x1",
+        "--optShapes=input_ids:1x128,attention_mask:1x128,token_type_ids:1x128",
+        "--maxShapes=input_ids:8x128,attention_mask:8x128,token_type_ids:8x128",
+    ):
         assert flag in cmd
     assert not {"--int8", "--stronglyTyped", "--allowGPUFallback"} & set(cmd)
     script = (out / "build_engine.sh").read_text()
@@ -192,13 +212,16 @@ def test_seq_lens_longer_than_the_model_are_refused(exported, tmp_path):
         compile_jetson(exported("bert-embedding"), tmp_path, seq_lens=[16, 100])
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"precision": "fp32", "dla_core": 0}, "DLA runs fp16 or int8 only"),
-    ({"opt_batch": 9}, "opt_batch 9 exceeds max_batch 8"),
-    ({"seq_lens": [8], "data": "x.txt"}, "seq_lens or data, not both"),
-    ({"tensorrt_major": 12}, "tensorrt_major"),
-    ({"precision": "int4"}, "precision"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"precision": "fp32", "dla_core": 0}, "DLA runs fp16 or int8 only"),
+        ({"opt_batch": 9}, "opt_batch 9 exceeds max_batch 8"),
+        ({"seq_lens": [8], "data": "x.txt"}, "seq_lens or data, not both"),
+        ({"tensorrt_major": 12}, "tensorrt_major"),
+        ({"precision": "int4"}, "precision"),
+    ],
+)
 def test_invalid_options(bert_onnx, tmp_path, options, message):
     with pytest.raises(ConfigError, match=message):
         compile_jetson(bert_onnx, tmp_path, **options)
@@ -336,7 +359,12 @@ def test_fit_feed_keeps_the_texts_a_profile_takes():
     assert kept.tolist() == [0.0, 2.0, 3.0, 4.0] and fed["input_ids"].shape == (4, 6) and batch == 4
     static = {k: {"min": [3, 10], "opt": [3, 10], "max": [3, 10]} for k in feed}
     fed, kept, batch = plan.fit_feed(feed, ref, static, pad_id=7)
-    assert fed["input_ids"].shape == (3, 10) and batch == 3 and (fed["input_ids"][:, 8:] == 7).all() and (fed["attention_mask"][:, 8:] == 0).all()
+    assert (
+        fed["input_ids"].shape == (3, 10)
+        and batch == 3
+        and (fed["input_ids"][:, 8:] == 7).all()
+        and (fed["attention_mask"][:, 8:] == 0).all()
+    )
 
 
 # ---------------------------------------------------------------- against a stand-in TensorRT
@@ -375,6 +403,7 @@ def fake_cudart(memory: _Memory, cc=(8, 7)) -> types.ModuleType:
         return (0,)
 
     rt.cudaMalloc = malloc
+
     def free(ptr):
         memory.blocks.pop(ptr)
         return (0,)
@@ -459,7 +488,10 @@ def fake_tensorrt(memory: _Memory, version: str = "10.3.0.30") -> types.ModuleTy
             model = onnx.load(path)
             net = self._network
             net._onnx = Path(path).read_bytes()
-            net._inputs = [ITensor(i.name, tuple(d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim)) for i in model.graph.input]
+            net._inputs = [
+                ITensor(i.name, tuple(d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim))
+                for i in model.graph.input
+            ]
             net._layers = [ILayer(n.name, n.op_type) for n in model.graph.node if n.op_type != "Constant"]
             self._errors = [ParserError(i, n.name, n.op_type) for i, n in enumerate(model.graph.node) if n.domain not in ("", "ai.onnx")]
             return not self._errors
@@ -529,8 +561,15 @@ def fake_tensorrt(memory: _Memory, version: str = "10.3.0.30") -> types.ModuleTy
             return IOptimizationProfile()
 
         def build_serialized_network(self, network, config):
-            plan_ = {"onnx": base64.b64encode(network._onnx).decode(), "network_flags": network._flags, "flags": config._flags, "pool": config._pool,
-                     "profiles": config._profiles, "device": config.default_device_type, "dla_core": config.DLA_core}
+            plan_ = {
+                "onnx": base64.b64encode(network._onnx).decode(),
+                "network_flags": network._flags,
+                "flags": config._flags,
+                "pool": config._pool,
+                "profiles": config._profiles,
+                "device": config.default_device_type,
+                "dla_core": config.DLA_core,
+            }
             return b"FAKE-ENGINE" + json.dumps(plan_).encode()
 
     class IExecutionContext:
@@ -556,7 +595,10 @@ def fake_tensorrt(memory: _Memory, version: str = "10.3.0.30") -> types.ModuleTy
 
         def execute_async_v3(self, stream):
             e = self._engine
-            feed = {n: np.frombuffer(bytes(memory.blocks[self._addresses[n]]), dtype=e._dtypes[n], count=int(np.prod(s))).reshape(s) for n, s in self._shapes.items()}
+            feed = {
+                n: np.frombuffer(bytes(memory.blocks[self._addresses[n]]), dtype=e._dtypes[n], count=int(np.prod(s))).reshape(s)
+                for n, s in self._shapes.items()
+            }
             for name, value in zip(e._outputs, e._sess.run(e._outputs, feed)):
                 raw = np.ascontiguousarray(value, dtype=e._dtypes[name]).tobytes()
                 memory.blocks[self._addresses[name]][: len(raw)] = raw
@@ -598,9 +640,22 @@ def fake_tensorrt(memory: _Memory, version: str = "10.3.0.30") -> types.ModuleTy
             self.DLA_core = -1
 
         def deserialize_cuda_engine(self, blob):
-            return ICudaEngine(json.loads(blob[len(b"FAKE-ENGINE"):])) if blob.startswith(b"FAKE-ENGINE") else None
+            return ICudaEngine(json.loads(blob[len(b"FAKE-ENGINE") :])) if blob.startswith(b"FAKE-ENGINE") else None
 
-    for cls in (Builder, IBuilderConfig, INetworkDefinition, ITensor, ILayer, OnnxParser, ParserError, ITimingCache, IOptimizationProfile, Runtime, ICudaEngine, IExecutionContext):
+    for cls in (
+        Builder,
+        IBuilderConfig,
+        INetworkDefinition,
+        ITensor,
+        ILayer,
+        OnnxParser,
+        ParserError,
+        ITimingCache,
+        IOptimizationProfile,
+        Runtime,
+        ICudaEngine,
+        IExecutionContext,
+    ):
         setattr(trt, cls.__name__, cls)
     return trt
 
@@ -642,7 +697,7 @@ def test_where_tensorrt_imports_compile_builds_the_engine_and_checks_parity(fake
     assert manifest.settings["built"]["compute_capability"] == "8.7"
     assert manifest.settings["pinned"] == {"tensorrt_version": "10.3.0.30", "compute_capability": "8.7"}
     assert {"model.engine", "timing.cache"} <= set(manifest.files)
-    engine = json.loads((out / "model.engine").read_bytes()[len(b"FAKE-ENGINE"):])
+    engine = json.loads((out / "model.engine").read_bytes()[len(b"FAKE-ENGINE") :])
     assert (engine["flags"], engine["pool"], engine["network_flags"], engine["device"]) == (["FP16"], {"WORKSPACE": 256 << 20}, 0, "GPU")
     assert engine["profiles"] == [{n: [[1, 1], [1, 128], [8, 128]] for n in ("input_ids", "attention_mask", "token_type_ids")}]
     with Predictor(out) as predictor:
@@ -654,7 +709,7 @@ def test_where_tensorrt_imports_compile_builds_the_engine_and_checks_parity(fake
 def test_dla_build_sets_the_core_and_reports_gpu_layers(fake_trt, profiles, exported, tmp_path):
     fake_trt()
     manifest = compile_jetson(exported("bert-classifier"), tmp_path, device="agx", dla_core=1)
-    engine = json.loads((tmp_path / TARGET / "model.engine").read_bytes()[len(b"FAKE-ENGINE"):])
+    engine = json.loads((tmp_path / TARGET / "model.engine").read_bytes()[len(b"FAKE-ENGINE") :])
     assert (engine["device"], engine["dla_core"], engine["flags"]) == ("DLA", 1, ["FP16", "GPU_FALLBACK"])
     assert engine["profiles"][0]["input_ids"] == [[1, 128]] * 3
     on_gpu = manifest.settings["built"]["dla_layers_on_gpu"]
@@ -665,7 +720,7 @@ def test_dla_build_sets_the_core_and_reports_gpu_layers(fake_trt, profiles, expo
 def test_tensorrt_11_builds_strongly_typed(fake_trt, exported, tmp_path):
     fake_trt("11.4.0.106")
     manifest = compile_jetson(exported("bert-embedding"), tmp_path)
-    engine = json.loads((tmp_path / TARGET / "model.engine").read_bytes()[len(b"FAKE-ENGINE"):])
+    engine = json.loads((tmp_path / TARGET / "model.engine").read_bytes()[len(b"FAKE-ENGINE") :])
     assert (manifest.settings["tensorrt_major"], engine["network_flags"], engine["flags"]) == (11, 2, [])
     assert manifest.runtime == {"tensorrt": "11.4.0.106"} and manifest.parity.passed
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.deploy import artifact, data, parity
 from edgekit.build.compile import compile_artifact
 from edgekit.build.lower import TOLERANCE, lower
 from edgekit.build.quant import calibrate, quantize_
 from edgekit.build.quant.saving import save_quantized
+from edgekit.deploy import artifact, data, parity
 from edgekit.deploy.targets import tensorrt_plan as plan
 
 
@@ -36,7 +36,9 @@ def _lowered(checkpoints, encoders, root, name: str, scheme: str):
 def _uint8_qdq(model) -> int:
     consts = {n.output[0]: n.attribute[0].t.data_type for n in model.graph.node if n.op_type == "Constant"}
     consts |= {t.name: t.data_type for t in model.graph.initializer}
-    return sum(1 for n in model.graph.node if n.op_type in plan.QDQ_OPS and len(n.input) > 2 and consts.get(n.input[2]) == TensorProto.UINT8)
+    return sum(
+        1 for n in model.graph.node if n.op_type in plan.QDQ_OPS and len(n.input) > 2 and consts.get(n.input[2]) == TensorProto.UINT8
+    )
 
 
 def _run(path, feed, output):
@@ -49,7 +51,9 @@ def _run(path, feed, output):
 @pytest.mark.parametrize("scheme,exact", [("bit-w1a1", True), ("ternary-w2a8", False)])
 def test_lowered_graph_becomes_signed_int8_for_tensorrt(checkpoints, encoders, tmp_path, scheme, exact):
     src = _lowered(checkpoints, encoders, tmp_path, "bert-classifier", scheme)
-    m = compile_artifact(src, artifact.read_manifest(src), "jetson", tmp_path / "jetson", options={"precision": "int8", "tensorrt_major": 10})
+    m = compile_artifact(
+        src, artifact.read_manifest(src), "jetson", tmp_path / "jetson", options={"precision": "int8", "tensorrt_major": 10}
+    )
     signed = m.settings["signed_int8"]
     built = onnx.load(str(tmp_path / "jetson" / m.settings["plan"]["onnx"]))
     onnx.checker.check_model(built)
@@ -75,7 +79,13 @@ def _qdq_graph(zero_point: int, clip_max: float | None):
         nodes.append(helper.make_node("Clip", ["x", "lo", "hi"], ["c"]))
         src = "c"
     nodes += [helper.make_node("QuantizeLinear", [src, "s", "zp"], ["q"]), helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
