@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from edgekit import env
+from edgekit.cli.console import console, err_console
 from edgekit.errors import ConfigError, EdgekitError
 
 app = typer.Typer(
@@ -25,8 +25,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Take trained transformer encoders to edge devices: export, compile, profile, eval.",
 )
-console = Console()
-err_console = Console(stderr=True)
 _state = {"debug": False}
 
 ModelArg = Annotated[str | None, typer.Argument(help="checkpoint directory, or 'default' (all-MiniLM-L6-v2)", show_default="default")]

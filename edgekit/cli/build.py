@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         from rich.markup import escape
 
         from edgekit.build.runner import build
-        from edgekit.cli.app import console, err_console
+        from edgekit.cli.console import console, err_console
 
         names = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
         result = build(
@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
         from rich.markup import escape
 
         from edgekit.build import recipe as schema
-        from edgekit.cli.app import console
+        from edgekit.cli.console import console
 
         r = schema.load(recipe)
         notes = schema.check_files(r, str(recipe))
@@ -83,7 +83,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write a commented starter recipe (MiniLM -> ternary W2A8 -> openvino-cpu + ort-mobile)."""
         from edgekit.build.recipe import TEMPLATE
-        from edgekit.cli.app import console
+        from edgekit.cli.console import console
         from edgekit.errors import ConfigError
 
         if path.exists() and not force:
