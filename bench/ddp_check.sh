@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Data-parallel QAT check: the same edgekit.build.quant.train entry point on 1 GPU and under
-# torchrun on 2 GPUs (same data, epochs and per-GPU batch), on the lent nvidia-h200-x2.
+# Data-parallel QAT check: the same `edgekit quantize` entry point (python -m edgekit.cli) on 1 GPU
+# and under torchrun on 2 GPUs (same data, epochs and per-GPU batch), on the lent nvidia-h200-x2.
 # Prints samples/s per run and the speed-up; leaves the 1-GPU ternary checkpoint packed in $OUT.
 #   run on the device: bash bench/ddp_check.sh   (needs .ckpt/minilm-debian-fp16 carried)
 set -euo pipefail
@@ -8,11 +8,16 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 OUT=${OUT:-/tmp/ddp_out}; mkdir -p "$OUT"
 PY=${PY:-python3}
 D=bench/data/debian-sections
-ARGS=(--model .ckpt/minilm-debian-fp16 --scheme "${SCHEME:-ternary-w2a8}" --data $D/train.jsonl --eval $D/dev.jsonl
-      --epochs "${EPOCHS:-3}" --batch-size 32 --save-every 100000 --save-dtype float16 --no-progress)
+ARGS=(quantize .ckpt/minilm-debian-fp16 --scheme "${SCHEME:-ternary-w2a8}" --data $D/train.jsonl --eval $D/dev.jsonl
+      --epochs "${EPOCHS:-3}" --batch-size 32 --save-dtype float16)
+HELP=$(COLUMNS=200 $PY -m edgekit.cli quantize --help)  # optional flags: no mid-run checkpoints, no progress bar
+for flag in "--save-every 100000" "--no-progress"; do
+  if grep -q -- "${flag%% *}" <<<"$HELP"; then read -ra f <<<"$flag"; ARGS+=("${f[@]}"); fi
+done
 nvidia-smi --query-gpu=name --format=csv,noheader
-CUDA_VISIBLE_DEVICES=0 $PY -m edgekit.build.quant.train "${ARGS[@]}" --out /tmp/q1 2>&1 | tail -3
-$PY -m torch.distributed.run --standalone --nproc_per_node=2 -m edgekit.build.quant.train "${ARGS[@]}" --out /tmp/q2 2>&1 | tail -3
+rm -rf /tmp/q1 /tmp/q2 /tmp/q1-cache /tmp/q2-cache  # separate, empty step caches: each run trains
+CUDA_VISIBLE_DEVICES=0 $PY -m edgekit.cli "${ARGS[@]}" --out /tmp/q1 --cache /tmp/q1-cache 2>&1 | tail -3
+$PY -m torch.distributed.run --standalone --nproc_per_node=2 -m edgekit.cli "${ARGS[@]}" --out /tmp/q2 --cache /tmp/q2-cache 2>&1 | tail -3
 cp /tmp/q1/quant_report.json "$OUT/gpu1.quant_report.json"; cp /tmp/q2/quant_report.json "$OUT/gpu2.quant_report.json"
 $PY - "$OUT" <<'PY'
 import json, sys

@@ -16,7 +16,7 @@ Every accuracy is measured on the saved checkpoint reloaded with edgekit.build.l
 
 Writes OUT/quant_bench.json (table + per-stage reports), OUT/quant_bench.md, OUT/<stage>/quant_report.json,
 and the final W1A1 checkpoint in fp16 (OUT/ckpt-bit-w1a1, ~45 MB; --keep none to skip).
-Needs only torch, transformers, numpy (pydantic and rich are used when present).
+Needs torch, transformers, numpy, pydantic and rich.
 """
 
 from __future__ import annotations
@@ -43,13 +43,13 @@ SMOKE_STEPS = 2
 
 def _accuracy(path: Path, split: str, device, limit: int | None, max_length: int) -> float:
     from edgekit.build.load import load
-    from edgekit.build.quant.train import evaluate
+    from edgekit.build.quant.textdata import evaluate
     from edgekit.deploy import data as datafiles
 
     enc = load(path)
     labeled = datafiles.read_labeled(DATA / f"{split}.jsonl", list(enc.info.labels))
     texts, labels = labeled.texts[:limit], labeled.labels[:limit]
-    return evaluate(enc, enc.module.to(device), texts, labels, device, max_length=max_length)["accuracy"]
+    return evaluate(enc, enc.module.to(device), texts, labels, device, max_length=max_length).accuracy
 
 
 def _subset(src: Path, dst: Path, limit: int | None) -> Path:
@@ -165,33 +165,32 @@ def main() -> int:
         for name, plan in plans:
             report = run(TrainOptions(out=str(ckpt / name), **common, **plan))
             reports[name] = report
-            for stage in report["stages"]:
+            for stage in report.stages:
                 t0 = time.time()
-                path = Path(stage["out"])
+                path = Path(stage.out)
                 dev_acc = _accuracy(path, "dev", device, limit, max_length)
                 test_acc = _accuracy(path, "test", device, limit, max_length)
-                cfg, sav = stage["config"], stage["model"]["savings"]
+                cfg, sav = stage.config, stage.model.savings
                 rows.append(
                     {
-                        "stage": stage["scheme"],
-                        "bits (W-E-A)": f"{cfg['weight_bits']}-{cfg['embedding_bits']}-{cfg['activation_bits']}",
-                        "teacher": stage["teacher"],
+                        "stage": stage.scheme,
+                        "bits (W-E-A)": f"{cfg.weight_bits}-{cfg.embedding_bits}-{cfg.activation_bits}",
+                        "teacher": stage.teacher,
                         "dev": dev_acc,
                         "test": test_acc,
-                        "train_s": stage["seconds"],
-                        "steps": stage["steps"],
-                        "epochs": round(stage["epochs"], 2),
-                        "flops_saving": sav["flops_saving"],
-                        "size_saving": sav["size_saving"],
+                        "train_s": stage.seconds,
+                        "steps": stage.steps,
+                        "epochs": round(stage.epochs, 2),
+                        "flops_saving": sav.flops_saving,
+                        "size_saving": sav.size_saving,
                         "eval_s": round(time.time() - t0, 1),
                     }
                 )
-                print(f"{stage['scheme']}: dev {dev_acc:.4f} test {test_acc:.4f} ({stage['seconds']:.0f}s training)", flush=True)
-                (out / stage["scheme"]).mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path / "edgekit_quant.json", out / stage["scheme"] / "edgekit_quant.json")
-                (out / stage["scheme"]).joinpath("quant_report.json").write_text(
-                    json.dumps({**{k: v for k, v in report.items() if k != "stages"}, "stage": stage}, indent=1)
-                )
+                print(f"{stage.scheme}: dev {dev_acc:.4f} test {test_acc:.4f} ({stage.seconds:.0f}s training)", flush=True)
+                (out / stage.scheme).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path / "edgekit_quant.json", out / stage.scheme / "edgekit_quant.json")
+                one = {**report.model_dump(mode="json", exclude={"stages"}), "stage": stage.model_dump(mode="json")}
+                (out / stage.scheme).joinpath("quant_report.json").write_text(json.dumps(one, indent=1))
     except EdgekitError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -235,7 +234,7 @@ def main() -> int:
         )
     )
     if args.keep != "none":
-        src = next((Path(s["out"]) for r in reports.values() for s in r["stages"] if s["scheme"] == args.keep), None)
+        src = next((Path(s.out) for r in reports.values() for s in r.stages if s.scheme == args.keep), None)
         if src is not None:
             dst = out / f"ckpt-{args.keep}"
             shutil.rmtree(dst, ignore_errors=True)

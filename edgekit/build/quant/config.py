@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from edgekit.build.quant._compat import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
 from edgekit.errors import ConfigError
 
 WEIGHT_BITS = (1, 2, 32)
@@ -48,8 +49,10 @@ class QuantConfig(BaseModel):
     attention_bits: Literal[1, 4, 8, 32] = 32
     bi_attention: bool = False  # BiBERT: {0,1} attention map bool(QK^T) in place of softmax
 
-    def model_post_init(self, context) -> None:  # noqa: D102 - same checks with or without pydantic
-        _check(self.model_dump())
+    @model_validator(mode="after")
+    def _consistent(self) -> QuantConfig:
+        _check(self.model_dump())  # one-line ConfigError, not a pydantic ValidationError
+        return self
 
     @property
     def name(self) -> str:
@@ -63,6 +66,7 @@ def _one_of(values) -> str:
 
 
 def _check(fields: dict) -> None:
+    """Ranges and cross-field rules, on raw fields, so every message is one line naming the field."""
     c = _Fields(fields)
     for field, allowed in (
         ("weight_bits", WEIGHT_BITS),
@@ -94,21 +98,8 @@ def _check(fields: dict) -> None:
 
 class _Fields:
     def __init__(self, fields: dict) -> None:
-        self.__dict__.update(_DEFAULTS)
+        self.__dict__.update({name: f.default for name, f in QuantConfig.model_fields.items()})
         self.__dict__.update(fields)
-
-
-_DEFAULTS = dict(
-    scheme="custom",
-    method="custom",
-    weight_bits=32,
-    weight_method=None,
-    embedding_bits=32,
-    activation_bits=32,
-    activation_method=None,
-    attention_bits=32,
-    bi_attention=False,
-)
 
 
 def _scheme(
@@ -165,17 +156,67 @@ def make_config(scheme: str | QuantConfig | None = None, **overrides) -> QuantCo
     fields.update(overrides)
     if overrides and scheme is not None:
         fields["method"] = fields.get("method", "custom")
-    _check(fields)  # the same one-line messages with or without pydantic
+    _check(fields)  # one-line messages before pydantic's own (type) validation
     try:
         return QuantConfig(**fields)
     except ValidationError as err:
-        raise ConfigError(f"quant: {_first_error(err)}") from err
+        raise ConfigError(f"quant: {first_error(err)}") from err
 
 
-def _first_error(err: ValidationError) -> str:
-    errors = getattr(err, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        loc = ".".join(str(p) for p in first.get("loc", ()) if not isinstance(p, int))
-        return f"{loc}: {first.get('msg')}" if loc else str(first.get("msg"))
-    return str(err).splitlines()[0]
+def first_error(err: ValidationError) -> str:
+    """``field.path: message`` of a pydantic error's first entry (one line)."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first.get("loc", ()) if not isinstance(p, int))
+    return f"{loc}: {first.get('msg')}" if loc else str(first.get("msg"))
+
+
+# ----------------------------------------------------------------------------- distillation
+
+
+class DistillConfig(BaseModel):
+    """Weights of the distillation losses (0 turns one off); see :mod:`edgekit.build.quant.distill`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    logits: float = 1.0
+    temperature: float = 1.0
+    hidden: float = 0.0
+    attention: float = 0.0
+    dmd: float = 0.0
+    embedding: float = 1.0
+    ce: float = 0.0
+
+    @model_validator(mode="after")
+    def _non_negative(self) -> DistillConfig:
+        for k, v in self.model_dump().items():
+            if v < 0 or (k == "temperature" and v <= 0):
+                raise ConfigError(f"distill.{k}: must be a number >= 0{' (> 0 for temperature)' if k == 'temperature' else ''} (got {v!r})")
+        return self
+
+    @property
+    def needs(self) -> set[str]:
+        """Which internals must be captured."""
+        need = set()
+        if self.hidden:
+            need.add("hidden")
+        if self.attention:
+            need.add("attention")
+        if self.dmd:
+            need.add("qkv")
+        return need
+
+
+# Paper defaults per method family: BiBERT uses DMD + logits; BiT logits + hidden states;
+# TernaryBERT logits + hidden + attention.
+DISTILL_DEFAULTS: dict[str, DistillConfig] = {
+    "bibert": DistillConfig(logits=1.0, dmd=1.0),
+    "bit": DistillConfig(logits=1.0, hidden=1.0),
+    "ternary": DistillConfig(logits=1.0, hidden=1.0, attention=1.0),
+    "bitnet": DistillConfig(logits=1.0, hidden=1.0, attention=1.0),
+    "custom": DistillConfig(logits=1.0, hidden=1.0),
+}
+
+
+def distill_config(scheme: QuantConfig, override: DistillConfig | None = None, *, ce: float | None = None) -> DistillConfig:
+    """The losses for ``scheme``: ``override``, else the paper's defaults for its method; ``ce`` sets the label loss."""
+    cfg = override or DISTILL_DEFAULTS[scheme.method]
+    return DistillConfig(**{**cfg.model_dump(), "ce": ce}) if ce is not None else cfg  # validated, unlike model_copy

@@ -10,6 +10,8 @@ Losses (each weighted in :class:`DistillConfig`; 0 turns one off):
 - ``embedding``: for embedding models (no labels): MSE + (1 - cosine) of pooled embeddings.
 - ``ce``: cross entropy with labels, when the data has labels (optional).
 Every loss is zero when student and teacher compute the same function (``ce`` aside).
+The weights (:class:`DistillConfig`, ``DEFAULTS`` per method) are torch-free, in
+:mod:`edgekit.build.quant.config`.
 
 :class:`Capture` records Q/K/V, attention maps and hidden states with forward hooks, the
 same way for a float Hugging Face model and a quantized one.
@@ -20,49 +22,12 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from edgekit.build.quant._compat import BaseModel, ConfigDict
+from edgekit.build.quant.config import DISTILL_DEFAULTS, DistillConfig
 from edgekit.build.quant.layout import get, layout_of
 from edgekit.build.quant.modules import QuantSelfAttention
 from edgekit.errors import ConfigError
 
-
-class DistillConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    logits: float = 1.0
-    temperature: float = 1.0
-    hidden: float = 0.0
-    attention: float = 0.0
-    dmd: float = 0.0
-    embedding: float = 1.0
-    ce: float = 0.0
-
-    def model_post_init(self, context) -> None:  # noqa: D102
-        for k, v in self.model_dump().items():
-            if not isinstance(v, (int, float)) or v < 0 or (k == "temperature" and v <= 0):
-                raise ConfigError(f"distill.{k}: must be a number >= 0{' (> 0 for temperature)' if k == 'temperature' else ''} (got {v!r})")
-
-    @property
-    def needs(self) -> set[str]:
-        """Which internals must be captured."""
-        need = set()
-        if self.hidden:
-            need.add("hidden")
-        if self.attention:
-            need.add("attention")
-        if self.dmd:
-            need.add("qkv")
-        return need
-
-
-# Paper defaults per method family: BiBERT uses DMD + logits; BiT logits + hidden states;
-# TernaryBERT logits + hidden + attention.
-DEFAULTS = {
-    "bibert": DistillConfig(logits=1.0, dmd=1.0),
-    "bit": DistillConfig(logits=1.0, hidden=1.0),
-    "ternary": DistillConfig(logits=1.0, hidden=1.0, attention=1.0),
-    "bitnet": DistillConfig(logits=1.0, hidden=1.0, attention=1.0),
-    "custom": DistillConfig(logits=1.0, hidden=1.0),
-}
+DEFAULTS = DISTILL_DEFAULTS  # the paper's loss weights per method (torch-free, in config)
 
 
 class Capture:

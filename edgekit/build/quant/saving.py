@@ -14,12 +14,12 @@ import shutil
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
-from edgekit.build.quant._compat import ValidationError
 from edgekit.build.quant.api import float_state, quant_config_of, quant_state, quantize_
 from edgekit.build.quant.config import QuantConfig
 from edgekit.build.quant.layout import hf_model_of
-from edgekit.errors import CheckpointError
+from edgekit.errors import CheckpointError, ConfigError
 
 QUANT_FILE = "edgekit_quant.json"
 FORMAT = 1
@@ -88,7 +88,7 @@ def apply_saved(hf_model, path: str | Path):
     doc = read_quant_file(path)
     try:
         config = QuantConfig(**doc["config"])
-    except (ValidationError, TypeError) as err:
+    except (ValidationError, ConfigError, TypeError) as err:
         raise CheckpointError(
             f"{Path(path) / QUANT_FILE}: invalid quantization config ({str(err).splitlines()[0]})", hint="re-save the quantized checkpoint"
         ) from err

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from edgekit.build.quant import distill
-from edgekit.build.quant.train import STATE_DIR, TrainOptions, main, run
+from edgekit.build.quant.report import QuantReport
+from edgekit.build.quant.train import STATE_DIR, TrainOptions, run
 from edgekit.deploy import data
 from edgekit.errors import ConfigError, DataError, TrainingError
 
@@ -32,23 +33,25 @@ def test_loss_decreases(checkpoints, train_txt, tmp_path):
     one = tmp_path / "one.txt"
     one.write_text("\n".join(data.sample_texts()[:16]))
     report = run(_opts(checkpoints["bert-classifier"], one, tmp_path / "out", scheme="ternary-w2a8", steps=25, lr=3e-3, warmup=0.01))
-    stage = report["stages"][0]
-    assert stage["loss_last"] < stage["loss_first"]
+    stage = report.stages[0]
+    assert stage.loss_last < stage.loss_first
     assert (tmp_path / "out" / "edgekit_quant.json").exists()
     saved = json.loads((tmp_path / "out" / "quant_report.json").read_text())
     assert saved["stages"][0]["model"]["savings"]["flops_saving"] > 1
+    assert "eval" not in saved["stages"][0] and "teacher_eval" not in saved  # not measured: left out, not null
     w = saved["stages"][0]["model"]["weights"][0]
     assert abs(w["frac_neg"] + w["frac_zero"] + w["frac_pos"] - 1) < 1e-6 and w["frac_zero"] > 0
+    assert QuantReport.read(tmp_path / "out" / "quant_report.json") == report
 
 
 def test_resume_continues_from_saved_step(checkpoints, train_txt, tmp_path):
     out = tmp_path / "out"
     run(_opts(checkpoints["bert-classifier"], train_txt, out, scheme="bit-w1a1", steps=4, save_every=2))
-    state = torch.load(out / STATE_DIR / "state.pt", weights_only=False)
+    state = torch.load(out / STATE_DIR / "state.pt", weights_only=True)
     assert state["step"] == 4
     report = run(_opts(checkpoints["bert-classifier"], train_txt, out, scheme="bit-w1a1", steps=6, resume=True))
-    assert report["stages"][0]["start_step"] == 4
-    assert torch.load(out / STATE_DIR / "state.pt", weights_only=False)["step"] == 6
+    assert report.stages[0].start_step == 4
+    assert torch.load(out / STATE_DIR / "state.pt", weights_only=True)["step"] == 6
     with pytest.raises(ConfigError, match="scheme"):
         run(_opts(checkpoints["bert-classifier"], train_txt, out, scheme="ternary-w2a8", steps=8, resume=True))
 
@@ -66,7 +69,7 @@ def test_nan_stops_and_keeps_last_checkpoint(checkpoints, train_txt, tmp_path, m
     out = tmp_path / "out"
     with pytest.raises(TrainingError, match=r"loss is nan at step 4.*step 2"):
         run(_opts(checkpoints["bert-classifier"], train_txt, out, scheme="bit-w1a1", steps=10, save_every=2))
-    state = torch.load(out / STATE_DIR / "state.pt", weights_only=False)
+    state = torch.load(out / STATE_DIR / "state.pt", weights_only=True)
     assert state["step"] == 2
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert json.loads((out / "edgekit_quant.json").read_text())["step"] == 2
@@ -85,9 +88,10 @@ def test_multi_step_embedding_model(checkpoints, train_txt, tmp_path):
             eval_data=str(train_txt),
         )
     )
-    assert [s["scheme"] for s in report["stages"]] == ["bit-w1a8", "bit-w1a1"]
-    assert report["stages"][1]["teacher"] == "bit-w1a8"
-    assert "cosine_to_teacher" in report["stages"][1]["eval"]
+    assert [s.scheme for s in report.stages] == ["bit-w1a8", "bit-w1a1"]
+    assert report.stages[1].teacher == "bit-w1a8"
+    assert report.stages[1].eval.cosine_to_teacher is not None and report.stages[1].eval.accuracy is None
+    assert report.teacher_eval.texts == 64 and report.teacher_eval.accuracy is None  # unlabeled: no accuracy
     assert (tmp_path / "out" / "step1-bit-w1a8" / "edgekit_quant.json").exists()
 
 
@@ -106,21 +110,26 @@ def test_bad_inputs(checkpoints, train_txt, tmp_path):
         run(_opts(checkpoints["bert-classifier"], train_txt, tmp_path / "o4", steps=1, scheme="nope"))
 
 
-def test_cli_one_line_error(checkpoints, tmp_path, capsys):
-    code = main(
-        [
-            "--model",
-            str(checkpoints["bert-classifier"]),
-            "--data",
-            str(tmp_path / "missing.txt"),
-            "--out",
-            str(tmp_path / "o"),
-            "--steps",
-            "1",
-        ]
-    )
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "no such data file" in err
+def test_missing_data_is_one_line_error(checkpoints, tmp_path):
+    with pytest.raises(DataError, match="no such data file") as err:
+        run(_opts(checkpoints["bert-classifier"], tmp_path / "missing.txt", tmp_path / "o", steps=1))
+    assert "\n" not in str(err.value)
+
+
+def test_ce_needs_labels(checkpoints, train_txt, tmp_path):
+    with pytest.raises(DataError, match="needs labeled records"):
+        run(_opts(checkpoints["bert-classifier"], train_txt, tmp_path / "o", steps=1, ce=0.5))
+
+
+def test_options_errors_are_one_line():
+    base = dict(model="m", data="d", out="o")
+    with pytest.raises(ConfigError, match=r"train\.steps: must be a positive integer \(got 0\)"):
+        TrainOptions(**base, steps=0)
+    with pytest.raises(ConfigError, match="unknown quantization scheme 'w3a3'"):
+        TrainOptions(**base, scheme="w3a3")
+    with pytest.raises(ConfigError, match=r"train\.batch_size: .*integer"):
+        TrainOptions.build(**base, batch_size="many")
+    assert TrainOptions(**base, scheme="W2A8").scheme == "ternary-w2a8"  # aliases resolve to the scheme's full name
 
 
 def _free_port() -> int:
@@ -133,5 +142,5 @@ def test_ddp_world_size_one_gloo(checkpoints, train_txt, tmp_path, monkeypatch):
     for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}.items():
         monkeypatch.setenv(k, v)
     report = run(_opts(checkpoints["distilbert-classifier"], train_txt, tmp_path / "out", scheme="bibert-w1a1", steps=3, device="cpu"))
-    assert report["world_size"] == 1 and report["stages"][0]["steps"] == 3
+    assert report.world_size == 1 and report.stages[0].steps == 3
     assert not torch.distributed.is_initialized()

@@ -1,0 +1,78 @@
+"""The options of a quantization-aware training run: one typed model for every front-end
+(``edgekit quantize``, a recipe's ``quantize`` step, Python callers). Torch-free."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from edgekit.build.quant.config import DistillConfig, first_error, make_config
+from edgekit.errors import ConfigError
+
+STATE_DIR = "train_state"  # OUT/train_state/state.pt: optimizer, step, RNG (``resume`` continues from it)
+REPORT = "quant_report.json"
+
+
+class TrainOptions(BaseModel):
+    """What to train, on what, for how long. Invalid values raise a one-line :class:`ConfigError`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    model: str
+    data: str
+    out: str
+    scheme: str = "bit-w1a1"
+    teacher: str | None = None  # default: the float model itself
+    eval_data: str | None = None
+    steps: int | None = None
+    epochs: float | None = None  # 3 when neither steps nor epochs is given
+    multi_step: bool = False
+    intermediate: str = "bit-w1a8"
+    intermediate_steps: int | None = None  # default: the same budget as the final stage
+    intermediate_epochs: float | None = None
+    batch_size: int = 32
+    lr: float | None = None  # default by weight bits: 5e-4 (1 bit), 1e-4 (2 bits)
+    weight_decay: float = 0.0
+    warmup: float = 0.1
+    max_length: int = 128
+    seed: int = 0
+    save_every: int = 500
+    resume: bool = False
+    distill: DistillConfig | None = None  # default: the paper's losses for the scheme's method
+    ce: float | None = None  # weight of cross entropy with the labels, on top of ``distill`` (default: its own)
+    device: str = "auto"
+    save_dtype: Literal["float32", "float16"] = "float32"
+    calib_batches: int = 4
+    log_every: int = 20
+    progress: bool = True
+    keep_state: bool = True  # keep train_state/ after a finished stage
+    limit: int | None = None  # use only the first N training texts (smoke runs)
+
+    @classmethod
+    def build(cls, **fields) -> TrainOptions:
+        """Like ``TrainOptions(**fields)``, with pydantic's type errors as one-line :class:`ConfigError` s."""
+        try:
+            return cls(**fields)
+        except ValidationError as err:
+            raise ConfigError(f"train.{first_error(err)}") from err
+
+    @field_validator("scheme", "intermediate")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        return make_config(v).scheme  # ConfigError listing the valid schemes; aliases become the full name
+
+    @model_validator(mode="after")
+    def _ranges(self) -> TrainOptions:
+        for name in ("steps", "intermediate_steps", "batch_size", "max_length", "save_every", "calib_batches", "log_every", "limit"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"train.{name}: must be a positive integer (got {v!r})")
+        for name in ("epochs", "intermediate_epochs", "lr"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ConfigError(f"train.{name}: must be > 0 (got {v!r})")
+        if self.ce is not None and self.ce < 0:
+            raise ConfigError(f"train.ce: must be >= 0 (got {self.ce!r})")
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ConfigError(f"train.device: must be auto, cpu or cuda (got {self.device!r})")
+        return self

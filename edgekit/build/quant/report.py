@@ -1,0 +1,132 @@
+"""``quant_report.json``: what a quantization-aware training run did, as typed models. Torch-free.
+
+The JSON keys are those the report has always had (``stages[i].eval.accuracy``,
+``teacher_eval``, ``texts``, ``device`` ...), so earlier reports read back with
+:meth:`QuantReport.read`. ``eval``, ``teacher_eval`` and the eval figures that were not
+measured are left out of the JSON rather than written as null.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer
+
+from edgekit.build.quant.config import DistillConfig, QuantConfig, first_error
+from edgekit.errors import ArtifactError
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    omit_if_none: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_none(self, handler):
+        data = handler(self)
+        for key in self.omit_if_none:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+    # Mapping-style reads (``report["stages"][0]["scheme"]``, ``stage.get("eval", {})``) for code
+    # written against the plain-dict report: they return the JSON form (dicts and lists), as the
+    # dict report did. Attribute access is the typed way.
+    def __getitem__(self, key: str) -> Any:
+        if key not in type(self).model_fields:
+            raise KeyError(key)
+        return self.get(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in type(self).model_fields and getattr(self, str(key)) is not None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key not in type(self).model_fields or getattr(self, key) is None:
+            return default
+        return self.model_dump(mode="json", include={key})[key]
+
+
+class EvalResult(_Record):
+    """Scores on the eval data: accuracy (labeled classifier data) and/or mean cosine to the teacher."""
+
+    omit_if_none = ("accuracy", "cosine_to_teacher")
+    texts: int
+    accuracy: float | None = None
+    cosine_to_teacher: float | None = None
+
+
+class Savings(_Record):
+    """Theoretical FLOPs and size, float vs quantized (see :mod:`edgekit.build.quant.stats`)."""
+
+    seq_len: int
+    formula: str
+    fp32_gflops: float
+    quant_gflops: float
+    flops_saving: float
+    fp32_mb: float
+    quant_mb: float
+    size_saving: float
+
+
+class ModelStats(_Record):
+    """The trained student: scheme, savings, per-matrix code fractions, activation scales."""
+
+    scheme: str
+    config: QuantConfig | None
+    savings: Savings
+    weights: list[dict[str, Any]]
+    activations: list[dict[str, Any]]
+
+
+class StageReport(_Record):
+    """One training stage (BiT multi-step has two)."""
+
+    omit_if_none = ("eval", "model")
+    scheme: str
+    config: QuantConfig
+    distill: DistillConfig
+    out: str
+    steps: int
+    start_step: int
+    epochs: float
+    seconds: float
+    lr: float
+    loss_first: float | None
+    loss_last: float | None
+    batch_size: int
+    world_size: int
+    teacher: str = "fp32"  # "fp32", or the scheme of the previous stage's student
+    eval: EvalResult | None = None
+    model: ModelStats | None = None
+
+
+class QuantReport(_Record):
+    """The whole run: data, device, the teacher's eval and every stage."""
+
+    omit_if_none = ("teacher_eval",)
+    model: str
+    teacher: str
+    data: str
+    texts: int
+    device: str
+    world_size: int
+    scheme: str
+    multi_step: bool
+    stages: list[StageReport]
+    flops_formula: str
+    teacher_eval: EvalResult | None = None
+
+    def write(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(self.model_dump_json(indent=1))
+        return path
+
+    @classmethod
+    def read(cls, path: str | Path) -> QuantReport:
+        path = Path(path)
+        try:
+            return cls.model_validate_json(path.read_bytes())
+        except OSError as err:
+            raise ArtifactError(f"{path}: cannot read the quantization report ({err.strerror})") from err
+        except ValidationError as err:
+            raise ArtifactError(f"{path}: not a quantization report ({first_error(err)})", hint="rerun edgekit quantize") from err
