@@ -23,7 +23,10 @@ copied back, so transfers are in it. trtexec's ``latencyMs`` (H2D + GPU compute 
 the figure that includes them, so it becomes ``model_only``; ``computeMs`` (GPU kernels only) would
 leave them out and goes to the notes, with H2D, D2H and enqueue. Both trtexec figures are sums of
 CUDA-event intervals: launch overhead and host synchronisation are not in them. benchmark_app's
-latency is one infer request's time; it reports median, mean, min and max, so p90/p95/p99/std are None.
+latency is one infer request's time (the Python app reads ``request.latency``, a C++ clock around
+``infer()`` with the inputs already set, so neither the Python call nor reading the outputs is in it);
+it reports median, mean, min and max, so p90/p95/p99/std are None. Its sync throughput is wall clock in
+the Python app and batch x 1000 / median latency in the C++ app.
 ``end_to_end``, ``cold_first_result``, memory and host are not measured by either tool. Throughput is
 the tools' own: trtexec's batch x queries / wall span from the first H2D start to the last D2H end,
 benchmark_app's "throughput" (frames/s, a frame being one sequence); it needs ``seq_len`` for tokens/s.
@@ -350,7 +353,10 @@ def _benchmark_app(path, data, batch, seq_len, name, target, notes) -> ProfileRe
             else []
         ),
         "the report does not record the OpenVINO version; created is the file's modification time",
-        *(["Python app, api sync: its throughput is batch x 1000 / median latency, not wall clock"] if api == "sync" and not cpp else []),
+        *(["C++ app, api sync: its throughput is batch x 1000 / median latency, not wall clock"] if api == "sync" and cpp else []),
+        f"inputs from {inputs}"
+        if (inputs := cmd.get("i") or cmd.get("paths_to_input"))
+        else "inputs: random values filled by benchmark_app (no -i), not token ids a tokenizer makes",
         *notes,
     ]
     duration = _pick(cfg, "duration", "duration (ms)")
@@ -372,8 +378,13 @@ def _benchmark_app(path, data, batch, seq_len, name, target, notes) -> ProfileRe
         model=model,
         precision=str(cmd.get("infer_precision") or "unknown"),
         includes={
-            "model_only": f"benchmark_app latency of one infer request on {device or '?'} (api {api}); "
-            "tensors in host memory unless -use_device_mem",
+            "model_only": (
+                f"benchmark_app (C++) latency of one infer request on {device or '?'} (api {api}), start to completion; "
+                "inputs filled before timing; tensors in host memory unless -use_device_mem"
+                if cpp
+                else f"benchmark_app (Python) request.latency of one infer request on {device or '?'} (api {api}): "
+                "C++ clock around infer(), inputs already set; the Python call and reading the outputs are not in it"
+            ),
             "throughput": "benchmark_app's throughput: frames (sequences) per second over the run",
         },
         notes=notes,
@@ -399,8 +410,13 @@ def _layers(path: Path, data: Any) -> str:
                     n.get("real_time") if isinstance(n, dict) else None, path, f"node {i} real_time"
                 ) / len(requests)
         what = f"benchmark_app {data.get('report_type')} counters" + (
-            f", mean of {len(requests)} requests" if isinstance(perf, list) else ""
+            f", mean of {len(requests)} requests, each its last inference" if isinstance(perf, list) else ""
         )
+        if data.get("report_type") == "average" and len(rows) == 1 and isinstance(requests[0].get("total_real_time"), str):
+            return (
+                f"per-layer ({path.name}): the Python benchmark_app's average counters hold one node only ({next(iter(rows))}), "
+                "as its statistics_report.py keeps the first entry; rerun with -report_type detailed_counters for per-layer times"
+            )
     else:
         raise DataError(
             f"{path}: not a per-layer file edgekit can read",

@@ -33,54 +33,45 @@ def _fmt(v: float | None, digits: int = 2) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def latency_table(reports: list[ProfileReport]) -> Table:
-    t = Table(title="latency (ms) and throughput")
-    for col in ("artifact", "what", "p50", "p90", "p99", "mean", "n"):
-        t.add_column(col, justify="left" if col in ("artifact", "what") else "right", no_wrap=col == "artifact")
-    for r in reports:
-        ft = r.first_token
-        shape = (
-            f"b1 s{ft.seq_len}"
-            if ft.seq_len
-            else f"b1 text ({ft.mean_tokens:.0f} tok)"
-            if ft.lengths.startswith("text:")
-            else "length unknown"
+def _table(title: str, columns: list[str], *, left: int = 1) -> Table:
+    """A table that fits 80 columns: cells fold (never an ellipsis), the first ``left`` columns wrap."""
+    t = Table(title=title, title_justify="left", padding=(0, 1), collapse_padding=True)
+    for i, col in enumerate(columns):
+        t.add_column(col, justify="left" if i < left else "right", overflow="fold")
+    return t
+
+
+def point_rows(r: ProfileReport) -> list[tuple[str, str, str, str, str, str]]:
+    """(point, p50, p90, p99, mean, n) rows of one report, short labels: ``model b1 s128``, ``e2e``..."""
+    ft = r.first_token
+    shape = f"b1 s{ft.seq_len}" if ft.seq_len else f"b1 ~{ft.mean_tokens:.0f}tok" if ft.lengths.startswith("text:") else "b1 s?"
+    stats = [(f"model {shape}", ft.model_only)]
+    if ft.end_to_end:
+        stats.append((f"e2e {shape}", ft.end_to_end))
+    stats += [(f"model b1 s{p.seq_len}", p.model_only) for p in r.latency_vs_seq]
+    rows = [(what, f"{s.p50:.2f}", _fmt(s.p90), _fmt(s.p99), f"{s.mean:.2f}", str(s.n)) for what, s in stats]
+    if c := r.cold_first_result:
+        rows.append((f"cold (load {_fmt(c.process_start_to_loaded_ms, 0)})", f"{c.total_ms:.1f}", "", "", "", str(c.runs)))
+    for p in r.throughput:
+        rows.append(
+            (f"tput b{p.batch} s{p.seq_len}{' *' if p.best else ''}", f"{p.latency_ms_p50:.2f}", "", "", "", f"{p.seq_per_s:.1f}/s")
         )
-        rows = [(f"first-token model-only {shape}", ft.model_only)]
-        if ft.end_to_end:
-            rows.append((f"first-token end-to-end {shape}", ft.end_to_end))
-        rows += [(f"model-only b1 s{p.seq_len}", p.model_only) for p in r.latency_vs_seq]
-        for what, s in rows:
-            t.add_row(label(r), what, f"{s.p50:.2f}", _fmt(s.p90), _fmt(s.p99), f"{s.mean:.2f}", str(s.n))
-        if r.cold_first_result:
-            c = r.cold_first_result
-            t.add_row(
-                label(r),
-                f"cold first result (loaded at {_fmt(c.process_start_to_loaded_ms, 0)})",
-                f"{c.total_ms:.1f}",
-                "",
-                "",
-                "",
-                str(c.runs),
-            )
-        for p in r.throughput:
-            t.add_row(
-                label(r),
-                f"throughput b{p.batch} s{p.seq_len}{' (best)' if p.best else ''}",
-                f"{p.latency_ms_p50:.2f}",
-                "",
-                "",
-                "",
-                f"{p.seq_per_s:.1f} seq/s",
-            )
+    return rows
+
+
+def latency_table(reports: list[ProfileReport]) -> Table:
+    """Every measured point of each report. model: first-token model-only; e2e: with tokenization;
+    cold: first result from a fresh process; tput: throughput (n is sequences/s; * the best batch)."""
+    t = _table("latency (ms), throughput (seq/s)", ["artifact", "point", "p50", "p90", "p99", "mean", "n"], left=2)
+    for r in reports:
+        for i, row in enumerate(point_rows(r)):
+            t.add_row(label(r) if i == 0 else "", *row)
+        t.add_section()
     return t
 
 
 def comparison_table(c: Comparison) -> Table:
-    t = Table(title=f"comparison (interleaved run); ratios to {label(c.reports[0])}; first-token is batch 1")
-    t.add_column("artifact", no_wrap=True)
-    for name in HEADLINE_LABELS.values():
-        t.add_column(name, justify="right")
+    t = _table(f"ratios to {label(c.reports[0])} (interleaved; first-token is batch 1)", ["artifact", *HEADLINE_LABELS.values()])
     for r, ratio in zip(c.reports, c.ratios):
         h = headline(r)
         cells = []
@@ -206,3 +197,31 @@ def _save(fig, path: Path) -> Path:
 
     plt.close(fig)
     return path
+
+
+def calibration_plot(doc: dict, path: Path) -> Path:
+    """An early-exit ``calibration.json`` as a PNG: quality vs expected layers (and vs expected latency
+    where the segments were measured), one line per policy, the chosen point circled."""
+    mpl = require("matplotlib", for_="calibration plots")
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points, chosen, base = doc.get("points") or [], doc.get("chosen") or {}, doc.get("base_quality")
+    axes_keys = [("mean_layers", "expected layers run")]
+    if points and all(p.get("expected_latency_ms") is not None for p in points):
+        axes_keys.append(("expected_latency_ms", "expected latency (ms)"))
+    fig, axes = plt.subplots(1, len(axes_keys), figsize=(5.5 * len(axes_keys), 4), squeeze=False)
+    for ax, (key, xlabel) in zip(axes[0], axes_keys):
+        for name in dict.fromkeys(p["policy"] for p in points):
+            ps = sorted((p for p in points if p["policy"] == name), key=lambda p: p[key])
+            ax.plot([p[key] for p in ps], [100 * p["quality"] for p in ps], marker="o", ms=3, label=name)
+        if base is not None:
+            ax.axhline(100 * base, color="gray", ls="--", lw=1, label="no exit")
+        if chosen.get(key) is not None:
+            ax.scatter([chosen[key]], [100 * chosen["quality"]], s=80, facecolors="none", edgecolors="black", label="chosen")
+        ax.set(xlabel=xlabel, ylabel="quality (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"early-exit calibration {doc.get('data', '')}".strip())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _save(fig, path)

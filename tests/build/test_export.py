@@ -277,3 +277,23 @@ def test_re_export_replaces_the_artifact_atomically(encoders, tmp_path):
     assert not (out / "stale.txt").exists()
     assert artifact.read_manifest(out) == manifest
     assert _leftovers(tmp_path, "art") == []
+
+
+def test_torchscript_is_the_default_exporter_and_is_recorded(exported):
+    manifest = artifact.read_manifest(exported("bert-embedding"))
+    assert ExportOptions().exporter == "torchscript"
+    assert manifest.settings["exporter"] == "torchscript" and manifest.opset == 17
+
+
+def test_dynamo_exporter_keeps_names_dynamic_axes_and_parity(encoders, texts, tmp_path):
+    """The torch.export-based exporter, kept as an option (slower graphs on ORT: docs/agreement.md)."""
+    encoder = encoders("distilbert-embedding")
+    manifest = export(encoder, tmp_path / "dyn", ExportOptions(exporter="dynamo"))
+    assert manifest.settings["exporter"] == "dynamo" and manifest.opset >= 18 and manifest.parity.passed
+    model = onnx.load(str(tmp_path / "dyn" / MODEL_FILE))
+    assert [i.name for i in model.graph.input] == list(encoder.spec.input_names)
+    assert [_dims(i) for i in model.graph.input] == [["batch", "sequence"]] * len(encoder.spec.input_names)
+    assert _dims(model.graph.output[0]) == ["batch", HIDDEN]
+    sess = _session(tmp_path / "dyn")
+    for feed in (encoder.tokenize(texts[2:3]), encoder.tokenize(texts, pad_to=40)):
+        np.testing.assert_allclose(sess.run(None, feed)[0], encoder.run(feed), atol=1e-4)

@@ -292,3 +292,63 @@ def test_fixtures_are_the_committed_files():
     readme = (DATA / "README.md").read_text()
     for f in DATA.rglob("*.json"):
         assert f"`{f.relative_to(DATA).as_posix()}`" in readme or f"`{f.name}`" in readme, f
+
+
+# ---- real benchmark_app output ------------------------------------------------------------
+
+REAL = DATA / "benchmark_app-real"
+
+
+def test_real_benchmark_app_report_imports():
+    """A report benchmark_app itself wrote (Python app, OpenVINO 2026.4; README says the command)."""
+    r = import_report(REAL, seq_len=128, name="benchmark_app")
+    res = json.loads((REAL / "benchmark_report.json").read_text())["execution_results"]
+    s = r.first_token.model_only
+    assert (s.n, s.p50, s.mean, s.min, s.max) == (
+        int(res["total number of iterations"]),
+        float(res["latency (ms)"]),
+        float(res["avg latency"]),
+        float(res["min latency"]),
+        float(res["max latency"]),
+    )
+    assert s.min <= s.p50 <= s.max and (s.p90, s.p99) == (None, None)
+    assert r.artifact.target == "openvino-cpu" and r.artifact.precision == "f32" and r.warnings == []
+    assert "C++ clock around infer()" in r.includes["model_only"]
+    # the Python app's sync throughput is wall clock: iterations / total execution time
+    wall = int(res["total number of iterations"]) / float(res["total execution time (ms)"]) * 1000
+    assert r.throughput[0].seq_per_s == pytest.approx(wall, rel=0.01)
+    assert not any("median latency, not wall clock" in n for n in r.source.notes)
+    assert any(n.startswith("inputs from input_ids:") for n in r.source.notes)
+    layers = next(n for n in r.source.notes if n.startswith("per-layer"))
+    assert "detailed counters" in layers and "timed layers" in layers and "[gemm" in layers
+
+
+@pytest.mark.slow
+@pytest.mark.openvino
+def test_benchmark_app_on_a_tiny_ir_imports(exported, tmp_path):
+    """Runs the real benchmark_app (Python app from the openvino wheel) for a few iterations."""
+    import shutil
+    import subprocess
+    import sys
+
+    from edgekit.build.compile import compile_artifact
+    from edgekit.deploy import artifact
+
+    tool = shutil.which("benchmark_app") or str(Path(sys.executable).with_name("benchmark_app"))
+    if not Path(tool).exists():
+        pytest.skip("benchmark_app is not installed (it ships with the openvino wheel)")
+    src = exported("bert-embedding")
+    art = tmp_path / "ov"
+    compile_artifact(src, artifact.read_manifest(src), "openvino-cpu", art)
+    folder = tmp_path / "report"
+    folder.mkdir()
+    cmd = [tool, "-m", str(art / "model.xml"), "-d", "CPU", "-hint", "latency", "-api", "sync", "-shape", "[1,16]"]
+    cmd += ["-infer_precision", "f32", "-niter", "20", "-report_type", "detailed_counters", "-report_folder", str(folder), "-json_stats"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    r = import_report(folder, seq_len=16)
+    s = r.first_token.model_only
+    assert s.n == 20 and 0 < s.min <= s.p50 <= s.max
+    assert r.artifact.path == str(art / "model.xml") and r.artifact.target == "openvino-cpu"
+    assert any(n.startswith("inputs: random values") for n in r.source.notes)
+    assert any(n.startswith("per-layer (benchmark_app detailed counters") for n in r.source.notes)

@@ -90,3 +90,38 @@ def test_reports_of_one_target_get_one_file_each(two, tmp_path):
     written = write_reports(same, None, tmp_path / "rep", "x", plots=False)
     assert len({p.name for p in written if p.name.endswith(".profile.json")}) == 2
     assert report_names([r0, r0]) == [names[0], names[0] + "-2"]
+
+
+def _text80(table) -> str:
+    from rich.console import Console
+
+    console = Console(width=80, record=True, file=open("/dev/null", "w"), color_system=None)  # noqa: SIM115
+    console.print(table)
+    return console.export_text()
+
+
+def test_tables_fit_80_columns_without_cutting_a_cell(two):
+    """Real reports (two measured, one imported with a long name): nothing wider than 80, no ellipsis."""
+    from pathlib import Path
+
+    from edgekit.deploy.foreign import import_report
+    from edgekit.deploy.render import comparison_table, latency_table, point_rows
+
+    c = compare(two, FAST)
+    foreign_dir = Path(__file__).parents[1] / "data" / "foreign"
+    imported = import_report(foreign_dir / "benchmark_app-cpp", seq_len=128, name="minilm-l6-fp32-buckets-64-128-from-benchmark-app")
+    reports = [*c.reports, imported]
+    for table in (latency_table(reports), comparison_table(Comparison(created=c.created, reports=reports, ratios=ratios(reports)))):
+        text = _text80(table)
+        lines = text.splitlines()
+        assert max(len(line) for line in lines) <= 80, text
+        assert "…" not in text and "..." not in text, text
+        first_column = "".join(line.split("│")[1].strip() for line in lines if line.startswith("│"))
+        for r in reports:  # a folded label is still whole, line after line
+            assert f"{r.artifact.name}/{r.artifact.target}" in first_column, first_column
+    # every figure of every row is printed whole
+    text = _text80(latency_table(reports))
+    for r in reports:
+        for row in point_rows(r):
+            for cell in row[1:]:
+                assert cell in text, (cell, text)
