@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.build import compile as compile_step
+from edgekit.build import plan, runner
 from edgekit.deploy import artifact, data, packing
 from edgekit.deploy.report import latency_stats
 from edgekit.deploy.runtime import Predictor
@@ -145,7 +146,7 @@ def build_all(work: Path, calib: Path, rebuild: bool) -> dict[str, Any]:
         return path
 
     fp32 = work / "fp32"
-    step("fp32 export", fp32 / "onnx", lambda: compile_step.ensure_onnx(str(CKPT / "minilm-debian"), fp32))
+    step("fp32 export", fp32 / "onnx", lambda: runner.run(plan.for_export(str(CKPT / "minilm-debian"), fp32 / "onnx")))
     onnx_dir = fp32 / "onnx"
     onnx_manifest = artifact.read_manifest(onnx_dir)
     fp32_model = onnx_dir / onnx_manifest.model_file
@@ -211,7 +212,7 @@ def build_all(work: Path, calib: Path, rebuild: bool) -> dict[str, Any]:
     for label, root in list(edge.items()):
         src = root / "onnx"
         m = artifact.read_manifest(src)
-        for target, options in (("ort-cpu", {}), ("openvino-cpu", {"buckets_from": str(calib)})):
+        for target, options in (("ort-cpu", {}), ("openvino-cpu", {"data": str(calib)})):
             step(
                 f"edgekit {label} {target}",
                 root / target,
@@ -230,7 +231,7 @@ def build_all(work: Path, calib: Path, rebuild: bool) -> dict[str, Any]:
         if rebuild or not (root / "onnx").exists():
             shutil.rmtree(root, ignore_errors=True)
             shutil.copytree(lowered, root / "onnx")
-        for target, options in (("ort-cpu", {}), ("openvino-cpu", {"buckets_from": str(calib)})):
+        for target, options in (("ort-cpu", {}), ("openvino-cpu", {"data": str(calib)})):
             step(
                 f"edgekit {bits} lowered {target}",
                 root / target,
@@ -409,7 +410,7 @@ def accuracy(b: Backend, tok: Tokenizer, texts: list[str], labels: np.ndarray, b
 
 
 def pad_feed(feed: dict[str, np.ndarray], seq: int, pad_id: int) -> dict[str, np.ndarray]:
-    from edgekit.deploy.targets.openvino_npu import fit_feed
+    from edgekit.deploy.targets.shapes import fit_feed
 
     return fit_feed(feed, feed["input_ids"].shape[0], seq, pad_id)
 
@@ -682,10 +683,11 @@ def main() -> int:
             "plain_int8_gemm_gops": gemm,
             "achieved": achieved,
         }
-        from edgekit.deploy.targets.openvino import data_buckets
-        from edgekit.deploy.targets.openvino_npu import ROUND
+        from edgekit.deploy.targets.openvino import with_powers_of_two
+        from edgekit.deploy.targets.shapes import ROUND, buckets_from_lengths
 
-        buckets = data_buckets(tok.lengths(data.read_texts(calib)), onnx_manifest.tokenizer.max_length)
+        max_length = onnx_manifest.tokenizer.max_length
+        buckets = with_powers_of_two(buckets_from_lengths(tok.lengths(data.read_texts(calib)), max_length), max_length)
         longest = max(f["input_ids"].shape[1] for f in real)
         if longest > buckets[-1]:  # a dev text longer than every training text: one more bucket
             buckets.append(ROUND * -(-longest // ROUND))

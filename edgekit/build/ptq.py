@@ -9,12 +9,11 @@ Two runtimes, each with its own tool, as users compare them with QAT (:mod:`edge
   ``Gemm`` stay float). It writes a new ONNX artifact (``kind: onnx``, precision ``int8``)
   that every target compiles, checked against PyTorch's FP32 outputs with the ``int8``
   tolerance and checked to run its matmuls in INT8 on ONNX Runtime.
-- **OpenVINO**: NNCF is a compile option of the ``openvino-cpu`` target:
-  ``edgekit compile MODEL -t openvino-cpu -o int8=nncf -o calibration=texts.txt`` (or
-  ``edgekit ptq MODEL --method nncf``) converts the FP32 ONNX model, runs
-  ``nncf.quantize`` (:func:`nncf_quantize`, transformer model type, mixed preset: symmetric
-  weights, asymmetric activations) with the same calibration feeds, and saves an IR with
-  FakeQuantize nodes; the target then checks the runtime model's execution precisions.
+- **OpenVINO**: :func:`quantize_nncf` (``edgekit ptq MODEL --method nncf``) converts the FP32
+  ONNX model, runs ``nncf.quantize`` (:func:`nncf_quantize`, transformer model type, mixed
+  preset: symmetric weights, asymmetric activations) with the same calibration feeds, and
+  writes an ``openvino-cpu`` artifact through the target's own ``save``: an IR with
+  FakeQuantize nodes whose runtime execution precisions the target checks, then parity.
 
 Calibration texts: a ``.txt`` file (one text per line) or the ``text`` field of JSONL/CSV;
 the first ``samples`` texts, each tokenized at its own length (no padding in the statistics).
@@ -38,6 +37,8 @@ import numpy as np
 
 from edgekit.deploy import artifact, data, parity
 from edgekit.deploy.artifact import Manifest
+from edgekit.deploy.targets import resolve_options
+from edgekit.deploy.targets.openvino import OpenVinoCpuTarget, runtime_config
 from edgekit.deploy.tokenizer import Tokenizer
 from edgekit.deps import require
 from edgekit.errors import ConfigError, DataError
@@ -244,7 +245,7 @@ def quantize_onnx(
 
 def nncf_quantize(model: Any, feeds: list[dict[str, np.ndarray]], *, preset: str = "mixed", fast_bias_correction: bool = True) -> Any:
     """``nncf.quantize`` of an OpenVINO ``ov.Model`` on the calibration ``feeds`` (transformer type)."""
-    nncf = require("nncf", for_="NNCF INT8 quantization (openvino-cpu option int8=nncf)", hint="pip install 'edgekit[nncf]'")
+    nncf = require("nncf", for_="NNCF INT8 quantization (edgekit ptq --method nncf)", hint="pip install 'edgekit[nncf]'")
     presets = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}
     if preset not in presets:
         raise ConfigError(f"unknown NNCF preset {preset!r}", hint=f"one of {', '.join(presets)}")
@@ -263,3 +264,84 @@ def nncf_quantize(model: Any, feeds: list[dict[str, np.ndarray]], *, preset: str
         )
     finally:
         logging.getLogger("nncf").setLevel(level)
+
+
+def quantize_nncf(
+    onnx_dir: str | Path,
+    out: str | Path,
+    *,
+    calibration: str | Path,
+    samples: int = 256,
+    options: dict[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Manifest:
+    """NNCF INT8 PTQ of the FP32 ONNX artifact ``onnx_dir`` into an ``openvino-cpu`` artifact ``out``.
+
+    ``options``: the target's own (threads, hint, seq_lens...). The IR is written by the target
+    (:meth:`OpenVinoCpuTarget.save`, which checks INT8 execution), then checked against PyTorch
+    with :data:`TOLERANCE` (recorded, so later compiles use it) and, on a dynamic export, against
+    the FP32 model on the user's texts (:data:`FIDELITY`)."""
+    from edgekit.deps import version_of
+
+    say = progress or (lambda msg: None)
+    onnx_dir, out = Path(onnx_dir), Path(out)
+    source = _source_manifest(onnx_dir)
+    target = OpenVinoCpuTarget()
+    opts = resolve_options(target.name, options)
+    target.check_available()
+    ov = require("openvino", for_="NNCF INT8 quantization")
+    feeds, calib = calibration_feeds(onnx_dir, source, calibration, samples)
+    say(f"calibrating on {len(feeds)} texts (nncf.quantize)")
+    model = nncf_quantize(ov.convert_model(str(onnx_dir / source.model_file)), feeds)
+    fidelity = None
+    if source.static_shape is None:
+        say("checking fidelity to FP32 on your texts")
+        compiled = ov.Core().compile_model(model, "CPU", runtime_config(opts))
+        fidelity = check_fidelity(
+            fp32_runner(onnx_dir, source),
+            lambda f: np.array(compiled(f)[0]),
+            onnx_dir,
+            source,
+            calibration,
+            samples,
+            "openvino-cpu NNCF INT8",
+        )
+        del compiled
+    with artifact.staging(out) as tmp:
+        say("writing the IR and checking INT8 execution")
+        fields = target.save(model, onnx_dir, source, opts, tmp, int8=True)
+        fields["settings"] |= {
+            "ptq": {
+                "method": "nncf.quantize",
+                "model_type": "transformer",
+                "preset": "mixed",
+                "calibration": calib,
+                "nncf": version_of("nncf"),
+                "fidelity": fidelity,
+            },
+            "tolerance": TOLERANCE.model_dump(),
+        }
+        artifact.copy_tokenizer(onnx_dir, tmp)
+        shutil.copy2(onnx_dir / parity.REFERENCE, tmp / parity.REFERENCE)
+        manifest = source.model_copy(
+            update={
+                **fields,
+                "kind": "compiled",
+                "target": target.name,
+                "name": out.parent.name,
+                "created": artifact.now(),
+                "parent": artifact.manifest_sha256(onnx_dir),
+                "parity": None,
+                "files": {},
+            }
+        )
+        say("checking parity with PyTorch (FP32)")
+        feed, reference = parity.load_reference(tmp / parity.REFERENCE)
+        output = manifest.outputs[0].name
+        with target.load(tmp, manifest, opts) as session:
+            actual = parity.run_chunked(lambda f: session.infer(f)[output], feed, manifest.static_shape[0] if manifest.static_shape else 8)
+        runtime = " ".join(f"{k} {v}" for k, v in fields["runtime"].items())
+        report = parity.enforce(
+            parity.compare(reference, actual, task=manifest.task, output=output, runtime=f"{target.name} ({runtime})", tolerance=TOLERANCE)
+        )
+        return artifact.write_manifest(tmp, manifest.model_copy(update={"parity": report}))

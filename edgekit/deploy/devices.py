@@ -2,18 +2,21 @@
 
 Shipped profiles live in the repository's ``devices/`` folder (packaged as
 ``edgekit/_devices``); ``edgekit devices`` lists them and says whether each is usable here.
+This module knows nothing of the targets: that a profile's targets exist, what options a
+profile sets for each and whether one runs here are the registry's business
+(:mod:`edgekit.deploy.targets`: ``check_profile``, ``resolve_options``, ``usable_here``).
 """
 
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgekit.deploy.targets import TARGETS
 from edgekit.errors import ConfigError
 
 SCHEMA_VERSION = 1
@@ -47,14 +50,6 @@ class DeviceProfile(BaseModel):
     memory_gb: float | None = Field(None, gt=0)
     accelerator: str | None = Field(None, description="e.g. 'NVIDIA Ampere GPU, 1024 CUDA cores' or 'Intel NPU 4'")
     profile: str = "run 'edgekit profile' on the device itself"
-
-    @field_validator("targets")
-    @classmethod
-    def _known_targets(cls, targets: list[str]) -> list[str]:
-        unknown = [t for t in targets if t not in TARGETS]
-        if unknown:
-            raise ValueError(f"unknown target {unknown[0]!r}; known targets: {', '.join(TARGETS)}")
-        return targets
 
 
 def devices_dir() -> Path:
@@ -107,47 +102,30 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def usable_here(profile: DeviceProfile) -> tuple[bool, str]:
-    """(usable, reason): right architecture, CPU flags present, a target runtime available."""
+def machine_matches(profile: DeviceProfile) -> tuple[bool, str]:
+    """(matches, reason): this machine has the device's architecture and CPU flags."""
     machine = platform.machine().lower().replace("arm64", "aarch64").replace("amd64", "x86_64")
     if machine != profile.arch:
         return False, f"this machine is {machine}, the device is {profile.arch}"
     missing = [f for f in profile.cpu_flags if f not in cpu_flags()]
     if missing:
         return False, f"CPU lacks {', '.join(missing)}"
+    return True, f"{profile.arch}{' with ' + ', '.join(profile.cpu_flags) if profile.cpu_flags else ''}"
+
+
+def usable_here(profile: DeviceProfile, check_target: Callable[[str], None] | None = None) -> tuple[bool, str]:
+    """(usable, reason): right architecture, CPU flags present, and (given ``check_target``, which
+    raises for a target that cannot run here) one of the profile's targets available.
+
+    ``edgekit.deploy.targets.usable_here(profile)`` passes the registry's check."""
+    ok, why = machine_matches(profile)
+    if not ok or check_target is None:
+        return ok, why
     reasons = []
     for name in profile.targets:
         try:
-            TARGETS[name]().check_available()
+            check_target(name)
             return True, f"runs here with {name}"
         except Exception as err:  # noqa: BLE001 - any failure just means "not usable"
             reasons.append(f"{name}: {err}")
     return False, "; ".join(reasons)
-
-
-def compile_plan(profile: DeviceProfile, targets: list[str] | None, options: dict[str, str]) -> tuple[list[str], dict[str, dict[str, str]]]:
-    """What ``edgekit compile --device NAME`` builds: the targets (the profile's first one when
-    none is named; a named one must be among the profile's) and each target's options, with
-    the profile's name, precision and thread count filled in where the target takes them.
-
-    A precision the device does not run is an error here, before anything is exported.
-    """
-    chosen = list(targets) if targets else [profile.targets[0]]
-    wrong = [t for t in chosen if t not in profile.targets]
-    if wrong:
-        raise ConfigError(f"device {profile.name} does not run target {wrong[0]!r}", hint=f"its targets: {', '.join(profile.targets)}")
-    precision = options.get("precision")
-    if precision is not None and precision not in profile.precisions:
-        raise ConfigError(
-            f"device {profile.name} does not run precision {precision!r}", hint=f"its precisions: {', '.join(profile.precisions)}"
-        )
-    per_target: dict[str, dict[str, str]] = {}
-    for name in chosen:
-        fields = TARGETS[name].options_model.model_fields
-        opts = dict(options)
-        if "device" in fields:
-            opts.setdefault("device", profile.name)
-        if "threads" in fields and profile.threads:
-            opts.setdefault("threads", str(profile.threads))
-        per_target[name] = opts
-    return chosen, per_target

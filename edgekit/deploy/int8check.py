@@ -49,12 +49,14 @@ def ort_report(model: bytes | str | Path, *, level: str = "all", threads: int | 
     """Counts of integer and float matmuls in ONNX Runtime's optimized graph of ``model``."""
     ort = require("onnxruntime", for_="checking INT8 execution on ONNX Runtime")
     onnx = require("onnx", for_="reading ONNX Runtime's optimized graph")
-    from edgekit.deploy.targets.ort import session_options
-
     source = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
     expected = quantized_matmuls(source)
     with tempfile.TemporaryDirectory() as tmp:
-        so = session_options(ort, level, threads)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level.upper()}")  # basic, extended, all
+        so.intra_op_num_threads = threads or 0
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
         so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         ort.InferenceSession(model if isinstance(model, bytes) else str(model), so, providers=["CPUExecutionProvider"])
         optimized = onnx.load(so.optimized_model_filepath)

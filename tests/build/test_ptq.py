@@ -1,4 +1,4 @@
-"""edgekit.build.ptq: ONNX Runtime static QDQ PTQ and NNCF PTQ (openvino-cpu int8=nncf), calibrated on real texts."""
+"""edgekit.build.ptq: ONNX Runtime static QDQ PTQ and NNCF PTQ (into an openvino-cpu artifact), calibrated on real texts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edgekit.build.compile import compile_artifact
-from edgekit.build.ptq import quantize_onnx
+from edgekit.build.ptq import TOLERANCE, quantize_nncf, quantize_onnx
 from edgekit.deploy import data
 from edgekit.deploy.runtime import Predictor
 from edgekit.errors import ConfigError, DataError
@@ -59,20 +59,24 @@ def test_ptq_bad_calibration(exported, tmp_path):
 
 
 @pytest.mark.openvino
-def test_nncf_ptq_on_openvino(exported, calib, tmp_path):
+def test_nncf_ptq_on_openvino(exported, calib, tmp_path, texts):
     pytest.importorskip("nncf")
-    src = exported("bert-classifier")
     from edgekit.deploy import artifact
 
-    manifest = compile_artifact(
-        src,
-        artifact.read_manifest(src),
-        "openvino-cpu",
-        tmp_path / "ov",
-        options={"int8": "nncf", "calibration": str(calib), "samples": 24},
-    )
-    assert manifest.precision == "int8" and manifest.parity.passed
-    assert manifest.settings["ptq"]["method"] == "nncf.quantize" and manifest.settings["ptq"]["calibration"]["texts"] == 24
+    src = exported("bert-classifier")
+    manifest = quantize_nncf(src, tmp_path / "ov" / "openvino-cpu", calibration=calib, samples=24, options={"seq_lens": "16,64"})
+    assert (manifest.kind, manifest.target, manifest.precision) == ("compiled", "openvino-cpu", "int8") and manifest.parity.passed
+    ptq = manifest.settings["ptq"]
+    assert ptq["method"] == "nncf.quantize" and ptq["calibration"]["texts"] == 24 and ptq["fidelity"]["passed"]
+    assert manifest.settings["tolerance"] == TOLERANCE.model_dump() and manifest.parity.atol == TOLERANCE.atol
     assert manifest.settings["int8"]["int8"] >= 12 and set(manifest.settings["int8"]["precisions"]) & {"u8", "i8"}
-    with pytest.raises(ConfigError, match="calibration"):
-        compile_artifact(src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "ov2", options={"int8": "nncf"})
+    assert manifest.settings["buckets"] == [16, 64]  # the target's own options apply to the PTQ artifact
+    assert artifact.read_manifest(tmp_path / "ov" / "openvino-cpu") == manifest
+    with Predictor(tmp_path / "ov" / "openvino-cpu") as pred:
+        assert pred.predict(texts[:2]).shape == (2, 3)
+    # an INT8 or compiled source is refused; so is a bad option, before any calibration
+    with pytest.raises(ConfigError, match="PTQ takes an exported ONNX artifact"):
+        quantize_nncf(tmp_path / "ov" / "openvino-cpu", tmp_path / "again", calibration=calib)
+    with pytest.raises(ConfigError, match="target openvino-cpu: option int8"):
+        quantize_nncf(src, tmp_path / "x", calibration=calib, options={"int8": "nncf"})
+    assert not (tmp_path / "x").exists()

@@ -24,11 +24,17 @@ def test_unknown_field_names_file_and_field(tmp_path):
         devices.load_profile(f)
 
 
-def test_unknown_target_lists_known(tmp_path):
+def test_unknown_target_is_refused_by_the_registry(tmp_path):
+    from edgekit.deploy import targets
+
     f = tmp_path / "dev.yaml"
     f.write_text("name: dev\ndescription: d\narch: x86_64\ntargets: [tpu]\n")
-    with pytest.raises(ConfigError, match="known targets: ort-cpu"):
-        devices.load_profile(f)
+    profile = devices.load_profile(f)  # devices know nothing of the targets
+    with pytest.raises(ConfigError, match="device dev: unknown target 'tpu'") as err:
+        targets.check_profile(profile)
+    assert "ort-cpu" in err.value.hint
+    with pytest.raises(ConfigError, match="device dev: unknown target 'tpu'"):
+        targets.resolve_options("ort-cpu", {}, profile)
 
 
 def test_bad_yaml_is_one_line(tmp_path):
@@ -49,6 +55,21 @@ def test_usable_here_checks_arch_and_flags(monkeypatch):
     assert not ok and "avx2" in why
     monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx2"})
     assert devices.usable_here(p)[0]
+
+
+def test_usable_here_needs_a_target_that_runs_here():
+    from edgekit.deploy import targets
+
+    p = devices.get("x86-64-cpu")
+    if not devices.machine_matches(p)[0]:
+        pytest.skip("this machine is not an x86-64 with AVX2")
+
+    def nothing_runs(name):
+        raise RuntimeError(f"no runtime for {name}")
+
+    ok, why = devices.usable_here(p, nothing_runs)
+    assert not ok and "no runtime for ort-cpu" in why and "no runtime for openvino-cpu" in why
+    assert targets.usable_here(p) == (True, "runs here with ort-cpu")
 
 
 def test_unknown_device_lists_known():
@@ -75,7 +96,7 @@ def test_compile_runs_for_every_target_of_every_device(name, bert_onnx, tmp_path
             target.check_available()
         except Exception:  # noqa: BLE001 - a runtime missing here is listed by 'edgekit targets'
             continue
-        chosen, opts = devices.compile_plan(profile, [target_name], dict(NEEDS.get(target_name, {})))
+        chosen, opts = targets.compile_plan(profile, [target_name], dict(NEEDS.get(target_name, {})))
         out = tmp_path / target_name
         m = step.compile_artifact(bert_onnx, manifest, target_name, out, options=opts[target_name])
         assert (out / artifact.MANIFEST).exists() and m.target == target_name

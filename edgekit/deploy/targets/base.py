@@ -7,26 +7,13 @@ by the same code.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from edgekit.deploy.artifact import Manifest
-
-
-def _split_ints(v: Any) -> Any:
-    return [int(x) for x in v.replace(" ", "").split(",") if x] if isinstance(v, str) else v
-
-
-def _check_seq_lens(v: list[int] | None) -> list[int] | None:
-    if v is not None and (not v or min(v) < 4):
-        raise ValueError("give at least one sequence length, each >= 4")
-    return sorted(set(v)) if v is not None else None
-
-
-# Sequence buckets as a target option: '64,128' or [64, 128] -> sorted, unique, each >= 4.
-SeqLens = Annotated[list[int] | None, BeforeValidator(_split_ints), AfterValidator(_check_seq_lens)]
+from edgekit.deploy.devices import DeviceProfile
 
 
 class TargetOptions(BaseModel):
@@ -34,6 +21,19 @@ class TargetOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     threads: int | None = None
+
+    @model_validator(mode="after")
+    def _one_seq_source(self) -> TargetOptions:
+        # Shape-bucketed targets take seq_lens or data (edgekit.deploy.targets.shapes), never both.
+        if getattr(self, "seq_lens", None) is not None and getattr(self, "data", None) is not None:
+            raise ValueError("give seq_lens or data, not both")
+        return self
+
+    @property
+    def build_precision(self) -> str:
+        """The precision these options ask the target to build at: the ``precision`` option, else fp32
+        (a target without one compiles the source's own precision)."""
+        return str(getattr(self, "precision", "fp32"))
 
 
 @runtime_checkable
@@ -56,6 +56,12 @@ class Target(Protocol):
     runtime: ClassVar[str]  # the Python module it needs
     description: ClassVar[str]
     options_model: ClassVar[type[TargetOptions]]
+    static_shapes: ClassVar[bool]  # every compiled model has a fixed [batch, sequence]: a dynamic export needs seq_lens
+
+    @classmethod
+    def device_options(cls, profile: DeviceProfile) -> dict[str, Any]:
+        """The options a device profile sets for this target (device name, threads, execution providers...);
+        options the user gives take precedence. Raise ConfigError if the profile lacks what the target needs."""
 
     def check_available(self) -> None:
         """Raise MissingDependency/TargetError saying why this target cannot run here."""

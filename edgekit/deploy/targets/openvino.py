@@ -1,14 +1,14 @@
 """Target ``openvino-cpu``: OpenVINO IR (``convert_model`` + ``save_model``) run on the CPU plugin.
 
 INT8: a QDQ source (``edgekit lower``, ``edgekit ptq``) becomes an IR with FakeQuantize and
-int8 weights; option ``int8=nncf`` (+ ``calibration=<texts file>``) quantizes an FP32 source
-with NNCF here (:func:`edgekit.build.ptq.nncf_quantize`). Either way compile compiles the IR on
-the CPU plugin and reads the runtime model's execution precisions
+int8 weights (NNCF's PTQ, :func:`edgekit.build.ptq.quantize_nncf`, hands this target an
+already quantized ``ov.Model`` through :meth:`OpenVinoCpuTarget.save`). Either way compile
+compiles the IR on the CPU plugin and reads the runtime model's execution precisions
 (:func:`edgekit.deploy.int8check.openvino_report`); in a lowered binary/ternary graph, quantized
 matmuls that would run in float are an error naming them (in a PTQ graph they are recorded).
 
-Sequence buckets (``buckets=64,128`` or ``buckets_from=<texts file>``: p50/p90/max of its
-token lengths plus the powers of two between): the session compiles one model per bucket with
+Sequence buckets (``seq_lens=64,128``, or ``data=<texts file>``: p50/p90/max of its token
+lengths plus the powers of two between): the session compiles one model per bucket with
 a static sequence length (batch stays dynamic) and pads each call to the smallest bucket that
 holds it; a longer input runs on the dynamic-shape model, compiled on first use. Measured
 (bench/compare, MiniLM W2A8 lowered, batch 1 over real dev texts, 2-core x86): buckets
@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
 
-from edgekit.deploy import packing
+from edgekit.deploy import int8check, packing
 from edgekit.deploy.artifact import Manifest
-from edgekit.deploy.targets.base import SeqLens, TargetOptions, runtime_version
-from edgekit.deps import require
+from edgekit.deploy.devices import DeviceProfile
+from edgekit.deploy.targets.base import TargetOptions, runtime_version
+from edgekit.deploy.targets.shapes import DataFile, SeqLens, fit_feed, pick_bucket, plan_seq_lens, used_length
+from edgekit.deps import is_installed, require
 from edgekit.errors import ConfigError, TargetError
 
 MODEL_FILE = "model.xml"
@@ -39,29 +40,17 @@ class OpenVinoOptions(TargetOptions):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     hint: Literal["LATENCY", "THROUGHPUT"] = "LATENCY"
     streams: int | None = None
-    int8: Literal["none", "nncf"] = Field("none", description="nncf: INT8 post-training quantization of an FP32 model with NNCF")
-    calibration: str | None = Field(None, description="int8=nncf: calibration texts (.txt, one per line, or JSONL/CSV 'text')")
-    samples: int = Field(256, ge=1, description="int8=nncf: calibration texts used")
-    buckets: SeqLens = Field(None, description="static sequence buckets, e.g. 64,128 (default: dynamic shapes)")
-    buckets_from: str | None = Field(None, description="texts file whose token-length histogram (p50/p90/max) picks the buckets")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> OpenVinoOptions:
-        if self.buckets is not None and self.buckets_from is not None:
-            raise ValueError("give buckets or buckets_from, not both")
-        if self.int8 == "nncf" and self.calibration is None:
-            raise ValueError("int8=nncf needs calibration=<texts file>")
-        if self.calibration is not None and self.int8 != "nncf":
-            raise ValueError("calibration is for int8=nncf")
-        return self
+    seq_lens: SeqLens = None  # static sequence buckets (default: dynamic shapes)
+    data: DataFile = None
 
 
-def _config(precision: str, hint: str, threads: int | None, streams: int | None) -> dict[str, str]:
-    cfg = {"INFERENCE_PRECISION_HINT": _OV_PRECISION[precision], "PERFORMANCE_HINT": hint}
-    if threads:
-        cfg["INFERENCE_NUM_THREADS"] = str(threads)
-    if streams:
-        cfg["NUM_STREAMS"] = str(streams)
+def runtime_config(options: OpenVinoOptions) -> dict[str, str]:
+    """The CPU plugin's compile config for these options (recorded in the manifest, used by every session)."""
+    cfg = {"INFERENCE_PRECISION_HINT": _OV_PRECISION[options.precision], "PERFORMANCE_HINT": options.hint}
+    if options.threads:
+        cfg["INFERENCE_NUM_THREADS"] = str(options.threads)
+    if options.streams:
+        cfg["NUM_STREAMS"] = str(options.streams)
     return cfg
 
 
@@ -118,8 +107,6 @@ class OpenVinoSession:
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         compiled, request = self._compiled, self._request
         if self.buckets:
-            from edgekit.deploy.targets.openvino_npu import fit_feed, pick_bucket, used_length
-
             rows = next(iter(feed.values())).shape[0]
             length = used_length(feed, self.pad_id)
             if length > self.buckets[-1]:  # longer than every bucket: the dynamic-shape model, compiled once
@@ -143,51 +130,31 @@ class OpenVinoCpuTarget:
     runtime: ClassVar[str] = "openvino"
     description: ClassVar[str] = "OpenVINO IR on the CPU plugin"
     options_model: ClassVar[type[TargetOptions]] = OpenVinoOptions
+    static_shapes: ClassVar[bool] = False
 
     def check_available(self) -> None:
         ov = require("openvino", for_=f"target {self.name}")
         if "CPU" not in ov.Core().available_devices:
             raise TargetError("OpenVINO reports no CPU device here", hint="check the OpenVINO installation")
 
+    @classmethod
+    def device_options(cls, profile: DeviceProfile) -> dict[str, Any]:
+        return {"threads": profile.threads} if profile.threads else {}
+
     def compile(self, onnx_dir: Path, manifest: Manifest, options: OpenVinoOptions, out: Path) -> dict[str, Any]:
         ov = require("openvino", for_=f"target {self.name}")
         model = ov.convert_model(str(onnx_dir / manifest.model_file))
-        settings: dict[str, Any] = {"device": "CPU", "config": _config(options.precision, options.hint, options.threads, options.streams)}
-        precision = options.precision
-        if options.int8 == "nncf":
-            if manifest.precision == "int8":
-                raise ConfigError(
-                    "int8=nncf quantizes an FP32 model, and this model is already INT8",
-                    hint="drop int8=nncf: the INT8 graph compiles as it is",
-                )
-            from edgekit.build.ptq import TOLERANCE, calibration_feeds, check_fidelity, fp32_runner, nncf_quantize
+        return self.save(model, onnx_dir, manifest, options, out)
 
-            feeds, calib = calibration_feeds(onnx_dir, manifest, options.calibration, options.samples)
-            model = nncf_quantize(model, feeds)
-            fidelity = None
-            if manifest.static_shape is None:
-                compiled = ov.Core().compile_model(model, "CPU", settings["config"])
-                fidelity = check_fidelity(
-                    fp32_runner(onnx_dir, manifest),
-                    lambda f: np.array(compiled(f)[0]),
-                    onnx_dir,
-                    manifest,
-                    options.calibration,
-                    options.samples,
-                    "openvino-cpu NNCF INT8",
-                )
-                del compiled
-            settings["ptq"] = {
-                "method": "nncf.quantize",
-                "model_type": "transformer",
-                "preset": "mixed",
-                "calibration": calib,
-                "nncf": _version("nncf"),
-                "fidelity": fidelity,
-            }
-            settings["tolerance"] = TOLERANCE.model_dump()
-        int8 = options.int8 == "nncf" or manifest.precision == "int8"
-        if int8:
+    def save(
+        self, model: Any, onnx_dir: Path, manifest: Manifest, options: OpenVinoOptions, out: Path, *, int8: bool = False
+    ) -> dict[str, Any]:
+        """Write ``model`` (an ``ov.Model`` of ``manifest``'s graph) as this target's artifact files in ``out``;
+        return the manifest fields. ``int8``: the model is INT8 although its ONNX source is not (NNCF PTQ)."""
+        ov = require("openvino", for_=f"target {self.name}")
+        settings: dict[str, Any] = {"device": "CPU", "config": runtime_config(options)}
+        precision = options.precision
+        if int8 or manifest.precision == "int8":
             precision = "int8"  # int8 matmuls; the other ops run at INFERENCE_PRECISION_HINT (f32 unless asked)
             settings["int8"] = check_int8(model, settings["config"], onnx_dir, manifest)
         buckets = plan_buckets(onnx_dir, manifest, options)
@@ -224,46 +191,25 @@ class OpenVinoCpuTarget:
         )
 
 
-def _version(dist: str) -> str | None:
-    from edgekit.deps import version_of
-
-    return version_of(dist)
-
-
 def plan_buckets(onnx_dir: Path, manifest: Manifest, options: OpenVinoOptions) -> tuple[list[int], str] | None:
     """(sequence buckets, where they came from), or None for dynamic shapes."""
-    if options.buckets is None and options.buckets_from is None:
+    if options.seq_lens is None and options.data is None:
         return None
     if manifest.static_shape:
         raise ConfigError(
             f"the model was exported with the static shape {manifest.static_shape}; it has no sequence buckets",
-            hint="export with dynamic shapes to use buckets",
+            hint="export with dynamic shapes to use seq_lens or data",
         )
-    max_length = manifest.tokenizer.max_length
-    if options.buckets is not None:
-        too_long = [b for b in options.buckets if b > max_length]
-        if too_long:
-            raise ConfigError(
-                f"sequence bucket {too_long[0]} exceeds the model's max length {max_length}", hint=f"use buckets <= {max_length}"
-            )
-        buckets, source = options.buckets, "option buckets"
-    else:
-        from edgekit.deploy import data
-        from edgekit.deploy.tokenizer import Tokenizer
-
-        lengths = Tokenizer(onnx_dir, manifest).lengths(data.read_texts(options.buckets_from))
-        buckets = data_buckets(lengths, max_length)
-        source = f"p50/p90/max token length of {len(lengths)} texts in {options.buckets_from}, plus the powers of two between"
-    return buckets, source
+    seq = plan_seq_lens(onnx_dir, manifest, options.seq_lens, options.data)
+    if seq.observed is None:
+        return seq.lengths, seq.source
+    return with_powers_of_two(seq.lengths, manifest.tokenizer.max_length), f"{seq.source}, plus the powers of two between"
 
 
-def data_buckets(lengths: list[int], max_length: int) -> list[int]:
-    """Sequence buckets for a length histogram: p50, p90 and max (rounded up to 16, as for the NPU),
-    plus every power of two between p50 and max, so no input is padded to more than twice its
-    length and the common 64/128/256 shapes are buckets of their own."""
-    from edgekit.deploy.targets.openvino_npu import buckets_from_lengths
-
-    picks = buckets_from_lengths(lengths, max_length)
+def with_powers_of_two(picks: list[int], max_length: int) -> list[int]:
+    """``picks`` (p50/p90/max of a length histogram) plus every power of two between the first and
+    the last, so no input is padded to more than twice its length and the common 64/128/256
+    shapes are buckets of their own."""
     powers = [p for p in (16, 32, 64, 128, 256, 512, 1024, 2048) if picks[0] < p < picks[-1] and p <= max_length]
     return sorted(set(picks) | set(powers))
 
@@ -271,16 +217,10 @@ def data_buckets(lengths: list[int], max_length: int) -> list[int]:
 def check_int8(model: Any, config: dict[str, str], onnx_dir: Path, manifest: Manifest) -> dict[str, Any]:
     """Compile ``model`` on the CPU plugin and read which matmuls run in INT8; raise if quantized ones fall back."""
     ov = require("openvino", for_="target openvino-cpu")
-    from edgekit.deploy import int8check
-
     expected = None
-    if manifest.precision == "int8":
-        try:
-            import onnx
-
-            expected = len(int8check.quantized_matmuls(onnx.load(str(onnx_dir / manifest.model_file))))
-        except ImportError:
-            expected = None
+    if manifest.precision == "int8" and is_installed("onnx"):
+        onnx = require("onnx", for_="counting the quantized matmuls")
+        expected = len(int8check.quantized_matmuls(onnx.load(str(onnx_dir / manifest.model_file))))
     compiled = ov.Core().compile_model(model, "CPU", config)
     report = int8check.openvino_report(compiled, expected)
     # Lowered binary/ternary graphs exist to run in INT8: a fallback is an error. A PTQ graph

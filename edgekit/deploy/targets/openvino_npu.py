@@ -13,24 +13,30 @@ from __future__ import annotations
 
 import contextlib
 import filecmp
-import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from edgekit.deploy import data, parity
+from edgekit.deploy import parity
 from edgekit.deploy.artifact import Manifest, TensorSpec
-from edgekit.deploy.targets.base import SeqLens, TargetOptions, runtime_version
-from edgekit.deploy.tokenizer import Tokenizer
+from edgekit.deploy.devices import DeviceProfile
+from edgekit.deploy.targets.base import TargetOptions, runtime_version
+from edgekit.deploy.targets.shapes import (
+    DataFile,
+    SeqLens,
+    check_reference_fits,
+    plan_seq_lens,
+    refuse_on_static_export,
+    row_lengths,
+    run_in_buckets,
+)
 from edgekit.deps import require
 from edgekit.errors import ConfigError, TargetError
 
 DEVICE = "NPU"
 PENDING = "NPU compilation needs the Intel NPU driver; the IR is ready"
-ROUND = 16  # bucket lengths from data are rounded up to a multiple of this
 LOAD_CONFIG = {"PERFORMANCE_HINT": "LATENCY"}
 # Ops whose output shape depends on the data, or that need control flow: a static-shape
 # compiler cannot place them, so the NPU plugin cannot run them. Checked on every machine;
@@ -54,127 +60,32 @@ _QUANT_OPS = frozenset({"FakeQuantize", "FakeConvert"})
 
 class NpuOptions(TargetOptions):
     batch: int = Field(1, ge=1, description="static batch size of every bucket")
-    seq_lens: SeqLens = Field(None, description="sequence buckets, e.g. [64, 128] (or '64,128')")
-    data: str | None = Field(None, description="text file whose token-length histogram picks the buckets (p50/p90/max)")
+    seq_lens: SeqLens = None
+    data: DataFile = None
     precision: Literal["fp16", "int8"] = "fp16"
     cache_dir: str | None = Field(None, description="OpenVINO CACHE_DIR for IRs compiled at load time")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> NpuOptions:
-        if self.seq_lens is not None and self.data is not None:
-            raise ValueError("give seq_lens or data, not both")
-        return self
-
-
-def buckets_from_lengths(lengths: list[int], max_length: int) -> list[int]:
-    """p50, p90 and max of the token lengths, rounded up to a multiple of 16, capped at ``max_length``."""
-    if not lengths:
-        raise ConfigError("no texts to pick sequence buckets from", hint="pass a data file with texts, or seq_lens")
-    picks = (np.percentile(lengths, 50), np.percentile(lengths, 90), max(lengths))
-    return sorted({min(max_length, ROUND * math.ceil(p / ROUND)) for p in picks})
 
 
 def plan_buckets(onnx_dir: Path, manifest: Manifest, options: NpuOptions) -> tuple[int, list[int], str]:
     """(batch, sequence buckets, where they came from) for this model and these options."""
-    max_length = manifest.tokenizer.max_length
     static = manifest.static_shape
     if static:
         # A static export has its shape baked into the graph: it is the only bucket.
-        batch = options.batch if "batch" in options.model_fields_set else static[0]
-        if options.data is not None or [batch, *(options.seq_lens or [static[1]])] != static:
+        refuse_on_static_export(manifest, options.seq_lens, options.data, OpenVinoNpuTarget.name)
+        if "batch" in options.model_fields_set and options.batch != static[0]:
             raise ConfigError(
-                f"the model was exported with the static shape {static}; it cannot be reshaped to other buckets",
-                hint="drop batch/seq_lens/data, or export with dynamic shapes to get several buckets",
+                f"{OpenVinoNpuTarget.name}: the model was exported with the static shape {static}; it cannot take batch {options.batch}",
+                hint="drop batch, or export with dynamic shapes",
             )
         return static[0], [static[1]], "the model's static shape"
-    if options.seq_lens is not None:
-        too_long = [s for s in options.seq_lens if s > max_length]
-        if too_long:
-            raise ConfigError(
-                f"sequence bucket {too_long[0]} exceeds the model's max length {max_length}", hint=f"use seq_lens <= {max_length}"
-            )
-        return options.batch, list(options.seq_lens), "option seq_lens"
-    if options.data is not None:
-        lengths = Tokenizer(onnx_dir, manifest).lengths(data.read_texts(options.data))
-        return (
-            options.batch,
-            buckets_from_lengths(lengths, max_length),
-            f"p50/p90/max token length of {len(lengths)} texts in {options.data}",
-        )
-    raise ConfigError(
-        "a dynamic model sent to the NPU: the NPU runs only static shapes and no sequence buckets were given",
-        hint=f"pass seq_lens (e.g. --option seq_lens={','.join(map(str, sorted({min(128, max_length), max_length})))}) or data=<texts file>, or export with --static-shape",
-    )
-
-
-def row_lengths(feed: dict[str, np.ndarray], pad_id: int) -> np.ndarray:
-    """Per row, the columns up to its last real token (attention mask, else non-pad ids)."""
-    real = feed["attention_mask"] != 0 if "attention_mask" in feed else feed["input_ids"] != pad_id
-    return np.where(real.any(axis=1), real.shape[1] - np.argmax(real[:, ::-1], axis=1), 0)
-
-
-def used_length(feed: dict[str, np.ndarray], pad_id: int) -> int:
-    """Columns up to the last real token of any row (at least 1)."""
-    return max(1, int(row_lengths(feed, pad_id).max(initial=0)))
-
-
-def fit_feed(feed: dict[str, np.ndarray], batch: int, seq: int, pad_id: int) -> dict[str, np.ndarray]:
-    """``feed`` (at most ``batch`` rows, real tokens within ``seq`` columns) padded or cut to ``[batch, seq]``.
-
-    Padding is the tokenizer's pad id for ``input_ids`` and 0 elsewhere (mask 0: ignored);
-    only all-padding columns are cut. Missing rows repeat the last one."""
-    out = {}
-    for name, value in feed.items():
-        fill = pad_id if name == "input_ids" else 0
-        value = value[:, :seq]
-        if value.shape[1] < seq:
-            value = np.concatenate([value, np.full((value.shape[0], seq - value.shape[1]), fill, value.dtype)], axis=1)
-        if value.shape[0] < batch:
-            value = np.concatenate([value, np.repeat(value[-1:], batch - value.shape[0], axis=0)], axis=0)
-        out[name] = np.ascontiguousarray(value)
-    return out
-
-
-def pick_bucket(length: int, buckets: list[int]) -> int:
-    """The smallest bucket that holds ``length`` tokens."""
-    for s in buckets:
-        if length <= s:
-            return s
-    raise TargetError(
-        f"an input of {length} tokens is longer than the largest sequence bucket ({buckets[-1]})",
-        hint="truncate the text, or compile with a larger bucket",
-    )
-
-
-def run_in_buckets(
-    feed: dict[str, np.ndarray],
-    batch: int,
-    buckets: list[int],
-    pad_id: int,
-    run: Callable[[int, dict[str, np.ndarray]], dict[str, np.ndarray]],
-) -> dict[str, np.ndarray]:
-    """Run ``feed`` through static-shape models: ``batch`` rows at a time, each chunk padded
-    to the smallest bucket that holds it; ``run(bucket, feed)`` runs one model."""
-    rows = next(iter(feed.values())).shape[0]
-    parts: dict[str, list[np.ndarray]] = {}
-    for i in range(0, rows, batch):
-        chunk = {k: v[i : i + batch] for k, v in feed.items()}
-        n = next(iter(chunk.values())).shape[0]
-        bucket = pick_bucket(used_length(chunk, pad_id), buckets)
-        for name, value in run(bucket, fit_feed(chunk, batch, bucket, pad_id)).items():
-            parts.setdefault(name, []).append(value[:n])
-    return {name: np.concatenate(p, axis=0) for name, p in parts.items()}
-
-
-def check_reference_fits(onnx_dir: Path, manifest: Manifest, longest: int, what: str) -> None:
-    """Raise if PyTorch's parity texts are longer than ``longest`` tokens: parity could not run."""
-    feed, _ = parity.load_reference(onnx_dir / parity.REFERENCE)
-    need = used_length(feed, manifest.tokenizer.pad_id)
-    if need > longest:
+    seq = plan_seq_lens(onnx_dir, manifest, options.seq_lens, options.data)
+    if seq is None:
+        max_length = manifest.tokenizer.max_length
         raise ConfigError(
-            f"the parity texts reach {need} tokens but the longest static {what} is {longest}, so parity with PyTorch cannot be checked",
-            hint=f"use a {what} of at least {need} (the model's max length is {manifest.tokenizer.max_length})",
+            "a dynamic model sent to the NPU: the NPU runs only static shapes and no sequence lengths were given",
+            hint=f"pass seq_lens (e.g. --option seq_lens={','.join(map(str, sorted({min(128, max_length), max_length})))}) or data=<texts file>, or export with --static-shape",
         )
+    return options.batch, seq.lengths, seq.source
 
 
 def ir_tolerance(precision: str) -> parity.Tolerance:
@@ -309,6 +220,11 @@ class OpenVinoNpuTarget:
     runtime: ClassVar[str] = "openvino"
     description: ClassVar[str] = "OpenVINO on the Intel NPU: one static-shape IR (and compiled blob) per sequence bucket"
     options_model: ClassVar[type[TargetOptions]] = NpuOptions
+    static_shapes: ClassVar[bool] = True
+
+    @classmethod
+    def device_options(cls, profile: DeviceProfile) -> dict[str, Any]:
+        return {}  # the NPU plugin takes no per-device settings edgekit records
 
     def check_available(self) -> None:
         # The IR is written on any machine with openvino; the NPU itself is needed only to

@@ -15,8 +15,9 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from edgekit.deploy import packing
+from edgekit.deploy import int8check, packing
 from edgekit.deploy.artifact import Manifest
+from edgekit.deploy.devices import DeviceProfile
 from edgekit.deploy.targets.base import TargetOptions, runtime_version
 from edgekit.deps import is_installed, require
 from edgekit.errors import TargetError
@@ -72,6 +73,11 @@ class OrtCpuTarget:
     runtime: ClassVar[str] = "onnxruntime"
     description: ClassVar[str] = "ONNX Runtime, CPU execution provider, graph optimizations saved"
     options_model: ClassVar[type[TargetOptions]] = OrtOptions
+    static_shapes: ClassVar[bool] = False
+
+    @classmethod
+    def device_options(cls, profile: DeviceProfile) -> dict[str, Any]:
+        return {"threads": profile.threads} if profile.threads else {}
 
     def check_available(self) -> None:
         require("onnxruntime", for_=f"target {self.name}")
@@ -119,8 +125,6 @@ def check_int8(model_path: Path, threads: int | None, *, strict: bool = True) ->
     binary/ternary graphs) raises if some fall back, else records them."""
     if not is_installed("onnx"):
         return {"checked": False, "why": "onnx is not installed (pip install 'edgekit[export]')"}
-    from edgekit.deploy import int8check
-
     report = int8check.ort_report(model_path, threads=threads)
     if not report["all_int8"] and not strict:
         report["note"] = int8check.fallback_message("onnxruntime", report)

@@ -4,8 +4,9 @@
 (``onnxruntime.tools.convert_onnx_models_to_ort``, optimization style ``Fixed`` by default)
 and keeps the ``required_operators.config`` they write: the operator list to build a
 minimal ONNX Runtime for the device (``build.sh --minimal_build --include_ops_by_config``).
-Input shapes can be fixed first (``onnxruntime.tools.make_dynamic_shape_fixed``), which
-NNAPI, CoreML and QNN need to take whole graphs. The execution providers a device profile
+Input shapes can be fixed first (``seq_lens=128``, one length, or ``data=<texts file>``: the
+longest of its p50/p90/max lengths; ``batch``, default 1) with
+``onnxruntime.tools.make_dynamic_shape_fixed``, which NNAPI, CoreML and QNN need to take whole graphs. The execution providers a device profile
 asks for are recorded and used, in order, wherever they exist; on this machine the
 ``.ort`` model runs on the CPU provider, so parity and profiling run here.
 """
@@ -22,12 +23,14 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
+from edgekit.deploy import devices
 from edgekit.deploy.artifact import Manifest, TensorSpec
+from edgekit.deploy.devices import DeviceProfile
 from edgekit.deploy.targets.base import TargetOptions, runtime_version
-from edgekit.deploy.targets.openvino_npu import check_reference_fits, run_in_buckets
 from edgekit.deploy.targets.ort import session_options
+from edgekit.deploy.targets.shapes import DataFile, SeqLens, check_reference_fits, plan_seq_lens, run_in_buckets
 from edgekit.deps import require
 from edgekit.errors import ConfigError, TargetError
 
@@ -40,50 +43,45 @@ _PLATFORM = {"aarch64": "arm", "x86_64": "amd64"}
 
 
 class OrtMobileOptions(TargetOptions):
-    fixed_shape: tuple[int, int] | None = Field(None, description="fixed [batch, sequence] (or '1x128'), for NNAPI/CoreML/QNN")
+    seq_lens: SeqLens = Field(None, description="fix the sequence length (one length), for NNAPI/CoreML/QNN")
+    data: DataFile = Field(None, description="fix the sequence length to the longest p50/p90/max length of these texts")
+    batch: int | None = Field(None, ge=1, description="fixed batch, with seq_lens or data (default 1)")
     device: str | None = Field(None, description="device profile whose onnxruntime execution providers to record")
     execution_providers: list[str] | None = Field(None, description="execution providers, in order (overrides the device's)")
     optimization_style: Literal["Fixed", "Runtime"] = "Fixed"
     target_platform: Literal["arm", "amd64"] | None = Field(None, description="default: the device's arch, else arm")
-
-    @field_validator("fixed_shape", mode="before")
-    @classmethod
-    def _parse_shape(cls, v: Any) -> Any:
-        if isinstance(v, str):  # '1x128' from the command line
-            return tuple(v.lower().replace(",", "x").split("x"))
-        return v
-
-    @field_validator("fixed_shape")
-    @classmethod
-    def _positive(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
-        if v is not None and (v[0] < 1 or v[1] < 4):
-            raise ValueError("fixed_shape needs batch >= 1 and sequence >= 4")
-        return v
 
     @field_validator("execution_providers", mode="before")
     @classmethod
     def _split(cls, v: Any) -> Any:
         return [x for x in v.replace(" ", "").split(",") if x] if isinstance(v, str) else v
 
+    @model_validator(mode="after")
+    def _one_shape(self) -> OrtMobileOptions:
+        if self.seq_lens is not None and len(self.seq_lens) > 1:
+            raise ValueError("ort-mobile fixes one shape: give one sequence length")
+        if self.batch is not None and self.seq_lens is None and self.data is None:
+            raise ValueError("batch fixes the shape together with seq_lens (one length) or data")
+        return self
+
+
+def onnxruntime_spec(profile: DeviceProfile) -> Any:
+    """The profile's onnxruntime runtime entry; a ConfigError if it names none."""
+    runtime = next((r for r in profile.runtimes if r.name == "onnxruntime"), None)
+    if runtime is None:
+        raise ConfigError(
+            f"device {profile.name!r} names no onnxruntime runtime",
+            hint="add runtimes: [{name: onnxruntime, versions: ..., execution_providers: [...]}] to its profile",
+        )
+    return runtime
+
 
 def providers_for(options: OrtMobileOptions, ort: Any) -> tuple[list[str], dict[str, Any]]:
     """(execution providers in order, what the device profile said) for these options."""
     info: dict[str, Any] = {}
-    eps = list(options.execution_providers or [])
     if options.device is not None:
-        from edgekit.deploy import devices  # here, not at the top: edgekit.deploy.devices imports the TARGETS dict
-
         profile = devices.get(options.device)
-        if OrtMobileTarget.name not in profile.targets:
-            raise ConfigError(
-                f"device {profile.name!r} does not list target {OrtMobileTarget.name}", hint=f"its targets: {', '.join(profile.targets)}"
-            )
-        runtime = next((r for r in profile.runtimes if r.name == "onnxruntime"), None)
-        if runtime is None:
-            raise ConfigError(
-                f"device {profile.name!r} names no onnxruntime runtime",
-                hint="add runtimes: [{name: onnxruntime, versions: ..., execution_providers: [...]}] to its profile",
-            )
+        runtime = onnxruntime_spec(profile)
         info = {
             "device": profile.name,
             "arch": profile.arch,
@@ -91,10 +89,11 @@ def providers_for(options: OrtMobileOptions, ort: Any) -> tuple[list[str], dict[
             "platform": runtime.platform,
             "static_shapes": profile.static_shapes,
         }
-        eps = eps or list(runtime.execution_providers)
-        if profile.static_shapes and options.fixed_shape is None:
-            raise ConfigError(f"device {profile.name!r} runs only static shapes", hint="pass fixed_shape, e.g. --option fixed_shape=1x128")
-    eps = eps or [CPU]
+        if profile.static_shapes and options.seq_lens is None and options.data is None:
+            raise ConfigError(
+                f"device {profile.name!r} runs only static shapes", hint="pass seq_lens (one length, e.g. --option seq_lens=128) or data"
+            )
+    eps = list(options.execution_providers or [CPU])
     known = ort.get_all_providers()
     unknown = [e for e in eps if e not in known]
     if unknown:
@@ -102,6 +101,12 @@ def providers_for(options: OrtMobileOptions, ort: Any) -> tuple[list[str], dict[
     if CPU not in eps:
         eps.append(CPU)  # ONNX Runtime runs what the others do not take on the CPU
     return eps, info
+
+
+def fixed_shape(onnx_dir: Path, manifest: Manifest, options: OrtMobileOptions) -> tuple[int, int] | None:
+    """The [batch, sequence] to fix the inputs to, or None (keep the export's shapes)."""
+    seq = plan_seq_lens(onnx_dir, manifest, options.seq_lens, options.data)
+    return None if seq is None else (options.batch or 1, seq.lengths[-1])
 
 
 def _fix_shape(src: Path, dst: Path, shape: tuple[int, int]) -> None:
@@ -115,7 +120,7 @@ def _fix_shape(src: Path, dst: Path, shape: tuple[int, int]) -> None:
     except ValueError as err:
         raise ConfigError(
             f"cannot fix the input shape to {list(shape)}: {err}",
-            hint="a static export keeps its own shape; drop fixed_shape or export with dynamic shapes",
+            hint="a static export keeps its own shape; drop seq_lens/data or export with dynamic shapes",
         ) from err
     fix_output_shapes(model)
     onnx.save(model, str(dst))
@@ -204,6 +209,17 @@ class OrtMobileTarget:
     runtime: ClassVar[str] = "onnxruntime"
     description: ClassVar[str] = "ONNX Runtime mobile: .ort model + reduced operator config, device execution providers"
     options_model: ClassVar[type[TargetOptions]] = OrtMobileOptions
+    static_shapes: ClassVar[bool] = False
+
+    @classmethod
+    def device_options(cls, profile: DeviceProfile) -> dict[str, Any]:
+        runtime = onnxruntime_spec(profile)
+        opts: dict[str, Any] = {"device": profile.name, "target_platform": _PLATFORM[profile.arch]}
+        if runtime.execution_providers:
+            opts["execution_providers"] = list(runtime.execution_providers)
+        if profile.threads:
+            opts["threads"] = profile.threads
+        return opts
 
     def check_available(self) -> None:
         require("onnxruntime", for_=f"target {self.name}")
@@ -214,17 +230,13 @@ class OrtMobileTarget:
         platform = options.target_platform or _PLATFORM.get(device.get("arch", ""), "arm")
         src = onnx_dir / manifest.model_file
         shape, inputs, outputs = manifest.static_shape, manifest.inputs, manifest.outputs
+        fixed_to = fixed_shape(onnx_dir, manifest, options)
         with tempfile.TemporaryDirectory() as tmp:
-            if options.fixed_shape is not None:
-                batch, seq = options.fixed_shape
-                if seq > manifest.tokenizer.max_length:
-                    raise ConfigError(
-                        f"fixed sequence {seq} exceeds the model's max length {manifest.tokenizer.max_length}",
-                        hint=f"use a sequence <= {manifest.tokenizer.max_length}",
-                    )
+            if fixed_to is not None:
+                batch, seq = fixed_to
                 check_reference_fits(onnx_dir, manifest, seq, "fixed sequence length")
                 fixed = Path(tmp) / src.name
-                _fix_shape(src, fixed, options.fixed_shape)
+                _fix_shape(src, fixed, fixed_to)
                 src, shape = fixed, [batch, seq]
                 inputs = [TensorSpec(name=t.name, shape=shape, dtype=t.dtype) for t in inputs]
                 outputs = [TensorSpec(name=t.name, shape=[batch, *t.shape[1:]], dtype=t.dtype) for t in outputs]
@@ -232,7 +244,7 @@ class OrtMobileTarget:
         notes = []
         if shape is None and any(e in STATIC_EPS for e in eps):
             notes.append(
-                f"{', '.join(e for e in eps if e in STATIC_EPS)} take only nodes with fixed shapes: pass fixed_shape to give them the whole graph"
+                f"{', '.join(e for e in eps if e in STATIC_EPS)} take only nodes with fixed shapes: pass seq_lens (one length) to give them the whole graph"
             )
         return {
             "model_file": MODEL_FILE,

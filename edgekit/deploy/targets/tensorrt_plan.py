@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.deploy import data, parity
+from edgekit.deploy import data
+from edgekit.deploy.targets.shapes import pad_to
 
 OPS_TABLE = "tensorrt_onnx_ops.json"
 DLA_TABLE = "tensorrt_dla_layers.json"
@@ -185,104 +186,6 @@ def has_qdq(model: Any) -> bool:
     return any(n.op_type in QDQ_OPS for n in _nodes(model.graph))
 
 
-# ---------------------------------------------------------------- signed INT8 for TensorRT
-
-# The signed-INT8 graph vs the artifact's reference when 8-bit non-negative activations were
-# requantized to 7 bits (signed_qdq): a real change of function, so the bound is looser than
-# the lowering's (0.25) and the predictions must agree (measured on MiniLM W2E2A8: max abs logit
-# diff 0.36, argmax 32/32); a broken rewrite moves logits by several units.
-REQUANTIZED = parity.Tolerance(atol=1.0, min_argmax_agreement=0.96, min_cosine=0.99)
-
-
-def _constant(model: Any, name: str) -> np.ndarray | None:
-    """The value of an initializer or a Constant node's output, else None."""
-    from onnx import numpy_helper
-
-    for t in model.graph.initializer:
-        if t.name == name:
-            return numpy_helper.to_array(t)
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.output[0] == name:
-            attr = next((a for a in n.attribute if a.name == "value"), None)
-            return numpy_helper.to_array(attr.t) if attr is not None else None
-    return None
-
-
-def signed_qdq(model: Any) -> dict[str, Any]:
-    """Rewrite UINT8 Q/DQ pairs as INT8, in place: TensorRT's Q/DQ are signed and symmetric only.
-
-    A UINT8 activation (zero point 0: a non-negative tensor such as attention probabilities or a
-    binary {0, 1} activation) becomes an INT8 one:
-
-    - *exactly* when its producer is a ``Clip`` whose maximum is at most 127 steps (binary
-      {0, 1} activations: codes 0 and 1 are the same in INT8);
-    - otherwise *requantized*: a ``Relu`` keeps the tensor non-negative as UINT8 saturation did,
-      and the scale doubles (x 255/127) so the same range fits 0..127: one bit of resolution is
-      lost, and the caller must check the rewritten graph against the reference.
-
-    Returns ``{"exact": [...], "requantized": [...], "asymmetric": [...]}`` (QuantizeLinear
-    output names); an asymmetric (non-zero zero point) UINT8 tensor is left alone and reported.
-    """
-    from onnx import helper, numpy_helper
-
-    g = model.graph
-    producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list[Any]] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    report: dict[str, list[str]] = {"exact": [], "requantized": [], "asymmetric": []}
-    added, relu_before = [], {}
-    for q in [n for n in g.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]:
-        zp = _constant(model, q.input[2])
-        if zp is None or zp.dtype != np.uint8:
-            continue
-        out = q.output[0]
-        dqs = consumers.get(out, [])
-        if np.any(zp != 0) or not dqs or any(c.op_type != "DequantizeLinear" for c in dqs):
-            report["asymmetric"].append(out)
-            continue
-        scale = _constant(model, q.input[1])
-        src = producer.get(q.input[0])
-        high = _constant(model, src.input[2]) if src is not None and src.op_type == "Clip" and len(src.input) > 2 and src.input[2] else None
-        exact = scale is not None and high is not None and float(np.max(high)) <= 127 * float(np.min(scale)) * (1 + 1e-6)
-        zp_name = f"{out}_zp_s8"
-        added.append(numpy_helper.from_array(np.zeros_like(zp, dtype=np.int8), zp_name))
-        scale_name = q.input[1]
-        if not exact:
-            if scale is None:
-                report["asymmetric"].append(out)
-                continue
-            scale_name = f"{out}_scale_s8"
-            added.append(numpy_helper.from_array((scale.astype(np.float32) * np.float32(255.0 / 127.0)).astype(np.float32), scale_name))
-            relu = f"{out}_nonneg"
-            relu_before[out] = helper.make_node("Relu", [q.input[0]], [relu], name=f"{q.name or out}_relu")
-            q.input[0] = relu
-        q.input[1], q.input[2] = scale_name, zp_name
-        for dq in dqs:
-            dq.input[1] = scale_name
-            if len(dq.input) > 2:
-                dq.input[2] = zp_name
-            else:
-                dq.input.append(zp_name)
-        report["exact" if exact else "requantized"].append(out)
-    g.initializer.extend(added)
-    used = {i for n in g.node for i in n.input} | {i for q in relu_before.values() for i in q.input} | {o.name for o in g.output}
-    orphans = {n.output[0] for n in g.node if n.op_type == "Constant" and n.output[0] not in used}  # the old UINT8 zero points
-    if relu_before or orphans:  # keep the graph topologically sorted: each Relu just before its QuantizeLinear
-        nodes = []
-        for n in g.node:
-            if n.op_type == "Constant" and n.output[0] in orphans:
-                continue
-            if n.op_type == "QuantizeLinear" and n.output[0] in relu_before:
-                nodes.append(relu_before[n.output[0]])
-            nodes.append(n)
-        nodes = [type(n).FromString(n.SerializeToString()) for n in nodes]
-        g.ClearField("node")
-        g.node.extend(nodes)
-    return report
-
-
 def opset(model: Any) -> int | None:
     return next((o.version for o in model.opset_import if o.domain in ONNX_DOMAINS), None)
 
@@ -422,7 +325,7 @@ BUILD_PY_TEXT = f'''"""Builds model.engine for this artifact with edgekit's Tens
 import sys
 from pathlib import Path
 
-from edgekit.deploy.targets.tensorrt import main
+from edgekit.deploy.targets.tensorrt_device import main
 
 sys.exit(main([str(Path(__file__).resolve().parent), *sys.argv[1:]]))
 '''
@@ -443,7 +346,7 @@ def uncovered(feed: dict[str, np.ndarray], shapes: dict[str, dict[str, list[int]
     return None
 
 
-def fit_feed(
+def fit_reference(
     feed: dict[str, np.ndarray], reference: np.ndarray, shapes: dict[str, dict[str, list[int]]], pad_id: int
 ) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
     """The parity texts an engine's profile can take: (feed, reference rows, batch).
@@ -458,13 +361,7 @@ def fit_feed(
     lengths = feed["attention_mask"].sum(axis=1) if "attention_mask" in feed else np.full(len(reference), width)
     keep = lengths <= s_max
     target = s_max if s_min == s_max else max(s_min, min(width, s_max))
-    out = {}
-    for name, arr in feed.items():
-        arr = arr[keep][:, :target]
-        if arr.shape[1] < target:
-            fill = pad_id if name == "input_ids" else 0
-            arr = np.concatenate([arr, np.full((arr.shape[0], target - arr.shape[1]), fill, dtype=arr.dtype)], axis=1)
-        out[name] = arr
+    out = pad_to({name: arr[keep] for name, arr in feed.items()}, target, pad_id)
     reference = reference[keep]
     if b_min != b_max or not len(reference):
         return out, reference, min(8, b_max)

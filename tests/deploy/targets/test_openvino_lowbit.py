@@ -15,8 +15,8 @@ pytest.importorskip("openvino")
 @pytest.mark.openvino
 def test_buckets_pick_the_smallest_that_fits(exported, tmp_path, texts):
     src = exported("bert-embedding")  # max_length 64
-    manifest = compile_artifact(src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "ov", options={"buckets": "16,64"})
-    assert manifest.settings["buckets"] == [16, 64] and manifest.settings["bucket_source"] == "option buckets"
+    manifest = compile_artifact(src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "ov", options={"seq_lens": "16,64"})
+    assert manifest.settings["buckets"] == [16, 64] and manifest.settings["bucket_source"] == "option seq_lens"
     assert manifest.parity.passed  # parity ran through the buckets
     with Predictor(tmp_path / "ov") as pred:
         short = pred.tokenizer(["Yes."])
@@ -32,24 +32,28 @@ def test_buckets_from_data_and_bad_options(exported, static_bert_onnx, tmp_path)
     src = exported("bert-embedding")
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(data.sample_texts()[:200]) + "\n")
-    manifest = compile_artifact(src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "ov", options={"buckets_from": str(texts)})
-    assert manifest.settings["buckets"][-1] <= 64 and "200 texts" in manifest.settings["bucket_source"]
+    manifest = compile_artifact(src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "ov", options={"data": str(texts)})
+    assert (
+        manifest.settings["buckets"][-1] <= 64
+        and "200 texts" in manifest.settings["bucket_source"]
+        and "powers of two" in manifest.settings["bucket_source"]
+    )
     with pytest.raises(ConfigError, match="not both"):
-        compile_artifact(
-            src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "x", options={"buckets": "16", "buckets_from": str(texts)}
-        )
+        compile_artifact(src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "x", options={"seq_lens": "16", "data": str(texts)})
     # buckets shorter than some parity texts: those run on the dynamic-shape model
-    manifest = compile_artifact(src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "short", options={"buckets": "8"})
+    manifest = compile_artifact(src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "short", options={"seq_lens": "8"})
     assert manifest.parity.passed
     with Predictor(tmp_path / "short") as pred:
         pred.run(pred.tokenizer([" ".join(data.sample_texts()[:5])]))
         assert pred.session.last_bucket is None
     with pytest.raises(ConfigError, match="static shape"):
         compile_artifact(
-            static_bert_onnx, artifact.read_manifest(static_bert_onnx), "openvino-cpu", tmp_path / "x", options={"buckets": "16"}
+            static_bert_onnx, artifact.read_manifest(static_bert_onnx), "openvino-cpu", tmp_path / "x", options={"seq_lens": "16"}
         )
-    with pytest.raises(ConfigError, match="calibration"):
-        compile_artifact(src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "x", options={"calibration": str(texts)})
+    # NNCF PTQ is a build step (edgekit.build.ptq.quantize_nncf), not a target option
+    for gone in ("int8", "calibration", "samples", "buckets", "buckets_from"):
+        with pytest.raises(ConfigError, match=f"target openvino-cpu: option {gone}: Extra inputs are not permitted"):
+            compile_artifact(src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "x", options={gone: "1"})
 
 
 def test_ort_tuning_options_recorded(exported, tmp_path):

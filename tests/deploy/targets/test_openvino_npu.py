@@ -14,7 +14,7 @@ import pytest
 from edgekit.build.compile import compile_artifact
 from edgekit.deploy import artifact, parity
 from edgekit.deploy.runtime import Predictor
-from edgekit.deploy.targets import Session, openvino_npu
+from edgekit.deploy.targets import Session, openvino_npu, shapes
 from edgekit.deploy.targets.openvino_npu import PENDING, NpuOptions, NpuSession, OpenVinoNpuTarget
 from edgekit.errors import ConfigError, EdgekitError, TargetError
 
@@ -102,38 +102,19 @@ def test_ir_on_the_cpu_plugin_matches_torch_padded_to_each_bucket(compiled, expo
 def test_each_batch_runs_on_the_smallest_bucket_that_fits(compiled, exported):
     out, manifest = compiled["bert-embedding"]
     feed, reference = parity.load_reference(exported("bert-embedding") / parity.REFERENCE)
-    lengths = openvino_npu.row_lengths(feed, manifest.tokenizer.pad_id)
+    lengths = shapes.row_lengths(feed, manifest.tokenizer.pad_id)
     short, long = int(np.argmin(lengths)), int(np.argmax(lengths))
     assert lengths[short] <= 16 < lengths[long]
     with NpuSession(out, manifest, device="CPU", config=F32) as session:
         small = session.infer({k: v[short : short + 1] for k, v in feed.items()})["embeddings"]
         assert session.last_bucket == 16
         # The short text padded by hand to the big bucket gives the same output.
-        padded = openvino_npu.fit_feed(
-            {k: v[short : short + 1, : lengths[short]] for k, v in feed.items()}, 1, 64, manifest.tokenizer.pad_id
-        )
+        padded = shapes.fit_feed({k: v[short : short + 1, : lengths[short]] for k, v in feed.items()}, 1, 64, manifest.tokenizer.pad_id)
         big = session._run(64, padded)["embeddings"]
         session.infer({k: v[long : long + 1] for k, v in feed.items()})
         assert session.last_bucket == 64
     np.testing.assert_allclose(small, big, atol=1e-5)
     np.testing.assert_allclose(small, reference[short : short + 1], atol=1e-3)
-
-
-def test_fit_feed_pads_with_the_pad_id_and_mask_zero():
-    feed = {
-        "input_ids": np.array([[5, 6, 7, 1, 1]]),
-        "attention_mask": np.array([[1, 1, 1, 0, 0]]),
-        "token_type_ids": np.zeros((1, 5), np.int64),
-    }
-    assert openvino_npu.used_length(feed, pad_id=1) == 3
-    fitted = openvino_npu.fit_feed(feed, batch=2, seq=8, pad_id=1)
-    assert fitted["input_ids"].tolist() == [[5, 6, 7, 1, 1, 1, 1, 1]] * 2
-    assert fitted["attention_mask"].tolist() == [[1, 1, 1, 0, 0, 0, 0, 0]] * 2
-    cut = openvino_npu.fit_feed(feed, batch=1, seq=4, pad_id=1)
-    assert cut["input_ids"].tolist() == [[5, 6, 7, 1]]
-    assert openvino_npu.pick_bucket(3, [4, 8]) == 4
-    with pytest.raises(TargetError, match="an input of 9 tokens is longer than the largest sequence bucket \\(8\\)"):
-        openvino_npu.pick_bucket(9, [4, 8])
 
 
 def test_predictor_refuses_the_pending_artifact(compiled):
@@ -186,14 +167,6 @@ def test_int8_takes_a_qdq_model(exported, tmp_path):
     assert fields["settings"]["ir_check"]["passed"]
 
 
-def test_buckets_from_lengths_are_p50_p90_max_rounded_to_16_and_capped():
-    lengths = [5] * 50 + [40] * 40 + [200] * 10
-    assert openvino_npu.buckets_from_lengths(lengths, max_length=128) == [32, 64, 128]
-    assert openvino_npu.buckets_from_lengths([10, 11, 12], max_length=128) == [16]
-    assert openvino_npu.buckets_from_lengths([100], max_length=126) == [112]
-    assert openvino_npu.buckets_from_lengths([130], max_length=126) == [126]
-
-
 def test_data_file_picks_the_buckets(exported, tmp_path, texts):
     src = exported("distilbert-classifier")
     path = tmp_path / "texts.txt"
@@ -206,7 +179,7 @@ def test_data_file_picks_the_buckets(exported, tmp_path, texts):
 
 
 def test_bucket_longer_than_the_model_is_refused(exported, tmp_path):
-    with pytest.raises(ConfigError, match="sequence bucket 128 exceeds the model's max length 64"):
+    with pytest.raises(ConfigError, match="sequence length 128 exceeds the model's max length 64"):
         _compile(exported("bert-embedding"), tmp_path, seq_lens=[32, 128])
 
 
@@ -214,7 +187,7 @@ def test_static_export_is_its_own_bucket(static_bert_onnx, tmp_path):
     fields = _compile(static_bert_onnx, tmp_path / "a")
     assert fields["settings"]["buckets"] == [[2, 16]] and fields["static_shape"] == [2, 16]
     assert fields["settings"]["bucket_source"] == "the model's static shape"
-    with pytest.raises(ConfigError, match="static shape \\[2, 16\\]; it cannot be reshaped"):
+    with pytest.raises(ConfigError, match="static shape \\[2, 16\\]; it cannot take other sequence lengths"):
         _compile(static_bert_onnx, tmp_path / "b", seq_lens=[32])
 
 

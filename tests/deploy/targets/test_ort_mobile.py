@@ -16,8 +16,8 @@ from edgekit.build.compile import compile_artifact
 from edgekit.deploy import artifact, devices, parity
 from edgekit.deploy.devices import DeviceProfile, RuntimeSpec
 from edgekit.deploy.runtime import Predictor
-from edgekit.deploy.targets import Session
-from edgekit.deploy.targets.ort_mobile import CONFIG_FILE, MODEL_FILE, OrtMobileOptions, OrtMobileTarget, required_operators
+from edgekit.deploy.targets import Session, resolve_options
+from edgekit.deploy.targets.ort_mobile import CONFIG_FILE, MODEL_FILE, OrtMobileTarget, required_operators
 from edgekit.errors import ArtifactError, ConfigError, EdgekitError
 
 TARGET = "ort-mobile"
@@ -77,9 +77,16 @@ def phones(monkeypatch):
 
 
 def _compile(onnx_dir, out, **options):
-    """target.compile itself, so a ConfigError arrives as raised (compile_artifact wraps it)."""
+    """Options resolved as every caller resolves them (device profile applied), then target.compile
+    itself, so a ConfigError arrives as raised (compile_artifact wraps it)."""
     out.mkdir(parents=True, exist_ok=True)
-    return OrtMobileTarget().compile(onnx_dir, artifact.read_manifest(onnx_dir), OrtMobileOptions(**options), out)
+    return OrtMobileTarget().compile(onnx_dir, artifact.read_manifest(onnx_dir), resolve_options(TARGET, options), out)
+
+
+def _resolved(**options) -> dict:
+    """The options compile_artifact gets once a device profile is applied."""
+    resolved = resolve_options(TARGET, options)
+    return resolved.model_dump(include=resolved.model_fields_set)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -128,10 +135,10 @@ def test_predictor_runs_the_ort_model_on_this_cpu(compiled, encoders, texts, nam
     np.testing.assert_allclose(got, encoder.run(encoder.tokenize(texts)), atol=1e-4)
 
 
-def test_fixed_shape_makes_a_static_model(exported, encoders, texts, tmp_path):
+def test_seq_lens_and_batch_make_a_static_model(exported, encoders, texts, tmp_path):
     src = exported("bert-embedding")
     out = tmp_path / TARGET
-    manifest = compile_artifact(src, artifact.read_manifest(src), TARGET, out, options={"fixed_shape": "2x64"})
+    manifest = compile_artifact(src, artifact.read_manifest(src), TARGET, out, options={"seq_lens": "64", "batch": "2"})
     assert manifest.static_shape == [2, 64]
     assert all(t.shape == [2, 64] for t in manifest.inputs) and manifest.outputs[0].shape == [2, 32]
     assert manifest.parity.passed and manifest.parity.max_abs_diff < 1e-4
@@ -143,27 +150,36 @@ def test_fixed_shape_makes_a_static_model(exported, encoders, texts, tmp_path):
     np.testing.assert_allclose(got, encoder.run(encoder.tokenize(texts, max_length=64)), atol=1e-4)
 
 
-def test_fixed_shape_shorter_than_the_parity_texts_is_refused(exported, tmp_path):
+def test_data_fixes_the_longest_of_its_lengths(exported, tmp_path):
+    path = tmp_path / "texts.txt"
+    path.write_text("\n".join(["a b c d e f g h i j k l m n o p q r s t"] * 3 + ["short"]) + "\n")
     with pytest.raises(ConfigError, match="the parity texts reach 64 tokens but the longest static fixed sequence length is 32"):
-        _compile(exported("bert-embedding"), tmp_path, fixed_shape=(1, 32))
-    with pytest.raises(ConfigError, match="fixed sequence 128 exceeds the model's max length 64"):
-        _compile(exported("bert-embedding"), tmp_path, fixed_shape=(1, 128))
+        _compile(exported("bert-embedding"), tmp_path / "a", data=str(path))  # 22 tokens: rounded up to 32
+    fields = _compile(exported("bert-embedding"), tmp_path / "b", seq_lens=[64], batch=1)
+    assert fields["static_shape"] == [1, 64]
 
 
-def test_fixed_shape_of_a_static_export_must_match(static_bert_onnx, tmp_path):
+def test_seq_lens_shorter_than_the_parity_texts_or_the_model_are_refused(exported, tmp_path):
+    with pytest.raises(ConfigError, match="the parity texts reach 64 tokens but the longest static fixed sequence length is 32"):
+        _compile(exported("bert-embedding"), tmp_path, seq_lens=32)
+    with pytest.raises(ConfigError, match="sequence length 128 exceeds the model's max length 64"):
+        _compile(exported("bert-embedding"), tmp_path, seq_lens=128)
+
+
+def test_seq_lens_of_a_static_export_must_match(static_bert_onnx, tmp_path):
     with pytest.raises(ConfigError, match="cannot fix the input shape to \\[1, 16\\]"):
-        _compile(static_bert_onnx, tmp_path, fixed_shape=(1, 16))
+        _compile(static_bert_onnx, tmp_path, seq_lens=16, batch=1)
 
 
 def test_device_profile_execution_providers_are_recorded(exported, phones, tmp_path):
     src = exported("distilbert-classifier")
     out = tmp_path / TARGET
-    manifest = compile_artifact(src, artifact.read_manifest(src), TARGET, out, options={"device": "android-phone"})
+    manifest = compile_artifact(src, artifact.read_manifest(src), TARGET, out, options=_resolved(device="android-phone"))
     s = manifest.settings
     assert s["execution_providers"] == ["NnapiExecutionProvider", "XnnpackExecutionProvider", CPU]
     assert s["device"]["device"] == "android-phone" and s["device"]["versions"] == ">=1.20"
     assert s["target_platform"] == "arm"
-    assert "fixed_shape" in s["notes"][0] and "NnapiExecutionProvider" in s["notes"][0]
+    assert "seq_lens" in s["notes"][0] and "NnapiExecutionProvider" in s["notes"][0]
     # Neither NNAPI nor XNNPACK is in this onnxruntime: the session falls back to the CPU, and parity ran.
     assert manifest.parity.passed
     with Predictor(out) as predictor:
@@ -188,7 +204,7 @@ def test_explicit_providers_override_the_device(exported, phones, tmp_path):
         ({"execution_providers": ["FooExecutionProvider"]}, "unknown execution provider 'FooExecutionProvider'"),
         ({"device": "bad-ep-phone"}, "unknown execution provider 'NnapiExecutionProvidr'"),
         ({"device": "no-such-phone"}, "unknown device 'no-such-phone'"),
-        ({"device": "cpu-box"}, "device 'cpu-box' does not list target ort-mobile"),
+        ({"device": "cpu-box"}, "device cpu-box does not run target 'ort-mobile'"),
         ({"device": "no-ort-board"}, "device 'no-ort-board' names no onnxruntime runtime"),
         ({"device": "npu-phone"}, "device 'npu-phone' runs only static shapes"),
     ],
@@ -213,7 +229,7 @@ def test_bad_provider_through_compile_artifact_leaves_nothing(exported, tmp_path
 
 
 def test_static_device_with_a_fixed_shape_compiles(exported, phones, tmp_path):
-    fields = _compile(exported("bert-embedding"), tmp_path, device="npu-phone", fixed_shape="1x64")
+    fields = _compile(exported("bert-embedding"), tmp_path, device="npu-phone", seq_lens="64")
     assert fields["static_shape"] == [1, 64]
     assert fields["settings"]["execution_providers"] == ["QNNExecutionProvider", CPU]
     assert fields["settings"]["notes"] == []
@@ -229,8 +245,9 @@ def test_runtime_optimization_style_loads_with_saved_optimizations(exported, tmp
 @pytest.mark.parametrize(
     ("options", "field"),
     [
-        ({"fixed_shape": "1xfoo"}, "fixed_shape"),
-        ({"fixed_shape": [1, 2]}, "fixed_shape"),
+        ({"seq_lens": "1xfoo"}, "seq_lens"),
+        ({"seq_lens": [2]}, "seq_lens"),
+        ({"batch": 0, "seq_lens": 64}, "batch"),
         ({"optimization_style": "Max"}, "optimization_style"),
         ({"target_platform": "riscv"}, "target_platform"),
     ],
@@ -249,3 +266,15 @@ def test_tampered_files_are_detected(compiled, tmp_path, victim):
         f.write(b"\0")
     with pytest.raises(ArtifactError, match=f"{victim} does not match its sha256"):
         Predictor(out)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"seq_lens": "32,64"}, "ort-mobile fixes one shape: give one sequence length"),
+        ({"batch": 2}, "batch fixes the shape together with seq_lens"),
+    ],
+)
+def test_one_fixed_shape_only(options, message):
+    with pytest.raises(ConfigError, match=f"target ort-mobile: options: {message}"):
+        resolve_options(TARGET, options)

@@ -32,17 +32,9 @@ from edgekit.deploy.devices import DeviceProfile, RuntimeSpec
 from edgekit.deploy.runtime import Predictor
 from edgekit.deploy.targets import TARGETS
 from edgekit.deploy.targets import tensorrt_plan as plan
-from edgekit.deploy.targets.tensorrt import (
-    TRT_API,
-    TRT_API_10,
-    JetsonOptions,
-    JetsonTarget,
-    build_engine,
-    finish,
-    l4t_release,
-    main,
-    profile_major,
-)
+from edgekit.deploy.targets.tensorrt import JetsonOptions, JetsonTarget, profile_major
+from edgekit.deploy.targets.tensorrt_device import finish, main
+from edgekit.deploy.targets.tensorrt_engine import TRT_API, TRT_API_10, build_engine, l4t_release
 from edgekit.errors import ConfigError, TargetError
 
 onnx = pytest.importorskip("onnx")
@@ -181,7 +173,7 @@ def test_dynamic_export_compiles_to_a_pending_plan(exported, tmp_path):
     assert script.startswith("#!/usr/bin/env bash") and (out / "build_engine.sh").stat().st_mode & stat.S_IXUSR
     assert all(arg in script for arg in cmd[1:]) and "/usr/src/tensorrt/bin/trtexec" in script and "build_engine.py --adopt" in script
     assert subprocess.run(["bash", "-n", str(out / "build_engine.sh")], capture_output=True).returncode == 0
-    assert "from edgekit.deploy.targets.tensorrt import main" in (out / "build_engine.py").read_text()
+    assert "from edgekit.deploy.targets.tensorrt_device import main" in (out / "build_engine.py").read_text()
     assert artifact.read_manifest(out) == manifest
 
 
@@ -208,7 +200,7 @@ def test_sequence_range_from_seq_lens_and_from_data(exported, tmp_path):
 
 
 def test_seq_lens_longer_than_the_model_are_refused(exported, tmp_path):
-    with pytest.raises(TargetError, match=r"jetson: seq_lens \[100\] exceed the model's max_length 64"):
+    with pytest.raises(TargetError, match=r"jetson: sequence length 100 exceeds the model's max length 64"):
         compile_jetson(exported("bert-embedding"), tmp_path, seq_lens=[16, 100])
 
 
@@ -351,14 +343,14 @@ def test_a_pending_artifact_cannot_be_run(bert_onnx, tmp_path):
     assert main([str(tmp_path / TARGET)]) == 2  # build_engine.py without TensorRT: one line, exit code 2
 
 
-def test_fit_feed_keeps_the_texts_a_profile_takes():
+def test_fit_reference_keeps_the_texts_a_profile_takes():
     feed = {"input_ids": np.arange(40).reshape(5, 8), "attention_mask": np.array([[1] * n + [0] * (8 - n) for n in (2, 8, 5, 3, 6)])}
     ref = np.arange(5.0)
     shapes = {k: {"min": [1, 1], "opt": [1, 4], "max": [4, 6]} for k in feed}
-    fed, kept, batch = plan.fit_feed(feed, ref, shapes, pad_id=0)
+    fed, kept, batch = plan.fit_reference(feed, ref, shapes, pad_id=0)
     assert kept.tolist() == [0.0, 2.0, 3.0, 4.0] and fed["input_ids"].shape == (4, 6) and batch == 4
     static = {k: {"min": [3, 10], "opt": [3, 10], "max": [3, 10]} for k in feed}
-    fed, kept, batch = plan.fit_feed(feed, ref, static, pad_id=7)
+    fed, kept, batch = plan.fit_reference(feed, ref, static, pad_id=7)
     assert (
         fed["input_ids"].shape == (3, 10)
         and batch == 3

@@ -19,6 +19,7 @@ from edgekit.build.lower import TOLERANCE, lower
 from edgekit.build.quant import calibrate, quantize_
 from edgekit.build.quant.saving import save_quantized
 from edgekit.deploy import artifact, data, parity
+from edgekit.deploy.targets import tensorrt_int8
 from edgekit.deploy.targets import tensorrt_plan as plan
 
 
@@ -99,15 +100,15 @@ def test_signed_qdq_exact_requantized_and_asymmetric():
     x = np.array([-1.0, 0.05, 0.1, 20.0], dtype=np.float32)
     binary = _qdq_graph(0, clip_max=0.1)  # codes 0 and 1 only: exact in INT8
     before = _eval(binary, x)
-    assert plan.signed_qdq(binary) == {"exact": ["q"], "requantized": [], "asymmetric": []}
+    assert tensorrt_int8.signed_qdq(binary) == {"exact": ["q"], "requantized": [], "asymmetric": []}
     np.testing.assert_array_equal(_eval(binary, x), before)
 
     wide = _qdq_graph(0, clip_max=None)  # codes 0..255: INT8 keeps 0..127 at twice the step
     before = _eval(wide, x)  # [0, 0 (round half to even), 0.1, 20.0]
-    assert plan.signed_qdq(wide)["requantized"] == ["q"]
+    assert tensorrt_int8.signed_qdq(wide)["requantized"] == ["q"]
     after = _eval(wide, x)
     assert after[0] == 0.0  # the Relu keeps UINT8's clamp at zero
     assert after[3] == pytest.approx(20.0, abs=0.2) and np.max(np.abs(after - before)) <= 0.2 / 2 + 1e-6
 
     asym = _qdq_graph(128, clip_max=None)
-    assert plan.signed_qdq(asym)["asymmetric"] == ["q"]
+    assert tensorrt_int8.signed_qdq(asym)["asymmetric"] == ["q"]
