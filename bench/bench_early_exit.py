@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.build import compile as compile_step
+from edgekit.build import plan, runner
 from edgekit.build.exits import steps as build
 from edgekit.build.exits.calibrate import Point, choose
 from edgekit.build.exits.model import load_exits
@@ -83,7 +84,9 @@ def main() -> int:
     }
 
     # The model without exits: one ordinary export (the trunk's graph), compiled per target.
-    onnx_dir, onnx_manifest = compile_step.ensure_onnx(args.model, args.work / "full")
+    onnx_dir = args.work / "full" / "onnx"
+    runner.run(plan.for_export(args.model, onnx_dir))  # what `edgekit export` runs
+    onnx_manifest = artifact.read_manifest(onnx_dir)
     for target in targets:
         t0 = time.time()
         cal = build.calibrate(args.heads, DATA / "dev.jsonl", args.work / f"calibration-{target}", target=target, max_drop=args.max_drop)

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from edgekit.build import compile as compile_step
+from edgekit.build import plan, runner
 from edgekit.build.load import load
 from edgekit.deploy import data
 from edgekit.deploy.profile import fixed_length_text
@@ -40,11 +40,8 @@ def main() -> None:
     import torch
 
     work = Path("bench/work/trunk")  # artifacts; only the summary goes to --out
-    onnx_dir, onnx_manifest = compile_step.ensure_onnx("default", work)
-    dirs = {}
-    for name in ("ort-cpu", "openvino-cpu"):
-        compile_step.compile_artifact(onnx_dir, onnx_manifest, name, work / name)
-        dirs[name] = work / name
+    runner.run(plan.for_compile("default", work, [("ort-cpu", {}), ("openvino-cpu", {})]))  # what `edgekit compile` runs
+    dirs = {name: work / name for name in ("ort-cpu", "openvino-cpu")}
 
     encoder = load("default")
     preds = {name: Predictor(d).__enter__() for name, d in dirs.items()}

@@ -19,3 +19,9 @@ def threads() -> int | None:
     """EDGEKIT_THREADS caps the threads runtimes use (unset: the runtime decides)."""
     value = os.environ.get("EDGEKIT_THREADS")
     return int(value) if value else None
+
+
+def rank() -> int:
+    """RANK, set by torchrun: the process's rank in a multi-GPU run (0 alone, or outside torchrun)."""
+    value = os.environ.get("RANK", "0")
+    return int(value) if value.strip().isdigit() else 0

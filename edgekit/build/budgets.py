@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgekit.build.recipe import Recipe
+from edgekit.build.recipe import Budgets
 
 # What is and is not byte-reproducible (tests/build/test_build.py checks the ONNX files).
 REPRODUCIBILITY = {
@@ -55,11 +55,10 @@ def _budget(
     }
 
 
-def check_budgets(recipe: Recipe, target: str, entry: dict[str, Any], not_here: str | None) -> list[dict[str, Any]]:
-    """Each budget of the recipe against one artifact's figures: passed, failed or unchecked (with why)."""
-    from edgekit.deploy import devices
+def check_budgets(b: Budgets, target: str, entry: dict[str, Any], not_here: str | None) -> list[dict[str, Any]]:
+    """Each budget against one artifact's figures: passed, failed or unchecked (with why)."""
+    from edgekit.deploy import devices, targets
 
-    b = recipe.budgets
     results = []
     acc = entry.get("accuracy")
     if b.max_accuracy_drop is not None:
@@ -89,7 +88,7 @@ def check_budgets(recipe: Recipe, target: str, entry: dict[str, Any], not_here: 
         profile = devices.get(device)
         if target not in profile.targets:
             continue  # this device does not run this target: the budget is not about it
-        usable, why = devices.usable_here(profile)
+        usable, why = targets.usable_here(profile)
         lat = entry.get("latency")
         if not usable:
             results.append(

@@ -1,4 +1,4 @@
-"""Step ``compile``: an ONNX artifact (or a checkpoint, exported first) -> a target artifact.
+"""Step ``compile``: an ONNX artifact -> a target artifact.
 
 The target writes its files into a staging directory; the step copies the tokenizer and
 PyTorch's parity reference beside them, loads the result with the target's own runtime,
@@ -12,45 +12,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from edgekit.deploy import artifact, packing, parity, targets
-from edgekit.deploy.artifact import MANIFEST, Manifest
-from edgekit.errors import ConfigError, EdgekitError, TargetError
-
-ONNX_DIR = "onnx"
-
-
-def is_artifact(path: str | Path | None) -> bool:
-    return path is not None and (Path(path) / MANIFEST).exists()
-
-
-def target_options(target: targets.Target, options: dict[str, Any] | None) -> targets.TargetOptions:
-    try:
-        return target.options_model.model_validate(options or {})
-    except ValidationError as err:
-        e = err.errors()[0]
-        field = ".".join(str(x) for x in e["loc"])
-        raise ConfigError(
-            f"target {target.name}: option {field}: {e['msg']}", hint=f"valid options: {', '.join(target.options_model.model_fields)}"
-        ) from err
-
-
-def ensure_onnx(model: str | Path | None, out_root: Path, *, task: str | None = None, export_options=None) -> tuple[Path, Manifest]:
-    """The ONNX artifact to compile from: ``model`` itself, or ``out_root/onnx`` exported now."""
-    if is_artifact(model):
-        manifest = artifact.read_manifest(model)
-        if manifest.kind != "onnx":
-            raise ConfigError(
-                f"{model}: is a compiled {manifest.target} artifact",
-                hint="compile from the checkpoint or from an 'edgekit export' directory",
-            )
-        return Path(model), manifest
-    from edgekit.build.export import ExportOptions, export
-
-    onnx_dir = out_root / ONNX_DIR
-    manifest = export(model, onnx_dir, export_options or ExportOptions(), task=task, name=out_root.resolve().name)
-    return onnx_dir, manifest
+from edgekit.deploy.artifact import Manifest
+from edgekit.errors import EdgekitError, TargetError
 
 
 def compile_artifact(
@@ -64,7 +28,7 @@ def compile_artifact(
 ) -> Manifest:
     """Compile an exported ONNX artifact for ``target_name`` into ``out``."""
     target = targets.get(target_name)
-    opts = target_options(target, options)
+    opts = targets.resolve_options(target_name, options)
     target.check_available()
     with artifact.staging(out) as tmp:
         try:
@@ -112,28 +76,8 @@ def compile_artifact(
 
 
 def _recorded_tolerance(*manifests: Manifest) -> parity.Tolerance | None:
-    """INT8 PTQ artifacts (edgekit.build.ptq, openvino-cpu int8=nncf) carry their own parity tolerance."""
+    """INT8 PTQ artifacts (edgekit.build.ptq: ONNX Runtime static QDQ, NNCF) carry their own parity tolerance."""
     for m in manifests:
         if m.precision == "int8" and "ptq" in m.settings and "tolerance" in m.settings:
             return parity.Tolerance.model_validate(m.settings["tolerance"])
     return None
-
-
-def compile(
-    model: str | Path | None,
-    target_name: str,
-    out_root: str | Path,
-    *,
-    options: dict[str, Any] | None = None,
-    task: str | None = None,
-    export_options=None,
-    tolerance: parity.Tolerance | None = None,
-) -> tuple[Path, Manifest]:
-    """Checkpoint or ONNX artifact -> ``out_root/<target>``. Returns (artifact dir, manifest)."""
-    target = targets.get(target_name)  # unknown target: fail before a slow export
-    target_options(target, options)
-    target.check_available()
-    out_root = Path(out_root)
-    onnx_dir, onnx_manifest = ensure_onnx(model, out_root, task=task, export_options=export_options)
-    out = out_root / target.name
-    return out, compile_artifact(onnx_dir, onnx_manifest, target.name, out, options=options, tolerance=tolerance)

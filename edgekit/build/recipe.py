@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,9 +27,6 @@ from edgekit.errors import ConfigError, DataError
 
 SCHEMA_VERSION = 1
 SHIPPED_PREFIX = "edgekit:"
-# Targets whose artifacts take one static shape per graph: dynamic early exit (a graph per
-# segment, run by a controller) cannot go there; a static depth cut (prune) can.
-STATIC_TARGETS = ("openvino-npu", "jetson")
 TargetName = Literal[tuple(TARGETS)]  # type: ignore[valid-type] - the Literal comes from the TARGETS dict
 METRICS = ("accuracy", "macro_f1", "recall@1", "recall@10", "mrr")
 DEFAULT_METRIC = {"classifier": "accuracy", "embedding": "mrr"}
@@ -78,6 +76,8 @@ class Quantize(_M):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     save_every: int = Field(50, ge=1, description="training steps between resumable checkpoints")
+    teacher: str | None = Field(None, description="teacher checkpoint (default: the model itself)")
+    save_dtype: Literal["float32", "float16"] = Field("float32", description="dtype of the saved float weights")
 
     @field_validator("scheme", "intermediate")
     @classmethod
@@ -94,6 +94,15 @@ class Quantize(_M):
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give the training budget as steps or epochs (exactly one): QAT is slow on a CPU, so a recipe says how long")
         return self
+
+
+def quantize_settings(**fields: Any) -> Quantize:
+    """The quantize step's settings from a command's flags (one-line errors naming the flag)."""
+    try:
+        return Quantize(**fields)
+    except ValidationError as err:
+        line, _ = describe_error(err)
+        raise ConfigError(f"invalid quantize option: {line}", hint="see 'edgekit quantize --help'") from None
 
 
 class Exits(_M):
@@ -125,6 +134,9 @@ class Ptq(_M):
     """INT8 post-training quantization of the float ONNX export (edgekit.build.ptq)."""
 
     samples: int = Field(256, ge=1, description="calibration texts")
+    method: Literal["ort", "nncf"] = Field(
+        "ort", description="ort: ONNX Runtime static QDQ (any target compiles it); nncf: NNCF for OpenVINO (an openvino-cpu artifact)"
+    )
 
 
 class Export(_M):
@@ -176,6 +188,7 @@ class Steps(_M):
 class Target(_M):
     name: TargetName
     device: str | None = Field(None, description="device profile (devices/*.yaml): fills device, threads; checks precision")
+    # validated once, by the target's own options model, when the recipe becomes a plan (edgekit.build.plan)
     options: dict[str, Any] = Field(default_factory=dict, description="target options (see 'edgekit compile --help')")
 
     @model_validator(mode="before")
@@ -193,34 +206,6 @@ class Target(_M):
             if v not in known:
                 raise ValueError(f"unknown device {v!r}; known devices: {', '.join(known)}")
         return v
-
-    @model_validator(mode="after")
-    def _options(self) -> Target:
-        from edgekit.build import compile as compile_step
-        from edgekit.deploy import devices, targets
-
-        try:
-            opts = self.plan_options()
-            compile_step.target_options(targets.get(self.name), opts)
-            if self.device:
-                devices.compile_plan(devices.get(self.device), [self.name], {k: str(v) for k, v in self.options.items()})
-        except ConfigError as err:
-            raise ValueError(err.message + (f" ({err.hint})" if err.hint else "")) from None
-        return self
-
-    def plan_options(self) -> dict[str, Any]:
-        """The target's options with the device profile's filled in and shipped paths resolved."""
-        opts = {k: (str(resolve_path(v)) if isinstance(v, str) and v.startswith(SHIPPED_PREFIX) else v) for k, v in self.options.items()}
-        if self.device:
-            from edgekit.deploy import devices
-
-            fields = TARGETS[self.name].options_model.model_fields
-            profile = devices.get(self.device)
-            if "device" in fields:
-                opts.setdefault("device", profile.name)
-            if "threads" in fields and profile.threads:
-                opts.setdefault("threads", profile.threads)
-        return opts
 
 
 class Budgets(_M):
@@ -258,6 +243,7 @@ class Profile(_M):
     warmup: int = Field(5, ge=0)
     cold_runs: int = Field(0, ge=0, description="fresh-process cold starts (slow; 0 skips)")
     threads: int | None = Field(None, ge=1)
+    batches: list[int] | None = Field(None, description="throughput sweep batch sizes (default: batch 1; a static artifact: its batch)")
     texts: str | None = Field(None, description="time batch 1 on these real texts at their own lengths (default: seq_len tokens)")
 
 
@@ -296,6 +282,8 @@ class Recipe(_M):
             )
         if s.ptq and (s.quantize or s.lower):
             raise ValueError("steps.ptq quantizes a float model; a QAT model is lowered with steps.lower instead")
+        if s.ptq and s.ptq.method == "nncf" and any(t.name != "openvino-cpu" for t in self.targets):
+            raise ValueError("steps.ptq.method nncf makes an openvino-cpu artifact: list only that target, or use method ort")
         if s.ptq and s.exits and not s.prune:
             raise ValueError("steps.ptq needs one graph: with dynamic early exit (several segments) add steps.prune")
         if s.exits and s.export.static_shape:
@@ -303,7 +291,7 @@ class Recipe(_M):
                 "steps.export.static_shape does not apply to early-exit graphs; give static targets sequence buckets in their options"
             )
         if s.exits and not s.prune:
-            static = [t.name for t in self.targets if t.name in STATIC_TARGETS]
+            static = [t.name for t in self.targets if TARGETS[t.name].static_shapes]
             if static:
                 raise ValueError(f"dynamic early exit cannot run on {static[0]} (static shapes); add steps.prune for a depth cut")
         for step, need in (("quantize", d.train), ("exits", d.train)):
@@ -376,6 +364,14 @@ def _where(loc: tuple) -> str:
     return out or "(top level)"
 
 
+# A value shown in an error is cut short: a YAML alias bomb expands to billions of elements
+# when printed in full, though PyYAML builds it from shared references in no time.
+def _short(value: Any) -> str:
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict, short.maxstring, short.maxother = 2, 4, 4, 60, 60
+    return short.repr(value)
+
+
 def describe_error(err: ValidationError) -> tuple[str, str | None]:
     """(``field: message``, hint) for the first error of a validation."""
     e = err.errors()[0]
@@ -392,7 +388,7 @@ def describe_error(err: ValidationError) -> tuple[str, str | None]:
     elif e["type"] == "missing":
         msg = "required field is missing"
     elif e["type"] == "literal_error":
-        msg = f"{e['msg']} (got {e.get('input')!r})"
+        msg = f"{e['msg']} (got {_short(e.get('input'))})"
     return f"{where}: {msg}", hint
 
 
@@ -531,3 +527,15 @@ profile:
 output: dist                  # dist/my-model/<target>/ + manifest.json
 cache: build/cache            # step cache; `edgekit build --no-cache` ignores it
 """
+
+
+def write_template(path: Path, *, force: bool = False) -> None:
+    """Write the commented starter recipe to ``path`` (an existing file only with ``force``)."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise ConfigError(f"{path}: already exists", hint="pass --force to overwrite it, or another path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(TEMPLATE)
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot write ({err.strerror})", hint="choose a writable path") from err

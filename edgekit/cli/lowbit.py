@@ -1,20 +1,73 @@
-"""CLI commands of the lowbit step, registered on the main app by :mod:`edgekit.cli.app`.
+"""``edgekit quantize`` (QAT), ``edgekit lower`` (binary/ternary -> INT8 QDQ ONNX) and ``edgekit ptq``.
 
-``edgekit lower CKPT --out DIR [--no-pack]``: a binary/ternary checkpoint -> INT8 QDQ ONNX.
-``edgekit ptq MODEL --data TEXTS --out DIR [--method ort|nncf]``: INT8 PTQ of a float model.
+Each builds a plan and hands it to the runner. Several GPUs run the same command under torchrun:
+``torchrun --nproc_per_node=N -m edgekit.cli quantize ...``.
 """
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
+
+from edgekit.cli.console import console
+from edgekit.cli.options import ModelArg
+
+QuantCacheOpt = Annotated[Path, typer.Option(help="step cache: an interrupted QAT run resumes from it; a finished one is reused")]
+
+
+def _say(message: str) -> None:
+    console.print(f"[cyan]>[/] {escape(message)}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app`` (imports stay inside the commands)."""
+    @app.command()
+    def quantize(
+        model: ModelArg = None,
+        data: Annotated[Path, typer.Option(help="training texts: .txt, or JSONL/CSV with 'text' (+ optional 'label')")] = ...,
+        scheme: Annotated[
+            str, typer.Option(help="bit-w1a1, bit-w1a8, ternary-w2a8, bibert-w1a1, bitnet-w2a8, ... (an unknown name lists them)")
+        ] = "bit-w1a1",
+        out: Annotated[Path, typer.Option(help="quantized checkpoint directory to write ('edgekit export' accepts it)")] = Path(
+            "build/quantized"
+        ),
+        eval_data: Annotated[
+            Path | None, typer.Option("--eval", help="labeled dev file: accuracy of the teacher and of each stage")
+        ] = None,
+        teacher: Annotated[str | None, typer.Option(help="teacher checkpoint (default: MODEL itself)")] = None,
+        steps: Annotated[int | None, typer.Option(help="training steps per stage (or --epochs)")] = None,
+        epochs: Annotated[float | None, typer.Option(help="training epochs per stage (default 3)")] = None,
+        multi_step: Annotated[bool, typer.Option(help="BiT multi-step: teacher -> --intermediate student -> the final student")] = False,
+        intermediate: Annotated[str, typer.Option(help="the intermediate scheme of --multi-step")] = "bit-w1a8",
+        batch_size: Annotated[int, typer.Option(help="batch size (per process under torchrun)")] = 32,
+        lr: Annotated[float | None, typer.Option(help="learning rate (default by weight bits: 5e-4 for 1 bit, 1e-4 for 2)")] = None,
+        max_length: Annotated[int, typer.Option(help="token limit per text")] = 128,
+        ce: Annotated[float | None, typer.Option(help="weight of cross entropy with the labels (default: distillation only)")] = None,
+        device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+        seed: Annotated[int, typer.Option(help="random seed")] = 0,
+        save_dtype: Annotated[str, typer.Option(help="float32 | float16 for the saved float weights")] = "float32",
+        save_every: Annotated[int, typer.Option(help="training steps between resumable checkpoints")] = 50,
+        progress: Annotated[bool, typer.Option(help="show a progress bar while training")] = True,
+        cache: QuantCacheOpt = Path("build/cache"),
+    ) -> None:
+        """Binarize or ternarize a trained checkpoint with distillation from the float model (QAT)."""
+        from edgekit.build import plan, runner
+        from edgekit.build.recipe import Quantize, quantize_settings
+
+        flags = {k: v for k, v in locals().items() if k in Quantize.model_fields}  # the flags named like the recipe's fields
+        q = quantize_settings(**{**flags, "epochs": epochs if steps or epochs else 3.0})
+        dev = str(eval_data) if eval_data else None
+        p = plan.for_quantize(model or "default", out, str(data), q, dev=dev, cache=cache, train_progress=progress)
+        result = runner.run(p, say=_say)
+        for stage in result.steps[-1].summary.get("stages", []):
+            acc = (stage.get("eval") or {}).get("accuracy")
+            console.print(
+                f"[green]{stage['scheme']}[/]: {stage['steps']} steps, {stage['seconds']:.0f}s"
+                + (f", dev accuracy {acc:.4f}" if acc is not None else "")
+            )
+        console.print(f"quantized checkpoint -> {out} (report: {out / 'quant_report.json'}); next: edgekit export {out}")
 
     @app.command(name="lower")
     def lower_(
@@ -29,25 +82,18 @@ def register(app: typer.Typer) -> None:
         Checked against the fake-quant torch model and for INT8 execution on ONNX Runtime;
         compile the result like any export: edgekit compile OUT -t ort-cpu -t openvino-cpu.
         """
-        from rich.markup import escape
+        from edgekit.build import plan, runner
+        from edgekit.cli.views import parity_line
+        from edgekit.deploy import artifact
 
-        from edgekit.build.lower import lower
-        from edgekit.cli.app import _parity_line, console
-
-        with console.status("lower") as status:
-            manifest = lower(checkpoint, out, pack=pack, progress=lambda m: status.update(f"lower: {m}"))
-        low = manifest.settings["lowered"]
-        size = manifest.settings["size"]
-        int8 = low["onnxruntime_int8"]
-        console.print(
-            f"[green]lowered[/] {escape(low['scheme'])} -> {out}/{manifest.model_file}"
-            + (f" + {manifest.settings['packed']['file']}" if "packed" in manifest.settings else "")
-        )
-        console.print("  " + _parity_line(manifest.parity).replace("PyTorch", "the fake-quant model"))
-        console.print(
-            f"  INT8 on ONNX Runtime: {int8['integer_total']} of {int8['expected_int8']} quantized matmuls "
-            f"({', '.join(f'{k} x{v}' for k, v in int8['integer_ops'].items())})"
-        )
+        runner.run(plan.for_lower(str(checkpoint), out, pack=pack), say=_say)
+        m = artifact.read_manifest(out)
+        low, size, int8 = m.settings["lowered"], m.settings["size"], m.settings["lowered"]["onnxruntime_int8"]
+        packed = f" + {m.settings['packed']['file']}" if "packed" in m.settings else ""
+        console.print(f"[green]lowered[/] {escape(low['scheme'])} -> {out}/{m.model_file}{packed}")
+        console.print("  " + parity_line(m.parity, against="the fake-quant model"))
+        ops = ", ".join(f"{k} x{v}" for k, v in int8["integer_ops"].items())
+        console.print(f"  INT8 on ONNX Runtime: {int8['integer_total']} of {int8['expected_int8']} quantized matmuls ({ops})")
         console.print(f"  size {size['model_bytes'] / 1e6:.2f} MB, {size['ratio_vs_fp32']:.2f}x smaller than the same graph in FP32")
 
     @app.command(name="ptq")
@@ -61,30 +107,14 @@ def register(app: typer.Typer) -> None:
         samples: Annotated[int, typer.Option(help="calibration texts used (the first N)")] = 256,
     ) -> None:
         """INT8 post-training quantization of a full-precision model, calibrated on your texts."""
-        from rich.markup import escape
+        from edgekit.build import plan, runner
+        from edgekit.cli.views import parity_line
+        from edgekit.deploy import artifact
 
-        from edgekit.build import compile as step
-        from edgekit.cli.app import _parity_line, console
-        from edgekit.errors import ConfigError
-
-        if method not in ("ort", "nncf"):
-            raise ConfigError(f"unknown PTQ method {method!r}", hint="use --method ort (ONNX Runtime) or --method nncf (OpenVINO)")
-        with console.status("ptq") as status, tempfile.TemporaryDirectory(prefix="edgekit-ptq-") as tmp:
-            say = lambda m: status.update(f"ptq: {m}")  # noqa: E731
-            if not step.is_artifact(model):
-                say("exporting the FP32 model")
-            onnx_dir, onnx_manifest = step.ensure_onnx(model, Path(tmp))
-            if method == "ort":
-                from edgekit.build.ptq import quantize_onnx
-
-                manifest = quantize_onnx(onnx_dir, out, calibration=data, samples=samples, progress=say)
-            else:
-                say("NNCF quantization and OpenVINO compile")
-                manifest = step.compile_artifact(
-                    onnx_dir, onnx_manifest, "openvino-cpu", out, options={"int8": "nncf", "calibration": str(data), "samples": samples}
-                )
+        runner.run(plan.for_ptq(model, out, str(data), samples, method=method), say=_say)
+        m = artifact.read_manifest(out)
         console.print(
-            f"[green]quantized[/] ({escape(manifest.settings['ptq']['method'])}, {manifest.settings['ptq']['calibration']['texts']} texts) -> {out}"
+            f"[green]quantized[/] ({escape(m.settings['ptq']['method'])}, {m.settings['ptq']['calibration']['texts']} texts) -> {out}"
         )
-        if manifest.parity is not None:
-            console.print("  " + _parity_line(manifest.parity))
+        if m.parity is not None:
+            console.print("  " + parity_line(m.parity))

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from conftest import run_cli  # noqa: E402 - shared by the CLI tests
 
-from edgekit.build import runner
+from edgekit.build import cache, pipeline, runner
 from edgekit.errors import ConfigError, MissingDependency
 
 FAST_PROFILE = {"seconds": 0.02, "min_runs": 3, "warmup": 0, "cold_runs": 0, "seq_len": 32}
@@ -62,7 +62,7 @@ def test_build_writes_targets_reports_and_manifest_then_serves_from_cache(work):
     out = Path("dist/tiny").resolve()
     assert first.path == out and first.exit_code == 0
     m = json.loads((out / "manifest.json").read_text())
-    assert m == first.manifest and m["kind"] == "edgekit-build"
+    assert m == first.manifest.model_dump(mode="json") and m["kind"] == "edgekit-build"
     assert sorted(p.name for p in out.iterdir()) == ["jetson", "manifest.json", "openvino-cpu", "ort-cpu", "reports"]
     assert sorted(p.name for p in (out / "reports").iterdir()) == [
         "fp32.eval.json",
@@ -104,9 +104,9 @@ def test_build_writes_targets_reports_and_manifest_then_serves_from_cache(work):
     # the same build again: every step from the cache, the same artifacts
     said.clear()
     second = runner.build(path, say=said.append)
-    assert all(s["cached"] for s in second.manifest["steps"]) and second.manifest["cached_steps"] == second.manifest["total_steps"]
-    assert sum("cached" in line for line in said) == len(second.manifest["steps"])
-    assert second.manifest["artifacts"]["ort-cpu"]["files"] == ort["files"]
+    assert all(s["cached"] for s in second.manifest.model_dump(mode="json")["steps"]) and second.manifest.model_dump(mode="json")["cached_steps"] == second.manifest.model_dump(mode="json")["total_steps"]
+    assert sum("cached" in line for line in said) == len(second.manifest.model_dump(mode="json")["steps"])
+    assert second.manifest.model_dump(mode="json")["artifacts"]["ort-cpu"]["files"] == ort["files"]
     # a changed setting reruns only what depends on it
     work(
         targets=["ort-cpu", "openvino-cpu", {"name": "jetson", "device": "jetson-orin-nano"}],
@@ -114,11 +114,11 @@ def test_build_writes_targets_reports_and_manifest_then_serves_from_cache(work):
         profile={**FAST_PROFILE, "seq_len": 16},
     )
     third = runner.build(path, say=quiet)
-    rerun = [s["step"] for s in third.manifest["steps"] if not s["cached"]]
+    rerun = [s["step"] for s in third.manifest.model_dump(mode="json")["steps"] if not s["cached"]]
     assert rerun == ["profile:ort-cpu", "profile:openvino-cpu"]
     # --no-cache runs everything again (each step once)
     fourth = runner.build(path, say=quiet, use_cache=False)
-    assert not any(s["cached"] for s in fourth.manifest["steps"])
+    assert not any(s["cached"] for s in fourth.manifest.model_dump(mode="json")["steps"])
 
 
 def test_too_tight_budget_exits_3_naming_the_figure(work, monkeypatch, capsys):
@@ -137,9 +137,9 @@ def test_too_tight_budget_exits_3_naming_the_figure(work, monkeypatch, capsys):
 
 
 def test_unchecked_budget_is_said_and_fails_with_strict(work, monkeypatch, capsys):
-    from edgekit.deploy import devices
+    from edgekit.deploy import targets
 
-    monkeypatch.setattr(devices, "usable_here", lambda p: (False, "CPU lacks amx_tile"))
+    monkeypatch.setattr(targets, "usable_here", lambda p: (False, "CPU lacks amx_tile"))
     path = work(budgets={"max_p50_ms": {"intel-xeon-amx": 5}})
     code, _, err = run_cli(["build", str(path)], monkeypatch, capsys)
     assert code == 0
@@ -154,7 +154,7 @@ def test_unchecked_budget_is_said_and_fails_with_strict(work, monkeypatch, capsy
 def test_targets_subset_and_unknown_target(work, monkeypatch, capsys):
     path = work(targets=["ort-cpu", "openvino-cpu"])
     result = runner.build(path, targets=["openvino-cpu"], say=quiet)
-    assert result.manifest["targets_built"] == ["openvino-cpu"] and result.manifest["targets_in_recipe"] == ["ort-cpu", "openvino-cpu"]
+    assert result.manifest.model_dump(mode="json")["targets_built"] == ["openvino-cpu"] and result.manifest.model_dump(mode="json")["targets_in_recipe"] == ["ort-cpu", "openvino-cpu"]
     assert not (result.path / "ort-cpu").exists() and (result.path / "openvino-cpu" / "model.xml").exists()
     code, _, err = run_cli(["build", str(path), "--targets", "ort-cpu,jetson"], monkeypatch, capsys)
     assert code == 2 and "--targets 'jetson' is not one of the recipe's targets" in err and "its targets: ort-cpu, openvino-cpu" in err
@@ -191,7 +191,7 @@ def test_interrupted_build_leaves_no_complete_looking_output_and_resumes(work, m
     assert not (next(cache.glob("compile-openvino-cpu-*")) / "step.json").exists()
     monkeypatch.setattr(compile_step, "compile_artifact", real)
     result = runner.build(path, say=quiet)
-    fresh = {s["step"] for s in result.manifest["steps"] if not s["cached"]}
+    fresh = {s["step"] for s in result.manifest.model_dump(mode="json")["steps"] if not s["cached"]}
     assert "export" not in fresh and "compile:ort-cpu" not in fresh and "compile:openvino-cpu" in fresh
     assert (result.path / "manifest.json").exists()
 
@@ -199,13 +199,13 @@ def test_interrupted_build_leaves_no_complete_looking_output_and_resumes(work, m
 def test_damaged_cache_entry_is_rebuilt(work):
     path = work()
     first = runner.build(path, say=quiet)
-    entry = Path(first.manifest["artifacts"]["ort-cpu"]["step_key"])
+    entry = Path(first.manifest.model_dump(mode="json")["artifacts"]["ort-cpu"]["step_key"])
     compiled = next(Path("build/cache").glob(f"compile-ort-cpu-{str(entry)[:20]}"))
     (compiled / "tiny" / "ort-cpu" / "model.ort-opt.onnx").write_bytes(b"broken")
     said: list[str] = []
     second = runner.build(path, say=said.append)
     assert any("cache entry unusable" in line for line in said)
-    assert not next(s for s in second.manifest["steps"] if s["step"] == "compile:ort-cpu")["cached"]
+    assert not next(s for s in second.manifest.model_dump(mode="json")["steps"] if s["step"] == "compile:ort-cpu")["cached"]
 
 
 def test_same_recipe_gives_byte_identical_onnx(work):
@@ -222,7 +222,7 @@ def test_same_recipe_gives_byte_identical_onnx(work):
     onnx_b = next(Path("cache-b").glob("export-*")) / "onnx" / "model.onnx"
     assert onnx_b.read_bytes() == saved["export"]
     assert (b.path / "ort-cpu" / "model.ort-opt.onnx").read_bytes() == saved["ort"]
-    assert a.manifest["artifacts"]["ort-cpu"]["files"] == b.manifest["artifacts"]["ort-cpu"]["files"]
+    assert a.manifest.model_dump(mode="json")["artifacts"]["ort-cpu"]["files"] == b.manifest.model_dump(mode="json")["artifacts"]["ort-cpu"]["files"]
 
 
 def test_quantize_exits_prune_pipeline_on_a_tiny_classifier(work):
@@ -236,14 +236,14 @@ def test_quantize_exits_prune_pipeline_on_a_tiny_classifier(work):
         budgets={"max_accuracy_drop": 100},
     )
     result = runner.build(path, say=quiet, train_progress=False)
-    steps = [s["step"] for s in result.manifest["steps"]]
+    steps = [s["step"] for s in result.manifest.model_dump(mode="json")["steps"]]
     assert steps[:4] == ["quantize", "exits", "prune", "compile:ort-cpu"]
-    q = result.manifest["steps"][0]["summary"]
+    q = result.manifest.model_dump(mode="json")["steps"][0]["summary"]
     assert q["scheme"] == "ternary-w2a8" and q["stages"][0]["steps"] == 2
-    assert result.manifest["artifacts"]["ort-cpu"]["accuracy"] is not None
+    assert result.manifest.model_dump(mode="json")["artifacts"]["ort-cpu"]["accuracy"] is not None
     assert result.exit_code == 0
     again = runner.build(path, say=quiet)
-    assert all(s["cached"] for s in again.manifest["steps"])
+    assert all(s["cached"] for s in again.manifest.model_dump(mode="json")["steps"])
 
 
 def test_embedding_model_with_pairs_and_a_short_max_length(work, checkpoints, tmp_path):
@@ -259,7 +259,7 @@ def test_embedding_model_with_pairs_and_a_short_max_length(work, checkpoints, tm
         profile={**FAST_PROFILE, "seq_len": 128},
         budgets={"max_accuracy_drop": 0.1},
     )
-    m = runner.build(path, say=quiet).manifest
+    m = runner.build(path, say=quiet).manifest.model_dump(mode="json")
     ort = m["artifacts"]["ort-cpu"]
     assert ort["accuracy"]["metric"] == "mrr" and ort["accuracy"]["drop_points"] == pytest.approx(0, abs=1e-6)
     assert ort["latency"]["seq_len"] == 64  # the model's limit, not the profile's 128
@@ -267,16 +267,16 @@ def test_embedding_model_with_pairs_and_a_short_max_length(work, checkpoints, tm
 
 def test_a_step_whose_module_is_missing_says_which_step():
     with pytest.raises(MissingDependency, match="recipe's step lower needs it"):
-        runner._lazy("edgekit.no_such_module_here", "lower")
+        pipeline._lazy("edgekit.no_such_module_here", "lower")
 
 
 def test_hash_path_skips_caches_and_sees_content(tmp_path):
     d = tmp_path / "ck"
     d.mkdir()
     (d / "a.txt").write_text("a")
-    h = runner.hash_path(d)
+    h = cache.hash_path(d)
     (d / "__pycache__").mkdir()
     (d / "__pycache__" / "x.pyc").write_bytes(b"x")
-    assert runner.hash_path(d) == h
+    assert cache.hash_path(d) == h
     (d / "a.txt").write_text("b")
-    assert runner.hash_path(d) != h
+    assert cache.hash_path(d) != h

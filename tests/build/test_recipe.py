@@ -25,8 +25,11 @@ def parse(**fields) -> schema.Recipe:
 
 
 def error_of(**fields) -> str:
+    """The one-line error of a recipe: its schema, then its target options (validated once, as it becomes a plan)."""
+    from edgekit.build import plan
+
     with pytest.raises(ConfigError) as info:
-        parse(**fields)
+        plan.from_recipe(parse(**fields), "r.yaml")
     return str(info.value)
 
 

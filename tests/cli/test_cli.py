@@ -53,7 +53,7 @@ def test_targets_and_devices_list_usability(monkeypatch, capsys):
 def test_quickstart_runs_only_targets_that_execute_here():
     """A compile-only target (a TensorRT plan with no tensorrt here) compiles but is not
     evaluated or profiled by the main job: it is listed as skipped with the reason."""
-    from edgekit.build.quickstart import usable_targets
+    from edgekit.build.plan import usable_targets
     from edgekit.deploy.targets import TARGETS
 
     compiles, _ = usable_targets()
@@ -251,11 +251,10 @@ def test_profile_schema_in_docs_is_current(tmp_path, monkeypatch, capsys):
 
 
 def test_compile_for_a_device_checks_its_targets_and_precisions(monkeypatch, capsys, tmp_path):
-    from edgekit.deploy import devices
+    from edgekit.build.plan import resolve_target
 
-    nano = devices.get("jetson-orin-nano")
-    chosen, opts = devices.compile_plan(nano, [], {"precision": "fp16"})
-    assert chosen == ["jetson"] and opts["jetson"]["device"] == "jetson-orin-nano" and opts["jetson"]["threads"] == "6"
+    jetson = resolve_target("jetson", {"precision": "fp16"}, "jetson-orin-nano")
+    assert jetson.options["device"] == "jetson-orin-nano" and jetson.precision == "fp16" and jetson.device == "jetson-orin-nano"
     code, _, err = run_cli(
         ["compile", str(tmp_path / "none"), "--device", "jetson-orin-nano", "-t", "openvino-cpu", "--out", str(tmp_path / "o")],
         monkeypatch,
@@ -265,7 +264,7 @@ def test_compile_for_a_device_checks_its_targets_and_precisions(monkeypatch, cap
     code, _, err = run_cli(
         ["compile", "--device", "raspberry-pi-5", "-o", "precision=fp16", "--out", str(tmp_path / "o")], monkeypatch, capsys
     )
-    assert_user_error(code, err, "does not run precision 'fp16'")
+    assert_user_error(code, err, "target ort-mobile: option precision")
     code, _, err = run_cli(["compile", "--device", "no-such-board", "--out", str(tmp_path / "o")], monkeypatch, capsys)
     assert_user_error(code, err, "unknown device", "jetson-orin-nano")
     assert not (tmp_path / "o").exists()

@@ -82,3 +82,35 @@ def test_deploy_venv_profiles_the_artifact(deploy_venv, exported, tmp_path, targ
     runtimes = data["host"]["runtimes"]
     assert ("openvino" if target == "openvino-cpu" else "onnxruntime") in runtimes
     assert "torch" not in runtimes
+
+
+def test_deploy_venv_runs_recipe_check_eval_and_report(deploy_venv, exported, tmp_path):
+    """The deploy install (no torch) runs ``recipe check`` of a recipe with a quantize step, ``eval``
+    of a compiled artifact (fidelity to PyTorch skipped with a note) and ``report show``."""
+    edgekit = str(deploy_venv / "bin" / "edgekit")
+    src = exported("bert-classifier")
+    out = tmp_path / "dist" / "ort-cpu"
+    compile_artifact(src, artifact.read_manifest(src), "ort-cpu", out)
+    dev = tmp_path / "dev.jsonl"
+    labels = artifact.read_manifest(src).source.labels
+    dev.write_text("".join(json.dumps({"text": f"sentence number {i}", "label": labels[i % len(labels)]}) + "\n" for i in range(12)))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"name: r\nmodel: {json.loads((src / 'manifest.json').read_text())['source']['path']}\n"
+        f"data: {{train: {dev}, dev: {dev}}}\nsteps: {{quantize: {{scheme: ternary-w2a8, steps: 2}}, lower: {{}}}}\n"
+        "targets: [ort-cpu, {name: openvino-cpu, options: {threads: 2}}]\n"
+    )
+    check = _run([edgekit, "recipe", "check", str(recipe)], timeout=120, cwd=tmp_path)
+    assert check.returncode == 0 and "ok" in check.stdout, check.stdout[-2000:] + check.stderr[-2000:]
+    bad = recipe.with_name("bad.yaml")
+    bad.write_text(recipe.read_text().replace("threads: 2", "threds: 2"))
+    refused = _run([edgekit, "recipe", "check", str(bad)], timeout=120, cwd=tmp_path)
+    assert refused.returncode == 2 and "option threds" in refused.stderr and "Traceback" not in refused.stderr
+    ev = _run([edgekit, "eval", str(out), "--data", str(dev), "--json", str(tmp_path / "e.json")], timeout=300, cwd=tmp_path)
+    assert ev.returncode == 0, ev.stdout[-2000:] + ev.stderr[-2000:]
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["n"] == 12 and 0 <= report["metrics"]["accuracy"] <= 1
+    prof = _run([edgekit, "profile", str(out), "--out", str(tmp_path / "rep"), *PROFILE_ARGS], timeout=300, cwd=tmp_path)
+    assert prof.returncode == 0, prof.stderr[-2000:]
+    show = _run([edgekit, "report", "show", str(tmp_path / "rep" / "ort-cpu.profile.json")], timeout=120, cwd=tmp_path)
+    assert show.returncode == 0 and "ort-cpu" in show.stdout, show.stderr[-2000:]

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.build.compile import target_options
 from edgekit.build.exits.model import MultiExitModel, torch
 from edgekit.build.export import ExportOptions, _parity_feed
 from edgekit.deploy import artifact, packing, parity
@@ -277,14 +276,14 @@ def compile_exits(onnx_dir: str | Path, target_name: str, out: str | Path, *, op
     if src.exits is None:
         raise ConfigError(f"{onnx_dir}: not an early-exit export", hint="use 'edgekit compile' for plain artifacts")
     target = targets.get(target_name)
-    opts = target_options(target, options)
+    opts = targets.resolve_options(target.name, options)
     if getattr(opts, "spinning", False) is None:
         # One session per segment share the cores: ORT's spinning intra-op threads of one segment
         # steal them from the next (measured: calibration's expected latency 2x the real one with
         # spinning on). Off unless the user chose.
         opts = opts.model_copy(update={"spinning": False})
     target.check_available()
-    if target.executable_here(src) is not None or getattr(opts, "static", False):
+    if target.executable_here(src) is not None or target.static_shapes or getattr(opts, "seq_lens", None):
         raise TargetError(f"dynamic early exit cannot run on {target_name} here", hint="use 'edgekit exits prune' for static-shape targets")
     with artifact.staging(out) as tmp:
         segs, fields = [], {}

@@ -146,4 +146,23 @@ def depth_for(calibration: dict, max_drop: float) -> int:
     return layers[-1]
 
 
-__all__ = ["train", "calibrate", "measure", "export", "prune", "compile_exits", "depth_for"]
+def prune_layer(layer: int | None, calibration: str | Path | None, max_drop: float) -> int:
+    """The layer to cut at: the one given, or the shallowest within ``max_drop`` of a calibration.json."""
+    import json
+
+    from edgekit.errors import ConfigError
+
+    if layer is not None:
+        return layer
+    if calibration is None:
+        raise ConfigError("give --layer or --calibration", hint="e.g. --layer 4")
+    try:
+        doc = json.loads(Path(calibration).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"{calibration}: not a readable calibration.json ({err})", hint="give the file 'edgekit exits calibrate' wrote"
+        ) from err
+    return depth_for(doc, max_drop)
+
+
+__all__ = ["train", "calibrate", "measure", "export", "prune", "prune_layer", "compile_exits", "depth_for"]

@@ -1,0 +1,122 @@
+"""``edgekit exits ...``: train exit heads, calibrate policies, export segments or a depth cut, compile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgekit.cli.console import console
+from edgekit.cli.options import ModelArg, TargetsOpt, names
+
+app = typer.Typer(no_args_is_help=True, help="Early exit: train exit heads, calibrate policies, export segments or a depth cut.")
+
+
+@app.command("train")
+def train(
+    model: ModelArg = None,
+    data: Annotated[Path, typer.Option(help="training texts: .txt, or JSONL/CSV with 'text' (+ optional 'label')")] = ...,
+    out: Annotated[Path, typer.Option(help="exit-head directory to write")] = Path("build/exits"),
+    layers: Annotated[str | None, typer.Option(help="layers with an exit, e.g. 2,4,6 (default: every layer)")] = None,
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 20,
+    lr: Annotated[float, typer.Option(help="learning rate")] = 1e-3,
+    freeze_backbone: Annotated[bool, typer.Option(help="train only the heads (the final exit keeps the original accuracy exactly)")] = True,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    resume: Annotated[bool, typer.Option(help="continue from OUT's last checkpoint if there is one")] = True,
+) -> None:
+    """Train exit heads by self-distillation from the model's own last layer (labels used when given)."""
+    from edgekit.build.exits import steps
+    from edgekit.build.exits.train import TrainConfig
+    from edgekit.cli.views import training_progress
+
+    config = TrainConfig(epochs=epochs, lr=lr, freeze_backbone=freeze_backbone, device=device, seed=seed)
+    layer_list = [int(x) for x in names(layers)] if layers else None
+    with training_progress("exits") as progress:
+        report = steps.train(model or "default", data, out, layers=layer_list, resume=resume, config=config, progress=progress)
+    console.print(f"[green]trained[/] exit heads -> {out} (final loss {report['loss'][-1]:.4f} on {report['device']})")
+
+
+@app.command("calibrate")
+def calibrate(
+    heads: Annotated[Path, typer.Argument(help="exit-head directory (from 'edgekit exits train')")],
+    data: Annotated[Path, typer.Option(help="dev file: JSONL/CSV with 'text' and 'label' (or any text with --unsupervised)")],
+    out: Annotated[Path | None, typer.Option(help="folder for calibration.json/.png (default: HEADS/calibration)")] = None,
+    target: Annotated[str | None, typer.Option(help="measure segment latencies on this target (expected latency)")] = None,
+    max_drop: Annotated[float, typer.Option(help="accuracy budget: at most this many points below the model without exits")] = 1.0,
+    max_latency: Annotated[float | None, typer.Option(help="or: a latency target in ms (needs --target)")] = None,
+    unsupervised: Annotated[bool, typer.Option(help="score agreement with the final exit instead of labels")] = False,
+) -> None:
+    """Sweep every policy on a dev file and choose the operating point that meets the budget."""
+    from edgekit.build.exits import steps
+
+    with console.status("calibrating"):
+        r = steps.calibrate(
+            heads,
+            data,
+            out or heads / "calibration",
+            target=target,
+            max_drop=max_drop,
+            max_latency_ms=max_latency,
+            unsupervised=unsupervised,
+        )
+    c = r["chosen"]
+    lat = f", expected {c['expected_latency_ms']:.2f} ms on {target}" if c["expected_latency_ms"] is not None else ""
+    console.print(
+        f"no exit: {100 * r['base']:.2f}%; chosen [bold]{c['policy']}={c['param']:g}[/]: {100 * c['quality']:.2f}%, "
+        f"{c['mean_layers']:.2f} layers{lat}"
+    )
+    console.print("curve: " + ", ".join(r["files"]))
+
+
+@app.command("export")
+def export(
+    heads: Annotated[Path, typer.Argument(help="exit-head directory")],
+    policy: Annotated[str, typer.Option(help="NAME=VALUE: entropy, patience, learned or similarity, e.g. entropy=0.3")],
+    out: Annotated[Path, typer.Option(help="ONNX segments artifact to write")] = Path("build/exits-onnx"),
+) -> None:
+    """Export the early-exit model as one ONNX graph per segment (dynamic exit)."""
+    from edgekit.build.exits import steps
+
+    m = steps.export(heads, policy, out)
+    rows = m.settings.get("exit_parity", {}).get("rows", 32)
+    console.print(
+        f"[green]exported[/] {len(m.exits.segments)} segments ({m.exits.policy}={m.exits.param:g}) -> {out}; exits match PyTorch on {rows} texts"
+    )
+
+
+@app.command("compile")
+def compile_(
+    onnx_dir: Annotated[Path, typer.Argument(help="segments artifact (from 'edgekit exits export')")],
+    target: TargetsOpt = ["ort-cpu"],  # noqa: B006
+    out: Annotated[Path, typer.Option(help="output root: writes OUT/<target>/")] = Path("dist/exits"),
+) -> None:
+    """Compile every segment for each target; checks that exits equal PyTorch's."""
+    from edgekit.build import plan, runner
+    from edgekit.cli.views import compiled
+    from edgekit.deploy import artifact
+
+    runner.run(plan.for_compile(str(onnx_dir), out, [(name, {}) for name in target]), say=lambda m: None)
+    for name in target:
+        compiled(name, out / name, artifact.read_manifest(out / name))
+
+
+@app.command("prune")
+def prune(
+    heads: Annotated[Path, typer.Argument(help="exit-head directory")],
+    out: Annotated[Path, typer.Option(help="ONNX artifact to write (compile it like any export)")] = Path("build/pruned"),
+    layer: Annotated[int | None, typer.Option(help="keep layers 1..LAYER and that exit's head")] = None,
+    calibration: Annotated[
+        Path | None, typer.Option(help="or: pick the shallowest exit within --max-drop from this calibration.json")
+    ] = None,
+    max_drop: Annotated[float, typer.Option(help="accuracy budget in points, with --calibration")] = 1.0,
+) -> None:
+    """Static early-exit pruning: a shorter model (what static-shape targets need)."""
+    from edgekit.build.exits import steps
+    from edgekit.cli.views import parity_line
+
+    layer = steps.prune_layer(layer, calibration, max_drop)
+    m = steps.prune(heads, layer, out)
+    console.print(f"[green]pruned[/] to {layer} layers -> {out}")
+    console.print(parity_line(m.parity))
