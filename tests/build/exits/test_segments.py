@@ -1,0 +1,148 @@
+"""Early-exit segments: one ONNX graph per exit, the PyTorch controller reference, the checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from edgekit.build.exits.model import MultiExitModel, load_exits
+from edgekit.build.exits.segments import (
+    EXACT,
+    EXIT_REFERENCE,
+    check_controller,
+    compile_exits,
+    export_segments,
+    torch_exits,
+)
+from edgekit.build.exits.train import TrainConfig, train_heads
+from edgekit.build.export import ExportOptions, _parity_feed
+from edgekit.build.load import load
+from edgekit.deploy import artifact, parity
+from edgekit.deploy.exits.policies import make, simulate
+from edgekit.errors import ConfigError, ParityError, TargetError
+
+
+def _threshold(scores: np.ndarray) -> float:
+    """A learned-policy threshold in the widest gap of the middle half of ``scores``: some rows leave
+    early, some do not, and none sits near the threshold (runtimes differ from PyTorch by ~1e-6)."""
+    s = np.sort(scores)
+    lo, hi = len(s) // 4, 3 * len(s) // 4
+    i = lo + int(np.argmax(np.diff(s)[lo:hi]))
+    return float((s[i] + s[i + 1]) / 2)
+
+
+@pytest.fixture(scope="module")
+def exits_model(checkpoints, texts, tmp_path_factory) -> MultiExitModel:
+    """Exit heads on the tiny BERT embedding model (mean pooling: the learned exit score varies per text)."""
+    out = tmp_path_factory.mktemp("segment-heads")
+    model = MultiExitModel(load(checkpoints["bert-embedding"]))
+    train_heads(model, texts * 2, None, out, TrainConfig(epochs=1, batch=8), resume=False)
+    model.save(out)
+    return load_exits(out)
+
+
+@pytest.fixture(scope="module")
+def feed(exits_model) -> dict[str, np.ndarray]:
+    """The feed the export checks itself on."""
+    return _parity_feed(exits_model.encoder, ExportOptions(), exits_model.encoder.info.max_length)
+
+
+@pytest.fixture(scope="module")
+def segments(exits_model, feed, tmp_path_factory) -> Path:
+    policy = make("learned", _threshold(torch_exits(exits_model, feed)[0]["score"]), "embedding")
+    out = tmp_path_factory.mktemp("segments") / "onnx"
+    export_segments(exits_model, policy, out)
+    return out
+
+
+def _ort(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_one_graph_per_segment_with_the_documented_inputs_and_outputs(segments, exits_model):
+    m = artifact.read_manifest(segments)
+    assert m.exits.layers == [1, 2] and m.exits.policy == "learned" and m.model_file == "seg0.onnx"
+    assert [s.model_file for s in m.exits.segments] == ["seg0.onnx", "seg1.onnx"]
+    assert [s.up_to_layer for s in m.exits.segments] == [1, 2]
+    assert m.outputs[0].name == exits_model.encoder.output_name == "embeddings"
+    assert m.settings["exit_tolerance"] == EXACT and m.precision == "fp32"
+    seg0, seg1 = (onnx.load(str(segments / f)) for f in ("seg0.onnx", "seg1.onnx"))
+    assert [i.name for i in seg0.graph.input] == list(exits_model.encoder.spec.input_names)
+    assert [o.name for o in seg0.graph.output] == ["hidden", "output", "rep", "score"]
+    assert [i.name for i in seg1.graph.input] == ["hidden_in", "attention_mask"]
+    assert [o.name for o in seg1.graph.output] == ["output", "rep", "score"]  # the last passes nothing on
+    for spec, graph in zip(m.exits.segments, (seg0, seg1)):
+        assert [t.name for t in spec.outputs] == [o.name for o in graph.graph.output]
+    # each segment runs its own layers: one attention softmax per layer
+    assert [sum(n.op_type == "Softmax" for n in g.graph.node) for g in (seg0, seg1)] == [1, 1]
+
+
+def test_chained_segments_reproduce_every_exit_of_pytorch(segments, exits_model, texts):
+    feed = exits_model.encoder.tokenize(texts)
+    want = torch_exits(exits_model, feed)
+    first = dict(zip(["hidden", "output", "rep", "score"], _ort(segments / "seg0.onnx").run(None, feed)))
+    second = dict(
+        zip(
+            ["output", "rep", "score"],
+            _ort(segments / "seg1.onnx").run(None, {"hidden_in": first["hidden"], "attention_mask": feed["attention_mask"]}),
+        )
+    )
+    for got, ref in ((first, want[0]), (second, want[1])):
+        for key in ("output", "rep", "score"):
+            np.testing.assert_allclose(got[key], ref[key], atol=1e-5, err_msg=key)
+    # the last exit is the model itself
+    np.testing.assert_allclose(second["output"], exits_model.encoder.run(feed), atol=1e-5)
+
+
+def test_the_reference_holds_pytorchs_controller_decisions(segments, exits_model, feed):
+    m = artifact.read_manifest(segments)
+    policy = make(m.exits.policy, m.exits.param, "embedding")
+    with np.load(segments / EXIT_REFERENCE) as z:
+        for k, v in feed.items():
+            np.testing.assert_array_equal(z[f"input.{k}"], v)
+        exit_at, output = z["exit_at"], z["output"]
+    want_at, want_out = simulate(policy, torch_exits(exits_model, feed))
+    np.testing.assert_array_equal(exit_at, want_at)
+    np.testing.assert_allclose(output, want_out, atol=1e-6)
+    assert 0 < (exit_at == 0).sum() < len(exit_at)  # the rows do not all leave at the same exit
+    _, reference = parity.load_reference(segments / parity.REFERENCE)
+    np.testing.assert_array_equal(reference, output)
+
+
+def test_check_controller_catches_decisions_that_differ(segments, tmp_path):
+    import shutil
+
+    m = artifact.read_manifest(segments)
+    check = check_controller(segments, m, "onnx")
+    assert check["same_exit_layer"] == 1.0 and check["max_abs_diff"] < EXACT["atol"] and check["tolerance"] == EXACT
+    copy = Path(shutil.copytree(segments, tmp_path / "copy"))
+    with np.load(copy / EXIT_REFERENCE) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["exit_at"] = arrays["exit_at"].copy()
+    arrays["exit_at"][:3] = 1 - arrays["exit_at"][:3]  # three rows said to leave elsewhere
+    np.savez_compressed(copy / EXIT_REFERENCE, **arrays)
+    with pytest.raises(ParityError, match=r"^onnx: early-exit decisions differ from PyTorch \(\d+\.\d% of rows exit at the same layer"):
+        check_controller(copy, m, "onnx")
+
+
+def test_a_static_shape_target_is_refused(segments, tmp_path):
+    # the NPU runs only static shapes: segments exchange [batch, sequence, hidden] tensors of any size
+    with pytest.raises(TargetError, match="dynamic early exit cannot run on openvino-npu") as info:
+        compile_exits(segments, "openvino-npu", tmp_path / "npu")
+    assert "edgekit exits prune" in info.value.hint
+    assert not (tmp_path / "npu").exists()
+
+
+def test_static_buckets_on_a_dynamic_target_are_refused(segments, tmp_path):
+    with pytest.raises(TargetError, match="dynamic early exit cannot run on openvino-cpu"):
+        compile_exits(segments, "openvino-cpu", tmp_path / "ov", options={"seq_lens": [64]})
+
+
+def test_a_plain_export_is_not_compiled_as_segments(exported, tmp_path):
+    with pytest.raises(ConfigError, match="not an early-exit export"):
+        compile_exits(exported("bert-embedding"), "ort-cpu", tmp_path / "x")
