@@ -79,7 +79,7 @@ def ort_report(model: bytes | str | Path, *, level: str = "all", threads: int | 
         "integer_total": sum(integer.values()),
         "float_matmuls": floats,
         "float_fallback": fallback,
-        "all_int8": not fallback and sum(integer.values()) >= len(expected),
+        "all_int8": bool(expected) and not fallback and sum(integer.values()) >= len(expected),  # nothing quantized is not INT8
     }
 
 
