@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,11 @@ from edgekit.errors import CheckpointError, MissingDependency
 
 DEFAULT = "default"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+# Bits per element of every dtype the safetensors format defines.
+SAFETENSORS_BITS = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
+    "I32": 32, "U32": 32, "F32": 32, "I64": 64, "U64": 64, "F64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+}  # fmt: skip
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model")
 
 
@@ -86,12 +92,28 @@ def _check_safetensors(path: Path) -> None:
             if n <= 0 or 8 + n > size:
                 raise ValueError(f"header length {n} exceeds file size {size}")
             header = json.loads(f.read(n))
-    except (struct.error, ValueError, UnicodeDecodeError) as err:
+    except (struct.error, ValueError, UnicodeDecodeError, RecursionError) as err:
         raise CheckpointError(f"{path}: unreadable safetensors header ({err})", hint=hint) from err
-    try:
-        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
-    except (AttributeError, KeyError, TypeError, IndexError, ValueError) as err:
-        raise CheckpointError(f"{path}: safetensors header does not describe tensors ({type(err).__name__}: {err})", hint=hint) from err
+    tensors = {k: t for k, t in header.items() if k != "__metadata__"} if isinstance(header, dict) else None
+    if tensors is None:
+        raise CheckpointError(f"{path}: safetensors header is not a JSON object", hint=hint)
+    end = 0
+    for name, t in tensors.items():
+        try:
+            dtype, shape, (begin, stop) = t["dtype"], [int(d) for d in t["shape"]], (int(x) for x in t["data_offsets"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(
+                f"{path}: safetensors header does not describe tensor {name[:80]!r} ({type(err).__name__}: {err})", hint=hint
+            ) from err
+        if not isinstance(dtype, str) or dtype not in SAFETENSORS_BITS:
+            raise CheckpointError(
+                f"{path}: tensor {name[:80]!r} has dtype {str(dtype)[:20]!r}, which safetensors does not define",
+                hint=f"re-save the checkpoint with a known dtype ({', '.join(sorted(SAFETENSORS_BITS))})",
+            )
+        count = math.prod(shape)
+        if min(shape, default=0) < 0 or not 0 <= begin <= stop or (stop - begin) * 8 != count * SAFETENSORS_BITS[dtype]:
+            raise CheckpointError(f"{path}: tensor {name[:80]!r} ({dtype}{shape}) does not fit its byte range [{begin}, {stop})", hint=hint)
+        end = max(end, stop)
     if 8 + n + end > size:
         raise CheckpointError(f"{path}: truncated ({size} bytes, tensors need {8 + n + end})", hint=hint)
 

@@ -7,6 +7,7 @@ what gets exported, so torch and every runtime compute the same function.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,11 +85,52 @@ def _wrapper_class():
     return EncoderModule
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+# A tokenizer using less than this share of the model's embedding rows is another model's.
+MIN_VOCAB_SHARE = 0.5
+
+
+def _check_vocab(info: checkpoint.CheckpointInfo, config: Any, tokenizer: Any) -> None:
+    """The tokenizer must be this model's: its ids fit the embedding table, most rows are used,
+    and its padding id is the model's."""
+    rows, size = int(getattr(config, "vocab_size", 0) or 0), len(tokenizer)
+    hint = "save the model's own tokenizer beside it (tokenizer.save_pretrained(dir))"
+    if rows and size > rows:
+        raise CheckpointError(f"{info.path}: the tokenizer has {size} tokens, the model embeds only {rows} (config.vocab_size)", hint=hint)
+    if rows and size < MIN_VOCAB_SHARE * rows:
+        raise CheckpointError(
+            f"{info.path}: the tokenizer has {size} tokens for a model with {rows} (config.vocab_size): probably another model's tokenizer",
+            hint=hint,
+        )
+    pad_model, pad_tok = getattr(config, "pad_token_id", None), tokenizer.pad_token_id
+    if pad_model is not None and pad_tok is not None and int(pad_model) != int(pad_tok):
+        raise CheckpointError(
+            f"{info.path}: the tokenizer pads with id {pad_tok}, the model with {pad_model} (config.pad_token_id): another model's tokenizer?",
+            hint=hint,
+        )
+
+
+def _check_finite(info: checkpoint.CheckpointInfo, model: Any) -> None:
+    """No NaN/Inf weight: such a model gives NaN on any text, which no runtime can match."""
+    torch = require("torch", for_="loading a checkpoint")
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(
+                f"{info.path}: weight {name} holds NaN/Inf values",
+                hint="the checkpoint is damaged or training diverged; re-save a good one",
+            )
+
+
 def load(model: str | Path | None, *, task: str | None = None, pooling: str | None = None) -> Encoder:
     """Load a trained checkpoint directory (or ``default``) for export."""
     info = checkpoint.inspect(model, task=task, pooling=pooling)
     transformers = require("transformers", for_="loading a checkpoint")
     torch = require("torch", for_="loading a checkpoint")
+    safetensors = require("safetensors", for_="loading a checkpoint")
     auto = transformers.AutoModelForSequenceClassification if info.task == "classifier" else transformers.AutoModel
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -102,10 +144,19 @@ def load(model: str | Path | None, *, task: str | None = None, pooling: str | No
             dtype=torch.float32,  # export and parity are fp32 whatever dtype the checkpoint was saved in
         )
         tokenizer = transformers.AutoTokenizer.from_pretrained(info.path)
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except pickle.UnpicklingError as err:
+        # torch.load(weights_only=True) refuses pickles that would run code or build arbitrary objects
         raise CheckpointError(
-            f"{info.path}: cannot load the checkpoint: {first}", hint="check the files or re-save with save_pretrained(dir)"
+            f"{info.path}: refused to load {', '.join(f.name for f in info.weight_files)}: not a plain weights pickle ({_first_line(err)})",
+            hint="it may run code when loaded; get the checkpoint from a trusted source, as model.safetensors",
+        ) from err
+    except (OSError, ValueError, RuntimeError, KeyError, IndexError, TypeError) as err:
+        raise CheckpointError(
+            f"{info.path}: cannot load the checkpoint: {_first_line(err)}", hint="check the files or re-save with save_pretrained(dir)"
+        ) from err
+    except safetensors.SafetensorError as err:
+        raise CheckpointError(
+            f"{info.path}: unreadable safetensors file: {_first_line(err)}", hint="the file is corrupt; copy or re-save the checkpoint"
         ) from err
     missing = [k for k in loading.get("missing_keys", []) if not any(i in k for i in _IGNORABLE_MISSING)]
     if missing:
@@ -129,9 +180,39 @@ def load(model: str | Path | None, *, task: str | None = None, pooling: str | No
         raise CheckpointError(
             f"{info.path}: only a slow tokenizer is available", hint="save a fast tokenizer (tokenizer.json) with the model"
         )
+    _check_vocab(info, hf_model.config, tokenizer)
+    _check_finite(info, hf_model)
     if (info.path / "edgekit_quant.json").exists():  # a quantized checkpoint (edgekit.build.quant): rebuild its quantized modules
         from edgekit.build.quant.saving import apply_saved
 
         apply_saved(hf_model, info.path)
     module = _wrapper_class()(hf_model.eval(), SPECS[info.model_type].input_names, info.task, info.pooling, info.normalize).eval()
     return Encoder(module=module, tokenizer=tokenizer, info=info, spec=SPECS[info.model_type])
+
+
+_REFERENCE_CACHE: dict[tuple[str, int], Any] = {}
+
+
+def torch_reference(manifest: Any, texts: list[str], notes: list[str]) -> Any:
+    """The outputs of the PyTorch model an artifact was made from (``manifest.source``) on ``texts``
+    (numpy), or None with a note saying why not: what ``edgekit.deploy.eval.evaluate`` compares with."""
+    from edgekit.deps import is_installed
+
+    if not (is_installed("torch") and is_installed("transformers")):
+        notes.append("fidelity to PyTorch not computed: torch/transformers not installed (pip install 'edgekit[export]')")
+        return None
+    src = Path(manifest.source.path)
+    if not src.is_dir():
+        notes.append(f"fidelity to PyTorch not computed: source checkpoint {src} not found on this machine")
+        return None
+    if checkpoint.inspect(src, task=manifest.source.task).sha256() != manifest.source.sha256:
+        notes.append(f"fidelity to PyTorch not computed: {src} changed since the artifact was built (sha256 differs)")
+        return None
+    import numpy as np
+
+    key = (manifest.source.sha256 + manifest.source.task + str(manifest.tokenizer.max_length), hash(tuple(texts)))
+    if key not in _REFERENCE_CACHE:  # several artifacts of one model are often evaluated in one process
+        enc = load(src, task=manifest.source.task, pooling=manifest.source.pooling)
+        out = [enc.run(enc.tokenize(texts[i : i + 16], max_length=manifest.tokenizer.max_length)) for i in range(0, len(texts), 16)]
+        _REFERENCE_CACHE[key] = np.concatenate(out)
+    return _REFERENCE_CACHE[key]

@@ -303,9 +303,10 @@ class Pipeline:
         dev = self.data["dev"]
 
         def fn(entry: Path) -> tuple[str, dict]:
+            from edgekit.build.load import torch_reference
             from edgekit.deploy.eval import evaluate
 
-            report = evaluate(artifact_dir, dev.path, batch=16, fidelity=self.plan.fidelity)
+            report = evaluate(artifact_dir, dev.path, batch=16, fidelity=self.plan.fidelity, reference=torch_reference)
             artifact.write_json(entry / "eval.json", report.model_dump())
             return "eval.json", {"metrics": report.metrics, "n": report.n}
 

@@ -43,6 +43,7 @@ AUX_FILES = (
     "parity_reference.npz",
     "exit_reference.npz",
     artifact.MANIFEST,
+    artifact.MANIFEST_SHA256,
 )
 
 

@@ -113,8 +113,14 @@ def register(app: typer.Typer) -> None:
         from edgekit.deploy import artifact
         from edgekit.deploy.eval import evaluate
 
+        reference = None
+        if fidelity:  # the PyTorch reference is build side: a deploy install without torch skips it with a note
+            from edgekit.build.load import torch_reference as reference
+
         with console.status("evaluating") as status:
-            report = evaluate(artifact_dir, data, batch=batch, fidelity=fidelity, progress=lambda m: status.update(f"eval: {m}"))
+            report = evaluate(
+                artifact_dir, data, batch=batch, fidelity=fidelity, reference=reference, progress=lambda m: status.update(f"eval: {m}")
+            )
         metrics(f"{report.target} on {data.name} ({report.n} texts)", report.metrics, report.notes)
         path = json_out or artifact_dir.resolve().parent / "reports" / f"{report.target}.eval.json"
         artifact.write_json(path, report.model_dump())

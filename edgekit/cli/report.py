@@ -50,10 +50,11 @@ def report_schema(
     """Write the JSON Schema of edgekit's profile report (versioned; docs/profile.schema.json in the repo)."""
     import json
 
+    from edgekit.deploy import artifact
     from edgekit.deploy import report as schema
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(schema.json_schema(), indent=2, sort_keys=True) + "\n")
+    artifact.write_text(out, json.dumps(schema.json_schema(), indent=2, sort_keys=True) + "\n")
     console.print(f"profile schema v{schema.SCHEMA_VERSION} -> {out}")
 
 
@@ -63,6 +64,7 @@ def report_show(
     markdown: Annotated[Path | None, typer.Option(help="also write a Markdown summary here")] = None,
 ) -> None:
     """Show profile reports from any device side by side, with ratios to the first."""
+    from edgekit.deploy import artifact
     from edgekit.deploy import report as schema
     from edgekit.deploy.render import comparison_table, latency_table
     from edgekit.deploy.render import markdown as to_markdown
@@ -73,7 +75,7 @@ def report_show(
     if comparison:
         console.print(comparison_table(comparison))
     if markdown:
-        markdown.write_text(to_markdown(reports, comparison))
+        artifact.write_text(markdown, to_markdown(reports, comparison))
         console.print(f"markdown -> {markdown}")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -63,6 +64,8 @@ def _records(path: Path) -> list[tuple[int, dict]]:
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise DataError(f"{path}:{n}: not valid JSON ({err.msg})", hint="JSONL needs one JSON object per line") from err
+        except (ValueError, RecursionError) as err:  # integers past Python's digit limit, nesting past the recursion limit
+            raise DataError(f"{path}:{n}: JSON too large or too deeply nested to read", hint="one flat JSON object per line") from err
         if not isinstance(record, dict):
             raise DataError(f"{path}:{n}: expected a JSON object, got {type(record).__name__}", hint="JSONL needs one JSON object per line")
         rows.append((n, record))
@@ -112,7 +115,7 @@ def read_labeled(path: str | Path, label_names: list[str]) -> Labeled:
         raw = _field(path, n, record, "label")
         if raw in by_name:
             labels.append(by_name[raw])
-        elif raw.lstrip("-").isdigit() and 0 <= int(raw) < len(label_names):
+        elif re.fullmatch(r"[0-9]{1,9}", raw) and int(raw) < len(label_names):  # an id; ASCII digits only
             labels.append(int(raw))
         else:
             raise DataError(

@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict
 
 from edgekit.deploy import artifact, data
 from edgekit.deploy.runtime import Predictor
-from edgekit.deps import is_installed
 from edgekit.errors import DataError
 
 SCHEMA_VERSION = 1
@@ -66,30 +65,8 @@ def retrieval(queries: np.ndarray, docs: np.ndarray, ks: tuple[int, ...] = (1, 1
     return out
 
 
-_REFERENCE_CACHE: dict[tuple[str, int], np.ndarray] = {}
-
-
-def _torch_reference(manifest: artifact.Manifest, texts: list[str], notes: list[str]) -> np.ndarray | None:
-    """The source PyTorch model's outputs on ``texts``, or None (with a note saying why)."""
-    if not (is_installed("torch") and is_installed("transformers")):
-        notes.append("fidelity to PyTorch not computed: torch/transformers not installed (pip install 'edgekit[export]')")
-        return None
-    src = Path(manifest.source.path)
-    if not src.is_dir():
-        notes.append(f"fidelity to PyTorch not computed: source checkpoint {src} not found on this machine")
-        return None
-    from edgekit.build.checkpoint import inspect
-    from edgekit.build.load import load
-
-    if inspect(src, task=manifest.source.task).sha256() != manifest.source.sha256:
-        notes.append(f"fidelity to PyTorch not computed: {src} changed since the artifact was built (sha256 differs)")
-        return None
-    key = (manifest.source.sha256 + manifest.source.task + str(manifest.tokenizer.max_length), hash(tuple(texts)))
-    if key not in _REFERENCE_CACHE:  # several artifacts of one model are often evaluated in one process
-        enc = load(src, task=manifest.source.task, pooling=manifest.source.pooling)
-        out = [enc.run(enc.tokenize(texts[i : i + 16], max_length=manifest.tokenizer.max_length)) for i in range(0, len(texts), 16)]
-        _REFERENCE_CACHE[key] = np.concatenate(out)
-    return _REFERENCE_CACHE[key]
+# The source model's outputs on the texts, or None with a note saying why (edgekit.build.load.torch_reference).
+Reference = Callable[[artifact.Manifest, list[str], list[str]], "np.ndarray | None"]
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -102,9 +79,14 @@ def evaluate(
     *,
     batch: int = 16,
     fidelity: bool = True,
+    reference: Reference | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> EvalReport:
-    """Evaluate the artifact in ``artifact_dir`` on ``data_file``."""
+    """Evaluate the artifact in ``artifact_dir`` on ``data_file``.
+
+    Fidelity to PyTorch needs ``reference`` (the build side's ``edgekit.build.load.torch_reference``):
+    this side never imports torch.
+    """
     say = progress or (lambda msg: None)
     data_file = Path(data_file)
     kind = data.kind(data_file)
@@ -141,6 +123,8 @@ def evaluate(
             outputs = pred.predict(texts, batch=batch)
             if kind == "pairs":
                 metrics.update(retrieval(outputs[: len(queries)], outputs[len(queries) :]))
+        if (note := pred.tokenizer.truncation_note(texts)) is not None:
+            notes.append(note)
         exits = None
         if pred.exits is not None:
             from edgekit.deploy.exits.controller import latency_check
@@ -152,7 +136,9 @@ def evaluate(
             metrics["expected_latency_ms"] = exits["expected_latency_ms"]
         if fidelity:
             say("PyTorch reference for fidelity")
-            ref = _torch_reference(manifest, texts, notes)
+            ref = reference(manifest, texts, notes) if reference is not None else None
+            if reference is None:
+                notes.append("fidelity to PyTorch not computed: no PyTorch reference given (edgekit.build.load.torch_reference)")
             if ref is not None:
                 if manifest.task == "classifier":
                     metrics["torch_argmax_agreement"] = float(np.mean(ref.argmax(-1) == outputs.argmax(-1)))

@@ -61,6 +61,12 @@ def compare(reference: np.ndarray, actual: np.ndarray, *, task: str, output: str
             hint="the graph was built for other shapes",
         )
     ref, act = reference.astype(np.float64), actual.astype(np.float64)
+    if not np.isfinite(ref).all():
+        # PyTorch itself gave NaN/Inf on real text: no runtime or tolerance can match that
+        raise ParityError(
+            f"output {output!r}: the PyTorch model itself gives NaN/Inf on real text ({int((~np.isfinite(ref)).sum())} values)",
+            hint="the checkpoint's weights (or quantization scales) hold NaN/Inf; retrain or re-save it",
+        )
     max_abs = float(np.max(np.abs(ref - act))) if ref.size else 0.0
     finite = bool(np.isfinite(act).all())
     common = dict(runtime=runtime, output=output, texts=int(ref.shape[0]), max_abs_diff=max_abs, atol=tolerance.atol)
@@ -77,6 +83,11 @@ def compare(reference: np.ndarray, actual: np.ndarray, *, task: str, output: str
 
 def enforce(report: ParityReport) -> ParityReport:
     """Raise :class:`ParityError` naming the output and the largest difference if it failed."""
+    if not report.passed and not np.isfinite(report.max_abs_diff):
+        raise ParityError(
+            f"{report.runtime} output {report.output!r} has NaN/Inf values where PyTorch's are finite",
+            hint="the runtime overflowed at this precision: compile with a wider precision (e.g. fp32), or report a bug",
+        )
     if not report.passed:
         figure = (
             f"argmax agreement {report.argmax_agreement:.4f}"

@@ -16,7 +16,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,10 +23,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgekit import __version__
-from edgekit.deploy import artifact, data
+from edgekit.deploy import artifact, coldstart, data
 from edgekit.deploy.report import (
     ArtifactRef,
-    ColdStart,
     Comparison,
     ExitStats,
     FirstToken,
@@ -39,14 +37,13 @@ from edgekit.deploy.report import (
     latency_stats,
     mark_best,
     noise_warning,
-    percentile,
     ratios,
     throughput_point,
 )
 from edgekit.deploy.runtime import Predictor
 from edgekit.deploy.targets.base import TargetOptions
 from edgekit.deps import version_of
-from edgekit.errors import ConfigError, TargetError
+from edgekit.errors import ConfigError
 
 DEFAULT_BATCHES = [1, 4, 16, 32]
 
@@ -118,13 +115,8 @@ def time_calls(fn: Callable[[int], object], opts: ProfileOptions) -> list[float]
 
 
 def fixed_length_text(predictor: Predictor, seq_len: int) -> str:
-    """Real text with at least ``seq_len`` tokens (sample sentences joined one by one)."""
-    joined = ""
-    for sentence in data.sample_texts():
-        joined = f"{joined} {sentence}".strip()
-        if predictor.tokenizer.lengths([joined])[0] >= seq_len:
-            break
-    return joined
+    """Real text with at least ``seq_len`` tokens (see :meth:`Tokenizer.text_of_length`)."""
+    return predictor.tokenizer.text_of_length(seq_len)
 
 
 def _read(path: str) -> str | None:
@@ -176,34 +168,6 @@ def host_info() -> Host:
     )
 
 
-def _cold_once(artifact_dir: Path, seq_len: int, threads: int | None) -> dict:
-    cmd = [sys.executable, "-m", "edgekit.deploy.coldstart", str(artifact_dir), str(seq_len), str(threads or 0)]
-    t0 = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise TargetError(f"{artifact_dir}: cold-start subprocess failed: {tail}", hint="run 'edgekit --debug profile ...'")
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {
-        "loaded": (r["loaded"] - t0) * 1000,
-        "first": (r["first_output"] - r["loaded"]) * 1000,
-        "total": (r["first_output"] - t0) * 1000,
-        "rss": r["peak_rss_mb"],
-    }
-
-
-def _cold_summary(runs: list[dict]) -> tuple[ColdStart, Memory]:
-    med = lambda key: percentile(sorted(r[key] for r in runs), 50)  # noqa: E731
-    cold = ColdStart(
-        runs=len(runs),
-        process_start_to_loaded_ms=med("loaded"),
-        loaded_to_first_output_ms=med("first"),
-        total_ms=med("total"),
-        samples_total_ms=[round(r["total"], 2) for r in runs],
-    )
-    return cold, Memory(peak_rss_mb=max(r["rss"] for r in runs), source="cold-start subprocess, VmHWM (peak RSS)")
-
-
 # ---- the step ----------------------------------------------------------------------------
 
 
@@ -224,12 +188,12 @@ def profile_many(
     for r in range(options.cold_runs):
         say(f"cold first result {r + 1}/{options.cold_runs}")
         for k, d in enumerate(dirs):
-            colds[k].append(_cold_once(d, plans[k]["seq_len"], options.threads))
+            colds[k].append(coldstart.measure(d, plans[k]["seq_len"], options.threads))
     host = host_info()
     reports = []
     for k, (d, pred, plan) in enumerate(zip(dirs, preds, plans)):
         m = pred.manifest
-        cold, memory = _cold_summary(colds[k]) if colds[k] else (None, Memory(peak_rss_mb=None, source="not measured (cold_runs=0)"))
+        cold, memory = coldstart.summary(colds[k]) if colds[k] else (None, Memory(peak_rss_mb=None, source="not measured (cold_runs=0)"))
         ref = ArtifactRef(
             path=str(d),
             name=m.name,
@@ -356,6 +320,8 @@ def _measure(preds: list[Predictor], plans: list[dict], options: ProfileOptions,
             )
         )
         warnings.append([w for name, s in (("model_only", mo), ("end_to_end", ee)) if (w := noise_warning(name, s))])
+        if options.text_file and (note := preds[k].tokenizer.truncation_note(texts[k])) is not None:
+            warnings[-1].append(f"{options.text_file}: {note}")
 
     sweeps: list[list[SeqPoint]] = [[] for _ in range(n)]
     for s in sorted(set(options.seq_lens)):
@@ -420,17 +386,27 @@ def write_reports(
     from edgekit.deploy.render import markdown
     from edgekit.deploy.render import plots as draw
 
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for r, name in zip(reports, report_names(reports)):
-        path = folder / f"{name}.profile.json"
-        artifact.write_json(path, r.model_dump())
-        written.append(path)
+    docs = {folder / f"{name}.profile.json": r.model_dump() for r, name in zip(reports, report_names(reports))}
     if comparison:
-        artifact.write_json(folder / f"{stem}.json", comparison.model_dump())
-        written.append(folder / f"{stem}.json")
+        docs[folder / f"{stem}.json"] = comparison.model_dump()
+    try:
+        written = [artifact.write_json(path, doc) for path, doc in docs.items()]
+    except ConfigError as err:
+        raise _rescued(err, docs) from err.__cause__
     accuracy = accuracy_of(reports)
     pngs = draw(reports, folder, stem, accuracy) if plots else []
-    md = folder / f"{stem}.md"
-    md.write_text(markdown(reports, comparison, pngs, accuracy))
+    md = artifact.write_text(folder / f"{stem}.md", markdown(reports, comparison, pngs, accuracy))
     return [*written, md, *pngs]
+
+
+def _rescued(err: ConfigError, docs: dict[Path, dict]) -> ConfigError:
+    """``err``, saying where the measurements went instead (the system's temp folder), if they could be saved there."""
+    import tempfile
+
+    try:
+        rescue = Path(tempfile.mkdtemp(prefix="edgekit-reports-"))
+        for path, doc in docs.items():
+            artifact.write_json(rescue / path.name, doc)
+    except (OSError, ConfigError):
+        return err
+    return ConfigError(f"{err.message}; the measurements were saved in {rescue}", hint=err.hint)

@@ -20,9 +20,25 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from edgekit.deploy.report import ProfileReport
-from edgekit.errors import MissingDependency, TargetError
+from edgekit.errors import ConfigError, MissingDependency, TargetError
 
 TIMEOUT_S = 3600
+
+
+def check_host(host: str) -> str:
+    """``host`` as ssh takes it (``[user@]name``); anything ssh could read as an option, or that
+    could split or end a command line, is refused."""
+    if not isinstance(host, str) or not host:
+        raise ConfigError("empty --host", hint="pass the device's ssh name, e.g. --host jetson or --host user@10.0.0.5")
+    bad = next((c for c in host if c.isspace() or not c.isprintable()), None)
+    if host.startswith("-") or bad is not None or len(host) > 255:
+        why = "starts with '-' (ssh would read it as an option)" if host.startswith("-") else "has whitespace or control characters"
+        if bad is None and not host.startswith("-"):
+            why = "is longer than 255 characters"
+        raise ConfigError(
+            f"invalid --host {host[:80]!r}: {why}", hint="pass the device's ssh name, e.g. --host jetson or --host user@10.0.0.5"
+        )
+    return host
 
 
 def _options_to_args(options) -> list[str]:
@@ -53,15 +69,16 @@ class Remote:
     """ssh/scp to one host; every failure is a TargetError with ssh's own last line."""
 
     def __init__(self, host: str, port: int | None = None, connect_timeout: int = 10, ssh_options: list[str] | None = None) -> None:
+        self.host = check_host(host)
         for tool in ("ssh", "scp"):
             if shutil.which(tool) is None:
                 raise MissingDependency(f"{tool} is not installed but is needed for --host", hint="install the OpenSSH client")
-        self.host = host
         common = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}", "-o", "StrictHostKeyChecking=accept-new"]
         for opt in ssh_options or []:  # e.g. "IdentityFile=~/.ssh/jetson", as ssh -o takes them
             common += ["-o", opt]
-        self.ssh_base = ["ssh", *common, *(["-p", str(port)] if port else []), host]
-        self.scp_base = ["scp", "-q", "-r", *common, *(["-P", str(port)] if port else [])]
+        # "--" ends the options in every call: nothing after it is read as one, whatever the host says
+        self.ssh_base = ["ssh", *common, *(["-p", str(int(port))] if port else [])]
+        self.scp_base = ["scp", "-q", "-r", *common, *(["-P", str(int(port))] if port else [])]
 
     def _run(self, cmd: list[str], what: str) -> str:
         try:
@@ -77,13 +94,13 @@ class Remote:
         return proc.stdout
 
     def run(self, command: str, what: str) -> str:
-        return self._run([*self.ssh_base, command], what)
+        return self._run([*self.ssh_base, "--", self.host, command], what)
 
     def put(self, local: Path, remote: str) -> None:
-        self._run([*self.scp_base, str(local), f"{self.host}:{remote}"], f"copying {local.name}")
+        self._run([*self.scp_base, "--", str(local.resolve()), f"{self.host}:{remote}"], f"copying {local.name}")
 
     def get(self, remote: str, local: Path) -> None:
-        self._run([*self.scp_base, f"{self.host}:{remote}", str(local)], "fetching the report")
+        self._run([*self.scp_base, "--", f"{self.host}:{remote}", str(local.resolve())], "fetching the report")
 
 
 def remote_profile(
@@ -101,6 +118,7 @@ def remote_profile(
     artifact_dir = Path(artifact_dir)
     from edgekit.deploy.artifact import read_manifest
 
+    check_host(host)
     manifest = read_manifest(artifact_dir)  # refuse to ship a broken artifact
     remote = Remote(host, port, ssh_options=ssh_options)
     say(f"connecting to {host}")

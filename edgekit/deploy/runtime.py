@@ -15,12 +15,15 @@ from edgekit.deploy.artifact import Manifest
 from edgekit.deploy.targets.base import Session, TargetOptions
 from edgekit.deploy.targets.ort import OrtCpuTarget
 from edgekit.deploy.tokenizer import Tokenizer
-from edgekit.errors import ConfigError, TargetError
+from edgekit.errors import ArtifactError, ConfigError, TargetError
 
 
-def target_for(manifest: Manifest) -> targets.Target:
-    """The target that runs an artifact: an exported ONNX artifact runs on ONNX Runtime."""
-    return OrtCpuTarget() if manifest.kind == "onnx" else targets.get(manifest.target)
+def target_for(manifest: Manifest, artifact_dir: str | Path = ".") -> targets.Target:
+    """The target that runs an artifact (an exported ONNX artifact runs on ONNX Runtime); its model
+    files must be of a kind the target runs (an unknown target is refused by the registry)."""
+    target = OrtCpuTarget() if manifest.kind == "onnx" else targets.get(manifest.target)
+    artifact.check_model_files(Path(artifact_dir), manifest, type(target).model_suffixes)
+    return target
 
 
 class Predictor:
@@ -29,7 +32,7 @@ class Predictor:
     def __init__(self, artifact_dir: str | Path, *, options: TargetOptions | None = None, verify: bool = True) -> None:
         self.dir = Path(artifact_dir)
         self.manifest = artifact.read_manifest(self.dir, verify=verify)
-        self.target = target_for(self.manifest)
+        self.target = target_for(self.manifest, self.dir)
         if self.manifest.pending:
             raise TargetError(f"{self.dir}: not runnable yet: {self.manifest.pending}", hint="finish it on the device it was built for")
         self.target.check_available()
@@ -54,7 +57,25 @@ class Predictor:
             self.session = ExitController(self.target, self.dir, self.manifest, self._options).__enter__()
         else:
             self.session = self.target.load(self.dir, self.manifest, self._options).__enter__()
+        try:
+            self._check_names()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
+
+    def _check_names(self) -> None:
+        """The graph the runtime loaded must take the inputs and give the outputs the manifest names."""
+        named_in, named_out = [t.name for t in self.manifest.inputs], [t.name for t in self.manifest.outputs]
+        problems = [f"the manifest names output {n!r}" for n in named_out if n not in self.session.output_names]
+        problems += [f"the manifest names input {n!r}" for n in named_in if n not in self.session.input_names]
+        problems += [f"the model needs input {n!r} the manifest does not name" for n in self.session.input_names if n not in named_in]
+        if problems:
+            raise ArtifactError(
+                f"{self.dir}: {problems[0]}; the loaded model takes {', '.join(map(repr, self.session.input_names))} "
+                f"and gives {', '.join(map(repr, self.session.output_names))}",
+                hint="the manifest does not describe this model file; recompile the artifact",
+            )
 
     @property
     def exits(self):

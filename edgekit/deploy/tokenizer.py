@@ -29,10 +29,38 @@ class Tokenizer:
         self.max_length = manifest.tokenizer.max_length
         self.static = manifest.static_shape
 
+    def text_of_length(self, seq_len: int) -> str:
+        """Real text with at least ``seq_len`` tokens (sample sentences joined one by one)."""
+        from edgekit.deploy import data
+
+        joined = ""
+        for sentence in data.sample_texts():
+            joined = f"{joined} {sentence}".strip()
+            if self.lengths([joined])[0] >= seq_len:
+                break
+        return joined
+
     def lengths(self, texts: list[str]) -> list[int]:
         """Token counts (specials included, truncated to max length) of each text."""
         self._tok.enable_truncation(self.max_length)
         return [len(e.ids) for e in self._tok.encode_batch(texts)]
+
+    @property
+    def limit(self) -> int:
+        """The most tokens a text keeps (specials included): the static length, else the max length."""
+        return min(self.static[1], self.max_length) if self.static else self.max_length
+
+    def count_truncated(self, texts: list[str]) -> int:
+        """How many of ``texts`` have more tokens than :attr:`limit`, so are cut when run."""
+        self._tok.no_truncation()
+        return sum(len(e.ids) > self.limit for e in self._tok.encode_batch(texts))
+
+    def truncation_note(self, texts: list[str]) -> str | None:
+        """A sentence saying how many texts are cut to the limit, or None if none is."""
+        n = self.count_truncated(texts)
+        if not n:
+            return None
+        return f"{n} of {len(texts)} texts are longer than the artifact's limit of {self.limit} tokens and were cut to it"
 
     def __call__(self, texts: list[str], *, pad_to: int | None = None) -> dict[str, np.ndarray]:
         """Tokenize, pad to the longest (or to ``pad_to`` / the static length) and truncate."""

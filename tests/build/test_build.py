@@ -21,6 +21,11 @@ FAST_PROFILE = {"seconds": 0.02, "min_runs": 3, "warmup": 0, "cold_runs": 0, "se
 LABELS = ("negative", "neutral", "positive")
 
 
+def doc(result) -> dict:
+    """A build's manifest as the JSON it writes (what CI jobs read)."""
+    return result.manifest.model_dump(mode="json")
+
+
 @pytest.fixture
 def work(tmp_path, monkeypatch, checkpoints):
     """A working directory with labeled train/dev files and a helper that writes recipes."""
@@ -62,7 +67,7 @@ def test_build_writes_targets_reports_and_manifest_then_serves_from_cache(work):
     out = Path("dist/tiny").resolve()
     assert first.path == out and first.exit_code == 0
     m = json.loads((out / "manifest.json").read_text())
-    assert m == first.manifest.model_dump(mode="json") and m["kind"] == "edgekit-build"
+    assert m == doc(first) and m["kind"] == "edgekit-build"
     assert sorted(p.name for p in out.iterdir()) == ["jetson", "manifest.json", "openvino-cpu", "ort-cpu", "reports"]
     assert sorted(p.name for p in (out / "reports").iterdir()) == [
         "fp32.eval.json",
@@ -104,9 +109,9 @@ def test_build_writes_targets_reports_and_manifest_then_serves_from_cache(work):
     # the same build again: every step from the cache, the same artifacts
     said.clear()
     second = runner.build(path, say=said.append)
-    assert all(s["cached"] for s in second.manifest.model_dump(mode="json")["steps"]) and second.manifest.model_dump(mode="json")["cached_steps"] == second.manifest.model_dump(mode="json")["total_steps"]
-    assert sum("cached" in line for line in said) == len(second.manifest.model_dump(mode="json")["steps"])
-    assert second.manifest.model_dump(mode="json")["artifacts"]["ort-cpu"]["files"] == ort["files"]
+    assert all(s["cached"] for s in doc(second)["steps"]) and doc(second)["cached_steps"] == doc(second)["total_steps"]
+    assert sum("cached" in line for line in said) == len(doc(second)["steps"])
+    assert doc(second)["artifacts"]["ort-cpu"]["files"] == ort["files"]
     # a changed setting reruns only what depends on it
     work(
         targets=["ort-cpu", "openvino-cpu", {"name": "jetson", "device": "jetson-orin-nano"}],
@@ -114,21 +119,23 @@ def test_build_writes_targets_reports_and_manifest_then_serves_from_cache(work):
         profile={**FAST_PROFILE, "seq_len": 16},
     )
     third = runner.build(path, say=quiet)
-    rerun = [s["step"] for s in third.manifest.model_dump(mode="json")["steps"] if not s["cached"]]
+    rerun = [s["step"] for s in doc(third)["steps"] if not s["cached"]]
     assert rerun == ["profile:ort-cpu", "profile:openvino-cpu"]
     # --no-cache runs everything again (each step once)
     fourth = runner.build(path, say=quiet, use_cache=False)
-    assert not any(s["cached"] for s in fourth.manifest.model_dump(mode="json")["steps"])
+    assert not any(s["cached"] for s in doc(fourth)["steps"])
 
 
 def test_too_tight_budget_exits_3_naming_the_figure(work, monkeypatch, capsys):
     path = work(budgets={"max_size_mb": 0.001, "max_accuracy_drop": 1})
     code, out, err = run_cli(["build", str(path)], monkeypatch, capsys)
     assert code == 3, out + err
-    assert "budget failed: ort-cpu: max_size_mb = 0.443" in err and "> limit 0.001 MB" in err
-    assert "Traceback" not in err
     m = json.loads(Path("dist/tiny/manifest.json").read_text())
     assert m["budgets"]["status"] == "failed" and m["budgets"]["failed"][0]["budget"] == "max_size_mb"
+    size = m["budgets"]["failed"][0]["value"]  # the model files' size, as the manifest records it
+    assert size == pytest.approx(m["artifacts"]["ort-cpu"]["model_bytes"] / 1e6, abs=1e-3)
+    assert f"budget failed: ort-cpu: max_size_mb = {size:g}" in err and "> limit 0.001 MB" in err
+    assert "Traceback" not in err
     # loosen it: the build passes, served from the cache
     work(budgets={"max_size_mb": 5, "max_accuracy_drop": 1})
     code, out, err = run_cli(["build", str(path)], monkeypatch, capsys)
@@ -154,7 +161,7 @@ def test_unchecked_budget_is_said_and_fails_with_strict(work, monkeypatch, capsy
 def test_targets_subset_and_unknown_target(work, monkeypatch, capsys):
     path = work(targets=["ort-cpu", "openvino-cpu"])
     result = runner.build(path, targets=["openvino-cpu"], say=quiet)
-    assert result.manifest.model_dump(mode="json")["targets_built"] == ["openvino-cpu"] and result.manifest.model_dump(mode="json")["targets_in_recipe"] == ["ort-cpu", "openvino-cpu"]
+    assert doc(result)["targets_built"] == ["openvino-cpu"] and doc(result)["targets_in_recipe"] == ["ort-cpu", "openvino-cpu"]
     assert not (result.path / "ort-cpu").exists() and (result.path / "openvino-cpu" / "model.xml").exists()
     code, _, err = run_cli(["build", str(path), "--targets", "ort-cpu,jetson"], monkeypatch, capsys)
     assert code == 2 and "--targets 'jetson' is not one of the recipe's targets" in err and "its targets: ort-cpu, openvino-cpu" in err
@@ -191,7 +198,7 @@ def test_interrupted_build_leaves_no_complete_looking_output_and_resumes(work, m
     assert not (next(cache.glob("compile-openvino-cpu-*")) / "step.json").exists()
     monkeypatch.setattr(compile_step, "compile_artifact", real)
     result = runner.build(path, say=quiet)
-    fresh = {s["step"] for s in result.manifest.model_dump(mode="json")["steps"] if not s["cached"]}
+    fresh = {s["step"] for s in doc(result)["steps"] if not s["cached"]}
     assert "export" not in fresh and "compile:ort-cpu" not in fresh and "compile:openvino-cpu" in fresh
     assert (result.path / "manifest.json").exists()
 
@@ -199,13 +206,13 @@ def test_interrupted_build_leaves_no_complete_looking_output_and_resumes(work, m
 def test_damaged_cache_entry_is_rebuilt(work):
     path = work()
     first = runner.build(path, say=quiet)
-    entry = Path(first.manifest.model_dump(mode="json")["artifacts"]["ort-cpu"]["step_key"])
+    entry = Path(doc(first)["artifacts"]["ort-cpu"]["step_key"])
     compiled = next(Path("build/cache").glob(f"compile-ort-cpu-{str(entry)[:20]}"))
     (compiled / "tiny" / "ort-cpu" / "model.ort-opt.onnx").write_bytes(b"broken")
     said: list[str] = []
     second = runner.build(path, say=said.append)
     assert any("cache entry unusable" in line for line in said)
-    assert not next(s for s in second.manifest.model_dump(mode="json")["steps"] if s["step"] == "compile:ort-cpu")["cached"]
+    assert not next(s for s in doc(second)["steps"] if s["step"] == "compile:ort-cpu")["cached"]
 
 
 def test_same_recipe_gives_byte_identical_onnx(work):
@@ -222,7 +229,7 @@ def test_same_recipe_gives_byte_identical_onnx(work):
     onnx_b = next(Path("cache-b").glob("export-*")) / "onnx" / "model.onnx"
     assert onnx_b.read_bytes() == saved["export"]
     assert (b.path / "ort-cpu" / "model.ort-opt.onnx").read_bytes() == saved["ort"]
-    assert a.manifest.model_dump(mode="json")["artifacts"]["ort-cpu"]["files"] == b.manifest.model_dump(mode="json")["artifacts"]["ort-cpu"]["files"]
+    assert doc(a)["artifacts"]["ort-cpu"]["files"] == doc(b)["artifacts"]["ort-cpu"]["files"]
 
 
 def test_quantize_exits_prune_pipeline_on_a_tiny_classifier(work):
@@ -236,14 +243,14 @@ def test_quantize_exits_prune_pipeline_on_a_tiny_classifier(work):
         budgets={"max_accuracy_drop": 100},
     )
     result = runner.build(path, say=quiet, train_progress=False)
-    steps = [s["step"] for s in result.manifest.model_dump(mode="json")["steps"]]
+    steps = [s["step"] for s in doc(result)["steps"]]
     assert steps[:4] == ["quantize", "exits", "prune", "compile:ort-cpu"]
-    q = result.manifest.model_dump(mode="json")["steps"][0]["summary"]
+    q = doc(result)["steps"][0]["summary"]
     assert q["scheme"] == "ternary-w2a8" and q["stages"][0]["steps"] == 2
-    assert result.manifest.model_dump(mode="json")["artifacts"]["ort-cpu"]["accuracy"] is not None
+    assert doc(result)["artifacts"]["ort-cpu"]["accuracy"] is not None
     assert result.exit_code == 0
     again = runner.build(path, say=quiet)
-    assert all(s["cached"] for s in again.manifest.model_dump(mode="json")["steps"])
+    assert all(s["cached"] for s in doc(again)["steps"])
 
 
 def test_embedding_model_with_pairs_and_a_short_max_length(work, checkpoints, tmp_path):
@@ -259,7 +266,7 @@ def test_embedding_model_with_pairs_and_a_short_max_length(work, checkpoints, tm
         profile={**FAST_PROFILE, "seq_len": 128},
         budgets={"max_accuracy_drop": 0.1},
     )
-    m = runner.build(path, say=quiet).manifest.model_dump(mode="json")
+    m = doc(runner.build(path, say=quiet))
     ort = m["artifacts"]["ort-cpu"]
     assert ort["accuracy"]["metric"] == "mrr" and ort["accuracy"]["drop_points"] == pytest.approx(0, abs=1e-6)
     assert ort["latency"]["seq_len"] == 64  # the model's limit, not the profile's 128

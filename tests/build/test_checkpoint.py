@@ -166,6 +166,27 @@ def test_safetensors_header_that_describes_no_tensors(copy_checkpoint):
     _raises(path, "model.safetensors")
 
 
+def _edit_header(path, old: bytes, new: bytes) -> None:
+    weights = path / "model.safetensors"
+    raw = weights.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = raw[8 : 8 + n].replace(old, new, 1)
+    assert len(header) == n and header != raw[8 : 8 + n]
+    weights.write_bytes(raw[:8] + header + raw[8 + n :])
+
+
+def test_safetensors_dtype_it_does_not_define(copy_checkpoint):
+    path = copy_checkpoint()
+    _edit_header(path, b'"F32"', b'"F99"')
+    _raises(path, "dtype 'F99', which safetensors does not define")
+
+
+def test_safetensors_tensor_whose_shape_does_not_fit_its_bytes(copy_checkpoint):
+    path = copy_checkpoint()
+    _edit_header(path, b'"F32"', b'"F16"')  # half the bytes the shape needs
+    _raises(path, "does not fit its byte range")
+
+
 def test_no_weights(copy_checkpoint):
     path = copy_checkpoint()
     (path / "model.safetensors").unlink()

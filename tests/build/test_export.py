@@ -74,7 +74,7 @@ def test_manifest_records_parity_source_and_file_hashes(exported, checkpoints, c
     assert manifest.runtime["onnxruntime"] == ort.__version__
     assert {MODEL_FILE, "tokenizer.json", parity.REFERENCE} <= set(manifest.files)
     on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
-    assert on_disk == set(manifest.files) | {artifact.MANIFEST}
+    assert on_disk == set(manifest.files) | {artifact.MANIFEST, artifact.MANIFEST_SHA256}
     for name, entry in manifest.files.items():
         assert entry.sha256 == artifact.sha256_file(out / name)
         assert entry.bytes == (out / name).stat().st_size

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from edgekit.build.compile import compile_artifact
+from edgekit.build.load import torch_reference
 from edgekit.deploy import artifact
 from edgekit.deploy.eval import evaluate, f1_scores, retrieval
 from edgekit.errors import DataError
@@ -52,7 +53,7 @@ def test_classifier_accuracy_is_the_artifacts(compiled, encoders, texts, tmp_pat
     gold = [labels[p] for p in torch_pred[:3]] + [labels[(p + 1) % 3] for p in torch_pred[3:]]
     f = tmp_path / "dev.jsonl"
     f.write_text("".join(json.dumps({"text": t, "label": g}) + "\n" for t, g in zip(texts, gold)))
-    r = evaluate(art, f)
+    r = evaluate(art, f, reference=torch_reference)
     assert r.n == 5 and r.metrics["accuracy"] == pytest.approx(0.6)
     assert r.metrics["torch_argmax_agreement"] == 1.0
     assert 0 <= r.metrics["macro_f1"] <= 1 and set(r.per_class_f1) == set(labels)
@@ -64,7 +65,7 @@ def test_embedding_pairs_and_fidelity(compiled, tmp_path):
     f.write_text(
         "".join(json.dumps({"query": f"query {i} about loops", "doc": f"document {i}: loops repeat statements"}) + "\n" for i in range(6))
     )
-    r = evaluate(art, f)
+    r = evaluate(art, f, reference=torch_reference)
     assert r.data_kind == "pairs" and r.n == 12
     assert {"recall@1", "recall@10", "mrr"} <= set(r.metrics)
     assert r.metrics["recall@10"] == 1.0  # only 6 docs
@@ -85,7 +86,7 @@ def test_fidelity_skipped_when_source_changed(compiled, checkpoints, tmp_path):
     (src / "config.json").write_text((src / "config.json").read_text().replace("}", ', "edited": true}', 1))
     f = tmp_path / "t.txt"
     f.write_text("one sentence here.\nanother one.\n")
-    r = evaluate(art, f)
+    r = evaluate(art, f, reference=torch_reference)
     assert "fidelity_cosine_min" not in r.metrics
     assert any("changed since the artifact was built" in n for n in r.notes)
 

@@ -92,3 +92,32 @@ def test_unreachable_host_is_one_clear_error(ort_artifact):
 def test_remote_without_edgekit_says_so(sshd, ort_artifact):
     with pytest.raises(TargetError, match="edgekit profile failed"):
         remote_profile(ort_artifact, "root@127.0.0.1", OPTS, port=sshd["port"], edgekit="/nonexistent/edgekit", ssh_options=sshd["options"])
+
+
+def test_every_ssh_and_scp_call_ends_options_before_the_host(monkeypatch, tmp_path):
+    import edgekit.deploy.remote as remote_mod
+
+    calls: list[list[str]] = []
+
+    def run(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(remote_mod.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    monkeypatch.setattr(remote_mod.subprocess, "run", run)
+    r = remote_mod.Remote("user@device", port=2222, ssh_options=["IdentityFile=/k"])
+    r.run("true", "connecting")
+    r.put(tmp_path, "/tmp/x")
+    r.get("/tmp/x/report.json", tmp_path / "r.json")
+    for cmd in calls:
+        host_arg = next(i for i, a in enumerate(cmd) if a.startswith("user@device"))
+        assert "--" in cmd and cmd.index("--") < host_arg, cmd
+
+
+@pytest.mark.parametrize("host", ["-oProxyCommand=id", "a b", "a\tb", "a\nb", "", "x" * 300])
+def test_hosts_that_ssh_could_misread_are_refused(host):
+    from edgekit.deploy.remote import Remote
+    from edgekit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="host"):
+        Remote(host)

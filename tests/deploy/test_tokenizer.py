@@ -83,3 +83,11 @@ def test_missing_tokenizer_json(exported, tmp_path):
     (path / "tokenizer.json").unlink()
     with pytest.raises(ArtifactError, match="tokenizer.json missing"):
         Tokenizer(path, artifact.read_manifest(path, verify=False))
+
+
+def test_counts_the_texts_cut_to_the_limit(deploy, texts):
+    lengths_uncut = [len(e.ids) for e in deploy._tok.encode_batch(texts)]
+    assert deploy.count_truncated(texts) == sum(n > deploy.limit for n in lengths_uncut) == 1  # the fixture's long text
+    assert deploy.truncation_note(texts[:-1]) is None
+    assert deploy.truncation_note(texts).startswith(f"1 of {len(texts)} texts are longer than the artifact's limit of {deploy.limit}")
+    assert deploy.lengths(texts)[-1] == deploy.limit  # still truncated when run

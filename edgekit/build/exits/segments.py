@@ -250,7 +250,7 @@ def check_controller(artifact_dir: Path, manifest: Manifest, runtime: str, optio
     with np.load(artifact_dir / EXIT_REFERENCE) as z:
         feed = {k.removeprefix("input."): z[k] for k in z.files if k.startswith("input.")}
         ref_out, ref_exit = z["output"], z["exit_at"]
-    with ExitController(target_for(manifest), artifact_dir, manifest, options) as ctl:
+    with ExitController(target_for(manifest, artifact_dir), artifact_dir, manifest, options) as ctl:
         res = [ctl.infer({k: v[i : i + 8] for k, v in feed.items()}) for i in range(0, len(ref_exit), 8)]
     layers = np.concatenate([r["exit_layer"] for r in res])
     out = np.concatenate([r[manifest.outputs[0].name] for r in res])

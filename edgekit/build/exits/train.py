@@ -59,8 +59,10 @@ def collect(model: MultiExitModel, texts: list[str], batch: int, max_length: int
             hidden = model.run_layers(hidden, mask, prev, layer)
             prev = layer
             if j < len(model.heads):
-                feats[j].append(model.heads[j].features(hidden, mask).cpu())
-        final.append(model.final_head(hidden, mask).cpu())
+                # a copy: the features are often a view (the CLS row) of the whole hidden state, which
+                # .cpu() keeps alive on a CPU; kept views would hold every batch's hidden states
+                feats[j].append(model.heads[j].features(hidden, mask).detach().cpu().clone())
+        final.append(model.final_head(hidden, mask).detach().cpu().clone())
         if progress:
             progress(min(i + batch, len(texts)))
     return {"features": [torch.cat(f) for f in feats], "final": torch.cat(final)}

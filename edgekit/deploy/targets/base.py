@@ -57,6 +57,7 @@ class Target(Protocol):
     description: ClassVar[str]
     options_model: ClassVar[type[TargetOptions]]
     static_shapes: ClassVar[bool]  # every compiled model has a fixed [batch, sequence]: a dynamic export needs seq_lens
+    model_suffixes: ClassVar[tuple[str, ...]]  # the model files its artifacts run (first: a finished artifact's)
 
     @classmethod
     def device_options(cls, profile: DeviceProfile) -> dict[str, Any]:

@@ -131,6 +131,7 @@ class OpenVinoCpuTarget:
     description: ClassVar[str] = "OpenVINO IR on the CPU plugin"
     options_model: ClassVar[type[TargetOptions]] = OpenVinoOptions
     static_shapes: ClassVar[bool] = False
+    model_suffixes: ClassVar[tuple[str, ...]] = (".xml",)
 
     def check_available(self) -> None:
         ov = require("openvino", for_=f"target {self.name}")

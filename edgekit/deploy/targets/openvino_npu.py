@@ -221,6 +221,7 @@ class OpenVinoNpuTarget:
     description: ClassVar[str] = "OpenVINO on the Intel NPU: one static-shape IR (and compiled blob) per sequence bucket"
     options_model: ClassVar[type[TargetOptions]] = NpuOptions
     static_shapes: ClassVar[bool] = True
+    model_suffixes: ClassVar[tuple[str, ...]] = (".xml",)
 
     @classmethod
     def device_options(cls, profile: DeviceProfile) -> dict[str, Any]:

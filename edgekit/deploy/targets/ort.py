@@ -74,6 +74,7 @@ class OrtCpuTarget:
     description: ClassVar[str] = "ONNX Runtime, CPU execution provider, graph optimizations saved"
     options_model: ClassVar[type[TargetOptions]] = OrtOptions
     static_shapes: ClassVar[bool] = False
+    model_suffixes: ClassVar[tuple[str, ...]] = (".onnx",)
 
     @classmethod
     def device_options(cls, profile: DeviceProfile) -> dict[str, Any]:

@@ -210,6 +210,7 @@ class OrtMobileTarget:
     description: ClassVar[str] = "ONNX Runtime mobile: .ort model + reduced operator config, device execution providers"
     options_model: ClassVar[type[TargetOptions]] = OrtMobileOptions
     static_shapes: ClassVar[bool] = False
+    model_suffixes: ClassVar[tuple[str, ...]] = (".ort",)
 
     @classmethod
     def device_options(cls, profile: DeviceProfile) -> dict[str, Any]:

@@ -139,6 +139,7 @@ class JetsonTarget:
     options_model: ClassVar[type[TargetOptions]] = JetsonOptions
     # Engines take a min/opt/max optimization profile: a dynamic export needs no seq_lens.
     static_shapes: ClassVar[bool] = False
+    model_suffixes: ClassVar[tuple[str, ...]] = (".engine", ".onnx")  # .onnx while the engine is still to be built on the device
 
     @classmethod
     def device_options(cls, profile: DeviceProfile) -> dict[str, Any]:
