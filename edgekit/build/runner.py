@@ -34,6 +34,7 @@ from edgekit.errors import ConfigError, DataError
 
 EXIT_BUDGET = 3
 REPORTS = "reports"
+HTML_REPORT = "report.html"
 ONNX_DIR = "onnx"
 # Files of an artifact that are not the model: not counted in its size budget.
 AUX_FILES = (
@@ -104,6 +105,11 @@ def run(plan: Plan, *, use_cache: bool = True, strict: bool = False, say: Say = 
                 (tmp / REPORTS).mkdir()
             for dest, step in reports.items():
                 shutil.copy2(step.out, tmp / REPORTS / dest)
+            if reports:  # one file to open: the reports' tables and plots (uploaded by the CI example)
+                from edgekit.deploy import html
+                from edgekit.deps import is_installed
+
+                html.write([tmp / REPORTS], tmp / HTML_REPORT, title=f"edgekit build {plan.name}", plots=is_installed("matplotlib"))
             artifact.write_json(tmp / artifact.MANIFEST, manifest.model_dump(mode="json"))
         return Result(out, runner.steps, manifest, strict)
 

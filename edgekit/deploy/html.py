@@ -225,7 +225,6 @@ def page(inputs: Inputs, *, title: str = "edgekit report", plots: bool = True) -
 
 def write(paths: list[str | Path], out: str | Path, *, title: str = "edgekit report", plots: bool = True) -> Path:
     """Read ``paths`` and write the page to ``out``."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page(read(paths), title=title, plots=plots), encoding="utf-8")
-    return out
+    from edgekit.deploy.files import write_text
+
+    return write_text(Path(out), page(read(paths), title=title, plots=plots))

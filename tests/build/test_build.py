@@ -68,7 +68,9 @@ def test_build_writes_targets_reports_and_manifest_then_serves_from_cache(work):
     assert first.path == out and first.exit_code == 0
     m = json.loads((out / "manifest.json").read_text())
     assert m == doc(first) and m["kind"] == "edgekit-build"
-    assert sorted(p.name for p in out.iterdir()) == ["jetson", "manifest.json", "openvino-cpu", "ort-cpu", "reports"]
+    assert sorted(p.name for p in out.iterdir()) == ["jetson", "manifest.json", "openvino-cpu", "ort-cpu", "report.html", "reports"]
+    page = (out / "report.html").read_text()
+    assert "<table" in page and "ort-cpu" in page and "openvino-cpu" in page and 'src="http' not in page
     assert sorted(p.name for p in (out / "reports").iterdir()) == [
         "fp32.eval.json",
         "openvino-cpu.eval.json",
