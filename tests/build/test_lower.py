@@ -34,6 +34,11 @@ CASES = [
 ]
 
 
+def reseal(path):
+    """Rewrite the manifest's own sha256 after editing it, as someone who edits both would."""
+    (path / artifact.MANIFEST_SHA256).write_text(f"{artifact.manifest_sha256(path)}  {artifact.MANIFEST}\n")
+
+
 def quantized_checkpoint(checkpoints, encoders, out: Path, name: str, scheme) -> Path:
     """A calibrated (untrained) quantized checkpoint of the tiny model ``name``."""
     enc = encoders(name)
@@ -111,6 +116,25 @@ def test_optimized_graph_has_integer_matmuls(lowered, tmp_path):
     assert [op for op in ops if "Gemm" in op]
 
 
+@pytest.mark.parametrize("name,scheme", [("bert-classifier", "bit-w1a1"), ("roberta-embedding", "ternary-w2a8")])
+def test_ort_cpu_fuses_the_lowered_graph_and_keeps_integer_matmuls(lowered, tmp_path, name, scheme):
+    """ort-cpu's transformer fusions on a QDQ graph: the norms and GELUs fuse, every quantized matmul stays INT8."""
+    path, manifest = lowered(name, scheme)
+    fused = compile_artifact(path, manifest, "ort-cpu", tmp_path / "fused", options={"fusion": "auto"})
+    plain = compile_artifact(path, manifest, "ort-cpu", tmp_path / "plain")  # default: fusion off
+    fusion = fused.settings["fusion"]
+    # the attention pattern does not match around QDQ matmuls (float Q/K/V only): it stays unfused
+    assert fusion["applied"] == {"BiasGelu": 2, "SkipLayerNormalization": 4} and fusion["plan"] == "all"
+    for m in (fused, plain):
+        int8 = m.settings["int8"]
+        assert int8["expected_int8"] == 16 and int8["integer_total"] == 16 and int8["all_int8"] and not int8["float_fallback"]
+        assert m.parity.passed and m.parity.max_abs_diff < 1e-4
+    ops = {p: [n.op_type for n in full_model(tmp_path / p).graph.node] for p in ("fused", "plain")}
+    assert ops["fused"].count("SkipLayerNormalization") == 4 and "SkipLayerNormalization" not in ops["plain"]
+    assert ops["fused"].count("MatMulIntegerToFloat") + ops["fused"].count("QLinearMatMul") == 16
+    assert len(ops["fused"]) < len(ops["plain"])
+
+
 def test_predictor_runs_the_packed_artifact(lowered, encoders, texts):
     path, manifest = lowered("roberta-embedding", "ternary-w2a8")
     assert (path / packing.PACKED_FILE).exists() and manifest.settings["packed"]["tensors"]
@@ -171,6 +195,7 @@ def test_packed_weights_that_do_not_match_the_manifest_are_refused(lowered, tmp_
     (path / packing.PACKED_FILE).write_bytes(bytes(blob))
     doc["files"][packing.PACKED_FILE] = {"sha256": artifact.sha256_file(path / packing.PACKED_FILE), "bytes": len(blob)}
     (path / artifact.MANIFEST).write_text(json.dumps(doc))
+    reseal(path)  # the attacker rewrote the manifest's own hash too: the packed tensor's hash still catches it
     with pytest.raises(ArtifactError, match="does not match the manifest; refusing to load"):
         Predictor(path).__enter__()
     with pytest.raises(ArtifactError, match="refusing to load"):
@@ -191,6 +216,7 @@ def test_packed_ir_that_does_not_match_the_manifest_is_refused(lowered, tmp_path
     (tmp_path / "ov" / packing.PACKED_FILE).write_bytes(bytes(blob))
     doc["files"][packing.PACKED_FILE] = {"sha256": artifact.sha256_file(tmp_path / "ov" / packing.PACKED_FILE), "bytes": len(blob)}
     (tmp_path / "ov" / artifact.MANIFEST).write_text(json.dumps(doc))
+    reseal(tmp_path / "ov")
     with pytest.raises(ArtifactError, match="does not match the manifest; refusing to load"):
         Predictor(tmp_path / "ov").__enter__()
 
