@@ -18,6 +18,9 @@ Columns: test accuracy and its drop in points vs the no-exit model, mean layers 
 and p50 batch-1 latency over the real test texts (unpadded: each text at its own length),
 and the latency ratio to the no-exit model measured in the same run.
 
+The honest comparison (segment boundaries vs the single graph, length-aware calibration on the
+default model) is ``python bench/bench_early_exit.py --boundaries``: see ``honest_main``.
+
 Run:  python bench/bench_early_exit.py                 # ~10 min on 2 CPU cores
       python bench/bench_early_exit.py --limit 200     # quicker, fewer test texts
 Needs: .ckpt/minilm-debian (python bench/finetune.py) and exit heads (trained here when
@@ -28,7 +31,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import random
+import shutil
 import statistics
 import sys
 import time
@@ -39,7 +45,7 @@ import numpy as np
 from edgekit.build import compile as compile_step
 from edgekit.build import plan, runner
 from edgekit.build.exits import steps as build
-from edgekit.build.exits.calibrate import Point, choose
+from edgekit.build.exits.calibrate import choose
 from edgekit.build.exits.model import load_exits
 from edgekit.build.exits.segments import compile_exits, export_pruned, export_segments
 from edgekit.deploy import artifact, data
@@ -50,6 +56,9 @@ DATA = Path("bench/data/debian-sections")
 
 
 def main() -> int:
+    if "--boundaries" in sys.argv:
+        sys.argv.remove("--boundaries")
+        return honest_main()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=Path(".ckpt/minilm-debian"))
     ap.add_argument("--heads", type=Path, default=Path(".ckpt/minilm-debian-exits"))
@@ -90,7 +99,7 @@ def main() -> int:
     for target in targets:
         t0 = time.time()
         cal = build.calibrate(args.heads, DATA / "dev.jsonl", args.work / f"calibration-{target}", target=target, max_drop=args.max_drop)
-        points = [Point(**p) for p in cal["points"]]
+        points = list(cal.points)
         arts: dict[str, tuple[Path, dict]] = {}
         full = args.work / "full" / target
         compile_step.compile_artifact(onnx_dir, onnx_manifest, target, full)
@@ -247,6 +256,162 @@ def markdown(results: dict) -> str:
             )
         lines.append("")
     return "\n".join(lines)
+
+
+# -- the honest comparison (--boundaries) ------------------------------------------------
+
+HONEST = """Honest early-exit benchmark: the exit artifact vs the single graph of the same model.
+
+Real model (the default all-MiniLM-L6-v2) with exit heads after every layer, trained by
+``edgekit.build.exits.steps.train`` on 300 shuffled texts of bench/data/debian-sections/train.jsonl
+(frozen backbone, 4 epochs; cached under bench/work/early_exit_honest/heads). Per target
+(ort-cpu, openvino-cpu), in one process, rounds interleaved text by text (alternating who goes
+first; a text's latency is its median over the rounds):
+
+1. boundaries: an exit artifact whose policy never exits (learned=1.0: every row runs all six
+   segments, exits checked, and with checks off) vs the single graph, batch 1, each test text at
+   its own token length and padded to 128 tokens: the ratio is what segment boundaries cost;
+2. calibration: ``steps.calibrate`` with the target on dev texts: per-length-bucket latencies,
+   every point's expected latency against the single graph's, the length plan and the
+   recommendation (calibration.json/png copied to the results).
+
+Run:  python bench/bench_early_exit.py --boundaries                # ~10 min on 2 CPU cores
+      python bench/bench_early_exit.py --boundaries --texts 50 --rounds 3 --targets ort-cpu
+"""
+
+
+def cpu_model() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def shuffled(path: Path, n: int, seed: int = 0) -> list[str]:
+    lines = path.read_text().splitlines()
+    random.Random(seed).shuffle(lines)
+    return lines[:n]
+
+
+def build_honest(work: Path, targets: list[str]) -> dict[str, dict[str, Path]]:
+    from edgekit.build.compile import compile_artifact
+    from edgekit.build.exits import steps
+    from edgekit.build.exits.model import load_exits
+    from edgekit.build.exits.segments import compile_exits, export_pruned, export_segments
+    from edgekit.build.exits.train import TrainConfig
+    from edgekit.deploy import artifact
+    from edgekit.deploy.exits.policies import make
+
+    heads = work / "heads"
+    if not (heads / "exits.json").exists():
+        train = work / "train-300.jsonl"
+        train.write_text("\n".join(shuffled(DATA / "train.jsonl", 300)) + "\n")
+        print(f"training exit heads into {heads} (frozen backbone, 4 epochs) ...", flush=True)
+        steps.train("default", train, heads, config=TrainConfig(epochs=4, device="cpu"), resume=False)
+    model = load_exits(heads)
+    if not (work / "never" / "onnx" / "manifest.json").exists():
+        export_segments(model, make("learned", 1.0, model.task), work / "never" / "onnx")
+    if not (work / "single" / "onnx" / "manifest.json").exists():
+        export_pruned(model, model.config.layers[-1], work / "single" / "onnx")
+    arts = {}
+    for t in targets:
+        opts = {"spinning": False} if t == "ort-cpu" else None
+        if not (work / "never" / t / "manifest.json").exists():
+            compile_exits(work / "never" / "onnx", t, work / "never" / t)
+        if not (work / "single" / t / "manifest.json").exists():
+            compile_artifact(
+                work / "single" / "onnx", artifact.read_manifest(work / "single" / "onnx"), t, work / "single" / t, options=opts
+            )
+        arts[t] = {"single": work / "single" / t, "never": work / "never" / t}
+    return arts
+
+
+def boundaries(arts: dict[str, Path], target: str, texts: list[str], rounds: int) -> dict:
+    from edgekit.deploy import targets as tg
+    from edgekit.deploy.runtime import Predictor
+
+    opts = tg.resolve_options(target, {"spinning": False} if target == "ort-cpu" else None)
+    with Predictor(arts["single"], options=opts) as one, Predictor(arts["never"], options=opts) as ex:
+        ctl = ex.exits
+        runs = {
+            "single graph": one.run,
+            "exits checked": lambda f: ctl.infer(f, check=True),
+            "no exit checks": lambda f: ctl.infer(f, check=False),
+        }
+        res = {}
+        for shape, feeds in (
+            ("real length", [one.tokenizer([t]) for t in texts]),
+            ("s128", [one.tokenizer([t], pad_to=128) for t in texts]),
+        ):
+            for f in feeds[:5]:
+                for fn in runs.values():
+                    fn(f)
+            ms = {n: np.zeros((rounds, len(feeds))) for n in runs}
+            for r in range(rounds):
+                for i, f in enumerate(feeds):
+                    order = list(runs) if (i + r) % 2 == 0 else list(reversed(runs))
+                    for n in order:
+                        t = time.perf_counter()
+                        runs[n](f)
+                        ms[n][r, i] = (time.perf_counter() - t) * 1000
+            mean = {n: float(np.median(v, axis=0).mean()) for n, v in ms.items()}
+            res[shape] = {
+                "mean_tokens": float(np.mean([f["attention_mask"].sum() for f in feeds])),
+                "mean_ms": mean,
+                "ratio_to_single_graph": {n: mean[n] / mean["single graph"] for n in runs},
+                "linked": ctl.linked,
+            }
+    return res
+
+
+def honest_main() -> int:
+    ap = argparse.ArgumentParser(description=HONEST, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--targets", default="ort-cpu,openvino-cpu")
+    ap.add_argument("--texts", type=int, default=100, help="test texts (shuffled, seed 0)")
+    ap.add_argument("--dev", type=int, default=200, help="dev texts for calibration (shuffled, seed 0)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--no-calibrate", action="store_true")
+    ap.add_argument("--work", type=Path, default=Path("bench/work/early_exit_honest"))
+    ap.add_argument("--out", type=Path, default=Path("bench/results/early_exit_honest"))
+    args = ap.parse_args()
+    targets = [t for t in args.targets.split(",") if t]
+    args.work.mkdir(parents=True, exist_ok=True)
+    arts = build_honest(args.work, targets)
+    texts = [json.loads(line)["text"] for line in shuffled(DATA / "test.jsonl", args.texts)]
+    results: dict = {"cpu": cpu_model(), "cores": os.cpu_count(), "texts": len(texts), "rounds": args.rounds, "targets": {}}
+    print(f"CPU: {results['cpu']} ({results['cores']} cores); {len(texts)} test texts, {args.rounds} interleaved rounds", flush=True)
+    for t in targets:
+        res = boundaries(arts[t], t, texts, args.rounds)
+        results["targets"][t] = {"boundaries": res}
+        for shape, r in res.items():
+            print(
+                f"{t} b1 {shape} ({r['mean_tokens']:.0f} tokens): "
+                + ", ".join(f"{n} {r['mean_ms'][n]:.2f} ms ({r['ratio_to_single_graph'][n]:.3f}x)" for n in r["mean_ms"]),
+                flush=True,
+            )
+    if not args.no_calibrate:
+        from edgekit.build.exits import steps
+
+        dev = args.work / f"dev-{args.dev}.jsonl"
+        dev.write_text("\n".join(shuffled(DATA / "dev.jsonl", args.dev)) + "\n")
+        for t in targets:
+            rep = steps.calibrate(args.work / "heads", dev, args.work / f"calibration-{t}", target=t, unsupervised=True)
+            dest = args.out / f"calibration-{t}"
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in rep.files:
+                shutil.copy2(f, dest / Path(f).name)
+            results["targets"][t]["calibration"] = {
+                "single_graph_latency_ms": rep.single_graph_latency_ms,
+                "recommendation": rep.recommendation,
+                "message": rep.message,
+                "length_plan": rep.length_plan,
+                "length_buckets": [b.model_dump() for b in rep.length_buckets or []],
+            }
+            print(f"{t} calibration: {rep.recommendation}: {rep.message}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "boundaries.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out / 'boundaries.json'}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -61,13 +61,14 @@ def calibrate(
             max_latency_ms=max_latency,
             unsupervised=unsupervised,
         )
-    c = r["chosen"]
-    lat = f", expected {c['expected_latency_ms']:.2f} ms on {target}" if c["expected_latency_ms"] is not None else ""
-    console.print(
-        f"no exit: {100 * r['base']:.2f}%; chosen [bold]{c['policy']}={c['param']:g}[/]: {100 * c['quality']:.2f}%, "
-        f"{c['mean_layers']:.2f} layers{lat}"
-    )
-    console.print("curve: " + ", ".join(r["files"]))
+    single = f", single graph {r.single_graph_latency_ms:.2f} ms on {target}" if r.single_graph_latency_ms is not None else ""
+    console.print(f"no exit: {100 * r.base_quality:.2f}%{single}")
+    style = "bold" if r.recommendation == "exits" else "bold yellow"
+    console.print(f"[{style}]{r.recommendation}[/]: {r.message}")
+    if r.length_plan is not None:
+        on = [f"<={b}" for b, c in zip(r.length_plan["buckets"], r.length_plan["check"]) if c]
+        console.print(f"exit checks at token lengths: {', '.join(on) or 'none (every length runs all segments)'}")
+    console.print("curve: " + ", ".join(r.files))
 
 
 @app.command("export")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edgekit.build.compile import compile_artifact
-from edgekit.build.exits.calibrate import choose, save, sweep
+from edgekit.build.exits.calibrate import CalibrationReport, choose, save, sweep
 from edgekit.deploy import artifact, html
 from edgekit.deploy.eval import evaluate
 from edgekit.deploy.foreign import import_report
@@ -46,7 +46,18 @@ def inputs(exported, tmp_path_factory) -> list[Path]:
     exits = [{"output": rng.normal(size=(40, 3)).astype(np.float32)} for _ in range(3)]
     labels = rng.integers(0, 3, 40)
     base, points = sweep(exits, [2, 4, 6], "classifier", labels=labels, policies=["entropy", "patience"], segment_ms=[1.0, 1.0, 1.0])
-    save(root / "cal", base, points, choose(base, points, max_drop=50.0), [2, 4, 6], [1.0, 1.0, 1.0], {"data": "dev.jsonl"})
+    report = CalibrationReport(
+        base_quality=base,
+        layers=[2, 4, 6],
+        per_exit_quality=[base] * 3,
+        points=points,
+        chosen=choose(base, points, max_drop=50.0),
+        recommendation="exits",
+        message="",
+        segment_latency_ms=[1.0, 1.0, 1.0],
+        data="dev.jsonl",
+    )
+    save(report, root / "cal")
     return [
         *(p for p in written if p.name.endswith(".profile.json")),
         root / "reports" / "ort-cpu.eval.json",

@@ -6,7 +6,6 @@ chosen policy -> compile per target; or prune to a static depth cut.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +62,10 @@ def calibrate(
     policies: list[str] | None = None,
     unsupervised: bool = False,
     latency_texts: int = 100,
-) -> dict:
-    """Sweep every policy on ``data_file``; with ``target``, latencies are measured there."""
+    rounds: int = 3,
+) -> cal.CalibrationReport:
+    """Sweep every policy on ``data_file``; with ``target``, latencies are measured there, per length
+    bucket, beside the single graph of the same model (what ships without exits)."""
     model = load_exits(heads)
     out = Path(out)
     texts, labels = _texts_and_labels(
@@ -74,47 +75,123 @@ def calibrate(
     )
     feed = model.encoder.tokenize(texts, max_length=model.encoder.info.max_length)
     exits = torch_exits(model, feed)
-    seg_ms = None
-    if target:
-        art = out / "segments"
-        export_segments(
-            model, make("entropy" if model.task == "classifier" else "similarity", 0.0 if model.task == "classifier" else 1.0), art / "onnx"
-        )
-        compile_exits(art / "onnx", target, art / target)
-        seg_ms = measure(art / target, texts[:latency_texts])
+    lengths = feed["attention_mask"].sum(1)
+    layers = list(model.config.layers)
+    timing = measure_target(model, texts, lengths, target, out, latency_texts, rounds) if target else None
     y = np.asarray(labels) if labels is not None else None
-    base, points = cal.sweep(exits, list(model.config.layers), model.task, y, policies, seg_ms)
-    chosen = cal.choose(base, points, max_drop=max_drop, max_latency_ms=max_latency_ms)
+    base, points = cal.sweep(exits, layers, model.task, y, policies, lengths=lengths, timing=timing)
     per_exit = [cal.quality(model.task, e["output"], exits[-1]["output"], y) for e in exits]
-    files = cal.save(
-        out,
-        base,
-        points,
-        chosen,
-        list(model.config.layers),
-        seg_ms,
-        {
-            "data": str(data_file),
-            "target": target,
-            "max_drop": max_drop,
-            "max_latency_ms": max_latency_ms,
-            "heads": str(heads),
-            "per_exit_quality": per_exit,
-        },
+    extra: dict = {}
+    single_ms = None
+    if timing is not None:
+        rows_b = cal.bucket_of(lengths, timing.buckets)
+        single_ms = float(timing.single_ms[rows_b].mean())
+        seg = np.diff(timing.cum_ms, axis=1, prepend=0.0)
+        extra = {
+            "segment_latency_ms": seg[rows_b].mean(0).tolist(),
+            "single_graph_latency_ms": single_ms,
+            "length_buckets": [
+                cal.LengthBucket(
+                    up_to=up,
+                    dev_texts=int((rows_b == b).sum()),
+                    latency_texts=timing.texts[b],
+                    single_graph_ms=float(timing.single_ms[b]),
+                    segments_ms=seg[b].tolist(),
+                    no_checks_ms=float(timing.chain_ms[b]),
+                )
+                for b, up in enumerate(timing.buckets)
+            ],
+        }
+    chosen = cal.choose(base, points, max_drop=max_drop, max_latency_ms=max_latency_ms, single_ms=single_ms)
+    rec, layer, message = cal.recommend(chosen, points, per_exit, layers, max_drop, single_ms, target)
+    if chosen is not None and chosen.check is not None:
+        extra["length_plan"] = {"buckets": timing.buckets, "check": chosen.check}
+    report = cal.CalibrationReport(
+        base_quality=base,
+        layers=layers,
+        per_exit_quality=per_exit,
+        points=points,
+        chosen=chosen,
+        recommendation=rec,
+        message=message,
+        prune_layer=layer,
+        data=str(data_file),
+        target=target,
+        max_drop=max_drop,
+        max_latency_ms=max_latency_ms,
+        heads=str(heads),
+        **extra,
     )
-    return {
-        "base": base,
-        "chosen": asdict(chosen),
-        "files": [str(f) for f in files],
-        "segment_latency_ms": seg_ms,
-        "per_exit_quality": per_exit,
-        "layers": list(model.config.layers),
-        "points": [asdict(p) for p in points],
-    }
+    files = cal.save(report, out)
+    return report.model_copy(update={"files": [str(f) for f in files]})
+
+
+def _pick(lengths: np.ndarray, buckets: list[int], n: int) -> list[int]:
+    """Up to about ``n`` text indices (fixed seed), every length bucket with texts getting at least a few."""
+    order = np.random.default_rng(0).permutation(len(lengths))
+    rows_b = cal.bucket_of(lengths[order], buckets)
+    picked = []
+    for b in range(len(buckets)):
+        idx = order[rows_b == b]
+        picked += idx[: max(3, round(n * len(idx) / len(lengths)))].tolist() if len(idx) else []
+    return picked
+
+
+def measure_target(model, texts: list[str], lengths: np.ndarray, target: str, out: Path, n: int = 100, rounds: int = 3) -> cal.Timing:
+    """Batch-1 latency on ``target`` per length bucket: the segments (to the end of each, exit checks
+    included, and back to back without checks) and the single graph of the same model, timed on the
+    same texts at their own lengths, interleaved text by text (median over ``rounds``)."""
+    import time
+
+    from edgekit.build.compile import compile_artifact
+    from edgekit.deploy import artifact, targets
+    from edgekit.deploy.runtime import Predictor
+
+    never = make("entropy", 0.0) if model.task == "classifier" else make("learned", 1.0)
+    art, single = out / "segments", out / "single-graph"
+    export_segments(model, never, art / "onnx")
+    compile_exits(art / "onnx", target, art / target)
+    export_pruned(model, model.config.layers[-1], single / "onnx")  # the last exit is the model's own head: the plain model
+    fields = targets.get(target).options_model.model_fields
+    options = {"spinning": False} if "spinning" in fields else None  # as the segments: idle sessions' threads must not spin
+    compile_artifact(single / "onnx", artifact.read_manifest(single / "onnx"), target, single / target, options=options)
+    opts = targets.resolve_options(target, options)
+    max_len = int(lengths.max())
+    buckets = [b for b in cal.BUCKETS if b < max_len] + [next((b for b in cal.BUCKETS if b >= max_len), max_len)]
+    picked = _pick(lengths, buckets, n)
+    with Predictor(art / target, options=opts) as seg, Predictor(single / target, options=opts) as one:
+        ctl = seg.exits
+        feeds = [one.tokenizer([texts[i]]) for i in picked]
+        for f in feeds[:5]:  # warm-up
+            one.run(f), ctl.timed_chain(f), ctl.timed_chain(f, check=False)
+        t_one = np.zeros((rounds, len(feeds)))
+        t_cum = np.zeros((rounds, len(feeds), len(model.config.layers)))
+        t_off = np.zeros((rounds, len(feeds)))
+        for r in range(rounds):
+            for i, f in enumerate(feeds):
+                if (i + r) % 2:
+                    t_cum[r, i] = ctl.timed_chain(f)
+                t = time.perf_counter()
+                one.run(f)
+                t_one[r, i] = time.perf_counter() - t
+                t_off[r, i] = ctl.timed_chain(f, check=False)[-1]
+                if not (i + r) % 2:
+                    t_cum[r, i] = ctl.timed_chain(f)
+    rows_b = cal.bucket_of(lengths[picked], buckets)
+    keep = [b for b in range(len(buckets)) if (rows_b == b).any()]
+    med = lambda a: np.median(a, axis=0) * 1000  # noqa: E731
+    one_ms, cum_ms, off_ms = med(t_one), med(t_cum), med(t_off)
+    return cal.Timing(
+        buckets=[buckets[b] for b in keep],
+        cum_ms=np.stack([cum_ms[rows_b == b].mean(0) for b in keep]),
+        chain_ms=np.array([off_ms[rows_b == b].mean() for b in keep]),
+        single_ms=np.array([one_ms[rows_b == b].mean() for b in keep]),
+        texts=[int((rows_b == b).sum()) for b in keep],
+    )
 
 
 def measure(artifact_dir: str | Path, texts: list[str]) -> list[float]:
-    """Per-segment batch-1 latency of a compiled early-exit artifact on real texts."""
+    """Per-segment batch-1 latency (exit checks included) of a compiled early-exit artifact on real texts."""
     from edgekit.deploy.exits.controller import segment_latencies
     from edgekit.deploy.runtime import Predictor
 
@@ -124,26 +201,39 @@ def measure(artifact_dir: str | Path, texts: list[str]) -> list[float]:
         return segment_latencies(pred.exits, feeds)
 
 
-def export(heads: str | Path, policy: str, out: str | Path, *, name: str | None = None):
+def export(heads: str | Path, policy: str, out: str | Path, *, name: str | None = None, calibration: str | Path | None = None):
+    """Segments under ``policy``; the length plan (which sequence lengths check exits) comes from
+    ``calibration`` (default: HEADS/calibration/calibration.json) when it chose this very policy."""
     from edgekit.deploy.exits.policies import parse
 
     model = load_exits(heads)
-    return export_segments(model, parse(policy, model.task), out, name=name)
+    pol = parse(policy, model.task)
+    return export_segments(
+        model, pol, out, name=name, extra=length_plan_for(pol, calibration or Path(heads) / "calibration" / "calibration.json")
+    )
+
+
+def length_plan_for(policy, calibration: str | Path) -> dict | None:
+    """``{"length_plan": ...}`` from a calibration.json whose chosen point is ``policy``, else None."""
+    import json
+
+    path = Path(calibration)
+    if not path.exists():
+        return None
+    doc = json.loads(path.read_text())
+    chosen = doc.get("chosen") or {}
+    if doc.get("length_plan") and chosen.get("policy") == policy.name and chosen.get("param") == policy.param:
+        return {"length_plan": doc["length_plan"]}
+    return None
 
 
 def prune(heads: str | Path, layer: int, out: str | Path, *, name: str | None = None):
     return export_pruned(load_exits(heads), layer, out, name=name)
 
 
-def depth_for(calibration: dict, max_drop: float) -> int:
-    """The shallowest exit whose accuracy alone stays within ``max_drop`` points."""
-    quality = calibration["per_exit_quality"]
-    layers = calibration.get("layers")
-    best = quality[-1]
-    for q, layer in zip(quality, layers):
-        if (best - q) * 100 <= max_drop:
-            return layer
-    return layers[-1]
+def depth_for(calibration, max_drop: float) -> int:
+    """The shallowest exit whose accuracy alone stays within ``max_drop`` points (a calibration.json dict or report)."""
+    return cal.shallowest_within(calibration["per_exit_quality"], calibration["layers"], max_drop)
 
 
 def prune_layer(layer: int | None, calibration: str | Path | None, max_drop: float) -> int:

@@ -13,6 +13,7 @@ import numpy as np
 
 from edgekit.deploy.artifact import Manifest
 from edgekit.deploy.exits.policies import State, make
+from edgekit.errors import ArtifactError
 
 EXIT_LAYER = "exit_layer"
 
@@ -26,10 +27,45 @@ def segment_manifest(manifest: Manifest, i: int) -> Manifest:
     )
 
 
-class ExitController:
-    """A Session over several segment sessions (``infer`` adds ``exit_layer`` per row)."""
+class LengthPlan:
+    """Which sequence lengths check exits at all (calibration's per-length choice).
 
-    def __init__(self, target, artifact_dir: Path, manifest: Manifest, options=None) -> None:
+    ``buckets``: ascending upper bounds of token lengths; ``check[i]``: whether a call whose
+    sequence length falls in bucket ``i`` checks exits (a longer one uses the last bucket's
+    choice). Where checking costs more than early exits save (short inputs), the segments
+    run back to back without exit heads read or policies evaluated.
+    """
+
+    def __init__(self, buckets: list[int], check: list[bool]) -> None:
+        if len(buckets) != len(check) or list(buckets) != sorted(buckets):
+            raise ArtifactError("exit length plan: buckets and check differ in length or are not ascending", hint="recalibrate")
+        self.buckets, self.check = list(buckets), [bool(c) for c in check]
+
+    @classmethod
+    def from_settings(cls, settings: dict | None) -> LengthPlan | None:
+        plan = (settings or {}).get("length_plan")
+        return cls(plan["buckets"], plan["check"]) if plan else None
+
+    def checks(self, length: int) -> bool:
+        i = int(np.searchsorted(self.buckets, length))
+        return self.check[min(i, len(self.check) - 1)]
+
+    def to_json(self) -> dict:
+        return {"buckets": self.buckets, "check": self.check}
+
+
+class ExitController:
+    """A Session over several segment sessions (``infer`` adds ``exit_layer`` per row).
+
+    Between segments the hidden state stays a runtime value where the sessions allow it
+    (``infer_linked``: ONNX Runtime I/O binding, OpenVINO tensors set on the next request):
+    only the exit heads' small outputs come back to numpy, and only rows that stay are
+    gathered (a copy) when some leave. ``length_plan`` (default: the manifest's
+    ``settings.exits.length_plan``) turns exit checks off for the sequence lengths where
+    calibration measured that they do not pay.
+    """
+
+    def __init__(self, target, artifact_dir: Path, manifest: Manifest, options=None, *, length_plan: LengthPlan | None = None) -> None:
         spec = manifest.exits
         self.layers = np.asarray(spec.layers)
         self.policy = make(spec.policy, spec.param, manifest.task)
@@ -39,9 +75,12 @@ class ExitController:
         self.output_names = [self.output_name, EXIT_LAYER]
         self.histogram = np.zeros(len(spec.layers), dtype=np.int64)
         self.segment_calls = np.zeros(len(spec.layers), dtype=np.int64)
+        self.length_plan = length_plan or LengthPlan.from_settings(manifest.settings.get("exits"))
+        self.linked = False
 
     def __enter__(self) -> ExitController:
         self._sessions = [s.__enter__() for s in self._sessions]
+        self.linked = all(hasattr(s, "infer_linked") and not getattr(s, "buckets", None) for s in self._sessions)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -51,51 +90,81 @@ class ExitController:
     def run_segment(self, k: int, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self._sessions[k].infer(feed)
 
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, k: int, x: dict, fetch: bool) -> tuple[dict[str, np.ndarray], object]:
+        """Segment ``k``: (its outputs as numpy, or {} when not ``fetch``; its hidden state, as a runtime value if linked)."""
+        last = k == len(self._sessions) - 1
+        if self.linked:
+            return self._sessions[k].infer_linked(x, None if last else "hidden", fetch or last)
+        res = self._sessions[k].infer(x)
+        return res, res.get("hidden")
+
+    def _keep(self, k: int, hidden, keep: np.ndarray) -> np.ndarray:
+        return self._sessions[k].take_rows(hidden, keep) if self.linked else hidden[keep]
+
+    def checks(self, feed: dict[str, np.ndarray]) -> bool:
+        """Whether this call checks exits (its sequence length under the length plan)."""
+        return self.length_plan is None or self.length_plan.checks(feed["attention_mask"].shape[1])
+
+    def infer(self, feed: dict[str, np.ndarray], *, check: bool | None = None) -> dict[str, np.ndarray]:
+        """Per-row exits; ``check=False`` runs every segment without exit checks (``None``: the length plan decides)."""
         n = next(iter(feed.values())).shape[0]
-        out: np.ndarray | None = None
-        exit_at = np.full(n, len(self._sessions) - 1)
+        last = len(self._sessions) - 1
+        check = self.checks(feed) if check is None else check
+        exit_at = np.full(n, last)
         running = np.arange(n)
         state = State()
         mask = feed["attention_mask"]
         x = feed
         for k in range(len(self._sessions)):
-            res = self.run_segment(k, x)
+            res, hidden = self._run(k, x, check)
             self.segment_calls[k] += 1
-            if out is None:
-                out = np.empty((n, res["output"].shape[-1]), dtype=res["output"].dtype)
-            if k == len(self._sessions) - 1:
-                out[running] = res["output"]
+            if k == last:
+                if len(running) == n:
+                    out = res["output"]
+                else:
+                    out[running] = res["output"]
                 break
-            leave, state = self.policy.decide(res, state)
-            out[running[leave]] = res["output"][leave]
-            exit_at[running[leave]] = k
-            keep = ~leave
-            running, state, mask = running[keep], state.take(keep), mask[keep]
-            if not running.size:
-                break
-            x = {"hidden_in": res["hidden"][keep], "attention_mask": mask}
+            if check:
+                if k == 0:
+                    out = np.empty((n, res["output"].shape[-1]), dtype=res["output"].dtype)
+                leave, state = self.policy.decide(res, state)
+                if leave.any():
+                    out[running[leave]] = res["output"][leave]
+                    exit_at[running[leave]] = k
+                    keep = ~leave
+                    running, state, mask = running[keep], state.take(keep), mask[keep]
+                    if not running.size:
+                        break
+                    hidden = self._keep(k, hidden, keep)
+            x = {"hidden_in": hidden, "attention_mask": mask}
         self.histogram += np.bincount(exit_at, minlength=len(self._sessions))
         return {self.output_name: out, EXIT_LAYER: self.layers[exit_at]}
 
+    def timed_chain(self, feed: dict[str, np.ndarray], check: bool = True) -> list[float]:
+        """Run every row through every segment (no row leaves) and return the time (s) from the
+        start to the end of each segment, exit check included (``check``: heads read, policy run)."""
+        import time
+
+        t0 = time.perf_counter()
+        stamps = []
+        state = State()
+        x = feed
+        for k in range(len(self._sessions)):
+            res, hidden = self._run(k, x, check)
+            if check and k < len(self._sessions) - 1:
+                _, state = self.policy.decide(res, state)
+            stamps.append(time.perf_counter() - t0)
+            x = {"hidden_in": hidden, "attention_mask": feed["attention_mask"]}
+        return stamps
+
 
 def segment_latencies(controller: ExitController, feeds: list[dict[str, np.ndarray]], rounds: int = 3) -> list[float]:
-    """Mean batch-1 latency (ms) of each segment, running every input through all segments."""
-    import time
-
+    """Mean batch-1 latency (ms) of each segment, exit check included, running every input through all segments."""
     totals = np.zeros(len(controller._sessions))
-    count = 0
     for _ in range(rounds):
         for feed in feeds:
-            x = feed
-            for k in range(len(controller._sessions)):
-                t = time.perf_counter()
-                res = controller.run_segment(k, x)
-                totals[k] += time.perf_counter() - t
-                if "hidden" in res:
-                    x = {"hidden_in": res["hidden"], "attention_mask": feed["attention_mask"]}
-            count += 1
-    return (totals / count * 1000).tolist()
+            totals += np.diff(controller.timed_chain(feed), prepend=0.0)
+    return (totals / (rounds * len(feeds)) * 1000).tolist()
 
 
 def latency_check(controller: ExitController, feeds: list[dict[str, np.ndarray]]) -> dict:

@@ -124,6 +124,28 @@ class OpenVinoSession:
         # Copy: the request reuses its output buffers on the next call.
         return {name: np.array(result[compiled.output(name)]) for name in self.output_names}
 
+    def infer_linked(self, feed: dict[str, Any], carry: str | None = None, fetch: bool = True) -> tuple[dict[str, np.ndarray], Any]:
+        """One call on this session's own infer request, for sessions run one after another.
+
+        ``feed`` values are numpy arrays or tensors an earlier ``infer_linked`` returned: both are
+        set on the request without a copy (``share_inputs``). The output ``carry`` comes back as
+        the request's own ``ov.Tensor``, to be set as the next request's input; the other outputs
+        as numpy copies when ``fetch``. Dynamic-shape sessions only (no sequence buckets).
+        """
+        if self.buckets:
+            raise TargetError("linked calls need a dynamic-shape session", hint="compile without seq_lens/data")
+        request = self._request
+        request.infer(feed, share_inputs=True, share_outputs=True)
+        carried = request.get_tensor(carry) if carry else None
+        if not fetch:
+            return {}, carried
+        return {name: np.array(request.get_tensor(name).data) for name in self.output_names if name != carry}, carried
+
+    @staticmethod
+    def take_rows(value: Any, rows: np.ndarray) -> np.ndarray:
+        """Rows of a tensor ``infer_linked`` carried (a numpy copy: only when some rows left the batch)."""
+        return value.data[rows]
+
 
 class OpenVinoCpuTarget:
     name: ClassVar[str] = "openvino-cpu"

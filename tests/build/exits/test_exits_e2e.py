@@ -107,7 +107,11 @@ def test_calibrate_with_measured_segments_and_unlabeled_dev(trained, texts, tmp_
     doc = json.loads((tmp_path / "cal" / "calibration.json").read_text())
     assert {p["policy"] for p in doc["points"]} == {"entropy", "patience", "learned", "similarity"}
     assert (tmp_path / "cal" / "calibration.png").stat().st_size > 5000
-    assert doc["chosen"]["quality"] >= doc["base_quality"] - 0.01
+    if doc["chosen"] is None:  # no policy beat the single graph on this tiny model: calibration says what to do instead
+        assert doc["recommendation"] in ("prune", "none") and doc["message"]
+    else:
+        assert doc["chosen"]["quality"] >= doc["base_quality"] - 0.01
+        assert doc["chosen"]["expected_latency_ms"] < doc["single_graph_latency_ms"]
 
 
 def test_artifact_from_another_runtime_version_is_refused(trained, texts, tmp_path, monkeypatch):

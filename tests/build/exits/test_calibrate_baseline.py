@@ -1,0 +1,88 @@
+"""Calibration against the single graph: slower points are never chosen, per-length exit checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgekit.build.exits.calibrate import CalibrationReport, Point, Timing, choose, recommend, save, sweep
+from edgekit.errors import ConfigError
+
+
+def _exits():
+    # 4 rows, 2 exits: exit 1 is confident and right on rows 0-1, unsure on 2-3
+    first = np.array([[9.0, 0], [0, 9.0], [0.1, 0], [0, 0.1]])
+    final = np.array([[5.0, 0], [0, 5.0], [0, 5.0], [5.0, 0]])
+    return [
+        {"output": first, "rep": np.ones((4, 2)), "score": np.array([0.99, 0.99, 0.2, 0.2])},
+        {"output": final, "rep": np.ones((4, 2)), "score": np.ones(4)},
+    ]
+
+
+PTS = [
+    Point("entropy", 0.0, 0.92, 6, [0, 10], 10.0),
+    Point("entropy", 0.3, 0.915, 4, [5, 5], 7.0),
+    Point("entropy", 0.6, 0.80, 2, [9, 1], 3.0),
+]
+
+
+def test_points_no_faster_than_the_single_graph_are_never_chosen():
+    assert choose(0.92, PTS, max_drop=1.0, single_ms=8.0).param == 0.3
+    assert choose(0.92, PTS, max_drop=1.0, single_ms=7.0) is None  # 7.0 ms is not faster than 7.0 ms
+    assert choose(0.92, PTS, max_drop=20, single_ms=7.0).param == 0.6
+
+
+def test_a_latency_target_the_single_graph_meets_keeps_the_single_graph():
+    assert choose(0.92, PTS, max_latency_ms=8.0, single_ms=6.0) is None  # as fast and more accurate
+    assert choose(0.92, PTS, max_latency_ms=8.0, single_ms=9.0).param == 0.3
+    with pytest.raises(ConfigError, match="the single graph 9.00 ms"):
+        choose(0.92, PTS, max_latency_ms=2.0, single_ms=9.0)
+
+
+def test_recommendation_names_the_depth_cut_or_no_exits():
+    rec, layer, msg = recommend(None, PTS, [0.90, 0.919, 0.92], [2, 4, 6], 1.0, 2.5, "ort-cpu")
+    assert (rec, layer) == ("prune", 4) and "faster than the single graph on ort-cpu (2.50 ms" in msg and "--layer 4" in msg
+    rec, layer, msg = recommend(None, PTS, [0.5, 0.6, 0.92], [2, 4, 6], 1.0, 2.5, "ort-cpu")
+    assert (rec, layer) == ("none", None) and "without exits" in msg
+
+
+def test_exit_checks_are_turned_off_where_the_segments_without_checks_are_cheaper():
+    labels = np.array([0, 1, 1, 0])
+    lengths = np.array([100, 100, 10, 10])  # rows 0-1 long (confident: they leave at exit 1), rows 2-3 short (unsure)
+    # short bucket: nobody leaves, so checking only costs (2.0 ms to the end vs 1.5 ms without checks);
+    # long bucket: leaving at exit 1 (4 ms) beats 9 ms without checks.
+    timing = Timing(
+        buckets=[16, 128],
+        cum_ms=np.array([[1.9, 2.0], [4.0, 10.0]]),
+        chain_ms=np.array([1.5, 9.0]),
+        single_ms=np.array([1.4, 8.5]),
+        texts=[3, 3],
+    )
+    base, points = sweep(_exits(), [3, 6], "classifier", labels, ["entropy"], lengths=lengths, timing=timing)
+    p = next(p for p in points if p.param == 0.1)
+    assert p.check == [False, True]
+    assert p.exit_histogram == [2, 2]
+    assert p.expected_latency_ms == pytest.approx((4.0 + 4.0 + 1.5 + 1.5) / 4)
+    assert p.latency_ratio == pytest.approx(p.expected_latency_ms / ((1.4 + 1.4 + 8.5 + 8.5) / 4))
+    assert p.quality == base == 1.0
+
+
+def test_report_is_typed_and_keeps_the_former_keys(tmp_path):
+    r = CalibrationReport(
+        base_quality=0.92,
+        layers=[3, 6],
+        per_exit_quality=[0.8, 0.92],
+        points=PTS,
+        chosen=PTS[1],
+        recommendation="exits",
+        message="m",
+        single_graph_latency_ms=8.0,
+        segment_latency_ms=[4.0, 4.5],
+        target="ort-cpu",
+    )
+    assert r["base"] == 0.92 and r["chosen"]["param"] == 0.3 and r["layers"] == [3, 6]
+    files = save(r, tmp_path)
+    doc = CalibrationReport.model_validate_json((tmp_path / "calibration.json").read_text())
+    assert doc.chosen == PTS[1] and doc.files == [str(f) for f in files]
+    with pytest.raises(ValueError):
+        CalibrationReport(**{**r.model_dump(), "recommendation": "maybe"})
