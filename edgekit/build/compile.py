@@ -17,6 +17,25 @@ from edgekit.deploy.artifact import Manifest
 from edgekit.errors import EdgekitError, TargetError
 
 
+def compiled_manifest(onnx_dir: Path, source: Manifest, fields: dict[str, Any], target: str, out: Path, tmp: Path) -> Manifest:
+    """The manifest of a target artifact made from the ONNX artifact ``onnx_dir`` (parity still to
+    run), with the tokenizer and PyTorch's parity reference copied into the staging dir ``tmp``."""
+    artifact.copy_tokenizer(onnx_dir, tmp)
+    shutil.copy2(onnx_dir / parity.REFERENCE, tmp / parity.REFERENCE)
+    return source.model_copy(
+        update={
+            **fields,
+            "kind": "compiled",
+            "target": target,
+            "name": out.parent.name,
+            "created": artifact.now(),
+            "parent": artifact.manifest_sha256(onnx_dir),
+            "parity": None,
+            "files": {},
+        }
+    )
+
+
 def compile_artifact(
     onnx_dir: Path,
     onnx_manifest: Manifest,
@@ -42,20 +61,7 @@ def compile_artifact(
                 f"{target.name}: compilation failed: {str(err).strip().splitlines()[0]}",
                 hint="run with --debug for the runtime's traceback",
             ) from err
-        artifact.copy_tokenizer(onnx_dir, tmp)
-        shutil.copy2(onnx_dir / parity.REFERENCE, tmp / parity.REFERENCE)
-        manifest = onnx_manifest.model_copy(
-            update={
-                **fields,
-                "kind": "compiled",
-                "target": target.name,
-                "name": out.parent.name,
-                "created": artifact.now(),
-                "parent": artifact.manifest_sha256(onnx_dir),
-                "parity": None,
-                "files": {},
-            }
-        )
+        manifest = compiled_manifest(onnx_dir, onnx_manifest, fields, target.name, out, tmp)
         tol = tolerance or _recorded_tolerance(manifest, onnx_manifest) or parity.TOLERANCES.get(manifest.precision, parity.Tolerance())
         not_here = target.executable_here(manifest)
         if not_here is not None:

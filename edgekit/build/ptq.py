@@ -321,20 +321,9 @@ def quantize_nncf(
             },
             "tolerance": TOLERANCE.model_dump(),
         }
-        artifact.copy_tokenizer(onnx_dir, tmp)
-        shutil.copy2(onnx_dir / parity.REFERENCE, tmp / parity.REFERENCE)
-        manifest = source.model_copy(
-            update={
-                **fields,
-                "kind": "compiled",
-                "target": target.name,
-                "name": out.parent.name,
-                "created": artifact.now(),
-                "parent": artifact.manifest_sha256(onnx_dir),
-                "parity": None,
-                "files": {},
-            }
-        )
+        from edgekit.build.compile import compiled_manifest
+
+        manifest = compiled_manifest(onnx_dir, source, fields, target.name, out, tmp)
         say("checking parity with PyTorch (FP32)")
         feed, reference = parity.load_reference(tmp / parity.REFERENCE)
         output = manifest.outputs[0].name
