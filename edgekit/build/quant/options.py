@@ -47,6 +47,14 @@ class TrainOptions(BaseModel):
     progress: bool = True
     keep_state: bool = True  # keep train_state/ after a finished stage
     limit: int | None = None  # use only the first N training texts (smoke runs)
+    # speed (none of these changes what is trained, only how fast; see loop.py)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on a CUDA device with bf16, fp32 elsewhere
+    padding: Literal["longest", "max_length"] = "longest"  # pad each batch to its longest text, or always to max_length
+    length_buckets: int = 64  # sort texts by length within chunks of this many batches (seeded); 1 turns it off
+    lr_scaling: Literal["none", "sqrt", "linear"] = "none"  # scale the learning rate by (batch_size / 32) ** (1/2 | 1)
+    # dev selection: with eval_data, score the student every eval_every steps and keep the best state of each stage
+    eval_every: int | None = None  # default: 10 evaluations per stage
+    select_best: bool = True
 
     @classmethod
     def build(cls, **fields) -> TrainOptions:
@@ -63,7 +71,18 @@ class TrainOptions(BaseModel):
 
     @model_validator(mode="after")
     def _ranges(self) -> TrainOptions:
-        for name in ("steps", "intermediate_steps", "batch_size", "max_length", "save_every", "calib_batches", "log_every", "limit"):
+        for name in (
+            "steps",
+            "intermediate_steps",
+            "batch_size",
+            "max_length",
+            "save_every",
+            "calib_batches",
+            "log_every",
+            "limit",
+            "length_buckets",
+            "eval_every",
+        ):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"train.{name}: must be a positive integer (got {v!r})")

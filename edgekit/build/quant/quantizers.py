@@ -33,6 +33,11 @@ def _plain() -> bool:
     return not torch.is_grad_enabled() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """fp32 view of a reduced-precision activation (bf16 autocast): scales and thresholds stay fp32 math."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 def _sign(x: torch.Tensor) -> torch.Tensor:
     """sign with sign(0) = +1, so values are exactly in {-1, +1}."""
     return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
@@ -193,6 +198,17 @@ class _ActQuantizer(Quantizer):
         self.register_buffer("initialized", torch.zeros((), dtype=torch.uint8))
         self.observing = False
         self._stats: list[torch.Tensor] = []
+        self._ready: bool | None = False  # host copy of ``initialized`` (None: unknown, read the buffer once)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._ready = None
+
+    def _is_ready(self) -> bool:
+        """``bool(initialized)`` without a device sync on every forward (a GPU sync per quantizer stalls training)."""
+        if self._ready is None or not self._ready:
+            self._ready = bool(self.initialized)
+        return self._ready
 
     def _statistic(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -204,12 +220,13 @@ class _ActQuantizer(Quantizer):
         if self._stats and not bool(self.initialized):
             self._init_from(torch.stack(self._stats).mean(0))
             self.initialized.fill_(1)
+            self._ready = True
         self._stats = []
         self.observing = False
 
     def _maybe_init(self, x: torch.Tensor) -> bool:
         """True if ``x`` should pass through unquantized (calibration pass)."""
-        if bool(self.initialized) or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or self._is_ready():
             return False
         with torch.no_grad():
             stat = self._statistic(x.detach().float())
@@ -218,6 +235,7 @@ class _ActQuantizer(Quantizer):
             return True
         self._init_from(stat)
         self.initialized.fill_(1)
+        self._ready = True
         return False
 
 
@@ -254,7 +272,7 @@ class ElasticBinary(_ActQuantizer):
         if self._maybe_init(x):
             return x, None
         alpha = self.alpha.abs().clamp(min=1e-5)
-        u = (x - self.beta) / alpha
+        u = (_wide(x) - self.beta) / alpha
         q = round_ste(u.clamp(0.0, 1.0)) if self.two_set else sign_ste(u.clamp(-1.0, 1.0))
         return q, alpha
 
@@ -292,4 +310,4 @@ class LSQActivation(_ActQuantizer):
         s = self.scale.abs().clamp(min=1e-8)
         if self.learned and not _plain():
             s = _grad_scale(s, 1.0 / math.sqrt(x.numel() * self.qp))
-        return round_ste((x / s).clamp(self.qn, self.qp)), s
+        return round_ste((_wide(x) / s).clamp(self.qn, self.qp)), s

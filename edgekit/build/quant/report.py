@@ -78,10 +78,41 @@ class ModelStats(_Record):
     activations: list[dict[str, Any]]
 
 
+class Speed(_Record):
+    """How fast a stage trained: optimizer steps and texts per second of training (dev evaluations
+    and checkpoint saves left out), the share of real tokens among those computed (the rest is
+    padding), and the GPU's utilisation (percent, sampled) and peak memory where it ran on one."""
+
+    omit_if_none = ("gpu_util_mean", "gpu_util_max", "gpu_memory_gb", "util_source")
+    train_seconds: float
+    steps_per_s: float
+    samples_per_s: float
+    tokens_per_s: float
+    real_token_share: float
+    precision: str
+    padding: str
+    length_buckets: int
+    gpu_util_mean: float | None = None
+    gpu_util_max: float | None = None
+    gpu_memory_gb: float | None = None
+    util_source: str | None = None
+
+
+class DevCurve(_Record):
+    """Dev scores within a stage: ``points`` are (step, score); the state at ``best_step`` is the one kept."""
+
+    metric: str  # "accuracy" (labeled classifier data) or "cosine_to_teacher"
+    every: int
+    points: list[tuple[int, float]]
+    best_step: int
+    best_score: float
+    restored: bool  # True when the kept state is the best one rather than the last
+
+
 class StageReport(_Record):
     """One training stage (BiT multi-step has two)."""
 
-    omit_if_none = ("eval", "model")
+    omit_if_none = ("eval", "model", "speed", "dev_curve")
     scheme: str
     config: QuantConfig
     distill: DistillConfig
@@ -98,6 +129,8 @@ class StageReport(_Record):
     teacher: str = "fp32"  # "fp32", or the scheme of the previous stage's student
     eval: EvalResult | None = None
     model: ModelStats | None = None
+    speed: Speed | None = None
+    dev_curve: DevCurve | None = None
 
 
 class QuantReport(_Record):

@@ -137,3 +137,81 @@ def describe(model, *, classifier: bool, seq_len: int = SEQ_LEN) -> dict:
         "weights": weight_distribution(model),
         "activations": activation_scales(model),
     }
+
+
+class GpuMonitor:
+    """Samples the GPU's utilisation (percent) in a thread while a stage trains.
+
+    ``torch.cuda.utilization()`` where it works (it needs NVML bindings), else ``nvidia-smi``; on the
+    CPU, or where neither answers, :attr:`samples` stays empty. ``summary()`` gives mean/max and the
+    peak memory torch allocated."""
+
+    def __init__(self, device, every: float = 0.5) -> None:
+        self.device, self.every = device, every
+        self.samples: list[float] = []
+        self.source: str | None = None
+        self._stop = None
+        self._thread = None
+
+    def _probe(self):
+        import shutil
+        import subprocess
+
+        try:
+            torch.cuda.utilization(self.device)
+            return "torch.cuda.utilization", lambda: float(torch.cuda.utilization(self.device))
+        except Exception:  # noqa: BLE001 - no NVML bindings: try nvidia-smi
+            pass
+        smi = shutil.which("nvidia-smi")
+        if smi is None:
+            return None, None
+        cmd = [smi, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", str(self.device.index or 0)]
+
+        def read() -> float:
+            return float(subprocess.run(cmd, capture_output=True, text=True, timeout=5, check=True).stdout.split()[0])
+
+        try:
+            read()
+        except Exception:  # noqa: BLE001 - nvidia-smi present but not answering
+            return None, None
+        return "nvidia-smi", read
+
+    def __enter__(self) -> GpuMonitor:
+        import threading
+
+        if self.device.type != "cuda":
+            return self
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.source, read = self._probe()
+        if read is None:
+            return self
+        self._stop = threading.Event()
+
+        def loop() -> None:
+            while not self._stop.wait(self.every):
+                try:
+                    self.samples.append(read())
+                except Exception:  # noqa: BLE001 - a failed sample is skipped
+                    pass
+
+        self._thread = threading.Thread(target=loop, name="gpu-monitor", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def summary(self) -> dict:
+        if self.device.type != "cuda":
+            return {}
+        out = {"gpu_memory_gb": round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3)}
+        if self.samples:
+            out |= {
+                "gpu_util_mean": round(sum(self.samples) / len(self.samples), 1),
+                "gpu_util_max": max(self.samples),
+                "util_source": self.source,
+            }
+        return out

@@ -32,6 +32,57 @@ def encode(encoder: Encoder, texts: list[str], device, max_length: int) -> tuple
     return inputs, enc["attention_mask"].to(device)
 
 
+class Tokens:
+    """Texts tokenized once (no tokenizer on the training step's path): padded id tensors and lengths.
+
+    ``batch(idx, device)`` gives the positional model inputs and the attention mask of the rows
+    ``idx``, cut to their longest text (``pad_to_max``: to the full width, as fixed-shape padding does).
+    The tensors live on ``device`` when given (a batch is then an index on the GPU, no host copy).
+    """
+
+    def __init__(self, encoder: Encoder, texts: list[str], max_length: int, device=None) -> None:
+        width = min(max_length, encoder.info.max_length)
+        enc = encoder.tokenizer(texts, padding="max_length", truncation=True, max_length=width, return_tensors="pt")
+        self.names = tuple(encoder.spec.input_names)
+        self.width = width
+        self.lengths = enc["attention_mask"].sum(-1).tolist()
+        self.columns = {name: enc[name].to(device) if device is not None else enc[name] for name in {*self.names, "attention_mask"}}
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batch(self, idx: list[int], device, *, pad_to_max: bool = False) -> tuple[tuple, torch.Tensor]:
+        cut = self.width if pad_to_max else max(self.lengths[i] for i in idx)
+        rows = torch.tensor(idx)
+        out = {}
+        for name, col in self.columns.items():
+            t = col.index_select(0, rows.to(col.device))[:, :cut]
+            out[name] = t.to(device, non_blocking=True)
+        return tuple(out[n] for n in self.names), out["attention_mask"]
+
+
+def batch_order(
+    lengths: list[int], batch: int, *, seed: int, epoch: int, rank: int = 0, world: int = 1, buckets: int = 1
+) -> list[list[int]]:
+    """One epoch's batches of text indices for ``rank`` of ``world``: a seeded shuffle, shared out as
+    :class:`~torch.utils.data.DistributedSampler` does, then (``buckets`` > 1) sorted by length within
+    chunks of ``buckets`` batches and the batches shuffled, so a batch holds texts of similar length."""
+    gen = torch.Generator().manual_seed(seed + epoch)
+    order = torch.randperm(len(lengths), generator=gen).tolist()
+    per_rank = -(-len(order) // world)
+    order += order[: per_rank * world - len(order)]  # pad by repeating, as DistributedSampler does
+    mine = order[rank : len(order) : world]
+    if buckets <= 1:
+        return [mine[i : i + batch] for i in range(0, len(mine), batch)]
+    out = []
+    chunk = batch * buckets
+    for c in range(0, len(mine), chunk):
+        part = sorted(mine[c : c + chunk], key=lambda i: lengths[i])
+        out += [part[i : i + batch] for i in range(0, len(part), batch)]
+    shuffled = torch.randperm(len(out), generator=gen).tolist()
+    return [out[i] for i in shuffled]
+
+
 def check_tokenizers(teacher: Encoder, student: Encoder) -> None:
     """The teacher must tokenize exactly as the student does (same ids for the same text)."""
     a, b = teacher.tokenizer, student.tokenizer
@@ -49,22 +100,33 @@ def evaluate(
     encoder: Encoder, module, texts: list[str], labels: list[int] | None, device, *, max_length: int = 128, batch: int = 128, reference=None
 ) -> EvalResult:
     """Accuracy (labeled classifier data) and/or mean cosine to ``reference``'s outputs (any model)."""
+    return evaluate_tokens(encoder, module, Tokens(encoder, texts, max_length), labels, device, batch=batch, reference=reference)
+
+
+@torch.no_grad()
+def evaluate_tokens(
+    encoder: Encoder, module, tokens: Tokens, labels: list[int] | None, device, *, batch: int = 128, reference=None
+) -> EvalResult:
+    """:func:`evaluate` on texts tokenized once (batches of similar length, for speed)."""
     was = module.training
     module.eval()
     scored = labels is not None and encoder.info.task == "classifier"
-    correct, cos, n = 0, 0.0, 0
-    for i in range(0, len(texts), batch):
-        inputs, _ = encode(encoder, texts[i : i + batch], device, max_length)
+    order = sorted(range(len(tokens)), key=lambda i: tokens.lengths[i])
+    correct, cos, n = torch.zeros((), dtype=torch.long), torch.zeros((), dtype=torch.float64), 0
+    label_t = torch.tensor(labels) if scored else None
+    for i in range(0, len(order), batch):
+        idx = order[i : i + batch]
+        inputs, _ = tokens.batch(idx, device)
         out = module(*inputs).float()
         if scored:
-            correct += int((out.argmax(-1).cpu() == torch.tensor(labels[i : i + batch])).sum())
+            correct += (out.argmax(-1).cpu() == label_t[idx]).sum()
         if reference is not None:
             ref = reference(*inputs).float()
-            cos += float(torch.nn.functional.cosine_similarity(out, ref, dim=-1).sum())
+            cos += torch.nn.functional.cosine_similarity(out, ref, dim=-1).sum().double().cpu()
         n += out.shape[0]
     module.train(was)
     return EvalResult(
         texts=n,
-        accuracy=correct / max(n, 1) if scored else None,
-        cosine_to_teacher=cos / max(n, 1) if reference is not None else None,
+        accuracy=int(correct) / max(n, 1) if scored else None,
+        cosine_to_teacher=float(cos) / max(n, 1) if reference is not None else None,
     )

@@ -10,7 +10,8 @@ and on N GPUs of one host ``torchrun --nproc_per_node=N -m edgekit.cli quantize 
 
 Writes ``DIR``: the quantized checkpoint (``edgekit export DIR`` takes it), ``train_state/``
 (optimizer, step, RNG, with its sha256: ``resume`` continues from it), ``quant_report.json``
-(:class:`~edgekit.build.quant.report.QuantReport`). With ``multi_step`` (BiT),
+(:class:`~edgekit.build.quant.report.QuantReport`: per stage its speed and, with
+``eval_data``, its dev curve; the checkpoint is the stage's best dev state). With ``multi_step`` (BiT),
 ``DIR/step1-<intermediate>/`` holds the intermediate student, which is then the teacher (and
 the initialisation) of the final one. A NaN/inf loss stops training with a
 :class:`~edgekit.errors.TrainingError`; nothing is saved after it, so ``DIR`` holds the last
@@ -34,13 +35,18 @@ from edgekit.build.quant.ddp import Dist, seed_everything
 from edgekit.build.quant.loop import train_stage
 from edgekit.build.quant.options import REPORT, STATE_DIR, TrainOptions
 from edgekit.build.quant.report import ModelStats, QuantReport, StageReport
-from edgekit.build.quant.textdata import check_tokenizers, evaluate, read_training_data
+from edgekit.build.quant.textdata import Tokens, check_tokenizers, evaluate_tokens, read_training_data
 
 __all__ = ["REPORT", "STATE_DIR", "QuantReport", "TrainOptions", "run"]
 
 
 def _summary(title: str, stage: StageReport) -> str:
     line = f"{title}: {stage.steps} steps in {stage.seconds:.1f}s, loss {stage.loss_first or 0:.4f} -> {stage.loss_last or 0:.4f}"
+    if stage.speed is not None:
+        line += f", {stage.speed.samples_per_s:.0f} texts/s ({stage.speed.steps_per_s:.1f} steps/s, {stage.speed.precision})"
+    if stage.dev_curve is not None:
+        c = stage.dev_curve
+        line += f", best dev {c.metric} {c.best_score:.4f} at step {c.best_step}{' (restored)' if c.restored else ''}"
     return line + (f", eval {json.dumps(stage.eval.model_dump())}" if stage.eval is not None else "")
 
 
@@ -60,9 +66,12 @@ def run(opts: TrainOptions) -> QuantReport:
             texts, labels = texts[: opts.limit], (labels[: opts.limit] if labels is not None else None)
         evalset = read_training_data(opts.eval_data, student) if opts.eval_data else None
         classifier = student.info.task == "classifier"
+        # tokenized once for every stage (the student's tokenizer; a teacher's must match it)
+        train_tokens = Tokens(student, texts, opts.max_length, dist.device)
+        dev = (Tokens(student, evalset[0], opts.max_length, dist.device), evalset[1]) if evalset else None
         teacher_eval = None
-        if evalset and dist.main:
-            teacher_eval = evaluate(teacher, teacher.module.to(dist.device), *evalset, dist.device, max_length=opts.max_length)
+        if dev and dist.main:
+            teacher_eval = evaluate_tokens(teacher, teacher.module.to(dist.device), *dev, dist.device)
         # (scheme, output directory, steps, epochs): BiT's intermediate stage takes the final stage's budget unless given its own
         plan = []
         if inter_cfg is not None:
@@ -84,7 +93,7 @@ def run(opts: TrainOptions) -> QuantReport:
                 current_teacher,
                 student,
                 qcfg,
-                texts,
+                train_tokens,
                 labels,
                 stage_out,
                 opts,
@@ -93,10 +102,12 @@ def run(opts: TrainOptions) -> QuantReport:
                 epochs=epochs,
                 title=title,
                 teacher_name=teacher_name,
+                dev=dev,
+                reference=teacher.module,
             )
             scores = None
-            if evalset and dist.main:
-                scores = evaluate(student, student.module, *evalset, dist.device, max_length=opts.max_length, reference=teacher.module)
+            if dev and dist.main:
+                scores = evaluate_tokens(student, student.module, *dev, dist.device, reference=teacher.module)
             described = ModelStats.model_validate(stats.describe(student.module, classifier=classifier, seq_len=opts.max_length))
             stage = stage.model_copy(update={"eval": scores, "model": described})
             stages.append(stage)
