@@ -116,7 +116,7 @@ class Pipeline:
             if env.rank() == 0:
                 shutil.rmtree(entry / "checkpoint", ignore_errors=True)
                 os.replace(work, entry / "checkpoint")
-            keys = {"scheme", "steps", "epochs", "seconds", "loss_first", "loss_last", "start_step", "eval"}
+            keys = {"scheme", "steps", "epochs", "seconds", "loss_first", "loss_last", "start_step", "eval", "speed", "dev_curve"}
             stages = [s.model_dump(mode="json", include=keys) for s in report.stages]
             return "checkpoint", {"scheme": q.scheme, "texts": report.texts, "device": report.device, "stages": stages}
 

@@ -78,6 +78,12 @@ class Quantize(_M):
     save_every: int = Field(50, ge=1, description="training steps between resumable checkpoints")
     teacher: str | None = Field(None, description="teacher checkpoint (default: the model itself)")
     save_dtype: Literal["float32", "float16"] = Field("float32", description="dtype of the saved float weights")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on a CUDA device, fp32 elsewhere")
+    padding: Literal["longest", "max_length"] = Field("longest", description="pad each batch to its longest text, or to max_length")
+    length_buckets: int = Field(64, ge=1, description="batches drawn from chunks of similar length (seeded); 1 turns it off")
+    lr_scaling: Literal["none", "sqrt", "linear"] = Field("none", description="scale the learning rate by (batch_size / 32) ** (1/2 | 1)")
+    eval_every: int | None = Field(None, ge=1, description="with data.dev: score every N steps and keep each stage's best state")
+    select_best: bool = Field(True, description="restore each stage's best dev state at its end")
 
     @field_validator("scheme", "intermediate")
     @classmethod

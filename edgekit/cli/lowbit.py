@@ -50,6 +50,9 @@ def register(app: typer.Typer) -> None:
         save_dtype: Annotated[str, typer.Option(help="float32 | float16 for the saved float weights")] = "float32",
         save_every: Annotated[int, typer.Option(help="training steps between resumable checkpoints")] = 50,
         progress: Annotated[bool, typer.Option(help="show a progress bar while training")] = True,
+        precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA) | fp32 | bf16")] = "auto",
+        lr_scaling: Annotated[str, typer.Option(help="scale the learning rate with the batch: none | sqrt | linear")] = "none",
+        eval_every: Annotated[int | None, typer.Option(help="with --eval: score every N steps, keep each stage's best state")] = None,
         cache: QuantCacheOpt = Path("build/cache"),
     ) -> None:
         """Binarize or ternarize a trained checkpoint with distillation from the float model (QAT)."""
