@@ -4,7 +4,7 @@ the targets and the budgets of a build (``edgekit build RECIPE``).
 The schema is a tree of frozen pydantic models with ``extra="forbid"``: a typo is an error
 naming the field and the allowed keys or values, never a warning. :func:`load` turns the
 first validation error into one line, ``recipes/x.yaml: steps.quantize.steps: ...``.
-:func:`check_files` then checks what exists on disk (model, data files) without torch.
+:func:`edgekit.build.recipe_check.check_files` then checks what exists on disk (model, data files) without torch.
 
 Relative paths are relative to the working directory ``edgekit build`` runs in (as every
 other command's paths are); ``edgekit:NAME`` names a data file shipped with edgekit
@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgekit.deploy.targets import TARGETS
-from edgekit.errors import ConfigError, DataError
+from edgekit.errors import ConfigError
 
 SCHEMA_VERSION = 1
 SHIPPED_PREFIX = "edgekit:"
@@ -420,128 +420,3 @@ def load(path: str | Path) -> Recipe:
         first = str(err).strip().splitlines()
         raise ConfigError(f"{path}: cannot read YAML ({' '.join(x.strip() for x in first[:3])})", hint="fix the file's syntax") from err
     return parse(raw, str(path))
-
-
-def check_files(recipe: Recipe, source: str = "recipe") -> list[str]:
-    """Check what the recipe names on disk, without torch: the model and every data file.
-
-    Returns notes (e.g. which targets only produce plans here); raises on what is missing."""
-    from edgekit.build import checkpoint
-    from edgekit.deploy import data, targets
-
-    info = checkpoint.inspect(recipe.model, task=recipe.task)
-    if recipe.steps.lower and not recipe.steps.quantize and not (info.path / "edgekit_quant.json").exists():
-        raise ConfigError(
-            f"{source}: steps.lower needs a quantized checkpoint, and {info.path} is a float model",
-            hint="add steps.quantize (QAT), or use steps.ptq for INT8 post-training quantization",
-        )
-    for role in ("train", "calibration", "dev"):
-        value = getattr(recipe.data, role)
-        if value is None:
-            continue
-        path = resolve_path(value)
-        if not path.is_file():
-            raise DataError(
-                f"{source}: data.{role}: {path}: no such file", hint="fix the path (relative paths start at the working directory)"
-            )
-        kind = data.kind(path)
-        if role == "dev" and info.task == "classifier" and kind != "labeled":
-            raise DataError(
-                f"{source}: data.dev: {path} has no labels, and the model is a classifier", hint="give records with 'text' and 'label'"
-            )
-        if role == "dev" and info.task == "embedding" and kind != "pairs" and recipe.budgets.max_accuracy_drop is not None:
-            raise DataError(
-                f"{source}: data.dev: {path} has no query/doc pairs, so an embedding model has no accuracy to budget",
-                hint="give {'query': ..., 'doc': ...} records, or drop budgets.max_accuracy_drop",
-            )
-    if recipe.profile.texts and not resolve_path(recipe.profile.texts).is_file():
-        raise DataError(f"{source}: profile.texts: {resolve_path(recipe.profile.texts)}: no such file", hint="fix the path")
-    metric = recipe.metric_for(info.task)
-    valid = ("accuracy", "macro_f1") if info.task == "classifier" else ("recall@1", "recall@10", "mrr")
-    if metric not in valid:
-        raise ConfigError(
-            f"{source}: budgets.metric: {metric!r} is not a metric of a {info.task} model", hint=f"use one of: {', '.join(valid)}"
-        )
-    notes = []
-    for t in recipe.targets:
-        target = targets.get(t.name)
-        try:
-            target.check_available()
-        except Exception as err:  # noqa: BLE001 - reported as a note: the build will say it again
-            notes.append(f"{t.name}: cannot compile here: {err}")
-            continue
-        why = target.runs_here()
-        if why is not None:
-            notes.append(f"{t.name}: compiles here, runs on the device only ({why}); its accuracy and latency budgets are checked there")
-    return notes
-
-
-# ----------------------------------------------------------------------------- starter
-
-
-TEMPLATE = """\
-# edgekit recipe: `edgekit recipe check THIS.yaml` validates it, `edgekit build THIS.yaml` runs it.
-# Unknown keys are errors. Relative paths start at the working directory; `edgekit:NAME`
-# is a data file shipped with edgekit (pydoc_sentences.txt, pydoc_pairs.jsonl).
-schema_version: 1
-name: my-model                # the build goes to OUTPUT/NAME/ (dist/my-model/)
-description: MiniLM embedding model, ternary W2A8, for Intel CPUs and phones
-model: default                # checkpoint directory, or `default` (all-MiniLM-L6-v2)
-# task: embedding             # classifier | embedding (default: detected from the checkpoint)
-
-data:
-  train: edgekit:pydoc_sentences.txt   # QAT / exit-head training texts (labels optional)
-  # calibration: calib.txt             # PTQ and exit calibration (default: train)
-  dev: edgekit:pydoc_pairs.jsonl       # every artifact is evaluated on it (query/doc pairs, or text+label)
-
-steps:                        # each runs when present, in this order:
-  quantize:                   # QAT with distillation from the float model
-    scheme: ternary-w2a8      # ternary-w2a8, bitnet-w2a8, bit-w1a8, bit-w1a1, bibert-w1a1, ...
-    steps: 40                 # training budget: steps or epochs (about 1.5 s/step for MiniLM at batch 32 on 2 CPU cores)
-    limit: 1280               # train on the first N texts only
-    batch_size: 32
-    max_length: 128
-  # exits:                    # early exit: heads trained by self-distillation, calibrated
-  #   layers: [2, 4, 6]
-  #   max_drop: 1.0           # points the calibrated exit may lose
-  # prune: {}                 # static depth cut at the calibrated exit (or layer: N)
-  # lower: {pack: true}       # quantized checkpoint -> INT8 QDQ ONNX (edgekit.build.lower)
-  # ptq: {samples: 256}       # or, for a float model: INT8 post-training quantization
-  export:
-    opset: 17
-    # static_shape: 1x128     # fixed shape (default: dynamic batch and sequence)
-
-targets:                      # `edgekit targets` lists them; options as in `edgekit compile -o`
-  - openvino-cpu
-  - name: ort-mobile
-    device: android-arm64     # device profile (devices/*.yaml): records its execution providers
-  # - name: openvino-npu
-  #   device: intel-core-ultra-npu
-  #   options: {seq_lens: [64, 128]}
-
-budgets:                      # a failed budget: exit code 3 (the CI gate), failing figures printed
-  max_accuracy_drop: 3.0      # points below the FP32 checkpoint on data.dev
-  # metric: mrr               # accuracy | macro_f1 (classifiers); mrr | recall@1 | recall@10 (pairs)
-  max_p50_ms:                 # batch-1 latency at profile.seq_len, checked where this machine is that device
-    x86-64-cpu: 50
-  max_size_mb: 40             # model files of each artifact
-
-profile:
-  seq_len: 128
-  seconds: 1.0
-
-output: dist                  # dist/my-model/<target>/ + manifest.json
-cache: build/cache            # step cache; `edgekit build --no-cache` ignores it
-"""
-
-
-def write_template(path: Path, *, force: bool = False) -> None:
-    """Write the commented starter recipe to ``path`` (an existing file only with ``force``)."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise ConfigError(f"{path}: already exists", hint="pass --force to overwrite it, or another path")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(TEMPLATE)
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot write ({err.strerror})", hint="choose a writable path") from err

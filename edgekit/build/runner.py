@@ -124,12 +124,12 @@ def build(
     train_progress: bool = True,
 ) -> Result:
     """``edgekit build RECIPE``: the recipe read and checked, made a plan (``targets``: a subset), run."""
-    from edgekit.build import plan
+    from edgekit.build import plan, recipe_check
     from edgekit.build import recipe as schema
 
     r = schema.load(recipe_path)
     p = plan.from_recipe(r, recipe_path, targets=targets).model_copy(update={"train_progress": train_progress})
-    for note in schema.check_files(r, str(recipe_path)):
+    for note in recipe_check.check_files(r, str(recipe_path)):
         say(f"note: {note}")
     return run(p, use_cache=use_cache, strict=strict, say=say)
 

@@ -49,12 +49,12 @@ def build_(
 @recipe_app.command("check")
 def recipe_check(recipe: Annotated[Path, typer.Argument(help="recipe YAML")]) -> None:
     """Validate a recipe without running it: schema, target options, model, data files (no torch needed)."""
-    from edgekit.build import plan
+    from edgekit.build import plan, recipe_check
     from edgekit.build import recipe as schema
 
     r = schema.load(recipe)
     p = plan.from_recipe(r, recipe)
-    notes = schema.check_files(r, str(recipe))
+    notes = recipe_check.check_files(r, str(recipe))
     console.print(f"[green]ok[/] {recipe}: {r.name} (recipe sha256 {r.sha256()[:12]})")
     console.print(f"  model: {r.model}; steps: {' -> '.join([*r.step_names(), 'compile', 'eval', 'profile'])}")
     console.print(f"  targets: {', '.join(t.name + (f' ({t.device})' if t.device else '') for t in p.targets)}")
@@ -70,7 +70,7 @@ def recipe_new(
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing file")] = False,
 ) -> None:
     """Write a commented starter recipe (MiniLM -> ternary W2A8 -> openvino-cpu + ort-mobile)."""
-    from edgekit.build.recipe import write_template
+    from edgekit.build.recipe_check import write_template
 
     write_template(path, force=force)
     console.print(f"wrote {path}; next: edgekit recipe check {path} && edgekit build {path}")

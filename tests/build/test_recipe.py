@@ -13,6 +13,7 @@ import yaml
 from conftest import run_cli  # noqa: E402 - shared by the CLI tests
 
 from edgekit.build import recipe as schema
+from edgekit.build import recipe_check
 from edgekit.errors import CheckpointError, ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,16 +46,16 @@ def test_every_shipped_recipe_validates(path):
     assert r.steps.quantize is None or r.steps.quantize.steps or r.steps.quantize.epochs
     model = Path(r.model)
     if r.model == "default" or model.is_dir():  # .ckpt/ models are made by a documented script
-        schema.check_files(r, str(path))
+        recipe_check.check_files(r, str(path))
     else:
         assert "bench/finetune.py" in path.read_text(), f"{path}: say how to make {r.model}"
 
 
 def test_template_validates_and_is_commented():
-    r = schema.parse(yaml.safe_load(schema.TEMPLATE), "template")
+    r = schema.parse(yaml.safe_load(recipe_check.TEMPLATE), "template")
     assert r.step_names() == ["quantize", "export"]
-    assert schema.TEMPLATE.count("#") > 30
-    schema.check_files(r, "template")
+    assert recipe_check.TEMPLATE.count("#") > 30
+    recipe_check.check_files(r, "template")
 
 
 def test_unknown_keys_name_the_field_and_the_valid_keys():
@@ -122,17 +123,17 @@ def test_check_files_names_missing_data_and_models(tmp_path, checkpoints, monkey
     monkeypatch.chdir(tmp_path)
     ck = str(checkpoints["bert-classifier"])
     with pytest.raises(DataError, match=r"r.yaml: data.train: .*nope.jsonl: no such file"):
-        schema.check_files(parse(model=ck, data={"train": "nope.jsonl"}), "r.yaml")
+        recipe_check.check_files(parse(model=ck, data={"train": "nope.jsonl"}), "r.yaml")
     with pytest.raises(CheckpointError, match="no such directory"):
-        schema.check_files(parse(model=str(tmp_path / "none")), "r.yaml")
+        recipe_check.check_files(parse(model=str(tmp_path / "none")), "r.yaml")
     (tmp_path / "dev.txt").write_text("one text\n")
     with pytest.raises(DataError, match="data.dev: .* has no labels, and the model is a classifier"):
-        schema.check_files(parse(model=ck, data={"dev": "dev.txt"}), "r.yaml")
+        recipe_check.check_files(parse(model=ck, data={"dev": "dev.txt"}), "r.yaml")
     with pytest.raises(ConfigError, match="steps.lower needs a quantized checkpoint"):
-        schema.check_files(parse(model=ck, steps={"lower": {}}), "r.yaml")
+        recipe_check.check_files(parse(model=ck, steps={"lower": {}}), "r.yaml")
     with pytest.raises(ConfigError, match="budgets.metric: 'mrr' is not a metric of a classifier"):
-        schema.check_files(parse(model=ck, budgets={"metric": "mrr"}), "r.yaml")
-    notes = schema.check_files(parse(model=ck, targets=["ort-cpu", "jetson"]), "r.yaml")
+        recipe_check.check_files(parse(model=ck, budgets={"metric": "mrr"}), "r.yaml")
+    notes = recipe_check.check_files(parse(model=ck, targets=["ort-cpu", "jetson"]), "r.yaml")
     assert any(n.startswith("jetson: compiles here, runs on the device only") for n in notes)
     assert schema.resolve_path("edgekit:pydoc_pairs.jsonl").is_file()
 
