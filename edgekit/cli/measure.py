@@ -6,11 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from edgekit.cli.console import console
-from edgekit.cli.options import ints
-from edgekit.errors import ConfigError
+from edgekit.cli.options import ints, profile_options
 
 
 def register(app: typer.Typer) -> None:
@@ -48,52 +46,34 @@ def register(app: typer.Typer) -> None:
         Writes JSON, a Markdown summary and PNG plots; with several artifacts, measures them in
         one interleaved run and reports ratios to the first.
         """
+        from edgekit.cli.views import profiles
         from edgekit.deploy import profile as step
         from edgekit.deploy import report as schema
         from edgekit.deploy.remote import remote_profile
-        from edgekit.deploy.render import comparison_table, latency_table
 
-        try:
-            opts = step.ProfileOptions(
-                seq_len=seq_len,
-                seq_lens=ints(seq_lens, "--seq-lens") or [],
-                text_file=text_file,
-                batches=ints(batches, "--batches"),
-                seconds_per_point=seconds,
-                min_runs=min_runs,
-                max_runs=max_runs,
-                warmup=warmup,
-                cold_runs=cold_runs,
-                threads=threads,
-            )
-        except ValueError as err:
-            raise ConfigError(f"invalid profile option: {str(err).splitlines()[-1].strip()}", hint="see 'edgekit profile --help'") from err
+        flags = {"seq_lens": ints(seq_lens, "--seq-lens") or [], "batches": ints(batches, "--batches"), "seconds_per_point": seconds}
+        opts = profile_options(
+            seq_len=seq_len,
+            text_file=text_file,
+            min_runs=min_runs,
+            max_runs=max_runs,
+            warmup=warmup,
+            cold_runs=cold_runs,
+            threads=threads,
+            **flags,
+        )
         with console.status("profiling") as status:
             say = lambda m: status.update(f"profiling: {m}")  # noqa: E731
             if host:
-                reports = [
-                    remote_profile(a, host, opts, port=port, edgekit=remote_edgekit, ssh_options=ssh_option, progress=say)
-                    for a in artifacts
-                ]
+                remote = {"port": port, "edgekit": remote_edgekit, "ssh_options": ssh_option, "progress": say}
+                reports = [remote_profile(a, host, opts, **remote) for a in artifacts]
             else:
                 reports = step.profile_many(artifacts, opts, progress=say)
-        comparison = (
-            schema.Comparison(created=reports[0].created, reports=reports, ratios=schema.ratios(reports))
-            if len(reports) > 1 or compare
-            else None
-        )
-        console.print(latency_table(reports))
-        if comparison:
-            console.print(comparison_table(comparison))
-        for r in reports:
-            if r.memory.peak_rss_mb:
-                console.print(f"{r.artifact.target}: peak RSS {r.memory.peak_rss_mb:.0f} MB ({r.memory.source})")
-            for w in r.warnings:
-                console.print(f"[yellow]warning:[/] {escape(w)}")
-        folder = out or artifacts[0].resolve().parent / "reports"
-        written = step.write_reports(
-            reports, comparison, folder, "compare" if comparison else f"{reports[0].artifact.target}.profile", plots=plots
-        )
+        several = len(reports) > 1 or compare
+        comparison = schema.Comparison(created=reports[0].created, reports=reports, ratios=schema.ratios(reports)) if several else None
+        profiles(reports, comparison)
+        stem = "compare" if comparison else f"{reports[0].artifact.target}.profile"
+        written = step.write_reports(reports, comparison, out or artifacts[0].resolve().parent / "reports", stem, plots=plots)
         console.print("reports: " + ", ".join(str(p) for p in written))
 
     @app.command(name="eval")

@@ -41,3 +41,13 @@ def ints(text: str | None, what: str) -> list[int] | None:
 def names(text: str | None) -> list[str] | None:
     """``a,b`` -> ['a', 'b']; None stays None."""
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def profile_options(**fields):
+    """``edgekit.deploy.profile.ProfileOptions`` from a command's flags (a bad value is one line)."""
+    from edgekit.deploy.profile import ProfileOptions
+
+    try:
+        return ProfileOptions(**fields)
+    except ValueError as err:
+        raise ConfigError(f"invalid profile option: {str(err).splitlines()[-1].strip()}", hint="see 'edgekit profile --help'") from err

@@ -173,3 +173,17 @@ def training_progress(what: str):
             yield progress
 
     return bar()
+
+
+def profiles(reports, comparison) -> None:
+    """What ``edgekit profile`` prints: the latency table, the comparison, memory and warnings."""
+    from edgekit.deploy.render import comparison_table, latency_table
+
+    console.print(latency_table(reports))
+    if comparison:
+        console.print(comparison_table(comparison))
+    for r in reports:
+        if r.memory.peak_rss_mb:
+            console.print(f"{r.artifact.target}: peak RSS {r.memory.peak_rss_mb:.0f} MB ({r.memory.source})")
+        for w in r.warnings:
+            console.print(f"[yellow]warning:[/] {escape(w)}")
