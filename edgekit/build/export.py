@@ -59,7 +59,8 @@ def parse_shape(text: str | None) -> tuple[int, int] | None:
     return b, s
 
 
-def _source(encoder: Encoder, max_length: int) -> Source:
+def source_of(encoder: Encoder, max_length: int) -> Source:
+    """What an artifact's manifest records of the checkpoint it was made from."""
     info = encoder.info
     return Source(
         path=str(info.path),
@@ -73,7 +74,7 @@ def _source(encoder: Encoder, max_length: int) -> Source:
     )
 
 
-def _parity_feed(encoder: Encoder, options: ExportOptions, max_length: int) -> dict[str, np.ndarray]:
+def parity_feed(encoder: Encoder, options: ExportOptions, max_length: int) -> dict[str, np.ndarray]:
     """Real sentences of varied lengths, padded per the export's shape."""
     texts = data.sample_texts()
     step = max(1, len(texts) // PARITY_TEXTS)
@@ -111,7 +112,7 @@ def export(
         )
     names = list(encoder.spec.input_names)
     output = encoder.output_name
-    feed = _parity_feed(encoder, options, max_length)
+    feed = parity_feed(encoder, options, max_length)
     sample = {k: v[: (options.static_shape[0] if options.static_shape else 2)] for k, v in feed.items()}
     dynamic = (
         None
@@ -167,7 +168,7 @@ def export(
             target="onnx",
             name=name or Path(out).name,
             created=artifact.now(),
-            source=_source(encoder, max_length),
+            source=source_of(encoder, max_length),
             tokenizer=TokenizerInfo(pad_token=str(tok.pad_token), pad_id=int(tok.pad_token_id), max_length=max_length),
             model_file=MODEL_FILE,
             inputs=[TensorSpec(name=n, shape=shape, dtype="int64") for n in names],

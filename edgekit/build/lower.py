@@ -105,7 +105,7 @@ def lower_encoder(
 
     ``encoder.module`` may be any wrapper around them (a depth-cut model, say); its modules are
     lowered in place. ``settings`` are recorded in the manifest beside the lowering's own."""
-    from edgekit.build.export import ExportOptions, _parity_feed, export
+    from edgekit.build.export import ExportOptions, export, parity_feed
 
     say = progress or (lambda msg: None)
     onnx = require("onnx", for_="lowering to ONNX")
@@ -114,7 +114,7 @@ def lower_encoder(
     from edgekit.deploy import int8check, packing
 
     check_scheme(config)
-    feed = _parity_feed(encoder, ExportOptions(), encoder.info.max_length)
+    feed = parity_feed(encoder, ExportOptions(), encoder.info.max_length)
     reference = encoder.run(feed)  # the fake-quant torch model: what the lowered graph must compute
     counts = qdq.lower_modules(encoder.module)
 

@@ -108,10 +108,10 @@ def test_static_shape_export_has_fixed_dims(encoders, static_bert_onnx):
 
 
 @pytest.mark.parametrize("batch", [1, 3, 5, 32])
-def test_static_parity_feed_fills_whole_batches(encoders, batch):
-    from edgekit.build.export import _parity_feed
+def test_staticparity_feed_fills_whole_batches(encoders, batch):
+    from edgekit.build.export import parity_feed
 
-    feed = _parity_feed(encoders("bert-embedding"), ExportOptions(static_shape=(batch, 16)), 64)
+    feed = parity_feed(encoders("bert-embedding"), ExportOptions(static_shape=(batch, 16)), 64)
     rows, seq = feed["input_ids"].shape
     assert seq == 16 and rows >= batch and rows % batch == 0
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.build.exits.model import MultiExitModel, torch
-from edgekit.build.export import ExportOptions, _parity_feed
+from edgekit.build.export import ExportOptions, parity_feed, source_of
 from edgekit.deploy import artifact, packing, parity
-from edgekit.deploy.artifact import ExitSpec, Manifest, SegmentSpec, Source, TensorSpec, TokenizerInfo
+from edgekit.deploy.artifact import ExitSpec, Manifest, SegmentSpec, TensorSpec, TokenizerInfo
 from edgekit.deploy.exits.controller import segment_manifest
 from edgekit.deploy.exits.policies import Policy, simulate
 from edgekit.deps import version_of
@@ -125,22 +125,12 @@ def torch_exits(model: MultiExitModel, feed: dict[str, np.ndarray], batch: int =
 
 
 def _base_manifest(model: MultiExitModel, name: str, max_length: int, width: int, tok) -> dict:
-    info = model.encoder.info
     return dict(
         kind="onnx",
         target="onnx",
         name=name,
         created=artifact.now(),
-        source=Source(
-            path=str(info.path),
-            sha256=info.sha256(),
-            model_type=info.model_type,
-            task=info.task,
-            pooling=info.pooling,
-            normalize=info.normalize,
-            labels=list(info.labels) if info.labels else None,
-            max_length=max_length,
-        ),
+        source=source_of(model.encoder, max_length),
         tokenizer=TokenizerInfo(pad_token=str(tok.pad_token), pad_id=int(tok.pad_token_id), max_length=max_length),
         inputs=[TensorSpec(name=n, shape=["batch", "sequence"], dtype="int64") for n in model.encoder.spec.input_names],
         outputs=[TensorSpec(name=model.encoder.output_name, shape=["batch", width], dtype="float32")],
@@ -161,7 +151,7 @@ def export_segments(
     """Dynamic early exit: one ONNX per segment + the PyTorch controller reference."""
     out = Path(out)
     max_length = model.encoder.info.max_length
-    feed = _parity_feed(model.encoder, ExportOptions(), max_length)
+    feed = parity_feed(model.encoder, ExportOptions(), max_length)
     exits = torch_exits(model, feed)
     exit_at, final = simulate(policy, exits)
     width = final.shape[-1]

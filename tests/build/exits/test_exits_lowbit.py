@@ -14,7 +14,7 @@ import torch
 from edgekit.build.exits.model import MultiExitModel, load_exits
 from edgekit.build.exits.segments import LOWERED, compile_exits, export_pruned, export_segments, torch_exits
 from edgekit.build.exits.train import TrainConfig, train_heads
-from edgekit.build.export import ExportOptions, _parity_feed
+from edgekit.build.export import ExportOptions, parity_feed
 from edgekit.build.load import load
 from edgekit.build.quant import calibrate, quantize_
 from edgekit.build.quant.saving import save_quantized
@@ -50,7 +50,7 @@ def _middle_threshold(model, texts) -> float:
     that row's exit to float rounding: a W1E1A1 model gives every input cut to max_length the
     same first-exit output, and the INT8 kernels of one CPU put those rows on the other side.
     """
-    feeds = [_parity_feed(model.encoder, ExportOptions(), model.encoder.info.max_length), model.encoder.tokenize(texts)]
+    feeds = [parity_feed(model.encoder, ExportOptions(), model.encoder.info.max_length), model.encoder.tokenize(texts)]
     ent = np.sort(np.concatenate([normalized_entropy(torch_exits(model, f)[0]["output"]) for f in feeds]))
     lo, hi = len(ent) // 4, 3 * len(ent) // 4
     gaps = np.diff(ent[lo : hi + 1])

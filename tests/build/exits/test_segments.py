@@ -18,7 +18,7 @@ from edgekit.build.exits.segments import (
     torch_exits,
 )
 from edgekit.build.exits.train import TrainConfig, train_heads
-from edgekit.build.export import ExportOptions, _parity_feed
+from edgekit.build.export import ExportOptions, parity_feed
 from edgekit.build.load import load
 from edgekit.deploy import artifact, parity
 from edgekit.deploy.exits.policies import make, simulate
@@ -47,7 +47,7 @@ def exits_model(checkpoints, texts, tmp_path_factory) -> MultiExitModel:
 @pytest.fixture(scope="module")
 def feed(exits_model) -> dict[str, np.ndarray]:
     """The feed the export checks itself on."""
-    return _parity_feed(exits_model.encoder, ExportOptions(), exits_model.encoder.info.max_length)
+    return parity_feed(exits_model.encoder, ExportOptions(), exits_model.encoder.info.max_length)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ def segments(checkpoints, texts, tmp_path_factory) -> Path:
     from edgekit.build.exits.model import MultiExitModel, load_exits
     from edgekit.build.exits.segments import export_segments, torch_exits
     from edgekit.build.exits.train import TrainConfig, train_heads
-    from edgekit.build.export import ExportOptions, _parity_feed
+    from edgekit.build.export import ExportOptions, parity_feed
     from edgekit.build.load import load
     from edgekit.deploy.exits.policies import make
 
@@ -27,7 +27,7 @@ def segments(checkpoints, texts, tmp_path_factory) -> Path:
     train_heads(model, texts * 2, None, heads, TrainConfig(epochs=1, batch=8), resume=False)
     model.save(heads)
     model = load_exits(heads)
-    feed = _parity_feed(model.encoder, ExportOptions(), model.encoder.info.max_length)
+    feed = parity_feed(model.encoder, ExportOptions(), model.encoder.info.max_length)
     scores = np.sort(torch_exits(model, feed)[0]["score"])
     out = tmp_path_factory.mktemp("linked") / "onnx"
     export_segments(model, make("learned", float((scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2), "embedding"), out)
