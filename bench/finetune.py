@@ -22,8 +22,8 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parent / "data" / "debian-sections"
 
 
-def read(split: str) -> tuple[list[str], list[str]]:
-    rows = [json.loads(line) for line in (DATA / f"{split}.jsonl").read_text().splitlines() if line.strip()]
+def read(split: str, data: Path = DATA) -> tuple[list[str], list[str]]:
+    rows = [json.loads(line) for line in (data / f"{split}.jsonl").read_text().splitlines() if line.strip()]
     return [r["text"] for r in rows], [r["label"] for r in rows]
 
 
@@ -44,6 +44,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default", help="base encoder dir (default: all-MiniLM-L6-v2)")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--data", type=Path, default=DATA, help="folder with train/dev/test.jsonl (default: bench/data/debian-sections)")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-5)
@@ -61,12 +62,12 @@ def main() -> None:
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    train_x, train_y = read("train")
-    dev_x, dev_y = read("dev")
-    test_x, test_y = read("test")
+    train_x, train_y = read("train", args.data)
+    dev_x, dev_y = read("dev", args.data)
+    test_x, test_y = read("test", args.data)
     if args.limit:
         train_x, train_y, dev_x, dev_y, test_x, test_y = (v[: args.limit] for v in (train_x, train_y, dev_x, dev_y, test_x, test_y))
-    labels = sorted(set(read("train")[1]))
+    labels = sorted(set(read("train", args.data)[1]))
     label_ids = {name: i for i, name in enumerate(labels)}
     base = resolve(args.model)
     tok = transformers.AutoTokenizer.from_pretrained(base)
