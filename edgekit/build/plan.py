@@ -216,6 +216,17 @@ def for_quantize(
     model: str, out: Path, train: str, quantize, *, cache: Path | None, dev: str | None = None, train_progress: bool = True
 ) -> Plan:
     """``edgekit quantize``: QAT only; the quantized checkpoint goes to ``out``."""
+    if quantize.budget_mb is not None or quantize.mean_bits is not None:  # mixed precision: checked before any step runs
+        from edgekit.build.quant.sensitivity import check_plan_inputs
+
+        if not dev:
+            flag = "--budget-mb" if quantize.budget_mb is not None else "--mean-bits"
+            raise ConfigError(f"{flag} needs a dev set: the sensitivity of each part is scored on it", hint="pass --eval DEV")
+        check_plan_inputs(model, quantize.scheme, budget_mb=quantize.budget_mb, mean_bits=quantize.mean_bits)
+    if getattr(quantize, "unlabeled", None):
+        from edgekit.build.quant.augment import read_unlabeled
+
+        read_unlabeled(quantize.unlabeled)  # a missing, empty or non-UTF-8 corpus fails here, before any step runs
     return Plan(
         source="edgekit quantize",
         name=Path(out).resolve().name,

@@ -5,9 +5,10 @@
 module whose ONNX export is ``QuantizeLinear -> DequantizeLinear`` (QDQ) around each
 low-bit matmul:
 
-- weights: INT8 codes in {-1, +1} (binary) or {-1, 0, +1} (ternary), stored transposed
-  ``[in, out]`` as an int8 initializer, ``DequantizeLinear(codes, scale[out], axis=1)``:
-  exactly the trained ``codes * scale`` (BiBERT/BiT/TWN per-row scales, BitNet's one gamma);
+- weights: INT8 codes in {-1, +1} (binary), {-1, 0, +1} (ternary) or [-127, 127] (the 8-bit
+  parts of a mixed-precision plan), stored transposed ``[in, out]`` as an int8 initializer,
+  ``DequantizeLinear(codes, scale[out], axis=1)``: exactly the trained ``codes * scale``
+  (BiBERT/BiT/TWN per-row scales, BitNet's one gamma, absmax per row);
 - activations, from the trained quantizers' scales:
   k-bit LSQ/calibrated -> ``QuantizeLinear(x, s)`` (int8 signed, uint8 non-negative; 4 bits
   clip first), BiT/BiBERT binary: {0,1} -> ``QuantizeLinear(Clip(x - beta, 0, alpha), alpha)``
@@ -31,7 +32,7 @@ import torch
 from torch import nn
 
 from edgekit.build.quant.modules import QuantEmbedding, QuantLinear, QuantSelfAttention, masked
-from edgekit.build.quant.quantizers import BinaryWeight, ElasticBinary, LSQActivation, TernaryWeight
+from edgekit.build.quant.quantizers import BinaryWeight, ElasticBinary, Int8Weight, LSQActivation, TernaryWeight
 from edgekit.errors import ConfigError
 
 _RANGES = {True: (-128, 127), False: (0, 255)}
@@ -132,16 +133,17 @@ class ActQDQ(nn.Module):
 def _weight_codes(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """(int8 codes [out, in], float32 scale [out]) of a quantized weight."""
     wq = module.weight_quant
-    if not isinstance(wq, BinaryWeight | TernaryWeight):
+    if not isinstance(wq, BinaryWeight | TernaryWeight | Int8Weight):
         raise ConfigError(
             f"cannot lower the weight quantizer {type(wq).__name__}",
-            hint="supported: binary (sign) and ternary (twn, absmean, absmedian) weights",
+            hint="supported: binary (sign), ternary (twn, absmean, absmedian) and 8-bit (absmax) weights",
         )
     with torch.no_grad():
         codes, scale = wq.codes(module.weight.detach().float())
         scale = scale.reshape(-1).expand(codes.shape[0]).contiguous().float()
-    if not torch.all((codes == -1) | (codes == 0) | (codes == 1)):
-        raise ConfigError("weight codes are not in {-1, 0, +1}", hint="re-save the quantized checkpoint")
+    limit = Int8Weight.QP if wq.bits == 8 else 1
+    if not torch.all((codes == torch.round(codes)) & (codes.abs() <= limit)):
+        raise ConfigError(f"{wq.bits}-bit weight codes are not integers in [-{limit}, {limit}]", hint="re-save the quantized checkpoint")
     return codes.to(torch.int8), scale
 
 
@@ -246,17 +248,18 @@ def _set(root: nn.Module, fqn: str, module: nn.Module) -> None:
 def lower_modules(model: nn.Module) -> dict[str, int]:
     """Swap the fake-quant modules of ``model`` for their lowered forms, in place.
 
-    Returns counts by kind (``linear``, ``attention``, ``embedding``)."""
+    Returns counts by kind (``linear``, ``attention``, ``embedding``) and, for the weights, by bits
+    (``weight_bits``: ``{"1": n, "2": n, "8": n}``, the lowered matrices of each width)."""
     counts = {"linear": 0, "attention": 0, "embedding": 0}
+    bits: dict[str, int] = {}
     for fqn, mod in list(model.named_modules()):
         if isinstance(mod, QuantSelfAttention):
             _set(model, fqn, LoweredSelfAttention(mod))
             counts["attention"] += 1
     for fqn, mod in list(model.named_modules()):
-        if isinstance(mod, QuantLinear):
-            _set(model, fqn, LoweredLinear(mod))
-            counts["linear"] += 1
-        elif isinstance(mod, QuantEmbedding):
-            _set(model, fqn, LoweredEmbedding(mod))
-            counts["embedding"] += 1
-    return counts
+        if isinstance(mod, QuantLinear | QuantEmbedding):
+            lowered = LoweredLinear(mod) if isinstance(mod, QuantLinear) else LoweredEmbedding(mod)
+            _set(model, fqn, lowered)
+            counts["linear" if isinstance(mod, QuantLinear) else "embedding"] += 1
+            bits[str(lowered.bits)] = bits.get(str(lowered.bits), 0) + 1
+    return {**counts, "weight_bits": dict(sorted(bits.items()))}

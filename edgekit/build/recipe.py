@@ -84,6 +84,15 @@ class Quantize(_M):
     lr_scaling: Literal["none", "sqrt", "linear"] = Field("none", description="scale the learning rate by (batch_size / 32) ** (1/2 | 1)")
     eval_every: int | None = Field(None, ge=1, description="with data.dev: score every N steps and keep each stage's best state")
     select_best: bool = Field(True, description="restore each stage's best dev state at its end")
+    budget_mb: float | None = Field(
+        None, gt=0, description="mixed precision: bits per part by sensitivity on data.dev, to fit this lowered size in MB"
+    )
+    mean_bits: float | None = Field(None, ge=1, le=8, description="mixed precision: or this mean of weight bits (1 to 8)")
+    unlabeled: str | None = Field(None, description="unlabeled corpus (.txt, or JSONL/CSV with 'text'): distillation only, no label loss")
+    augment: int = Field(0, ge=0, le=50, description="augmented copies per training text (distillation only; 0: none)")
+    augment_method: Literal["both", "replace", "mask"] = Field(
+        "both", description="replace: words by embedding neighbours; mask: a span by the mask token; both"
+    )
 
     @field_validator("scheme", "intermediate")
     @classmethod
@@ -99,6 +108,8 @@ class Quantize(_M):
     def _budget(self) -> Quantize:
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give the training budget as steps or epochs (exactly one): QAT is slow on a CPU, so a recipe says how long")
+        if self.budget_mb is not None and self.mean_bits is not None:
+            raise ValueError("give one bit budget, budget_mb or mean_bits, not both")
         return self
 
 
@@ -303,6 +314,8 @@ class Recipe(_M):
         for step, need in (("quantize", d.train), ("exits", d.train)):
             if getattr(s, step) is not None and not need:
                 raise ValueError(f"steps.{step} needs data.train")
+        if s.quantize and (s.quantize.budget_mb is not None or s.quantize.mean_bits is not None) and not d.dev:
+            raise ValueError("steps.quantize.budget_mb / mean_bits need data.dev: the sensitivity of each part is scored on it")
         if s.ptq and not d.calibration_file():
             raise ValueError("steps.ptq needs data.calibration (or data.train)")
         if b.max_accuracy_drop is not None and not d.dev:

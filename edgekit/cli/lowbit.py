@@ -53,6 +53,17 @@ def register(app: typer.Typer) -> None:
         precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA) | fp32 | bf16")] = "auto",
         lr_scaling: Annotated[str, typer.Option(help="scale the learning rate with the batch: none | sqrt | linear")] = "none",
         eval_every: Annotated[int | None, typer.Option(help="with --eval: score every N steps, keep each stage's best state")] = None,
+        budget_mb: Annotated[
+            float | None, typer.Option(help="mixed precision: 1/2/8 bits per matrix by sensitivity on --eval, to fit this size in MB")
+        ] = None,
+        mean_bits: Annotated[float | None, typer.Option(help="mixed precision: or this mean of weight bits (1 to 8)")] = None,
+        unlabeled: Annotated[
+            str | None, typer.Option(help="more texts to distil on (.txt or JSONL/CSV 'text'); no labels: distillation losses only")
+        ] = None,
+        augment: Annotated[int, typer.Option(help="augmented copies of each training text to distil on (0-50; TinyBERT-style)")] = 0,
+        augment_method: Annotated[
+            str, typer.Option(help="both | replace (words by embedding neighbours) | mask (a span by the mask token)")
+        ] = "both",
         cache: QuantCacheOpt = Path("build/cache"),
     ) -> None:
         """Binarize or ternarize a trained checkpoint with distillation from the float model (QAT)."""
@@ -94,6 +105,9 @@ def register(app: typer.Typer) -> None:
         low, size, int8 = m.settings["lowered"], m.settings["size"], m.settings["lowered"]["onnxruntime_int8"]
         packed = f" + {m.settings['packed']['file']}" if "packed" in m.settings else ""
         console.print(f"[green]lowered[/] {escape(low['scheme'])} -> {out}/{m.model_file}{packed}")
+        if low.get("mixed"):
+            widths = ", ".join(f"{n} at {b} bits" for b, n in low["modules"]["weight_bits"].items())
+            console.print(f"  mixed precision: {widths} (weight matrices)")
         console.print("  " + parity_line(m.parity, against="the fake-quant model"))
         ops = ", ".join(f"{k} x{v}" for k, v in int8["integer_ops"].items())
         console.print(f"  INT8 on ONNX Runtime: {int8['integer_total']} of {int8['expected_int8']} quantized matmuls ({ops})")

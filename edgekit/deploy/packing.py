@@ -14,6 +14,9 @@ weight feeding ``DequantizeLinear`` is rejected once ONNX Runtime fuses it
 float ``DequantizeLinear + MatMul``: the integer matmul is lost. Unpacking at load keeps
 the INT8 kernels and costs milliseconds.
 
+The 8-bit parts of a mixed-precision plan (codes beyond {-1, 0, +1}) stay in the ``.onnx``
+file as plain int8 initializers; ``kept_int8`` in the manifest entry counts them.
+
 Layout: 2-bit code = value + 1 (0, 1, 2), four per byte, first value in the low bits;
 1-bit code = value > 0, eight per byte, little bit order (``numpy.packbits(..., 'little')``).
 """
@@ -89,11 +92,15 @@ def pack_onnx(model_path: Path, out_dir: Path, *, min_elements: int = MIN_ELEMEN
 
     model = onnx.load(str(model_path))
     keep, tensors, blob = [], {}, bytearray()
+    kept_int8 = {"tensors": 0, "bytes": 0}
     for init in model.graph.initializer:
         bits = None
         if init.data_type == _INT8 and int(np.prod(init.dims)) >= min_elements:
             values = numpy_helper.to_array(init)
             bits = lowbit_width(values)
+            if bits is None:
+                kept_int8["tensors"] += 1
+                kept_int8["bytes"] += int(values.size)
         if bits is None:
             keep.append(init)
             continue
@@ -107,7 +114,8 @@ def pack_onnx(model_path: Path, out_dir: Path, *, min_elements: int = MIN_ELEMEN
     onnx.save(model, str(model_path))
     (Path(out_dir) / file).write_bytes(bytes(blob))
     unpacked = sum(int(np.prod(t["shape"])) for t in tensors.values())
-    return {"file": file, "format": FORMAT, "tensors": tensors, "unpacked_bytes": unpacked, "packed_bytes": len(blob)}
+    entry = {"file": file, "format": FORMAT, "tensors": tensors, "unpacked_bytes": unpacked, "packed_bytes": len(blob)}
+    return {**entry, "kept_int8": kept_int8} if kept_int8["tensors"] else entry
 
 
 def unpack_all(artifact_dir: Path, packed: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -21,7 +21,7 @@ from torch import nn
 
 from edgekit.build.quant.config import QuantConfig, make_config
 from edgekit.build.quant.layout import get, layout_of
-from edgekit.build.quant.modules import QuantEmbedding, QuantLinear, QuantSelfAttention
+from edgekit.build.quant.modules import QuantEmbedding, QuantLinear, QuantSelfAttention, apply_parts
 from edgekit.build.quant.quantizers import Quantizer, _ActQuantizer
 from edgekit.errors import ConfigError
 
@@ -63,6 +63,7 @@ def quantize_(model: nn.Module, config: QuantConfig | str, filter_fn: FilterFn |
         for name, mod in list(get(base, lay.embeddings).named_modules()):
             if type(mod) is nn.Embedding:
                 _set(base, f"{lay.embeddings}.{name}", QuantEmbedding.from_float(mod, config))
+    apply_parts(model, config)  # mixed precision: the parts of config.part_bits get their own weight bits
     model._edgekit_quant_config = config  # noqa: SLF001 - read back by saving/report
     return model
 

@@ -4,17 +4,24 @@ the named schemes of the papers.
 ``W1A1`` means 1-bit weights and activations; ``E`` is the embeddings' bits (32 = kept
 in floating point when a name has no ``E``). The classifier head, the pooler and every
 LayerNorm always stay in full precision, as in BiBERT, BiT and TernaryBERT.
+
+Mixed precision: ``part_bits`` maps a part (a linear of an encoder layer, or the word
+embedding table, named by its path under the base model, e.g.
+``encoder.layer.0.attention.self.query``) to its own weight bits, 1, 2 or 8; every other
+part keeps the scheme's. :mod:`edgekit.build.quant.sensitivity` chooses such a plan under a
+size budget; :func:`edgekit.build.quant.modules.apply_parts` applies it to a quantized model.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer, model_validator
 
 from edgekit.errors import ConfigError
 
 WEIGHT_BITS = (1, 2, 32)
+PART_BITS = (1, 2, 8)  # weight bits a part of a mixed plan may take (all lower to INT8 codes)
 EMBEDDING_BITS = (1, 2, 32)
 ACTIVATION_BITS = (1, 4, 8, 32)
 ATTENTION_BITS = (1, 4, 8, 32)
@@ -48,16 +55,47 @@ class QuantConfig(BaseModel):
     activation_method: Literal["elastic", "sign", "lsq", "calibrated"] | None = None
     attention_bits: Literal[1, 4, 8, 32] = 32
     bi_attention: bool = False  # BiBERT: {0,1} attention map bool(QK^T) in place of softmax
+    part_bits: dict[str, Literal[1, 2, 8]] = {}  # mixed precision: part path -> weight bits (see the module docstring)
 
     @model_validator(mode="after")
     def _consistent(self) -> QuantConfig:
         _check(self.model_dump())  # one-line ConfigError, not a pydantic ValidationError
         return self
 
+    @model_serializer(mode="wrap")
+    def _uniform_unchanged(self, handler):
+        """A uniform scheme dumps as it did before mixed plans existed (no ``part_bits`` key), so saved
+        checkpoints, reports and resume states of uniform runs compare equal to new ones."""
+        data = handler(self)
+        if not self.part_bits:
+            data.pop("part_bits", None)
+        return data
+
     @property
     def name(self) -> str:
         e = f"e{self.embedding_bits}" if self.embedding_bits < 32 else ""
-        return f"w{self.weight_bits}{e}a{self.activation_bits}"
+        return f"w{self.weight_bits}{e}a{self.activation_bits}" + ("-mixed" if self.part_bits else "")
+
+    @property
+    def mixed(self) -> bool:
+        return bool(self.part_bits)
+
+    def part_method(self, bits: int, *, embedding: bool = False) -> str:
+        """The weight quantizer of a part with ``bits``: the scheme's own where the bits match, else
+        sign (1 bit), TWN (2 bits) or per-row absmax (8 bits)."""
+        own = self.embedding_bits if embedding else self.weight_bits
+        if bits == own and self.weight_method is not None and WEIGHT_METHODS.get(self.weight_method) == bits:
+            return self.weight_method
+        return {1: "sign", 2: "twn", 8: "absmax"}[bits]
+
+    def with_parts(self, part_bits: dict[str, int]) -> QuantConfig:
+        """This scheme with the mixed-precision plan ``part_bits`` (validated; {} removes the plan)."""
+        fields = {**self.model_dump(), "part_bits": dict(sorted(part_bits.items()))}
+        _check(fields)
+        try:
+            return QuantConfig(**fields)
+        except ValidationError as err:
+            raise ConfigError(f"quant: {first_error(err)}") from err
 
 
 def _one_of(values) -> str:
@@ -94,6 +132,12 @@ def _check(fields: dict) -> None:
                 raise ConfigError(f"quant.activation_method: {am!r} is for 4/8 bits; {field}=1 needs elastic or sign")
     if c.bi_attention and c.attention_bits != 1:
         raise ConfigError("quant.bi_attention: needs attention_bits=1 (the map is {0,1})")
+    parts = c.part_bits if isinstance(c.part_bits, dict) else {}
+    for part, bits in parts.items():
+        if isinstance(bits, bool) or bits not in PART_BITS:
+            raise ConfigError(f"quant.part_bits.{part}: must be {_one_of(PART_BITS)} (got {bits!r})")
+    if parts and c.weight_bits >= 32:
+        raise ConfigError("quant.part_bits: a mixed plan needs a scheme with low-bit weights (weight_bits 1 or 2)")
 
 
 class _Fields:

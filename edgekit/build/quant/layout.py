@@ -58,3 +58,50 @@ def get(module, path: str):
 def layers(model) -> list:
     base, lay = layout_of(model)
     return list(get(base, lay.layers))
+
+
+WORD_EMBEDDINGS = "word_embeddings"  # the token table's name in every supported architecture
+
+
+@dataclass(frozen=True)
+class Part:
+    """One weight matrix a mixed-precision plan gives its own bits: a linear of an encoder layer or
+    the word embedding table. ``name`` is its path under the base model (as ``quantize_`` names it)."""
+
+    name: str
+    kind: str  # q, k, v, o, ffn-in, ffn-out or embedding
+    layer: int | None
+    rows: int  # output channels (embedding: vocabulary), one scale each
+    cols: int
+
+    @property
+    def label(self) -> str:
+        return "embedding" if self.layer is None else f"layer {self.layer} {self.kind}"
+
+    @property
+    def params(self) -> int:
+        return self.rows * self.cols
+
+
+def _kind(rel: str, lay: Layout) -> str:
+    attn = f"{lay.attention}."
+    named = {f"{attn}{lay.q}": "q", f"{attn}{lay.k}": "k", f"{attn}{lay.v}": "v", lay.after_gelu: "ffn-out"}
+    if rel in named:
+        return named[rel]
+    return "o" if rel.startswith("attention") else "ffn-in"
+
+
+def parts(model, *, embeddings: bool = True) -> list[Part]:
+    """Every linear of the encoder layers (in order) and, with ``embeddings``, the word embedding table."""
+    from torch import nn
+
+    base, lay = layout_of(model)
+    out = []
+    for i, layer in enumerate(get(base, lay.layers)):
+        for rel, mod in layer.named_modules():
+            if isinstance(mod, nn.Linear):
+                out.append(Part(f"{lay.layers}.{i}.{rel}", _kind(rel, lay), i, mod.out_features, mod.in_features))
+    if embeddings:
+        table = getattr(get(base, lay.embeddings), WORD_EMBEDDINGS)
+        out.append(Part(f"{lay.embeddings}.{WORD_EMBEDDINGS}", "embedding", None, table.num_embeddings, table.embedding_dim))
+    return out

@@ -11,6 +11,10 @@ the master weights, the optimizer and the quantizers' scale math stay fp32), and
 reaches the host only every ``log_every`` steps and before a save or a dev evaluation
 (a NaN/inf loss is still caught before anything is saved after it).
 
+More text: ``unlabeled`` and ``augment`` add distillation-only rows to the training set
+(:func:`~edgekit.build.quant.textdata.with_extra_text`); batches are drawn from the union and
+the label loss counts only the labeled rows (a batch without any gets none).
+
 Dev selection: with a dev set the student is scored every ``eval_every`` steps (accuracy
 on labeled classifier data, else mean cosine to the reference model) and the best state
 of the stage is restored at its end (``select_best``); the curve goes in the report.
@@ -36,7 +40,7 @@ from edgekit.build.quant.report import DevCurve, Speed, StageReport
 from edgekit.build.quant.saving import save_quantized
 from edgekit.build.quant.state import STATE_FILE, load_state, remove_state, save_state
 from edgekit.build.quant.stats import GpuMonitor
-from edgekit.build.quant.textdata import Tokens, batch_order, evaluate_tokens
+from edgekit.build.quant.textdata import IGNORE, Tokens, batch_order, evaluate_tokens, with_extra_text
 from edgekit.errors import DataError, TrainingError
 
 BASE_BATCH = 32  # the batch size the default learning rates were tuned at
@@ -126,12 +130,15 @@ def train_stage(
     dcfg = distill_config(qcfg, opts.distill, ce=opts.ce)
     if dcfg.ce and labels is None:
         raise DataError(f"{opts.data}: distill.ce > 0 needs labeled records (text + label)", hint="use labeled JSONL/CSV or set ce to 0")
+    tokens = texts if isinstance(texts, Tokens) else Tokens(student, texts, opts.max_length, device)
+    corpus = None
+    if opts.unlabeled or opts.augment:  # distillation-only rows (label IGNORE), from the float student's vocabulary and embeddings
+        tokens, labels, corpus = with_extra_text(tokens, labels, student, opts, main=dist.main, say=dist.say)
     if not any(isinstance(m, Quantizer) for m in student.module.modules()):
         quantize_(student.module, qcfg)
     module, tmodule = student.module.to(device), teacher.module.to(device).eval()
     for p in tmodule.parameters():
         p.requires_grad_(False)
-    tokens = texts if isinstance(texts, Tokens) else Tokens(student, texts, opts.max_length, device)
     total, per_epoch = budget(len(tokens), dist.world, opts.batch_size, steps, epochs)
     pad_to_max = opts.padding == "max_length"
 
@@ -161,6 +168,7 @@ def train_stage(
     pending: list[tuple[int, torch.Tensor]] = []
     last_saved = start if start else None
     label_tensor = torch.tensor(labels, device=device) if labels is not None else None
+    has_label = [y != IGNORE for y in labels] if labels is not None else []  # a batch of distillation-only rows gets no label loss
     clock = _Clock(device)
     seen = {"samples": 0, "real": 0, "computed": 0, "steps": 0}
     last_parts: dict[str, float] = {}
@@ -210,7 +218,7 @@ def train_stage(
                 if step >= total:
                     break
                 inputs, mask = tokens.batch(b, device, pad_to_max=pad_to_max)
-                y = label_tensor[b] if label_tensor is not None else None
+                y = label_tensor[b] if label_tensor is not None and any(has_label[i] for i in b) else None
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     loss, last_parts = distiller.loss(inputs, mask, y)
                 opt.zero_grad(set_to_none=True)
@@ -276,6 +284,7 @@ def train_stage(
         teacher=teacher_name,
         speed=speed,
         dev_curve=curve,
+        corpus=corpus,
     )
 
 

@@ -7,6 +7,9 @@
 - :class:`QuantSelfAttention`: self-attention of BERT-family layers with quantized Q, K, V
   and attention probabilities (BiT: elastic {0,1} probabilities; k-bit: unsigned k-bit
   probabilities) or BiBERT's Bi-Attention (a {0,1} map bool(QK^T) in place of softmax).
+
+:func:`apply_parts` gives the parts of a mixed-precision plan (``QuantConfig.part_bits``)
+their own weight quantizers, after ``quantize_`` has swapped the modules.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from edgekit.build.quant.config import QuantConfig
-from edgekit.build.quant.quantizers import BinaryWeight, ElasticBinary, LSQActivation, TernaryWeight, bool_ste
+from edgekit.build.quant.layout import WORD_EMBEDDINGS, get, layout_of
+from edgekit.build.quant.quantizers import BinaryWeight, ElasticBinary, Int8Weight, LSQActivation, TernaryWeight, bool_ste
+from edgekit.errors import ConfigError
 
 
 def masked(scores: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -33,6 +38,8 @@ def weight_quantizer(bits: int, method: str | None, weight: torch.Tensor) -> nn.
         return None
     if bits == 1:
         return BinaryWeight()
+    if bits == 8:
+        return Int8Weight()
     return TernaryWeight(method or "twn", weight)
 
 
@@ -165,3 +172,35 @@ class QuantSelfAttention(nn.Module):
             context = getattr(self, on)(context)
         second = torch.softmax(scores, dim=-1) if self.return_probs else self._scaled(attn, p_s)
         return context, second
+
+
+def _same(quant: nn.Module | None, bits: int, method: str) -> bool:
+    if quant is None or getattr(quant, "bits", None) != bits:
+        return False
+    return not isinstance(quant, TernaryWeight) or quant.method == method
+
+
+def apply_parts(model: nn.Module, config: QuantConfig) -> int:
+    """Give each part of ``config.part_bits`` its own weight quantizer, in place (a model ``quantize_``
+    has prepared with ``config``); a part that has it already is left as it is. Returns the number of
+    quantizers replaced. An unknown part, or one ``quantize_`` did not quantize, is a ConfigError."""
+    if not config.part_bits:
+        return 0
+    base, lay = layout_of(model)
+    replaced = 0
+    for name, bits in config.part_bits.items():
+        try:
+            mod = get(base, name)
+        except AttributeError:
+            mod = None
+        embedding = name == f"{lay.embeddings}.{WORD_EMBEDDINGS}"
+        if not isinstance(mod, QuantEmbedding if embedding else QuantLinear) or mod.weight_quant is None:
+            raise ConfigError(
+                f"quant.part_bits: {name!r} is not a quantized {'embedding table' if embedding else 'linear'} of this model",
+                hint="parts are the encoder layers' linears and the word embeddings, named as edgekit.build.quant.layout.parts lists them",
+            )
+        method = config.part_method(bits, embedding=embedding)
+        if not _same(mod.weight_quant, bits, method):
+            mod.weight_quant = weight_quantizer(bits, method, mod.weight).to(mod.weight.device)
+            replaced += 1
+    return replaced

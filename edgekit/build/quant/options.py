@@ -12,6 +12,7 @@ from edgekit.errors import ConfigError
 
 STATE_DIR = "train_state"  # OUT/train_state/state.pt: optimizer, step, RNG (``resume`` continues from it)
 REPORT = "quant_report.json"
+MAX_AUGMENT = 50  # augmented copies per training text (TinyBERT used 20)
 
 
 class TrainOptions(BaseModel):
@@ -55,6 +56,14 @@ class TrainOptions(BaseModel):
     # dev selection: with eval_data, score the student every eval_every steps and keep the best state of each stage
     eval_every: int | None = None  # default: 10 evaluations per stage
     select_best: bool = True
+    # mixed precision (sensitivity.py): bits per part chosen on eval_data under one of these budgets
+    budget_mb: float | None = None  # estimated lowered size in MB (packed 1/2-bit codes, int8 parts, scales, float rest)
+    mean_bits: float | None = None  # mean weight bits over the quantized matrices, 1 to 8
+    # more teacher signal (distillation only, no label loss on these rows; see augment.py)
+    unlabeled: str | None = None  # an unlabeled corpus: .txt, or JSONL/CSV with 'text'
+    augment: int = 0  # augmented copies per training text (word replacement from embedding neighbours, span masking)
+    augment_method: Literal["both", "replace", "mask"] = "both"
+    augment_cache: str | None = None  # folder of the generated corpora (default: OUT/../.edgekit-augment)
 
     @classmethod
     def build(cls, **fields) -> TrainOptions:
@@ -94,4 +103,16 @@ class TrainOptions(BaseModel):
             raise ConfigError(f"train.ce: must be >= 0 (got {self.ce!r})")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ConfigError(f"train.device: must be auto, cpu or cuda (got {self.device!r})")
+        if self.budget_mb is not None and self.mean_bits is not None:
+            raise ConfigError("train.budget_mb and train.mean_bits: give one budget, not both (--budget-mb or --mean-bits)")
+        if self.budget_mb is not None and not self.budget_mb > 0:
+            raise ConfigError(f"train.budget_mb: must be > 0 (got {self.budget_mb!r})")
+        if self.mean_bits is not None and not 1 <= self.mean_bits <= 8:
+            raise ConfigError(f"train.mean_bits: must be between 1 and 8 (got {self.mean_bits!r})")
+        if (self.budget_mb is not None or self.mean_bits is not None) and not self.eval_data:
+            raise ConfigError(
+                "a bit budget needs a dev set: the sensitivity of each part is scored on it", hint="pass --eval DEV (eval_data / data.dev)"
+            )
+        if not 0 <= self.augment <= MAX_AUGMENT:
+            raise ConfigError(f"train.augment: must be 0 to {MAX_AUGMENT} copies per text (got {self.augment!r})")
         return self

@@ -13,6 +13,8 @@ Implemented from the papers (no code copied):
 - :class:`BinaryWeight`: BiBERT / BinaryBERT, ``a_i * sign(w_i)``, ``a_i = mean|w_i|`` per output channel.
 - :class:`TernaryWeight`: TWN / TernaryBERT (``delta = 0.7 mean|w|``, statistical or learned scale)
   and BitNet b1.58 (``RoundClip(w / gamma, -1, 1) * gamma`` with gamma = mean|w| or median|w|).
+- :class:`Int8Weight`: 8-bit weights of a mixed-precision plan, symmetric per output channel,
+  ``s_i = max|w_i| / 127``, codes ``round(w / s_i)`` in [-127, 127] (INT8 post-training style).
 - :class:`ElasticBinary`: BiT elastic binary activation ``alpha * round(clip((x - beta)/alpha, 0, 1))``
   for non-negative inputs ({0, alpha}) and ``alpha * sign((x - beta)/alpha)`` otherwise ({-alpha, +alpha});
   with ``learn_beta=False`` it is BiBERT's scaled sign.
@@ -180,6 +182,28 @@ class TernaryWeight(Quantizer):
             return q, (self.scale.abs() if self.method == "twn-learned" else scale)
         g = self._gamma(w)
         return round_ste((w / g).clamp(-1.0, 1.0)), g.reshape(1, 1)
+
+
+class Int8Weight(Quantizer):
+    """8-bit weights: ``s_i * round(w_i / s_i)`` with ``s_i = max|w_i| / 127`` per output channel (row).
+
+    The scale follows the latent weights (no learned parameter); the gradient passes straight
+    through to them."""
+
+    bits = 8
+    QP = 127
+
+    def _scale(self, w: torch.Tensor) -> torch.Tensor:
+        return (w.detach().abs().amax(dim=-1, keepdim=True) / self.QP).clamp(min=1e-8)
+
+    def codes(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integer codes in [-127, 127] and the per-row scale."""
+        s = self._scale(w)
+        return torch.round(w / s).clamp(-self.QP, self.QP), s
+
+    def split(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self._scale(w)
+        return round_ste((w / s).clamp(-self.QP, self.QP)), s
 
 
 # ----------------------------------------------------------------------------- activations

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer
 
 from edgekit.build.quant.config import DistillConfig, QuantConfig, first_error
+from edgekit.build.quant.mixed import MixedPlan
 from edgekit.errors import ArtifactError
 
 
@@ -109,10 +110,49 @@ class DevCurve(_Record):
     restored: bool  # True when the kept state is the best one rather than the last
 
 
+class Augmentation(_Record):
+    """How the augmented copies were made (see :mod:`edgekit.build.quant.augment`)."""
+
+    omit_if_none = ("replace_p", "neighbours", "span_words", "mask_token")
+    copies: int  # asked for, per training text
+    method: str  # both | replace | mask
+    replace_p: float | None = None
+    neighbours: int | None = None
+    span_words: tuple[int, int] | None = None
+    seed: int
+    texts: int  # made (copies equal to their text or an earlier copy are dropped)
+    file: str
+    sha256: str
+    cached: bool
+    seconds: float
+    vocabulary: str
+    whole_words: int
+    words_with_neighbours: int
+    mask_token: str | None = None
+    replaced_words: int
+    masked_spans: int
+    dropped_duplicates: int
+
+
+class Corpus(_Record):
+    """What a stage distilled on: the training file's texts, an unlabeled corpus and augmented copies.
+
+    Training batches are drawn from their union; the label loss (``ce``) counts only the rows with a label."""
+
+    omit_if_none = ("unlabeled_file", "augmentation")
+    train: int
+    labeled: int  # rows with a label (0 for unlabeled training data)
+    unlabeled: int
+    augmented: int
+    total: int
+    unlabeled_file: str | None = None
+    augmentation: Augmentation | None = None
+
+
 class StageReport(_Record):
     """One training stage (BiT multi-step has two)."""
 
-    omit_if_none = ("eval", "model", "speed", "dev_curve")
+    omit_if_none = ("eval", "model", "speed", "dev_curve", "corpus")
     scheme: str
     config: QuantConfig
     distill: DistillConfig
@@ -131,12 +171,13 @@ class StageReport(_Record):
     model: ModelStats | None = None
     speed: Speed | None = None
     dev_curve: DevCurve | None = None
+    corpus: Corpus | None = None
 
 
 class QuantReport(_Record):
     """The whole run: data, device, the teacher's eval and every stage."""
 
-    omit_if_none = ("teacher_eval",)
+    omit_if_none = ("teacher_eval", "mixed")
     model: str
     teacher: str
     data: str
@@ -148,6 +189,7 @@ class QuantReport(_Record):
     stages: list[StageReport]
     flops_formula: str
     teacher_eval: EvalResult | None = None
+    mixed: MixedPlan | None = None  # mixed precision: the bits per part, sizes and the sensitivity table (mixed.py)
 
     def write(self, path: str | Path) -> Path:
         path = Path(path)

@@ -2,7 +2,7 @@
 ``edgekit_quant.json`` with the scheme and the learned quantizer parameters.
 
 ``edgekit.build.load.load`` sees ``edgekit_quant.json`` and calls :func:`apply_saved`, which
-re-applies ``quantize_`` and loads the quantizer state, so ``edgekit export`` exports the
+re-applies ``quantize_`` (and a mixed-precision plan, ``config.part_bits``) and loads the quantizer state, so ``edgekit export`` exports the
 quantized model (quantizers as ordinary ONNX ops, weights folded to quantized constants).
 Without edgekit the directory still loads as the float model it was trained from.
 """
@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from edgekit.build.quant.api import float_state, quant_config_of, quant_state, quantize_
 from edgekit.build.quant.config import QuantConfig
 from edgekit.build.quant.layout import hf_model_of
+from edgekit.build.quant.modules import apply_parts
 from edgekit.errors import CheckpointError, ConfigError
 
 QUANT_FILE = "edgekit_quant.json"
@@ -54,6 +55,11 @@ def save_quantized(
     config = quant_config_of(model) or quant_config_of(hf)
     if config is None:
         raise CheckpointError("the model is not quantized", hint="call edgekit.build.quant.quantize_ first")
+    if apply_parts(hf, config):  # the modules must already follow the plan the file will record
+        raise CheckpointError(
+            f"the model's weight quantizers do not follow its mixed-precision plan ({len(config.part_bits)} parts)",
+            hint="apply the plan (edgekit.build.quant.modules.apply_parts) right after quantize_, before calibrating and training",
+        )
     state = {k: v.detach().cpu() for k, v in float_state(hf).items()}
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
@@ -93,6 +99,10 @@ def apply_saved(hf_model, path: str | Path):
             f"{Path(path) / QUANT_FILE}: invalid quantization config ({str(err).splitlines()[0]})", hint="re-save the quantized checkpoint"
         ) from err
     quantize_(hf_model, config)
+    try:
+        apply_parts(hf_model, config)
+    except ConfigError as err:
+        raise CheckpointError(f"{Path(path) / QUANT_FILE}: {err.message}", hint="the file belongs to another model; re-save it") from err
     own = quant_state(hf_model)
     saved = doc["state"]
     missing, extra = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))

@@ -1,4 +1,9 @@
-"""Training and eval texts for QAT: reading the data file, tokenizing batches, scoring a student."""
+"""Training and eval texts for QAT: reading the data file, tokenizing batches, scoring a student.
+
+:func:`with_extra_text` adds the distillation-only texts (``unlabeled``, ``augment``) to the
+training set: batches are drawn from the union, and those rows carry the label ``IGNORE``, which
+the label loss skips (``F.cross_entropy``'s ``ignore_index``), so the distillation losses see
+every row and the label loss only the labeled ones."""
 
 from __future__ import annotations
 
@@ -7,9 +12,12 @@ from pathlib import Path
 import torch
 
 from edgekit.build.load import Encoder
-from edgekit.build.quant.report import EvalResult
+from edgekit.build.quant import augment
+from edgekit.build.quant.report import Augmentation, Corpus, EvalResult
 from edgekit.deploy import data as datafiles
 from edgekit.errors import ConfigError
+
+IGNORE = -100  # the label of a distillation-only row (F.cross_entropy's default ignore_index)
 
 
 def read_training_data(path: str | Path, encoder: Encoder) -> tuple[list[str], list[int] | None]:
@@ -44,7 +52,9 @@ class Tokens:
         width = min(max_length, encoder.info.max_length)
         enc = encoder.tokenizer(texts, padding="max_length", truncation=True, max_length=width, return_tensors="pt")
         self.names = tuple(encoder.spec.input_names)
+        self.texts = list(texts)
         self.width = width
+        self.extended: tuple | None = None  # (settings, result) of with_extra_text, reused by later stages
         self.lengths = enc["attention_mask"].sum(-1).tolist()
         self.columns = {name: enc[name].to(device) if device is not None else enc[name] for name in {*self.names, "attention_mask"}}
 
@@ -59,6 +69,70 @@ class Tokens:
             t = col.index_select(0, rows.to(col.device))[:, :cut]
             out[name] = t.to(device, non_blocking=True)
         return tuple(out[n] for n in self.names), out["attention_mask"]
+
+
+def with_extra_text(tokens: Tokens, labels: list[int] | None, student: Encoder, opts, *, main: bool = True, say=None):
+    """(tokens, labels, corpus): ``tokens`` with the unlabeled corpus ``opts.unlabeled`` (its first
+    ``opts.limit`` texts) and ``opts.augment`` augmented copies of each training text appended;
+    their labels are ``IGNORE``. Computed once per ``tokens`` (BiT's second stage reuses it)."""
+    settings = (opts.unlabeled, opts.augment, opts.augment_method, opts.seed, opts.limit, augment_dir(opts))
+    if tokens.extended is not None and tokens.extended[0] == settings:
+        return tokens.extended[1]
+    extra: list[str] = []
+    unlabeled = augmented = 0
+    info = None
+    if opts.unlabeled:
+        texts = augment.read_unlabeled(opts.unlabeled)
+        extra += texts[: opts.limit] if opts.limit else texts
+        unlabeled = len(extra)
+    if opts.augment:
+        from edgekit.build.quant.layout import hf_model_of
+
+        embedding = hf_model_of(student.module).get_input_embeddings().weight
+        made, info = augment.augmented_corpus(
+            tokens.texts,
+            student.tokenizer,
+            embedding,
+            opts.augment,
+            cache_dir=augment_dir(opts),
+            seed=opts.seed,
+            method=opts.augment_method,
+            write=main,
+            progress=main and opts.progress and _terminal(),
+            say=say if main else None,
+        )
+        extra += made
+        augmented = len(made)
+    n_labeled = sum(1 for y in labels if y != IGNORE) if labels is not None else 0
+    corpus = Corpus(
+        train=len(tokens),
+        labeled=n_labeled,
+        unlabeled=unlabeled,
+        augmented=augmented,
+        total=len(tokens) + len(extra),
+        unlabeled_file=str(opts.unlabeled) if opts.unlabeled else None,
+        augmentation=Augmentation(**info) if info is not None else None,
+    )
+    if extra:
+        device = next(iter(tokens.columns.values())).device
+        tokens_out = Tokens(student, tokens.texts + extra, opts.max_length, device)
+        labels = labels + [IGNORE] * len(extra) if labels is not None else None
+    else:
+        tokens_out = tokens
+    tokens.extended = (settings, (tokens_out, labels, corpus))
+    return tokens_out, labels, corpus
+
+
+def augment_dir(opts) -> Path:
+    """Where the augmented corpora are kept: ``augment_cache``, else ``.edgekit-augment`` beside the
+    output directory (outside the checkpoint; shared by the runs that write next to each other)."""
+    return Path(opts.augment_cache) if opts.augment_cache else Path(opts.out).resolve().parent / ".edgekit-augment"
+
+
+def _terminal() -> bool:
+    from rich.console import Console
+
+    return Console().is_terminal
 
 
 def batch_order(

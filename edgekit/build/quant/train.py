@@ -28,7 +28,7 @@ import json
 from pathlib import Path
 
 from edgekit.build.load import Encoder, load
-from edgekit.build.quant import stats
+from edgekit.build.quant import sensitivity, stats
 from edgekit.build.quant.api import float_state
 from edgekit.build.quant.config import make_config
 from edgekit.build.quant.ddp import Dist, seed_everything
@@ -59,12 +59,27 @@ def run(opts: TrainOptions) -> QuantReport:
         out = Path(opts.out)
         teacher = load(opts.teacher or opts.model)
         student: Encoder = load(opts.model)
+        mixed_budget = {"budget_mb": opts.budget_mb, "mean_bits": opts.mean_bits}
+        if opts.budget_mb is not None or opts.mean_bits is not None:  # a budget no plan meets fails here, before any work
+            sensitivity.check_budget(student.module, final_cfg, **mixed_budget)
         if opts.teacher:
             check_tokenizers(teacher, student)
         texts, labels = read_training_data(opts.data, student)
         if opts.limit:
             texts, labels = texts[: opts.limit], (labels[: opts.limit] if labels is not None else None)
         evalset = read_training_data(opts.eval_data, student) if opts.eval_data else None
+        mixed = None
+        if opts.budget_mb is not None or opts.mean_bits is not None:  # mixed precision: bits per part by sensitivity on dev
+            final_cfg, mixed = sensitivity.plan_mixed(
+                student,
+                final_cfg,
+                evalset[0],
+                **mixed_budget,
+                device=dist.device,
+                max_length=opts.max_length,
+                progress=opts.progress and dist.main,
+                say=dist.say,
+            )
         classifier = student.info.task == "classifier"
         # tokenized once for every stage (the student's tokenizer; a teacher's must match it)
         train_tokens = Tokens(student, texts, opts.max_length, dist.device)
@@ -124,6 +139,7 @@ def run(opts: TrainOptions) -> QuantReport:
             stages=stages,
             flops_formula=stats.FORMULA,
             teacher_eval=teacher_eval,
+            mixed=mixed,
         )
         if dist.main:
             out.mkdir(parents=True, exist_ok=True)
