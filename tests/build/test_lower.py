@@ -120,8 +120,8 @@ def test_optimized_graph_has_integer_matmuls(lowered, tmp_path):
 def test_ort_cpu_fuses_the_lowered_graph_and_keeps_integer_matmuls(lowered, tmp_path, name, scheme):
     """ort-cpu's transformer fusions on a QDQ graph: the norms and GELUs fuse, every quantized matmul stays INT8."""
     path, manifest = lowered(name, scheme)
-    fused = compile_artifact(path, manifest, "ort-cpu", tmp_path / "fused", options={"fusion": "auto"})
-    plain = compile_artifact(path, manifest, "ort-cpu", tmp_path / "plain")  # default: fusion off
+    fused = compile_artifact(path, manifest, "ort-cpu", tmp_path / "fused", options={"tune": "off", "fusion": "auto"})
+    plain = compile_artifact(path, manifest, "ort-cpu", tmp_path / "plain", options={"tune": "off"})  # default: fusion off
     fusion = fused.settings["fusion"]
     # the attention pattern does not match around QDQ matmuls (float Q/K/V only): it stays unfused
     assert fusion["applied"] == {"BiasGelu": 2, "SkipLayerNormalization": 4} and fusion["plan"] == "all"
@@ -148,7 +148,7 @@ def test_predictor_runs_the_packed_artifact(lowered, encoders, texts):
 def test_compiles_for_runtimes_int8(lowered, tmp_path, name, scheme):
     pytest.importorskip("openvino")
     path, manifest = lowered(name, scheme)
-    ov_manifest = compile_artifact(path, manifest, "openvino-cpu", tmp_path / "openvino-cpu")
+    ov_manifest = compile_artifact(path, manifest, "openvino-cpu", tmp_path / "openvino-cpu", options={"tune": "off"})
     report = ov_manifest.settings["int8"]
     # OpenVINO's runtime model: every quantized matmul at u8/i8 (a fused int8 attention block counts as its 2 matmuls)
     assert ov_manifest.precision == "int8" and report["all_int8"] and report["int8"] >= 16
@@ -161,7 +161,7 @@ def test_compiles_for_runtimes_int8(lowered, tmp_path, name, scheme):
     assert (tmp_path / "openvino-cpu" / "model.bin").stat().st_size == packed["bin_bytes"] - packed["unpacked_bytes"]
     assert packed["packed_bytes"] <= packed["unpacked_bytes"] // 4 + 4 * len(packed["tensors"])
 
-    ort_manifest = compile_artifact(path, manifest, "ort-cpu", tmp_path / "ort-cpu")
+    ort_manifest = compile_artifact(path, manifest, "ort-cpu", tmp_path / "ort-cpu", options={"tune": "off"})
     assert ort_manifest.settings["int8"]["all_int8"] and ort_manifest.settings["packed"]["tensors"]
     assert ort_manifest.parity.passed and ort_manifest.parity.max_abs_diff < 1e-4
 
@@ -199,14 +199,14 @@ def test_packed_weights_that_do_not_match_the_manifest_are_refused(lowered, tmp_
     with pytest.raises(ArtifactError, match="does not match the manifest; refusing to load"):
         Predictor(path).__enter__()
     with pytest.raises(ArtifactError, match="refusing to load"):
-        compile_artifact(path, artifact.read_manifest(path), "ort-cpu", tmp_path / "ort")
+        compile_artifact(path, artifact.read_manifest(path), "ort-cpu", tmp_path / "ort", options={"tune": "off"})
     assert not (tmp_path / "ort").exists()
 
 
 def test_packed_ir_that_does_not_match_the_manifest_is_refused(lowered, tmp_path):
     pytest.importorskip("openvino")
     src, manifest = lowered("bert-classifier", "bit-w1a1")
-    compile_artifact(src, manifest, "openvino-cpu", tmp_path / "ov")
+    compile_artifact(src, manifest, "openvino-cpu", tmp_path / "ov", options={"tune": "off"})
     with Predictor(tmp_path / "ov") as pred:  # loads from the packed weights
         assert pred.predict(["a short text"]).shape[0] == 1
     doc = json.loads((tmp_path / "ov" / artifact.MANIFEST).read_text())

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from edgekit.deploy import devices
 from edgekit.deploy.devices import DeviceProfile
-from edgekit.deploy.targets.base import Session, Target, TargetOptions
+from edgekit.deploy.targets.base import Session, Target, TargetOptions, tune_candidates
 from edgekit.deploy.targets.openvino import OpenVinoCpuTarget
 from edgekit.deploy.targets.openvino_npu import OpenVinoNpuTarget
 from edgekit.deploy.targets.ort import OrtCpuTarget
@@ -123,5 +123,6 @@ __all__ = [
     "resolve_options",
     "static_targets",
     "target_class",
+    "tune_candidates",
     "usable_here",
 ]

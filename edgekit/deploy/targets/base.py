@@ -7,10 +7,10 @@ by the same code.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgekit.deploy.artifact import Manifest
 from edgekit.deploy.devices import DeviceProfile
@@ -21,6 +21,10 @@ class TargetOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     threads: int | None = None
+    # Compile-time autotuning (edgekit.build.tune): on, off, or auto (on for lowered binary/ternary
+    # models, off otherwise); the candidates are the target's (tune_candidates below).
+    tune: Literal["auto", "on", "off"] = "auto"
+    tune_budget_s: float = Field(120.0, gt=0, description="seconds the tuner may spend building and timing candidates")
 
     @model_validator(mode="after")
     def _one_seq_source(self) -> TargetOptions:
@@ -81,6 +85,18 @@ class Target(Protocol):
 
     def load(self, artifact_dir: Path, manifest: Manifest, options: TargetOptions | None = None) -> Session:
         """Open a compiled artifact for inference."""
+
+
+def tune_candidates(target: Any, options: TargetOptions, manifest: Manifest) -> list[dict[str, Any]]:
+    """The variants compile's autotuner tries for ``target`` (besides the options as given).
+
+    A target offers them with an optional method ``tune_candidates(options, manifest)`` returning
+    ``[{"name": ..., "options": {field: value}}, ...]``; a variant that cannot run here (a kernel or
+    precision the installed runtime or CPU lacks) carries ``"skip": "why"`` instead of being left
+    out, so the manifest says why it was not tried; ``"replaces": [field, ...]`` lets it vary options
+    the user set (otherwise fixed). A target without the method has none."""
+    hook = getattr(target, "tune_candidates", None)
+    return list(hook(options, manifest)) if hook is not None else []
 
 
 def runtime_version(module: Any) -> str:

@@ -195,6 +195,23 @@ class OpenVinoCpuTarget:
             "settings": settings,
         }
 
+    def tune_candidates(self, options: OpenVinoOptions, manifest: Manifest) -> list[dict[str, Any]]:
+        """Variants for compile's autotuner: the THROUGHPUT hint, bf16/fp16 inference precision (where
+        this CPU computes it), two streams, and dynamic shapes where sequence buckets were asked for."""
+        ov = require("openvino", for_=f"target {self.name}")
+        caps = set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        cands: list[dict[str, Any]] = [{"name": "hint=THROUGHPUT", "options": {"hint": "THROUGHPUT"}}]
+        for precision, cap in (("bf16", "BF16"), ("fp16", "FP16")):
+            cand: dict[str, Any] = {"name": f"precision={precision}", "options": {"precision": precision}}
+            if cap not in caps:
+                cand["skip"] = f"this CPU has no {cap} compute (OpenVINO CPU capabilities: {', '.join(sorted(caps))})"
+            cands.append(cand)
+        cands.append({"name": "streams=2", "options": {"streams": 2}})
+        if options.seq_lens is not None or options.data is not None:
+            # the buckets asked for are what is tuned here: timed against dynamic shapes on the same lengths
+            cands.append({"name": "dynamic shapes", "options": {"seq_lens": None, "data": None}, "replaces": ["seq_lens", "data"]})
+        return cands
+
     def runs_here(self) -> str | None:
         return None
 

@@ -10,6 +10,9 @@ and hash-checked when a session opens it.
 
 from __future__ import annotations
 
+import mmap
+import os
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -24,6 +27,13 @@ from edgekit.deps import is_installed, require
 from edgekit.errors import TargetError
 
 MODEL_FILE = "model.ort-opt.onnx"
+
+# The first ONNX Runtime whose CPU provider runs com.microsoft MatMulNBits, by weight bits (None:
+# the operator itself, with its accuracy_level attribute). The operator and its 4-bit kernel came
+# in 1.17.0 (onnxruntime PR 17890; accuracy_level, PR 17669); 8-bit weights in 1.22.0 (PR 24384);
+# 2-bit weights on the CPU in 1.23.0 (PR 25582, a dequantizing fallback). Older runtimes fail
+# at session creation with a kernel error that does not say which version is needed.
+MATMULNBITS_SINCE: dict[int | None, str] = {None: "1.17.0", 4: "1.17.0", 8: "1.22.0", 2: "1.23.0"}
 
 
 class OrtOptions(TargetOptions):
@@ -56,11 +66,50 @@ def session_options(ort: Any, level: str, threads: int | None, spinning: bool | 
     return so
 
 
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", text.split("+")[0])[:3])
+
+
+def matmulnbits_need(model: str | Path | bytes) -> tuple[str, str] | None:
+    """(the lowest onnxruntime that runs the graph's MatMulNBits nodes, which nodes need it), or None
+    if the graph has none (or onnx, needed to read the graph, is not installed)."""
+    if not isinstance(model, bytes):
+        with open(model, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            if view.find(b"MatMulNBits") < 0:  # the common case, without parsing the graph
+                return None
+        model = Path(model).read_bytes()
+    if b"MatMulNBits" not in model or not is_installed("onnx"):
+        return None
+    raw = model
+    onnx = require("onnx", for_="reading MatMulNBits nodes")
+    graph = onnx.load_from_string(raw).graph
+    need: tuple[str, str] | None = None
+    for node in graph.node:
+        if node.op_type != "MatMulNBits" or node.domain != "com.microsoft":
+            continue
+        bits = next((a.i for a in node.attribute if a.name == "bits"), 4)
+        since = MATMULNBITS_SINCE.get(bits, MATMULNBITS_SINCE[None])
+        if need is None or _version(since) > _version(need[0]):
+            need = (since, f"MatMulNBits bits={bits} ({node.name or 'unnamed'})")
+    return need
+
+
+def check_matmulnbits(model: str | Path | bytes, installed: str) -> None:
+    """Refuse, in one line naming the version needed, a graph whose MatMulNBits nodes ``installed`` onnxruntime cannot run."""
+    need = matmulnbits_need(model)
+    if need is not None and _version(installed) < _version(need[0]):
+        raise TargetError(
+            f"ort-cpu: the graph's com.microsoft {need[1]} needs onnxruntime >= {need[0]}; this is onnxruntime {installed}",
+            hint=f"pip install 'onnxruntime>={need[0]}', or rebuild the graph with the INT8 QDQ lowering (no MatMulNBits)",
+        )
+
+
 class OrtSession:
     def __init__(self, path: Path, threads: int | None, *, packed: dict[str, Any] | None = None, spinning: bool | None = None) -> None:
         """``packed``: the manifest's ``settings.packed`` (weights to unpack and hash-check first)."""
         ort = require("onnxruntime", for_="target ort-cpu")
         model = packing.model_bytes(path.parent, path.name, packed) if packed else str(path)
+        check_matmulnbits(model, runtime_version(ort))
         self._sess = ort.InferenceSession(model, session_options(ort, "all", threads, spinning), providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self._sess.get_inputs()]
         self.output_names = [o.name for o in self._sess.get_outputs()]
@@ -124,6 +173,7 @@ class OrtCpuTarget:
         ort = require("onnxruntime", for_=f"target {self.name}")
         so = session_options(ort, options.optimization, options.threads, options.spinning)
         so.optimized_model_filepath = str(out / MODEL_FILE)
+        check_matmulnbits(onnx_dir / manifest.model_file, runtime_version(ort))
         source, fusion = _fused_source(onnx_dir / manifest.model_file, manifest, options, out)
         ort.InferenceSession(str(source), so, providers=["CPUExecutionProvider"])
         settings: dict[str, Any] = {
@@ -149,6 +199,18 @@ class OrtCpuTarget:
             "runtime": {"onnxruntime": runtime_version(ort)},
             "settings": settings,
         }
+
+    def tune_candidates(self, options: OrtOptions, manifest: Manifest) -> list[dict[str, Any]]:
+        """Variants for compile's autotuner: the transformer fusions, one intra-op thread, both."""
+        fusion_missing = ort_fusion.available()
+        fused: dict[str, Any] = {"name": "fusion=auto", "options": {"fusion": "auto"}}
+        if fusion_missing:
+            fused["skip"] = fusion_missing
+        cands = [fused]
+        if (os.cpu_count() or 1) > 1:
+            cands.append({"name": "threads=1", "options": {"threads": 1}})
+            cands.append({**fused, "name": "fusion=auto threads=1", "options": {"fusion": "auto", "threads": 1}})
+        return cands
 
     def runs_here(self) -> str | None:
         return None

@@ -15,7 +15,9 @@ pytest.importorskip("openvino")
 @pytest.mark.openvino
 def test_buckets_pick_the_smallest_that_fits(exported, tmp_path, texts):
     src = exported("bert-embedding")  # max_length 64
-    manifest = compile_artifact(src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "ov", options={"seq_lens": "16,64"})
+    manifest = compile_artifact(
+        src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "ov", options={"tune": "off", "seq_lens": "16,64"}
+    )
     assert manifest.settings["buckets"] == [16, 64] and manifest.settings["bucket_source"] == "option seq_lens"
     assert manifest.parity.passed  # parity ran through the buckets
     with Predictor(tmp_path / "ov") as pred:
@@ -32,16 +34,22 @@ def test_buckets_from_data_and_bad_options(exported, static_bert_onnx, tmp_path)
     src = exported("bert-embedding")
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(data.sample_texts()[:200]) + "\n")
-    manifest = compile_artifact(src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "ov", options={"data": str(texts)})
+    manifest = compile_artifact(
+        src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "ov", options={"tune": "off", "data": str(texts)}
+    )
     assert (
         manifest.settings["buckets"][-1] <= 64
         and "200 texts" in manifest.settings["bucket_source"]
         and "powers of two" in manifest.settings["bucket_source"]
     )
     with pytest.raises(ConfigError, match="not both"):
-        compile_artifact(src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "x", options={"seq_lens": "16", "data": str(texts)})
+        compile_artifact(
+            src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "x", options={"tune": "off", "seq_lens": "16", "data": str(texts)}
+        )
     # buckets shorter than some parity texts: those run on the dynamic-shape model
-    manifest = compile_artifact(src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "short", options={"seq_lens": "8"})
+    manifest = compile_artifact(
+        src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "short", options={"tune": "off", "seq_lens": "8"}
+    )
     assert manifest.parity.passed
     with Predictor(tmp_path / "short") as pred:
         pred.run(pred.tokenizer([" ".join(data.sample_texts()[:5])]))

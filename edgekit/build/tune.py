@@ -1,0 +1,230 @@
+"""Compile-time autotuning: build a target's candidate variants, keep the fastest that passes parity.
+
+A target offers candidates through its optional ``tune_candidates(options, manifest)`` hook
+(:func:`edgekit.deploy.targets.base.tune_candidates`): each one a name and option overrides
+(fusion, threads, performance hint, precision, streams, sequence buckets...), or a reason it
+cannot run here. :func:`tune` builds every candidate into a scratch folder with the target's own
+compile, checks it against PyTorch's parity reference with the compile's tolerance, times the
+ones that pass with the target's own runtime, round by round (every candidate back to back each
+round, the order reversed every other round, so machine drift hits all alike), and picks the
+lowest p50. Options the user set are never varied. Every candidate is recorded (settings, p50,
+parity and why, or why skipped), with the full option set that rebuilds the choice with
+``tune=off``; nothing that failed parity or could not be built is ever chosen.
+
+The objective is the p50 of one call at batch 1 over inputs at their real lengths: the texts of
+the ``data`` option where given, else PyTorch's parity texts, each cut to its own length (padded
+to the compiled lengths where ``seq_lens`` fixes them, as the session does).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.deploy import data, parity
+from edgekit.deploy.artifact import Manifest
+from edgekit.deploy.targets.base import TargetOptions
+from edgekit.deploy.targets.shapes import row_lengths
+from edgekit.deploy.tokenizer import Tokenizer
+from edgekit.errors import EdgekitError
+
+MIN_GAIN = 0.02  # a candidate replaces the default only if its p50 is at least this much lower (timing noise)
+MIN_ROUNDS = 3
+MAX_ROUNDS = 30
+MAX_FEEDS = 24  # timing inputs per round
+
+Build = Callable[[TargetOptions, Path], Manifest]  # compile the options into a folder: the manifest, parity not run
+Check = Callable[[Path, Manifest, TargetOptions], tuple[bool, str]]  # parity of a built candidate: (passed, why not)
+Open = Callable[[Path, Manifest, TargetOptions], Any]  # a Session on a built candidate
+
+
+def wanted(options: TargetOptions, manifest: Manifest) -> bool:
+    """Whether compile tunes: ``tune=on``, or ``auto`` (the default) on a lowered binary/ternary model."""
+    mode = getattr(options, "tune", "off")
+    return mode == "on" or (mode == "auto" and "lowered" in manifest.settings)
+
+
+def plan(candidates: list[dict[str, Any]], options: TargetOptions) -> list[dict[str, Any]]:
+    """The default candidate first, then the target's: overrides of options the user set dropped
+    (those are fixed, unless the candidate names them in ``replaces``: dynamic shapes in place of
+    the sequence buckets asked for, say), duplicates and no-ops removed."""
+    out: list[dict[str, Any]] = [{"name": "default", "options": {}}]
+    seen: list[dict[str, Any]] = [{}]
+    for cand in candidates:
+        fixed = options.model_fields_set - set(cand.get("replaces", ()))
+        over = {k: v for k, v in cand.get("options", {}).items() if k not in fixed and getattr(options, k, object()) != v}
+        if over in seen and not cand.get("skip"):
+            continue
+        seen.append(over)
+        out.append({"name": cand["name"], "options": over, **({"skip": cand["skip"]} if cand.get("skip") else {})})
+    return out
+
+
+def rebuild_options(options: TargetOptions, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The option dict that rebuilds a candidate with ``tune=off``: what the user set, the overrides
+    on top (an override of None drops the option), JSON-safe."""
+    full = {k: getattr(options, k) for k in options.model_fields_set} | overrides | {"tune": "off"}
+    return {k: v for k, v in full.items() if v is not None and k != "tune_budget_s"}
+
+
+def cli_form(opts: dict[str, Any]) -> str:
+    """``-o key=value`` flags for an option dict (lists as ``a,b``)."""
+    return " ".join(f"-o {k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in opts.items())
+
+
+def timing_feeds(onnx_dir: Path, manifest: Manifest, options: TargetOptions) -> tuple[list[dict[str, np.ndarray]], str]:
+    """(batch-1 feeds at real lengths, where they came from): texts of the ``data`` option, else
+    PyTorch's parity texts each cut to its own length (a static export keeps its shape)."""
+    data_file = getattr(options, "data", None)
+    if data_file is not None:
+        texts = data.read_texts(data_file)
+        texts = texts[:: max(1, len(texts) // MAX_FEEDS)][:MAX_FEEDS]
+        tok = Tokenizer(onnx_dir, manifest)
+        return [tok([t]) for t in texts], f"{len(texts)} texts of {data_file}"
+    feed, _ = parity.load_reference(onnx_dir / parity.REFERENCE)
+    rows = next(iter(feed.values())).shape[0]
+    lengths = row_lengths(feed, manifest.tokenizer.pad_id)
+    keep = manifest.static_shape is not None
+    feeds = [
+        {k: np.ascontiguousarray(v[i : i + 1, : None if keep else max(1, int(lengths[i]))]) for k, v in feed.items()} for i in range(rows)
+    ]
+    return feeds[:MAX_FEEDS], f"{min(rows, MAX_FEEDS)} parity texts"
+
+
+def tune(
+    candidates: list[dict[str, Any]],
+    options: TargetOptions,
+    feeds: list[dict[str, np.ndarray]],
+    workdir: Path,
+    *,
+    build: Build,
+    check: Check,
+    open_session: Open,
+    budget_s: float,
+    feeds_source: str = "",
+    progress: bool = True,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Build, check and time ``candidates`` (see :func:`plan`); return (the chosen option
+    overrides, the record for the manifest's ``settings.tune``)."""
+    start = time.perf_counter()
+    cands = plan(candidates, options)
+    feeds = feeds[:MAX_FEEDS]
+    built: list[tuple[dict[str, Any], Path, Manifest, TargetOptions]] = []
+    with _progress(progress, len(cands)) as bar:
+        for i, cand in enumerate(cands):
+            bar(f"tune: build {cand['name']}")
+            if cand.get("skip"):
+                cand["status"] = "skipped"
+                cand["why"] = cand.pop("skip")
+                continue
+            if i and time.perf_counter() - start > budget_s:
+                cand.update(status="skipped", why=f"time budget: {budget_s:g} s (tune_budget_s) spent before it was built")
+                continue
+            try:
+                opts = options.model_copy(update=cand["options"])
+                opts = type(options).model_validate(opts.model_dump())
+                where = workdir / f"c{i}"
+                where.mkdir(parents=True)
+                manifest = build(opts, where)
+                passed, why = check(where, manifest, opts)
+            except EdgekitError as err:  # a kernel or runtime feature missing here, a bad combination...
+                cand.update(status="skipped", why=err.message)
+                continue
+            except Exception as err:  # recorded with the runtime's own message; the default build re-raises it at compile
+                cand.update(
+                    status="skipped", why=f"build failed: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
+                )
+                continue
+            cand["parity"] = "pass" if passed else f"fail: {why}"
+            if not passed:
+                cand.update(status="rejected", why="fails parity")
+                continue
+            built.append((cand, where, manifest, opts))
+        timings, rounds = _time(built, feeds, open_session, start, budget_s, bar)
+    for cand, *_ in built:
+        cand.update(status="timed", p50_ms=round(float(np.median(timings[cand["name"]])) * 1e3, 4))
+    chosen = _choose([c for c, *_ in built])
+    shutil.rmtree(workdir, ignore_errors=True)
+    record = {
+        "mode": getattr(options, "tune", "on"),
+        "budget_s": budget_s,
+        "seconds": round(time.perf_counter() - start, 1),
+        "objective": f"p50 ms of one call at batch 1 over {len(feeds)} inputs at their real lengths ({feeds_source}), {rounds} rounds",
+        "candidates": cands,
+        "chosen": chosen["name"] if chosen else None,
+    }
+    overrides = chosen["options"] if chosen else {}
+    record["options"] = rebuild_options(options, overrides)
+    record["rebuild"] = cli_form(record["options"])
+    return overrides, record
+
+
+def _choose(timed: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The lowest p50; the default stays unless another beats it by :data:`MIN_GAIN`."""
+    if not timed:
+        return None
+    best = min(timed, key=lambda c: c["p50_ms"])
+    default = next((c for c in timed if c["name"] == "default"), None)
+    if default is not None and best["p50_ms"] > default["p50_ms"] * (1 - MIN_GAIN):
+        return default
+    return best
+
+
+def _time(built, feeds, open_session: Open, start: float, budget_s: float, bar) -> tuple[dict[str, list[float]], int]:
+    """Per candidate, the seconds of every timed call: sessions open side by side, rounds interleaved."""
+    sessions = {}
+    try:
+        for cand, where, manifest, opts in built:
+            sessions[cand["name"]] = open_session(where, manifest, opts).__enter__()
+            for feed in feeds:  # warm-up: first calls allocate, and bucketed sessions compile lazily
+                sessions[cand["name"]].infer(feed)
+        times: dict[str, list[float]] = {name: [] for name in sessions}
+        names = list(sessions)
+        rounds = 0
+        while rounds < MAX_ROUNDS and names:
+            if rounds >= MIN_ROUNDS and time.perf_counter() - start > budget_s:
+                break
+            bar(f"tune: timing round {rounds + 1}")
+            for name in names if rounds % 2 == 0 else names[::-1]:
+                infer = sessions[name].infer
+                for feed in feeds:
+                    t = time.perf_counter()
+                    infer(feed)
+                    times[name].append(time.perf_counter() - t)
+            rounds += 1
+        return times, rounds
+    finally:
+        for s in sessions.values():
+            s.__exit__(None, None, None)
+
+
+class _progress:
+    """A rich progress line (transient) when ``enabled`` and rich is there; else silent."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self._enabled, self._total, self._bar = enabled, total, None
+
+    def __enter__(self) -> Callable[[str], None]:
+        if self._enabled:
+            try:
+                from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+                self._bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True)
+                self._bar.start()
+                self._task = self._bar.add_task("tune", total=None)
+            except ImportError:
+                self._bar = None
+        return self._say
+
+    def _say(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, description=text)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()

@@ -1,0 +1,158 @@
+"""edgekit.build.tune: compile-time autotuning (candidates built, parity-checked, timed, the fastest kept, all recorded)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+
+import pytest
+import torch
+
+from edgekit.build import tune
+from edgekit.build.compile import compile_artifact
+from edgekit.build.export import export
+from edgekit.build.load import load
+from edgekit.build.lower import lower
+from edgekit.build.quant import calibrate, quantize_
+from edgekit.build.quant.saving import save_quantized
+from edgekit.deploy import artifact, data, parity, targets
+from edgekit.deploy.targets.openvino import OpenVinoCpuTarget
+
+
+def sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def same_ir(a, b) -> bool:
+    """Same weights and the same graph; OpenVINO numbers the nodes it names itself from a process-wide counter."""
+    auto = re.compile(rb'name="([A-Za-z]+)_\d+"')
+    return sha(a.with_suffix(".bin")) == sha(b.with_suffix(".bin")) and auto.sub(rb"\1", a.read_bytes()) == auto.sub(rb"\1", b.read_bytes())
+
+
+@pytest.fixture(scope="module")
+def wide_onnx(tmp_path_factory):
+    """A BERT wide and long enough (hidden 128, 256 positions) that padding a short text to 256
+    tokens costs many times its real length: two candidates whose speed differs by construction."""
+    import transformers
+    from conftest import _tokenizer
+
+    root = tmp_path_factory.mktemp("wide")
+    tok = _tokenizer("bert", root)
+    tok.model_max_length = 256
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        vocab_size=len(tok), hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512, max_position_embeddings=256
+    )
+    ckpt = root / "ckpt"
+    transformers.BertModel(cfg).eval().save_pretrained(ckpt)
+    tok.save_pretrained(ckpt)
+    export(load(ckpt), root / "onnx")
+    return root / "onnx"
+
+
+@pytest.fixture(scope="module")
+def lowered_onnx(checkpoints, encoders, tmp_path_factory):
+    """A lowered ternary (W2A8) graph of the tiny BERT classifier (calibrated, untrained)."""
+    root = tmp_path_factory.mktemp("tune-lowered")
+    enc = encoders("bert-classifier")
+    module = copy.deepcopy(enc.module)
+    quantize_(module, "ternary-w2a8")
+    feed = enc.tokenize(data.sample_texts()[:16])
+    calibrate(module, [tuple(torch.from_numpy(feed[n]) for n in enc.spec.input_names)])
+    ckpt = save_quantized(module, enc.tokenizer, root / "ckpt", source=checkpoints["bert-classifier"])
+    lower(ckpt, root / "lowered")
+    return root / "lowered"
+
+
+def test_picks_the_faster_of_two_and_the_choice_rebuilds_with_tune_off(wide_onnx, tmp_path):
+    src = artifact.read_manifest(wide_onnx)
+    # the options as given pad every text to 256 tokens; the candidate runs them at their length
+    dynamic = {"name": "dynamic shapes", "options": {"seq_lens": None}, "replaces": ["seq_lens"]}
+    m = compile_artifact(
+        wide_onnx,
+        src,
+        "openvino-cpu",
+        tmp_path / "tuned",
+        options={"tune": "on", "seq_lens": "256", "tune_budget_s": 15},
+        candidates=[dynamic],
+        progress=False,
+    )
+    record = m.settings["tune"]
+    by_name = {c["name"]: c for c in record["candidates"]}
+    assert set(by_name) == {"default", "dynamic shapes"}
+    assert all(c["status"] == "timed" and c["parity"] == "pass" for c in by_name.values()), record
+    assert by_name["dynamic shapes"]["p50_ms"] * 2 < by_name["default"]["p50_ms"]
+    assert record["chosen"] == "dynamic shapes"
+    assert "buckets" not in m.settings  # the artifact is the chosen one
+    assert record["options"] == {"tune": "off"} and record["rebuild"] == "-o tune=off"
+    assert m.parity.passed
+
+    again = compile_artifact(wide_onnx, src, "openvino-cpu", tmp_path / "again", options=record["options"], progress=False)
+    assert "tune" not in again.settings
+    assert same_ir(tmp_path / "again" / again.model_file, tmp_path / "tuned" / m.model_file)
+    assert again.settings["config"] == m.settings["config"] and again.settings.get("buckets") == m.settings.get("buckets")
+
+
+def test_candidate_failing_parity_is_recorded_and_never_chosen(bert_onnx, tmp_path):
+    """bf16 inference breaks parity under a strict fp32 tolerance, for real, on a CPU that computes bf16."""
+    import openvino as ov
+
+    strict = parity.Tolerance(atol=2e-5, min_cosine=0.999999)
+    m = compile_artifact(
+        bert_onnx,
+        artifact.read_manifest(bert_onnx),
+        "openvino-cpu",
+        tmp_path / "ov",
+        options={"tune": "on", "tune_budget_s": 30},
+        tolerance=strict,
+        progress=False,
+    )
+    record = m.settings["tune"]
+    by_name = {c["name"]: c for c in record["candidates"]}
+    assert list(by_name) == ["default", "hint=THROUGHPUT", "precision=bf16", "precision=fp16", "streams=2"]
+    assert by_name["default"]["status"] == "timed" and by_name["default"]["p50_ms"] > 0
+    bf16 = by_name["precision=bf16"]
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        assert bf16["status"] == "rejected" and bf16["parity"].startswith("fail: ") and "differs from PyTorch" in bf16["parity"], bf16
+    else:
+        assert bf16["status"] == "skipped" and "no BF16" in bf16["why"]
+    assert all(c["status"] in ("timed", "rejected", "skipped") and (c["status"] == "timed") == ("p50_ms" in c) for c in by_name.values())
+    assert by_name[record["chosen"]]["status"] == "timed"
+    assert m.precision == "fp32" and m.settings["config"]["INFERENCE_PRECISION_HINT"] == "f32"
+    assert m.parity.passed and m.parity.max_abs_diff <= 2e-5
+
+
+def test_lowered_model_is_tuned_by_default_and_rebuilds(lowered_onnx, tmp_path):
+    src = artifact.read_manifest(lowered_onnx)
+    m = compile_artifact(lowered_onnx, src, "ort-cpu", tmp_path / "tuned", options={"tune_budget_s": 15}, progress=False)
+    record = m.settings["tune"]
+    assert record["mode"] == "auto"
+    names = [c["name"] for c in record["candidates"]]
+    assert names[:2] == ["default", "fusion=auto"]
+    chosen = next(c for c in record["candidates"] if c["name"] == record["chosen"])
+    timed = [c for c in record["candidates"] if c["status"] == "timed"]
+    assert chosen["p50_ms"] <= min(c["p50_ms"] for c in timed) * (1 + tune.MIN_GAIN) or chosen["name"] == "default"
+    # what was built is the choice: its options are in the artifact's settings
+    assert m.settings["fusion"]["mode"] == chosen["options"].get("fusion", "off")
+    assert m.settings["threads"] == chosen["options"].get("threads")
+    assert m.settings["int8"]["all_int8"]
+
+    again = compile_artifact(lowered_onnx, src, "ort-cpu", tmp_path / "again", options=record["options"], progress=False)
+    assert sha(tmp_path / "again" / again.model_file) == sha(tmp_path / "tuned" / m.model_file)
+    assert {k: v for k, v in again.settings.items() if k != "tune"} == {k: v for k, v in m.settings.items() if k != "tune"}
+
+
+def test_float_models_are_not_tuned_unless_asked(bert_onnx, tmp_path):
+    m = compile_artifact(bert_onnx, artifact.read_manifest(bert_onnx), "ort-cpu", tmp_path / "ort", progress=False)
+    assert "tune" not in m.settings
+
+
+def test_plan_keeps_options_the_user_set():
+    opts = targets.resolve_options("openvino-cpu", {"hint": "THROUGHPUT", "seq_lens": "64"})
+    cands = OpenVinoCpuTarget().tune_candidates(opts, None)
+    planned = {c["name"]: c["options"] for c in tune.plan(cands, opts)}
+    assert "hint=THROUGHPUT" not in planned  # the user's hint is fixed: that candidate is a no-op, dropped
+    assert planned["dynamic shapes"] == {"seq_lens": None}  # buckets asked for are what is tuned
+    assert tune.rebuild_options(opts, {"seq_lens": None}) == {"hint": "THROUGHPUT", "tune": "off"}
+    assert tune.cli_form({"seq_lens": [64, 128], "tune": "off"}) == "-o seq_lens=64,128 -o tune=off"
