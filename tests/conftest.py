@@ -26,6 +26,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgekit.deploy import data
@@ -254,3 +255,75 @@ def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
         code = exc.code if isinstance(exc.code, int) else 1
     out, err = capsys.readouterr()
     return code, out, err
+
+
+# --- the 1-bit kernel (tests/deploy/kernels): the library built once per session, and single-op graphs
+
+
+@pytest.fixture(scope="session")
+def xnor_lib(tmp_path_factory) -> Path:
+    """The kernel library, built into a fresh cache. Skipped only where no compiler or headers exist."""
+    from edgekit.deploy.kernels import xnor
+
+    ov = pytest.importorskip("openvino")
+    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        pytest.skip("no C++ compiler (g++, c++, clang++) on PATH: the 1-bit kernel cannot be built here")
+    if not (Path(ov.__file__).parent / "include" / "openvino" / "op" / "op.hpp").exists():
+        pytest.skip("the openvino package ships no C++ headers: the 1-bit kernel cannot be built here")
+    return xnor.build(tmp_path_factory.mktemp("kernels"))  # a failed build here is a failure, not a skip
+
+
+@pytest.fixture(scope="session")
+def ov_core(xnor_lib):
+    import openvino as ov
+
+    from edgekit.deploy.kernels import xnor
+
+    core = ov.Core()
+    xnor.load(core, xnor_lib)
+    return core
+
+
+def _binary_matmul_model(w_codes: np.ndarray, scale, bias, params, mode: str):
+    """ONNX model: Y = BinaryMatMul(X [M, K]) with weight codes ``w_codes`` [N, K] in {-1, +1}."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekit.deploy.kernels import xnor
+
+    n, k = w_codes.shape
+    inits = [
+        numpy_helper.from_array(xnor.pack_weights(w_codes), "W"),
+        numpy_helper.from_array(np.asarray(scale, np.float32).reshape(n), "S"),
+        numpy_helper.from_array(np.asarray(bias, np.float32).reshape(n), "B"),
+        numpy_helper.from_array(np.asarray(params, np.float32), "P"),
+    ]
+    node = helper.make_node(xnor.OP_TYPE, ["X", "W", "S", "B", "P"], ["Y"], domain=xnor.DOMAIN, n=n, k=k, mode=mode)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["M", k])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(xnor.DOMAIN, 1)])
+
+
+@pytest.fixture
+def binary_matmul_model():
+    """``(w_codes [N, K], scale, bias, params, mode) -> onnx model`` of one BinaryMatMul."""
+    return _binary_matmul_model
+
+
+@pytest.fixture
+def ov_compile(ov_core, tmp_path):
+    """``(onnx model) -> compiled OpenVINO model`` (CPU, 2 threads), the kernel loaded."""
+    import onnx
+
+    def compile_(model, name: str = "model.onnx"):
+        path = tmp_path / name
+        onnx.save(model, str(path))
+        return ov_core.compile_model(
+            ov_core.read_model(str(path)), "CPU", {"INFERENCE_NUM_THREADS": "2", "INFERENCE_PRECISION_HINT": "f32"}
+        )
+
+    return compile_
