@@ -269,8 +269,10 @@ Real model (the default all-MiniLM-L6-v2) with exit heads after every layer, tra
 first; a text's latency is its median over the rounds):
 
 1. boundaries: an exit artifact whose policy never exits (learned=1.0: every row runs all six
-   segments, exits checked, and with checks off) vs the single graph, batch 1, each test text at
-   its own token length and padded to 128 tokens: the ratio is what segment boundaries cost;
+   segments, exits checked; and with checks off, where the controller runs the single graph the
+   artifact ships) vs the single graph, batch 1, each test text at its own token length and
+   padded to 128 tokens: the ratio is what segment boundaries cost (bench/bench_exit_overhead.py
+   adds a subset of exits and the calibrated choice);
 2. calibration: ``steps.calibrate`` with the target on dev texts: per-length-bucket latencies,
    every point's expected latency against the single graph's, the length plan and the
    recommendation (calibration.json/png copied to the results).

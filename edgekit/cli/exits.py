@@ -21,7 +21,14 @@ def train(
     layers: Annotated[str | None, typer.Option(help="layers with an exit, e.g. 2,4,6 (default: every layer)")] = None,
     epochs: Annotated[int, typer.Option(help="training epochs")] = 20,
     lr: Annotated[float, typer.Option(help="learning rate")] = 1e-3,
-    freeze_backbone: Annotated[bool, typer.Option(help="train only the heads (the final exit keeps the original accuracy exactly)")] = True,
+    freeze_backbone: Annotated[
+        bool,
+        typer.Option(
+            help="train only the heads (the final exit keeps the original accuracy exactly); --no-freeze-backbone: joint "
+            "training, every exit distils the final layer, the final exit anchored to the original model"
+        ),
+    ] = True,
+    backbone_lr: Annotated[float, typer.Option(help="learning rate of the backbone with --no-freeze-backbone")] = 2e-5,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     resume: Annotated[bool, typer.Option(help="continue from OUT's last checkpoint if there is one")] = True,
@@ -31,7 +38,7 @@ def train(
     from edgekit.build.exits.train import TrainConfig
     from edgekit.cli.views import training_progress
 
-    config = TrainConfig(epochs=epochs, lr=lr, freeze_backbone=freeze_backbone, device=device, seed=seed)
+    config = TrainConfig(epochs=epochs, lr=lr, freeze_backbone=freeze_backbone, backbone_lr=backbone_lr, device=device, seed=seed)
     layer_list = [int(x) for x in names(layers)] if layers else None
     with training_progress("exits") as progress:
         report = steps.train(model or "default", data, out, layers=layer_list, resume=resume, config=config, progress=progress)
@@ -47,12 +54,18 @@ def calibrate(
     max_drop: Annotated[float, typer.Option(help="accuracy budget: at most this many points below the model without exits")] = 1.0,
     max_latency: Annotated[float | None, typer.Option(help="or: a latency target in ms (needs --target)")] = None,
     unsupervised: Annotated[bool, typer.Option(help="score agreement with the final exit instead of labels")] = False,
+    confidence: Annotated[
+        float, typer.Option(help="check --max-drop on this one-sided bootstrap bound of the dev drop (0: on the point estimate)")
+    ] = 0.9,
+    resamples: Annotated[int, typer.Option(help="bootstrap resamples (seeded)")] = 1000,
+    subsets: Annotated[int, typer.Option(help="also try keeping only up to this many exits besides the last (with --target; 0: off)")] = 3,
+    per_exit: Annotated[bool, typer.Option(help="also tune one threshold per exit from each policy's best point")] = True,
 ) -> None:
     """Sweep every policy on a dev file and choose the operating point that meets the budget."""
-    from edgekit.build.exits import steps
+    from edgekit.build.exits import operating
 
     with console.status("calibrating"):
-        r = steps.calibrate(
+        r = operating.calibrate(
             heads,
             data,
             out or heads / "calibration",
@@ -60,11 +73,24 @@ def calibrate(
             max_drop=max_drop,
             max_latency_ms=max_latency,
             unsupervised=unsupervised,
+            confidence=confidence or None,
+            resamples=resamples,
+            subsets=subsets,
+            per_exit=per_exit,
         )
     single = f", single graph {r.single_graph_latency_ms:.2f} ms on {target}" if r.single_graph_latency_ms is not None else ""
     console.print(f"no exit: {100 * r.base_quality:.2f}%{single}")
     style = "bold" if r.recommendation == "exits" else "bold yellow"
     console.print(f"[{style}]{r.recommendation}[/]: {r.message}")
+    if r.interval is not None:
+        i = r.interval
+        console.print(
+            f"dev drop {i.drop:.2f} points, {100 * i.confidence:g}% bound {i.drop_high:.2f} (quality {100 * i.quality:.2f}%, "
+            f"bounds {100 * i.quality_low:.2f}..{100 * i.quality_high:.2f}%) on {i.dev_texts} texts; "
+            f"about {i.dev_texts_needed} texts would bring the bound's margin under {max_drop / 4:g} points"
+        )
+    if r.exits is not None:
+        console.print(f"exits kept: layers {', '.join(map(str, r.exits))} (export only these)")
     if r.length_plan is not None:
         on = [f"<={b}" for b, c in zip(r.length_plan["buckets"], r.length_plan["check"]) if c]
         console.print(f"exit checks at token lengths: {', '.join(on) or 'none (every length runs all segments)'}")
@@ -74,16 +100,23 @@ def calibrate(
 @app.command("export")
 def export(
     heads: Annotated[Path, typer.Argument(help="exit-head directory")],
-    policy: Annotated[str, typer.Option(help="NAME=VALUE: entropy, patience, learned or similarity, e.g. entropy=0.3")],
+    policy: Annotated[
+        str,
+        typer.Option(
+            help="NAME=VALUE (entropy, patience, learned or similarity, e.g. entropy=0.3) or NAME=V1,V2,... (one per exit before the last)"
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="ONNX segments artifact to write")] = Path("build/exits-onnx"),
 ) -> None:
     """Export the early-exit model as one ONNX graph per segment (dynamic exit)."""
     from edgekit.build.exits import steps
+    from edgekit.deploy.exits.policies import policy_spec
 
     m = steps.export(heads, policy, out)
     rows = m.settings.get("exit_parity", {}).get("rows", 32)
     console.print(
-        f"[green]exported[/] {len(m.exits.segments)} segments ({m.exits.policy}={m.exits.param:g}) -> {out}; exits match PyTorch on {rows} texts"
+        f"[green]exported[/] {len(m.exits.segments)} segments ({policy_spec(m.exits.policy, m.exits.param)}) -> {out}; "
+        f"exits match PyTorch on {rows} texts"
     )
 
 

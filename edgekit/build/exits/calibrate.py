@@ -8,6 +8,12 @@ per bucket, ``sum_k P(exit at k) * (measured time to the end of segment k, exit 
 included)``, or the segments run back to back without checks where that is cheaper (the
 point's length plan), weighted by the dev texts in each bucket. A point no faster than the
 single graph is never chosen; when none is, the report recommends the depth cut or no exits.
+
+Besides one parameter for every exit, an operating point may keep only some exits (fewer
+segment boundaries; see :meth:`Timing.merged`) or use one threshold per exit
+(:mod:`edgekit.build.exits.operating` searches those). With a bootstrap ``bound`` each point
+also gets a lower confidence bound of its quality (paired with the model without exits), and
+the budget is checked on that bound.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from edgekit.deploy.exits.policies import EXIT_POLICIES, make, simulate
+from edgekit.deploy.exits.policies import EXIT_POLICIES, make, policy_spec, simulate
 from edgekit.errors import ConfigError
 
 BUCKETS = (16, 32, 64, 128, 256, 512)
@@ -28,13 +34,23 @@ BUCKETS = (16, 32, 64, 128, 256, 512)
 @dataclass(frozen=True)
 class Point:
     policy: str
-    param: float
+    param: float | list[float]  # one value for every exit, or one per kept exit before the last
     quality: float  # accuracy (labels), agreement with the final exit (no labels), or cosine fidelity (embeddings)
     mean_layers: float
     exit_histogram: list[int]
     expected_latency_ms: float | None
     latency_ratio: float | None = None  # expected latency / the single graph's, both measured on the target
     check: list[bool] | None = None  # per length bucket: exits checked (False: that bucket runs every segment, no checks)
+    exits: list[int] | None = None  # layers whose exits this point keeps (None: all; the last is always kept)
+    quality_low: float | None = None  # lower confidence bound: base quality minus the upper bound of the paired drop
+
+    @property
+    def spec(self) -> str:
+        return policy_spec(self.policy, self.param)
+
+    def budget_quality(self) -> float:
+        """The quality the budget is checked on: the lower bound where there is one."""
+        return self.quality if self.quality_low is None else self.quality_low
 
 
 @dataclass(frozen=True)
@@ -51,6 +67,23 @@ class Timing:
     single_ms: np.ndarray
     texts: list[int]
 
+    def boundary_ms(self, check: bool = True) -> np.ndarray:
+        """Estimated cost of one segment boundary per bucket (with its exit check, or without): what all
+        segments cost beyond the single graph, spread evenly over the boundaries (never below 0)."""
+        n = self.cum_ms.shape[1] - 1
+        total = self.cum_ms[:, -1] if check else self.chain_ms
+        return np.maximum(total - self.single_ms, 0.0) / max(n, 1)
+
+    def merged(self, keep: list[int]) -> Timing:
+        """The timing of an artifact that keeps only the exits ``keep`` (0-based, before the last): the
+        segments between kept exits merged, each removed boundary's estimated cost taken off."""
+        n = self.cum_ms.shape[1]
+        idx = sorted(keep) + [n - 1]
+        dropped = np.array([sum(1 for d in range(n - 1) if d not in keep and d < k) for k in idx])
+        cum = self.cum_ms[:, idx] - np.outer(self.boundary_ms(True), dropped)
+        chain = self.chain_ms - self.boundary_ms(False) * (n - len(idx))
+        return Timing(self.buckets, np.maximum(cum, 0.0), np.maximum(chain, self.single_ms), self.single_ms, self.texts)
+
 
 def bucket_of(lengths: np.ndarray, buckets: list[int] | tuple[int, ...]) -> np.ndarray:
     """Bucket index of each token length (past the last bound: the last bucket)."""
@@ -65,6 +98,21 @@ class LengthBucket(BaseModel):
     single_graph_ms: float
     segments_ms: list[float]  # per segment, exit check included
     no_checks_ms: float  # all segments back to back, no exit checks
+
+
+class Interval(BaseModel):
+    """The chosen point's dev quality with bootstrap bounds (each one-sided at ``confidence``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    confidence: float
+    resamples: int
+    quality: float
+    quality_low: float
+    quality_high: float
+    drop: float  # points below the model without exits, on dev
+    drop_high: float  # its upper bound (paired bootstrap): what the budget was checked on
+    dev_texts: int
+    dev_texts_needed: int  # for the bound's margin (drop_high - drop) to be under a quarter of max_drop
 
 
 class CalibrationReport(BaseModel):
@@ -91,6 +139,9 @@ class CalibrationReport(BaseModel):
     max_latency_ms: float | None = None
     heads: str = ""
     files: list[str] = []
+    exits: list[int] | None = None  # layers whose exits the chosen point keeps (None: all of ``layers``)
+    interval: Interval | None = None
+    confidence: float | None = None  # one-sided level of the bound the budget was checked on (None: point estimate)
 
     ALIASES: ClassVar[dict[str, str]] = {"base": "base_quality"}
 
@@ -99,13 +150,90 @@ class CalibrationReport(BaseModel):
         return self.model_dump(mode="json")[self.ALIASES.get(key, key)]
 
 
-def quality(task: str, outputs: np.ndarray, final: np.ndarray, labels: np.ndarray | None) -> float:
+def row_quality(task: str, outputs: np.ndarray, final: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+    """Per row: 1/0 right (labels) or agreeing with the final exit (no labels); cosine to the final output (embeddings)."""
     if task == "classifier":
         target = labels if labels is not None else final.argmax(-1)
-        return float(np.mean(outputs.argmax(-1) == target))
+        return (outputs.argmax(-1) == target).astype(np.float64)
     num = (outputs * final).sum(-1)
     den = np.linalg.norm(outputs, axis=-1) * np.linalg.norm(final, axis=-1)
-    return float(np.mean(num / np.maximum(den, 1e-12)))
+    return num / np.maximum(den, 1e-12)
+
+
+def quality(task: str, outputs: np.ndarray, final: np.ndarray, labels: np.ndarray | None) -> float:
+    return float(np.mean(row_quality(task, outputs, final, labels)))
+
+
+class Scorer:
+    """Scores operating points on the dev rows as deployed: a policy and its parameter (one value, or one
+    per kept exit), the exits kept, the length plan under ``timing``; with ``bound`` (an object with
+    ``upper(values) -> float``, e.g. a bootstrap) also the quality's lower bound."""
+
+    def __init__(self, exits, layers, task, labels=None, *, segment_ms=None, lengths=None, timing: Timing | None = None, bound=None):
+        self.exits, self.layers, self.task, self.labels = exits, list(layers), task, labels
+        self.final = exits[-1]["output"]
+        self.base_rows = row_quality(task, self.final, self.final, labels)
+        self.base = float(self.base_rows.mean())
+        self.cum = np.cumsum(segment_ms) if segment_ms is not None else None
+        self.timing, self.bound = timing, bound
+        self.rows_b = bucket_of(np.asarray(lengths), timing.buckets) if timing is not None else None
+        self.single_ms = float(timing.single_ms[self.rows_b].mean()) if timing is not None else None
+
+    def _run(self, name: str, param, keep: list[int] | None):
+        """(exit index per row among the kept exits, output per row, kept layers, latency, ratio, check)."""
+        last_all = len(self.layers) - 1
+        idx = list(range(last_all)) if keep is None else sorted(keep)
+        exits = [self.exits[i] for i in idx] + [self.exits[-1]]
+        layers = np.asarray(self.layers)[idx + [last_all]]
+        timing = self.timing if keep is None or self.timing is None else self.timing.merged(idx)
+        last, final, rows_b = len(exits) - 1, self.final, self.rows_b
+        exit_at, out = simulate(make(name, param, self.task), exits)
+        latency, ratio, check = None, None, None
+        if timing is not None:
+            on = timing.cum_ms[rows_b, exit_at]  # each row's time with exits checked
+            off = timing.chain_ms[rows_b]
+            # a bucket no dev text falls in: judged with every row's exit as if it had that length
+            check = [
+                bool(timing.cum_ms[b, exit_at[rows_b == b] if (rows_b == b).any() else exit_at].mean() < timing.chain_ms[b])
+                for b in range(len(timing.buckets))
+            ]
+            checked = np.asarray(check)[rows_b]
+            exit_at = np.where(checked, exit_at, last)
+            out = np.where(checked[:, None], out, final)
+            latency = float(np.where(checked, on, off).mean())
+            ratio = latency / self.single_ms
+        elif self.cum is not None and keep is None:
+            latency = float(self.cum[exit_at].mean())
+        return exit_at, out, layers, latency, ratio, check
+
+    def rows(self, name: str, param, keep: list[int] | None = None) -> np.ndarray:
+        """Per-row quality of a point as deployed."""
+        return row_quality(self.task, self._run(name, param, keep)[1], self.final, self.labels)
+
+    def point(self, name: str, param, keep: list[int] | None = None) -> Point:
+        """``keep``: 0-based exits kept before the last (None: all)."""
+        exit_at, out, layers, latency, ratio, check = self._run(name, param, keep)
+        rows = row_quality(self.task, out, self.final, self.labels)
+        low = None if self.bound is None else self.base - self.bound.upper(self.base_rows - rows)
+        return Point(
+            policy=name,
+            param=[float(v) for v in param] if isinstance(param, list | tuple) else float(param),
+            quality=float(rows.mean()),
+            mean_layers=float(np.mean(layers[exit_at])),
+            exit_histogram=np.bincount(exit_at, minlength=len(layers)).tolist(),
+            expected_latency_ms=latency,
+            latency_ratio=ratio,
+            check=check,
+            exits=None if keep is None else layers.tolist(),
+            quality_low=low,
+        )
+
+    def subsets(self, most: int) -> list[list[int]]:
+        """Every proper subset of the exits before the last, keeping 1..``most`` of them."""
+        from itertools import combinations
+
+        n = len(self.layers) - 1
+        return [list(c) for k in range(1, min(most, n - 1) + 1) for c in combinations(range(n), k)]
 
 
 def sweep(
@@ -118,51 +246,21 @@ def sweep(
     *,
     lengths: np.ndarray | None = None,
     timing: Timing | None = None,
+    bound=None,
+    subsets: int = 0,
 ) -> tuple[float, list[Point]]:
     """(quality of the model without exits, every policy x parameter point).
 
     With ``timing`` (and each dev text's token ``lengths``) a point gets its length plan: exits are
     checked in a bucket only where that is expected to be faster than running every segment
-    without checks; its quality, histogram and latency are those of the point as deployed."""
-    final = exits[-1]["output"]
-    base = quality(task, final, final, labels)
+    without checks; its quality, histogram and latency are those of the point as deployed. With
+    ``timing`` and ``subsets`` > 0, every subset keeping up to that many exits (besides the last)
+    is swept too. ``bound``: see :class:`Scorer`."""
+    scorer = Scorer(exits, layers, task, labels, segment_ms=segment_ms, lengths=lengths, timing=timing, bound=bound)
     names = policies or [n for n, p in EXIT_POLICIES.items() if task in p.tasks]
-    cum = np.cumsum(segment_ms) if segment_ms is not None else None
-    last = len(layers) - 1
-    rows_b = bucket_of(np.asarray(lengths), timing.buckets) if timing is not None else None
-    points = []
-    for name in names:
-        for param in EXIT_POLICIES[name].grid:
-            exit_at, out = simulate(make(name, param, task), exits)
-            latency, ratio, check = None, None, None
-            if timing is not None:
-                on = timing.cum_ms[rows_b, exit_at]  # each row's time with exits checked
-                off = timing.chain_ms[rows_b]
-                # a bucket no dev text falls in: judged with every row's exit as if it had that length
-                check = [
-                    bool(timing.cum_ms[b, exit_at[rows_b == b] if (rows_b == b).any() else exit_at].mean() < timing.chain_ms[b])
-                    for b in range(len(timing.buckets))
-                ]
-                checked = np.asarray(check)[rows_b]
-                exit_at = np.where(checked, exit_at, last)
-                out = np.where(checked[:, None], out, final)
-                latency = float(np.where(checked, on, off).mean())
-                ratio = latency / float(timing.single_ms[rows_b].mean())
-            elif cum is not None:
-                latency = float(cum[exit_at].mean())
-            points.append(
-                Point(
-                    policy=name,
-                    param=float(param),
-                    quality=quality(task, out, final, labels),
-                    mean_layers=float(np.mean(np.asarray(layers)[exit_at])),
-                    exit_histogram=np.bincount(exit_at, minlength=len(layers)).tolist(),
-                    expected_latency_ms=latency,
-                    latency_ratio=ratio,
-                    check=check,
-                )
-            )
-    return base, points
+    keeps: list = [None] + (scorer.subsets(subsets) if timing is not None and subsets else [])
+    points = [scorer.point(name, param, keep) for keep in keeps for name in names for param in EXIT_POLICIES[name].grid]
+    return scorer.base, points
 
 
 def choose(
@@ -194,7 +292,18 @@ def choose(
         best = max(ok, key=lambda p: (p.quality, -speed(p))) if ok else None
         return None if single_ok and (best is None or best.quality < base) else best
     drop = 1.0 if max_drop is None else max_drop
-    ok = [p for p in faster if (base - p.quality) * 100 <= drop + 1e-9]
+    within = [p for p in points if (base - p.budget_quality()) * 100 <= drop + 1e-9]
+    if not within:
+        best = max(points, key=lambda p: (p.budget_quality(), -speed(p)))
+        bound = " (upper confidence bound)" if best.quality_low is not None else ""
+        at = f"{best.expected_latency_ms:.2f} ms" if best.expected_latency_ms is not None else f"{best.mean_layers:.2f} layers"
+        raise ConfigError(
+            f"no operating point stays within --max-drop {drop:g}: the best reachable drop{bound} is "
+            f"{100 * (base - best.budget_quality()):.2f} points, at {at} ({best.spec})",
+            hint=f"raise --max-drop to at least {100 * (base - best.budget_quality()):.2f}",
+        )
+    fast = {id(p) for p in faster}
+    ok = [p for p in within if id(p) in fast]
     return min(ok, key=lambda p: (speed(p), -p.quality)) if ok else None
 
 
@@ -204,21 +313,40 @@ def shallowest_within(per_exit_quality: list[float], layers: list[int], max_drop
     return next((layer for q, layer in zip(per_exit_quality, layers) if (best - q) * 100 <= max_drop), layers[-1])
 
 
-def recommend(chosen: Point | None, points: list[Point], per_exit: list[float], layers: list[int], max_drop: float, single_ms, target):
-    """(recommendation, prune layer, one plain sentence) for a calibration's outcome."""
+def recommend(
+    chosen: Point | None,
+    points: list[Point],
+    per_exit: list[float],
+    layers: list[int],
+    max_drop: float,
+    single_ms,
+    target,
+    *,
+    base: float | None = None,
+):
+    """(recommendation, prune layer, one plain sentence) for a calibration's outcome.
+
+    With ``base`` (quality without exits), a point that is faster than the single graph but over
+    the budget is named with its drop (the best reachable among the faster ones)."""
     if chosen is not None:
         vs = f" vs {single_ms:.2f} ms for the single graph ({chosen.latency_ratio:.2f}x)" if single_ms is not None else ""
         lat = f", expected {chosen.expected_latency_ms:.2f} ms on {target}{vs}" if chosen.expected_latency_ms is not None else ""
-        return (
-            "exits",
-            None,
-            f"early exit {chosen.policy}={chosen.param:g}: {100 * chosen.quality:.2f}%, {chosen.mean_layers:.2f} layers{lat}",
-        )
+        kept = f", exits at layers {','.join(map(str, chosen.exits))}" if chosen.exits is not None else ""
+        low = f" (bound {100 * chosen.quality_low:.2f}%)" if chosen.quality_low is not None else ""
+        return "exits", None, f"early exit {chosen.spec}: {100 * chosen.quality:.2f}%{low}, {chosen.mean_layers:.2f} layers{kept}{lat}"
     fastest = min(points, key=lambda p: p.expected_latency_ms)
-    why = (
-        f"no exit policy is faster than the single graph on {target} ({single_ms:.2f} ms; "
-        f"fastest policy {fastest.policy}={fastest.param:g}: {fastest.expected_latency_ms:.2f} ms)"
-    )
+    faster = [p for p in points if p.expected_latency_ms < single_ms]
+    if base is not None and faster:
+        best = max(faster, key=lambda p: (p.budget_quality(), -p.expected_latency_ms))
+        why = (
+            f"no exit policy within {max_drop:g} points is faster than the single graph on {target} ({single_ms:.2f} ms; "
+            f"the best faster one, {best.spec}, drops {100 * (base - best.budget_quality()):.2f} points at {best.expected_latency_ms:.2f} ms)"
+        )
+    else:
+        why = (
+            f"no exit policy is faster than the single graph on {target} ({single_ms:.2f} ms; "
+            f"fastest policy {fastest.spec}: {fastest.expected_latency_ms:.2f} ms)"
+        )
     layer = shallowest_within(per_exit, layers, max_drop)
     if layer < layers[-1]:
         return "prune", layer, f"{why}: ship the depth cut at layer {layer} (edgekit exits prune --layer {layer}), or no exits"
@@ -226,7 +354,8 @@ def recommend(chosen: Point | None, points: list[Point], per_exit: list[float], 
 
 
 def save(report: CalibrationReport, out: Path) -> list[Path]:
-    """calibration.json and calibration.png (quality vs expected layers and latency; latency per length bucket)."""
+    """calibration.json and calibration.png (quality vs expected layers and latency, the chosen point's
+    interval; latency per length bucket)."""
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "calibration.json"]
     try:
@@ -237,49 +366,10 @@ def save(report: CalibrationReport, out: Path) -> list[Path]:
     except ImportError:
         plt = None
     if plt is not None:
-        _plot(plt, report, out / "calibration.png")
+        from edgekit.build.exits.plot import plot
+
+        plot(plt, report, out / "calibration.png")
         files.append(out / "calibration.png")
     report = report.model_copy(update={"files": [str(f) for f in files]})
     (out / "calibration.json").write_text(report.model_dump_json(indent=2) + "\n")
     return files
-
-
-def _plot(plt, r: CalibrationReport, path: Path) -> None:
-    points, chosen = r.points, r.chosen
-    has_lat = r.segment_latency_ms is not None
-    panels = 1 + has_lat + (r.length_buckets is not None)
-    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
-    for ax, key, xlabel in (
-        (axes[0][0], "mean_layers", "expected layers run"),
-        *(((axes[0][1], "expected_latency_ms", f"expected latency (ms, measured on {r.target})"),) if has_lat else ()),
-    ):
-        for name in dict.fromkeys(p.policy for p in points):
-            ps = sorted((p for p in points if p.policy == name), key=lambda p: getattr(p, key))
-            ax.plot([getattr(p, key) for p in ps], [100 * p.quality for p in ps], marker="o", ms=3, label=name)
-        ax.axhline(100 * r.base_quality, color="gray", ls="--", lw=1, label="no exit")
-        ax.axhline(100 * r.base_quality - r.max_drop, color="red", ls=":", lw=1, label="budget")
-        if key == "expected_latency_ms" and r.single_graph_latency_ms is not None:
-            ax.axvline(r.single_graph_latency_ms, color="black", lw=1, label="single graph")
-        if chosen is not None:
-            ax.scatter([getattr(chosen, key)], [100 * chosen.quality], s=80, facecolors="none", edgecolors="black", label="chosen")
-        ax.set(xlabel=xlabel, ylabel="quality (%)")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    if r.length_buckets is not None:
-        ax = axes[0][-1]
-        x = np.arange(len(r.length_buckets))
-        w = 0.27
-        ax.bar(x - w, [b.single_graph_ms for b in r.length_buckets], w, label="single graph")
-        ax.bar(x, [sum(b.segments_ms) for b in r.length_buckets], w, label="all segments, exits checked")
-        ax.bar(x + w, [b.no_checks_ms for b in r.length_buckets], w, label="all segments, no checks")
-        if chosen is not None and chosen.check is not None:
-            for i, c in enumerate(chosen.check):
-                ax.annotate("checks" if c else "no checks", (i, 0), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7)
-        ax.set_xticks(x, [f"<={b.up_to}\n({b.dev_texts} dev)" for b in r.length_buckets])
-        ax.set(xlabel="token length bucket", ylabel="batch-1 latency (ms)")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(f"early-exit calibration ({r.data}): {r.recommendation}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

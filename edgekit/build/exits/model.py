@@ -1,7 +1,8 @@
 """Exit heads on a trained encoder, and the segments that deploy them.
 
 Exits sit after chosen layers (1-based; the last layer's exit is the model's own head,
-untouched, so a frozen backbone keeps the original accuracy exactly). Every exit yields:
+untouched, so a frozen backbone keeps the original accuracy exactly; a jointly trained backbone
+is saved beside the heads, in ``backbone/``, and loaded from there). Every exit yields:
 
 - ``logits`` (classifier) or ``embedding`` (embedding model: pooled layer output through a
   small projection initialised to identity, 2D-Matryoshka style, normalised like the final);
@@ -26,6 +27,7 @@ nn = torch.nn
 
 EXITS_CONFIG = "exits.json"
 EXITS_WEIGHTS = "exits.pt"
+BACKBONE = "backbone"  # a jointly trained backbone, as a Hugging Face checkpoint beside the heads
 SUPPORTED = ("bert", "roberta", "xlm-roberta", "distilbert")
 
 
@@ -126,6 +128,7 @@ class MultiExitModel(nn.Module):
             heads = [EmbeddingExitHead(hidden, info.pooling or "mean", info.normalize) for _ in layers[:-1]]
         self.heads = nn.ModuleList(heads)
         self.final_score = nn.Identity()  # the last exit always exits
+        self.backbone_tuned = False  # set by joint training: save() then writes the backbone too
 
     def _init_from_final(self, heads: list[ExitHead]) -> None:
         """Start intermediate heads from the trained final head where the shapes match."""
@@ -194,16 +197,31 @@ class MultiExitModel(nn.Module):
     # -- persistence ----------------------------------------------------------------------
 
     def save(self, out: Path, extra: dict | None = None) -> None:
+        """exits.json and exits.pt in ``out``; after joint training also the backbone, in ``out/backbone``."""
         out.mkdir(parents=True, exist_ok=True)
         torch.save({"heads": self.heads.state_dict()}, out / EXITS_WEIGHTS)
-        meta = {
-            **self.config.to_json(),
-            "source": str(self.encoder.info.path),
-            "source_sha256": self.encoder.info.sha256(),
-            "task": self.task,
-            **(extra or {}),
-        }
+        info = self.encoder.info
+        meta = {**self.config.to_json(), "source": str(info.path), "source_sha256": info.sha256(), "task": self.task}
+        if self.backbone_tuned:
+            meta |= {"original": meta["source"], "original_sha256": meta["source_sha256"], **self._save_backbone(out / BACKBONE)}
+        meta |= extra or {}
         (out / EXITS_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+
+    def _save_backbone(self, path: Path) -> dict:
+        import shutil
+
+        from edgekit.build.checkpoint import inspect
+
+        src = Path(self.encoder.info.path)
+        self.hf.save_pretrained(path)
+        self.encoder.tokenizer.save_pretrained(path)
+        for side in [*src.glob("[0-9]_*"), src / "modules.json", src / "sentence_bert_config.json"]:  # sentence-transformers pooling
+            if side.is_dir():
+                shutil.copytree(side, path / side.name, dirs_exist_ok=True)
+            elif side.exists():
+                shutil.copy2(side, path / side.name)
+        info = inspect(path, task=self.task)
+        return {"source": str(path), "source_sha256": info.sha256()}
 
 
 def load_exits(exits_dir: str | Path, model: str | Path | None = None) -> MultiExitModel:
@@ -213,6 +231,8 @@ def load_exits(exits_dir: str | Path, model: str | Path | None = None) -> MultiE
     if not cfg_path.exists():
         raise ConfigError(f"{exits_dir}: no {EXITS_CONFIG}, so not an exit-head directory", hint="make one with 'edgekit exits train'")
     meta = json.loads(cfg_path.read_text())
+    if model is None and (exits_dir / BACKBONE).is_dir():  # jointly trained: the backbone travels with the heads
+        model = exits_dir / BACKBONE
     encoder = load(model or meta["source"])
     if encoder.info.sha256() != meta["source_sha256"]:
         raise ConfigError(

@@ -2,10 +2,17 @@
 
 Segment ``i`` runs layers (layers[i-1], layers[i]] and exit ``i``'s head. The first also
 embeds the tokens; every segment but the last passes its hidden state on. Outputs:
-``hidden`` (not the last), ``output`` (logits or embedding), ``rep`` and ``score``.
-The export's parity reference holds PyTorch's *controller* result (each row's output and
-exit layer, under the artifact's policy), so every compile checks that the deployed
-artifact exits where PyTorch does.
+``hidden`` (not the last), ``output`` (logits or embedding) and, where the policy decides on
+them, ``score`` (learned) or ``rep`` (similarity): a head output no decision reads is not in
+the graph, so it costs nothing per call. Exits can be a subset of the trained ones
+(``layers``): the segments between kept exits merge, and there are fewer boundaries.
+
+The artifact also ships the single graph of the same model (``single.onnx``, exported and, for
+a quantized model, lowered the same way as the segments; ``settings.exits.single_graph``): the
+controller runs it for inputs whose exit checks are off, so they cost what the model without
+exits costs. The export's parity reference holds PyTorch's *controller* result (each row's
+output and exit layer, under the artifact's policy) and the final layer's output (the single
+graph's reference), so every compile checks that the deployed artifact exits where PyTorch does.
 """
 
 from __future__ import annotations
@@ -20,17 +27,40 @@ from edgekit.build.exits.model import MultiExitModel, torch
 from edgekit.build.export import ExportOptions, parity_feed, source_of
 from edgekit.deploy import artifact, packing, parity
 from edgekit.deploy.artifact import ExitSpec, Manifest, SegmentSpec, TensorSpec, TokenizerInfo
-from edgekit.deploy.exits.controller import segment_manifest
+from edgekit.deploy.exits.controller import SINGLE_GRAPH, segment_manifest, single_graph_entry, single_manifest
 from edgekit.deploy.exits.policies import Policy, simulate
 from edgekit.deps import version_of
 from edgekit.errors import ConfigError, ParityError, TargetError
 
 nn = torch.nn
 EXIT_REFERENCE = "exit_reference.npz"
+# The head output each policy decides on, besides ``output`` (None: ``output`` itself).
+DECIDES_ON: dict[str, str | None] = {"entropy": None, "patience": None, "learned": "score", "similarity": "rep"}
+
+
+def subset(model: MultiExitModel, layers: list[int] | None) -> MultiExitModel:
+    """The model with exits at ``layers`` only (their trained heads; the last layer's exit is always
+    kept). Segments between kept exits merge: fewer runtime calls per input."""
+    have = list(model.config.layers)
+    if not layers:
+        return model
+    bad = [k for k in layers if k not in have]
+    if bad:
+        raise ConfigError(f"no exit at layer {bad[0]}", hint=f"the heads have exits at layers {have}")
+    keep = sorted(set(layers) | {have[-1]})
+    if keep == have:
+        return model
+    sub = MultiExitModel(model.encoder, keep)
+    sub.heads = nn.ModuleList([model.heads[have.index(k)] for k in keep[:-1]])
+    return sub.eval()
 
 
 class Segment(nn.Module):
-    def __init__(self, model: MultiExitModel, idx: int, *, pruned: bool = False) -> None:
+    """Layers (start, stop] plus an exit head. ``pruned``: from the embeddings, with only the
+    head's output (a depth cut; at the last layer, the single graph). ``decides_on``: the head
+    output the policy reads besides ``output`` (:data:`DECIDES_ON`)."""
+
+    def __init__(self, model: MultiExitModel, idx: int, *, pruned: bool = False, decides_on: str | None = None) -> None:
         super().__init__()
         self.m, self.idx, self.pruned = model, idx, pruned
         layers = model.config.layers
@@ -38,6 +68,7 @@ class Segment(nn.Module):
         self.stop = layers[idx]
         self.first = pruned or idx == 0
         self.last = pruned or idx == len(layers) - 1
+        self.extra = [] if self.last or decides_on is None else [decides_on]
 
     def input_names(self) -> list[str]:
         return list(self.m.encoder.spec.input_names) if self.first else ["hidden_in", "attention_mask"]
@@ -45,7 +76,7 @@ class Segment(nn.Module):
     def output_names(self) -> list[str]:
         if self.pruned:
             return [self.m.encoder.output_name]
-        return ([] if self.last else ["hidden"]) + ["output", "rep", "score"]
+        return ([] if self.last else ["hidden"]) + ["output"] + self.extra
 
     def forward(self, *inputs):
         named = dict(zip(self.input_names(), inputs))
@@ -55,7 +86,7 @@ class Segment(nn.Module):
         o = self.m.exit_outputs(self.idx, hidden, mask)
         if self.pruned:
             return o["output"]
-        return (() if self.last else (hidden,)) + (o["output"], o["rep"], o["score"])
+        return (() if self.last else (hidden,)) + (o["output"], *(o[k] for k in self.extra))
 
 
 def _export(module: Segment, sample: tuple, path: Path, opset: int) -> None:
@@ -145,11 +176,53 @@ def _tokenizer_files(model: MultiExitModel, tmp: Path) -> None:
     shutil.rmtree(tmp / "_tok")
 
 
+def _graph(module: Segment, feed: dict[str, np.ndarray], hidden: int, path: Path, config, int8: list) -> dict | None:
+    """Export one graph (a segment or the single graph) as every segment is; a quantized model's
+    graph must be INT8 and its low-bit codes are packed (returns the packing record, or None)."""
+    if module.first:
+        sample = tuple(torch.from_numpy(feed[n][:2]) for n in module.input_names())
+    else:
+        sample = (torch.zeros(2, feed["attention_mask"].shape[1], hidden), torch.from_numpy(feed["attention_mask"][:2]))
+    _export(module, sample, path, 17)
+    if config is None:
+        return None
+    from edgekit.build.lower import require_int8
+
+    int8.append(require_int8(path, config.scheme))
+    # binary/ternary int8 codes stored in 1/2 bits, unpacked and hash-checked at load
+    return packing.pack_onnx(path, path.parent, file=path.with_suffix(".lowbit").name)
+
+
+def _segment_spec(seg: Segment, model: MultiExitModel, i: int, width: int, hidden: int, packed: dict | None) -> SegmentSpec:
+    shapes = {"hidden": ["batch", "sequence", hidden], "output": ["batch", width], "rep": ["batch", hidden], "score": ["batch"]}
+    ins = (
+        [TensorSpec(name=n, shape=["batch", "sequence"], dtype="int64") for n in seg.input_names()]
+        if seg.first
+        else [
+            TensorSpec(name="hidden_in", shape=["batch", "sequence", hidden], dtype="float32"),
+            TensorSpec(name="attention_mask", shape=["batch", "sequence"], dtype="int64"),
+        ]
+    )
+    outs = [TensorSpec(name=n, shape=shapes[n], dtype="float32") for n in seg.output_names()]
+    return SegmentSpec(model_file=f"seg{i}.onnx", up_to_layer=model.config.layers[i], inputs=ins, outputs=outs, packed=packed)
+
+
 def export_segments(
-    model: MultiExitModel, policy: Policy, out: str | Path, *, name: str | None = None, extra: dict | None = None
+    model: MultiExitModel,
+    policy: Policy,
+    out: str | Path,
+    *,
+    name: str | None = None,
+    extra: dict | None = None,
+    layers: list[int] | None = None,
 ) -> Manifest:
-    """Dynamic early exit: one ONNX per segment + the PyTorch controller reference."""
+    """Dynamic early exit: one ONNX per segment, the single graph, and the PyTorch controller reference.
+
+    ``layers``: keep only the exits after these layers (default: every trained exit); the last
+    layer's exit is always kept.
+    """
     out = Path(out)
+    model = subset(model, layers)
     max_length = model.encoder.info.max_length
     feed = parity_feed(model.encoder, ExportOptions(), max_length)
     exits = torch_exits(model, feed)
@@ -161,38 +234,23 @@ def export_segments(
     with artifact.staging(out) as tmp:
         segs, int8 = [], []
         for i in range(len(model.config.layers)):
-            seg = Segment(model, i).eval()
-            if seg.first:
-                sample = tuple(torch.from_numpy(feed[n][:2]) for n in seg.input_names())
-            else:
-                sample = (torch.zeros(2, feed["attention_mask"].shape[1], hidden), torch.from_numpy(feed["attention_mask"][:2]))
-            _export(seg, sample, tmp / f"seg{i}.onnx", 17)
-            packed = None
-            if lowered is not None:
-                from edgekit.build.lower import require_int8
-
-                int8.append(require_int8(tmp / f"seg{i}.onnx", config.scheme))
-                # binary/ternary int8 codes stored in 1/2 bits, unpacked and hash-checked at load
-                packed = packing.pack_onnx(tmp / f"seg{i}.onnx", tmp, file=f"seg{i}.lowbit")
-            ins = (
-                [TensorSpec(name=n, shape=["batch", "sequence"], dtype="int64") for n in seg.input_names()]
-                if seg.first
-                else [
-                    TensorSpec(name="hidden_in", shape=["batch", "sequence", hidden], dtype="float32"),
-                    TensorSpec(name="attention_mask", shape=["batch", "sequence"], dtype="int64"),
-                ]
-            )
-            outs = ([] if seg.last else [TensorSpec(name="hidden", shape=["batch", "sequence", hidden], dtype="float32")]) + [
-                TensorSpec(name="output", shape=["batch", width], dtype="float32"),
-                TensorSpec(name="rep", shape=["batch", hidden], dtype="float32"),
-                TensorSpec(name="score", shape=["batch"], dtype="float32"),
-            ]
-            segs.append(SegmentSpec(model_file=f"seg{i}.onnx", up_to_layer=model.config.layers[i], inputs=ins, outputs=outs, packed=packed))
+            seg = Segment(model, i, decides_on=DECIDES_ON.get(policy.name)).eval()
+            packed = _graph(seg, feed, hidden, tmp / f"seg{i}.onnx", config, int8)
+            segs.append(_segment_spec(seg, model, i, width, hidden, packed))
+        # the model without exits, for inputs that check none (the last exit is the model's own head)
+        one = Segment(model, len(model.config.layers) - 1, pruned=True).eval()
+        single = single_graph_entry("single.onnx", _graph(one, feed, hidden, tmp / "single.onnx", config, int8))
         _tokenizer_files(model, tmp)
-        np.savez_compressed(tmp / EXIT_REFERENCE, output=final, exit_at=exit_at, **{f"input.{k}": v for k, v in feed.items()})
+        np.savez_compressed(
+            tmp / EXIT_REFERENCE,
+            output=final,
+            exit_at=exit_at,
+            last=exits[-1]["output"],
+            **{f"input.{k}": v for k, v in feed.items()},
+        )
         parity.save_reference(tmp / parity.REFERENCE, feed, final)
         spec = ExitSpec(layers=list(model.config.layers), policy=policy.name, param=policy.param, segments=segs)
-        settings: dict = {"exits": extra or {}, "exit_tolerance": EXACT}
+        settings: dict = {"exits": (extra or {}) | {SINGLE_GRAPH: single}, "exit_tolerance": EXACT}
         base = _base_manifest(model, name or out.name, max_length, width, model.encoder.tokenizer)
         if lowered is not None:
             settings |= {"exit_tolerance": LOWERED, "lowered": {**lowered, "onnxruntime_int8": int8}}
@@ -233,17 +291,22 @@ def export_pruned(model: MultiExitModel, layer: int, out: str | Path, *, name: s
 
 def check_controller(artifact_dir: Path, manifest: Manifest, runtime: str, options=None) -> dict:
     """Run the deployed controller on the reference feed: exits must equal PyTorch's
-    (within ``settings.exit_tolerance``: exactly for float artifacts, see LOWERED for INT8)."""
+    (within ``settings.exit_tolerance``: exactly for float artifacts, see LOWERED for INT8), and
+    with exit checks off (the shipped single graph) the output must be PyTorch's final one."""
     from edgekit.deploy.exits.controller import ExitController
     from edgekit.deploy.runtime import target_for
 
     with np.load(artifact_dir / EXIT_REFERENCE) as z:
         feed = {k.removeprefix("input."): z[k] for k in z.files if k.startswith("input.")}
         ref_out, ref_exit = z["output"], z["exit_at"]
+        ref_last = z["last"] if "last" in z.files else None
+    chunks = [{k: v[i : i + 8] for k, v in feed.items()} for i in range(0, len(ref_exit), 8)]
     with ExitController(target_for(manifest, artifact_dir), artifact_dir, manifest, options) as ctl:
-        res = [ctl.infer({k: v[i : i + 8] for k, v in feed.items()}) for i in range(0, len(ref_exit), 8)]
+        res = [ctl.infer(c, check=True) for c in chunks]
+        plain = [ctl.infer(c, check=False) for c in chunks] if ctl.single is not None else None
+    name = manifest.outputs[0].name
     layers = np.concatenate([r["exit_layer"] for r in res])
-    out = np.concatenate([r[manifest.outputs[0].name] for r in res])
+    out = np.concatenate([r[name] for r in res])
     tol = manifest.settings.get("exit_tolerance") or EXACT
     agree = layers == np.asarray(manifest.exits.layers)[ref_exit]
     same = float(np.mean(agree))
@@ -254,11 +317,20 @@ def check_controller(artifact_dir: Path, manifest: Manifest, runtime: str, optio
             f"allowed: {tol['min_same_exit']:.0%}, {tol['atol']:g})",
             hint="the runtime's numerics moved rows across the policy threshold; report it",
         )
-    return {"same_exit_layer": same, "max_abs_diff": diff, "rows": int(len(ref_exit)), "tolerance": tol}
+    check = {"same_exit_layer": same, "max_abs_diff": diff, "rows": int(len(ref_exit)), "tolerance": tol}
+    if plain is not None and ref_last is not None:
+        single = float(np.max(np.abs(np.concatenate([r[name] for r in plain]) - ref_last)))
+        if single > tol["atol"]:
+            raise ParityError(
+                f"{runtime}: the single graph differs from PyTorch's final exit (max abs diff {single:.2e}, allowed {tol['atol']:g})",
+                hint="rebuild the artifact; if it persists, report it",
+            )
+        check["single_graph_max_abs_diff"] = single
+    return check
 
 
 def compile_exits(onnx_dir: str | Path, target_name: str, out: str | Path, *, options: dict | None = None) -> Manifest:
-    """Compile every segment for a target and check the controller against PyTorch."""
+    """Compile every segment and the single graph for a target and check the controller against PyTorch."""
     from edgekit.deploy import targets
 
     onnx_dir, out = Path(onnx_dir), Path(out)
@@ -285,6 +357,12 @@ def compile_exits(onnx_dir: str | Path, target_name: str, out: str | Path, *, op
             # a packed source gives a packed compiled segment (its weights file beside it in seg{i}/)
             seg_packed = fields["settings"].pop("packed", None)
             segs.append(seg.model_copy(update={"model_file": f"seg{i}/{fields['model_file']}", "packed": seg_packed}))
+        exit_settings = dict(src.settings.get("exits") or {})
+        if (one := single_manifest(src)) is not None:  # the single graph, compiled as the segments are
+            (tmp / "single").mkdir()
+            with packing.unpacked_dir(onnx_dir, one) as source:
+                single = target.compile(source, one, opts, tmp / "single")
+            exit_settings[SINGLE_GRAPH] = single_graph_entry(f"single/{single['model_file']}", single["settings"].get("packed"))
         artifact.copy_tokenizer(onnx_dir, tmp)
         for f in (parity.REFERENCE, EXIT_REFERENCE):
             shutil.copy2(onnx_dir / f, tmp / f)
@@ -297,7 +375,7 @@ def compile_exits(onnx_dir: str | Path, target_name: str, out: str | Path, *, op
                 "model_file": segs[0].model_file,
                 "precision": fields["precision"],
                 "runtime": fields["runtime"],
-                "settings": {**src.settings, **fields["settings"]},
+                "settings": {**src.settings, **fields["settings"], "exits": exit_settings},
                 "parent": artifact.manifest_sha256(onnx_dir),
                 "exits": src.exits.model_copy(update={"segments": segs}),
                 "files": {},

@@ -139,52 +139,50 @@ def _pick(lengths: np.ndarray, buckets: list[int], n: int) -> list[int]:
 
 def measure_target(model, texts: list[str], lengths: np.ndarray, target: str, out: Path, n: int = 100, rounds: int = 3) -> cal.Timing:
     """Batch-1 latency on ``target`` per length bucket: the segments (to the end of each, exit checks
-    included, and back to back without checks) and the single graph of the same model, timed on the
-    same texts at their own lengths, interleaved text by text (median over ``rounds``)."""
+    included) and the single graph of the same model (the one the exit artifact ships, compiled
+    with it), timed on the same texts at their own lengths, interleaved text by text (median over
+    ``rounds``). Without exit checks the deployed controller runs that single graph, so the
+    no-checks latency (``chain_ms``) is the single graph's."""
     import time
 
-    from edgekit.build.compile import compile_artifact
-    from edgekit.deploy import artifact, targets
+    from edgekit.deploy import targets
     from edgekit.deploy.runtime import Predictor
 
     never = make("entropy", 0.0) if model.task == "classifier" else make("learned", 1.0)
-    art, single = out / "segments", out / "single-graph"
+    art = out / "segments"
     export_segments(model, never, art / "onnx")
     compile_exits(art / "onnx", target, art / target)
-    export_pruned(model, model.config.layers[-1], single / "onnx")  # the last exit is the model's own head: the plain model
     fields = targets.get(target).options_model.model_fields
-    options = {"spinning": False} if "spinning" in fields else None  # as the segments: idle sessions' threads must not spin
-    compile_artifact(single / "onnx", artifact.read_manifest(single / "onnx"), target, single / target, options=options)
+    options = {"spinning": False} if "spinning" in fields else None  # as compile_exits: idle sessions' threads must not spin
     opts = targets.resolve_options(target, options)
     max_len = int(lengths.max())
     buckets = [b for b in cal.BUCKETS if b < max_len] + [next((b for b in cal.BUCKETS if b >= max_len), max_len)]
     picked = _pick(lengths, buckets, n)
-    with Predictor(art / target, options=opts) as seg, Predictor(single / target, options=opts) as one:
+    with Predictor(art / target, options=opts) as seg:
         ctl = seg.exits
-        feeds = [one.tokenizer([texts[i]]) for i in picked]
+        one = ctl.single
+        feeds = [seg.tokenizer([texts[i]]) for i in picked]
         for f in feeds[:5]:  # warm-up
-            one.run(f), ctl.timed_chain(f), ctl.timed_chain(f, check=False)
+            one.infer(f), ctl.timed_chain(f)
         t_one = np.zeros((rounds, len(feeds)))
         t_cum = np.zeros((rounds, len(feeds), len(model.config.layers)))
-        t_off = np.zeros((rounds, len(feeds)))
         for r in range(rounds):
             for i, f in enumerate(feeds):
                 if (i + r) % 2:
                     t_cum[r, i] = ctl.timed_chain(f)
                 t = time.perf_counter()
-                one.run(f)
+                one.infer(f)
                 t_one[r, i] = time.perf_counter() - t
-                t_off[r, i] = ctl.timed_chain(f, check=False)[-1]
                 if not (i + r) % 2:
                     t_cum[r, i] = ctl.timed_chain(f)
     rows_b = cal.bucket_of(lengths[picked], buckets)
     keep = [b for b in range(len(buckets)) if (rows_b == b).any()]
     med = lambda a: np.median(a, axis=0) * 1000  # noqa: E731
-    one_ms, cum_ms, off_ms = med(t_one), med(t_cum), med(t_off)
+    one_ms, cum_ms = med(t_one), med(t_cum)
     return cal.Timing(
         buckets=[buckets[b] for b in keep],
         cum_ms=np.stack([cum_ms[rows_b == b].mean(0) for b in keep]),
-        chain_ms=np.array([off_ms[rows_b == b].mean() for b in keep]),
+        chain_ms=np.array([one_ms[rows_b == b].mean() for b in keep]),
         single_ms=np.array([one_ms[rows_b == b].mean() for b in keep]),
         texts=[int((rows_b == b).sum()) for b in keep],
     )
@@ -201,30 +199,58 @@ def measure(artifact_dir: str | Path, texts: list[str]) -> list[float]:
         return segment_latencies(pred.exits, feeds)
 
 
-def export(heads: str | Path, policy: str, out: str | Path, *, name: str | None = None, calibration: str | Path | None = None):
-    """Segments under ``policy``; the length plan (which sequence lengths check exits) comes from
-    ``calibration`` (default: HEADS/calibration/calibration.json) when it chose this very policy."""
+def export(
+    heads: str | Path,
+    policy: str,
+    out: str | Path,
+    *,
+    name: str | None = None,
+    calibration: str | Path | cal.CalibrationReport | None = None,
+    exits: list[int] | None = None,
+):
+    """Segments under ``policy``, plus the single graph for inputs that check no exit.
+
+    From ``calibration`` (a report or its calibration.json; default HEADS/calibration/calibration.json),
+    when it chose this very policy: the length plan (which sequence lengths check exits) and the
+    exits its operating point keeps (the others are dropped, merging their segments). ``exits``
+    (layers, e.g. [2, 4]) overrides the calibration's choice; the last layer's exit is always kept.
+    """
     from edgekit.deploy.exits.policies import parse
 
     model = load_exits(heads)
     pol = parse(policy, model.task)
-    return export_segments(
-        model, pol, out, name=name, extra=length_plan_for(pol, calibration or Path(heads) / "calibration" / "calibration.json")
-    )
+    chosen = from_calibration(pol, calibration or Path(heads) / "calibration" / "calibration.json")
+    kept = chosen.pop("exits", None)
+    layers = exits if exits is not None else kept
+    return export_segments(model, pol, out, name=name, extra=chosen or None, layers=layers)
+
+
+def from_calibration(policy, calibration: str | Path | cal.CalibrationReport) -> dict:
+    """What a calibration chose for ``policy`` when its chosen point is that policy: ``length_plan``
+    and ``exits`` (the kept exit layers; absent: all), as present; else {}."""
+    import json
+
+    if isinstance(calibration, (str, Path)):
+        path = Path(calibration)
+        if not path.exists():
+            return {}
+        doc = json.loads(path.read_text())
+    else:
+        doc = {
+            "chosen": {"policy": calibration.chosen.policy, "param": calibration.chosen.param} if calibration.chosen else None,
+            "length_plan": calibration.length_plan,
+            "exits": getattr(calibration, "exits", None),
+        }
+    chosen = doc.get("chosen") or {}
+    if chosen.get("policy") != policy.name or chosen.get("param") != policy.param:
+        return {}
+    return {k: doc[k] for k in ("length_plan", "exits") if doc.get(k)}
 
 
 def length_plan_for(policy, calibration: str | Path) -> dict | None:
     """``{"length_plan": ...}`` from a calibration.json whose chosen point is ``policy``, else None."""
-    import json
-
-    path = Path(calibration)
-    if not path.exists():
-        return None
-    doc = json.loads(path.read_text())
-    chosen = doc.get("chosen") or {}
-    if doc.get("length_plan") and chosen.get("policy") == policy.name and chosen.get("param") == policy.param:
-        return {"length_plan": doc["length_plan"]}
-    return None
+    plan = from_calibration(policy, calibration).get("length_plan")
+    return {"length_plan": plan} if plan else None
 
 
 def prune(heads: str | Path, layer: int, out: str | Path, *, name: str | None = None):

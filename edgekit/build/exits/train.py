@@ -5,6 +5,12 @@ plus cross-entropy when labels are given; the learned exit score is trained to p
 whether its exit already agrees with the target. With a frozen backbone (the default)
 each layer's features are computed once and the heads train on them, which takes seconds
 even on a CPU, and the last exit keeps the original model's accuracy exactly.
+
+Joint training (``freeze_backbone=False``) trains the backbone with the heads: every
+intermediate exit distils the final layer's current output (multi-exit self-distillation),
+and the final exit is anchored to the original model (distillation from its outputs,
+computed once before training, plus cross-entropy when labels are given), so it stays close
+to the model it started from. The backbone then changes, and is saved beside the heads.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ class TrainConfig:
     temperature: float = 2.0
     label_weight: float = 0.5
     freeze_backbone: bool = True
+    backbone_lr: float = 2e-5  # joint training: the backbone's learning rate (the heads keep ``lr``)
+    anchor_weight: float = 1.0  # joint training: weight of the final exit's anchor to the original model
     seed: int = 0
     device: str = "auto"
     max_length: int = 128
@@ -44,8 +52,10 @@ def _device(name: str) -> str:
 
 
 @torch.no_grad()
-def collect(model: MultiExitModel, texts: list[str], batch: int, max_length: int, device: str, progress=None) -> dict:
-    """Per-exit head features and the final exit's outputs for every text (frozen backbone)."""
+def collect(
+    model: MultiExitModel, texts: list[str], batch: int, max_length: int, device: str, progress=None, *, features: bool = True
+) -> dict:
+    """Per-exit head features (unless not ``features``) and the final exit's outputs for every text (frozen backbone)."""
     enc = model.encoder
     model.to(device).eval()
     feats = [[] for _ in model.config.layers[:-1]]
@@ -58,14 +68,29 @@ def collect(model: MultiExitModel, texts: list[str], batch: int, max_length: int
         for j, layer in enumerate(model.config.layers):
             hidden = model.run_layers(hidden, mask, prev, layer)
             prev = layer
-            if j < len(model.heads):
+            if features and j < len(model.heads):
                 # a copy: the features are often a view (the CLS row) of the whole hidden state, which
                 # .cpu() keeps alive on a CPU; kept views would hold every batch's hidden states
                 feats[j].append(model.heads[j].features(hidden, mask).detach().cpu().clone())
         final.append(model.final_head(hidden, mask).detach().cpu().clone())
         if progress:
             progress(min(i + batch, len(texts)))
-    return {"features": [torch.cat(f) for f in feats], "final": torch.cat(final)}
+    return {"features": [torch.cat(f) for f in feats] if features else [], "final": torch.cat(final)}
+
+
+def anchor_loss(model: MultiExitModel, final, teacher, labels, cfg: TrainConfig):
+    """Joint training: keeps the final exit near the original model (its outputs ``teacher``)."""
+    if model.task != "classifier":
+        return (1 - nn.functional.cosine_similarity(final, teacher, dim=-1)).mean()
+    t = cfg.temperature
+    kd = (
+        nn.functional.kl_div(nn.functional.log_softmax(final / t, -1), nn.functional.softmax(teacher / t, -1), reduction="batchmean")
+        * t
+        * t
+    )
+    if labels is None:
+        return kd
+    return (1 - cfg.label_weight) * kd + cfg.label_weight * nn.functional.cross_entropy(final, labels)
 
 
 def head_loss(model: MultiExitModel, outs: list, final, labels, cfg: TrainConfig):
@@ -112,18 +137,27 @@ def train_heads(
     max_len = min(cfg.max_length, model.encoder.info.max_length)
     out.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda **kw: None)
-    params = list(model.heads.parameters())
+    groups = [{"params": list(model.heads.parameters()), "lr": cfg.lr}]
     if not cfg.freeze_backbone:
-        params += list(model.hf.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr if cfg.freeze_backbone else min(cfg.lr, 2e-5))
+        groups.append({"params": list(model.hf.parameters()), "lr": cfg.backbone_lr})
+    opt = torch.optim.AdamW(groups)
+    y = torch.tensor(labels) if labels is not None else None
+    cached, teacher = None, None
     start = 0
     if resume and (out / STATE).exists():
         state = torch.load(out / STATE, map_location="cpu", weights_only=True)
         model.heads.load_state_dict(state["heads"])
         opt.load_state_dict(state["optimizer"])
         start = state["epoch"]
-    y = torch.tensor(labels) if labels is not None else None
-    cached = None
+        if "backbone" in state:
+            model.hf.load_state_dict(state["backbone"])
+            teacher = state["teacher"]
+    if not cfg.freeze_backbone:
+        if teacher is None:  # the original model's outputs, before any step (a resumed run has them in its state)
+            say(stage="features", done=0, total=len(texts))
+            teacher = collect(model, texts, 128, max_len, device, lambda n: say(stage="features", done=n, total=len(texts)), features=False)
+            teacher = teacher["final"]
+        model.backbone_tuned = True
     if cfg.freeze_backbone:
         for p in model.hf.parameters():
             p.requires_grad_(False)
@@ -150,11 +184,8 @@ def train_heads(
                 all_outs = model.forward_all(feed)
                 final = all_outs[-1]["output"]
                 outs = [(o["output"], o["score"]) for o in all_outs[:-1]]
-                if model.task == "classifier" and yb is not None:
-                    final_loss = nn.functional.cross_entropy(final, yb)
-                    final = final.detach()
-                else:
-                    final_loss, final = 0.0, final.detach()
+                final_loss = cfg.anchor_weight * anchor_loss(model, final, teacher[idx].to(device), yb, cfg)
+                final = final.detach()  # the intermediate exits distil the final layer; they do not pull it
             loss = head_loss(model, outs, final, yb, cfg)
             if cached is None:
                 loss = loss + final_loss
@@ -170,7 +201,10 @@ def train_heads(
             n += len(idx)
             say(stage="train", epoch=epoch + 1, epochs=cfg.epochs, done=n, total=len(texts), loss=total / n)
         history.append(total / n)
-        torch.save({"heads": model.heads.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1}, out / STATE)
+        state = {"heads": model.heads.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1}
+        if not cfg.freeze_backbone:
+            state |= {"backbone": model.hf.state_dict(), "teacher": teacher}
+        torch.save(state, out / STATE)
     model.eval().cpu()
     return {
         "epochs": cfg.epochs,

@@ -2,12 +2,15 @@
 
 No torch: numpy, the exit policy (the same code calibration simulated) and one target
 session per segment. Rows that exit are dropped from the next segment's batch, so a batch
-never has to agree. Used by :class:`edgekit.deploy.runtime.Predictor` for early-exit artifacts.
+never has to agree. A call that checks no exit (the length plan turns checks off for its
+length, or the policy can never exit) runs the single graph the artifact ships instead: one
+runtime call, no boundaries, no exit heads. Used by :class:`edgekit.deploy.runtime.Predictor`
+for early-exit artifacts.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -16,15 +19,50 @@ from edgekit.deploy.exits.policies import State, make
 from edgekit.errors import ArtifactError
 
 EXIT_LAYER = "exit_layer"
+SINGLE_GRAPH = "single_graph"  # key in settings.exits: {"model_file": ..., "packed": ...} of the shipped single graph
+_PACKED_FILES = ("file", "bin")  # keys of a packing record (edgekit.deploy.packing) that name files
+
+
+def _plain(manifest: Manifest, model_file: str, packed: dict | None, **update) -> Manifest:
+    settings = {k: v for k, v in manifest.settings.items() if k != "packed"} | ({"packed": packed} if packed else {})
+    return manifest.model_copy(update={"model_file": model_file, "exits": None, "settings": settings, **update})
 
 
 def segment_manifest(manifest: Manifest, i: int) -> Manifest:
     """Segment ``i`` as a plain artifact's manifest (its packed weights, if any, as ``settings.packed``)."""
     seg = manifest.exits.segments[i]
-    settings = {k: v for k, v in manifest.settings.items() if k != "packed"} | ({"packed": seg.packed} if seg.packed else {})
-    return manifest.model_copy(
-        update={"model_file": seg.model_file, "inputs": seg.inputs, "outputs": seg.outputs, "exits": None, "settings": settings}
-    )
+    return _plain(manifest, seg.model_file, seg.packed, inputs=seg.inputs, outputs=seg.outputs)
+
+
+def single_graph_entry(model_file: str, packed: dict | None) -> dict:
+    """``settings.exits.single_graph``: the model file and its packed weights' files named from the
+    artifact's root (so the manifest's check of named files covers them)."""
+    parent = PurePosixPath(model_file).parent
+    rebased = {k: str(parent / v) if k in _PACKED_FILES else v for k, v in packed.items()} if packed else None
+    return {"model_file": model_file, "packed": rebased}
+
+
+def single_manifest(manifest: Manifest) -> Manifest | None:
+    """The shipped single graph (the model without exits) as a plain artifact's manifest; None when
+    the artifact has none (exported before it shipped one)."""
+    single = (manifest.settings.get("exits") or {}).get(SINGLE_GRAPH)
+    if not single:
+        return None
+    parent, packed = PurePosixPath(single["model_file"]).parent, single.get("packed")
+    if packed:  # packed files are named from the model file's folder, as in a plain artifact
+        packed = {k: str(PurePosixPath(v).relative_to(parent)) if k in _PACKED_FILES else v for k, v in packed.items()}
+    return _plain(manifest, single["model_file"], packed)
+
+
+def never_exits(policy, exits: int) -> bool:
+    """Whether ``policy`` can let no row leave before the last of ``exits`` exits, whatever the outputs
+    (its parameter: one value, or one per exit)."""
+    values = list(policy.param) if isinstance(policy.param, (list, tuple)) else [policy.param]
+    if policy.name == "entropy":
+        return all(v <= 0 for v in values)
+    if policy.name == "patience":  # the agreement count reaches at most exits - 2 at the last decision
+        return all(v > exits - 2 for v in values)
+    return exits < 2
 
 
 class LengthPlan:
@@ -71,20 +109,25 @@ class ExitController:
         self.policy = make(spec.policy, spec.param, manifest.task)
         self.output_name = manifest.outputs[0].name
         self._sessions = [target.load(artifact_dir, segment_manifest(manifest, i), options) for i in range(len(spec.segments))]
+        one = single_manifest(manifest)
+        self.single = target.load(artifact_dir, one, options) if one is not None else None
         self.input_names = list(self._sessions[0].input_names)
         self.output_names = [self.output_name, EXIT_LAYER]
         self.histogram = np.zeros(len(spec.layers), dtype=np.int64)
         self.segment_calls = np.zeros(len(spec.layers), dtype=np.int64)
+        self.single_calls = 0  # calls the single graph answered (no exit checked)
         self.length_plan = length_plan or LengthPlan.from_settings(manifest.settings.get("exits"))
+        self.never = never_exits(self.policy, len(spec.layers))
         self.linked = False
 
     def __enter__(self) -> ExitController:
         self._sessions = [s.__enter__() for s in self._sessions]
+        self.single = self.single.__enter__() if self.single is not None else None
         self.linked = all(hasattr(s, "infer_linked") and not getattr(s, "buckets", None) for s in self._sessions)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for s in self._sessions:
+        for s in [*self._sessions, *([self.single] if self.single is not None else [])]:
             s.__exit__(*exc)
 
     def run_segment(self, k: int, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -102,14 +145,20 @@ class ExitController:
         return self._sessions[k].take_rows(hidden, keep) if self.linked else hidden[keep]
 
     def checks(self, feed: dict[str, np.ndarray]) -> bool:
-        """Whether this call checks exits (its sequence length under the length plan)."""
-        return self.length_plan is None or self.length_plan.checks(feed["attention_mask"].shape[1])
+        """Whether this call checks exits: the policy can let a row leave, and the length plan
+        checks at this sequence length."""
+        return not self.never and (self.length_plan is None or self.length_plan.checks(feed["attention_mask"].shape[1]))
 
     def infer(self, feed: dict[str, np.ndarray], *, check: bool | None = None) -> dict[str, np.ndarray]:
-        """Per-row exits; ``check=False`` runs every segment without exit checks (``None``: the length plan decides)."""
+        """Per-row exits; ``check=False`` checks none: the single graph answers (or, in an artifact
+        without one, every segment runs without exit checks). ``None``: :meth:`checks` decides."""
         n = next(iter(feed.values())).shape[0]
         last = len(self._sessions) - 1
         check = self.checks(feed) if check is None else check
+        if not check and self.single is not None:
+            self.single_calls += 1
+            self.histogram[last] += n
+            return {self.output_name: self.single.infer(feed)[self.output_name], EXIT_LAYER: np.full(n, self.layers[last])}
         exit_at = np.full(n, last)
         running = np.arange(n)
         state = State()

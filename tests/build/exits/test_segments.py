@@ -73,9 +73,10 @@ def test_one_graph_per_segment_with_the_documented_inputs_and_outputs(segments, 
     assert m.settings["exit_tolerance"] == EXACT and m.precision == "fp32"
     seg0, seg1 = (onnx.load(str(segments / f)) for f in ("seg0.onnx", "seg1.onnx"))
     assert [i.name for i in seg0.graph.input] == list(exits_model.encoder.spec.input_names)
-    assert [o.name for o in seg0.graph.output] == ["hidden", "output", "rep", "score"]
+    # the learned policy decides on the score: no other head output is in the graph
+    assert [o.name for o in seg0.graph.output] == ["hidden", "output", "score"]
     assert [i.name for i in seg1.graph.input] == ["hidden_in", "attention_mask"]
-    assert [o.name for o in seg1.graph.output] == ["output", "rep", "score"]  # the last passes nothing on
+    assert [o.name for o in seg1.graph.output] == ["output"]  # the last passes nothing on and decides nothing
     for spec, graph in zip(m.exits.segments, (seg0, seg1)):
         assert [t.name for t in spec.outputs] == [o.name for o in graph.graph.output]
     # each segment runs its own layers: one attention softmax per layer
@@ -85,15 +86,12 @@ def test_one_graph_per_segment_with_the_documented_inputs_and_outputs(segments, 
 def test_chained_segments_reproduce_every_exit_of_pytorch(segments, exits_model, texts):
     feed = exits_model.encoder.tokenize(texts)
     want = torch_exits(exits_model, feed)
-    first = dict(zip(["hidden", "output", "rep", "score"], _ort(segments / "seg0.onnx").run(None, feed)))
+    first = dict(zip(["hidden", "output", "score"], _ort(segments / "seg0.onnx").run(None, feed)))
     second = dict(
-        zip(
-            ["output", "rep", "score"],
-            _ort(segments / "seg1.onnx").run(None, {"hidden_in": first["hidden"], "attention_mask": feed["attention_mask"]}),
-        )
+        zip(["output"], _ort(segments / "seg1.onnx").run(None, {"hidden_in": first["hidden"], "attention_mask": feed["attention_mask"]}))
     )
     for got, ref in ((first, want[0]), (second, want[1])):
-        for key in ("output", "rep", "score"):
+        for key in got.keys() - {"hidden"}:
             np.testing.assert_allclose(got[key], ref[key], atol=1e-5, err_msg=key)
     # the last exit is the model itself
     np.testing.assert_allclose(second["output"], exits_model.encoder.run(feed), atol=1e-5)

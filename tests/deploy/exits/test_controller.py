@@ -135,5 +135,5 @@ def test_segment_manifest_is_a_plain_artifact_of_that_segment(manifest):
     seg1 = segment_manifest(manifest, 1)
     assert seg1.exits is None and seg1.model_file == "seg1.onnx"
     assert [t.name for t in seg1.inputs] == ["hidden_in", "attention_mask"]
-    assert [t.name for t in seg1.outputs] == ["output", "rep", "score"]
+    assert [t.name for t in seg1.outputs] == ["output"]
     assert "packed" not in seg1.settings and seg1.tokenizer == manifest.tokenizer

@@ -67,3 +67,29 @@ def test_classifier_only_policies_refuse_embedding_models():
     with pytest.raises(ConfigError, match="needs a classifier"):
         make("entropy", 0.3, "embedding")
     assert make("similarity", 0.99, "embedding").param == 0.99
+
+
+def test_per_exit_thresholds_parse_round_trip_and_apply_exit_by_exit():
+    p = parse("entropy=0.05,0.9")
+    assert p.per_exit and p.param == [0.05, 0.9] and p.spec == "entropy=0.05,0.9" and parse(p.spec).param == p.param
+    unsure = np.array([[0.3, 0.0], [0.2, 0.0]])  # normalized entropy ~0.98 and ~0.99: leaves only under a loose threshold
+    exits = [{"output": unsure, "rep": np.ones((2, 2)), "score": np.zeros(2)}] * 2 + [
+        {"output": np.array([[0.0, 5.0]] * 2), "rep": np.ones((2, 2)), "score": np.zeros(2)}
+    ]
+    assert simulate(parse("entropy=0.05,0.995"), exits)[0].tolist() == [1, 1]  # strict at exit 1, loose at exit 2
+    assert simulate(parse("entropy=0.995,0.05"), exits)[0].tolist() == [0, 0]
+    state = State()
+    for k in range(2):  # the exit index travels in the state, also through take()
+        _, state = p.decide(exits[k], state)
+        state = state.take(np.array([True, True]))
+        assert state.k == k + 1
+
+
+def test_thresholds_of_the_wrong_length_name_both_counts():
+    exits = [{"output": np.zeros((1, 2)), "rep": np.ones((1, 2)), "score": np.zeros(1)}] * 3
+    with pytest.raises(ConfigError, match=r"^policy entropy: 3 thresholds given, 2 expected \(one per exit before the last of 3\)"):
+        simulate(parse("entropy=0.1,0.2,0.3"), exits)
+    with pytest.raises(ConfigError, match="2 thresholds given, 5 expected"):
+        make("patience", [1, 2]).check(6)
+    with pytest.raises(ConfigError, match="parameter 13.0 out of range"):
+        parse("patience=1,13")

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Early-exit heads that hold their budget on unseen data, on debian-sections (one call on the lent GPU, < 8 minutes):
+#   1. fine-tune the teacher classifier (bench/finetune.py) from the fp16 MiniLM carried in .ckpt/minilm-fp16;
+#   2. train exit heads after every layer twice: frozen backbone, and jointly (--no-freeze-backbone:
+#      multi-exit self-distillation, the final exit anchored to the teacher);
+#   3. calibrate each on dev (--max-drop $MAX_DROP, default 1) with the 90 % bootstrap bound and with the point estimate;
+#      latency measured on ort-cpu (TIMING=none: no target, expected layers only; the GPU machine has no openvino);
+#   4. on test: accuracy per exit, and each chosen point's test drop against its dev drop and bound.
+#
+#   lent GPU:  OUT=$OUT bash bench/device_exits.sh        (tree carries .ckpt/minilm-fp16 and .whl)
+#   here (CPU check of the script):  SMOKE=1 TIMING=none OUT=/tmp/exits_out bash bench/device_exits.sh
+# Back: $OUT/exits-quality.json and .md, the four calibration.json/.png -> bench/results/exits-quality/.
+set -euo pipefail
+OUT=${OUT:-/tmp/device_out}; mkdir -p "$OUT"
+PY=${PY:-python3}
+W=${WORK:-/tmp/exits_work}; rm -rf "$W"; mkdir -p "$W"
+SRC=${SRC:-bench/data/debian-sections}
+MODEL=${MODEL:-.ckpt/minilm-fp16}
+TIMING=${TIMING:-ort-cpu}
+if ! $PY -c "import pydantic" 2>/dev/null; then
+  $PY -m pip install -q --no-index --find-links .whl --target /tmp/pylib pydantic pydantic-core annotated-types typing-inspection typing-extensions 2>&1 | tail -2
+fi
+export PYTHONPATH=$PWD:/tmp/pylib${PYTHONPATH:+:$PYTHONPATH}
+EK=($PY -m edgekit.cli)
+if [ -n "${SMOKE:-}" ]; then  # a check of the script: a handful of texts and steps
+  FT=(--limit 64 --epochs 1); E_FROZEN=1; E_JOINT=1; N=${N:-64}
+else
+  FT=(--epochs 4); E_FROZEN=20; E_JOINT=${E_JOINT:-4}; N=
+fi
+for s in train dev test; do
+  if [ -n "$N" ]; then head -n "$N" $SRC/$s.jsonl > "$W/$s.jsonl"; else cp $SRC/$s.jsonl "$W/"; fi
+done
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name --format=csv,noheader || true
+t0=$(date +%s)
+$PY bench/finetune.py --model "$MODEL" --out "$W/teacher" "${FT[@]}" 2>&1 | tail -3
+echo "teacher: $(( $(date +%s) - t0 )) s"
+"${EK[@]}" exits train "$W/teacher" --data "$W/train.jsonl" --out "$W/frozen" --epochs $E_FROZEN --no-resume
+echo "frozen heads: $(( $(date +%s) - t0 )) s"
+"${EK[@]}" exits train "$W/teacher" --data "$W/train.jsonl" --out "$W/joint" --epochs $E_JOINT --no-freeze-backbone --no-resume
+echo "joint: $(( $(date +%s) - t0 )) s"
+TGT=(); [ "$TIMING" != none ] && TGT=(--target "$TIMING")
+for h in frozen joint; do
+  for c in 0.9 0; do
+    name=$h-c$c
+    # a dev set too small for the bound, or a budget nothing meets, is reported as such (exit 2), not fatal here
+    "${EK[@]}" exits calibrate "$W/$h" --data "$W/dev.jsonl" --out "$W/cal-$name" --max-drop "${MAX_DROP:-1}" --confidence $c "${TGT[@]}" \
+      2>&1 | tee "$W/cal-$name.log" | tail -6 || true
+    [ -f "$W/cal-$name/calibration.json" ] && cp "$W/cal-$name/calibration.json" "$OUT/calibration-$name.json"
+    [ -f "$W/cal-$name/calibration.png" ] && cp "$W/cal-$name/calibration.png" "$OUT/calibration-$name.png"
+  done
+  echo "calibrated $h: $(( $(date +%s) - t0 )) s"
+done
+$PY - "$W" "$OUT" <<'PY'
+"""Test accuracy per exit, and each calibrated point on test (dev drop, its bound, test drop)."""
+import json, sys
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.build.exits import steps
+from edgekit.build.exits.calibrate import Scorer
+from edgekit.build.exits.model import load_exits
+from edgekit.build.exits.segments import torch_exits
+
+W, OUT = Path(sys.argv[1]), Path(sys.argv[2])
+doc, lines = {}, ["| heads | bound | test acc per exit (layers 1..6) | chosen | exits kept | dev drop | dev bound | test drop | mean layers (test) |", "|" + "---|" * 9]
+teacher = None
+for h in ("frozen", "joint"):
+    m = load_exits(W / h)
+    texts, labels = steps._texts_and_labels(W / "test.jsonl", list(m.encoder.info.labels or []))
+    exits = torch_exits(m, m.encoder.tokenize(texts, max_length=m.encoder.info.max_length))
+    y = np.asarray(labels)
+    per_exit = [float((e["output"].argmax(-1) == y).mean()) for e in exits]
+    if teacher is None:  # the frozen heads' final exit is the teacher exactly
+        teacher = per_exit[-1]
+    doc[h] = {"test_per_exit": per_exit, "test_final_vs_teacher_points": 100 * (per_exit[-1] - teacher), "points": {}}
+    for c in ("0.9", "0"):
+        f = W / f"cal-{h}-c{c}" / "calibration.json"
+        if not f.exists():
+            msg = (W / f"cal-{h}-c{c}.log").read_text().strip().splitlines()[-1:]
+            doc[h]["points"][c] = {"error": msg}
+            lines.append(f"| {h} | {c} | {' '.join(f'{100 * q:.1f}' for q in per_exit)} | {' '.join(msg)} | | | | | |")
+            continue
+        cal = json.loads(f.read_text())
+        ch = cal["chosen"]
+        if ch is None:
+            doc[h]["points"][c] = {"recommendation": cal["recommendation"], "message": cal["message"]}
+            lines.append(f"| {h} | {c} | {' '.join(f'{100 * q:.1f}' for q in per_exit)} | {cal['recommendation']} | | | | | |")
+            continue
+        layers = list(m.config.layers)
+        keep = None if ch["exits"] is None else [layers.index(k) for k in ch["exits"][:-1]]
+        s = Scorer(exits, layers, m.task, y)
+        p = s.point(ch["policy"], ch["param"], keep)  # no length plan on test: every row checks exits
+        iv = cal.get("interval") or {}
+        row = {
+            "spec": f"{ch['policy']}={ch['param']}", "exits": ch["exits"], "dev_drop": 100 * (cal["base_quality"] - ch["quality"]),
+            "dev_bound": iv.get("drop_high"), "dev_texts_needed": iv.get("dev_texts_needed"),
+            "test_drop": 100 * (s.base - p.quality), "test_mean_layers": p.mean_layers,
+            "expected_latency_ms": ch["expected_latency_ms"], "latency_ratio": ch["latency_ratio"],
+        }
+        doc[h]["points"][c] = row
+        b = f"{row['dev_bound']:.2f}" if row["dev_bound"] is not None else "-"
+        lines.append(
+            f"| {h} | {c} | {' '.join(f'{100 * q:.1f}' for q in per_exit)} | {row['spec']} | {ch['exits'] or 'all'} | "
+            f"{row['dev_drop']:.2f} | {b} | {row['test_drop']:.2f} | {p.mean_layers:.2f} |"
+        )
+(OUT / "exits-quality.json").write_text(json.dumps(doc, indent=1) + "\n")
+(OUT / "exits-quality.md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
+echo "total: $(( $(date +%s) - t0 )) s"
+ls -la "$OUT"

@@ -1,0 +1,281 @@
+"""Choosing an early-exit operating point that holds on unseen data.
+
+The budget (``max_drop``) is checked on an upper confidence bound of the drop, not on its point
+estimate: the drop of a point against the model without exits is bootstrapped over the dev rows
+(paired: both are scored on the same resampled rows; seeded Poisson bootstrap, 1,000 resamples
+by default), and the bound is its one-sided ``confidence`` quantile. So a point chosen at 90 %
+stays within the budget on fresh data from the same distribution with about 90 % probability
+(the usual bootstrap caveats: the dev rows must be a fair sample, and the choice among many
+points makes the chosen one's bound a little optimistic).
+
+Besides one parameter for every exit, the search considers keeping only some exits (each
+boundary between segments costs time at short lengths: :meth:`Timing.merged`) and, from each
+policy's best point, one threshold per exit, tuned by coordinate search on dev.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.build.exits import calibrate as cal
+from edgekit.deploy.exits.policies import EXIT_POLICIES
+from edgekit.errors import ConfigError, DataError
+
+MIN_DEV_TEXTS = 30  # below this a bootstrap interval means little, whatever it says
+
+
+class Bootstrap:
+    """Seeded Poisson bootstrap over ``n`` rows: ``resamples`` weight vectors, reused for every point
+    (so points are compared on the same resamples)."""
+
+    def __init__(self, n: int, confidence: float = 0.9, resamples: int = 1000, seed: int = 0) -> None:
+        if not 0.5 <= confidence < 1:
+            raise ConfigError(
+                f"confidence {confidence:g} out of range", hint="use a one-sided level in [0.5, 1), e.g. 0.9, or 0 for the point estimate"
+            )
+        rng = np.random.default_rng(seed)
+        self.n, self.confidence, self.resamples = n, confidence, resamples
+        self.weights = np.minimum(rng.poisson(1.0, (resamples, n)), 255).astype(np.uint8)
+        self.totals = np.maximum(self.weights.sum(1, dtype=np.float64), 1.0)
+
+    def means(self, values: np.ndarray) -> np.ndarray:
+        """The mean of ``values`` (one per row) under each resample."""
+        nz = np.flatnonzero(values)
+        if not len(nz):
+            return np.zeros(self.resamples)
+        return (self.weights[:, nz].astype(np.float64) @ np.asarray(values, np.float64)[nz]) / self.totals
+
+    def upper(self, values: np.ndarray) -> float:
+        return float(np.quantile(self.means(values), self.confidence))
+
+    def lower(self, values: np.ndarray) -> float:
+        return float(np.quantile(self.means(values), 1 - self.confidence))
+
+
+def dev_texts_needed(n: int, margin: float, max_drop: float) -> int:
+    """Dev texts for the bound's margin (points above the point estimate) to be under a quarter of
+    ``max_drop``: the margin shrinks as 1/sqrt(n)."""
+    target = max(max_drop, 1e-6) / 4
+    return max(MIN_DEV_TEXTS, math.ceil(n * (margin / target) ** 2))
+
+
+def check_dev_size(n: int, margin: float, max_drop: float, confidence: float) -> None:
+    """Refuse a dev set whose bound alone would take the whole budget (or too few texts to bootstrap)."""
+    if n >= MIN_DEV_TEXTS and margin <= max_drop:
+        return
+    needed = dev_texts_needed(n, margin, max_drop)
+    why = (
+        f"{n} texts are fewer than {MIN_DEV_TEXTS}"
+        if n < MIN_DEV_TEXTS
+        else f"on {n} texts the bound adds {margin:.2f} points, more than the budget"
+    )
+    raise DataError(
+        f"dev set too small for a {100 * confidence:g}% bound on the drop ({why}): about {needed} texts needed",
+        hint=f"give about {needed} labelled dev texts, or pass --confidence 0 to choose on the point estimate",
+    )
+
+
+def tune_per_exit(scorer: cal.Scorer, start: cal.Point, admissible, speed, rounds: int = 3) -> cal.Point | None:
+    """One threshold per exit, from ``start`` (a point with one threshold for every exit): per exit in
+    turn, the grid value that makes the point fastest while it stays ``admissible``; repeated until
+    no exit changes (at most ``rounds`` passes). None when no vector beats ``start``."""
+    grid = EXIT_POLICIES[start.policy].grid
+    keep = None if start.exits is None else [scorer.layers.index(layer) for layer in start.exits[:-1]]
+    n = (len(scorer.layers) if keep is None else len(keep) + 1) - 1
+    vec = list(start.param) if isinstance(start.param, list) else [start.param] * n
+    best = start
+    for _ in range(rounds):
+        changed = False
+        for k in range(n):
+            for v in grid:
+                if v == vec[k]:
+                    continue
+                trial = [*vec[:k], float(v), *vec[k + 1 :]]
+                p = scorer.point(start.policy, trial, keep)
+                if admissible(p) and speed(p) < speed(best) - 1e-12:
+                    best, vec, changed = p, trial, True
+        if not changed:
+            break
+    return None if best is start else best
+
+
+def search(
+    scorer: cal.Scorer,
+    policies: list[str] | None,
+    *,
+    max_drop: float,
+    subsets: int = 3,
+    per_exit: bool = True,
+) -> list[cal.Point]:
+    """Every policy x grid point (on every exit subset of up to ``subsets`` exits, with a timing), then
+    a per-exit vector tuned from each policy's fastest point within ``max_drop``."""
+    names = policies or [n for n, p in EXIT_POLICIES.items() if scorer.task in p.tasks]
+    keeps: list = [None] + (scorer.subsets(subsets) if scorer.timing is not None and subsets else [])
+    points = [scorer.point(name, param, keep) for keep in keeps for name in names for param in EXIT_POLICIES[name].grid]
+    if not per_exit or len(scorer.layers) < 3:
+        return points
+    timed = all(p.expected_latency_ms is not None for p in points)
+
+    def speed(p):
+        return p.expected_latency_ms if timed else p.mean_layers
+
+    def admissible(p):
+        fast = scorer.single_ms is None or p.expected_latency_ms < scorer.single_ms
+        return fast and (scorer.base - p.budget_quality()) * 100 <= max_drop + 1e-9
+
+    for name in names:
+        ok = [p for p in points if p.policy == name and admissible(p)]
+        if ok:
+            tuned = tune_per_exit(scorer, min(ok, key=speed), admissible, speed)
+            points += [tuned] if tuned is not None else []
+    return points
+
+
+def interval(scorer: cal.Scorer, chosen: cal.Point, boot: Bootstrap, max_drop: float) -> cal.Interval:
+    """The chosen point's dev quality and drop with their bootstrap bounds, and the dev size needed."""
+    keep = None if chosen.exits is None else [scorer.layers.index(layer) for layer in chosen.exits[:-1]]
+    rows = scorer.rows(chosen.policy, chosen.param, keep)
+    drop = 100 * (scorer.base - float(rows.mean()))
+    drop_high = 100 * boot.upper(scorer.base_rows - rows)
+    return cal.Interval(
+        confidence=boot.confidence,
+        resamples=boot.resamples,
+        quality=float(rows.mean()),
+        quality_low=boot.lower(rows),
+        quality_high=boot.upper(rows),
+        drop=drop,
+        drop_high=drop_high,
+        dev_texts=boot.n,
+        dev_texts_needed=dev_texts_needed(boot.n, drop_high - drop, max_drop),
+    )
+
+
+def report(
+    exits: list[dict[str, np.ndarray]],
+    layers: list[int],
+    task: str,
+    labels: np.ndarray | None,
+    *,
+    lengths: np.ndarray,
+    timing: cal.Timing | None = None,
+    max_drop: float = 1.0,
+    max_latency_ms: float | None = None,
+    policies: list[str] | None = None,
+    confidence: float | None = 0.9,
+    resamples: int = 1000,
+    subsets: int = 3,
+    per_exit: bool = True,
+    **fields,
+) -> cal.CalibrationReport:
+    """The whole choice on precomputed exit outputs (and a target's ``timing``): points, the bound,
+    the chosen point, the recommendation. ``fields``: data, target, heads (for the report)."""
+    boot = Bootstrap(len(exits[-1]["output"]), confidence, resamples) if confidence else None
+    scorer = cal.Scorer(exits, layers, task, labels, lengths=lengths, timing=timing, bound=boot)
+    points = search(scorer, policies, max_drop=max_drop, subsets=subsets, per_exit=per_exit and max_latency_ms is None)
+    if boot is not None:  # the point-estimate choice tells how wide the bound is at this dev size
+        within = [p for p in points if p.exits is None and (scorer.base - p.quality) * 100 <= max_drop + 1e-9]
+        first = min(within, key=lambda p: p.mean_layers, default=None)
+        if first is not None:
+            check_dev_size(boot.n, 100 * (first.quality - first.quality_low), max_drop, boot.confidence)
+    per_exit_q = [cal.quality(task, e["output"], exits[-1]["output"], labels) for e in exits]
+    single_ms, extra = scorer.single_ms, {}
+    if timing is not None:
+        rows_b = scorer.rows_b
+        seg = np.diff(timing.cum_ms, axis=1, prepend=0.0)
+        extra = {
+            "segment_latency_ms": seg[rows_b].mean(0).tolist(),
+            "single_graph_latency_ms": single_ms,
+            "length_buckets": [
+                cal.LengthBucket(
+                    up_to=up,
+                    dev_texts=int((rows_b == b).sum()),
+                    latency_texts=timing.texts[b],
+                    single_graph_ms=float(timing.single_ms[b]),
+                    segments_ms=seg[b].tolist(),
+                    no_checks_ms=float(timing.chain_ms[b]),
+                )
+                for b, up in enumerate(timing.buckets)
+            ],
+        }
+    chosen = cal.choose(scorer.base, points, max_drop=max_drop, max_latency_ms=max_latency_ms, single_ms=single_ms)
+    rec, layer, message = cal.recommend(chosen, points, per_exit_q, layers, max_drop, single_ms, fields.get("target"), base=scorer.base)
+    if chosen is not None:
+        extra["exits"] = chosen.exits
+        if chosen.check is not None:
+            extra["length_plan"] = {"buckets": timing.buckets, "check": chosen.check}
+        if boot is not None:
+            extra["interval"] = interval(scorer, chosen, boot, max_drop)
+    return cal.CalibrationReport(
+        base_quality=scorer.base,
+        layers=layers,
+        per_exit_quality=per_exit_q,
+        points=points,
+        chosen=chosen,
+        recommendation=rec,
+        message=message,
+        prune_layer=layer,
+        max_drop=max_drop,
+        max_latency_ms=max_latency_ms,
+        confidence=boot.confidence if boot is not None else None,
+        **extra,
+        **fields,
+    )
+
+
+def calibrate(
+    heads: str | Path,
+    data_file: str | Path,
+    out: str | Path,
+    *,
+    target: str | None = None,
+    max_drop: float = 1.0,
+    max_latency_ms: float | None = None,
+    policies: list[str] | None = None,
+    unsupervised: bool = False,
+    confidence: float | None = 0.9,
+    resamples: int = 1000,
+    subsets: int = 3,
+    per_exit: bool = True,
+    latency_texts: int = 100,
+    rounds: int = 3,
+) -> cal.CalibrationReport:
+    """``edgekit exits calibrate``: exit outputs on ``data_file``, latencies measured on ``target`` (per
+    length bucket, beside the single graph), then :func:`report`; writes calibration.json/.png."""
+    from edgekit.build.exits import steps
+    from edgekit.build.exits.model import load_exits
+    from edgekit.build.exits.segments import torch_exits
+
+    model = load_exits(heads)
+    out = Path(out)
+    texts, labels = steps._texts_and_labels(
+        data_file,
+        None if unsupervised else list(model.encoder.info.labels or []),
+        need_labels=model.task == "classifier" and not unsupervised,
+    )
+    feed = model.encoder.tokenize(texts, max_length=model.encoder.info.max_length)
+    exits = torch_exits(model, feed)
+    lengths = feed["attention_mask"].sum(1)
+    timing = steps.measure_target(model, texts, lengths, target, out, latency_texts, rounds) if target else None
+    r = report(
+        exits,
+        list(model.config.layers),
+        model.task,
+        np.asarray(labels) if labels is not None else None,
+        lengths=lengths,
+        timing=timing,
+        max_drop=max_drop,
+        max_latency_ms=max_latency_ms,
+        policies=policies,
+        confidence=confidence,
+        resamples=resamples,
+        subsets=subsets,
+        per_exit=per_exit,
+        data=str(data_file),
+        target=target,
+        heads=str(heads),
+    )
+    files = cal.save(r, out)
+    return r.model_copy(update={"files": [str(f) for f in files]})

@@ -1,0 +1,107 @@
+"""Operating points that hold on unseen data: bootstrap bounds, per-exit thresholds, exit subsets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgekit.build.exits.calibrate import Scorer, Timing, choose
+from edgekit.build.exits.operating import Bootstrap, check_dev_size, dev_texts_needed, report, search
+from edgekit.errors import ConfigError, DataError
+
+
+def _exits(n: int, seed: int = 0, wrong: float = 0.008):
+    """Two classes, exits after layers 2, 4, 6. Exit 1 is confident on every row (it always leaves
+    early) and wrong on a fraction ``wrong`` of them; exit 2 is confident and right on half the rows."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    final = np.eye(2)[labels] * 6.0
+    flip = np.zeros(n, bool)
+    flip[: round(wrong * n)] = True
+    first = np.eye(2)[np.where(flip, 1 - labels, labels)] * 9.0
+    second = np.eye(2)[labels] * np.where(rng.random(n) < 0.5, 9.0, 0.1)[:, None]
+    rep = np.ones((n, 2))
+    return [{"output": o, "rep": rep, "score": np.ones(n)} for o in (first, second, final)], labels
+
+
+def test_bootstrap_lower_bound_is_below_the_mean_and_tightens_with_more_rows():
+    rng = np.random.default_rng(1)
+    margins = []
+    for n in (200, 3200):
+        values = (rng.random(n) < 0.9).astype(float)
+        boot = Bootstrap(n, confidence=0.9, resamples=1000, seed=0)
+        low = boot.lower(values)
+        assert low < values.mean() < boot.upper(values)
+        margins.append(values.mean() - low)
+    assert margins[1] < margins[0] / 2  # 16x the rows: about a quarter of the margin
+    b1, b2 = Bootstrap(100, seed=3), Bootstrap(100, seed=3)
+    assert np.array_equal(b1.weights, b2.weights)  # seeded
+
+
+def test_point_estimate_passes_the_budget_but_the_bound_does_not():
+    exits, labels = _exits(500)  # exit 1: 0.8 points below on dev, within a 1-point budget
+    plain = Scorer(exits, [2, 4, 6], "classifier", labels)
+    bounded = Scorer(exits, [2, 4, 6], "classifier", labels, bound=Bootstrap(500, 0.9))
+    p, b = plain.point("entropy", 0.5), bounded.point("entropy", 0.5)
+    assert p.exit_histogram[0] == 500 and 100 * (1 - p.quality) == pytest.approx(0.8)
+    assert 100 * (1 - b.quality_low) > 1.0 and b.quality_low < b.quality
+    never = bounded.point("entropy", 0.0)
+    assert choose(1.0, [p, plain.point("entropy", 0.0)], max_drop=1.0).param == 0.5
+    assert choose(1.0, [b, never], max_drop=1.0).param == 0.0  # the bound moves the choice to a slower, safe point
+
+
+def test_per_exit_thresholds_never_do_worse_than_the_global_one_on_dev():
+    exits, labels = _exits(400, wrong=0.05)
+    # exit 1 is wrong on 5 % of rows: with 2 points of budget no global threshold may use it, but a
+    # vector that leaves exit 1 off and exit 2 on can
+    scorer = Scorer(exits, [2, 4, 6], "classifier", labels)
+    points = search(scorer, ["entropy"], max_drop=2.0)
+    global_best = choose(scorer.base, [p for p in points if not isinstance(p.param, list)], max_drop=2.0)
+    vector = [p for p in points if isinstance(p.param, list)]
+    assert len(vector) == 1 and len(vector[0].param) == 2
+    v = vector[0]
+    assert v.mean_layers < global_best.mean_layers and 100 * (scorer.base - v.quality) <= 2.0
+    assert choose(scorer.base, points, max_drop=2.0) is v
+
+
+def test_an_exit_subset_merges_segments_and_saves_their_boundaries():
+    t = Timing(buckets=[16], cum_ms=np.array([[1.0, 2.0, 3.0]]), chain_ms=np.array([2.6]), single_ms=np.array([2.0]), texts=[5])
+    assert t.boundary_ms().tolist() == [0.5] and t.boundary_ms(False).tolist() == [pytest.approx(0.3)]
+    m = t.merged([1])  # keep the exit after segment 2 only: the boundary after segment 1 goes
+    assert m.cum_ms.tolist() == [[1.5, 2.5]] and m.chain_ms.tolist() == [pytest.approx(2.3)]
+    exits, labels = _exits(200, wrong=0.05)
+    timing = Timing(buckets=[512], cum_ms=np.array([[1.0, 2.0, 3.0]]), chain_ms=np.array([2.6]), single_ms=np.array([2.0]), texts=[5])
+    scorer = Scorer(exits, [2, 4, 6], "classifier", labels, lengths=np.full(200, 10), timing=timing)
+    sub = scorer.point("entropy", 0.5, [1])
+    confident = int((exits[1]["output"].max(1) > 1).sum())
+    assert sub.exits == [4, 6] and sub.exit_histogram == [confident, 200 - confident]
+    assert sub.expected_latency_ms == pytest.approx((confident * 1.5 + (200 - confident) * 2.5) / 200)
+    full = scorer.point("entropy", 0.5)
+    assert sub.quality == 1.0 and full.quality < 1.0  # the subset skips the unreliable first exit
+    assert len(scorer.subsets(3)) == 2  # {exit 1}, {exit 2} of two exits before the last
+
+
+def test_report_shows_the_interval_the_subset_and_the_dev_size_needed():
+    exits, labels = _exits(2000, wrong=0.004)
+    r = report(exits, [2, 4, 6], "classifier", labels, lengths=np.full(2000, 10), max_drop=1.0, data="dev")
+    i = r.interval
+    assert r.chosen is not None and r.confidence == 0.9
+    assert i.quality_low <= i.quality <= i.quality_high and i.drop <= i.drop_high <= 1.0
+    assert i.dev_texts == 2000 and i.dev_texts_needed == dev_texts_needed(2000, i.drop_high - i.drop, 1.0)
+    assert r.exits is None  # no timing: subsets cannot be faster
+    off = report(exits, [2, 4, 6], "classifier", labels, lengths=np.full(2000, 10), max_drop=1.0, confidence=None)
+    assert off.interval is None and off.confidence is None
+
+
+def test_bad_input_dev_too_small_and_an_impossible_budget():
+    exits, labels = _exits(20)
+    with pytest.raises(DataError, match=r"dev set too small .* about \d+ texts needed"):
+        report(exits, [2, 4, 6], "classifier", labels, lengths=np.full(20, 10), max_drop=1.0)
+    with pytest.raises(DataError, match="about 12800 texts needed"):
+        check_dev_size(200, 2.0, 1.0, 0.9)  # margin 2 points on 200 texts; under 0.25 points: 8x smaller, 64x the texts
+    check_dev_size(200, 0.5, 1.0, 0.9)
+    exits, labels = _exits(500)
+    with pytest.raises(ConfigError, match=r"best reachable drop \(upper confidence bound\) is 0\.00 points, at \d\.\d\d layers \(\w+="):
+        report(exits, [2, 4, 6], "classifier", labels, lengths=np.full(500, 10), max_drop=-1.0)
+    with pytest.raises(ConfigError, match="confidence 1.5 out of range"):
+        Bootstrap(10, confidence=1.5)

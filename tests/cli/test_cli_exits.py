@@ -1,0 +1,67 @@
+"""``edgekit exits calibrate`` / ``export``: the budget's bound, and bad input as one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import LABELS, run_cli
+
+from tests.cli.test_cli import assert_user_error
+
+
+@pytest.fixture(scope="module")
+def heads(checkpoints, texts, tmp_path_factory):
+    from edgekit.build.exits.model import MultiExitModel
+    from edgekit.build.exits.train import TrainConfig, train_heads
+    from edgekit.build.load import load
+
+    out = tmp_path_factory.mktemp("heads")
+    model = MultiExitModel(load(checkpoints["bert-classifier"]), [1])
+    train_heads(model, texts * 2, None, out, TrainConfig(epochs=1, batch=4), resume=False)
+    model.save(out)
+    return out
+
+
+def _dev(path, texts, n):
+    rows = [{"text": texts[i % len(texts)], "label": LABELS[i % 3]} for i in range(n)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_calibrate_reports_the_bound_or_refuses_a_dev_set_too_small(heads, texts, tmp_path, monkeypatch, capsys):
+    dev = _dev(tmp_path / "dev.jsonl", texts, 12)
+    code, _, err = run_cli(["exits", "calibrate", str(heads), "--data", str(dev), "--out", str(tmp_path / "c1")], monkeypatch, capsys)
+    assert_user_error(code, err, "dev set too small for a 90% bound", "texts needed")
+    code, out, err = run_cli(
+        ["exits", "calibrate", str(heads), "--data", str(dev), "--out", str(tmp_path / "c2"), "--confidence", "0", "--max-drop", "100"],
+        monkeypatch,
+        capsys,
+    )
+    assert code == 0, err
+    doc = json.loads((tmp_path / "c2" / "calibration.json").read_text())
+    assert doc["confidence"] is None and doc["interval"] is None and doc["exits"] is None and "exits" in out
+    dev = _dev(tmp_path / "dev40.jsonl", texts, 40)
+    code, out, err = run_cli(
+        ["exits", "calibrate", str(heads), "--data", str(dev), "--out", str(tmp_path / "c3"), "--max-drop", "100"], monkeypatch, capsys
+    )
+    assert code == 0, err
+    doc = json.loads((tmp_path / "c3" / "calibration.json").read_text())
+    i = doc["interval"]
+    assert doc["confidence"] == 0.9 and i["quality_low"] <= i["quality"] <= i["quality_high"] and i["dev_texts"] == 40
+    assert "90% bound" in out and "texts would bring" in out
+
+
+def test_calibrate_says_the_best_reachable_drop(heads, texts, tmp_path, monkeypatch, capsys):
+    dev = _dev(tmp_path / "dev.jsonl", texts, 12)
+    code, _, err = run_cli(
+        ["exits", "calibrate", str(heads), "--data", str(dev), "--confidence", "0", "--max-drop", "-50"], monkeypatch, capsys
+    )
+    assert_user_error(code, err, "no operating point stays within --max-drop -50", "best reachable drop is", "layers")
+
+
+def test_export_refuses_thresholds_of_the_wrong_length(heads, tmp_path, monkeypatch, capsys):
+    code, _, err = run_cli(
+        ["exits", "export", str(heads), "--policy", "entropy=0.1,0.2,0.3", "--out", str(tmp_path / "x")], monkeypatch, capsys
+    )
+    assert_user_error(code, err, "3 thresholds given, 1 expected")
