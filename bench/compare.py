@@ -212,7 +212,10 @@ def build_all(work: Path, calib: Path, rebuild: bool) -> dict[str, Any]:
     for label, root in list(edge.items()):
         src = root / "onnx"
         m = artifact.read_manifest(src)
-        for target, options in (("ort-cpu", {}), ("openvino-cpu", {"data": str(calib)})):
+        for target, options in (
+            ("ort-cpu", {"tune": "auto"}),
+            ("openvino-cpu", {"data": str(calib), "tune": "auto"}),
+        ):  # the default: lowered graphs are tuned
             step(
                 f"edgekit {label} {target}",
                 root / target,
@@ -231,7 +234,10 @@ def build_all(work: Path, calib: Path, rebuild: bool) -> dict[str, Any]:
         if rebuild or not (root / "onnx").exists():
             shutil.rmtree(root, ignore_errors=True)
             shutil.copytree(lowered, root / "onnx")
-        for target, options in (("ort-cpu", {}), ("openvino-cpu", {"data": str(calib)})):
+        for target, options in (
+            ("ort-cpu", {"tune": "auto"}),
+            ("openvino-cpu", {"data": str(calib), "tune": "auto"}),
+        ):  # the default: lowered graphs are tuned
             step(
                 f"edgekit {bits} lowered {target}",
                 root / target,

@@ -40,6 +40,11 @@ PER_LABEL = {"train": 1400, "dev": 200, "test": 200}
 
 def stanzas(path: str):
     text = subprocess.run(["/usr/lib/apt/apt-helper", "cat-file", path], capture_output=True, text=True, check=True).stdout
+    yield from parse_stanzas(text)
+
+
+def parse_stanzas(text: str):
+    """Deb822 stanzas of a Packages or Translation file, as {field: value} (continuation lines kept, newline-joined)."""
     for block in text.split("\n\n"):
         fields, key = {}, None
         for line in block.splitlines():

@@ -38,7 +38,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_debian_sections import SKIP_NAME, first_paragraph  # the same package filter and text as debian-sections
+from make_debian_sections import SKIP_NAME, first_paragraph, parse_stanzas  # the same package filter and text as debian-sections
 
 HERE = Path(__file__).resolve().parent
 WORKS_WITH = HERE / "debian-works-with"
@@ -54,20 +54,6 @@ SPLITS = ("train", "dev", "test")
 
 
 # ---- reading the apt lists -------------------------------------------------------------------
-
-
-def parse_stanzas(text: str):
-    """Deb822 stanzas of a Packages or Translation file, as {field: value} (continuation lines kept, newline-joined)."""
-    for block in text.split("\n\n"):
-        fields, key = {}, None
-        for line in block.splitlines():
-            if line.startswith((" ", "\t")) and key:
-                fields[key] += "\n" + line
-            elif ":" in line:
-                key, _, value = line.partition(":")
-                fields[key] = value.strip()
-        if fields:
-            yield fields
 
 
 def read_index(path: str) -> str:

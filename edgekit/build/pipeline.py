@@ -17,6 +17,7 @@ from pathlib import Path
 from edgekit import env
 from edgekit.build.cache import Runner, Say, Step, hash_path, host_fingerprint
 from edgekit.build.plan import Plan, TargetPlan
+from edgekit.build.recipe import resolve_path
 from edgekit.deploy import artifact
 from edgekit.errors import MissingDependency
 
@@ -110,13 +111,14 @@ class Pipeline:
                 teacher=q.teacher,
                 save_dtype=q.save_dtype,
                 eval_data=str(self.data["dev"].path) if "dev" in self.data else None,
+                augment_cache=str(self.runner.cache / "augment"),  # generated corpora shared by every build on this cache
                 **settings,
             )
             report = run(opts)  # every rank of a torchrun trains; rank 0 alone moves and records
             if env.rank() == 0:
                 shutil.rmtree(entry / "checkpoint", ignore_errors=True)
                 os.replace(work, entry / "checkpoint")
-            keys = {"scheme", "steps", "epochs", "seconds", "loss_first", "loss_last", "start_step", "eval", "speed", "dev_curve"}
+            keys = {"scheme", "steps", "epochs", "seconds", "loss_first", "loss_last", "start_step", "eval", "speed", "dev_curve", "corpus"}
             stages = [s.model_dump(mode="json", include=keys) for s in report.stages]
             return "checkpoint", {"scheme": q.scheme, "texts": report.texts, "device": report.device, "stages": stages}
 
@@ -124,7 +126,13 @@ class Pipeline:
         step = self.runner.run(
             "quantize",
             f"quantize: {q.scheme} QAT, {budget}",
-            {"model": model.id, "train": train.id, "dev": self.data["dev"].id if "dev" in self.data else None, "settings": q.model_dump()},
+            {
+                "model": model.id,
+                "train": train.id,
+                "dev": self.data["dev"].id if "dev" in self.data else None,
+                "unlabeled": hash_path(resolve_path(q.unlabeled)) if q.unlabeled else None,  # its content, not its name
+                "settings": q.model_dump(),
+            },
             fn,
         )
         self.model = Ref(step.out, step.key)
@@ -155,7 +163,14 @@ class Pipeline:
                 resume=True,
                 config=TrainConfig(epochs=e.epochs, lr=e.lr, seed=e.seed, device=e.device),
             )
-            r = xb.calibrate(heads, cal, heads / "calibration", max_drop=e.max_drop, unsupervised=data.kind(cal) != "labeled")
+            r = xb.calibrate(
+                heads,
+                cal,
+                heads / "calibration",
+                max_drop=e.max_drop,
+                unsupervised=data.kind(cal) != "labeled",
+                confidence=e.confidence or None,  # 0: choose on the dev point estimate
+            )
             return "heads", {
                 "layers": r["layers"],
                 "base_quality": r["base"],
@@ -189,8 +204,7 @@ class Pipeline:
                 return self.runner.run(
                     "prune", f"prune: depth cut at layer {layer}", {"heads": heads.key, "layer": layer, "name": name}, prune
                 )
-            chosen = heads.summary["chosen"]
-            policy = s.exits.policy or f"{chosen['policy']}={chosen['param']:g}"
+            policy = s.exits.policy or _chosen_policy(heads.summary)
 
             def segments(entry: Path) -> tuple[str, dict]:
                 from edgekit.build.exits import steps as xb
@@ -358,6 +372,20 @@ class Pipeline:
             },
             fn,
         )
+
+
+def _chosen_policy(exits_summary: dict) -> str:
+    """The calibration's chosen policy as NAME=VALUE or NAME=V1,V2,... (a per-exit vector)."""
+    from edgekit.deploy.exits.policies import policy_spec
+    from edgekit.errors import ConfigError
+
+    chosen = exits_summary["chosen"]
+    if chosen is None:
+        raise ConfigError(
+            "exits: calibration chose no exit policy (none is faster than the model without exits)",
+            hint="add steps.prune for a depth cut, or give steps.exits.policy",
+        )
+    return policy_spec(chosen["policy"], chosen["param"])
 
 
 def _depth_for(exits_summary: dict, max_drop: float) -> int:

@@ -41,6 +41,11 @@ def check_files(recipe: Recipe, source: str = "recipe") -> list[str]:
                 f"{source}: data.dev: {path} has no query/doc pairs, so an embedding model has no accuracy to budget",
                 hint="give {'query': ..., 'doc': ...} records, or drop budgets.max_accuracy_drop",
             )
+    q = recipe.steps.quantize
+    if q is not None and q.unlabeled:
+        from edgekit.build.quant.augment import read_unlabeled  # torch-free
+
+        read_unlabeled(resolve_path(q.unlabeled))  # missing, empty or non-UTF-8: one line, before any step runs
     if recipe.profile.texts and not resolve_path(recipe.profile.texts).is_file():
         raise DataError(f"{source}: profile.texts: {resolve_path(recipe.profile.texts)}: no such file", hint="fix the path")
     metric = recipe.metric_for(info.task)

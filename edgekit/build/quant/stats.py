@@ -130,10 +130,16 @@ def activation_scales(model) -> list[dict]:
 def describe(model, *, classifier: bool, seq_len: int = SEQ_LEN) -> dict:
     hf = hf_model_of(model)
     qcfg = quant_config_of(model) or quant_config_of(hf)
+    saved = savings(hf.config, qcfg, seq_len=seq_len, classifier=classifier)
+    if qcfg is not None and qcfg.part_bits:  # a mixed plan: the size of its parts' own bits, not the scheme's
+        from edgekit.build.quant.sensitivity import model_bytes
+
+        saved["quant_mb"] = model_bytes(model, qcfg) / 1e6
+        saved["size_saving"] = saved["fp32_mb"] / saved["quant_mb"]
     return {
         "scheme": qcfg.scheme if qcfg else "fp32",
         "config": qcfg.model_dump() if qcfg else None,
-        "savings": savings(hf.config, qcfg, seq_len=seq_len, classifier=classifier),
+        "savings": saved,
         "weights": weight_distribution(model),
         "activations": activation_scales(model),
     }
