@@ -106,15 +106,17 @@ def main() -> int:
         arts["no exits"] = (full, {"policy": None})
         for policy in dict.fromkeys(p.policy for p in points):
             chosen = choose(cal["base"], [p for p in points if p.policy == policy], max_drop=args.max_drop)
-            seg = args.work / f"{policy}-{chosen.param:g}"
+            kept = f"@{'-'.join(map(str, chosen.exits))}" if chosen.exits is not None else ""
+            seg = args.work / (chosen.spec.replace("=", "-").replace(",", "_") + kept)  # a per-exit point's param is a list
             if not (seg / "onnx" / "manifest.json").exists():
-                export_segments(model, make(policy, chosen.param, model.task), seg / "onnx")
+                export_segments(model, make(policy, chosen.param, model.task), seg / "onnx", layers=chosen.exits)
             compile_exits(seg / "onnx", target, seg / target)
-            arts[f"{policy}={chosen.param:g}"] = (
+            arts[chosen.spec + kept] = (
                 seg / target,
                 {
                     "policy": policy,
                     "param": chosen.param,
+                    "exits": chosen.exits,
                     "dev_accuracy": chosen.quality,
                     "dev_mean_layers": chosen.mean_layers,
                     "expected_latency_ms": chosen.expected_latency_ms,

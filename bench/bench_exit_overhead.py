@@ -92,7 +92,7 @@ def build(work: Path, heads: Path, targets: list[str], dev: int, calibrate: bool
             )
             print(f"{t} calibration: {rep.recommendation}: {rep.message}", flush=True)
             if rep.chosen is not None:
-                policy = f"{rep.chosen.policy}={rep.chosen.param:g}"
+                policy = rep.chosen.spec
                 steps.export(heads, policy, work / f"calibrated-{t}" / "onnx", calibration=rep)
                 compile_exits(work / f"calibrated-{t}" / "onnx", t, work / f"calibrated-{t}" / t)
                 arts[t]["calibrated"] = work / f"calibrated-{t}" / t

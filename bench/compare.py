@@ -249,6 +249,7 @@ def build_all(work: Path, calib: Path, rebuild: bool) -> dict[str, Any]:
     built["edgekit"] = edge
 
     from edgekit.build.exits import steps as exits
+    from edgekit.deploy.exits.policies import policy_spec
 
     built["exits"] = {}
     subset = work / "exit-train.jsonl"
@@ -263,7 +264,7 @@ def build_all(work: Path, calib: Path, rebuild: bool) -> dict[str, Any]:
             say(f"calibrate exits {bits}")
             exits.calibrate(root / "heads", DATA / "dev.jsonl", cal.parent, max_drop=EXIT_MAX_DROP)
         chosen = json.loads(cal.read_text())["chosen"]
-        policy = f"{chosen['policy']}={chosen['param']:g}"
+        policy = policy_spec(chosen["policy"], chosen["param"])  # NAME=V or NAME=V1,V2,... (per exit)
         step(
             f"exit segments {bits} ({policy})",
             root / "onnx",

@@ -143,6 +143,7 @@ class Pipeline:
 
         def fn(entry: Path) -> tuple[str, dict]:
             from edgekit.build.exits import steps as xb
+            from edgekit.build.exits.operating import DevSetTooSmall
             from edgekit.build.exits.train import TrainConfig
             from edgekit.deploy import data
 
@@ -163,14 +164,21 @@ class Pipeline:
                 resume=True,
                 config=TrainConfig(epochs=e.epochs, lr=e.lr, seed=e.seed, device=e.device),
             )
-            r = xb.calibrate(
-                heads,
-                cal,
-                heads / "calibration",
-                max_drop=e.max_drop,
-                unsupervised=data.kind(cal) != "labeled",
-                confidence=e.confidence or None,  # 0: choose on the dev point estimate
-            )
+            try:
+                r = xb.calibrate(
+                    heads,
+                    cal,
+                    heads / "calibration",
+                    max_drop=e.max_drop,
+                    unsupervised=data.kind(cal) != "labeled",
+                    confidence=e.confidence or None,  # 0: choose on the dev point estimate
+                )
+            except DevSetTooSmall as err:
+                raise DevSetTooSmall(
+                    f"steps.exits: {err.message}",
+                    hint="give more calibration texts (data.calibration, or a larger steps.exits.limit), "
+                    "or set steps.exits.confidence: 0 to choose on the point estimate",
+                ) from err
             return "heads", {
                 "layers": r["layers"],
                 "base_quality": r["base"],

@@ -130,9 +130,24 @@ class Exits(_M):
     lr: float = Field(1e-3, gt=0)
     limit: int | None = Field(None, ge=1, description="train and calibrate on the first N texts only")
     max_drop: float = Field(1.0, ge=0, description="calibration: quality budget in points for the chosen exit policy / depth")
-    policy: str | None = Field(None, description="dynamic exit: NAME=VALUE (e.g. entropy=0.3); default: chosen by calibration")
+    policy: str | None = Field(
+        None, description="dynamic exit: NAME=VALUE or NAME=V1,V2,... (one per exit before the last); default: chosen by calibration"
+    )
+    confidence: float = Field(
+        0.9,
+        ge=0,
+        lt=1,
+        description="calibration: check max_drop on this one-sided bootstrap bound of the dev drop, in [0.5, 1) (0: the point estimate)",
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("confidence")
+    @classmethod
+    def _level(cls, v: float) -> float:
+        if 0 < v < 0.5:
+            raise ValueError("must be 0 (the point estimate) or a one-sided level in [0.5, 1), e.g. 0.9")
+        return v
 
 
 class Prune(_M):

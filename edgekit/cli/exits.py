@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from edgekit.cli.console import console
-from edgekit.cli.options import ModelArg, TargetsOpt, names
+from edgekit.cli.options import ModelArg, TargetsOpt, ints, names
 
 app = typer.Typer(no_args_is_help=True, help="Early exit: train exit heads, calibrate policies, export segments or a depth cut.")
 
@@ -107,16 +107,24 @@ def export(
         ),
     ],
     out: Annotated[Path, typer.Option(help="ONNX segments artifact to write")] = Path("build/exits-onnx"),
+    exits: Annotated[
+        str | None,
+        typer.Option(help="keep only the exits after these layers, e.g. 2,4 (the last layer's is always kept; default: the calibration's)"),
+    ] = None,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(help="calibration.json whose length plan and kept exits apply when it chose this policy (default: HEADS/calibration)"),
+    ] = None,
 ) -> None:
     """Export the early-exit model as one ONNX graph per segment (dynamic exit)."""
     from edgekit.build.exits import steps
     from edgekit.deploy.exits.policies import policy_spec
 
-    m = steps.export(heads, policy, out)
+    m = steps.export(heads, policy, out, calibration=calibration, exits=ints(exits, "--exits"))
     rows = m.settings.get("exit_parity", {}).get("rows", 32)
     console.print(
-        f"[green]exported[/] {len(m.exits.segments)} segments ({policy_spec(m.exits.policy, m.exits.param)}) -> {out}; "
-        f"exits match PyTorch on {rows} texts"
+        f"[green]exported[/] {len(m.exits.segments)} segments, exits at layers {','.join(map(str, m.exits.layers))} "
+        f"({policy_spec(m.exits.policy, m.exits.param)}) -> {out}; exits match PyTorch on {rows} texts"
     )
 
 

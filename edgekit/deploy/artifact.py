@@ -51,7 +51,7 @@ MAX_MANIFEST_BYTES = 64 << 20
 RECOMPILE = "recompile it (edgekit export / compile) with this edgekit"
 
 # Strings in a manifest's settings that name one of the artifact's files.
-_FILE_SUFFIXES = (".onnx", ".ort", ".xml", ".bin", ".blob", ".lowbit", ".npz")
+_FILE_SUFFIXES = (".onnx", ".ort", ".xml", ".bin", ".blob", ".lowbit", ".npz", ".so")
 
 
 class _Frozen(BaseModel):
@@ -119,7 +119,7 @@ class ExitSpec(_Frozen):
 
     layers: list[int]
     policy: str
-    param: float
+    param: float | list[float]  # one value for every exit, or one per exit before the last
     segments: list[SegmentSpec]
 
 

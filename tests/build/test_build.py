@@ -239,7 +239,8 @@ def test_quantize_exits_prune_pipeline_on_a_tiny_classifier(work):
         name="lowbit",
         steps={
             "quantize": {"scheme": "ternary-w2a8", "steps": 2, "limit": 16, "batch_size": 8, "max_length": 32},
-            "exits": {"layers": [1, 2], "epochs": 2, "limit": 24},
+            # 24 calibration texts are too few for a bootstrap bound on the drop: choose on the point estimate
+            "exits": {"layers": [1, 2], "epochs": 2, "limit": 24, "confidence": 0},
             "prune": {"layer": 1},
         },
         budgets={"max_accuracy_drop": 100},

@@ -65,3 +65,25 @@ def test_export_refuses_thresholds_of_the_wrong_length(heads, tmp_path, monkeypa
         ["exits", "export", str(heads), "--policy", "entropy=0.1,0.2,0.3", "--out", str(tmp_path / "x")], monkeypatch, capsys
     )
     assert_user_error(code, err, "3 thresholds given, 1 expected")
+
+
+def test_export_exits_and_calibration_options(heads, tmp_path, monkeypatch, capsys):
+    def export(*extra):
+        return run_cli(["exits", "export", str(heads), "--out", str(tmp_path / "x"), *extra], monkeypatch, capsys)
+
+    code, _, err = export("--policy", "entropy=0.1", "--exits", "1,x")
+    assert_user_error(code, err, "invalid --exits '1,x'", "comma-separated integers")
+    code, _, err = export("--policy", "entropy=0.1", "--exits", "3")
+    assert_user_error(code, err, "no exit at layer 3", "layers [1, 2]")
+    code, _, err = export("--policy", "entropy=0.1,0.2", "--exits", "1")
+    assert_user_error(code, err, "2 thresholds given, 1 expected", "kept exits at layers 1,2")
+    code, _, err = export("--policy", "entropy=0.1", "--calibration", str(tmp_path / "missing.json"))
+    assert_user_error(code, err, "missing.json: no such calibration.json")
+    plan = {"buckets": [16, 64], "check": [False, True]}
+    cal = tmp_path / "calibration.json"
+    cal.write_text(json.dumps({"chosen": {"policy": "entropy", "param": [0.3]}, "exits": None, "length_plan": plan}))
+    code, out, err = export("--policy", "entropy=0.3", "--exits", "1", "--calibration", str(cal))
+    assert code == 0, err
+    assert "exits at layers 1,2 (entropy=0.3)" in out
+    m = json.loads((tmp_path / "x" / "manifest.json").read_text())
+    assert m["exits"]["param"] == 0.3 and m["settings"]["exits"]["length_plan"] == plan

@@ -5,7 +5,7 @@ code the deployed controller runs. With a target, latency is measured there, per
 bucket (token lengths up to 16, 32, 64, 128, ...), beside the single graph of the same model
 on the same texts (what the user would ship without exits). A point's expected latency is,
 per bucket, ``sum_k P(exit at k) * (measured time to the end of segment k, exit checks
-included)``, or the segments run back to back without checks where that is cheaper (the
+included)``, or the single graph the artifact ships where checking no exit is cheaper (the
 point's length plan), weighted by the dev texts in each bucket. A point no faster than the
 single graph is never chosen; when none is, the report recommends the depth cut or no exits.
 
@@ -40,7 +40,7 @@ class Point:
     exit_histogram: list[int]
     expected_latency_ms: float | None
     latency_ratio: float | None = None  # expected latency / the single graph's, both measured on the target
-    check: list[bool] | None = None  # per length bucket: exits checked (False: that bucket runs every segment, no checks)
+    check: list[bool] | None = None  # per length bucket: exits checked (False: that bucket runs the shipped single graph)
     exits: list[int] | None = None  # layers whose exits this point keeps (None: all; the last is always kept)
     quality_low: float | None = None  # lower confidence bound: base quality minus the upper bound of the paired drop
 
@@ -58,8 +58,10 @@ class Timing:
     """Measured on the target, batch 1, per length bucket (``buckets``: upper bounds, ascending).
 
     ``cum_ms[b, k]``: from the call's start to the end of segment k, exit checks included;
-    ``chain_ms[b]``: all segments back to back without exit checks; ``single_ms[b]``: the
-    single graph. ``texts[b]``: how many texts each mean is over."""
+    ``chain_ms[b]``: a call that checks no exit, which the controller answers with the single
+    graph the artifact ships (so it is measured as ``single_ms``; an artifact without one ran
+    every segment back to back); ``single_ms[b]``: the single graph. ``texts[b]``: how many
+    texts each mean is over."""
 
     buckets: list[int]
     cum_ms: np.ndarray
@@ -97,7 +99,7 @@ class LengthBucket(BaseModel):
     latency_texts: int
     single_graph_ms: float
     segments_ms: list[float]  # per segment, exit check included
-    no_checks_ms: float  # all segments back to back, no exit checks
+    no_checks_ms: float  # a call that checks no exit: the shipped single graph (formerly every segment back to back)
 
 
 class Interval(BaseModel):

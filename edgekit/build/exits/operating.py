@@ -55,6 +55,10 @@ class Bootstrap:
         return float(np.quantile(self.means(values), 1 - self.confidence))
 
 
+class DevSetTooSmall(DataError):
+    """A dev set too small for the bound on the drop to mean anything at the asked confidence."""
+
+
 def dev_texts_needed(n: int, margin: float, max_drop: float) -> int:
     """Dev texts for the bound's margin (points above the point estimate) to be under a quarter of
     ``max_drop``: the margin shrinks as 1/sqrt(n)."""
@@ -72,9 +76,9 @@ def check_dev_size(n: int, margin: float, max_drop: float, confidence: float) ->
         if n < MIN_DEV_TEXTS
         else f"on {n} texts the bound adds {margin:.2f} points, more than the budget"
     )
-    raise DataError(
+    raise DevSetTooSmall(
         f"dev set too small for a {100 * confidence:g}% bound on the drop ({why}): about {needed} texts needed",
-        hint=f"give about {needed} labelled dev texts, or pass --confidence 0 to choose on the point estimate",
+        hint=f"give about {needed} dev texts, or pass --confidence 0 to choose on the point estimate",
     )
 
 
@@ -244,13 +248,13 @@ def calibrate(
 ) -> cal.CalibrationReport:
     """``edgekit exits calibrate``: exit outputs on ``data_file``, latencies measured on ``target`` (per
     length bucket, beside the single graph), then :func:`report`; writes calibration.json/.png."""
-    from edgekit.build.exits import steps
+    from edgekit.build.exits.dev import measure_target, texts_and_labels
     from edgekit.build.exits.model import load_exits
     from edgekit.build.exits.segments import torch_exits
 
     model = load_exits(heads)
     out = Path(out)
-    texts, labels = steps._texts_and_labels(
+    texts, labels = texts_and_labels(
         data_file,
         None if unsupervised else list(model.encoder.info.labels or []),
         need_labels=model.task == "classifier" and not unsupervised,
@@ -258,7 +262,7 @@ def calibrate(
     feed = model.encoder.tokenize(texts, max_length=model.encoder.info.max_length)
     exits = torch_exits(model, feed)
     lengths = feed["attention_mask"].sum(1)
-    timing = steps.measure_target(model, texts, lengths, target, out, latency_texts, rounds) if target else None
+    timing = measure_target(model, texts, lengths, target, out, latency_texts, rounds) if target else None
     r = report(
         exits,
         list(model.config.layers),

@@ -61,7 +61,7 @@ def plot(plt, r, path: Path) -> None:
         w = 0.27
         ax.bar(x - w, [b.single_graph_ms for b in r.length_buckets], w, label="single graph")
         ax.bar(x, [sum(b.segments_ms) for b in r.length_buckets], w, label="all segments, exits checked")
-        ax.bar(x + w, [b.no_checks_ms for b in r.length_buckets], w, label="all segments, no checks")
+        ax.bar(x + w, [b.no_checks_ms for b in r.length_buckets], w, label="no exit checked (shipped single graph)")
         if chosen is not None and chosen.check is not None:
             for i, c in enumerate(chosen.check):
                 ax.annotate("checks" if c else "no checks", (i, 0), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7)

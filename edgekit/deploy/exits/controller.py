@@ -16,7 +16,7 @@ import numpy as np
 
 from edgekit.deploy.artifact import Manifest
 from edgekit.deploy.exits.policies import State, make
-from edgekit.errors import ArtifactError
+from edgekit.errors import ArtifactError, ConfigError
 
 EXIT_LAYER = "exit_layer"
 SINGLE_GRAPH = "single_graph"  # key in settings.exits: {"model_file": ..., "packed": ...} of the shipped single graph
@@ -107,6 +107,10 @@ class ExitController:
         spec = manifest.exits
         self.layers = np.asarray(spec.layers)
         self.policy = make(spec.policy, spec.param, manifest.task)
+        try:
+            self.policy.check(len(spec.layers))
+        except ConfigError as err:
+            raise ArtifactError(f"{artifact_dir}: {err.message}", hint="re-export it with one threshold per exit before the last") from err
         self.output_name = manifest.outputs[0].name
         self._sessions = [target.load(artifact_dir, segment_manifest(manifest, i), options) for i in range(len(spec.segments))]
         one = single_manifest(manifest)

@@ -113,3 +113,55 @@ def test_compile_exits_carries_the_single_graph(kept, target, feed, tmp_path):
         out = pred.exits.infer(feed, check=False)
         assert pred.exits.single_calls == 1 and pred.exits.segment_calls.sum() == 0
     np.testing.assert_allclose(out[m.outputs[0].name], last, atol=1e-4)
+
+
+def _gap(values: np.ndarray) -> float:
+    """A threshold in the widest gap of the middle half of ``values`` (no row near it)."""
+    s = np.sort(values)
+    lo, hi = len(s) // 4, 3 * len(s) // 4
+    i = lo + int(np.argmax(np.diff(s)[lo:hi]))
+    return float((s[i] + s[i + 1]) / 2)
+
+
+def test_a_per_exit_vector_artifact_loads_and_exits_where_simulate_says(model, feed, tmp_path):
+    every = torch_exits(model, feed)
+    # exit 1 lets no row leave (threshold 0), exit 2 at its own gap, exit 3 at the gap of the rows still running
+    h2 = normalized_entropy(every[1]["output"])
+    t2 = _gap(h2)
+    vec = [0.0, t2, _gap(normalized_entropy(every[2]["output"][h2 >= t2]))]
+    policy = make("entropy", vec, "classifier")
+    export_segments(model, policy, tmp_path / "onnx")
+    m = artifact.read_manifest(tmp_path / "onnx")
+    assert m.exits.param == vec and m.exits.layers == [1, 2, 3, 4]
+    want_at, want_out = simulate(make("entropy", m.exits.param, "classifier"), every)
+    assert (want_at == 0).sum() == 0 and 0 < (want_at == 1).sum() < len(want_at) and (want_at == 2).sum() > 0
+    with Predictor(tmp_path / "onnx") as pred:
+        got = pred.exits.infer(feed, check=True)
+    np.testing.assert_array_equal(got[EXIT_LAYER], np.array([1, 2, 3, 4])[want_at])
+    np.testing.assert_allclose(got[m.outputs[0].name], want_out, atol=1e-4)
+
+
+def test_steps_export_wants_one_threshold_per_kept_exit(model, feed, tmp_path):
+    heads = tmp_path / "heads"
+    model.save(heads)
+    with pytest.raises(ConfigError, match=r"entropy: 2 thresholds given, 1 expected \(.*kept exits at layers 2,4\)"):
+        steps.export(heads, "entropy=0.1,0.2", tmp_path / "a", exits=[2])
+    with pytest.raises(ConfigError, match=r"3 thresholds given, 2 expected"):
+        steps.export(heads, "entropy=0.1,0.2,0.3", tmp_path / "b", exits=[1, 3])
+    with pytest.raises(ConfigError, match="no such calibration.json"):
+        steps.export(heads, "entropy=0.1", tmp_path / "c", calibration=tmp_path / "missing.json")
+    every = torch_exits(model, feed)
+    vec = [_gap(normalized_entropy(every[0]["output"])), _gap(normalized_entropy(every[2]["output"]))]
+    m = steps.export(heads, "entropy=" + ",".join(f"{v:g}" for v in vec), tmp_path / "d", exits=[1, 3])
+    assert m.exits.layers == [1, 3, 4] and len(m.exits.param) == 2
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_controller_refuses_a_vector_of_the_wrong_length_at_load(kept):
+    from edgekit.errors import ArtifactError
+
+    m = artifact.read_manifest(kept)
+    bad = m.model_copy(update={"exits": m.exits.model_copy(update={"param": [0.1, 0.2]})})
+    with pytest.raises(ArtifactError, match=r"entropy: 2 thresholds given, 1 expected") as err:
+        ExitController(target_for(bad, kept), kept, bad)
+    assert "\n" not in str(err.value)

@@ -16,7 +16,7 @@ from edgekit.build.load import load
 from edgekit.deploy import artifact
 from edgekit.deploy.exits.policies import make, normalized_entropy, simulate
 from edgekit.deploy.runtime import Predictor
-from edgekit.errors import ConfigError, TargetError
+from edgekit.errors import ConfigError, DataError, TargetError
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,9 @@ def test_calibrate_with_measured_segments_and_unlabeled_dev(trained, texts, tmp_
     dev.write_text("\n".join(texts * 2))
     with pytest.raises(Exception, match="needs labels"):
         build.calibrate(trained, dev, tmp_path / "cal")
-    r = build.calibrate(trained, dev, tmp_path / "cal", target="ort-cpu", unsupervised=True, latency_texts=3)
+    with pytest.raises(DataError, match="dev set too small for a 90% bound"):  # the budget's bound needs 30 texts or more
+        build.calibrate(trained, dev, tmp_path / "cal", unsupervised=True)
+    r = build.calibrate(trained, dev, tmp_path / "cal", target="ort-cpu", unsupervised=True, latency_texts=3, confidence=None)
     assert len(r["segment_latency_ms"]) == 2 and all(t > 0 for t in r["segment_latency_ms"])
     doc = json.loads((tmp_path / "cal" / "calibration.json").read_text())
     assert {p["policy"] for p in doc["points"]} == {"entropy", "patience", "learned", "similarity"}

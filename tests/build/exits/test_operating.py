@@ -105,3 +105,14 @@ def test_bad_input_dev_too_small_and_an_impossible_budget():
         report(exits, [2, 4, 6], "classifier", labels, lengths=np.full(500, 10), max_drop=-1.0)
     with pytest.raises(ConfigError, match="confidence 1.5 out of range"):
         Bootstrap(10, confidence=1.5)
+
+
+def test_recipe_exits_confidence_is_zero_or_a_one_sided_level():
+    from pydantic import ValidationError
+
+    from edgekit.build.recipe import Exits
+
+    assert Exits().confidence == 0.9 and Exits(confidence=0).confidence == 0
+    for bad in (0.3, 1.0, -0.1):
+        with pytest.raises(ValidationError, match="confidence"):
+            Exits(confidence=bad)

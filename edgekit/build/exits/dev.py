@@ -1,0 +1,91 @@
+"""What a calibration reads and measures: the dev texts (and labels) and, on a target, the batch-1
+latency of the segments and of the single graph, per length bucket."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.build.exits import calibrate as cal
+from edgekit.build.exits.segments import compile_exits, export_segments
+from edgekit.deploy import data
+from edgekit.deploy.exits.policies import make
+from edgekit.errors import DataError
+
+
+def texts_and_labels(path: str | Path, labels: list[str] | None, need_labels: bool = False) -> tuple[list[str], list[int] | None]:
+    """The texts of ``path`` and, when it is labelled and ``labels`` (the label names) are given, their
+    label indices; ``need_labels``: a file without labels is an error."""
+    kind = data.kind(path)
+    if kind == "labeled" and labels:
+        d = data.read_labeled(path, labels)
+        return d.texts, d.labels
+    if need_labels:
+        raise DataError(
+            f"{path}: no 'label' field, but supervised calibration needs labels",
+            hint="add labels, or pass --unsupervised to score agreement with the final exit",
+        )
+    return data.read_texts(path), None
+
+
+def pick(lengths: np.ndarray, buckets: list[int], n: int) -> list[int]:
+    """Up to about ``n`` text indices (fixed seed), every length bucket with texts getting at least a few."""
+    order = np.random.default_rng(0).permutation(len(lengths))
+    rows_b = cal.bucket_of(lengths[order], buckets)
+    picked = []
+    for b in range(len(buckets)):
+        idx = order[rows_b == b]
+        picked += idx[: max(3, round(n * len(idx) / len(lengths)))].tolist() if len(idx) else []
+    return picked
+
+
+def measure_target(model, texts: list[str], lengths: np.ndarray, target: str, out: Path, n: int = 100, rounds: int = 3) -> cal.Timing:
+    """Batch-1 latency on ``target`` per length bucket: the segments (to the end of each, exit checks
+    included) and the single graph of the same model (the one the exit artifact ships, compiled
+    with it), timed on the same texts at their own lengths, interleaved text by text (median over
+    ``rounds``). Without exit checks the deployed controller runs that single graph, so the
+    no-checks latency (``chain_ms``) is the single graph's."""
+    import time
+
+    from edgekit.deploy import targets
+    from edgekit.deploy.runtime import Predictor
+
+    never = make("entropy", 0.0) if model.task == "classifier" else make("learned", 1.0)
+    art = out / "segments"
+    export_segments(model, never, art / "onnx")
+    compile_exits(art / "onnx", target, art / target)
+    fields = targets.get(target).options_model.model_fields
+    options = {"spinning": False} if "spinning" in fields else None  # as compile_exits: idle sessions' threads must not spin
+    opts = targets.resolve_options(target, options)
+    max_len = int(lengths.max())
+    buckets = [b for b in cal.BUCKETS if b < max_len] + [next((b for b in cal.BUCKETS if b >= max_len), max_len)]
+    picked = pick(lengths, buckets, n)
+    with Predictor(art / target, options=opts) as seg:
+        ctl = seg.exits
+        one = ctl.single
+        feeds = [seg.tokenizer([texts[i]]) for i in picked]
+        for f in feeds[:5]:  # warm-up
+            one.infer(f), ctl.timed_chain(f)
+        t_one = np.zeros((rounds, len(feeds)))
+        t_cum = np.zeros((rounds, len(feeds), len(model.config.layers)))
+        for r in range(rounds):
+            for i, f in enumerate(feeds):
+                if (i + r) % 2:
+                    t_cum[r, i] = ctl.timed_chain(f)
+                t = time.perf_counter()
+                one.infer(f)
+                t_one[r, i] = time.perf_counter() - t
+                if not (i + r) % 2:
+                    t_cum[r, i] = ctl.timed_chain(f)
+    rows_b = cal.bucket_of(lengths[picked], buckets)
+    keep = [b for b in range(len(buckets)) if (rows_b == b).any()]
+    med = lambda a: np.median(a, axis=0) * 1000  # noqa: E731
+    one_ms, cum_ms = med(t_one), med(t_cum)
+    return cal.Timing(
+        buckets=[buckets[b] for b in keep],
+        cum_ms=np.stack([cum_ms[rows_b == b].mean(0) for b in keep]),
+        chain_ms=np.array([one_ms[rows_b == b].mean() for b in keep]),
+        single_ms=np.array([one_ms[rows_b == b].mean() for b in keep]),
+        texts=[int((rows_b == b).sum()) for b in keep],
+    )
