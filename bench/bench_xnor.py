@@ -1,6 +1,7 @@
 """Microbenchmark: one [M,384]x[384,1536] matmul, 1-bit BinaryMatMul vs the INT8 kernels, 2 threads.
 
     python bench/bench_xnor.py [--ms 1,16,128,4096] [--rounds 5] [--model LOWERED_W1A1_DIR] [--out bench/results/xnor/bench.json]
+    python bench/bench_xnor.py --skip-micro --compiled OFF_DIR,ON_DIR      # two openvino-cpu artifacts
 
 Configurations, all in one process, interleaved round by round (the machine is shared: only the
 ratios mean much), each call timed on its own, reported as the median and 10th percentile of calls:
@@ -21,6 +22,11 @@ With ``--model``, a lowered W1A1 artifact (``edgekit lower``) is also timed end 
 as lowered and as rewritten by :mod:`edgekit.deploy.kernels.rewrite` (every binary matmul, or all but
 those feeding a GELU: ``keep_gelu``), at b1 s16 (real length), b1 s128
 and b32 s128 (random token ids, full attention mask).
+
+With ``--compiled OFF_DIR,ON_DIR``, two openvino-cpu artifacts of one lowered W1A1 model, compiled with
+``edgekit compile LOWERED --target openvino-cpu -o xnor=off -o tune=off -o threads=2 --out OFF`` and the
+same with ``-o xnor=on``, are timed through the target's own sessions (the library the artifact ships,
+loaded as ``edgekit profile`` loads it), at the same three shapes.
 """
 
 from __future__ import annotations
@@ -233,6 +239,40 @@ def end_to_end(core: ov.Core, args, work: Path) -> dict:
     return {"model": str(args.model), "rewrite": counts, "rows": rows}
 
 
+def compiled(args) -> dict:
+    """Two openvino-cpu artifacts (xnor=off, xnor=on) through ``OpenVinoCpuTarget.load``, interleaved."""
+    from edgekit.deploy import artifact, targets
+
+    target = targets.get("openvino-cpu")
+    dirs = dict(zip(("xnor=off", "xnor=on"), args.compiled.split(",")))
+    manifests = {k: artifact.read_manifest(d) for k, d in dirs.items()}
+    shipped = {k: "library" in (m.settings.get("kernels") or {}).get("xnor", {}) for k, m in manifests.items()}
+    if shipped != {"xnor=off": False, "xnor=on": True}:
+        raise SystemExit("--compiled takes OFF_DIR,ON_DIR: an artifact compiled with -o xnor=off, then one with -o xnor=on")
+    sessions = {k: target.load(Path(d), manifests[k]).__enter__() for k, d in dirs.items()}
+    runners = {k: (lambda feed, s=s: s.infer(feed)) for k, s in sessions.items()}
+    names = [i.name for i in manifests["xnor=off"].inputs]
+    tok = Path(dirs["xnor=off"]) / "tokenizer.json"
+    vocab = len(json.loads(tok.read_text())["model"]["vocab"]) if tok.exists() else 20000
+    longest = manifests["xnor=off"].tokenizer.max_length
+    rows = []
+    for label, b, s in (("b1 real length (16 tokens)", 1, 16), ("b1 s128", 1, min(128, longest)), ("b32 s128", 32, min(128, longest))):
+        ids = rng.integers(min(1000, vocab // 2), vocab, size=(b, s)).astype(np.int64)
+        full = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        feed = {n: full[n] for n in names}
+        diff = max(
+            float(np.abs(runners["xnor=off"](feed)[o] - runners["xnor=on"](feed)[o]).max()) for o in sessions["xnor=on"].output_names
+        )
+        reps = max(3, int(400 // (b * s / 16)))
+        stats = interleave(runners, feed, args.rounds, reps)
+        rows.append({"case": label, "reps_per_round": reps, "max_abs_diff_on_vs_off": diff, "us": stats})
+        print(_line(f"{label} (max |on - off| = {diff:.1e})", stats, "xnor=off"), flush=True)
+    for s in sessions.values():
+        s.__exit__(None, None, None)
+    kernel = manifests["xnor=on"].settings["kernels"]["xnor"]
+    return {"artifacts": dirs, "config": manifests["xnor=on"].settings["config"], "kernel": kernel, "rows": rows}
+
+
 def main() -> None:
     global THREADS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -240,6 +280,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=THREADS)
     ap.add_argument("--model", help="a lowered W1A1 artifact directory: also time it end to end, lowered vs rewritten")
+    ap.add_argument("--compiled", help="OFF_DIR,ON_DIR: openvino-cpu artifacts compiled with -o xnor=off and -o xnor=on")
     ap.add_argument("--skip-micro", action="store_true")
     ap.add_argument("--out", default="bench/results/xnor/bench.json")
     args = ap.parse_args()
@@ -259,6 +300,8 @@ def main() -> None:
         results["microbench"] = microbench(core, args, work)
     if args.model:
         results["end_to_end"] = end_to_end(core, args, work)
+    if args.compiled:
+        results["compiled"] = compiled(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def debug() -> bool:
@@ -25,3 +26,25 @@ def rank() -> int:
     """RANK, set by torchrun: the process's rank in a multi-GPU run (0 alone, or outside torchrun)."""
     value = os.environ.get("RANK", "0")
     return int(value) if value.strip().isdigit() else 0
+
+
+def cache_dir() -> Path:
+    """XDG_CACHE_HOME (default ``~/.cache``): edgekit's caches live under ``<it>/edgekit``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edgekit"
+
+
+def kernel_cache_dir() -> Path:
+    """Where native kernels edgekit compiles are cached: ``$XDG_CACHE_HOME/edgekit/kernels``."""
+    return cache_dir() / "kernels"
+
+
+def cxx() -> str | None:
+    """CXX names the C++ compiler native kernels are built with (unset: the first of g++, c++, clang++)."""
+    return os.environ.get("CXX") or None
+
+
+def xnor_isa() -> str | None:
+    """EDGEKIT_XNOR_ISA=portable makes the 1-bit kernel skip its AVX-512 VPOPCNTDQ path. The kernel
+    library reads it itself at each call (``edgekit/deploy/kernels/xnor_matmul.cpp``); this is for reports."""
+    return os.environ.get("EDGEKIT_XNOR_ISA") or None

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -261,8 +261,11 @@ def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="session")
-def xnor_lib(tmp_path_factory) -> Path:
-    """The kernel library, built into a fresh cache. Skipped only where no compiler or headers exist."""
+def xnor_lib(tmp_path_factory) -> Iterator[Path]:
+    """The kernel library, built into a fresh cache that is the session's default kernel cache
+    (``XDG_CACHE_HOME`` points into the test's temp folder, so compiles with ``xnor`` reuse it and
+    nothing is written under the home folder). Skipped only where no compiler or headers exist."""
+    from edgekit import env
     from edgekit.deploy.kernels import xnor
 
     ov = pytest.importorskip("openvino")
@@ -270,7 +273,28 @@ def xnor_lib(tmp_path_factory) -> Path:
         pytest.skip("no C++ compiler (g++, c++, clang++) on PATH: the 1-bit kernel cannot be built here")
     if not (Path(ov.__file__).parent / "include" / "openvino" / "op" / "op.hpp").exists():
         pytest.skip("the openvino package ships no C++ headers: the 1-bit kernel cannot be built here")
-    return xnor.build(tmp_path_factory.mktemp("kernels"))  # a failed build here is a failure, not a skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield xnor.build(env.kernel_cache_dir())  # a failed build here is a failure, not a skip
+
+
+@pytest.fixture(scope="session")
+def lowered_model(checkpoints, encoders, tmp_path_factory) -> Callable[[str], tuple[Path, object]]:
+    """``scheme -> (lowered ONNX artifact dir, manifest)`` of the tiny BERT classifier (``edgekit lower``), each built once."""
+    root = tmp_path_factory.mktemp("lowered-xnor")
+    cache: dict[str, tuple[Path, object]] = {}
+
+    def get(scheme: str) -> tuple[Path, object]:
+        if scheme not in cache:
+            from test_lower import quantized_checkpoint
+
+            from edgekit.build.lower import lower
+
+            ckpt = quantized_checkpoint(checkpoints, encoders, root / f"{scheme}-ckpt", "bert-classifier", scheme)
+            cache[scheme] = (root / scheme, lower(ckpt, root / scheme))
+        return cache[scheme]
+
+    return get
 
 
 @pytest.fixture(scope="session")

@@ -82,10 +82,15 @@ def test_picks_the_faster_of_two_and_the_choice_rebuilds_with_tune_off(wide_onnx
     by_name = {c["name"]: c for c in record["candidates"]}
     assert set(by_name) == {"default", "dynamic shapes"}
     assert all(c["status"] == "timed" and c["parity"] == "pass" for c in by_name.values()), record
-    assert by_name["dynamic shapes"]["p50_ms"] * 2 < by_name["default"]["p50_ms"]
-    assert record["chosen"] == "dynamic shapes"
-    assert "buckets" not in m.settings  # the artifact is the chosen one
-    assert record["options"] == {"tune": "off"} and record["rebuild"] == "-o tune=off"
+    # the choice follows the recorded timings (how much faster dynamic shapes are is a benchmark's
+    # business, not a test's: on a loaded machine the tiny model's two p50s can come close)
+    chosen = tune._choose(list(by_name.values()))["name"]
+    assert record["chosen"] == chosen
+    if chosen == "dynamic shapes":
+        assert "buckets" not in m.settings  # the artifact is the chosen one
+        assert record["options"] == {"tune": "off"} and record["rebuild"] == "-o tune=off"
+    else:
+        assert m.settings["buckets"] and record["options"]["tune"] == "off" and record["options"]["seq_lens"] in ("256", [256])
     assert m.parity.passed
 
     again = compile_artifact(wide_onnx, src, "openvino-cpu", tmp_path / "again", options=record["options"], progress=False)
@@ -156,3 +161,12 @@ def test_plan_keeps_options_the_user_set():
     assert planned["dynamic shapes"] == {"seq_lens": None}  # buckets asked for are what is tuned
     assert tune.rebuild_options(opts, {"seq_lens": None}) == {"hint": "THROUGHPUT", "tune": "off"}
     assert tune.cli_form({"seq_lens": [64, 128], "tune": "off"}) == "-o seq_lens=64,128 -o tune=off"
+
+
+def test_choice_is_the_lowest_p50_and_the_default_needs_a_clear_loser():
+    timed = [{"name": "default", "p50_ms": 10.0}, {"name": "a", "p50_ms": 8.0}, {"name": "b", "p50_ms": 9.0}]
+    assert tune._choose(timed)["name"] == "a"
+    near = [{"name": "default", "p50_ms": 10.0}, {"name": "a", "p50_ms": 10.0 * (1 - tune.MIN_GAIN / 2)}]
+    assert tune._choose(near)["name"] == "default"  # within MIN_GAIN the default stays
+    assert tune._choose([{"name": "a", "p50_ms": 3.0}])["name"] == "a"
+    assert tune._choose([]) is None

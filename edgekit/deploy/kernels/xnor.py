@@ -7,9 +7,10 @@ library is stored with its sha256 and checked at load, so a truncated or altered
 instead of being handed to ``dlopen``. Without a compiler or headers the kernel is *unavailable*:
 :func:`availability` says why and :func:`build` raises :class:`~edgekit.errors.TargetError`, never a crash.
 
-Environment: ``CXX`` picks the compiler (default ``g++``, then ``c++``, ``clang++``);
+Environment (read in :mod:`edgekit.env`): ``CXX`` picks the compiler (default ``g++``, then ``c++``,
+``clang++``); ``XDG_CACHE_HOME`` moves the default cache (``~/.cache/edgekit/kernels``);
 ``EDGEKIT_XNOR_ISA=portable`` makes the loaded kernel skip its AVX-512 VPOPCNTDQ path (read by the
-library itself at each call); ``XDG_CACHE_HOME`` moves the default cache (``~/.cache/edgekit/kernels``).
+library itself at each call, so it is documented there and in :func:`edgekit.env.cxx`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit import env
 from edgekit.deps import require
 from edgekit.errors import MissingDependency, TargetError
 
@@ -55,13 +57,12 @@ def _unavailable(reason: str, hint: str = HINT) -> TargetError:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "edgekit" / "kernels"
+    return env.kernel_cache_dir()
 
 
 def compiler() -> str:
     """Path of the C++ compiler to use; :class:`TargetError` if there is none."""
-    wanted = os.environ.get("CXX")
+    wanted = env.cxx()
     for name in [wanted] if wanted else ["g++", "c++", "clang++"]:
         path = shutil.which(name)
         if path:
