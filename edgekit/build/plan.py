@@ -142,12 +142,12 @@ def export_settings(
     """The export step's settings from a command's flags (one-line errors)."""
     from pydantic import ValidationError
 
-    from edgekit.build.recipe import describe_error
+    from edgekit.build.validation import describe_error
 
     try:
         return Export(static_shape=static_shape, max_length=max_length, atol=atol, min_cosine=min_cosine)
     except ValidationError as err:
-        line, _ = describe_error(err)
+        line, _ = describe_error(err, Export)
         raise ConfigError(f"invalid export option: {line}", hint="see the command's --help") from None
 
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edgekit.build.validation import describe_error
 from edgekit.deploy.targets import TARGETS
 from edgekit.errors import ConfigError
 
@@ -371,61 +371,6 @@ class Recipe(_M):
 # ----------------------------------------------------------------------------- loading
 
 
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    """The model class whose field ``loc[-1]`` is (for 'unknown key' messages)."""
-    model: Any = Recipe
-    for part in loc[:-1]:
-        if isinstance(part, int) or model is None:
-            continue
-        field = model.model_fields.get(str(part))
-        if field is None:
-            return None
-        ann = field.annotation
-        args = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
-        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else (args[0] if args else None)
-    return model
-
-
-def _where(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif str(part).startswith("function-") or part in ("tagged-union", "str"):
-            continue
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
-
-
-# A value shown in an error is cut short: a YAML alias bomb expands to billions of elements
-# when printed in full, though PyYAML builds it from shared references in no time.
-def _short(value: Any) -> str:
-    short = reprlib.Repr()
-    short.maxlevel, short.maxlist, short.maxdict, short.maxstring, short.maxother = 2, 4, 4, 60, 60
-    return short.repr(value)
-
-
-def describe_error(err: ValidationError) -> tuple[str, str | None]:
-    """(``field: message``, hint) for the first error of a validation."""
-    e = err.errors()[0]
-    loc = tuple(e["loc"])
-    where = _where(loc)
-    msg = e["msg"].removeprefix("Value error, ")
-    hint = None
-    if e["type"] == "extra_forbidden":
-        model = _model_at(loc)
-        valid = ", ".join(model.model_fields) if model else None
-        msg = f"unknown key {loc[-1]!r}" + (f"; valid keys: {valid}" if valid else "")
-        if model is Steps:
-            msg = f"unknown step {loc[-1]!r}; valid steps: {valid}"
-    elif e["type"] == "missing":
-        msg = "required field is missing"
-    elif e["type"] == "literal_error":
-        msg = f"{e['msg']} (got {_short(e.get('input'))})"
-    return f"{where}: {msg}", hint
-
-
 def parse(raw: Any, source: str = "recipe") -> Recipe:
     """Validate a recipe from parsed YAML; errors name ``source`` and the field."""
     if not isinstance(raw, dict):
@@ -433,7 +378,7 @@ def parse(raw: Any, source: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(raw)
     except ValidationError as err:
-        line, hint = describe_error(err)
+        line, hint = describe_error(err, Recipe, named={Steps: "step"})
         raise ConfigError(f"{source}: {line}", hint=hint or "see 'edgekit recipe new' for a commented example") from err
 
 
