@@ -118,7 +118,7 @@ def quantize_settings(**fields: Any) -> Quantize:
     try:
         return Quantize(**fields)
     except ValidationError as err:
-        line, _ = describe_error(err)
+        line, _ = describe_error(err, Quantize)
         raise ConfigError(f"invalid quantize option: {line}", hint="see 'edgekit quantize --help'") from None
 
 
