@@ -308,15 +308,14 @@ def ov_core(xnor_lib):
     return core
 
 
-def _binary_matmul_model(w_codes: np.ndarray, scale, bias, params, mode: str):
-    """ONNX model: Y = BinaryMatMul(X [M, K]) with weight codes ``w_codes`` [N, K] in {-1, +1}."""
+def binary_matmul_graph(packed: np.ndarray, scale, bias, params, mode: str, n: int, k: int):
+    """ONNX model: Y = BinaryMatMul(X [M, K]) over 1-bit packed weights ``packed`` (``xnor.pack_weights``)."""
     from onnx import TensorProto, helper, numpy_helper
 
     from edgekit.deploy.kernels import xnor
 
-    n, k = w_codes.shape
     inits = [
-        numpy_helper.from_array(xnor.pack_weights(w_codes), "W"),
+        numpy_helper.from_array(np.asarray(packed), "W"),
         numpy_helper.from_array(np.asarray(scale, np.float32).reshape(n), "S"),
         numpy_helper.from_array(np.asarray(bias, np.float32).reshape(n), "B"),
         numpy_helper.from_array(np.asarray(params, np.float32), "P"),
@@ -330,6 +329,14 @@ def _binary_matmul_model(w_codes: np.ndarray, scale, bias, params, mode: str):
         inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(xnor.DOMAIN, 1)])
+
+
+def _binary_matmul_model(w_codes: np.ndarray, scale, bias, params, mode: str):
+    """ONNX model: Y = BinaryMatMul(X [M, K]) with weight codes ``w_codes`` [N, K] in {-1, +1}."""
+    from edgekit.deploy.kernels import xnor
+
+    n, k = w_codes.shape
+    return binary_matmul_graph(xnor.pack_weights(w_codes), scale, bias, params, mode, n, k)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from conftest import binary_matmul_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.deploy import packing
@@ -158,10 +159,10 @@ def test_lowered_encoder_rewritten_matches_the_int8_graph(lowered_w1a1, ov_compi
         attrs = {a.name: helper.get_attribute_value(a) for a in op.attribute}
         mode, n, k = attrs["mode"].decode(), attrs["n"], attrs["k"]
         x = seen[op.input[0]].reshape(-1, k)
-        one = _single(w, np.ones(n, np.float32), np.zeros(n, np.float32), params, mode, n, k)
+        one = binary_matmul_graph(w, np.ones(n, np.float32), np.zeros(n, np.float32), params, mode, n, k)
         dots = ov_compile(one, "probe.onnx")(x)[0]
         assert np.array_equal(dots, (seen[q].reshape(-1, k).astype(np.int64) @ codes.astype(np.int64)).astype(np.float32)), mm.name
-        out = ov_compile(_single(w, scale, bias, params, mode, n, k), "probe.onnx")(x)[0]
+        out = ov_compile(binary_matmul_graph(w, scale, bias, params, mode, n, k), "probe.onnx")(x)[0]
         np.testing.assert_allclose(out, seen[op.output[0]].reshape(-1, n), rtol=1e-6, atol=1e-6, err_msg=mm.name)
 
     # the whole model: rewritten on OpenVINO vs lowered on ONNX Runtime, and through OpenVINO IR
@@ -186,19 +187,6 @@ def test_lowered_encoder_rewritten_matches_the_int8_graph(lowered_w1a1, ov_compi
         fresh.read_model(str(xml))  # without the kernel the IR does not load
     ir = ov_core.compile_model(ov_core.read_model(str(xml)), "CPU", {"INFERENCE_NUM_THREADS": "2", "INFERENCE_PRECISION_HINT": "f32"})
     assert np.array_equal(ir(feed)[0], got)
-
-
-def _single(w, scale, bias, params, mode, n, k) -> onnx.ModelProto:
-    inits = [numpy_helper.from_array(a, nm) for a, nm in ((w, "W"), (scale, "S"), (bias, "B"), (params, "P"))]
-    node = helper.make_node(xnor.OP_TYPE, ["X", "W", "S", "B", "P"], ["Y"], domain=xnor.DOMAIN, n=n, k=k, mode=mode)
-    graph = helper.make_graph(
-        [node],
-        "g",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["M", k])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])],
-        inits,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(xnor.DOMAIN, 1)])
 
 
 def parity_feed(path, model) -> dict[str, np.ndarray]:
