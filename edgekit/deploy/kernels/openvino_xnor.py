@@ -14,7 +14,6 @@ source (:func:`edgekit.deploy.kernels.xnor.build`) and a one-line note says so.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from edgekit import env
+from edgekit.deploy.artifact import sha256_file
 from edgekit.deploy.kernels import rewrite, xnor
 from edgekit.deps import require
 from edgekit.errors import TargetError
@@ -89,7 +89,7 @@ def ship(p: Plan, out: Path, ov_version: str) -> dict[str, Any]:
         "used": True,
         "op": p.report["op"],
         "library": f"{KERNEL_DIR}/{xnor.LIBRARY}",
-        "sha256": _sha256(lib),
+        "sha256": sha256_file(lib),
         "isa": p.isa,
         "rewritten": len(p.report["rewritten"]),
         "kept": len(p.report["kept"]),
@@ -98,14 +98,6 @@ def ship(p: Plan, out: Path, ov_version: str) -> dict[str, Any]:
     if env.xnor_isa():
         record["isa_env"] = f"EDGEKIT_XNOR_ISA={env.xnor_isa()}"  # the session's environment decides the ISA at run time
     return record
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_into(core: Any, artifact_dir: Path, record: dict[str, Any], ov_version: str) -> tuple[Path, str | None]:
@@ -117,7 +109,7 @@ def load_into(core: Any, artifact_dir: Path, record: dict[str, Any], ov_version:
     lib = Path(artifact_dir) / name
     if not lib.is_file():
         raise TargetError(f"{artifact_dir}: the 1-bit kernel library {name} is missing", hint=REBUILD)
-    if _sha256(lib) != record.get("sha256"):
+    if sha256_file(lib) != record.get("sha256"):
         raise TargetError(
             f"{artifact_dir}: the 1-bit kernel library {name} does not match the sha256 the manifest records (changed after compile)",
             hint=REBUILD,

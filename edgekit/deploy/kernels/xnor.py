@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from edgekit import env
+from edgekit.deploy.artifact import sha256_file
 from edgekit.deps import require
 from edgekit.errors import MissingDependency, TargetError
 
@@ -97,10 +98,6 @@ def _compiler_version(cxx: str) -> str:
     return out.splitlines()[0] if out else cxx
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def cache_key(cxx: str, ov_version: str) -> str:
     """Hash of everything the library depends on: source, compiler, flags, OpenVINO version."""
     h = hashlib.sha256()
@@ -131,7 +128,7 @@ def build(cache_dir: str | Path | None = None, *, force: bool = False) -> Path:
         if done.returncode != 0:
             tail = " | ".join(done.stderr.strip().splitlines()[-3:])
             raise _unavailable(f"{Path(cxx).name} could not compile {SOURCE.name} (exit {done.returncode}): {tail}")
-        digest = _sha256(tmp_lib)
+        digest = sha256_file(tmp_lib)
         os.replace(tmp_lib, lib)
         lib.with_name(LIBRARY + ".sha256").write_text(f"{digest}  {LIBRARY}\n")
     return lib
@@ -139,7 +136,7 @@ def build(cache_dir: str | Path | None = None, *, force: bool = False) -> Path:
 
 def _recorded_ok(lib: Path) -> bool:
     record = lib.with_name(lib.name + ".sha256")
-    return record.exists() and record.read_text().split()[:1] == [_sha256(lib)]
+    return record.exists() and record.read_text().split()[:1] == [sha256_file(lib)]
 
 
 def verify(lib: str | Path) -> Path:
