@@ -82,6 +82,7 @@ class Quantize(_M):
     padding: Literal["longest", "max_length"] = Field("longest", description="pad each batch to its longest text, or to max_length")
     length_buckets: int = Field(64, ge=1, description="batches drawn from chunks of similar length (seeded); 1 turns it off")
     lr_scaling: Literal["none", "sqrt", "linear"] = Field("none", description="scale the learning rate by (batch_size / 32) ** (1/2 | 1)")
+    deterministic: bool = Field(False, description="deterministic kernels: two runs of one seed give the same checkpoint on one machine")
     eval_every: int | None = Field(None, ge=1, description="with data.dev: score every N steps and keep each stage's best state")
     select_best: bool = Field(True, description="restore each stage's best dev state at its end")
     budget_mb: float | None = Field(

@@ -52,6 +52,9 @@ def register(app: typer.Typer) -> None:
         progress: Annotated[bool, typer.Option(help="show a progress bar while training")] = True,
         precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA) | fp32 | bf16")] = "auto",
         lr_scaling: Annotated[str, typer.Option(help="scale the learning rate with the batch: none | sqrt | linear")] = "none",
+        deterministic: Annotated[
+            bool, typer.Option(help="deterministic kernels: two runs of one seed give the same checkpoint on one machine (slower on a GPU)")
+        ] = False,
         eval_every: Annotated[int | None, typer.Option(help="with --eval: score every N steps, keep each stage's best state")] = None,
         budget_mb: Annotated[
             float | None, typer.Option(help="mixed precision: 1/2/8 bits per matrix by sensitivity on --eval, to fit this size in MB")

@@ -7,6 +7,7 @@ the CPU); outside torchrun :class:`Dist` is a single process and every call is a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 
@@ -92,3 +93,27 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def deterministic(enabled: bool):
+    """Deterministic kernels while training (two runs of one seed give the same weights on one machine).
+
+    cuBLAS needs ``CUBLAS_WORKSPACE_CONFIG`` before its first call in the process (set here when unset);
+    ops with no deterministic kernel warn (``warn_only``) rather than stop a run. The previous settings
+    come back on exit."""
+    if not enabled:
+        yield
+        return
+    import torch
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    bench = torch.backends.cudnn.benchmark
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark = bench

@@ -142,7 +142,7 @@ def distill_loss(
     labels: torch.Tensor | None = None,
     heads: int = 1,
 ) -> tuple[torch.Tensor, dict]:
-    """Total loss and its parts (floats) for one batch."""
+    """Total loss and its parts (detached 0-d tensors: read them with ``float`` only when shown, a host sync each) for one batch."""
     parts: dict[str, torch.Tensor] = {}
     if task == "classifier":
         if cfg.logits:
@@ -170,7 +170,7 @@ def distill_loss(
             "distill: every loss weight is 0 for this task", hint="set logits (classifiers) or embedding (embedding models) > 0"
         )
     total = sum(parts.values())
-    return total, {k: float(v.detach()) for k, v in parts.items()}
+    return total, {k: v.detach() for k, v in parts.items()}
 
 
 class Distiller:

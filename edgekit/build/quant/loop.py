@@ -171,7 +171,7 @@ def train_stage(
     has_label = [y != IGNORE for y in labels] if labels is not None else []  # a batch of distillation-only rows gets no label loss
     clock = _Clock(device)
     seen = {"samples": 0, "real": 0, "computed": 0, "steps": 0}
-    last_parts: dict[str, float] = {}
+    last_parts: dict[str, torch.Tensor] = {}  # the last step's loss parts, on the device until a flush shows them
 
     def flush() -> None:
         """Bring the pending losses to the host (one sync); stop on the first non-finite one."""
@@ -188,7 +188,7 @@ def train_stage(
                 hint="lower --lr, or resume from the last checkpoint with --resume",
             )
         history.extend(values)
-        bar.update(step, values[-1], last_parts)
+        bar.update(step, values[-1], {k: float(v) for k, v in last_parts.items()} if bar.enabled else {})
 
     def save(step_now: int) -> None:
         nonlocal last_saved

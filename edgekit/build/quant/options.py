@@ -53,6 +53,7 @@ class TrainOptions(BaseModel):
     padding: Literal["longest", "max_length"] = "longest"  # pad each batch to its longest text, or always to max_length
     length_buckets: int = 64  # sort texts by length within chunks of this many batches (seeded); 1 turns it off
     lr_scaling: Literal["none", "sqrt", "linear"] = "none"  # scale the learning rate by (batch_size / 32) ** (1/2 | 1)
+    deterministic: bool = False  # deterministic kernels: two runs of one seed agree exactly on one machine (slower on CUDA)
     # dev selection: with eval_data, score the student every eval_every steps and keep the best state of each stage
     eval_every: int | None = None  # default: 10 evaluations per stage
     select_best: bool = True

@@ -190,6 +190,8 @@ class QuantReport(_Record):
     flops_formula: str
     teacher_eval: EvalResult | None = None
     mixed: MixedPlan | None = None  # mixed precision: the bits per part, sizes and the sensitivity table (mixed.py)
+    seed: int | None = None
+    deterministic: bool = False  # deterministic kernels were asked for (TrainOptions.deterministic)
 
     def write(self, path: str | Path) -> Path:
         path = Path(path)

@@ -31,7 +31,7 @@ from edgekit.build.load import Encoder, load
 from edgekit.build.quant import sensitivity, stats
 from edgekit.build.quant.api import float_state
 from edgekit.build.quant.config import make_config
-from edgekit.build.quant.ddp import Dist, seed_everything
+from edgekit.build.quant.ddp import Dist, deterministic, seed_everything
 from edgekit.build.quant.loop import train_stage
 from edgekit.build.quant.options import REPORT, STATE_DIR, TrainOptions
 from edgekit.build.quant.report import ModelStats, QuantReport, StageReport
@@ -54,7 +54,7 @@ def run(opts: TrainOptions) -> QuantReport:
     """Train (one stage, or BiT's two) and write the checkpoint(s) and ``quant_report.json``."""
     final_cfg = make_config(opts.scheme)
     inter_cfg = make_config(opts.intermediate) if opts.multi_step else None
-    with Dist(opts.device) as dist:
+    with Dist(opts.device) as dist, deterministic(opts.deterministic):
         seed_everything(opts.seed)
         out = Path(opts.out)
         teacher = load(opts.teacher or opts.model)
@@ -140,6 +140,8 @@ def run(opts: TrainOptions) -> QuantReport:
             flops_formula=stats.FORMULA,
             teacher_eval=teacher_eval,
             mixed=mixed,
+            seed=opts.seed,
+            deterministic=opts.deterministic,
         )
         if dist.main:
             out.mkdir(parents=True, exist_ok=True)

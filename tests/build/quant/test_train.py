@@ -144,3 +144,24 @@ def test_ddp_world_size_one_gloo(checkpoints, train_txt, tmp_path, monkeypatch):
     report = run(_opts(checkpoints["distilbert-classifier"], train_txt, tmp_path / "out", scheme="bibert-w1a1", steps=3, device="cpu"))
     assert report.world_size == 1 and report.stages[0].steps == 3
     assert not torch.distributed.is_initialized()
+
+
+def test_deterministic_runs_of_one_seed_give_the_same_weights(checkpoints, train_txt, tmp_path):
+    from safetensors.torch import load_file
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    weights = []
+    for n in (1, 2):
+        out = tmp_path / f"run{n}"
+        report = run(_opts(checkpoints["bert-classifier"], train_txt, out, scheme="ternary-w2a8", steps=6, deterministic=True))
+        assert report.deterministic and report.seed == 0
+        weights.append(load_file(next(out.glob("*.safetensors"))))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    # a different seed trains other weights (the comparison above can fail)
+    other = tmp_path / "seed1"
+    run(_opts(checkpoints["bert-classifier"], train_txt, other, scheme="ternary-w2a8", steps=6, deterministic=True, seed=1))
+    third = load_file(next(other.glob("*.safetensors")))
+    assert any(not torch.equal(weights[0][k], third[k]) for k in third)
+    # the process's settings come back after the run
+    assert (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) == before
