@@ -29,6 +29,18 @@ def train(
         ),
     ] = True,
     backbone_lr: Annotated[float, typer.Option(help="learning rate of the backbone with --no-freeze-backbone")] = 2e-5,
+    anchor_weight: Annotated[
+        float, typer.Option(help="with --no-freeze-backbone: weight of the final exit's distillation from the original model")
+    ] = 1.0,
+    eval_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--eval",
+            help="dev file: score every epoch, keep the one with the best early exits whose final exit stays within "
+            "--final-tolerance points of the original model",
+        ),
+    ] = None,
+    final_tolerance: Annotated[float, typer.Option(help="with --eval: points the final exit may lose on dev")] = 0.2,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     resume: Annotated[bool, typer.Option(help="continue from OUT's last checkpoint if there is one")] = True,
@@ -37,12 +49,35 @@ def train(
     from edgekit.build.exits import steps
     from edgekit.build.exits.train import TrainConfig
     from edgekit.cli.views import training_progress
+    from edgekit.errors import ConfigError
 
-    config = TrainConfig(epochs=epochs, lr=lr, freeze_backbone=freeze_backbone, backbone_lr=backbone_lr, device=device, seed=seed)
+    for flag, value in (("--anchor-weight", anchor_weight), ("--final-tolerance", final_tolerance)):
+        if value < 0:
+            raise ConfigError(f"{flag} must be >= 0 (got {value})", hint=f"pass a non-negative {flag}")
+    config = TrainConfig(
+        epochs=epochs,
+        lr=lr,
+        freeze_backbone=freeze_backbone,
+        backbone_lr=backbone_lr,
+        anchor_weight=anchor_weight,
+        final_tolerance=final_tolerance,
+        device=device,
+        seed=seed,
+    )
     layer_list = [int(x) for x in names(layers)] if layers else None
     with training_progress("exits") as progress:
-        report = steps.train(model or "default", data, out, layers=layer_list, resume=resume, config=config, progress=progress)
+        report = steps.train(
+            model or "default", data, out, layers=layer_list, resume=resume, config=config, progress=progress, dev_file=eval_data
+        )
     console.print(f"[green]trained[/] exit heads -> {out} (final loss {report['loss'][-1]:.4f} on {report['device']})")
+    if "dev" in report:
+        d = report["dev"]
+        chosen = d["curve"][d["chosen_epoch"] - d["curve"][0]["epoch"]]["per_exit"]
+        within = "within" if d["chosen_final_within"] else "NOT within"
+        console.print(
+            f"kept epoch {d['chosen_epoch']} by dev: exits {' '.join(f'{x:.1f}' for x in chosen)}; final exit {within} "
+            f"{d['final_tolerance']} points of the original ({d['original_final']:.1f})"
+        )
 
 
 @app.command("calibrate")

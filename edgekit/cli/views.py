@@ -167,7 +167,7 @@ def training_progress(what: str):
             task = p.add_task(what, total=1, info="")
 
             def progress(stage: str, done: int, total: int, epoch: int = 0, epochs: int = 0, loss: float | None = None) -> None:
-                label = "features" if stage == "features" else f"epoch {epoch}/{epochs}"
+                label = {"features": "features", "dev": f"dev score {epoch}/{epochs}"}.get(stage, f"epoch {epoch}/{epochs}")
                 p.update(task, description=label, completed=done, total=total, info=f"loss {loss:.4f}" if loss is not None else "")
 
             yield progress

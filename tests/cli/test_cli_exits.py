@@ -87,3 +87,21 @@ def test_export_exits_and_calibration_options(heads, tmp_path, monkeypatch, caps
     assert "exits at layers 1,2 (entropy=0.3)" in out
     m = json.loads((tmp_path / "x" / "manifest.json").read_text())
     assert m["exits"]["param"] == 0.3 and m["settings"]["exits"]["length_plan"] == plan
+
+
+def test_train_with_a_dev_file_keeps_an_epoch_and_refuses_bad_flags(checkpoints, texts, tmp_path, monkeypatch, capsys):
+    train = _dev(tmp_path / "train.jsonl", texts, 10)
+    dev = _dev(tmp_path / "dev.jsonl", texts, 6)
+    base = ["exits", "train", str(checkpoints["bert-classifier"]), "--data", str(train), "--layers", "1", "--device", "cpu"]
+    code, out, _ = run_cli([*base, "--out", str(tmp_path / "h"), "--epochs", "2", "--eval", str(dev)], monkeypatch, capsys)
+    assert code == 0 and "kept epoch" in out
+    meta = json.loads((tmp_path / "h" / "exits.json").read_text())
+    assert meta["training"]["dev"]["texts"] == 6 and len(meta["training"]["dev"]["curve"]) == 2
+    code, _, err = run_cli([*base, "--out", str(tmp_path / "x"), "--anchor-weight", "-1"], monkeypatch, capsys)
+    assert_user_error(code, err, "--anchor-weight must be >= 0")
+    assert not (tmp_path / "x").exists()
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    code, _, err = run_cli([*base, "--out", str(tmp_path / "y"), "--eval", str(empty)], monkeypatch, capsys)
+    assert code == 2 and ("empty" in err.lower() or "no texts" in err) and len(err.strip().splitlines()) <= 2
+    assert not (tmp_path / "y").exists()

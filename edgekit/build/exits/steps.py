@@ -18,7 +18,7 @@ from edgekit.build.exits.operating import calibrate
 from edgekit.build.exits.segments import compile_exits, export_pruned, export_segments, subset
 from edgekit.build.exits.train import TrainConfig, train_heads
 from edgekit.build.load import load
-from edgekit.errors import ConfigError
+from edgekit.errors import ConfigError, DataError
 
 
 def train(
@@ -30,11 +30,17 @@ def train(
     config: TrainConfig = TrainConfig(),
     resume: bool = True,
     progress=None,
+    dev_file: str | Path | None = None,
 ) -> dict:
-    """Exit heads for a trained checkpoint, trained on ``data_file`` (labels optional)."""
+    """Exit heads for a trained checkpoint, trained on ``data_file`` (labels optional); with ``dev_file``,
+    the epoch kept is chosen on it (:func:`edgekit.build.exits.train.train_heads`)."""
     model = MultiExitModel(load(checkpoint), layers)
-    texts, labels = texts_and_labels(data_file, list(model.encoder.info.labels or []))
-    report = train_heads(model, texts, labels, Path(out), config, resume=resume, progress=progress)
+    names = list(model.encoder.info.labels or [])
+    texts, labels = texts_and_labels(data_file, names)
+    dev = texts_and_labels(dev_file, names) if dev_file is not None else None
+    if dev is not None and not dev[0]:
+        raise DataError(f"{dev_file}: no texts", hint="give a dev file with at least one text, or leave out --eval")
+    report = train_heads(model, texts, labels, Path(out), config, resume=resume, progress=progress, dev=dev)
     model.save(Path(out), {"training": report, "data": str(data_file)})
     return report
 

@@ -11,6 +11,13 @@ intermediate exit distils the final layer's current output (multi-exit self-dist
 and the final exit is anchored to the original model (distillation from its outputs,
 computed once before training, plus cross-entropy when labels are given), so it stays close
 to the model it started from. The backbone then changes, and is saved beside the heads.
+
+With a dev set (``dev=``), every epoch is scored on it and the kept state is the epoch with the
+best mean quality over the intermediate exits among those whose final exit stays within
+``final_tolerance`` points of the original model on dev (joint training can pull the final exit
+down); where no epoch stays within it, the epoch with the best final exit. The curve and the
+choice are in the returned report (``dev``); a resumed run chooses among the epochs it runs. Test data never
+enters the choice.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ class TrainConfig:
     freeze_backbone: bool = True
     backbone_lr: float = 2e-5  # joint training: the backbone's learning rate (the heads keep ``lr``)
     anchor_weight: float = 1.0  # joint training: weight of the final exit's anchor to the original model
+    final_tolerance: float = 0.2  # with a dev set: points the final exit may lose on dev against the original model
     seed: int = 0
     device: str = "auto"
     max_length: int = 128
@@ -93,6 +101,73 @@ def anchor_loss(model: MultiExitModel, final, teacher, labels, cfg: TrainConfig)
     return (1 - cfg.label_weight) * kd + cfg.label_weight * nn.functional.cross_entropy(final, labels)
 
 
+@torch.no_grad()
+def dev_scores(model: MultiExitModel, texts: list[str], labels: list[int] | None, reference, device: str, max_length: int) -> list[float]:
+    """Quality of every exit on dev, in points: accuracy (labels, else agreement with ``reference``, the original
+    model's outputs) for classifiers, mean cosine with ``reference`` x 100 for embedding models."""
+    was = model.training
+    model.to(device).eval()
+    outs: list[list[torch.Tensor]] = [[] for _ in model.config.layers]
+    for i in range(0, len(texts), 128):
+        feed = {k: torch.from_numpy(v).to(device) for k, v in model.encoder.tokenize(texts[i : i + 128], max_length=max_length).items()}
+        for j, o in enumerate(model.forward_all(feed)):
+            outs[j].append(o["output"].float().cpu())
+    model.train(was)
+    ref = reference.float()
+    scores = []
+    for chunks in outs:
+        out = torch.cat(chunks)
+        if model.task == "classifier":
+            target = torch.tensor(labels) if labels is not None else ref.argmax(-1)
+            scores.append(100.0 * float((out.argmax(-1) == target).float().mean()))
+        else:
+            scores.append(100.0 * float(nn.functional.cosine_similarity(out, ref, dim=-1).mean()))
+    return scores
+
+
+class _DevChoice:
+    """Keeps the best epoch's state by dev (see the module's docstring)."""
+
+    def __init__(self, model: MultiExitModel, dev, device: str, max_length: int, tolerance: float) -> None:
+        self.model, self.device, self.max_length, self.tolerance = model, device, max_length, tolerance
+        self.texts, self.labels = dev
+        self.reference = collect(model, self.texts, 128, max_length, device, features=False)["final"]
+        self.original = dev_scores(model, self.texts, self.labels, self.reference, device, max_length)[-1]
+        self.curve: list[dict] = []
+        self.best: tuple[tuple, int, dict] | None = None
+
+    def score(self, epoch: int) -> None:
+        per_exit = dev_scores(self.model, self.texts, self.labels, self.reference, self.device, self.max_length)
+        final, early = per_exit[-1], per_exit[:-1]
+        within = final >= self.original - self.tolerance
+        key = (within, sum(early) / len(early) if within and early else final)
+        self.curve.append({"epoch": epoch, "per_exit": [round(x, 3) for x in per_exit], "final_within": within})
+        if self.best is None or key > self.best[0]:
+            state = {"heads": _copy(self.model.heads.state_dict())}
+            if self.model.backbone_tuned:
+                state["backbone"] = _copy(self.model.hf.state_dict())
+            self.best = (key, epoch, state)
+
+    def restore(self) -> dict:
+        _, epoch, state = self.best
+        self.model.heads.load_state_dict(state["heads"])
+        if "backbone" in state:
+            self.model.hf.load_state_dict(state["backbone"])
+        within = self.curve[epoch - self.curve[0]["epoch"]]["final_within"]
+        return {
+            "texts": len(self.texts),
+            "original_final": round(self.original, 3),
+            "final_tolerance": self.tolerance,
+            "chosen_epoch": epoch,
+            "chosen_final_within": within,
+            "curve": self.curve,
+        }
+
+
+def _copy(state: dict) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
 def head_loss(model: MultiExitModel, outs: list, final, labels, cfg: TrainConfig):
     """Distillation (+CE) for every intermediate exit, and BCE for its learned score."""
     total = 0.0
@@ -124,8 +199,10 @@ def train_heads(
     *,
     resume: bool = True,
     progress=None,
+    dev: tuple[list[str], list[int] | None] | None = None,
 ) -> dict:
-    """Train the exit heads; checkpoints each epoch into ``out`` and resumes from it."""
+    """Train the exit heads; checkpoints each epoch into ``out`` and resumes from it; with ``dev`` (texts,
+    labels or None), keeps the best epoch by dev (module docstring)."""
     if not texts:
         raise DataError("no training texts", hint="pass a text file with at least one line")
     if labels is not None and model.task != "classifier":
@@ -144,6 +221,8 @@ def train_heads(
     y = torch.tensor(labels) if labels is not None else None
     cached, teacher = None, None
     start = 0
+    # the original model's dev scores, before a resumed state is loaded (a resumed run chooses among the epochs it runs)
+    choice = _DevChoice(model, dev, device, max_len, cfg.final_tolerance) if dev is not None and dev[0] else None
     if resume and (out / STATE).exists():
         state = torch.load(out / STATE, map_location="cpu", weights_only=True)
         model.heads.load_state_dict(state["heads"])
@@ -205,8 +284,13 @@ def train_heads(
         if not cfg.freeze_backbone:
             state |= {"backbone": model.hf.state_dict(), "teacher": teacher}
         torch.save(state, out / STATE)
+        if choice is not None:
+            say(stage="dev", epoch=epoch + 1, epochs=cfg.epochs, done=0, total=len(choice.texts))
+            choice.score(epoch + 1)
+    chosen = choice.restore() if choice is not None and choice.best is not None else None
     model.eval().cpu()
     return {
+        **({"dev": chosen} if chosen is not None else {}),
         "epochs": cfg.epochs,
         "loss": history,
         "device": device,

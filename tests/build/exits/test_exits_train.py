@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from edgekit.build.exits.model import BACKBONE, MultiExitModel, load_exits
 from edgekit.build.exits.segments import torch_exits
@@ -45,3 +46,31 @@ def test_joint_training_resumes_with_its_backbone_and_teacher(checkpoints, texts
         dict(resumed.hf.named_parameters())[name].detach().numpy(),
         load(checkpoints["bert-classifier"]).module.model.state_dict()[name].numpy(),
     )
+
+
+def test_dev_selection_keeps_the_chosen_epoch_and_reports_the_curve(checkpoints, texts, tmp_path):
+    src = checkpoints["bert-classifier"]
+    labels = [0, 1, 2, 0, 1]
+    model = MultiExitModel(load(src), [1])
+    cfg = TrainConfig(epochs=3, batch=4, freeze_backbone=False, backbone_lr=1e-4, device="cpu", final_tolerance=100.0)
+    report = train_heads(model, texts * 4, labels * 4, tmp_path / "h", cfg, resume=False, dev=(texts, labels))
+    d = report["dev"]
+    assert [p["epoch"] for p in d["curve"]] == [1, 2, 3] and all(p["final_within"] for p in d["curve"])
+    # with every epoch's final exit allowed, the kept epoch has the best mean of the early exits
+    best = max(d["curve"], key=lambda p: (sum(p["per_exit"][:-1]), -p["epoch"]))
+    assert d["chosen_epoch"] == best["epoch"]
+    # the model holds the chosen epoch's state: its dev scores are the curve's point
+    feed = model.encoder.tokenize(texts)
+    outs = torch_exits(model, feed)
+    got = [100.0 * float((o["output"].argmax(-1) == np.asarray(labels)).mean()) for o in outs]
+    assert got == pytest.approx(best["per_exit"], abs=1e-3)
+
+
+def test_dev_selection_without_an_epoch_within_tolerance_keeps_the_best_final_exit(checkpoints, texts, tmp_path):
+    model = MultiExitModel(load(checkpoints["bert-classifier"]), [1])
+    # a huge backbone learning rate against labels that disagree with the original: the final exit moves away
+    cfg = TrainConfig(epochs=2, batch=4, freeze_backbone=False, backbone_lr=5e-3, device="cpu", final_tolerance=-1.0)
+    report = train_heads(model, texts * 2, [2, 2, 2, 2, 2] * 2, tmp_path / "h", cfg, resume=False, dev=(texts, None))
+    d = report["dev"]
+    assert not any(p["final_within"] for p in d["curve"]) and not d["chosen_final_within"]
+    assert d["chosen_epoch"] == max(d["curve"], key=lambda p: (p["per_exit"][-1], -p["epoch"]))["epoch"]
