@@ -43,6 +43,9 @@ RUNS: dict[str, dict] = {
     "bit-new128-24k": {**BIT, **NEW128, "data": "train24k"},
     "ternary-baseline-code": {**TERNARY, "batch_size": 32, "code": "baseline", "steps": 150},
     "bit-baseline-code": {**BIT, "batch_size": 32, "code": "baseline", "steps": 150},
+    # one setting, this tree's code against the previous code (--baseline-code): the step's own speed
+    "ternary-new128-steps": {**TERNARY, **NEW128, "steps": 150},
+    "ternary-new128-prev": {**TERNARY, **NEW128, "code": "baseline", "steps": 150},
 }
 
 
