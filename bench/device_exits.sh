@@ -8,6 +8,8 @@
 #   4. on test: accuracy per exit, and each chosen point's test drop against its dev drop and bound.
 #
 #   lent GPU:  OUT=$OUT bash bench/device_exits.sh        (tree carries .ckpt/minilm-fp16 and .whl)
+#   env: SRC data folder (bench/data/debian-sections), TEACHER a classifier already fine-tuned on it (skips step 1),
+#        JOINT_ARGS more `exits train` flags for the joint heads, E_JOINT their epochs (4), TIMING ort-cpu | none
 #   here (CPU check of the script):  SMOKE=1 TIMING=none OUT=/tmp/exits_out bash bench/device_exits.sh
 # Back: $OUT/exits-quality.json and .md, the four calibration.json/.png -> bench/results/exits-quality/.
 set -euo pipefail
@@ -32,11 +34,18 @@ for s in train dev test; do
 done
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name --format=csv,noheader || true
 t0=$(date +%s)
-$PY bench/finetune.py --model "$MODEL" --out "$W/teacher" "${FT[@]}" 2>&1 | tail -3
+if [ -n "${TEACHER:-}" ]; then  # a teacher fine-tuned before (bench/finetune.py on the same SRC)
+  ln -s "$(cd "$TEACHER" && pwd)" "$W/teacher"
+else
+  $PY bench/finetune.py --model "$MODEL" --data "$SRC" --out "$W/teacher" "${FT[@]}" 2>&1 | tail -3
+fi
 echo "teacher: $(( $(date +%s) - t0 )) s"
-"${EK[@]}" exits train "$W/teacher" --data "$W/train.jsonl" --out "$W/frozen" --epochs $E_FROZEN --no-resume
+# both keep the epoch chosen on dev (--eval): the best early exits whose final exit stays within 0.2 points of the original
+"${EK[@]}" exits train "$W/teacher" --data "$W/train.jsonl" --eval "$W/dev.jsonl" --out "$W/frozen" --epochs $E_FROZEN --no-resume
 echo "frozen heads: $(( $(date +%s) - t0 )) s"
-"${EK[@]}" exits train "$W/teacher" --data "$W/train.jsonl" --out "$W/joint" --epochs $E_JOINT --no-freeze-backbone --no-resume
+# JOINT_ARGS: e.g. "--anchor-weight 4 --backbone-lr 1e-5"
+"${EK[@]}" exits train "$W/teacher" --data "$W/train.jsonl" --eval "$W/dev.jsonl" --out "$W/joint" --epochs $E_JOINT --no-freeze-backbone \
+  --no-resume ${JOINT_ARGS:-}
 echo "joint: $(( $(date +%s) - t0 )) s"
 TGT=(); [ "$TIMING" != none ] && TGT=(--target "$TIMING")
 for h in frozen joint; do
@@ -57,35 +66,36 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.build.exits import steps
+from edgekit.build.exits.dev import texts_and_labels
 from edgekit.build.exits.calibrate import Scorer
 from edgekit.build.exits.model import load_exits
 from edgekit.build.exits.segments import torch_exits
 
 W, OUT = Path(sys.argv[1]), Path(sys.argv[2])
-doc, lines = {}, ["| heads | bound | test acc per exit (layers 1..6) | chosen | exits kept | dev drop | dev bound | test drop | mean layers (test) |", "|" + "---|" * 9]
+doc, lines = {}, ["| heads | bound | test acc per exit (layers 1..6) | chosen | exits kept | dev drop | dev bound | test drop | test drop vs original | mean layers (test) |", "|" + "---|" * 10]
 teacher = None
 for h in ("frozen", "joint"):
     m = load_exits(W / h)
-    texts, labels = steps._texts_and_labels(W / "test.jsonl", list(m.encoder.info.labels or []))
+    texts, labels = texts_and_labels(W / "test.jsonl", list(m.encoder.info.labels or []))
     exits = torch_exits(m, m.encoder.tokenize(texts, max_length=m.encoder.info.max_length))
     y = np.asarray(labels)
     per_exit = [float((e["output"].argmax(-1) == y).mean()) for e in exits]
     if teacher is None:  # the frozen heads' final exit is the teacher exactly
         teacher = per_exit[-1]
-    doc[h] = {"test_per_exit": per_exit, "test_final_vs_teacher_points": 100 * (per_exit[-1] - teacher), "points": {}}
+    doc[h] = {"test_per_exit": per_exit, "test_final_vs_teacher_points": 100 * (per_exit[-1] - teacher), "points": {},
+              "dev_choice": json.loads((W / h / "exits.json").read_text()).get("training", {}).get("dev")}
     for c in ("0.9", "0"):
         f = W / f"cal-{h}-c{c}" / "calibration.json"
         if not f.exists():
             msg = (W / f"cal-{h}-c{c}.log").read_text().strip().splitlines()[-1:]
             doc[h]["points"][c] = {"error": msg}
-            lines.append(f"| {h} | {c} | {' '.join(f'{100 * q:.1f}' for q in per_exit)} | {' '.join(msg)} | | | | | |")
+            lines.append(f"| {h} | {c} | {' '.join(f'{100 * q:.1f}' for q in per_exit)} | {' '.join(msg)} | | | | | | |")
             continue
         cal = json.loads(f.read_text())
         ch = cal["chosen"]
         if ch is None:
             doc[h]["points"][c] = {"recommendation": cal["recommendation"], "message": cal["message"]}
-            lines.append(f"| {h} | {c} | {' '.join(f'{100 * q:.1f}' for q in per_exit)} | {cal['recommendation']} | | | | | |")
+            lines.append(f"| {h} | {c} | {' '.join(f'{100 * q:.1f}' for q in per_exit)} | {cal['recommendation']} | | | | | | |")
             continue
         layers = list(m.config.layers)
         keep = None if ch["exits"] is None else [layers.index(k) for k in ch["exits"][:-1]]
@@ -95,14 +105,14 @@ for h in ("frozen", "joint"):
         row = {
             "spec": f"{ch['policy']}={ch['param']}", "exits": ch["exits"], "dev_drop": 100 * (cal["base_quality"] - ch["quality"]),
             "dev_bound": iv.get("drop_high"), "dev_texts_needed": iv.get("dev_texts_needed"),
-            "test_drop": 100 * (s.base - p.quality), "test_mean_layers": p.mean_layers,
+            "test_drop": 100 * (s.base - p.quality), "test_drop_vs_original": 100 * (teacher - p.quality), "test_mean_layers": p.mean_layers,
             "expected_latency_ms": ch["expected_latency_ms"], "latency_ratio": ch["latency_ratio"],
         }
         doc[h]["points"][c] = row
         b = f"{row['dev_bound']:.2f}" if row["dev_bound"] is not None else "-"
         lines.append(
             f"| {h} | {c} | {' '.join(f'{100 * q:.1f}' for q in per_exit)} | {row['spec']} | {ch['exits'] or 'all'} | "
-            f"{row['dev_drop']:.2f} | {b} | {row['test_drop']:.2f} | {p.mean_layers:.2f} |"
+            f"{row['dev_drop']:.2f} | {b} | {row['test_drop']:.2f} | {row['test_drop_vs_original']:.2f} | {p.mean_layers:.2f} |"
         )
 (OUT / "exits-quality.json").write_text(json.dumps(doc, indent=1) + "\n")
 (OUT / "exits-quality.md").write_text("\n".join(lines) + "\n")
