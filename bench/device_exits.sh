@@ -9,7 +9,8 @@
 #
 #   lent GPU:  OUT=$OUT bash bench/device_exits.sh        (tree carries .ckpt/minilm-fp16 and .whl)
 #   env: SRC data folder (bench/data/debian-sections), TEACHER a classifier already fine-tuned on it (skips step 1),
-#        JOINT_ARGS more `exits train` flags for the joint heads, E_JOINT their epochs (4), TIMING ort-cpu | none
+#        JOINT_ARGS more `exits train` flags for the joint heads, E_JOINT their epochs (4), TIMING ort-cpu | none,
+#        HEADS which heads ("frozen joint"), CONFS the bound levels to calibrate with ("0.9 0")
 #   here (CPU check of the script):  SMOKE=1 TIMING=none OUT=/tmp/exits_out bash bench/device_exits.sh
 # Back: $OUT/exits-quality.json and .md, the four calibration.json/.png -> bench/results/exits-quality/.
 set -euo pipefail
@@ -41,15 +42,21 @@ else
 fi
 echo "teacher: $(( $(date +%s) - t0 )) s"
 # both keep the epoch chosen on dev (--eval): the best early exits whose final exit stays within 0.2 points of the original
-"${EK[@]}" exits train "$W/teacher" --data "$W/train.jsonl" --eval "$W/dev.jsonl" --out "$W/frozen" --epochs $E_FROZEN --no-resume
-echo "frozen heads: $(( $(date +%s) - t0 )) s"
+HEADS=${HEADS:-frozen joint}; CONFS=${CONFS:-0.9 0}
+export HEADS CONFS
+if [[ " $HEADS " == *" frozen "* ]]; then
+  "${EK[@]}" exits train "$W/teacher" --data "$W/train.jsonl" --eval "$W/dev.jsonl" --out "$W/frozen" --epochs $E_FROZEN --no-resume
+  echo "frozen heads: $(( $(date +%s) - t0 )) s"
+fi
 # JOINT_ARGS: e.g. "--anchor-weight 4 --backbone-lr 1e-5"
-"${EK[@]}" exits train "$W/teacher" --data "$W/train.jsonl" --eval "$W/dev.jsonl" --out "$W/joint" --epochs $E_JOINT --no-freeze-backbone \
-  --no-resume ${JOINT_ARGS:-}
-echo "joint: $(( $(date +%s) - t0 )) s"
+if [[ " $HEADS " == *" joint "* ]]; then
+  "${EK[@]}" exits train "$W/teacher" --data "$W/train.jsonl" --eval "$W/dev.jsonl" --out "$W/joint" --epochs $E_JOINT --no-freeze-backbone \
+    --no-resume ${JOINT_ARGS:-}
+  echo "joint: $(( $(date +%s) - t0 )) s"
+fi
 TGT=(); [ "$TIMING" != none ] && TGT=(--target "$TIMING")
-for h in frozen joint; do
-  for c in 0.9 0; do
+for h in $HEADS; do
+  for c in $CONFS; do
     name=$h-c$c
     # a dev set too small for the bound, or a budget nothing meets, is reported as such (exit 2), not fatal here
     "${EK[@]}" exits calibrate "$W/$h" --data "$W/dev.jsonl" --out "$W/cal-$name" --max-drop "${MAX_DROP:-1}" --confidence $c "${TGT[@]}" \
@@ -73,18 +80,25 @@ from edgekit.build.exits.segments import torch_exits
 
 W, OUT = Path(sys.argv[1]), Path(sys.argv[2])
 doc, lines = {}, ["| heads | bound | test acc per exit (layers 1..6) | chosen | exits kept | dev drop | dev bound | test drop | test drop vs original | mean layers (test) |", "|" + "---|" * 10]
-teacher = None
-for h in ("frozen", "joint"):
+import os
+
+from edgekit.build.load import load
+import torch
+from edgekit.build.quant.textdata import evaluate
+
+t_enc = load(W / "teacher")
+t_texts, t_labels = texts_and_labels(W / "test.jsonl", list(t_enc.info.labels or []))
+teacher = evaluate(t_enc, t_enc.module, t_texts, t_labels, torch.device("cpu")).accuracy  # the original model, without exits
+doc["original_test_accuracy"] = teacher
+for h in os.environ["HEADS"].split():
     m = load_exits(W / h)
     texts, labels = texts_and_labels(W / "test.jsonl", list(m.encoder.info.labels or []))
     exits = torch_exits(m, m.encoder.tokenize(texts, max_length=m.encoder.info.max_length))
     y = np.asarray(labels)
     per_exit = [float((e["output"].argmax(-1) == y).mean()) for e in exits]
-    if teacher is None:  # the frozen heads' final exit is the teacher exactly
-        teacher = per_exit[-1]
     doc[h] = {"test_per_exit": per_exit, "test_final_vs_teacher_points": 100 * (per_exit[-1] - teacher), "points": {},
               "dev_choice": json.loads((W / h / "exits.json").read_text()).get("training", {}).get("dev")}
-    for c in ("0.9", "0"):
+    for c in os.environ["CONFS"].split():
         f = W / f"cal-{h}-c{c}" / "calibration.json"
         if not f.exists():
             msg = (W / f"cal-{h}-c{c}.log").read_text().strip().splitlines()[-1:]

@@ -102,22 +102,32 @@ def anchor_loss(model: MultiExitModel, final, teacher, labels, cfg: TrainConfig)
 
 
 @torch.no_grad()
-def dev_scores(model: MultiExitModel, texts: list[str], labels: list[int] | None, reference, device: str, max_length: int) -> list[float]:
-    """Quality of every exit on dev, in points: accuracy (labels, else agreement with ``reference``, the original
-    model's outputs) for classifiers, mean cosine with ``reference`` x 100 for embedding models."""
+def dev_outputs(model: MultiExitModel, texts: list[str], device: str, max_length: int, features: list | None = None) -> list[torch.Tensor]:
+    """Every exit's outputs on dev (CPU tensors); with ``features`` (a frozen backbone's cached head features and
+    final outputs, from :func:`collect`) only the heads run."""
     was = model.training
     model.to(device).eval()
-    outs: list[list[torch.Tensor]] = [[] for _ in model.config.layers]
-    for i in range(0, len(texts), 128):
-        feed = {k: torch.from_numpy(v).to(device) for k, v in model.encoder.tokenize(texts[i : i + 128], max_length=max_length).items()}
-        for j, o in enumerate(model.forward_all(feed)):
-            outs[j].append(o["output"].float().cpu())
-    model.train(was)
+    try:
+        if features is not None:
+            feats, final = features
+            return [h.from_features(f.to(device))[0].float().cpu() for h, f in zip(model.heads, feats)] + [final.float()]
+        outs: list[list[torch.Tensor]] = [[] for _ in model.config.layers]
+        for i in range(0, len(texts), 128):
+            feed = {k: torch.from_numpy(v).to(device) for k, v in model.encoder.tokenize(texts[i : i + 128], max_length=max_length).items()}
+            for j, o in enumerate(model.forward_all(feed)):
+                outs[j].append(o["output"].float().cpu())
+        return [torch.cat(chunks) for chunks in outs]
+    finally:
+        model.train(was)
+
+
+def dev_scores(task: str, outs: list[torch.Tensor], labels: list[int] | None, reference: torch.Tensor) -> list[float]:
+    """Quality of every exit on dev, in points: accuracy (labels, else agreement with ``reference``, the original
+    model's outputs) for classifiers, mean cosine with ``reference`` x 100 for embedding models."""
     ref = reference.float()
     scores = []
-    for chunks in outs:
-        out = torch.cat(chunks)
-        if model.task == "classifier":
+    for out in outs:
+        if task == "classifier":
             target = torch.tensor(labels) if labels is not None else ref.argmax(-1)
             scores.append(100.0 * float((out.argmax(-1) == target).float().mean()))
         else:
@@ -128,16 +138,20 @@ def dev_scores(model: MultiExitModel, texts: list[str], labels: list[int] | None
 class _DevChoice:
     """Keeps the best epoch's state by dev (see the module's docstring)."""
 
-    def __init__(self, model: MultiExitModel, dev, device: str, max_length: int, tolerance: float) -> None:
+    def __init__(self, model: MultiExitModel, dev, device: str, max_length: int, tolerance: float, *, frozen: bool) -> None:
         self.model, self.device, self.max_length, self.tolerance = model, device, max_length, tolerance
         self.texts, self.labels = dev
-        self.reference = collect(model, self.texts, 128, max_length, device, features=False)["final"]
-        self.original = dev_scores(model, self.texts, self.labels, self.reference, device, max_length)[-1]
+        got = collect(model, self.texts, 128, max_length, device, features=frozen)
+        self.reference = got["final"]
+        # a frozen backbone never changes: its dev features are computed once and each epoch runs only the heads
+        self.features = (got["features"], got["final"]) if frozen else None
+        self.original = dev_scores(model.task, [self.reference], self.labels, self.reference)[-1]
         self.curve: list[dict] = []
         self.best: tuple[tuple, int, dict] | None = None
 
     def score(self, epoch: int) -> None:
-        per_exit = dev_scores(self.model, self.texts, self.labels, self.reference, self.device, self.max_length)
+        outs = dev_outputs(self.model, self.texts, self.device, self.max_length, self.features)
+        per_exit = dev_scores(self.model.task, outs, self.labels, self.reference)
         final, early = per_exit[-1], per_exit[:-1]
         within = final >= self.original - self.tolerance
         key = (within, sum(early) / len(early) if within and early else final)
@@ -222,7 +236,9 @@ def train_heads(
     cached, teacher = None, None
     start = 0
     # the original model's dev scores, before a resumed state is loaded (a resumed run chooses among the epochs it runs)
-    choice = _DevChoice(model, dev, device, max_len, cfg.final_tolerance) if dev is not None and dev[0] else None
+    choice = (
+        _DevChoice(model, dev, device, max_len, cfg.final_tolerance, frozen=cfg.freeze_backbone) if dev is not None and dev[0] else None
+    )
     if resume and (out / STATE).exists():
         state = torch.load(out / STATE, map_location="cpu", weights_only=True)
         model.heads.load_state_dict(state["heads"])

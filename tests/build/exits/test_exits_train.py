@@ -74,3 +74,17 @@ def test_dev_selection_without_an_epoch_within_tolerance_keeps_the_best_final_ex
     d = report["dev"]
     assert not any(p["final_within"] for p in d["curve"]) and not d["chosen_final_within"]
     assert d["chosen_epoch"] == max(d["curve"], key=lambda p: (p["per_exit"][-1], -p["epoch"]))["epoch"]
+
+
+def test_dev_selection_of_frozen_heads_scores_from_cached_features_like_the_whole_model(checkpoints, texts, tmp_path):
+    from edgekit.build.exits.train import collect, dev_outputs
+
+    model = MultiExitModel(load(checkpoints["bert-classifier"]), [1])
+    labels = [0, 1, 2, 0, 1]
+    report = train_heads(model, texts * 2, labels * 2, tmp_path / "h", TrainConfig(epochs=2, batch=4, device="cpu"), dev=(texts, labels))
+    assert report["dev"]["chosen_final_within"]  # a frozen backbone keeps the final exit exactly
+    got = collect(model, texts, 128, 64, "cpu")
+    cached = dev_outputs(model, texts, "cpu", 64, (got["features"], got["final"]))
+    whole = dev_outputs(model, texts, "cpu", 64)
+    for a, b in zip(cached, whole, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
