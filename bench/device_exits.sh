@@ -79,7 +79,7 @@ from edgekit.build.exits.model import load_exits
 from edgekit.build.exits.segments import torch_exits
 
 W, OUT = Path(sys.argv[1]), Path(sys.argv[2])
-doc, lines = {}, ["| heads | bound | test acc per exit (layers 1..6) | chosen | exits kept | dev drop | dev bound | test drop | test drop vs original | mean layers (test) |", "|" + "---|" * 10]
+doc, lines = {}, ["| heads | bound | test acc per exit (layers 1..6) | chosen | exits kept | dev drop | dev bound | test drop | test drop vs original | mean layers (test) | expected latency vs single graph (dev) |", "|" + "---|" * 11]
 import os
 
 from edgekit.build.load import load
@@ -103,13 +103,13 @@ for h in os.environ["HEADS"].split():
         if not f.exists():
             msg = (W / f"cal-{h}-c{c}.log").read_text().strip().splitlines()[-1:]
             doc[h]["points"][c] = {"error": msg}
-            lines.append(f"| {h} | {c} | {' '.join(f'{100 * q:.1f}' for q in per_exit)} | {' '.join(msg)} | | | | | | |")
+            lines.append(f"| {h} | {c} | {' '.join(f'{100 * q:.1f}' for q in per_exit)} | {' '.join(msg)} | | | | | | | |")
             continue
         cal = json.loads(f.read_text())
         ch = cal["chosen"]
         if ch is None:
             doc[h]["points"][c] = {"recommendation": cal["recommendation"], "message": cal["message"]}
-            lines.append(f"| {h} | {c} | {' '.join(f'{100 * q:.1f}' for q in per_exit)} | {cal['recommendation']} | | | | | | |")
+            lines.append(f"| {h} | {c} | {' '.join(f'{100 * q:.1f}' for q in per_exit)} | {cal['recommendation']} | | | | | | | |")
             continue
         layers = list(m.config.layers)
         keep = None if ch["exits"] is None else [layers.index(k) for k in ch["exits"][:-1]]
@@ -126,7 +126,8 @@ for h in os.environ["HEADS"].split():
         b = f"{row['dev_bound']:.2f}" if row["dev_bound"] is not None else "-"
         lines.append(
             f"| {h} | {c} | {' '.join(f'{100 * q:.1f}' for q in per_exit)} | {row['spec']} | {ch['exits'] or 'all'} | "
-            f"{row['dev_drop']:.2f} | {b} | {row['test_drop']:.2f} | {row['test_drop_vs_original']:.2f} | {p.mean_layers:.2f} |"
+            f"{row['dev_drop']:.2f} | {b} | {row['test_drop']:.2f} | {row['test_drop_vs_original']:.2f} | {p.mean_layers:.2f} | "
+            f"{'-' if row['latency_ratio'] is None else format(row['latency_ratio'], '.2f') + 'x'} |"
         )
 (OUT / "exits-quality.json").write_text(json.dumps(doc, indent=1) + "\n")
 (OUT / "exits-quality.md").write_text("\n".join(lines) + "\n")
