@@ -172,6 +172,7 @@ class Pipeline:
                     max_drop=e.max_drop,
                     unsupervised=data.kind(cal) != "labeled",
                     confidence=e.confidence or None,  # 0: choose on the dev point estimate
+                    groups=e.groups,
                 )
             except DevSetTooSmall as err:
                 raise DevSetTooSmall(

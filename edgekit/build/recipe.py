@@ -140,6 +140,9 @@ class Exits(_M):
         lt=1,
         description="calibration: check max_drop on this one-sided bootstrap bound of the dev drop, in [0.5, 1) (0: the point estimate)",
     )
+    groups: str | None = Field(
+        None, description="calibration: a field of the calibration file naming each row's group; the bound resamples whole groups"
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

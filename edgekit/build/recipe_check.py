@@ -46,6 +46,12 @@ def check_files(recipe: Recipe, source: str = "recipe") -> list[str]:
         from edgekit.build.quant.augment import read_unlabeled  # torch-free
 
         read_unlabeled(resolve_path(q.unlabeled))  # missing, empty or non-UTF-8: one line, before any step runs
+    e = recipe.steps.exits
+    if e is not None and e.groups and e.confidence and recipe.data.calibration_file():
+        try:  # every calibration row names its group
+            data.read_field(resolve_path(recipe.data.calibration_file()), e.groups)
+        except DataError as err:
+            raise DataError(f"{source}: steps.exits.groups: {err.message}", hint=err.hint) from None
     if recipe.profile.texts and not resolve_path(recipe.profile.texts).is_file():
         raise DataError(f"{source}: profile.texts: {resolve_path(recipe.profile.texts)}: no such file", hint="fix the path")
     metric = recipe.metric_for(info.task)

@@ -95,6 +95,13 @@ def calibrate(
     resamples: Annotated[int, typer.Option(help="bootstrap resamples (seeded)")] = 1000,
     subsets: Annotated[int, typer.Option(help="also try keeping only up to this many exits besides the last (with --target; 0: off)")] = 3,
     per_exit: Annotated[bool, typer.Option(help="also tune one threshold per exit from each policy's best point")] = True,
+    groups: Annotated[
+        str | None,
+        typer.Option(
+            help="a field of the dev file naming each row's group (its source: product, document, customer): the bound "
+            "resamples whole groups (cluster bootstrap), as it must when rows of one group are alike"
+        ),
+    ] = None,
 ) -> None:
     """Sweep every policy on a dev file and choose the operating point that meets the budget."""
     from edgekit.build.exits import operating
@@ -112,6 +119,7 @@ def calibrate(
             resamples=resamples,
             subsets=subsets,
             per_exit=per_exit,
+            groups=groups,
         )
     single = f", single graph {r.single_graph_latency_ms:.2f} ms on {target}" if r.single_graph_latency_ms is not None else ""
     console.print(f"no exit: {100 * r.base_quality:.2f}%{single}")
@@ -121,7 +129,8 @@ def calibrate(
         i = r.interval
         console.print(
             f"dev drop {i.drop:.2f} points, {100 * i.confidence:g}% bound {i.drop_high:.2f} (quality {100 * i.quality:.2f}%, "
-            f"bounds {100 * i.quality_low:.2f}..{100 * i.quality_high:.2f}%) on {i.dev_texts} texts; "
+            f"bounds {100 * i.quality_low:.2f}..{100 * i.quality_high:.2f}%) on {i.dev_texts} texts"
+            f"{f' in {i.dev_groups} groups ({groups})' if i.dev_groups is not None else ''}; "
             f"about {i.dev_texts_needed} texts would bring the bound's margin under {max_drop / 4:g} points"
         )
     if r.exits is not None:

@@ -126,6 +126,15 @@ def read_labeled(path: str | Path, label_names: list[str]) -> Labeled:
     return Labeled(texts, labels)
 
 
+def read_field(path: str | Path, name: str) -> list[str]:
+    """The ``name`` field of every record of a JSONL/CSV file, in the order :func:`read_texts` and
+    :func:`read_labeled` read them (e.g. a group id: the source a row came from)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".jsonl", ".json", ".csv"):
+        raise DataError(f"{path}: a plain text file has no fields (asked for {name!r})", hint="use a JSONL or CSV file with that field")
+    return _nonempty(path, [_field(path, n, r, name) for n, r in _records(path)])
+
+
 def read_pairs(path: str | Path) -> tuple[list[str], list[str]]:
     """(queries, docs): docs[i] is the relevant document of queries[i]."""
     path = Path(path)

@@ -133,6 +133,11 @@ def test_check_files_names_missing_data_and_models(tmp_path, checkpoints, monkey
         recipe_check.check_files(parse(model=ck, steps={"lower": {}}), "r.yaml")
     with pytest.raises(ConfigError, match="budgets.metric: 'mrr' is not a metric of a classifier"):
         recipe_check.check_files(parse(model=ck, budgets={"metric": "mrr"}), "r.yaml")
+    (tmp_path / "cal.jsonl").write_text('{"text": "a", "label": "a"}\n')
+    with pytest.raises(DataError, match=r"r.yaml: steps.exits.groups: .*cal.jsonl:1: missing field 'source'"):
+        recipe_check.check_files(parse(model=ck, data={"train": "cal.jsonl"}, steps={"exits": {"groups": "source"}}), "r.yaml")
+    (tmp_path / "cal.jsonl").write_text('{"text": "a", "label": "a", "source": "s1"}\n')
+    recipe_check.check_files(parse(model=ck, data={"train": "cal.jsonl"}, steps={"exits": {"groups": "source"}}), "r.yaml")
     notes = recipe_check.check_files(parse(model=ck, targets=["ort-cpu", "jetson"]), "r.yaml")
     assert any(n.startswith("jetson: compiles here, runs on the device only") for n in notes)
     assert schema.resolve_path("edgekit:pydoc_pairs.jsonl").is_file()

@@ -105,3 +105,17 @@ def test_train_with_a_dev_file_keeps_an_epoch_and_refuses_bad_flags(checkpoints,
     code, _, err = run_cli([*base, "--out", str(tmp_path / "y"), "--eval", str(empty)], monkeypatch, capsys)
     assert code == 2 and ("empty" in err.lower() or "no texts" in err) and len(err.strip().splitlines()) <= 2
     assert not (tmp_path / "y").exists()
+
+
+def test_calibrate_with_groups_bootstraps_them_and_refuses_a_missing_field(heads, texts, tmp_path, monkeypatch, capsys):
+    rows = [{"text": texts[i % len(texts)], "label": LABELS[i % 3], "source": f"s{i // 4}"} for i in range(80)]
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["exits", "calibrate", str(heads), "--data", str(dev), "--max-drop", "100"]
+    code, out, err = run_cli([*args, "--out", str(tmp_path / "c"), "--groups", "source"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "in 20 groups (source)" in out.replace("\n", " ")
+    assert json.loads((tmp_path / "c" / "calibration.json").read_text())["interval"]["dev_groups"] == 20
+    code, _, err = run_cli([*args, "--out", str(tmp_path / "x"), "--groups", "customer"], monkeypatch, capsys)
+    assert_user_error(code, err, "missing field 'customer'")
+    assert not (tmp_path / "x").exists()

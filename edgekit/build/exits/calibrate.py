@@ -115,6 +115,7 @@ class Interval(BaseModel):
     drop_high: float  # its upper bound (paired bootstrap): what the budget was checked on
     dev_texts: int
     dev_texts_needed: int  # for the bound's margin (drop_high - drop) to be under a quarter of max_drop
+    dev_groups: int | None = None  # groups the bootstrap resampled (--groups), None: rows
 
 
 class CalibrationReport(BaseModel):

@@ -8,6 +8,12 @@ stays within the budget on fresh data from the same distribution with about 90 %
 (the usual bootstrap caveats: the dev rows must be a fair sample, and the choice among many
 points makes the chosen one's bound a little optimistic).
 
+Rows are often not independent: texts of one source (one product's reviews, one software suite's
+packages, one customer's tickets) are alike, and a split by source makes dev a sample of sources.
+Then a row bootstrap is far too sure of itself; with ``groups`` (one id per dev row, ``exits
+calibrate --groups FIELD``) the bootstrap resamples whole groups (each group's rows share one
+Poisson weight), the cluster bootstrap, and the bound widens to what the groups support.
+
 Besides one parameter for every exit, the search considers keeping only some exits (each
 boundary between segments costs time at short lengths: :meth:`Timing.merged`) and, from each
 policy's best point, one threshold per exit, tuned by coordinate search on dev.
@@ -29,16 +35,26 @@ MIN_DEV_TEXTS = 30  # below this a bootstrap interval means little, whatever it 
 
 class Bootstrap:
     """Seeded Poisson bootstrap over ``n`` rows: ``resamples`` weight vectors, reused for every point
-    (so points are compared on the same resamples)."""
+    (so points are compared on the same resamples). With ``groups`` (an id per row) the weights are
+    drawn per group and every row of a group takes its group's weight (cluster bootstrap)."""
 
-    def __init__(self, n: int, confidence: float = 0.9, resamples: int = 1000, seed: int = 0) -> None:
+    def __init__(self, n: int, confidence: float = 0.9, resamples: int = 1000, seed: int = 0, groups=None) -> None:
         if not 0.5 <= confidence < 1:
             raise ConfigError(
                 f"confidence {confidence:g} out of range", hint="use a one-sided level in [0.5, 1), e.g. 0.9, or 0 for the point estimate"
             )
         rng = np.random.default_rng(seed)
         self.n, self.confidence, self.resamples = n, confidence, resamples
-        self.weights = np.minimum(rng.poisson(1.0, (resamples, n)), 255).astype(np.uint8)
+        self.groups: int | None = None
+        if groups is None:
+            self.weights = np.minimum(rng.poisson(1.0, (resamples, n)), 255).astype(np.uint8)
+        else:
+            if len(groups) != n:
+                raise DataError(f"{len(groups)} group ids for {n} dev rows", hint="give one group id per dev row")
+            _, index = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+            self.groups = int(index.max()) + 1
+            per_group = np.minimum(rng.poisson(1.0, (resamples, self.groups)), 255).astype(np.uint8)
+            self.weights = per_group[:, index]
         self.totals = np.maximum(self.weights.sum(1, dtype=np.float64), 1.0)
 
     def means(self, values: np.ndarray) -> np.ndarray:
@@ -61,7 +77,8 @@ class DevSetTooSmall(DataError):
 
 def dev_texts_needed(n: int, margin: float, max_drop: float) -> int:
     """Dev texts for the bound's margin (points above the point estimate) to be under a quarter of
-    ``max_drop``: the margin shrinks as 1/sqrt(n)."""
+    ``max_drop``: the margin shrinks as 1/sqrt(n) (with groups: as 1/sqrt(groups), so this many texts
+    drawn from proportionally more groups)."""
     target = max(max_drop, 1e-6) / 4
     return max(MIN_DEV_TEXTS, math.ceil(n * (margin / target) ** 2))
 
@@ -154,6 +171,7 @@ def interval(scorer: cal.Scorer, chosen: cal.Point, boot: Bootstrap, max_drop: f
         drop_high=drop_high,
         dev_texts=boot.n,
         dev_texts_needed=dev_texts_needed(boot.n, drop_high - drop, max_drop),
+        dev_groups=boot.groups,
     )
 
 
@@ -172,11 +190,13 @@ def report(
     resamples: int = 1000,
     subsets: int = 3,
     per_exit: bool = True,
+    groups=None,
     **fields,
 ) -> cal.CalibrationReport:
-    """The whole choice on precomputed exit outputs (and a target's ``timing``): points, the bound,
-    the chosen point, the recommendation. ``fields``: data, target, heads (for the report)."""
-    boot = Bootstrap(len(exits[-1]["output"]), confidence, resamples) if confidence else None
+    """The whole choice on precomputed exit outputs (and a target's ``timing``): points, the bound
+    (over ``groups`` when given: one id per row), the chosen point, the recommendation. ``fields``:
+    data, target, heads (for the report)."""
+    boot = Bootstrap(len(exits[-1]["output"]), confidence, resamples, groups=groups) if confidence else None
     scorer = cal.Scorer(exits, layers, task, labels, lengths=lengths, timing=timing, bound=boot)
     points = search(scorer, policies, max_drop=max_drop, subsets=subsets, per_exit=per_exit and max_latency_ms is None)
     if boot is not None:  # the point-estimate choice tells how wide the bound is at this dev size
@@ -245,6 +265,7 @@ def calibrate(
     per_exit: bool = True,
     latency_texts: int = 100,
     rounds: int = 3,
+    groups: str | None = None,
 ) -> cal.CalibrationReport:
     """``edgekit exits calibrate``: exit outputs on ``data_file``, latencies measured on ``target`` (per
     length bucket, beside the single graph), then :func:`report`; writes calibration.json/.png."""
@@ -259,6 +280,15 @@ def calibrate(
         None if unsupervised else list(model.encoder.info.labels or []),
         need_labels=model.task == "classifier" and not unsupervised,
     )
+    group_ids = None
+    if groups is not None:
+        if not confidence:
+            raise ConfigError(
+                "--groups bootstraps the bound: it needs a --confidence level", hint="drop --groups, or pass --confidence 0.9"
+            )
+        from edgekit.deploy.data import read_field
+
+        group_ids = read_field(data_file, groups)  # before any model work: a missing field fails fast
     feed = model.encoder.tokenize(texts, max_length=model.encoder.info.max_length)
     exits = torch_exits(model, feed)
     lengths = feed["attention_mask"].sum(1)
@@ -277,6 +307,7 @@ def calibrate(
         resamples=resamples,
         subsets=subsets,
         per_exit=per_exit,
+        groups=group_ids,
         data=str(data_file),
         target=target,
         heads=str(heads),

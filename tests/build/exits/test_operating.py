@@ -116,3 +116,31 @@ def test_recipe_exits_confidence_is_zero_or_a_one_sided_level():
     for bad in (0.3, 1.0, -0.1):
         with pytest.raises(ValidationError, match="confidence"):
             Exits(confidence=bad)
+
+
+def test_cluster_bootstrap_is_wider_when_rows_of_a_group_fail_together():
+    # 800 rows in 40 groups of 20; errors come by group (4 groups entirely wrong): 90 % right either way
+    n, size = 800, 20
+    groups = np.repeat([f"src{i}" for i in range(n // size)], size)
+    by_group = np.ones(n)
+    by_group[: 4 * size] = 0.0
+    rows = Bootstrap(n, 0.9, seed=0)
+    clustered = Bootstrap(n, 0.9, seed=0, groups=groups)
+    assert clustered.groups == 40 and rows.groups is None
+    assert np.array_equal(clustered.weights[:, :size], np.repeat(clustered.weights[:, :1], size, axis=1))  # one weight a group
+    row_margin = by_group.mean() - rows.lower(by_group)
+    group_margin = by_group.mean() - clustered.lower(by_group)
+    assert group_margin > 2.5 * row_margin  # about sqrt(20) wider: 40 independent units, not 800
+    # errors spread evenly over the groups (two in each): no group differs, so the cluster bound is no wider
+    spread = np.ones(n)
+    spread[::10] = 0.0
+    assert spread.mean() - clustered.lower(spread) <= spread.mean() - rows.lower(spread) + 1e-12
+    with pytest.raises(DataError, match="group ids for"):
+        Bootstrap(n, 0.9, groups=groups[:-1])
+
+
+def test_report_names_the_groups_of_its_bound():
+    exits, labels = _exits(600)
+    groups = [f"g{i % 150}" for i in range(600)]
+    r = report(exits, [2, 4, 6], "classifier", labels, lengths=np.full(600, 10), max_drop=5.0, confidence=0.9, groups=groups)
+    assert r.interval is not None and r.interval.dev_groups == 150 and r.interval.dev_texts == 600
