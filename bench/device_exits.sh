@@ -10,7 +10,8 @@
 #   lent GPU:  OUT=$OUT bash bench/device_exits.sh        (tree carries .ckpt/minilm-fp16 and .whl)
 #   env: SRC data folder (bench/data/debian-sections), TEACHER a classifier already fine-tuned on it (skips step 1),
 #        JOINT_ARGS more `exits train` flags for the joint heads, E_JOINT their epochs (4), TIMING ort-cpu | none,
-#        HEADS which heads ("frozen joint"), CONFS the bound levels to calibrate with ("0.9 0")
+#        HEADS which heads ("frozen joint"), CONFS the bound levels to calibrate with ("0.9 0"; "0.9g": over the
+#        rows' source packages, --groups source)
 #   here (CPU check of the script):  SMOKE=1 TIMING=none OUT=/tmp/exits_out bash bench/device_exits.sh
 # Back: $OUT/exits-quality.json and .md, the four calibration.json/.png -> bench/results/exits-quality/.
 set -euo pipefail
@@ -58,8 +59,9 @@ TGT=(); [ "$TIMING" != none ] && TGT=(--target "$TIMING")
 for h in $HEADS; do
   for c in $CONFS; do
     name=$h-c$c
+    GRP=(); [[ $c == *g ]] && GRP=(--groups source)  # "0.9g": the bound resamples source packages, not rows
     # a dev set too small for the bound, or a budget nothing meets, is reported as such (exit 2), not fatal here
-    "${EK[@]}" exits calibrate "$W/$h" --data "$W/dev.jsonl" --out "$W/cal-$name" --max-drop "${MAX_DROP:-1}" --confidence $c "${TGT[@]}" \
+    "${EK[@]}" exits calibrate "$W/$h" --data "$W/dev.jsonl" --out "$W/cal-$name" --max-drop "${MAX_DROP:-1}" --confidence "${c%g}" "${TGT[@]}" "${GRP[@]}" \
       2>&1 | tee "$W/cal-$name.log" | tail -6 || true
     [ -f "$W/cal-$name/calibration.json" ] && cp "$W/cal-$name/calibration.json" "$OUT/calibration-$name.json"
     [ -f "$W/cal-$name/calibration.png" ] && cp "$W/cal-$name/calibration.png" "$OUT/calibration-$name.png"
@@ -118,7 +120,7 @@ for h in os.environ["HEADS"].split():
         iv = cal.get("interval") or {}
         row = {
             "spec": f"{ch['policy']}={ch['param']}", "exits": ch["exits"], "dev_drop": 100 * (cal["base_quality"] - ch["quality"]),
-            "dev_bound": iv.get("drop_high"), "dev_texts_needed": iv.get("dev_texts_needed"),
+            "dev_bound": iv.get("drop_high"), "dev_texts_needed": iv.get("dev_texts_needed"), "dev_groups": iv.get("dev_groups"),
             "test_drop": 100 * (s.base - p.quality), "test_drop_vs_original": 100 * (teacher - p.quality), "test_mean_layers": p.mean_layers,
             "expected_latency_ms": ch["expected_latency_ms"], "latency_ratio": ch["latency_ratio"],
         }
