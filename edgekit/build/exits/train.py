@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.build.exits.calibrate import quality
 from edgekit.build.exits.model import MultiExitModel, torch
 from edgekit.errors import ConfigError, DataError
 
@@ -122,17 +123,11 @@ def dev_outputs(model: MultiExitModel, texts: list[str], device: str, max_length
 
 
 def dev_scores(task: str, outs: list[torch.Tensor], labels: list[int] | None, reference: torch.Tensor) -> list[float]:
-    """Quality of every exit on dev, in points: accuracy (labels, else agreement with ``reference``, the original
-    model's outputs) for classifiers, mean cosine with ``reference`` x 100 for embedding models."""
-    ref = reference.float()
-    scores = []
-    for out in outs:
-        if task == "classifier":
-            target = torch.tensor(labels) if labels is not None else ref.argmax(-1)
-            scores.append(100.0 * float((out.argmax(-1) == target).float().mean()))
-        else:
-            scores.append(100.0 * float(nn.functional.cosine_similarity(out, ref, dim=-1).mean()))
-    return scores
+    """Quality of every exit on dev, in points, as calibration scores it (:func:`calibrate.quality`) against
+    ``reference``, the original model's outputs: accuracy (agreement with it without labels), or cosine to it."""
+    y = np.asarray(labels) if labels is not None else None
+    ref = reference.float().numpy()
+    return [100.0 * quality(task, out.float().numpy(), ref, y) for out in outs]
 
 
 class _DevChoice:
