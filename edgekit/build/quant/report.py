@@ -177,7 +177,7 @@ class StageReport(_Record):
 class QuantReport(_Record):
     """The whole run: data, device, the teacher's eval and every stage."""
 
-    omit_if_none = ("teacher_eval", "mixed")
+    omit_if_none = ("teacher_eval", "mixed", "seed", "deterministic")  # seed and deterministic: absent in reports before 2026-12-01
     model: str
     teacher: str
     data: str
@@ -191,7 +191,7 @@ class QuantReport(_Record):
     teacher_eval: EvalResult | None = None
     mixed: MixedPlan | None = None  # mixed precision: the bits per part, sizes and the sensitivity table (mixed.py)
     seed: int | None = None
-    deterministic: bool = False  # deterministic kernels were asked for (TrainOptions.deterministic)
+    deterministic: bool | None = None  # deterministic kernels were asked for (TrainOptions.deterministic)
 
     def write(self, path: str | Path) -> Path:
         path = Path(path)
