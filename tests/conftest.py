@@ -241,6 +241,12 @@ def texts() -> list[str]:
     return [sents[0], sents[7], "Yes.", sents[100], " ".join(sents[200:215])]
 
 
+def quantize_args(model, data, out, cache, scheme: str, *extra: str) -> list[str]:
+    """A two-step ``edgekit quantize`` command line on tiny settings (batch 8, 32 tokens), plus ``extra``."""
+    base = ["quantize", str(model), "--data", str(data), "--scheme", scheme, "--steps", "2", "--batch-size", "8", "--max-length", "32"]
+    return [*base, "--no-progress", "--out", str(out), "--cache", str(cache), *extra]
+
+
 def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
     """Run the ``edgekit`` console entry point in-process: (exit code, stdout, stderr)."""
     import sys

@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+from conftest import quantize_args
 from test_cli import assert_user_error, no_partials, run_cli
 
 from edgekit.deploy import data
@@ -33,27 +34,8 @@ def train_file(tmp_path):
     return p
 
 
-def _quantize(model, train_file, out, cache, *extra):
-    return [
-        "quantize",
-        str(model),
-        "--data",
-        str(train_file),
-        "--scheme",
-        "ternary-w2a8",
-        "--steps",
-        "2",
-        "--batch-size",
-        "8",
-        "--max-length",
-        "32",
-        "--no-progress",
-        "--out",
-        str(out),
-        "--cache",
-        str(cache),
-        *extra,
-    ]
+def _quantize(model, data, out, cache, *extra):
+    return quantize_args(model, data, out, cache, "ternary-w2a8", *extra)
 
 
 def test_quantize_with_unlabeled_text_and_augmentation(checkpoints, train_file, tmp_path, monkeypatch, capsys):

@@ -7,6 +7,7 @@ import inspect
 import json
 
 import pytest
+from conftest import quantize_args
 from test_cli import assert_user_error, no_partials, run_cli
 
 from edgekit.deploy import data
@@ -23,27 +24,8 @@ def files(tmp_path):
     return train, dev
 
 
-def _args(model, train, out, cache, *extra):
-    return [
-        "quantize",
-        str(model),
-        "--data",
-        str(train),
-        "--scheme",
-        "ternary-w2e2a8",
-        "--steps",
-        "2",
-        "--batch-size",
-        "8",
-        "--max-length",
-        "32",
-        "--no-progress",
-        "--out",
-        str(out),
-        "--cache",
-        str(cache),
-        *extra,
-    ]
+def _args(model, data, out, cache, *extra):
+    return quantize_args(model, data, out, cache, "ternary-w2e2a8", *extra)
 
 
 @pytest.mark.parametrize(
