@@ -28,6 +28,7 @@ DATA = Path(__file__).resolve().parent / "data" / "debian-sections"
 OLD = {"batch_size": 32, "precision": "fp32", "padding": "max_length", "length_buckets": 1}
 NEW = {"batch_size": 64, "precision": "auto", "padding": "longest", "length_buckets": 64, "lr_scaling": "sqrt"}
 NEW128 = {**NEW, "batch_size": 128}
+NEW256 = {**NEW, "batch_size": 256}
 TERNARY = {"scheme": "ternary-w2a8"}
 BIT = {"scheme": "bit-w1a1", "multi_step": True}
 RUNS: dict[str, dict] = {
@@ -46,6 +47,11 @@ RUNS: dict[str, dict] = {
     # one setting, this tree's code against the previous code (--baseline-code): the step's own speed
     "ternary-new128-steps": {**TERNARY, **NEW128, "steps": 150},
     "ternary-new128-prev": {**TERNARY, **NEW128, "code": "baseline", "steps": 150},
+    "bit-new128-steps": {**BIT, **NEW128, "steps": 150},
+    "bit-new128-prev": {**BIT, **NEW128, "code": "baseline", "steps": 150},
+    # twice the batch: fewer steps an epoch, so more epochs for the same accuracy
+    "ternary-new256-e6": {**TERNARY, **NEW256, "epochs": 6.0},
+    "bit-new256-e12": {**BIT, **NEW256, "epochs": 12.0},
 }
 
 

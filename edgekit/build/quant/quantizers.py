@@ -1,8 +1,9 @@
 """Quantizers: torch modules with straight-through (STE) or learned-scale gradients.
 
-Training uses small ``autograd.Function`` s whose backward passes the gradient straight
-through (the clipping range is expressed by a ``clamp`` before them, so autograd gives the
-clipped STE and the learned-scale gradients of LSQ/BiT for free). Outside training
+Training runs each quantizer as one ``autograd.Function`` with a hand-written backward: the
+straight-through gradient inside the clipping range and the learned-scale gradients of
+LSQ/BiT, exactly those of the composite ops (clamp, round-STE, ...) it replaces, in a
+fraction of the kernel launches (see "fused training ops" below). Outside training
 (no grad, tracing, ONNX export) the very same values are computed with plain ops, so the
 exported graph holds ordinary ONNX ops: Greater/Where (sign), Round, Clip, Mul, Div.
 
@@ -45,16 +46,6 @@ def _sign(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
 
 
-class _SignSTE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return _sign(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad
-
-
 class _RoundSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
@@ -79,10 +70,6 @@ class _BoolSTE(torch.autograd.Function):
         return grad * 0.5 * (x.abs() <= 1).to(grad.dtype)
 
 
-def sign_ste(x: torch.Tensor) -> torch.Tensor:
-    return _sign(x) if _plain() else _SignSTE.apply(x)
-
-
 def round_ste(x: torch.Tensor) -> torch.Tensor:
     return torch.round(x) if _plain() else _RoundSTE.apply(x)
 
@@ -91,9 +78,87 @@ def bool_ste(x: torch.Tensor) -> torch.Tensor:
     return (x >= 0).to(x.dtype) if _plain() else _BoolSTE.apply(x)
 
 
-def _grad_scale(s: torch.Tensor, g: float) -> torch.Tensor:
-    """Value s, gradient g * ds (LSQ's step-size gradient scaling)."""
-    return (s - s * g).detach() + s * g
+# ----------------------------------------------------------------------------- fused training ops
+# Each quantizer's training forward as one autograd node with a hand-written backward. The
+# composite form (abs, clamp, div, round-STE, ...) records 10-20 autograd nodes per quantizer
+# call, and QAT on a GPU is bound by that launch and dispatch work, not by the arithmetic
+# (MiniLM-L6: about 1,300 quantizer ops a step before). The backward of each is the exact
+# gradient of the composite form it replaces (tests/build/quant/test_quantizers.py checks
+# values and gradients against that form).
+
+
+def _abs_grad(grad: torch.Tensor, p: torch.Tensor, floor: float) -> torch.Tensor:
+    """Gradient through ``p.abs().clamp(min=floor)``."""
+    return torch.where(p.abs() >= floor, grad * torch.sgn(p), 0.0)
+
+
+class _TernaryTWN(torch.autograd.Function):
+    """TWN codes and per-row scale; codes pass the gradient straight through, the scale
+    ``sum(|w| * m) / sum(m)`` (mask ``m = |w| > 0.7 mean|w|`` held fixed) passes ``sign(w) m / sum(m)``."""
+
+    @staticmethod
+    def forward(ctx, w):
+        a = w.abs()
+        mask = (a > 0.7 * a.mean(dim=-1, keepdim=True)).to(w.dtype)
+        count = mask.sum(-1, keepdim=True).clamp(min=1.0)
+        q = torch.sign(w) * mask  # sign(0) never meets the mask (|0| > delta is false)
+        ctx.save_for_backward(q, count)
+        return q, (a * mask).sum(-1, keepdim=True) / count
+
+    @staticmethod
+    def backward(ctx, gq, gscale):
+        q, count = ctx.saved_tensors
+        g = gq if gq is not None else torch.zeros_like(q)
+        return g + q * (gscale / count) if gscale is not None else g
+
+
+class _BinarySign(torch.autograd.Function):
+    """``sign(clamp(w, -1, 1))`` (STE clipped to |w| <= 1) and the per-row scale ``mean|w|``."""
+
+    @staticmethod
+    def forward(ctx, w):
+        ctx.save_for_backward(w)
+        return _sign(w), w.abs().mean(dim=-1, keepdim=True)
+
+    @staticmethod
+    def backward(ctx, gq, gscale):
+        (w,) = ctx.saved_tensors
+        g = gq * (w.abs() <= 1.0).to(gq.dtype) if gq is not None else torch.zeros_like(w)
+        return g + torch.sgn(w) * (gscale / w.shape[-1]) if gscale is not None else g
+
+
+class _UniformSTE(torch.autograd.Function):
+    """Codes of ``u = (x - beta) / s`` clipped to [lo, hi] and rounded (or signed, ``use_sign``),
+    with the straight-through gradient inside the clip; ``s = |p|.clamp(min=floor)`` is returned too,
+    and every gradient reaching ``p`` is multiplied by ``grad_mult`` (LSQ's step-size scaling).
+    ``beta`` is None (LSQ) or a scalar tensor (BiT's elastic offset)."""
+
+    @staticmethod
+    def forward(ctx, x, p, beta, lo: float, hi: float, floor: float, grad_mult: float, use_sign: bool):
+        s = p.abs().clamp(min=floor)
+        xw = _wide(x)
+        u = ((xw - beta) if beta is not None else xw) / s
+        c = u.clamp(lo, hi)
+        q = torch.where(c >= 0, 1.0, -1.0) if use_sign else torch.round(c)
+        ctx.save_for_backward(u, c, s, p)
+        ctx.meta = (floor, grad_mult, x.dtype, beta is not None and beta.requires_grad)
+        return q, s
+
+    @staticmethod
+    def backward(ctx, gq, gs):
+        u, c, s, p = ctx.saved_tensors
+        floor, grad_mult, dtype, beta_grad = ctx.meta
+        gu = torch.where(c == u, gq, 0.0) if gq is not None else torch.zeros_like(u)  # inside the clip range
+        gx = (gu / s).to(dtype) if ctx.needs_input_grad[0] else None
+        gp = gbeta = None
+        if ctx.needs_input_grad[1]:
+            g_s = torch.vdot(gu.reshape(-1), u.reshape(-1)).neg_().div_(s)
+            if gs is not None:
+                g_s += gs
+            gp = _abs_grad(g_s * grad_mult, p, floor)
+        if beta_grad:
+            gbeta = gu.sum().neg_().div_(s)
+        return gx, gp, gbeta, None, None, None, None, None
 
 
 class Quantizer(nn.Module):
@@ -127,7 +192,9 @@ class BinaryWeight(Quantizer):
 
     def split(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(codes, scale) with codes * scale = the quantized weight; STE clipped to |w| <= 1."""
-        return sign_ste(w.clamp(-1.0, 1.0)), w.abs().mean(dim=-1, keepdim=True)
+        if not _plain():
+            return _BinarySign.apply(w)
+        return _sign(w.clamp(-1.0, 1.0)), w.abs().mean(dim=-1, keepdim=True)
 
 
 class TernaryWeight(Quantizer):
@@ -177,8 +244,7 @@ class TernaryWeight(Quantizer):
 
     def split(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.method in ("twn", "twn-learned"):
-            q, scale = self._twn(w)
-            q = q if _plain() else w + (q - w).detach()  # STE: identity gradient to the latent weights
+            q, scale = self._twn(w) if _plain() else _TernaryTWN.apply(w)  # STE: identity gradient to the latent weights
             return q, (self.scale.abs() if self.method == "twn-learned" else scale)
         g = self._gamma(w)
         return round_ste((w / g).clamp(-1.0, 1.0)), g.reshape(1, 1)
@@ -295,10 +361,12 @@ class ElasticBinary(_ActQuantizer):
     def split(self, x: torch.Tensor):
         if self._maybe_init(x):
             return x, None
+        lo = 0.0 if self.two_set else -1.0
+        if not _plain():
+            return _UniformSTE.apply(x, self.alpha, self.beta, lo, 1.0, 1e-5, 1.0, not self.two_set)
         alpha = self.alpha.abs().clamp(min=1e-5)
-        u = (_wide(x) - self.beta) / alpha
-        q = round_ste(u.clamp(0.0, 1.0)) if self.two_set else sign_ste(u.clamp(-1.0, 1.0))
-        return q, alpha
+        u = ((_wide(x) - self.beta) / alpha).clamp(lo, 1.0)
+        return (torch.round(u) if self.two_set else _sign(u)), alpha
 
 
 class LSQActivation(_ActQuantizer):
@@ -331,7 +399,8 @@ class LSQActivation(_ActQuantizer):
     def split(self, x: torch.Tensor):
         if self._maybe_init(x):
             return x, None
+        if not _plain():
+            mult = 1.0 / math.sqrt(x.numel() * self.qp) if self.learned else 1.0
+            return _UniformSTE.apply(x, self.scale, None, float(self.qn), float(self.qp), 1e-8, mult, False)
         s = self.scale.abs().clamp(min=1e-8)
-        if self.learned and not _plain():
-            s = _grad_scale(s, 1.0 / math.sqrt(x.numel() * self.qp))
-        return round_ste((_wide(x) / s).clamp(self.qn, self.qp)), s
+        return torch.round((_wide(x) / s).clamp(self.qn, self.qp)), s
