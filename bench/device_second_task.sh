@@ -12,6 +12,9 @@
 #   3. the QAT step speed of this tree against the previous commit's code (.base/edgekit, if carried), alone on
 #      the GPU after the lanes: ternary-w2a8, batch 128, 150 steps (bench/quant_speed.py).
 #
+#   env: LANES (default "wt wb s"; also "w2a8", "w2e2a8", "w1a1", "w1e1a1": one works-with run in its own lane),
+#        W_EXTRA (flags added to every works-with quantize, e.g. "--augment 8"), T_W_ARGS / B_W_ARGS (the
+#        ternary / BiT budget on works-with, default "--epochs 8" / "--epochs 10"), SPEED=0 skips step 3.
 #   lent GPU (carry .ckpt/minilm-fp16, .whl and optionally .base):  bash bench/device_second_task.sh
 #   back: $OUT/summary.md, summary.json, reports.json, speed/ -> bench/results/quant-second-task/
 #   here, a check of the script on CPU:  SMOKE=1 OUT=/tmp/st_out bash bench/device_second_task.sh
@@ -47,16 +50,21 @@ SPLIT
   DW=$W/data/debian-works-with; DS=$W/data/debian-sections
 else
   FT=(--epochs 4); FTW=(--epochs "${EPOCHS_W:-8}")
-  T_W=(--epochs "${TERNARY_EPOCHS_W:-8}"); B_W=(--epochs "${BIT_EPOCHS_W:-10}"); T_S=(--steps 600); BATCH=64
+  read -ra T_W <<< "${T_W_ARGS:---epochs ${TERNARY_EPOCHS_W:-8}}"; read -ra B_W <<< "${B_W_ARGS:---epochs ${BIT_EPOCHS_W:-10}}"
+  T_S=(--steps 600); BATCH=64
   DW=bench/data/debian-works-with; DS=bench/data/debian-sections
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || echo "no GPU"
 
+LANES=${LANES:-wt wb s}
+read -ra W_X <<< "${W_EXTRA:-}"
+TEACHERS=w; [[ " $LANES " == *" s "* ]] && TEACHERS="w s"
+
 # 1. the teachers, side by side
 $PY bench/finetune.py --model "$MODEL" --data "$DW" --out "$W/teacher-w" "${FTW[@]}" > "$W/ft-w.log" 2>&1 &
-$PY bench/finetune.py --model "$MODEL" --data "$DS" --out "$W/teacher-s" "${FT[@]}" > "$W/ft-s.log" 2>&1 &
+[[ $TEACHERS == *s* ]] && $PY bench/finetune.py --model "$MODEL" --data "$DS" --out "$W/teacher-s" "${FT[@]}" > "$W/ft-s.log" 2>&1 &
 wait
-for t in w s; do grep "^{" "$W/ft-$t.log" | tail -n 1 > "$W/finetune-$t.json" && [ -s "$W/finetune-$t.json" ] || { echo "teacher $t failed:"; tail -n 20 "$W/ft-$t.log"; exit 1; }; done
+for t in $TEACHERS; do grep "^{" "$W/ft-$t.log" | tail -n 1 > "$W/finetune-$t.json" && [ -s "$W/finetune-$t.json" ] || { echo "teacher $t failed:"; tail -n 20 "$W/ft-$t.log"; exit 1; }; done
 echo "teachers: $(( $(date +%s) - T0 )) s"
 
 COMMON=(--batch-size "$BATCH" --lr-scaling sqrt --no-progress --seed 0)
@@ -74,24 +82,32 @@ run() {  # NAME TEACHER DATA EXTRA...: QAT, lower, eval on test; a failure is lo
 }
 budget_of() { $PY -c "import json; print(json.load(open('$W/$1-low/manifest.json'))['settings']['size']['model_bytes'] / 1e6)"; }
 lane_w_ternary() {
-  run w-w2a8 "$W/teacher-w" "$DW" --scheme ternary-w2a8 "${T_W[@]}"
-  run w-w2e2a8 "$W/teacher-w" "$DW" --scheme ternary-w2e2a8 "${T_W[@]}"
-  [ -f "$W/w-w2e2a8-low/manifest.json" ] && run w-mixed "$W/teacher-w" "$DW" --scheme ternary-w2e2a8 "${T_W[@]}" --budget-mb "$(budget_of w-w2e2a8)"
+  run w-w2a8 "$W/teacher-w" "$DW" --scheme ternary-w2a8 "${T_W[@]}" "${W_X[@]}"
+  run w-w2e2a8 "$W/teacher-w" "$DW" --scheme ternary-w2e2a8 "${T_W[@]}" "${W_X[@]}"
+  [ -f "$W/w-w2e2a8-low/manifest.json" ] && run w-mixed "$W/teacher-w" "$DW" --scheme ternary-w2e2a8 "${T_W[@]}" "${W_X[@]}" --budget-mb "$(budget_of w-w2e2a8)"
 }
 lane_w_bit() {
-  run w-w1a1 "$W/teacher-w" "$DW" --scheme bit-w1a1 --multi-step "${B_W[@]}"
-  run w-w1e1a1 "$W/teacher-w" "$DW" --scheme bit-w1e1a1 --multi-step "${B_W[@]}"
+  run w-w1a1 "$W/teacher-w" "$DW" --scheme bit-w1a1 --multi-step "${B_W[@]}" "${W_X[@]}"
+  run w-w1e1a1 "$W/teacher-w" "$DW" --scheme bit-w1e1a1 --multi-step "${B_W[@]}" "${W_X[@]}"
 }
-lane_w_ternary > "$W/lane-wt.log" 2>&1 &
-lane_w_bit > "$W/lane-wb.log" 2>&1 &
-for r in det1 det2; do run s-$r "$W/teacher-s" "$DS" --scheme ternary-w2a8 "${T_S[@]}" --deterministic > "$W/lane-$r.log" 2>&1 & done
-for r in nd1 nd2; do run s-$r "$W/teacher-s" "$DS" --scheme ternary-w2a8 "${T_S[@]}" > "$W/lane-$r.log" 2>&1 & done
+for lane in $LANES; do
+  case $lane in
+    wt) lane_w_ternary > "$W/lane-wt.log" 2>&1 & ;;
+    wb) lane_w_bit > "$W/lane-wb.log" 2>&1 & ;;
+    w2a8|w2e2a8) run "w-$lane" "$W/teacher-w" "$DW" --scheme "ternary-$lane" "${T_W[@]}" "${W_X[@]}" > "$W/lane-$lane.log" 2>&1 & ;;
+    w1a1|w1e1a1) run "w-$lane" "$W/teacher-w" "$DW" --scheme "bit-$lane" --multi-step "${B_W[@]}" "${W_X[@]}" > "$W/lane-$lane.log" 2>&1 & ;;
+    s)
+      for r in det1 det2; do run s-$r "$W/teacher-s" "$DS" --scheme ternary-w2a8 "${T_S[@]}" --deterministic > "$W/lane-$r.log" 2>&1 & done
+      for r in nd1 nd2; do run s-$r "$W/teacher-s" "$DS" --scheme ternary-w2a8 "${T_S[@]}" > "$W/lane-$r.log" 2>&1 & done ;;
+    *) echo "unknown lane $lane (wt wb w2a8 w2e2a8 w1a1 w1e1a1 s)"; exit 2 ;;
+  esac
+done
 wait
 cat "$W"/lane-*.log | tee "$OUT/log.txt"
 echo "lanes: $(( $(date +%s) - T0 )) s" | tee -a "$OUT/log.txt"
 
 # 3. step speed, alone on the GPU, if the call has time left
-if [ -z "${SMOKE:-}" ] && [ $(( $(date +%s) - T0 )) -lt "${SPEED_BEFORE:-430}" ]; then
+if [ -z "${SMOKE:-}" ] && [ "${SPEED:-1}" != 0 ] && [ $(( $(date +%s) - T0 )) -lt "${SPEED_BEFORE:-430}" ]; then
   RUNS=ternary-new128-steps
   [ -d .base/edgekit ] && RUNS=ternary-new128-steps,ternary-new128-prev
   timeout 120 $PY bench/quant_speed.py --teacher "$W/teacher-s" --work "$W/qs" --out "$OUT/speed" --runs "$RUNS" --baseline-code .base --timeout 55 \
@@ -104,7 +120,7 @@ import json, statistics, sys
 from pathlib import Path
 
 w, out, total = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-teachers = {t: json.loads((w / f"finetune-{t}.json").read_text()) for t in ("w", "s")}
+teachers = {t: json.loads((w / f"finetune-{t}.json").read_text()) for t in ("w", "s") if (w / f"finetune-{t}.json").exists()}
 rows, reports = [], {}
 for ev in sorted(w.glob("eval-*.json")):
     name = ev.stem.removeprefix("eval-")
@@ -136,9 +152,9 @@ for kind in ("det", "nd"):
                         "dev_spread_pt": round(100 * abs(devs[0] - devs[1]), 2) if len(devs) == 2 else None}
 lines = [
     "# Low-bit QAT on a second real task, and the two-run spread (MiniLM-L6, one H200, lowered INT8 artifacts on ORT CPU)", "",
-    f"Teachers (FP32, bench/finetune.py): debian-works-with dev {teachers['w']['dev_accuracy']:.4f} test {teachers['w']['test_accuracy']:.4f}; "
-    f"debian-sections dev {teachers['s']['dev_accuracy']:.4f} test {teachers['s']['test_accuracy']:.4f}. "
-    f"Six lanes ran side by side on one GPU (samples/s of a shared GPU). Whole call: {total} s.", "",
+    "Teachers (FP32, bench/finetune.py): " + "; ".join(
+        f"{'debian-works-with' if t == 'w' else 'debian-sections'} dev {v['dev_accuracy']:.4f} test {v['test_accuracy']:.4f}" for t, v in teachers.items()
+    ) + f". Lanes ran side by side on one GPU (samples/s of a shared GPU). Whole call: {total} s.", "",
     "| run | task | scheme | deterministic | steps | dev | test (lowered) | drop vs FP32 (pt) | retention | lowered MB | all INT8 | plan (bits: parts) | samples/s |",
     "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
