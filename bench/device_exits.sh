@@ -11,7 +11,9 @@
 #   env: SRC data folder (bench/data/debian-sections), TEACHER a classifier already fine-tuned on it (skips step 1),
 #        JOINT_ARGS more `exits train` flags for the joint heads, E_JOINT their epochs (4), TIMING ort-cpu | none,
 #        HEADS which heads ("frozen joint"), CONFS the bound levels to calibrate with ("0.9 0"; "0.9g": over the
-#        rows' source packages, --groups source)
+#        rows' source packages, --groups source), QUANT a scheme (e.g. ternary-w2a8): the heads go on a QAT student
+#        of the teacher (edgekit quantize, QUANT_ARGS; default batch 256, sqrt lr, 6 epochs), which is then "the
+#        original model" the drops are counted against, and the segments are lowered to INT8
 #   here (CPU check of the script):  SMOKE=1 TIMING=none OUT=/tmp/exits_out bash bench/device_exits.sh
 # Back: $OUT/exits-quality.json and .md, the four calibration.json/.png -> bench/results/exits-quality/.
 set -euo pipefail
@@ -42,16 +44,25 @@ else
   $PY bench/finetune.py --model "$MODEL" --data "$SRC" --out "$W/teacher" "${FT[@]}" 2>&1 | tail -3
 fi
 echo "teacher: $(( $(date +%s) - t0 )) s"
+BASE=$W/teacher
+if [ -n "${QUANT:-}" ]; then
+  QA=(--batch-size 256 --lr-scaling sqrt --epochs 6); [ -n "${SMOKE:-}" ] && QA=(--steps 2 --batch-size 8)
+  [ -n "${QUANT_ARGS:-}" ] && read -ra QA <<< "$QUANT_ARGS"
+  "${EK[@]}" quantize "$W/teacher" --data "$W/train.jsonl" --eval "$W/dev.jsonl" --scheme "$QUANT" "${QA[@]}" --seed 0 --no-progress \
+    --out "$W/quantized" --cache "$W/qcache" 2>&1 | tail -2
+  BASE=$W/quantized
+  echo "quantized ($QUANT): $(( $(date +%s) - t0 )) s"
+fi
 # both keep the epoch chosen on dev (--eval): the best early exits whose final exit stays within 0.2 points of the original
 HEADS=${HEADS:-frozen joint}; CONFS=${CONFS:-0.9 0}
 export HEADS CONFS
 if [[ " $HEADS " == *" frozen "* ]]; then
-  "${EK[@]}" exits train "$W/teacher" --data "$W/train.jsonl" --eval "$W/dev.jsonl" --out "$W/frozen" --epochs $E_FROZEN --no-resume
+  "${EK[@]}" exits train "$BASE" --data "$W/train.jsonl" --eval "$W/dev.jsonl" --out "$W/frozen" --epochs $E_FROZEN --no-resume
   echo "frozen heads: $(( $(date +%s) - t0 )) s"
 fi
 # JOINT_ARGS: e.g. "--anchor-weight 4 --backbone-lr 1e-5"
 if [[ " $HEADS " == *" joint "* ]]; then
-  "${EK[@]}" exits train "$W/teacher" --data "$W/train.jsonl" --eval "$W/dev.jsonl" --out "$W/joint" --epochs $E_JOINT --no-freeze-backbone \
+  "${EK[@]}" exits train "$BASE" --data "$W/train.jsonl" --eval "$W/dev.jsonl" --out "$W/joint" --epochs $E_JOINT --no-freeze-backbone \
     --no-resume ${JOINT_ARGS:-}
   echo "joint: $(( $(date +%s) - t0 )) s"
 fi
@@ -68,7 +79,7 @@ for h in $HEADS; do
   done
   echo "calibrated $h: $(( $(date +%s) - t0 )) s"
 done
-$PY - "$W" "$OUT" <<'PY'
+$PY - "$W" "$OUT" "$BASE" <<'PY'
 """Test accuracy per exit, and each calibrated point on test (dev drop, its bound, test drop)."""
 import json, sys
 from pathlib import Path
@@ -88,10 +99,11 @@ from edgekit.build.load import load
 import torch
 from edgekit.build.quant.textdata import evaluate
 
-t_enc = load(W / "teacher")
+t_enc = load(sys.argv[3])  # the teacher, or its QAT student (QUANT)
 t_texts, t_labels = texts_and_labels(W / "test.jsonl", list(t_enc.info.labels or []))
 teacher = evaluate(t_enc, t_enc.module, t_texts, t_labels, torch.device("cpu")).accuracy  # the original model, without exits
 doc["original_test_accuracy"] = teacher
+doc["original"] = os.environ.get("QUANT") or "fp32"
 for h in os.environ["HEADS"].split():
     m = load_exits(W / h)
     texts, labels = texts_and_labels(W / "test.jsonl", list(m.encoder.info.labels or []))
