@@ -211,10 +211,15 @@ class MultiExitModel(nn.Module):
         import shutil
 
         from edgekit.build.checkpoint import inspect
+        from edgekit.build.quant import quant_config_of
+        from edgekit.build.quant.saving import save_quantized
 
         src = Path(self.encoder.info.path)
-        self.hf.save_pretrained(path)
-        self.encoder.tokenizer.save_pretrained(path)
+        if quant_config_of(self.hf) is not None:  # a fake-quant backbone: its quantizers and learned scales go along
+            save_quantized(self.hf, self.encoder.tokenizer, path, source=src)
+        else:
+            self.hf.save_pretrained(path)
+            self.encoder.tokenizer.save_pretrained(path)
         for side in [*src.glob("[0-9]_*"), src / "modules.json", src / "sentence_bert_config.json"]:  # sentence-transformers pooling
             if side.is_dir():
                 shutil.copytree(side, path / side.name, dirs_exist_ok=True)

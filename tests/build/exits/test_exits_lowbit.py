@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from edgekit.build.exits.model import MultiExitModel, load_exits
-from edgekit.build.exits.segments import LOWERED, compile_exits, export_pruned, export_segments, torch_exits
+from edgekit.build.exits.segments import LOWERED, compile_exits, export_pruned, export_segments, quant_config, torch_exits
 from edgekit.build.exits.train import TrainConfig, train_heads
 from edgekit.build.export import ExportOptions, parity_feed
 from edgekit.build.load import load
@@ -118,3 +118,26 @@ def test_tampered_packed_segment_is_refused(heads, texts, tmp_path):
     with pytest.raises(ArtifactError, match="sha256 does not match"):
         with Predictor(tmp_path / "onnx", verify=False) as pred:  # verify=False: past the manifest's file hashes
             pred.session.infer(pred.tokenizer(texts))
+
+
+def test_joint_heads_on_a_quantized_checkpoint_save_a_quantized_backbone(checkpoints, encoders, texts, tmp_path):
+    """Joint training moves a fake-quant backbone: the saved backbone must load back as that same
+    quantized model (its quantizers and their learned scales), so every exit gives what it gave in training."""
+    enc = encoders("bert-classifier")
+    module = copy.deepcopy(enc.module)
+    quantize_(module, "ternary-w2a8")
+    feed = enc.tokenize(data.sample_texts()[:16])
+    calibrate(module, [tuple(torch.from_numpy(feed[n]) for n in enc.spec.input_names)])
+    ckpt = save_quantized(module, enc.tokenizer, tmp_path / "ckpt", source=checkpoints["bert-classifier"])
+    model = MultiExitModel(load(ckpt))
+    cfg = TrainConfig(epochs=2, batch=4, freeze_backbone=False, backbone_lr=1e-3, device="cpu", final_tolerance=100.0)
+    train_heads(model, texts * 4, [0, 1, 2, 0, 1] * 4, tmp_path / "h", cfg, resume=False)
+    model.save(tmp_path / "h")
+    tokens = model.encoder.tokenize(texts)
+    trained = torch_exits(model, tokens)
+    again = load_exits(tmp_path / "h")
+    assert quant_config(again) is not None and quant_config(again).scheme == "ternary-w2a8"
+    for a, b in zip(torch_exits(again, tokens), trained, strict=True):
+        np.testing.assert_allclose(a["output"], b["output"], atol=1e-5)
+    moved = torch_exits(MultiExitModel(load(ckpt)), tokens)  # the original quantized backbone, untrained
+    assert not np.allclose(moved[0]["output"], trained[0]["output"], atol=1e-3)
