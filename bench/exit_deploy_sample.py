@@ -1,0 +1,105 @@
+"""Does the early-exit budget hold on the deployment distribution? Labelled dev against an unlabelled deployment sample.
+
+A budget chosen on dev holds on test only if dev is a fair sample of what the model will see. When it is
+not (a split by source, a label shift: bench/results/exits-joint), a labelled bound on dev cannot know.
+What a user always has is *unlabelled* text from deployment, and it is enough for a bound: where an early
+exit decides as the final exit does, the two are equally right, so the accuracy an exit policy loses
+against the final exit is at most its disagreement with the final exit. `edgekit exits calibrate
+--unsupervised --data DEPLOYMENT.txt` bounds that disagreement (90 % bootstrap bound), so the budget is
+checked on the deployment distribution itself, at the price of counting every disagreement as a loss.
+
+This script simulates it without touching the test labels it reports on: test.jsonl is split in two by a
+seeded shuffle; the first half's texts (labels dropped) are the deployment sample, the second half is the
+report. For each split seed it prints the choice of three calibrations and their drop on the report half:
+the 90 % bound on labelled dev, the point estimate on labelled dev, and the 90 % bound on the unlabelled
+deployment half. Expected layers only (no target timing): latency ratios come from `exits calibrate --target`.
+
+    python bench/exit_deploy_sample.py HEADS --data bench/data/debian-sections [--seeds 5] [--max-drop 1] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.build.exits import operating
+from edgekit.build.exits.calibrate import Scorer
+from edgekit.build.exits.dev import texts_and_labels
+from edgekit.build.exits.model import load_exits
+from edgekit.build.exits.segments import torch_exits
+
+
+def _exits(model, texts):
+    feed = model.encoder.tokenize(texts, max_length=model.encoder.info.max_length)
+    return torch_exits(model, feed), feed["attention_mask"].sum(1)
+
+
+def _take(exits, idx):
+    return [{k: v[idx] for k, v in e.items()} for e in exits]
+
+
+def _on_report(report: Scorer, chosen, layers) -> dict:
+    keep = None if chosen.exits is None else [layers.index(k) for k in chosen.exits[:-1]]
+    p = report.point(chosen.policy, chosen.param, keep)
+    return {"test_drop": round(100 * (report.base - p.quality), 2), "test_mean_layers": round(p.mean_layers, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("heads", help="exit-head directory (edgekit exits train)")
+    ap.add_argument("--data", type=Path, default=Path("bench/data/debian-sections"), help="folder with dev.jsonl and test.jsonl")
+    ap.add_argument("--seeds", type=int, default=5, help="test splits (deployment half / report half)")
+    ap.add_argument("--max-drop", type=float, default=1.0)
+    ap.add_argument("--confidence", type=float, default=0.9)
+    ap.add_argument("--json", type=Path, help="write the rows here")
+    args = ap.parse_args()
+    model = load_exits(args.heads)
+    names, layers, task = list(model.encoder.info.labels), list(model.config.layers), model.task
+    dev_texts, dev_labels = texts_and_labels(args.data / "dev.jsonl", names)
+    test_texts, test_labels = texts_and_labels(args.data / "test.jsonl", names)
+    dev_exits, dev_len = _exits(model, dev_texts)
+    test_exits, test_len = _exits(model, test_texts)
+    y_dev, y_test = np.asarray(dev_labels), np.asarray(test_labels)
+    common = {"max_drop": args.max_drop, "subsets": 0}
+    # the dev choices do not depend on the split
+    on_dev = {
+        "dev bound": operating.report(dev_exits, layers, task, y_dev, lengths=dev_len, confidence=args.confidence, **common).chosen,
+        "dev point estimate": operating.report(dev_exits, layers, task, y_dev, lengths=dev_len, confidence=None, **common).chosen,
+    }
+    rows = []
+    for seed in range(args.seeds):
+        order = np.random.default_rng(seed).permutation(len(test_texts))
+        deploy, rep = order[: len(order) // 2], order[len(order) // 2 :]
+        report = Scorer(_take(test_exits, rep), layers, task, y_test[rep])
+        dep = operating.report(
+            _take(test_exits, deploy), layers, task, None, lengths=test_len[deploy], confidence=args.confidence, **common
+        ).chosen  # labels=None: quality is agreement with the final exit
+        for name, chosen in [*on_dev.items(), ("deployment-sample bound (unlabelled)", dep)]:
+            row = {"seed": seed, "calibration": name, "chosen": None if chosen is None else f"{chosen.policy}={chosen.param}"}
+            if chosen is not None:
+                row |= _on_report(report, chosen, layers) | {"calibration_mean_layers": round(chosen.mean_layers, 2)}
+                row["held"] = row["test_drop"] <= args.max_drop
+            rows.append(row)
+    print(f"| seed | calibration | chosen | mean layers (calibration) | test drop on the report half | held ({args.max_drop:g} pt) | mean layers (report) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['seed']} | {r['calibration']} | {r['chosen']} | {r.get('calibration_mean_layers', '-')} | {r.get('test_drop', '-')} | "
+            f"{r.get('held', '-')} | {r.get('test_mean_layers', '-')} |"
+        )
+    for name in [*on_dev, "deployment-sample bound (unlabelled)"]:
+        mine = [r for r in rows if r["calibration"] == name and "held" in r]
+        if mine:
+            print(
+                f"- {name}: held on {sum(r['held'] for r in mine)} of {len(mine)} report halves; "
+                f"mean test drop {np.mean([r['test_drop'] for r in mine]):.2f}, mean layers {np.mean([r['test_mean_layers'] for r in mine]):.2f}"
+            )
+    if args.json:
+        args.json.write_text(json.dumps({"heads": str(args.heads), "data": str(args.data), "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
