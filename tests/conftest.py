@@ -284,6 +284,23 @@ def xnor_lib(tmp_path_factory) -> Iterator[Path]:
         yield xnor.build(env.kernel_cache_dir())  # a failed build here is a failure, not a skip
 
 
+def quantized_checkpoint(checkpoints, encoders, out: Path, name: str, scheme) -> Path:
+    """A calibrated (untrained) quantized checkpoint of the tiny model ``name`` (``scheme``: a name or a QuantConfig)."""
+    import copy
+
+    import torch
+
+    from edgekit.build.quant import calibrate, quantize_
+    from edgekit.build.quant.saving import save_quantized
+
+    enc = encoders(name)
+    module = copy.deepcopy(enc.module)
+    quantize_(module, scheme)
+    feed = enc.tokenize(data.sample_texts()[:16])
+    calibrate(module, [tuple(torch.from_numpy(feed[n]) for n in enc.spec.input_names)])
+    return save_quantized(module, enc.tokenizer, out, source=checkpoints[name])
+
+
 @pytest.fixture(scope="session")
 def lowered_model(checkpoints, encoders, tmp_path_factory) -> Callable[[str], tuple[Path, object]]:
     """``scheme -> (lowered ONNX artifact dir, manifest)`` of the tiny BERT classifier (``edgekit lower``), each built once."""
@@ -292,8 +309,6 @@ def lowered_model(checkpoints, encoders, tmp_path_factory) -> Callable[[str], tu
 
     def get(scheme: str) -> tuple[Path, object]:
         if scheme not in cache:
-            from test_lower import quantized_checkpoint
-
             from edgekit.build.lower import lower
 
             ckpt = quantized_checkpoint(checkpoints, encoders, root / f"{scheme}-ckpt", "bert-classifier", scheme)

@@ -8,7 +8,6 @@ quantized matmuls run in INT8.
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 from pathlib import Path
@@ -16,12 +15,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
+from conftest import quantized_checkpoint
 
 from edgekit.build.compile import compile_artifact
 from edgekit.build.lower import TOLERANCE, lower
-from edgekit.build.quant import calibrate, make_config, quantize_
-from edgekit.build.quant.saving import save_quantized
+from edgekit.build.quant import make_config
 from edgekit.deploy import artifact, int8check, packing
 from edgekit.deploy.runtime import Predictor
 from edgekit.errors import ArtifactError, ConfigError
@@ -37,18 +35,6 @@ CASES = [
 def reseal(path):
     """Rewrite the manifest's own sha256 after editing it, as someone who edits both would."""
     (path / artifact.MANIFEST_SHA256).write_text(f"{artifact.manifest_sha256(path)}  {artifact.MANIFEST}\n")
-
-
-def quantized_checkpoint(checkpoints, encoders, out: Path, name: str, scheme) -> Path:
-    """A calibrated (untrained) quantized checkpoint of the tiny model ``name``."""
-    enc = encoders(name)
-    module = copy.deepcopy(enc.module)
-    quantize_(module, scheme)
-    from edgekit.deploy import data
-
-    feed = enc.tokenize(data.sample_texts()[:16])
-    calibrate(module, [tuple(torch.from_numpy(feed[n]) for n in enc.spec.input_names)])
-    return save_quantized(module, enc.tokenizer, out, source=checkpoints[name])
 
 
 @pytest.fixture(scope="module")

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import re
 
 import pytest
 import torch
+from conftest import quantized_checkpoint
 
 from edgekit.build import tune
 from edgekit.build.compile import compile_artifact
 from edgekit.build.export import export
 from edgekit.build.load import load
 from edgekit.build.lower import lower
-from edgekit.build.quant import calibrate, quantize_
-from edgekit.build.quant.saving import save_quantized
-from edgekit.deploy import artifact, data, parity, targets
+from edgekit.deploy import artifact, parity, targets
 from edgekit.deploy.targets.openvino import OpenVinoCpuTarget
 
 
@@ -55,12 +53,7 @@ def wide_onnx(tmp_path_factory):
 def lowered_onnx(checkpoints, encoders, tmp_path_factory):
     """A lowered ternary (W2A8) graph of the tiny BERT classifier (calibrated, untrained)."""
     root = tmp_path_factory.mktemp("tune-lowered")
-    enc = encoders("bert-classifier")
-    module = copy.deepcopy(enc.module)
-    quantize_(module, "ternary-w2a8")
-    feed = enc.tokenize(data.sample_texts()[:16])
-    calibrate(module, [tuple(torch.from_numpy(feed[n]) for n in enc.spec.input_names)])
-    ckpt = save_quantized(module, enc.tokenizer, root / "ckpt", source=checkpoints["bert-classifier"])
+    ckpt = quantized_checkpoint(checkpoints, encoders, root / "ckpt", "bert-classifier", "ternary-w2a8")
     lower(ckpt, root / "lowered")
     return root / "lowered"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
+from conftest import quantized_checkpoint
 from test_cli import assert_user_error, no_partials, run_cli
-from test_lower import quantized_checkpoint
 
 from edgekit.deploy import data
 

@@ -4,21 +4,17 @@ where the fake-quant torch controller does."""
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import onnx
 import pytest
-import torch
+from conftest import quantized_checkpoint
 
 from edgekit.build.exits.model import MultiExitModel, load_exits
 from edgekit.build.exits.segments import LOWERED, compile_exits, export_pruned, export_segments, quant_config, torch_exits
 from edgekit.build.exits.train import TrainConfig, train_heads
 from edgekit.build.export import ExportOptions, parity_feed
 from edgekit.build.load import load
-from edgekit.build.quant import calibrate, quantize_
-from edgekit.build.quant.saving import save_quantized
-from edgekit.deploy import artifact, data, int8check, packing
+from edgekit.deploy import artifact, int8check, packing
 from edgekit.deploy.exits.policies import make, normalized_entropy, simulate
 from edgekit.deploy.runtime import Predictor
 from edgekit.errors import ArtifactError
@@ -29,12 +25,7 @@ def heads(request, checkpoints, encoders, texts, tmp_path_factory):
     """Exit heads trained on a calibrated W1A1 tiny BERT classifier (3 layers: exits at 1, 2, 3),
     with float or binary embeddings."""
     root = tmp_path_factory.mktemp("lowbit-exits")
-    enc = encoders("bert-classifier")
-    module = copy.deepcopy(enc.module)
-    quantize_(module, request.param)
-    feed = enc.tokenize(data.sample_texts()[:16])
-    calibrate(module, [tuple(torch.from_numpy(feed[n]) for n in enc.spec.input_names)])
-    ckpt = save_quantized(module, enc.tokenizer, root / "ckpt", source=checkpoints["bert-classifier"])
+    ckpt = quantized_checkpoint(checkpoints, encoders, root / "ckpt", "bert-classifier", request.param)
     model = MultiExitModel(load(ckpt))
     train_heads(model, texts * 4, None, root / "heads", TrainConfig(epochs=3, batch=4), resume=False)
     model.save(root / "heads")
@@ -123,12 +114,7 @@ def test_tampered_packed_segment_is_refused(heads, texts, tmp_path):
 def test_joint_heads_on_a_quantized_checkpoint_save_a_quantized_backbone(checkpoints, encoders, texts, tmp_path):
     """Joint training moves a fake-quant backbone: the saved backbone must load back as that same
     quantized model (its quantizers and their learned scales), so every exit gives what it gave in training."""
-    enc = encoders("bert-classifier")
-    module = copy.deepcopy(enc.module)
-    quantize_(module, "ternary-w2a8")
-    feed = enc.tokenize(data.sample_texts()[:16])
-    calibrate(module, [tuple(torch.from_numpy(feed[n]) for n in enc.spec.input_names)])
-    ckpt = save_quantized(module, enc.tokenizer, tmp_path / "ckpt", source=checkpoints["bert-classifier"])
+    ckpt = quantized_checkpoint(checkpoints, encoders, tmp_path / "ckpt", "bert-classifier", "ternary-w2a8")
     model = MultiExitModel(load(ckpt))
     cfg = TrainConfig(epochs=2, batch=4, freeze_backbone=False, backbone_lr=1e-3, device="cpu", final_tolerance=100.0)
     train_heads(model, texts * 4, [0, 1, 2, 0, 1] * 4, tmp_path / "h", cfg, resume=False)

@@ -120,7 +120,7 @@ def test_matmuls_that_are_not_binary_stay_with_a_reason():
 
 @pytest.fixture(scope="module", params=["bit-w1a1", "bibert-w1a1"])
 def lowered_w1a1(request, checkpoints, encoders, tmp_path_factory):
-    from test_lower import quantized_checkpoint
+    from conftest import quantized_checkpoint
 
     from edgekit.build.lower import lower
 

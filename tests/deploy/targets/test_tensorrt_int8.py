@@ -5,31 +5,22 @@ TensorRT itself is not here: the engine build is the plan's (build_engine.sh), n
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
+from conftest import quantized_checkpoint
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.build.compile import compile_artifact
 from edgekit.build.lower import TOLERANCE, lower
-from edgekit.build.quant import calibrate, quantize_
-from edgekit.build.quant.saving import save_quantized
-from edgekit.deploy import artifact, data, parity
+from edgekit.deploy import artifact, parity
 from edgekit.deploy.targets import tensorrt_int8
 from edgekit.deploy.targets import tensorrt_plan as plan
 
 
 def _lowered(checkpoints, encoders, root, name: str, scheme: str):
-    enc = encoders(name)
-    module = copy.deepcopy(enc.module)
-    quantize_(module, scheme)
-    feed = enc.tokenize(data.sample_texts()[:16])
-    calibrate(module, [tuple(torch.from_numpy(feed[n]) for n in enc.spec.input_names)])
-    ckpt = save_quantized(module, enc.tokenizer, root / f"{scheme}-ckpt", source=checkpoints[name])
+    ckpt = quantized_checkpoint(checkpoints, encoders, root / f"{scheme}-ckpt", name, scheme)
     lower(ckpt, root / scheme)
     return root / scheme
 
