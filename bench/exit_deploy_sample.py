@@ -30,6 +30,7 @@ from edgekit.build.exits.calibrate import Scorer
 from edgekit.build.exits.dev import texts_and_labels
 from edgekit.build.exits.model import load_exits
 from edgekit.build.exits.segments import torch_exits
+from edgekit.errors import DataError
 
 
 def _exits(model, texts):
@@ -64,26 +65,37 @@ def main() -> None:
     test_exits, test_len = _exits(model, test_texts)
     y_dev, y_test = np.asarray(dev_labels), np.asarray(test_labels)
     common = {"max_drop": args.max_drop, "subsets": 0}
+
+    def choose(exits, labels, lengths, confidence):
+        """The calibrated point, or the one-line refusal (a set too small for the bound, a budget nothing meets)."""
+        try:
+            return operating.report(exits, layers, task, labels, lengths=lengths, confidence=confidence, **common).chosen
+        except DataError as err:
+            return err.message
+
     # the dev choices do not depend on the split
     on_dev = {
-        "dev bound": operating.report(dev_exits, layers, task, y_dev, lengths=dev_len, confidence=args.confidence, **common).chosen,
-        "dev point estimate": operating.report(dev_exits, layers, task, y_dev, lengths=dev_len, confidence=None, **common).chosen,
+        "dev bound": choose(dev_exits, y_dev, dev_len, args.confidence),
+        "dev point estimate": choose(dev_exits, y_dev, dev_len, None),
     }
     rows = []
     for seed in range(args.seeds):
         order = np.random.default_rng(seed).permutation(len(test_texts))
         deploy, rep = order[: len(order) // 2], order[len(order) // 2 :]
         report = Scorer(_take(test_exits, rep), layers, task, y_test[rep])
-        dep = operating.report(
-            _take(test_exits, deploy), layers, task, None, lengths=test_len[deploy], confidence=args.confidence, **common
-        ).chosen  # labels=None: quality is agreement with the final exit
+        dep = choose(_take(test_exits, deploy), None, test_len[deploy], args.confidence)  # no labels: agreement with the final exit
         for name, chosen in [*on_dev.items(), ("deployment-sample bound (unlabelled)", dep)]:
+            if isinstance(chosen, str):
+                rows.append({"seed": seed, "calibration": name, "chosen": f"refused: {chosen}"})
+                continue
             row = {"seed": seed, "calibration": name, "chosen": None if chosen is None else f"{chosen.policy}={chosen.param}"}
             if chosen is not None:
                 row |= _on_report(report, chosen, layers) | {"calibration_mean_layers": round(chosen.mean_layers, 2)}
                 row["held"] = row["test_drop"] <= args.max_drop
             rows.append(row)
-    print(f"| seed | calibration | chosen | mean layers (calibration) | test drop on the report half | held ({args.max_drop:g} pt) | mean layers (report) |")
+    print(
+        f"| seed | calibration | chosen | mean layers (calibration) | test drop on the report half | held ({args.max_drop:g} pt) | mean layers (report) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
