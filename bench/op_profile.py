@@ -179,11 +179,14 @@ class OrtRunner:
 class OvRunner:
     kind = "ov"
 
-    def __init__(self, model: Any, config: dict[str, str], profile: bool) -> None:
+    def __init__(self, model: Any, config: dict[str, str], profile: bool, static: list[int] | None = None) -> None:
         import openvino as ov
 
         core = ov.Core()
         cfg = dict(config) | ({"PERF_COUNT": "YES"} if profile else {})
+        if static is not None:  # every input reshaped to this static shape (a user's best p50 at one length)
+            model = core.read_model(model) if isinstance(model, str) else model
+            model.reshape({p.get_any_name(): static for p in model.inputs})
         self.compiled = core.compile_model(model, "CPU", cfg)
         self.request = self.compiled.create_infer_request()
         self.names = [p.get_any_name() for p in self.compiled.inputs]
@@ -213,7 +216,8 @@ class OvRunner:
         return {"ops": dict(by_op), "top_exec": dict(by_exec.most_common(8)), "profiled_wall_ms": statistics.median(walls)}
 
 
-def runners(paths: dict[str, Path], threads: int | None, profile: bool) -> dict[str, Any]:
+def runners(paths: dict[str, Path], threads: int | None, profile: bool, shape: str) -> dict[str, Any]:
+    """The graphs compared at ``shape``; NNCF's IR with a static [1,128] input joins at "b1 s128" only."""
     import openvino as ov
 
     from edgekit.deploy import artifact, packing
@@ -233,11 +237,14 @@ def runners(paths: dict[str, Path], threads: int | None, profile: bool) -> dict[
 
     cfg_threads = {"INFERENCE_NUM_THREADS": str(threads)} if threads else {}
     low_ov, low_cfg = ov_model(paths["lowered-ov"])
+    nncf_cfg = {"PERFORMANCE_HINT": "LATENCY"} | cfg_threads
+    static = {"OpenVINO NNCF INT8 static [1,128]": OvRunner(str(paths["nncf"]), nncf_cfg, profile, [1, 128])} if shape == "b1 s128" else {}
     return {
         "W2E2A8 lowered / ort-cpu": OrtRunner(ort_model(paths["lowered-ort"]), threads, profile),
         "W2E2A8 lowered / ort-cpu fusion=auto": OrtRunner(ort_model(paths["lowered-ort-fused"]), threads, profile),
         "ORT fused + dynamic INT8": OrtRunner(str(paths["ort-fused-int8"]), threads, profile),
-        "OpenVINO NNCF INT8": OvRunner(str(paths["nncf"]), {"PERFORMANCE_HINT": "LATENCY"} | cfg_threads, profile),
+        "OpenVINO NNCF INT8": OvRunner(str(paths["nncf"]), nncf_cfg, profile),
+        **static,
         "W2E2A8 lowered / openvino-cpu": OvRunner(low_ov, low_cfg | cfg_threads, profile),
     }
 
@@ -341,14 +348,16 @@ def main() -> None:
     import openvino as ov
 
     results: dict[str, dict[str, Any]] = {}
-    plain = runners(paths, args.threads, profile=False)
-    kinds = {g: r.kind for g, r in plain.items()}
-    walls = {shape: wall_p50(plain, feeds[shape], args.rounds if shape != "b32 s128" else max(3, args.rounds)) for shape in SHAPES}
-    del plain
+    walls, kinds = {}, {}
+    for shape in SHAPES:
+        plain = runners(paths, args.threads, profile=False, shape=shape)
+        kinds |= {g: r.kind for g, r in plain.items()}
+        walls[shape] = wall_p50(plain, feeds[shape], args.rounds if shape != "b32 s128" else max(3, args.rounds))
+        del plain
     for shape in SHAPES:
         say(f"profile {shape}")
         results[shape] = {}
-        profiled = runners(paths, args.threads, profile=True)  # fresh sessions: one profile per shape
+        profiled = runners(paths, args.threads, profile=True, shape=shape)  # fresh sessions: one profile per shape
         runs = args.runs if shape != "b32 s128" else max(3, args.runs // 3)
         for g, r in profiled.items():
             results[shape][g] = {**r.profile(feeds[shape][:6], 2, runs), "wall_p50_ms": walls[shape][g]}
