@@ -185,7 +185,7 @@ class OvRunner:
         core = ov.Core()
         cfg = dict(config) | ({"PERF_COUNT": "YES"} if profile else {})
         if static is not None:  # every input reshaped to this static shape (a user's best p50 at one length)
-            model = core.read_model(model) if isinstance(model, str) else model
+            model = core.read_model(model) if isinstance(model, str) else model.clone()  # the caller's model stays dynamic
             model.reshape({p.get_any_name(): static for p in model.inputs})
         self.compiled = core.compile_model(model, "CPU", cfg)
         self.request = self.compiled.create_infer_request()
@@ -217,7 +217,7 @@ class OvRunner:
 
 
 def runners(paths: dict[str, Path], threads: int | None, profile: bool, shape: str) -> dict[str, Any]:
-    """The graphs compared at ``shape``; NNCF's IR with a static [1,128] input joins at "b1 s128" only."""
+    """The graphs compared at ``shape``; at "b1 s128" NNCF's IR and the lowered one also run reshaped to a static [1,128]."""
     import openvino as ov
 
     from edgekit.deploy import artifact, packing
@@ -238,7 +238,12 @@ def runners(paths: dict[str, Path], threads: int | None, profile: bool, shape: s
     cfg_threads = {"INFERENCE_NUM_THREADS": str(threads)} if threads else {}
     low_ov, low_cfg = ov_model(paths["lowered-ov"])
     nncf_cfg = {"PERFORMANCE_HINT": "LATENCY"} | cfg_threads
-    static = {"OpenVINO NNCF INT8 static [1,128]": OvRunner(str(paths["nncf"]), nncf_cfg, profile, [1, 128])} if shape == "b1 s128" else {}
+    static = {}
+    if shape == "b1 s128":  # both IRs reshaped to a static [1,128]: what either user would do for one fixed length
+        static = {
+            "OpenVINO NNCF INT8 static [1,128]": OvRunner(str(paths["nncf"]), nncf_cfg, profile, [1, 128]),
+            "W2E2A8 lowered / openvino-cpu static [1,128]": OvRunner(low_ov, low_cfg | cfg_threads, profile, [1, 128]),
+        }
     return {
         "W2E2A8 lowered / ort-cpu": OrtRunner(ort_model(paths["lowered-ort"]), threads, profile),
         "W2E2A8 lowered / ort-cpu fusion=auto": OrtRunner(ort_model(paths["lowered-ort-fused"]), threads, profile),
