@@ -67,19 +67,8 @@ if [[ " $HEADS " == *" joint "* ]]; then
   echo "joint: $(( $(date +%s) - t0 )) s"
 fi
 TGT=(); [ "$TIMING" != none ] && TGT=(--target "$TIMING")
-for h in $HEADS; do
-  for c in $CONFS; do
-    name=$h-c$c
-    GRP=(); [[ $c == *g ]] && GRP=(--groups source)  # "0.9g": the bound resamples source packages, not rows
-    # a dev set too small for the bound, or a budget nothing meets, is reported as such (exit 2), not fatal here
-    "${EK[@]}" exits calibrate "$W/$h" --data "$W/dev.jsonl" --out "$W/cal-$name" --max-drop "${MAX_DROP:-1}" --confidence "${c%g}" "${TGT[@]}" "${GRP[@]}" \
-      2>&1 | tee "$W/cal-$name.log" | tail -6 || true
-    [ -f "$W/cal-$name/calibration.json" ] && cp "$W/cal-$name/calibration.json" "$OUT/calibration-$name.json"
-    [ -f "$W/cal-$name/calibration.png" ] && cp "$W/cal-$name/calibration.png" "$OUT/calibration-$name.png"
-  done
-  echo "calibrated $h: $(( $(date +%s) - t0 )) s"
-done
-$PY - "$W" "$OUT" "$BASE" <<'PY'
+# the test-side summary, rewritten after each head's calibration (a call cut short keeps what it finished)
+cat > "$W/summary.py" <<'PY'
 """Test accuracy per exit, and each calibrated point on test (dev drop, its bound, test drop)."""
 import json, sys
 from pathlib import Path
@@ -104,7 +93,7 @@ t_texts, t_labels = texts_and_labels(W / "test.jsonl", list(t_enc.info.labels or
 teacher = evaluate(t_enc, t_enc.module, t_texts, t_labels, torch.device("cpu")).accuracy  # the original model, without exits
 doc["original_test_accuracy"] = teacher
 doc["original"] = os.environ.get("QUANT") or "fp32"
-for h in os.environ["HEADS"].split():
+for h in os.environ["HEADS_DONE"].split():  # the heads calibrated so far
     m = load_exits(W / h)
     texts, labels = texts_and_labels(W / "test.jsonl", list(m.encoder.info.labels or []))
     exits = torch_exits(m, m.encoder.tokenize(texts, max_length=m.encoder.info.max_length))
@@ -147,5 +136,20 @@ for h in os.environ["HEADS"].split():
 (OUT / "exits-quality.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
+DONE=
+for h in $HEADS; do
+  for c in $CONFS; do
+    name=$h-c$c
+    GRP=(); [[ $c == *g ]] && GRP=(--groups source)  # "0.9g": the bound resamples source packages, not rows
+    # a dev set too small for the bound, or a budget nothing meets, is reported as such (exit 2), not fatal here
+    "${EK[@]}" exits calibrate "$W/$h" --data "$W/dev.jsonl" --out "$W/cal-$name" --max-drop "${MAX_DROP:-1}" --confidence "${c%g}" "${TGT[@]}" "${GRP[@]}" \
+      2>&1 | tee "$W/cal-$name.log" | tail -6 || true
+    [ -f "$W/cal-$name/calibration.json" ] && cp "$W/cal-$name/calibration.json" "$OUT/calibration-$name.json"
+    [ -f "$W/cal-$name/calibration.png" ] && cp "$W/cal-$name/calibration.png" "$OUT/calibration-$name.png"
+  done
+  echo "calibrated $h: $(( $(date +%s) - t0 )) s"
+  DONE="$DONE $h"
+  HEADS_DONE=$DONE $PY "$W/summary.py" "$W" "$OUT" "$BASE"
+done
 echo "total: $(( $(date +%s) - t0 )) s"
 ls -la "$OUT"
