@@ -42,9 +42,8 @@ def _take(exits, idx):
     return [{k: v[idx] for k, v in e.items()} for e in exits]
 
 
-def _on_report(report: Scorer, chosen, layers) -> dict:
-    keep = None if chosen.exits is None else [layers.index(k) for k in chosen.exits[:-1]]
-    p = report.point(chosen.policy, chosen.param, keep)
+def _on_report(report: Scorer, chosen) -> dict:
+    p = report.point(chosen.policy, chosen.param, report.keep_of(chosen.exits))
     return {"test_drop": round(100 * (report.base - p.quality), 2), "test_mean_layers": round(p.mean_layers, 2)}
 
 
@@ -90,7 +89,7 @@ def main() -> None:
                 continue
             row = {"seed": seed, "calibration": name, "chosen": None if chosen is None else f"{chosen.policy}={chosen.param}"}
             if chosen is not None:
-                row |= _on_report(report, chosen, layers) | {"calibration_mean_layers": round(chosen.mean_layers, 2)}
+                row |= _on_report(report, chosen) | {"calibration_mean_layers": round(chosen.mean_layers, 2)}
                 row["held"] = row["test_drop"] <= args.max_drop
             rows.append(row)
     print(

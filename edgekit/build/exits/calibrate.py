@@ -182,6 +182,10 @@ class Scorer:
         self.rows_b = bucket_of(np.asarray(lengths), timing.buckets) if timing is not None else None
         self.single_ms = float(timing.single_ms[self.rows_b].mean()) if timing is not None else None
 
+    def keep_of(self, exits: list[int] | None) -> list[int] | None:
+        """The ``keep`` argument (exit indices before the last) of a point whose kept exit layers are ``exits``."""
+        return None if exits is None else [self.layers.index(layer) for layer in exits[:-1]]
+
     def _run(self, name: str, param, keep: list[int] | None):
         """(exit index per row among the kept exits, output per row, kept layers, latency, ratio, check)."""
         last_all = len(self.layers) - 1

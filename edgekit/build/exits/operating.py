@@ -104,7 +104,7 @@ def tune_per_exit(scorer: cal.Scorer, start: cal.Point, admissible, speed, round
     turn, the grid value that makes the point fastest while it stays ``admissible``; repeated until
     no exit changes (at most ``rounds`` passes). None when no vector beats ``start``."""
     grid = EXIT_POLICIES[start.policy].grid
-    keep = None if start.exits is None else [scorer.layers.index(layer) for layer in start.exits[:-1]]
+    keep = scorer.keep_of(start.exits)
     n = (len(scorer.layers) if keep is None else len(keep) + 1) - 1
     vec = list(start.param) if isinstance(start.param, list) else [start.param] * n
     best = start
@@ -157,7 +157,7 @@ def search(
 
 def interval(scorer: cal.Scorer, chosen: cal.Point, boot: Bootstrap, max_drop: float) -> cal.Interval:
     """The chosen point's dev quality and drop with their bootstrap bounds, and the dev size needed."""
-    keep = None if chosen.exits is None else [scorer.layers.index(layer) for layer in chosen.exits[:-1]]
+    keep = scorer.keep_of(chosen.exits)
     rows = scorer.rows(chosen.policy, chosen.param, keep)
     drop = 100 * (scorer.base - float(rows.mean()))
     drop_high = 100 * boot.upper(scorer.base_rows - rows)
