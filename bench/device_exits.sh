@@ -8,12 +8,18 @@
 #   4. on test: accuracy per exit, and each chosen point's test drop against its dev drop and bound.
 #
 #   lent GPU:  OUT=$OUT bash bench/device_exits.sh        (tree carries .ckpt/minilm-fp16 and .whl)
-#   env: SRC data folder (bench/data/debian-sections), TEACHER a classifier already fine-tuned on it (skips step 1),
+#   env: SRC data folder (bench/data/debian-sections), FT_EPOCHS the teacher's epochs (4), TEACHER a classifier already fine-tuned on it (skips step 1),
 #        JOINT_ARGS more `exits train` flags for the joint heads, E_JOINT their epochs (4), TIMING ort-cpu | none,
 #        HEADS which heads ("frozen joint"), CONFS the bound levels to calibrate with ("0.9 0"; "0.9g": over the
 #        rows' source packages, --groups source), QUANT a scheme (e.g. ternary-w2a8): the heads go on a QAT student
 #        of the teacher (edgekit quantize, QUANT_ARGS; default batch 256, sqrt lr, 6 epochs), which is then "the
-#        original model" the drops are counted against, and the segments are lowered to INT8
+#        original model" the drops are counted against, and the segments are lowered to INT8,
+#        DEPLOY=target|none: after each head's summary, bench/exit_deploy_sample.py (5 splits of test into an unlabelled
+#        deployment half and a report half; timed on that target unless none) -> $OUT/deploy-<head>.json,
+#        PACK=1: each heads folder comes back as $OUT/pack-<head>_a? (15 MB parts; here: cat pack-joint_* | tar xf - -C HEADS,
+#        then bench/exit_deploy_run.py HEADS). Joint heads: the float backbone is stored in fp16 right after training
+#        (bench/tools/exits_fp16.py, so every figure is of the weights that come back). Frozen heads: the checkpoint they
+#        sit on goes along as backbone/; only a QAT student saved in fp16 fits (QUANT_ARGS with --save-dtype float16)
 #   here (CPU check of the script):  SMOKE=1 TIMING=none OUT=/tmp/exits_out bash bench/device_exits.sh
 # Back: $OUT/exits-quality.json and .md, the four calibration.json/.png -> bench/results/exits-quality/.
 set -euo pipefail
@@ -31,7 +37,7 @@ EK=($PY -m edgekit.cli)
 if [ -n "${SMOKE:-}" ]; then  # a check of the script: a handful of texts and steps
   FT=(--limit 64 --epochs 1); E_FROZEN=1; E_JOINT=1; N=${N:-64}
 else
-  FT=(--epochs 4); E_FROZEN=20; E_JOINT=${E_JOINT:-4}; N=
+  FT=(--epochs ${FT_EPOCHS:-4}); E_FROZEN=20; E_JOINT=${E_JOINT:-4}; N=
 fi
 for s in train dev test; do
   if [ -n "$N" ]; then head -n "$N" $SRC/$s.jsonl > "$W/$s.jsonl"; else cp $SRC/$s.jsonl "$W/"; fi
@@ -59,12 +65,20 @@ export HEADS CONFS
 if [[ " $HEADS " == *" frozen "* ]]; then
   "${EK[@]}" exits train "$BASE" --data "$W/train.jsonl" --eval "$W/dev.jsonl" --out "$W/frozen" --epochs $E_FROZEN --no-resume
   echo "frozen heads: $(( $(date +%s) - t0 )) s"
+  if [ -n "${PACK:-}" ]; then  # the checkpoint under the heads travels with them (load_exits reads backbone/ first)
+    cp -r "$BASE" "$W/frozen/backbone"
+    tar cf - -C "$W/frozen" --exclude train_state.pt . | split -b 15M - "$OUT/pack-frozen_"
+  fi
 fi
 # JOINT_ARGS: e.g. "--anchor-weight 4 --backbone-lr 1e-5"
 if [[ " $HEADS " == *" joint "* ]]; then
   "${EK[@]}" exits train "$BASE" --data "$W/train.jsonl" --eval "$W/dev.jsonl" --out "$W/joint" --epochs $E_JOINT --no-freeze-backbone \
     --no-resume ${JOINT_ARGS:-}
   echo "joint: $(( $(date +%s) - t0 )) s"
+  if [ -n "${PACK:-}" ]; then
+    $PY bench/tools/exits_fp16.py "$W/joint"
+    tar cf - -C "$W/joint" --exclude train_state.pt . | split -b 15M - "$OUT/pack-joint_"
+  fi
 fi
 TGT=(); [ "$TIMING" != none ] && TGT=(--target "$TIMING")
 # the test-side summary, rewritten after each head's calibration (a call cut short keeps what it finished)
@@ -150,6 +164,12 @@ for h in $HEADS; do
   echo "calibrated $h: $(( $(date +%s) - t0 )) s"
   DONE="$DONE $h"
   HEADS_DONE=$DONE $PY "$W/summary.py" "$W" "$OUT" "$BASE"
+  if [ -n "${DEPLOY:-}" ]; then
+    DT=(); [ "$DEPLOY" != none ] && DT=(--target "$DEPLOY")
+    $PY bench/exit_deploy_sample.py "$W/$h" --data "$W" --seeds "${SEEDS:-5}" --max-drop "${MAX_DROP:-1}" "${DT[@]}" \
+      --json "$OUT/deploy-$h.json" 2>&1 | tail -4
+    echo "deployment sample $h: $(( $(date +%s) - t0 )) s"
+  fi
 done
 echo "total: $(( $(date +%s) - t0 )) s"
 ls -la "$OUT"

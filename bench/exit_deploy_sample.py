@@ -12,9 +12,13 @@ This script simulates it without touching the test labels it reports on: test.js
 seeded shuffle; the first half's texts (labels dropped) are the deployment sample, the second half is the
 report. For each split seed it prints the choice of three calibrations and their drop on the report half:
 the 90 % bound on labelled dev, the point estimate on labelled dev, and the 90 % bound on the unlabelled
-deployment half. Expected layers only (no target timing): latency ratios come from `exits calibrate --target`.
+deployment half. With ``--target`` (ort-cpu, openvino-cpu) the segments and the single graph are timed on
+that runtime per length bucket, as `exits calibrate --target` does, so each choice is the fastest within
+budget and the report half gets its expected latency as a ratio to the single graph; without it, expected
+layers only.
 
-    python bench/exit_deploy_sample.py HEADS --data bench/data/debian-sections [--seeds 5] [--max-drop 1] [--json OUT]
+    python bench/exit_deploy_sample.py HEADS --data bench/data/debian-sections [--seeds 5] [--max-drop 1]
+        [--target ort-cpu] [--json OUT]
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from edgekit.errors import DataError
 
 def _exits(model, texts):
     feed = model.encoder.tokenize(texts, max_length=model.encoder.info.max_length)
-    return torch_exits(model, feed), feed["attention_mask"].sum(1)
+    return torch_exits(model, feed), np.asarray(feed["attention_mask"].sum(1))
 
 
 def _take(exits, idx):
@@ -44,7 +48,10 @@ def _take(exits, idx):
 
 def _on_report(report: Scorer, chosen) -> dict:
     p = report.point(chosen.policy, chosen.param, report.keep_of(chosen.exits))
-    return {"test_drop": round(100 * (report.base - p.quality), 2), "test_mean_layers": round(p.mean_layers, 2)}
+    row = {"test_drop": round(100 * (report.base - p.quality), 2), "test_mean_layers": round(p.mean_layers, 2)}
+    if p.latency_ratio is not None:
+        row["test_latency_ratio"] = round(p.latency_ratio, 3)
+    return row
 
 
 def main() -> None:
@@ -54,6 +61,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5, help="test splits (deployment half / report half)")
     ap.add_argument("--max-drop", type=float, default=1.0)
     ap.add_argument("--confidence", type=float, default=0.9)
+    ap.add_argument("--target", help="time the segments and the single graph on this target (ort-cpu, openvino-cpu)")
+    ap.add_argument("--latency-texts", type=int, default=100, help="test texts timed per length bucket (with --target)")
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args()
     model = load_exits(args.heads)
@@ -63,7 +72,16 @@ def main() -> None:
     dev_exits, dev_len = _exits(model, dev_texts)
     test_exits, test_len = _exits(model, test_texts)
     y_dev, y_test = np.asarray(dev_labels), np.asarray(test_labels)
-    common = {"max_drop": args.max_drop, "subsets": 0}
+    timing = None
+    if args.target:  # latency needs no labels: timed once on the test texts, per length bucket
+        import tempfile
+
+        from edgekit.build.exits.dev import measure_target
+
+        with tempfile.TemporaryDirectory() as tmp:
+            timing = measure_target(model, test_texts, test_len, args.target, Path(tmp), args.latency_texts)
+        print(f"{args.target}: single graph {np.round(timing.single_ms, 3).tolist()} ms per bucket {timing.buckets}")
+    common = {"max_drop": args.max_drop, "subsets": 0, "timing": timing}
 
     def choose(exits, labels, lengths, confidence):
         """The calibrated point, or the one-line refusal (a set too small for the bound, a budget nothing meets)."""
@@ -81,7 +99,7 @@ def main() -> None:
     for seed in range(args.seeds):
         order = np.random.default_rng(seed).permutation(len(test_texts))
         deploy, rep = order[: len(order) // 2], order[len(order) // 2 :]
-        report = Scorer(_take(test_exits, rep), layers, task, y_test[rep])
+        report = Scorer(_take(test_exits, rep), layers, task, y_test[rep], lengths=test_len[rep], timing=timing)
         dep = choose(_take(test_exits, deploy), None, test_len[deploy], args.confidence)  # no labels: agreement with the final exit
         for name, chosen in [*on_dev.items(), ("deployment-sample bound (unlabelled)", dep)]:
             if isinstance(chosen, str):
@@ -93,13 +111,14 @@ def main() -> None:
                 row["held"] = row["test_drop"] <= args.max_drop
             rows.append(row)
     print(
-        f"| seed | calibration | chosen | mean layers (calibration) | test drop on the report half | held ({args.max_drop:g} pt) | mean layers (report) |"
+        f"| seed | calibration | chosen | mean layers (calibration) | test drop on the report half | held ({args.max_drop:g} pt) | "
+        "mean layers (report) | expected latency vs single graph (report) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['seed']} | {r['calibration']} | {r['chosen']} | {r.get('calibration_mean_layers', '-')} | {r.get('test_drop', '-')} | "
-            f"{r.get('held', '-')} | {r.get('test_mean_layers', '-')} |"
+            f"{r.get('held', '-')} | {r.get('test_mean_layers', '-')} | {r.get('test_latency_ratio', '-')} |"
         )
     for name in [*on_dev, "deployment-sample bound (unlabelled)"]:
         mine = [r for r in rows if r["calibration"] == name and "held" in r]
@@ -107,9 +126,12 @@ def main() -> None:
             print(
                 f"- {name}: held on {sum(r['held'] for r in mine)} of {len(mine)} report halves; "
                 f"mean test drop {np.mean([r['test_drop'] for r in mine]):.2f}, mean layers {np.mean([r['test_mean_layers'] for r in mine]):.2f}"
+                + (f", expected latency {np.mean([r['test_latency_ratio'] for r in mine]):.3f}x the single graph" if timing else "")
             )
     if args.json:
-        args.json.write_text(json.dumps({"heads": str(args.heads), "data": str(args.data), "rows": rows}, indent=1) + "\n")
+        args.json.write_text(
+            json.dumps({"heads": str(args.heads), "data": str(args.data), "target": args.target, "rows": rows}, indent=1) + "\n"
+        )
 
 
 if __name__ == "__main__":
