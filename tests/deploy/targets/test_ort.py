@@ -92,3 +92,38 @@ def test_tampered_model_file_is_detected(compiled, tmp_path):
         artifact.read_manifest(out)
     with pytest.raises(ArtifactError):
         Predictor(out)
+
+
+def _add_layernorm(path):
+    """A residual Add into a LayerNormalization: the pattern ONNX Runtime's SkipLayerNormFusion rewrites."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, "s", 8]) for n in ("a", "b")]
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "s", 8])
+    inits = [numpy_helper.from_array(rng.normal(size=8).astype(np.float32), n) for n in ("scale", "bias")]
+    nodes = [helper.make_node("Add", ["a", "b"], ["h"]), helper.make_node("LayerNormalization", ["h", "scale", "bias"], ["y"], axis=-1)]
+    graph = helper.make_graph(nodes, "residual", ins, [out], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_sessions_keep_add_and_layernorm_unfused(tmp_path):
+    """SkipLayerNormFusion made lowered exit segments slower (see DISABLED_OPTIMIZERS): edgekit's sessions leave it off."""
+    import onnx
+
+    from edgekit.deploy.targets.ort import new_session, session_options
+
+    model = _add_layernorm(tmp_path / "m.onnx")
+    feed = {n: np.random.default_rng(i).normal(size=(1, 5, 8)).astype(np.float32) for i, n in enumerate("ab")}
+    ops, outs = {}, {}
+    for name, make in [("plain", lambda so: onnxruntime.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])),
+                       ("edgekit", lambda so: new_session(onnxruntime, model, so))]:  # fmt: skip
+        so = session_options(onnxruntime, "all", 1)
+        so.optimized_model_filepath = str(tmp_path / f"{name}.onnx")
+        outs[name] = make(so).run(None, feed)[0]
+        ops[name] = {n.op_type for n in onnx.load(str(tmp_path / f"{name}.onnx")).graph.node}
+    assert "SkipLayerNormalization" in ops["plain"]  # the runtime's default fuses it (else this test proves nothing)
+    assert "SkipLayerNormalization" not in ops["edgekit"] and "LayerNormalization" in ops["edgekit"]
+    np.testing.assert_allclose(outs["edgekit"], outs["plain"], atol=1e-5)
