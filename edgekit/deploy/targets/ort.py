@@ -190,11 +190,14 @@ class OrtCpuTarget:
         check_matmulnbits(onnx_dir / manifest.model_file, runtime_version(ort))
         source, fusion = _fused_source(onnx_dir / manifest.model_file, manifest, options, out)
         new_session(ort, source, so)
+        # the runtime leaves each lowered matmul's bias as its own Add: fold it into the op (see fold_matmul_bias)
+        folded = ort_fusion.fold_matmul_bias(out / MODEL_FILE) if manifest.precision == "int8" and is_installed("onnx") else 0
         settings: dict[str, Any] = {
             "fusion": fusion,
             "optimization_saved": options.optimization,
             "optimization_at_load": "all",
             "disabled_optimizers": list(DISABLED_OPTIMIZERS),
+            "bias_folded": folded,
             "threads": options.threads,
             "spinning": options.spinning,
             "provider": "CPUExecutionProvider",

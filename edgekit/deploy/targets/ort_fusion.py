@@ -168,3 +168,45 @@ def fuse(source: Path, dest: Path, *, int8: bool = False, threads: int | None = 
         onnx.save(fused, str(dest))
         return {**report, "plan": name, "applied": applied, **({"refused": tried} if tried else {})}
     return {**report, "plan": None, "applied": {}, "why": "; ".join(tried)}
+
+
+def fold_matmul_bias(path: Path) -> int:
+    """Fold each bias ``Add`` after a ``MatMulIntegerToFloat`` into the op's own ``bias`` input, in place.
+
+    ONNX Runtime turns a lowered graph's QDQ matmuls into ``MatMulIntegerToFloat`` but leaves the
+    linear layer's bias as a separate ``Add``; the contrib op takes a bias and adds it as the
+    integer GEMM writes its output. Folded: an ``Add`` of a 1-D initializer that is the matmul's
+    only consumer. On a lowered MiniLM-L6 (30 such Adds) the outputs were bit-identical and
+    the graph 5 % faster at real length, 4 % at 128 tokens (onnxruntime 1.32, 2-core Xeon).
+    Returns how many were folded (0 leaves the file untouched)."""
+    from collections import defaultdict
+
+    onnx = require("onnx", for_="folding matmul biases")
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    consumers: dict[str, list[Any]] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    outputs = {o.name for o in graph.output}
+    folded: set[int] = set()
+    for node in graph.node:
+        if node.op_type != "MatMulIntegerToFloat" or len(node.input) > 6 or node.output[0] in outputs:
+            continue
+        users = consumers[node.output[0]]
+        if len(users) != 1 or users[0].op_type != "Add":
+            continue
+        add = users[0]
+        bias = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+        if bias not in inits or len(inits[bias].dims) != 1:
+            continue
+        node.input.extend([""] * (6 - len(node.input)) + [bias])  # inputs 4-5 (zero points) are optional
+        node.output[0] = add.output[0]
+        folded.add(id(add))
+    if folded:
+        kept = [n for n in graph.node if id(n) not in folded]
+        del graph.node[:]
+        graph.node.extend(kept)
+        onnx.save(model, str(path))
+    return len(folded)
