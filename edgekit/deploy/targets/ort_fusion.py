@@ -190,22 +190,23 @@ def fold_matmul_bias(path: Path) -> int:
         for name in node.input:
             consumers[name].append(node)
     outputs = {o.name for o in graph.output}
-    folded: set[int] = set()
+    folded: set[str] = set()  # the folded Adds' outputs, which their matmuls now write
     for node in graph.node:
         if node.op_type != "MatMulIntegerToFloat" or len(node.input) > 6 or node.output[0] in outputs:
             continue
         users = consumers[node.output[0]]
-        if len(users) != 1 or users[0].op_type != "Add":
+        if len(users) != 1 or users[0].op_type != "Add" or node.input[1] not in inits:
             continue
         add = users[0]
         bias = add.input[1] if add.input[0] == node.output[0] else add.input[0]
-        if bias not in inits or len(inits[bias].dims) != 1:
+        # a bias of the weight's output width only (an Add of a broadcast scalar is not a bias)
+        if bias not in inits or list(inits[bias].dims) != list(inits[node.input[1]].dims[-1:]):
             continue
         node.input.extend([""] * (6 - len(node.input)) + [bias])  # inputs 4-5 (zero points) are optional
         node.output[0] = add.output[0]
-        folded.add(id(add))
+        folded.add(add.output[0])
     if folded:
-        kept = [n for n in graph.node if id(n) not in folded]
+        kept = [n for n in graph.node if not (n.op_type == "Add" and n.output[0] in folded)]
         del graph.node[:]
         graph.node.extend(kept)
         onnx.save(model, str(path))
