@@ -22,10 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_early_exit import cpu_model  # noqa: E402
+from exit_deploy_sample import halves  # noqa: E402
 
 from edgekit.build.exits import steps
 from edgekit.build.exits.dev import texts_and_labels
@@ -33,13 +38,6 @@ from edgekit.build.exits.model import load_exits
 from edgekit.build.exits.segments import compile_exits
 from edgekit.deploy import targets as tg
 from edgekit.deploy.runtime import Predictor
-
-
-def cpu_model() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown"
 
 
 def timed(runs: dict, feeds: list[dict], rounds: int) -> tuple[dict[str, float], dict[str, list]]:
@@ -73,8 +71,7 @@ def main() -> None:
     args = ap.parse_args()
     model = load_exits(args.heads)
     texts, labels = texts_and_labels(args.data / "test.jsonl", list(model.encoder.info.labels))
-    order = np.random.default_rng(args.seed).permutation(len(texts))
-    deploy, rep = order[: len(order) // 2], order[len(order) // 2 :]
+    deploy, rep = halves(len(texts), args.seed)  # the split bench/exit_deploy_sample.py uses for this seed
     args.work.mkdir(parents=True, exist_ok=True)
     sample = args.work / f"deployment-seed{args.seed}.jsonl"
     sample.write_text("".join(json.dumps({"text": texts[i]}) + "\n" for i in deploy))  # texts only: no label leaves test's other half
@@ -92,8 +89,9 @@ def main() -> None:
             continue
         spec = f"{c.policy}=" + ",".join(str(v) for v in (c.param if isinstance(c.param, list) else [c.param]))
         steps.export(args.heads, spec, work / "onnx", calibration=work / "calibration" / "calibration.json")
-        compile_exits(work / "onnx", target, work / "artifact", options={"spinning": False} if target == "ort-cpu" else None)
-        opts = tg.resolve_options(target, {"spinning": False} if target == "ort-cpu" else None)
+        spin = {"spinning": False} if target == "ort-cpu" else None  # as compile_exits: idle segments' threads must not spin
+        compile_exits(work / "onnx", target, work / "artifact", options=spin)
+        opts = tg.resolve_options(target, spin)
         row = {"chosen": spec, "exits": c.exits, "calibration_mean_layers": c.mean_layers, "expected_latency_ratio": c.latency_ratio}
         with Predictor(work / "artifact", options=opts) as p:
             ctl = p.exits

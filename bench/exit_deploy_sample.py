@@ -46,6 +46,12 @@ def _take(exits, idx):
     return [{k: v[idx] for k, v in e.items()} for e in exits]
 
 
+def halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of test's deployment half (labels dropped) and report half for one split seed."""
+    order = np.random.default_rng(seed).permutation(n)
+    return order[: n // 2], order[n // 2 :]
+
+
 def _on_report(report: Scorer, chosen) -> dict:
     p = report.point(chosen.policy, chosen.param, report.keep_of(chosen.exits))
     row = {"test_drop": round(100 * (report.base - p.quality), 2), "test_mean_layers": round(p.mean_layers, 2)}
@@ -97,8 +103,7 @@ def main() -> None:
     }
     rows = []
     for seed in range(args.seeds):
-        order = np.random.default_rng(seed).permutation(len(test_texts))
-        deploy, rep = order[: len(order) // 2], order[len(order) // 2 :]
+        deploy, rep = halves(len(test_texts), seed)
         report = Scorer(_take(test_exits, rep), layers, task, y_test[rep], lengths=test_len[rep], timing=timing)
         dep = choose(_take(test_exits, deploy), None, test_len[deploy], args.confidence)  # no labels: agreement with the final exit
         for name, chosen in [*on_dev.items(), ("deployment-sample bound (unlabelled)", dep)]:
