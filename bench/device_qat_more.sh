@@ -13,6 +13,10 @@
 #   lent GPU (carry .whl):  TEACHER_S=... TEACHER_W=... OUT=$OUT/qat bash bench/device_qat_more.sh
 #   back: $OUT/summary.md, summary.json, reports.json -> bench/results/quant-second-task/
 #   here, a check of the script:  SMOKE=1 TEACHER_S=... TEACHER_W=... OUT=/tmp/qm bash bench/device_qat_more.sh
+#
+#   other studies with the same lanes and summary: JOBS='{"NAME": ["S" or "W", {TrainOptions fields}], ...}' replaces the
+#   job table (S: debian-sections with TEACHER_S, W: debian-works-with with TEACHER_W; "steps" defaults to ST), and
+#   LANES='a b;c;d' says which jobs run one after another in each lane (lanes are split by ';'); TITLE heads the summary.
 set -uo pipefail
 OUT=${OUT:-/tmp/device_out}; mkdir -p "$OUT"
 PY=${PY:-python3}
@@ -50,16 +54,19 @@ JOBS = {
     "w-w2a8-base": (WW, env["TEACHER_W"], {"scheme": "ternary-w2a8", "steps": st}),
     "w-w1a1-aug": (WW, env["TEACHER_W"], {"scheme": "bit-w1a1", "multi_step": True, "steps": sb, "augment": aug}),
 }
+if env.get("JOBS"):  # another study: {name: [task, spec]}
+    TASKS = {"S": (S, env["TEACHER_S"]), "W": (WW, env["TEACHER_W"])}
+    JOBS = {n: (*TASKS[t], {"steps": st, **spec}) for n, (t, spec) in json.loads(env["JOBS"]).items()}
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 for name in sys.argv[2:]:
     src, teacher, spec = JOBS[name]
     t0 = time.time()
     out = w / name
     try:
-        opts = TrainOptions(model=teacher, data=str(src / "train.jsonl"), out=str(out), eval_data=str(src / "dev.jsonl"), seed=0,
+        opts = TrainOptions(model=teacher, data=str(src / "train.jsonl"), out=str(out), eval_data=str(src / "dev.jsonl"),
                             progress=False, log_every=100, save_every=100000, batch_size=int(env["BATCH"]), lr_scaling="sqrt",
                             limit=int(env["LIMIT"]) if env.get("LIMIT") else None, augment_cache=str(w / "augment-cache"),
-                            keep_state=False, **spec)
+                            keep_state=False, **{"seed": 0, **spec})
         report = run(opts)
         enc = load(out)
         test = datafiles.read_labeled(src / "test.jsonl", list(enc.info.labels))
@@ -72,8 +79,10 @@ for name in sys.argv[2:]:
     (w / f"{name}.result.json").write_text(json.dumps(res))
     print(f"{name}: test {acc:.4f}, {res['wall_seconds']} s", flush=True)
 PY
+IFS=';' read -ra LANE_LIST <<< "${LANES:-s-det1;s-det2;s-nd1;s-nd2;w-w2a8-aug w-w2a8-base;w-w1a1-aug}"
+export JOBS="${JOBS:-}"
 pids=()
-for lane in "s-det1" "s-det2" "s-nd1" "s-nd2" "w-w2a8-aug w-w2a8-base" "w-w1a1-aug"; do
+for lane in "${LANE_LIST[@]}"; do
   timeout "${LANE_TIMEOUT:-420}" $PY "$W/lane.py" "$W" $lane > "$W/lane-${lane%% *}.log" 2>&1 &
   pids+=($!)
 done
@@ -81,7 +90,7 @@ for p in "${pids[@]}"; do wait "$p"; done
 for f in "$W"/lane-*.log; do echo "== $f"; grep -v Warning "$f" | grep -E "^\[|: test|FAILED|Error" | tail -n 6; done | tee "$OUT/log.txt"
 
 $PY - "$W" "$OUT" "$(( $(date +%s) - T0 ))" <<'PY'
-import json, sys
+import json, os, sys
 from pathlib import Path
 
 w, out, total = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
@@ -92,7 +101,7 @@ for name, r in res.items():
     last = stages[-1]
     rows.append({
         "run": name, "task": r["task"], "scheme": r["report"]["scheme"], "deterministic": r["report"].get("deterministic", False),
-        "augment": r["spec"].get("augment", 0), "texts": (last.get("corpus") or {}).get("total", r["report"]["texts"]),
+        "augment": r["spec"].get("augment", 0), "ema": r["spec"].get("ema"), "seed": r["report"].get("seed"), "texts": (last.get("corpus") or {}).get("total", r["report"]["texts"]),
         "steps": [s["steps"] for s in stages], "best_dev_step": [(s.get("dev_curve") or {}).get("best_step") for s in stages],
         "dev": (last.get("eval") or {}).get("accuracy"), "test": r["test_accuracy"],
         "teacher_dev": (r["report"].get("teacher_eval") or {}).get("accuracy"),
@@ -108,14 +117,14 @@ for kind in ("det", "nd"):
             "loss_last": [p["loss_last"] for p in pair], "best_dev_step": [p["best_dev_step"] for p in pair],
         }
 lines = [
-    "# QAT: two-run spread, and augmentation on a small task (MiniLM-L6, one H200; six lanes side by side)", "",
+    "# " + (os.environ.get("TITLE") or "QAT: two-run spread, and augmentation on a small task (MiniLM-L6, one H200; six lanes side by side)"), "",
     f"Whole call: {total} s. Test accuracy of the fake-quant PyTorch model of each kept checkpoint.", "",
-    "| run | task | scheme | deterministic | augment | texts distilled | steps | best dev step | dev | test | train s |",
-    "|---|---|---|---|---|---|---|---|---|---|---|",
+    "| run | task | scheme | seed | deterministic | augment | ema | texts distilled | steps | best dev step | dev | test | train s |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 for r in rows:
     dev = "-" if r["dev"] is None else f"{r['dev']:.4f}"
-    lines.append(f"| {r['run']} | {r['task']} | {r['scheme']} | {r['deterministic']} | {r['augment']} | {r['texts']} | "
+    lines.append(f"| {r['run']} | {r['task']} | {r['scheme']} | {r['seed']} | {r['deterministic']} | {r['augment']} | {r['ema'] or '-'} | {r['texts']} | "
                  f"{'+'.join(map(str, r['steps']))} | {r['best_dev_step']} | {dev} | {r['test']:.4f} | {r['train_s']} |")
 lines += ["", "Two runs of one recipe (debian-sections, ternary-w2a8, seed 0):", ""]
 for kind, s in spread.items():

@@ -165,3 +165,61 @@ def test_deterministic_runs_of_one_seed_give_the_same_weights(checkpoints, train
     assert any(not torch.equal(weights[0][k], third[k]) for k in third)
     # the process's settings come back after the run
     assert (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) == before
+
+
+def test_weight_average_moves_by_the_warmed_up_decay():
+    from edgekit.build.quant.loop import WeightAverage
+
+    net = torch.nn.Linear(2, 2)
+    net.register_buffer("initialized", torch.zeros((), dtype=torch.uint8))
+    w0 = net.weight.detach().clone()
+    average = WeightAverage(net, 0.9)
+    assert not any(p.requires_grad for p in average.module.parameters())
+    with torch.no_grad():
+        net.weight.add_(1.0)
+        net.initialized.fill_(1)
+    average.update(net, 1)  # warm-up: d = min(0.9, 2 / 11)
+    d = 2 / 11
+    assert torch.allclose(average.module.weight, d * w0 + (1 - d) * (w0 + 1))
+    assert int(average.module.initialized) == 1  # integer buffers are copied, not averaged
+    before = average.module.weight.detach().clone()
+    average.update(net, 1000)  # d = min(0.9, 1001 / 1010) = 0.9
+    assert torch.allclose(average.module.weight, 0.9 * before + 0.1 * (w0 + 1))
+
+
+def test_ema_run_scores_and_saves_the_averaged_weights(checkpoints, train_txt, tmp_path):
+    from safetensors.torch import load_file
+
+    def weights(out):
+        return load_file(next(out.glob("*.safetensors")))
+
+    spec = dict(scheme="ternary-w2a8", steps=6, deterministic=True, save_every=3, eval_data=str(train_txt))
+    plain = run(_opts(checkpoints["bert-classifier"], train_txt, tmp_path / "plain", **spec))
+    assert (
+        plain.stages[0].weight_average is None
+        and "weight_average" not in json.loads((tmp_path / "plain" / "quant_report.json").read_text())["stages"][0]
+    )
+    averaged = run(_opts(checkpoints["bert-classifier"], train_txt, tmp_path / "ema", ema=0.99, **spec))
+    assert averaged.stages[0].weight_average == 0.99
+    a, b = weights(tmp_path / "plain"), weights(tmp_path / "ema")
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # what is saved is the average, not the last weights
+    # a decay near 0 follows the weights: the same checkpoint as without averaging, up to rounding
+    near = run(_opts(checkpoints["bert-classifier"], train_txt, tmp_path / "near", ema=1e-9, **spec))
+    c = weights(tmp_path / "near")
+    assert near.stages[0].dev_curve.points == plain.stages[0].dev_curve.points
+    assert all(torch.allclose(a[k].float(), c[k].float(), atol=1e-6) for k in a)
+    # the resume state carries the average; a resumed run continues it
+    state = torch.load(tmp_path / "ema" / STATE_DIR / "state.pt", weights_only=True)
+    assert "average" in state and state["step"] == 6
+    resumed = run(_opts(checkpoints["bert-classifier"], train_txt, tmp_path / "ema", ema=0.99, resume=True, **{**spec, "steps": 8}))
+    assert resumed.stages[0].start_step == 6 and resumed.stages[0].weight_average == 0.99
+
+
+def test_ema_decay_out_of_range_is_one_line():
+    from edgekit.build.recipe import quantize_settings
+
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ConfigError, match=r"train\.ema: the decay must be between 0 and 1"):
+            TrainOptions(model="m", data="d", out="o", ema=bad)
+        with pytest.raises(ConfigError, match="invalid quantize option: .*ema"):
+            quantize_settings(scheme="ternary-w2a8", steps=1, ema=bad)
