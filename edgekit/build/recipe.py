@@ -85,9 +85,6 @@ class Quantize(_M):
     deterministic: bool = Field(False, description="deterministic kernels: two runs of one seed give the same checkpoint on one machine")
     eval_every: int | None = Field(None, ge=1, description="with data.dev: score every N steps and keep each stage's best state")
     select_best: bool = Field(True, description="restore each stage's best dev state at its end")
-    ema: float | None = Field(
-        None, gt=0, lt=1, description="score and save an exponential moving average of the weights with this decay (e.g. 0.999)"
-    )
     budget_mb: float | None = Field(
         None, gt=0, description="mixed precision: bits per part by sensitivity on data.dev, to fit this lowered size in MB"
     )

@@ -56,9 +56,6 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option(help="deterministic kernels: two runs of one seed give the same checkpoint on one machine (slower on a GPU)")
         ] = False,
         eval_every: Annotated[int | None, typer.Option(help="with --eval: score every N steps, keep each stage's best state")] = None,
-        ema: Annotated[
-            float | None, typer.Option(help="score and save a moving average of the weights with this decay (e.g. 0.999; default: off)")
-        ] = None,
         budget_mb: Annotated[
             float | None, typer.Option(help="mixed precision: 1/2/8 bits per matrix by sensitivity on --eval, to fit this size in MB")
         ] = None,

@@ -15,10 +15,6 @@ More text: ``unlabeled`` and ``augment`` add distillation-only rows to the train
 (:func:`~edgekit.build.quant.textdata.with_extra_text`); batches are drawn from the union and
 the label loss counts only the labeled rows (a batch without any gets none).
 
-Weight averaging (``ema``): an exponential moving average of the trained weights (Polyak
-averaging, :class:`WeightAverage`) is updated after every step; dev
-scores, selection and the saved checkpoint use it, training goes on from the raw weights.
-
 Dev selection: with a dev set the student is scored every ``eval_every`` steps (accuracy
 on labeled classifier data, else mean cosine to the reference model) and the best state
 of the stage is restored at its end (``select_best``); the curve goes in the report.
@@ -26,7 +22,6 @@ of the stage is restored at its end (``select_best``); the curve goes in the rep
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from pathlib import Path
@@ -85,40 +80,6 @@ def budget(n_texts: int, world: int, batch: int, steps: int | None, epochs: floa
     per_epoch = max(1, math.ceil(math.ceil(n_texts / world) / batch))
     total = steps if steps is not None else max(1, math.ceil((epochs if epochs is not None else 3.0) * per_epoch))
     return total, per_epoch
-
-
-class WeightAverage:
-    """An exponential moving average of a module's weights (``TrainOptions.ema``), kept in a copy of it.
-
-    After step ``t`` the average moves by ``1 - d`` towards the weights, ``d = min(decay, (1 + t) /
-    (10 + t))``: a short run is not dominated by its first, untrained steps (the warm-up of
-    TensorFlow's ExponentialMovingAverage). Floating-point buffers (the quantizers' calibrated
-    values) are averaged too and the others copied, so the copy is a complete model.
-
-    The update is torch's own EMA step (:func:`torch.optim.swa_utils.get_ema_multi_avg_fn`, one
-    fused ``foreach`` kernel per dtype); :class:`~torch.optim.swa_utils.AveragedModel` is not used
-    because it reads its update count back from the device every step, a host sync the loop avoids."""
-
-    def __init__(self, module, decay: float) -> None:
-        self.decay = decay
-        self.module = copy.deepcopy(module)
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-        self._floats, self._others = self._split(self.module)
-
-    @staticmethod
-    def _split(module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        tensors = [t.detach() for t in (*module.parameters(), *module.buffers())]
-        return [t for t in tensors if t.is_floating_point()], [t for t in tensors if not t.is_floating_point()]
-
-    def update(self, module, step: int) -> None:
-        from torch.optim.swa_utils import get_ema_multi_avg_fn
-
-        floats, others = self._split(module)
-        with torch.no_grad():
-            get_ema_multi_avg_fn(min(self.decay, (1 + step) / (10 + step)))(self._floats, floats, None)
-            for mine, theirs in zip(self._others, others):
-                mine.copy_(theirs)
 
 
 class _Clock:
@@ -193,10 +154,8 @@ def train_stage(
     module.train()
     opt = _optimizer(module, opts, qcfg)
     sched = _schedule(opt, total, opts.warmup)
-    average = WeightAverage(module, opts.ema) if opts.ema else None
     state_dir = out / STATE_DIR
-    resuming = opts.resume and (state_dir / STATE_FILE).exists()
-    start = load_state(state_dir, module, opt, sched, qcfg, average.module if average else None) if resuming else 0
+    start = load_state(state_dir, module, opt, sched, qcfg) if opts.resume and (state_dir / STATE_FILE).exists() else 0
     if start:
         dist.say(f"resuming {qcfg.scheme} from step {start} ({state_dir})")
     wrapped = module
@@ -235,19 +194,18 @@ def train_stage(
         nonlocal last_saved
         if dist.main:
             save_quantized(
-                average.module if average else module,  # the weights dev scores see
+                module,
                 student.tokenizer,
                 out,
                 source=student.info.path,
                 dtype=torch.float16 if opts.save_dtype == "float16" else None,
                 extra={"step": step_now, "total_steps": total},
             )
-            save_state(state_dir, step_now, module, opt, sched, qcfg, total, average.module if average else None)
+            save_state(state_dir, step_now, module, opt, sched, qcfg, total)
         dist.barrier()
         last_saved = step_now
 
-    scored = average.module if average else module  # what dev scores, selects and saves
-    selector = _DevSelector(student, scored, dev, reference if reference is not None else tmodule, opts, device, total)
+    selector = _DevSelector(student, module, dev, reference if reference is not None else tmodule, opts, device, total)
     step = start
     bar = StepProgress(dist.main and opts.progress, total, start, title or qcfg.scheme, opts.log_every)
     with bar, GpuMonitor(device) as monitor, Distiller(tmodule, wrapped, dcfg, task=student.info.task) as distiller:
@@ -269,8 +227,6 @@ def train_stage(
                 opt.step()
                 sched.step()
                 step += 1
-                if average is not None:
-                    average.update(module, step)
                 pending.append((step, loss.detach().float()))
                 seen["steps"] += 1
                 seen["samples"] += len(b)
@@ -293,8 +249,6 @@ def train_stage(
     if selector.enabled and (not selector.points or selector.points[-1][0] != step):
         selector.score(step)  # the last state is always a candidate
     curve = selector.finish(step)
-    if average is not None:  # the student leaves the stage with the averaged weights
-        module.load_state_dict(average.module.state_dict())
     save(step)
     if not opts.keep_state and dist.main:
         remove_state(state_dir)
@@ -331,7 +285,6 @@ def train_stage(
         speed=speed,
         dev_curve=curve,
         corpus=corpus,
-        weight_average=opts.ema,
     )
 
 

@@ -57,9 +57,6 @@ class TrainOptions(BaseModel):
     # dev selection: with eval_data, score the student every eval_every steps and keep the best state of each stage
     eval_every: int | None = None  # default: 10 evaluations per stage
     select_best: bool = True
-    # weight averaging: dev scores and the saved checkpoint use an exponential moving average of the trained
-    # weights with this decay (e.g. 0.999; warm-up min(decay, (1 + step) / (10 + step))); None trains without
-    ema: float | None = None
     # mixed precision (sensitivity.py): bits per part chosen on eval_data under one of these budgets
     budget_mb: float | None = None  # estimated lowered size in MB (packed 1/2-bit codes, int8 parts, scales, float rest)
     mean_bits: float | None = None  # mean weight bits over the quantized matrices, 1 to 8
@@ -103,8 +100,6 @@ class TrainOptions(BaseModel):
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise ConfigError(f"train.{name}: must be > 0 (got {v!r})")
-        if self.ema is not None and not 0 < self.ema < 1:
-            raise ConfigError(f"train.ema: the decay must be between 0 and 1, e.g. 0.999 (got {self.ema!r})")
         if self.ce is not None and self.ce < 0:
             raise ConfigError(f"train.ce: must be >= 0 (got {self.ce!r})")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):

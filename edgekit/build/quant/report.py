@@ -152,7 +152,7 @@ class Corpus(_Record):
 class StageReport(_Record):
     """One training stage (BiT multi-step has two)."""
 
-    omit_if_none = ("eval", "model", "speed", "dev_curve", "corpus", "weight_average")
+    omit_if_none = ("eval", "model", "speed", "dev_curve", "corpus")
     scheme: str
     config: QuantConfig
     distill: DistillConfig
@@ -172,7 +172,6 @@ class StageReport(_Record):
     speed: Speed | None = None
     dev_curve: DevCurve | None = None
     corpus: Corpus | None = None
-    weight_average: float | None = None  # the EMA decay whose averaged weights were scored and saved (TrainOptions.ema)
 
 
 class QuantReport(_Record):

@@ -29,9 +29,8 @@ def _tmp(path: Path) -> Path:
     return path.with_name(path.name + ".tmp")
 
 
-def save_state(state_dir: Path, step: int, student, opt, sched, qcfg: QuantConfig, total: int, average=None) -> Path:
-    """Write the resume state of ``student`` at ``step`` (and of its weight ``average``, the
-    module that holds it, if any); returns the state file."""
+def save_state(state_dir: Path, step: int, student, opt, sched, qcfg: QuantConfig, total: int) -> Path:
+    """Write the resume state of ``student`` at ``step``; returns the state file."""
     state_dir.mkdir(parents=True, exist_ok=True)
     state = {
         "step": step,
@@ -40,7 +39,6 @@ def save_state(state_dir: Path, step: int, student, opt, sched, qcfg: QuantConfi
         "model": student.state_dict(),
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
-        **({"average": average.state_dict()} if average is not None else {}),
         "rng": {
             "torch": torch.get_rng_state(),
             "python": random.getstate(),
@@ -86,10 +84,8 @@ def read_state(state_dir: Path) -> dict:
     return state
 
 
-def load_state(state_dir: Path, student, opt, sched, qcfg: QuantConfig, average=None) -> int:
-    """Restore ``student``, ``opt``, ``sched``, the weight ``average`` and the RNGs from ``state_dir``;
-    returns the step it was saved at. A state saved without an average (weight averaging turned on
-    at resume) starts the average from the resumed weights."""
+def load_state(state_dir: Path, student, opt, sched, qcfg: QuantConfig) -> int:
+    """Restore ``student``, ``opt``, ``sched`` and the RNGs from ``state_dir``; returns the step it was saved at."""
     state = read_state(state_dir)
     if state["scheme"] != qcfg.model_dump():
         saved = state["scheme"].get("scheme") if isinstance(state["scheme"], dict) else None
@@ -99,8 +95,6 @@ def load_state(state_dir: Path, student, opt, sched, qcfg: QuantConfig, average=
     student.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
-    if average is not None and "average" in state:
-        average.load_state_dict(state["average"])
     torch.set_rng_state(state["rng"]["torch"])
     random.setstate(state["rng"]["python"])
     if state["rng"].get("cuda") is not None and torch.cuda.is_available():
