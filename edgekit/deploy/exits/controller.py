@@ -163,6 +163,8 @@ class ExitController:
             self.single_calls += 1
             self.histogram[last] += n
             return {self.output_name: self.single.infer(feed)[self.output_name], EXIT_LAYER: np.full(n, self.layers[last])}
+        if n == 1:
+            return self._infer_one(feed)
         exit_at = np.full(n, last)
         running = np.arange(n)
         state = State()
@@ -192,6 +194,25 @@ class ExitController:
             x = {"hidden_in": hidden, "attention_mask": mask}
         self.histogram += np.bincount(exit_at, minlength=len(self._sessions))
         return {self.output_name: out, EXIT_LAYER: self.layers[exit_at]}
+
+    def _infer_one(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """:meth:`infer` for one row, exits checked: the same decisions without the bookkeeping of
+        rows that leave a batch (at batch 1 that numpy work cost about 5 % of the single graph's
+        latency on a lowered MiniLM-L6)."""
+        last = len(self._sessions) - 1
+        state = State()
+        x = feed
+        for k in range(last + 1):
+            res, hidden = self._run(k, x, True)
+            self.segment_calls[k] += 1
+            if k == last:
+                break
+            leave, state = self.policy.decide(res, state)
+            if leave[0]:
+                break
+            x = {"hidden_in": hidden, "attention_mask": feed["attention_mask"]}
+        self.histogram[k] += 1
+        return {self.output_name: res["output"], EXIT_LAYER: self.layers[k : k + 1]}
 
     def timed_chain(self, feed: dict[str, np.ndarray], check: bool = True) -> list[float]:
         """Run every row through every segment (no row leaves) and return the time (s) from the

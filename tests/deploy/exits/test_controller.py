@@ -86,7 +86,9 @@ def test_rows_exit_independently_within_a_batch(segments, manifest, feed):
     with _controller(segments, manifest) as ctl:
         whole = ctl.infer(feed)
         rows = len(whole[EXIT_LAYER])
-        alone = [ctl.infer({k: v[i : i + 1] for k, v in feed.items()}) for i in range(rows)]
+        before = ctl.histogram.copy()
+        alone = [ctl.infer({k: v[i : i + 1] for k, v in feed.items()}) for i in range(rows)]  # batch 1 takes its own path
+        assert (ctl.histogram - before).tolist() == [int((whole[EXIT_LAYER] == 1).sum()), int((whole[EXIT_LAYER] == 2).sum())]
         order = np.random.default_rng(0).permutation(rows)
         shuffled = ctl.infer({k: v[order] for k, v in feed.items()})
     np.testing.assert_array_equal(np.concatenate([a[EXIT_LAYER] for a in alone]), whole[EXIT_LAYER])
