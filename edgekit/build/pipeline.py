@@ -161,6 +161,7 @@ class Pipeline:
                 tr,
                 heads,
                 layers=e.layers,
+                head_pooling=e.head_pooling,
                 resume=True,
                 config=TrainConfig(epochs=e.epochs, lr=e.lr, seed=e.seed, device=e.device),
             )

@@ -127,6 +127,9 @@ class Exits(_M):
     """Exit heads trained by self-distillation, then calibrated (edgekit.exits)."""
 
     layers: list[int] | None = Field(None, description="layers with an exit (default: every layer)")
+    head_pooling: Literal["cls", "mean"] | None = Field(
+        None, description="what each exit head reads: the first token or the mean of the tokens (default: cls; embedding models: theirs)"
+    )
     epochs: int = Field(20, ge=1)
     lr: float = Field(1e-3, gt=0)
     limit: int | None = Field(None, ge=1, description="train and calibrate on the first N texts only")

@@ -19,6 +19,10 @@ def train(
     data: Annotated[Path, typer.Option(help="training texts: .txt, or JSONL/CSV with 'text' (+ optional 'label')")] = ...,
     out: Annotated[Path, typer.Option(help="exit-head directory to write")] = Path("build/exits"),
     layers: Annotated[str | None, typer.Option(help="layers with an exit, e.g. 2,4,6 (default: every layer)")] = None,
+    head_pooling: Annotated[
+        str | None,
+        typer.Option(help="what each head reads: cls (the first token) or mean (of the tokens; default for embedding models: theirs)"),
+    ] = None,
     epochs: Annotated[int, typer.Option(help="training epochs")] = 20,
     lr: Annotated[float, typer.Option(help="learning rate")] = 1e-3,
     freeze_backbone: Annotated[
@@ -67,7 +71,15 @@ def train(
     layer_list = [int(x) for x in names(layers)] if layers else None
     with training_progress("exits") as progress:
         report = steps.train(
-            model or "default", data, out, layers=layer_list, resume=resume, config=config, progress=progress, dev_file=eval_data
+            model or "default",
+            data,
+            out,
+            layers=layer_list,
+            head_pooling=head_pooling,
+            resume=resume,
+            config=config,
+            progress=progress,
+            dev_file=eval_data,
         )
     console.print(f"[green]trained[/] exit heads -> {out} (final loss {report['loss'][-1]:.4f} on {report['device']})")
     if "dev" in report:

@@ -45,18 +45,28 @@ def mean_pool(hidden, attention_mask):
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
-class ExitHead(nn.Module):
-    """Classifier exit: dense + tanh + linear on the first token (BERT pooler shape), plus a score."""
+HEAD_POOLING = ("cls", "mean")
 
-    def __init__(self, hidden: int, n_out: int) -> None:
+
+def pooled(hidden, attention_mask, pooling: str):
+    """The first token (``cls``) or the mean over the real tokens (``mean``)."""
+    return hidden[:, 0] if pooling == "cls" else mean_pool(hidden, attention_mask)
+
+
+class ExitHead(nn.Module):
+    """Classifier exit: dense + tanh + linear (BERT pooler shape) on the first token or on the mean
+    of the tokens (``pooling``), plus a score. An early layer's first token has seen little of
+    the text; the mean over its tokens carries more of it to a head on a frozen backbone."""
+
+    def __init__(self, hidden: int, n_out: int, pooling: str = "cls") -> None:
         super().__init__()
         self.dense = nn.Linear(hidden, hidden)
         self.out = nn.Linear(hidden, n_out)
         self.score = nn.Linear(hidden, 1)
+        self.pooling = pooling
 
-    @staticmethod
-    def features(hidden, attention_mask):
-        return hidden[:, 0]
+    def features(self, hidden, attention_mask):
+        return pooled(hidden, attention_mask, self.pooling)
 
     def from_features(self, cls):
         return self.out(torch.tanh(self.dense(cls))), torch.sigmoid(self.score(cls)).squeeze(-1)
@@ -77,13 +87,13 @@ class EmbeddingExitHead(nn.Module):
         self.pooling, self.normalize = pooling, normalize
 
     def features(self, hidden, attention_mask):
-        return hidden[:, 0] if self.pooling == "cls" else mean_pool(hidden, attention_mask)
+        return pooled(hidden, attention_mask, self.pooling)
 
-    def from_features(self, pooled):
-        emb = self.proj(pooled)
+    def from_features(self, features):
+        emb = self.proj(features)
         if self.normalize:
             emb = nn.functional.normalize(emb, dim=-1)
-        return emb, torch.sigmoid(self.score(pooled)).squeeze(-1)
+        return emb, torch.sigmoid(self.score(features)).squeeze(-1)
 
     def forward(self, hidden, attention_mask):
         return self.from_features(self.features(hidden, attention_mask))
@@ -92,17 +102,22 @@ class EmbeddingExitHead(nn.Module):
 @dataclass(frozen=True)
 class ExitConfig:
     layers: tuple[int, ...]  # 1-based layers with an exit; the last is always the final layer
+    head_pooling: str = "cls"  # what the heads before the last read: the first token or the mean of the tokens
 
     def to_json(self) -> dict:
-        return {"layers": list(self.layers)}
+        return {"layers": list(self.layers), "head_pooling": self.head_pooling}
 
 
 class MultiExitModel(nn.Module):
     """The trained model plus exit heads. ``forward_all`` returns every exit's outputs."""
 
-    def __init__(self, encoder: Encoder, layers: list[int] | None = None) -> None:
+    def __init__(self, encoder: Encoder, layers: list[int] | None = None, head_pooling: str | None = None) -> None:
+        """``head_pooling``: ``cls`` or ``mean``; default: ``cls`` for a classifier, the model's own
+        pooling for an embedding model."""
         super().__init__()
         info = encoder.info
+        if head_pooling is not None and head_pooling not in HEAD_POOLING:
+            raise ConfigError(f"unknown head pooling {head_pooling!r}", hint=f"use one of: {', '.join(HEAD_POOLING)}")
         if info.model_type not in SUPPORTED:
             raise ConfigError(f"early exit does not support {info.model_type!r} yet", hint=f"supported: {', '.join(SUPPORTED)}")
         self.encoder = encoder
@@ -118,14 +133,15 @@ class MultiExitModel(nn.Module):
             )
         if layers[-1] != self.n_layers:
             layers.append(self.n_layers)  # the model's own head is always the last exit
-        self.config = ExitConfig(tuple(layers))
         self.task = info.task
+        pooling = head_pooling or ("cls" if self.task == "classifier" else "mean" if info.pooling != "cls" else "cls")
+        self.config = ExitConfig(tuple(layers), pooling)
         hidden = self.hf.config.hidden_size
         if self.task == "classifier":
-            heads = [ExitHead(hidden, self.hf.config.num_labels) for _ in layers[:-1]]
+            heads = [ExitHead(hidden, self.hf.config.num_labels, pooling) for _ in layers[:-1]]
             self._init_from_final(heads)
         else:
-            heads = [EmbeddingExitHead(hidden, info.pooling or "mean", info.normalize) for _ in layers[:-1]]
+            heads = [EmbeddingExitHead(hidden, pooling, info.normalize) for _ in layers[:-1]]
         self.heads = nn.ModuleList(heads)
         self.final_score = nn.Identity()  # the last exit always exits
         self.backbone_tuned = False  # set by joint training: save() then writes the backbone too
@@ -243,7 +259,7 @@ def load_exits(exits_dir: str | Path, model: str | Path | None = None) -> MultiE
         raise ConfigError(
             f"{exits_dir}: heads were trained on another checkpoint than {encoder.info.path}", hint="retrain the exits for this checkpoint"
         )
-    m = MultiExitModel(encoder, meta["layers"])
+    m = MultiExitModel(encoder, meta["layers"], meta.get("head_pooling"))  # no head_pooling: saved before it existed (the default)
     state = torch.load(exits_dir / EXITS_WEIGHTS, map_location="cpu", weights_only=True)
     m.heads.load_state_dict(state["heads"])
     return m.eval()

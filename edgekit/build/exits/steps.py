@@ -27,6 +27,7 @@ def train(
     out: str | Path,
     *,
     layers: list[int] | None = None,
+    head_pooling: str | None = None,
     config: TrainConfig = TrainConfig(),
     resume: bool = True,
     progress=None,
@@ -34,7 +35,7 @@ def train(
 ) -> dict:
     """Exit heads for a trained checkpoint, trained on ``data_file`` (labels optional); with ``dev_file``,
     the epoch kept is chosen on it (:func:`edgekit.build.exits.train.train_heads`)."""
-    model = MultiExitModel(load(checkpoint), layers)
+    model = MultiExitModel(load(checkpoint), layers, head_pooling)
     names = list(model.encoder.info.labels or [])
     texts, labels = texts_and_labels(data_file, names)
     dev = texts_and_labels(dev_file, names) if dev_file is not None else None

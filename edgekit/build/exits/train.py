@@ -236,6 +236,12 @@ def train_heads(
     )
     if resume and (out / STATE).exists():
         state = torch.load(out / STATE, map_location="cpu", weights_only=True)
+        saved = state.get("head_pooling", "cls" if model.task == "classifier" else model.config.head_pooling)
+        if saved != model.config.head_pooling:
+            raise ConfigError(
+                f"{out / STATE}: heads there read {saved!r}, not {model.config.head_pooling!r}; refusing to resume them",
+                hint=f"use another --out, pass --head-pooling {saved}, or --no-resume to start over",
+            )
         model.heads.load_state_dict(state["heads"])
         opt.load_state_dict(state["optimizer"])
         start = state["epoch"]
@@ -291,7 +297,12 @@ def train_heads(
             n += len(idx)
             say(stage="train", epoch=epoch + 1, epochs=cfg.epochs, done=n, total=len(texts), loss=total / n)
         history.append(total / n)
-        state = {"heads": model.heads.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1}
+        state = {
+            "heads": model.heads.state_dict(),
+            "optimizer": opt.state_dict(),
+            "epoch": epoch + 1,
+            "head_pooling": model.config.head_pooling,
+        }
         if not cfg.freeze_backbone:
             state |= {"backbone": model.hf.state_dict(), "teacher": teacher}
         torch.save(state, out / STATE)

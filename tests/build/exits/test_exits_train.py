@@ -88,3 +88,49 @@ def test_dev_selection_of_frozen_heads_scores_from_cached_features_like_the_whol
     whole = dev_outputs(model, texts, "cpu", 64)
     for a, b in zip(cached, whole, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+
+
+def test_mean_pooled_classifier_heads_train_save_load_and_export_like_pytorch(checkpoints, texts, tmp_path):
+    import onnxruntime as ort
+    import torch
+
+    from edgekit.build.exits.model import EXITS_CONFIG, ExitHead, mean_pool
+    from edgekit.build.exits.segments import export_segments
+    from edgekit.deploy.exits.policies import make
+
+    model = MultiExitModel(load(checkpoints["bert-classifier"]), [1], head_pooling="mean")
+    labels = [0, 1, 2, 0, 1]
+    train_heads(model, texts * 2, labels * 2, tmp_path / "h", TrainConfig(epochs=1, batch=4, device="cpu"), resume=False)
+    model.save(tmp_path / "h")
+    assert json.loads((tmp_path / "h" / EXITS_CONFIG).read_text())["head_pooling"] == "mean"
+    back = load_exits(tmp_path / "h")
+    assert back.config.head_pooling == "mean" and isinstance(back.heads[0], ExitHead)
+    hidden, mask = torch.randn(2, 5, 32), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert torch.equal(back.heads[0].features(hidden, mask), mean_pool(hidden, mask))  # not the first token
+    assert not torch.equal(back.heads[0].features(hidden, mask), hidden[:, 0])
+    # the exported first segment computes the same exit as PyTorch, padding masked out of the mean
+    feed = back.encoder.tokenize(texts)
+    assert (feed["attention_mask"] == 0).any()
+    export_segments(back, make("entropy", 0.5, "classifier"), tmp_path / "onnx")
+    sess = ort.InferenceSession(str(tmp_path / "onnx" / "seg0.onnx"), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
+    np.testing.assert_allclose(got["output"], torch_exits(back, feed)[0]["output"], atol=1e-5)
+
+
+def test_head_pooling_errors_are_one_line(checkpoints, texts, tmp_path):
+    from edgekit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown head pooling 'max'"):
+        MultiExitModel(load(checkpoints["bert-classifier"]), [1], head_pooling="max")
+    cls = MultiExitModel(load(checkpoints["bert-classifier"]), [1])
+    assert cls.config.head_pooling == "cls"
+    train_heads(cls, texts, [0, 1, 2, 0, 1], tmp_path / "h", TrainConfig(epochs=1, batch=4, device="cpu"), resume=False)
+    mean = MultiExitModel(load(checkpoints["bert-classifier"]), [1], head_pooling="mean")
+    with pytest.raises(ConfigError, match="heads there read 'cls', not 'mean'"):
+        train_heads(mean, texts, [0, 1, 2, 0, 1], tmp_path / "h", TrainConfig(epochs=2, batch=4, device="cpu"), resume=True)
+    # exits.json written before head pooling existed: the classifier default
+    cls.save(tmp_path / "h")
+    meta = json.loads((tmp_path / "h" / "exits.json").read_text())
+    del meta["head_pooling"]
+    (tmp_path / "h" / "exits.json").write_text(json.dumps(meta))
+    assert load_exits(tmp_path / "h").config.head_pooling == "cls"
