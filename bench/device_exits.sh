@@ -10,13 +10,13 @@
 #   lent GPU:  OUT=$OUT bash bench/device_exits.sh        (tree carries .ckpt/minilm-fp16 and .whl)
 #   env: SRC data folder (bench/data/debian-sections), FT_EPOCHS the teacher's epochs (4), TEACHER a classifier already fine-tuned on it (skips step 1),
 #        JOINT_ARGS more `exits train` flags for the joint heads, E_JOINT their epochs (4), TIMING ort-cpu | none,
-#        HEADS which heads ("frozen joint"), CONFS the bound levels to calibrate with ("0.9 0"; "0.9g": over the
+#        HEADS which heads ("frozen joint"; also "frozen-mean": frozen heads reading the mean of the tokens), CONFS the bound levels to calibrate with ("0.9 0"; "0.9g": over the
 #        rows' source packages, --groups source), QUANT a scheme (e.g. ternary-w2a8): the heads go on a QAT student
 #        of the teacher (edgekit quantize, QUANT_ARGS; default batch 256, sqrt lr, 6 epochs), which is then "the
 #        original model" the drops are counted against, and the segments are lowered to INT8,
 #        DEPLOY=target|none: after each head's summary, bench/exit_deploy_sample.py (5 splits of test into an unlabelled
 #        deployment half and a report half; timed on that target unless none) -> $OUT/deploy-<head>.json,
-#        PACK=1: each heads folder comes back as $OUT/pack-<head>_a? (15 MB parts; here: cat pack-joint_* | tar xf - -C HEADS,
+#        PACK=1 (or PACK="frozen-mean ..." for some heads only): each heads folder comes back as $OUT/pack-<head>_a? (PACK_PART bytes, 15M by default; here: cat pack-joint_* | tar xf - -C HEADS,
 #        then bench/exit_deploy_run.py HEADS). Joint heads: the float backbone is stored in fp16 right after training
 #        (bench/tools/exits_fp16.py, so every figure is of the weights that come back). Frozen heads: the checkpoint they
 #        sit on goes along as backbone/; only a QAT student saved in fp16 fits (QUANT_ARGS with --save-dtype float16)
@@ -62,22 +62,24 @@ fi
 # both keep the epoch chosen on dev (--eval): the best early exits whose final exit stays within 0.2 points of the original
 HEADS=${HEADS:-frozen joint}; CONFS=${CONFS:-0.9 0}
 export HEADS CONFS
-if [[ " $HEADS " == *" frozen "* ]]; then
-  "${EK[@]}" exits train "$BASE" --data "$W/train.jsonl" --eval "$W/dev.jsonl" --out "$W/frozen" --epochs $E_FROZEN --no-resume
-  echo "frozen heads: $(( $(date +%s) - t0 )) s"
-  if [ -n "${PACK:-}" ]; then  # the checkpoint under the heads travels with them (load_exits reads backbone/ first)
-    cp -r "$BASE" "$W/frozen/backbone"
-    tar cf - -C "$W/frozen" --exclude train_state.pt . | split -b 15M - "$OUT/pack-frozen_"
+for h in frozen frozen-mean; do  # frozen-mean: the heads read the mean of the tokens (--head-pooling mean)
+  [[ " $HEADS " == *" $h "* ]] || continue
+  HP=(); [ "$h" = frozen-mean ] && HP=(--head-pooling mean)
+  "${EK[@]}" exits train "$BASE" --data "$W/train.jsonl" --eval "$W/dev.jsonl" --out "$W/$h" --epochs $E_FROZEN --no-resume "${HP[@]}"
+  echo "$h heads: $(( $(date +%s) - t0 )) s"
+  if [[ " ${PACK:-} " == *" $h "* || "${PACK:-}" == 1 ]]; then  # the checkpoint under the heads travels with them (load_exits reads backbone/ first)
+    cp -rL "$BASE" "$W/$h/backbone"  # -L: a TEACHER given is a symlink; its files must travel, not the link
+    tar cf - -C "$W/$h" --exclude train_state.pt . | split -b "${PACK_PART:-15M}" - "$OUT/pack-${h}_"
   fi
-fi
+done
 # JOINT_ARGS: e.g. "--anchor-weight 4 --backbone-lr 1e-5"
 if [[ " $HEADS " == *" joint "* ]]; then
   "${EK[@]}" exits train "$BASE" --data "$W/train.jsonl" --eval "$W/dev.jsonl" --out "$W/joint" --epochs $E_JOINT --no-freeze-backbone \
     --no-resume ${JOINT_ARGS:-}
   echo "joint: $(( $(date +%s) - t0 )) s"
-  if [ -n "${PACK:-}" ]; then
+  if [[ " ${PACK:-} " == *" joint "* || "${PACK:-}" == 1 ]]; then
     $PY bench/tools/exits_fp16.py "$W/joint"
-    tar cf - -C "$W/joint" --exclude train_state.pt . | split -b 15M - "$OUT/pack-joint_"
+    tar cf - -C "$W/joint" --exclude train_state.pt . | split -b "${PACK_PART:-15M}" - "$OUT/pack-joint_"
   fi
 fi
 TGT=(); [ "$TIMING" != none ] && TGT=(--target "$TIMING")
