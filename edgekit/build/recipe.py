@@ -128,7 +128,7 @@ class Exits(_M):
 
     layers: list[int] | None = Field(None, description="layers with an exit (default: every layer)")
     head_pooling: Literal["cls", "mean"] | None = Field(
-        None, description="what each exit head reads: the first token or the mean of the tokens (default: cls; embedding models: theirs)"
+        None, description="what each exit head reads: the mean of the tokens or the first token (default: mean; embedding models: theirs)"
     )
     epochs: int = Field(20, ge=1)
     lr: float = Field(1e-3, gt=0)

@@ -21,7 +21,9 @@ def train(
     layers: Annotated[str | None, typer.Option(help="layers with an exit, e.g. 2,4,6 (default: every layer)")] = None,
     head_pooling: Annotated[
         str | None,
-        typer.Option(help="what each head reads: cls (the first token) or mean (of the tokens; default for embedding models: theirs)"),
+        typer.Option(
+            help="what each head reads: mean (of the tokens; the default for classifiers) or cls (the first token); embedding models: theirs"
+        ),
     ] = None,
     epochs: Annotated[int, typer.Option(help="training epochs")] = 20,
     lr: Annotated[float, typer.Option(help="learning rate")] = 1e-3,

@@ -236,7 +236,7 @@ def train_heads(
     )
     if resume and (out / STATE).exists():
         state = torch.load(out / STATE, map_location="cpu", weights_only=True)
-        saved = state.get("head_pooling", "cls" if model.task == "classifier" else model.config.head_pooling)
+        saved = state.get("head_pooling", "cls" if model.task == "classifier" else model.config.head_pooling)  # older states: cls
         if saved != model.config.head_pooling:
             raise ConfigError(
                 f"{out / STATE}: heads there read {saved!r}, not {model.config.head_pooling!r}; refusing to resume them",

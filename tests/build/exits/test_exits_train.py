@@ -98,7 +98,7 @@ def test_mean_pooled_classifier_heads_train_save_load_and_export_like_pytorch(ch
     from edgekit.build.exits.segments import export_segments
     from edgekit.deploy.exits.policies import make
 
-    model = MultiExitModel(load(checkpoints["bert-classifier"]), [1], head_pooling="mean")
+    model = MultiExitModel(load(checkpoints["bert-classifier"]), [1])  # mean: the classifier default
     labels = [0, 1, 2, 0, 1]
     train_heads(model, texts * 2, labels * 2, tmp_path / "h", TrainConfig(epochs=1, batch=4, device="cpu"), resume=False)
     model.save(tmp_path / "h")
@@ -122,8 +122,8 @@ def test_head_pooling_errors_are_one_line(checkpoints, texts, tmp_path):
 
     with pytest.raises(ConfigError, match="unknown head pooling 'max'"):
         MultiExitModel(load(checkpoints["bert-classifier"]), [1], head_pooling="max")
-    cls = MultiExitModel(load(checkpoints["bert-classifier"]), [1])
-    assert cls.config.head_pooling == "cls"
+    assert MultiExitModel(load(checkpoints["bert-classifier"]), [1]).config.head_pooling == "mean"  # the classifier default
+    cls = MultiExitModel(load(checkpoints["bert-classifier"]), [1], head_pooling="cls")
     train_heads(cls, texts, [0, 1, 2, 0, 1], tmp_path / "h", TrainConfig(epochs=1, batch=4, device="cpu"), resume=False)
     mean = MultiExitModel(load(checkpoints["bert-classifier"]), [1], head_pooling="mean")
     with pytest.raises(ConfigError, match="heads there read 'cls', not 'mean'"):
