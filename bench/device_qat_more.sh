@@ -101,7 +101,7 @@ for name, r in res.items():
     last = stages[-1]
     rows.append({
         "run": name, "task": r["task"], "scheme": r["report"]["scheme"], "deterministic": r["report"].get("deterministic", False),
-        "augment": r["spec"].get("augment", 0), "ema": r["spec"].get("ema"), "seed": r["report"].get("seed"), "texts": (last.get("corpus") or {}).get("total", r["report"]["texts"]),
+        "augment": r["spec"].get("augment", 0), "seed": r["report"].get("seed"), "texts": (last.get("corpus") or {}).get("total", r["report"]["texts"]),
         "steps": [s["steps"] for s in stages], "best_dev_step": [(s.get("dev_curve") or {}).get("best_step") for s in stages],
         "dev": (last.get("eval") or {}).get("accuracy"), "test": r["test_accuracy"],
         "teacher_dev": (r["report"].get("teacher_eval") or {}).get("accuracy"),
@@ -119,12 +119,12 @@ for kind in ("det", "nd"):
 lines = [
     "# " + (os.environ.get("TITLE") or "QAT: two-run spread, and augmentation on a small task (MiniLM-L6, one H200; six lanes side by side)"), "",
     f"Whole call: {total} s. Test accuracy of the fake-quant PyTorch model of each kept checkpoint.", "",
-    "| run | task | scheme | seed | deterministic | augment | ema | texts distilled | steps | best dev step | dev | test | train s |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "| run | task | scheme | seed | deterministic | augment | texts distilled | steps | best dev step | dev | test | train s |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 for r in rows:
     dev = "-" if r["dev"] is None else f"{r['dev']:.4f}"
-    lines.append(f"| {r['run']} | {r['task']} | {r['scheme']} | {r['seed']} | {r['deterministic']} | {r['augment']} | {r['ema'] or '-'} | {r['texts']} | "
+    lines.append(f"| {r['run']} | {r['task']} | {r['scheme']} | {r['seed']} | {r['deterministic']} | {r['augment']} | {r['texts']} | "
                  f"{'+'.join(map(str, r['steps']))} | {r['best_dev_step']} | {dev} | {r['test']:.4f} | {r['train_s']} |")
 lines += ["", "Two runs of one recipe (debian-sections, ternary-w2a8, seed 0):", ""]
 for kind, s in spread.items():

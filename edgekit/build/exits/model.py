@@ -68,8 +68,8 @@ class ExitHead(nn.Module):
     def features(self, hidden, attention_mask):
         return pooled(hidden, attention_mask, self.pooling)
 
-    def from_features(self, cls):
-        return self.out(torch.tanh(self.dense(cls))), torch.sigmoid(self.score(cls)).squeeze(-1)
+    def from_features(self, features):
+        return self.out(torch.tanh(self.dense(features))), torch.sigmoid(self.score(features)).squeeze(-1)
 
     def forward(self, hidden, attention_mask):
         return self.from_features(self.features(hidden, attention_mask))
