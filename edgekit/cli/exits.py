@@ -97,10 +97,16 @@ def train(
 @app.command("calibrate")
 def calibrate(
     heads: Annotated[Path, typer.Argument(help="exit-head directory (from 'edgekit exits train')")],
-    data: Annotated[Path, typer.Option(help="dev file: JSONL/CSV with 'text' and 'label' (or any text with --unsupervised)")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="dev file: JSONL/CSV with 'text' and 'label' (or any text with --unsupervised); for an embedding model, "
+            "'query'/'doc' pairs are scored on recall@1 (every doc ranked for every query, both embedded as deployed)"
+        ),
+    ],
     out: Annotated[Path | None, typer.Option(help="folder for calibration.json/.png (default: HEADS/calibration)")] = None,
     target: Annotated[str | None, typer.Option(help="measure segment latencies on this target (expected latency)")] = None,
-    max_drop: Annotated[float, typer.Option(help="accuracy budget: at most this many points below the model without exits")] = 1.0,
+    max_drop: Annotated[float, typer.Option(help="quality budget: at most this many points below the model without exits")] = 1.0,
     max_latency: Annotated[float | None, typer.Option(help="or: a latency target in ms (needs --target)")] = None,
     unsupervised: Annotated[bool, typer.Option(help="score agreement with the final exit instead of labels")] = False,
     confidence: Annotated[
@@ -136,7 +142,7 @@ def calibrate(
             groups=groups,
         )
     single = f", single graph {r.single_graph_latency_ms:.2f} ms on {target}" if r.single_graph_latency_ms is not None else ""
-    console.print(f"no exit: {100 * r.base_quality:.2f}%{single}")
+    console.print(f"no exit: {r.metric} {100 * r.base_quality:.2f}%{single}")
     style = "bold" if r.recommendation == "exits" else "bold yellow"
     console.print(f"[{style}]{r.recommendation}[/]: {r.message}")
     if r.interval is not None:

@@ -53,13 +53,19 @@ def f1_scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndar
     return scores
 
 
-def retrieval(queries: np.ndarray, docs: np.ndarray, ks: tuple[int, ...] = (1, 10)) -> dict[str, float]:
-    """recall@k and MRR when docs[i] is the one relevant document of queries[i]."""
+def ranks(queries: np.ndarray, docs: np.ndarray, relevant: np.ndarray | None = None) -> np.ndarray:
+    """Per query, the cosine rank of its one relevant doc among ``docs`` (1: it ranks first; ties count
+    in its favour); the relevant doc of queries[i] is docs[relevant[i]] (default: docs[i])."""
     q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
     d = docs / np.maximum(np.linalg.norm(docs, axis=1, keepdims=True), 1e-12)
     sims = q @ d.T
-    own = sims[np.arange(len(q)), np.arange(len(q))]
-    rank = (sims > own[:, None]).sum(axis=1) + 1  # 1 = the relevant doc ranks first
+    own = sims[np.arange(len(q)), np.arange(len(q)) if relevant is None else relevant]
+    return (sims > own[:, None]).sum(axis=1) + 1
+
+
+def retrieval(queries: np.ndarray, docs: np.ndarray, ks: tuple[int, ...] = (1, 10)) -> dict[str, float]:
+    """recall@k and MRR when docs[i] is the one relevant document of queries[i]."""
+    rank = ranks(queries, docs)
     out = {f"recall@{k}": float(np.mean(rank <= k)) for k in ks}
     out["mrr"] = float(np.mean(1.0 / rank))
     return out

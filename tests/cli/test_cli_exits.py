@@ -119,3 +119,40 @@ def test_calibrate_with_groups_bootstraps_them_and_refuses_a_missing_field(heads
     code, _, err = run_cli([*args, "--out", str(tmp_path / "x"), "--groups", "customer"], monkeypatch, capsys)
     assert_user_error(code, err, "missing field 'customer'")
     assert not (tmp_path / "x").exists()
+
+
+def test_an_embedding_model_calibrates_on_retrieval_pairs(checkpoints, tmp_path, monkeypatch, capsys):
+    """Query/doc pairs make the budget recall@1 over the queries, with queries and docs both embedded as deployed."""
+    import numpy as np
+
+    from edgekit.build.exits.model import MultiExitModel
+    from edgekit.build.exits.segments import torch_exits
+    from edgekit.build.load import load
+    from edgekit.deploy import data
+    from edgekit.deploy.eval import retrieval
+
+    heads = tmp_path / "heads"
+    model = MultiExitModel(load(checkpoints["bert-embedding"]), [1])  # untrained heads: identity projections
+    model.save(heads)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(data.shipped("pydoc_pairs.jsonl").read_text().splitlines(keepends=True)[:40]))
+    queries, docs = data.read_pairs(pairs)
+    code, out, err = run_cli(
+        ["exits", "calibrate", str(heads), "--data", str(pairs), "--out", str(tmp_path / "c"), "--max-drop", "100"], monkeypatch, capsys
+    )
+    assert code == 0, err
+    doc = json.loads((tmp_path / "c" / "calibration.json").read_text())
+    final = torch_exits(model, model.encoder.tokenize(queries + docs, max_length=model.encoder.info.max_length))[-1]["output"]
+    want = retrieval(final[:40], final[40:])["recall@1"]
+    assert doc["metric"] == "recall@1" and doc["base_quality"] == pytest.approx(want)
+    assert doc["interval"]["dev_texts"] == 40  # the bound resamples the 40 queries
+    assert sum(doc["points"][0]["exit_histogram"]) == 80  # every query and doc runs through the exits
+    assert f"no exit: recall@1 {100 * want:.2f}%" in out
+    code, out, err = run_cli(
+        ["exits", "calibrate", str(heads), "--data", str(pairs), "--out", str(tmp_path / "u"), "--unsupervised", "--confidence", "0"],
+        monkeypatch,
+        capsys,
+    )
+    assert code == 0, err
+    doc = json.loads((tmp_path / "u" / "calibration.json").read_text())
+    assert doc["metric"] == "cosine to the final exit" and np.isclose(doc["base_quality"], 1.0)

@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from edgekit.deploy.eval import ranks
 from edgekit.deploy.exits.policies import EXIT_POLICIES, make, policy_spec, simulate
 from edgekit.errors import ConfigError
 
@@ -35,7 +36,7 @@ BUCKETS = (16, 32, 64, 128, 256, 512)
 class Point:
     policy: str
     param: float | list[float]  # one value for every exit, or one per kept exit before the last
-    quality: float  # accuracy (labels), agreement with the final exit (no labels), or cosine fidelity (embeddings)
+    quality: float  # accuracy (labels), agreement with the final exit (no labels), cosine fidelity or recall@1 (embeddings)
     mean_layers: float
     exit_histogram: list[int]
     expected_latency_ms: float | None
@@ -125,6 +126,7 @@ class CalibrationReport(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     base_quality: float
+    metric: str = "accuracy"  # what quality measures (metric_name)
     layers: list[int]
     per_exit_quality: list[float]
     points: list[Point]
@@ -154,10 +156,17 @@ class CalibrationReport(BaseModel):
 
 
 def row_quality(task: str, outputs: np.ndarray, final: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
-    """Per row: 1/0 right (labels) or agreeing with the final exit (no labels); cosine to the final output (embeddings)."""
+    """Per row: 1/0 right (labels) or agreeing with the final exit (no labels); cosine to the final output (embeddings).
+
+    An embedding model's ``labels`` make it retrieval (:func:`retrieval_labels`): one value per query, 1/0
+    whether its relevant doc ranks first among the docs (recall@1), both sides embedded as deployed."""
     if task == "classifier":
         target = labels if labels is not None else final.argmax(-1)
         return (outputs.argmax(-1) == target).astype(np.float64)
+    if labels is not None:
+        docs, queries = np.flatnonzero(labels < 0), np.flatnonzero(labels >= 0)
+        rank = ranks(outputs[queries], outputs[docs], np.searchsorted(docs, labels[queries]))
+        return (rank == 1).astype(np.float64)
     num = (outputs * final).sum(-1)
     den = np.linalg.norm(outputs, axis=-1) * np.linalg.norm(final, axis=-1)
     return num / np.maximum(den, 1e-12)
@@ -165,6 +174,19 @@ def row_quality(task: str, outputs: np.ndarray, final: np.ndarray, labels: np.nd
 
 def quality(task: str, outputs: np.ndarray, final: np.ndarray, labels: np.ndarray | None) -> float:
     return float(np.mean(row_quality(task, outputs, final, labels)))
+
+
+def retrieval_labels(n: int) -> np.ndarray:
+    """The ``labels`` of ``n`` query/doc pairs embedded as ``queries + docs``: each query row holds the row
+    of its relevant doc, each doc row -1."""
+    return np.concatenate([np.arange(n, 2 * n), np.full(n, -1)])
+
+
+def metric_name(task: str, labels: np.ndarray | None) -> str:
+    """What a calibration's quality measures, for reports."""
+    if task == "classifier":
+        return "accuracy" if labels is not None else "agreement with the final exit"
+    return "recall@1" if labels is not None else "cosine to the final exit"
 
 
 class Scorer:

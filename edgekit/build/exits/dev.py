@@ -14,10 +14,16 @@ from edgekit.deploy.exits.policies import make
 from edgekit.errors import DataError
 
 
-def texts_and_labels(path: str | Path, labels: list[str] | None, need_labels: bool = False) -> tuple[list[str], list[int] | None]:
+def texts_and_labels(
+    path: str | Path, labels: list[str] | None, need_labels: bool = False, *, retrieval: bool = False
+) -> tuple[list[str], list[int] | np.ndarray | None]:
     """The texts of ``path`` and, when it is labelled and ``labels`` (the label names) are given, their
-    label indices; ``need_labels``: a file without labels is an error."""
+    label indices; ``need_labels``: a file without labels is an error. A file of query/doc pairs gives its
+    queries then its docs, and with ``retrieval`` the rows' relevant docs (:func:`calibrate.retrieval_labels`)."""
     kind = data.kind(path)
+    if kind == "pairs" and not need_labels:
+        queries, docs = data.read_pairs(path)
+        return queries + docs, cal.retrieval_labels(len(queries)) if retrieval else None
     if kind == "labeled" and labels:
         d = data.read_labeled(path, labels)
         return d.texts, d.labels

@@ -196,7 +196,9 @@ def report(
     """The whole choice on precomputed exit outputs (and a target's ``timing``): points, the bound
     (over ``groups`` when given: one id per row), the chosen point, the recommendation. ``fields``:
     data, target, heads (for the report)."""
-    boot = Bootstrap(len(exits[-1]["output"]), confidence, resamples, groups=groups) if confidence else None
+    final = exits[-1]["output"]
+    n = len(cal.row_quality(task, final, final, labels))  # the rows a bound resamples (queries, for retrieval)
+    boot = Bootstrap(n, confidence, resamples, groups=groups) if confidence else None
     scorer = cal.Scorer(exits, layers, task, labels, lengths=lengths, timing=timing, bound=boot)
     points = search(scorer, policies, max_drop=max_drop, subsets=subsets, per_exit=per_exit and max_latency_ms is None)
     if boot is not None:  # the point-estimate choice tells how wide the bound is at this dev size
@@ -234,6 +236,7 @@ def report(
             extra["interval"] = interval(scorer, chosen, boot, max_drop)
     return cal.CalibrationReport(
         base_quality=scorer.base,
+        metric=cal.metric_name(task, labels),
         layers=layers,
         per_exit_quality=per_exit_q,
         points=points,
@@ -279,6 +282,7 @@ def calibrate(
         data_file,
         None if unsupervised else list(model.encoder.info.labels or []),
         need_labels=model.task == "classifier" and not unsupervised,
+        retrieval=model.task == "embedding" and not unsupervised,
     )
     group_ids = None
     if groups is not None:

@@ -52,7 +52,7 @@ def plot(plt, r, path: Path) -> None:
                     lw=1,
                     label=f"{100 * i.confidence:g}% bounds ({i.dev_texts} dev)",
                 )
-        ax.set(xlabel=xlabel, ylabel="quality (%)")
+        ax.set(xlabel=xlabel, ylabel=f"{r.metric} (%)")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     if r.length_buckets is not None:

@@ -38,7 +38,8 @@ def train(
     model = MultiExitModel(load(checkpoint), layers, head_pooling)
     names = list(model.encoder.info.labels or [])
     texts, labels = texts_and_labels(data_file, names)
-    dev = texts_and_labels(dev_file, names) if dev_file is not None else None
+    # an embedding model's dev pairs are scored as calibration scores them: recall@1
+    dev = texts_and_labels(dev_file, names, retrieval=model.task == "embedding") if dev_file is not None else None
     if dev is not None and not dev[0]:
         raise DataError(f"{dev_file}: no texts", hint="give a dev file with at least one text, or leave out --eval")
     report = train_heads(model, texts, labels, Path(out), config, resume=resume, progress=progress, dev=dev)

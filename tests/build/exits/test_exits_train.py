@@ -134,3 +134,19 @@ def test_head_pooling_errors_are_one_line(checkpoints, texts, tmp_path):
     del meta["head_pooling"]
     (tmp_path / "h" / "exits.json").write_text(json.dumps(meta))
     assert load_exits(tmp_path / "h").config.head_pooling == "cls"
+
+
+def test_embedding_heads_on_pairs_train_on_both_sides_and_choose_the_epoch_by_recall_at_1(checkpoints, tmp_path):
+    from edgekit.build.exits import steps
+    from edgekit.deploy import data
+    from edgekit.deploy.eval import retrieval
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(data.shipped("pydoc_pairs.jsonl").read_text().splitlines(keepends=True)[:20]))
+    report = steps.train(checkpoints["bert-embedding"], pairs, tmp_path / "h", config=TrainConfig(epochs=2, batch=8), dev_file=pairs)
+    dev = report["dev"]
+    queries, docs = data.read_pairs(pairs)
+    model = load_exits(tmp_path / "h")
+    final = torch_exits(model, model.encoder.tokenize(queries + docs, max_length=model.encoder.info.max_length))[-1]["output"]
+    assert dev["texts"] == 40 and dev["original_final"] == pytest.approx(100 * retrieval(final[:20], final[20:])["recall@1"], abs=1e-3)
+    assert all(round(x * 20 / 100, 6).is_integer() for row in dev["curve"] for x in row["per_exit"])  # k of 20 queries, in points

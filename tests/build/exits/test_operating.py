@@ -163,3 +163,41 @@ def test_the_accuracy_lost_to_exits_is_at_most_their_disagreement_with_the_final
         assert drop <= disagreement + 1e-12
         gaps.append(disagreement - drop)
     assert max(gaps) > 0  # strict somewhere: the bound is conservative, not an identity
+
+
+def _retrieval_exits(n: int, dim: int = 64, moved: int = 4):
+    """Embedding exits after layers 3 and 6 on ``n`` query/doc pairs (rows: queries, then docs). The final
+    exit ranks every query's doc first; exit 1 keeps every doc but moves ``moved`` queries onto another
+    query's doc. Exit 1's learned score is 1 on the queries it keeps right and on the docs, 0.5 on the moved."""
+    rng = np.random.default_rng(3)
+    basis = np.linalg.qr(rng.normal(size=(dim, dim)))[0][:n]
+    final = np.concatenate([basis, basis + 0.05 * rng.normal(size=basis.shape)])
+    first = final.copy()
+    first[:moved] = basis[(np.arange(moved) + 1) % n]  # query i now points at doc i + 1
+    score = np.ones(2 * n)
+    score[:moved] = 0.5
+    return [{"output": first, "score": score}, {"output": final, "score": np.ones(2 * n)}]
+
+
+def test_retrieval_quality_is_recall_at_1_per_query_with_queries_and_docs_embedded_as_deployed():
+    from edgekit.build.exits.calibrate import retrieval_labels, row_quality
+    from edgekit.deploy.eval import retrieval
+
+    n = 60
+    exits, labels = _retrieval_exits(n), retrieval_labels(n)
+    assert labels[:n].tolist() == list(range(n, 2 * n)) and (labels[n:] == -1).all()
+    rows = row_quality("embedding", exits[0]["output"], exits[1]["output"], labels)
+    assert rows.shape == (n,) and rows[:4].sum() == 0 and rows[4:].all()  # one value per query, not per text
+    assert rows.mean() == pytest.approx(retrieval(exits[0]["output"][:n], exits[0]["output"][n:])["recall@1"])
+    kw = {"lengths": np.full(2 * n, 10), "policies": ["learned"], "per_exit": False}
+    r = report(exits, [3, 6], "embedding", labels, max_drop=10.0, confidence=None, **kw)
+    assert r.metric == "recall@1" and r.base_quality == 1.0
+    every = next(p for p in r.points if p.param == 0.5)  # every text leaves at layer 3: 4 of 60 queries miss
+    assert every.quality == pytest.approx(56 / 60) and every.exit_histogram == [2 * n, 0]
+    assert r.chosen.param == 0.5 and r.chosen.mean_layers == 3.0
+    strict = report(exits, [3, 6], "embedding", labels, max_drop=1.0, confidence=None, **kw)
+    assert strict.chosen.quality == 1.0 and strict.chosen.exit_histogram == [2 * n - 4, 4]  # the moved queries go on
+    bound = report(exits, [3, 6], "embedding", labels, max_drop=10.0, confidence=0.9, **kw)
+    assert bound.interval.dev_texts == n  # the bound resamples queries, not the 2n texts embedded
+    unsup = report(exits, [3, 6], "embedding", None, max_drop=1.0, confidence=None, **kw)
+    assert unsup.metric == "cosine to the final exit"
