@@ -144,7 +144,7 @@ def search(
         return p.expected_latency_ms if timed else p.mean_layers
 
     def admissible(p):
-        fast = scorer.single_ms is None or p.expected_latency_ms < scorer.single_ms
+        fast = cal.saves(p, scorer.single_ms)
         return fast and (scorer.base - p.budget_quality()) * 100 <= max_drop + 1e-9
 
     for name in names:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgekit.build.exits.calibrate import CalibrationReport, Point, Timing, choose, recommend, save, sweep
+from edgekit.build.exits.calibrate import MIN_SAVING, CalibrationReport, Point, Timing, choose, recommend, save, sweep
 from edgekit.errors import ConfigError
 
 
@@ -30,6 +30,14 @@ def test_points_no_faster_than_the_single_graph_are_never_chosen():
     assert choose(0.92, PTS, max_drop=1.0, single_ms=8.0).param == 0.3
     assert choose(0.92, PTS, max_drop=1.0, single_ms=7.0) is None  # 7.0 ms is not faster than 7.0 ms
     assert choose(0.92, PTS, max_drop=20, single_ms=7.0).param == 0.6
+
+
+def test_a_saving_within_timing_noise_is_not_a_reason_to_ship_exits():
+    """A point expected to save less than MIN_SAVING (3 %) of the single graph's time is not chosen."""
+    assert choose(0.92, PTS, max_drop=1.0, single_ms=7.0 / (1 - MIN_SAVING / 3)) is None
+    assert choose(0.92, PTS, max_drop=1.0, single_ms=7.0 / (1 - 1.3 * MIN_SAVING)).param == 0.3
+    rec, _, msg = recommend(None, PTS, [0.5, 0.6, 0.92], [2, 4, 6], 1.0, 7.0 / (1 - MIN_SAVING / 3), "ort-cpu", base=0.92)
+    assert rec == "none" and f"{MIN_SAVING:.0%} faster than the single graph" in msg
 
 
 def test_a_latency_target_the_single_graph_meets_keeps_the_single_graph():
