@@ -58,6 +58,49 @@ def timed(runs: dict, feeds: list[dict], rounds: int) -> tuple[dict[str, float],
     return {n: float(np.median(v, axis=0).mean()) for n, v in ms.items()}, outs
 
 
+def run_chosen(heads: Path, chosen, target: str, work: Path, texts: list[str], rounds: int) -> tuple[str, dict, dict]:
+    """Export a calibration's chosen point (its calibration.json in ``work/calibration``), compile it for ``target``,
+    then ``texts`` through the exit artifact and the single graph it ships, batch 1, interleaved (:func:`timed`), at
+    their own lengths and padded to 128 tokens. (policy spec, per shape: tokens, mean_ms, ratio, mean_layers; per
+    shape: each run's outputs, one row per text)."""
+    c = chosen
+    spec = f"{c.policy}=" + ",".join(str(v) for v in (c.param if isinstance(c.param, list) else [c.param]))
+    steps.export(heads, spec, work / "onnx", calibration=work / "calibration" / "calibration.json")
+    spin = {"spinning": False} if target == "ort-cpu" else None  # as compile_exits: idle segments' threads must not spin
+    compile_exits(work / "onnx", target, work / "artifact", options=spin)
+    shapes, outputs = {}, {}
+    with Predictor(work / "artifact", options=tg.resolve_options(target, spin)) as p:
+        ctl = p.exits
+        single, name = ctl.single, ctl.output_name
+        runs = {"single graph": lambda f, s=single, k=name: s.infer(f)[k], "early exit": p.run}
+        for shape, pad in (("real length", None), ("s128", 128)):
+            feeds = [p.tokenizer([t], pad_to=pad) if pad else p.tokenizer([t]) for t in texts]
+            ctl.histogram[:] = 0
+            mean, outs = timed(runs, feeds, rounds)
+            hist = (ctl.histogram // rounds).tolist()
+            shapes[shape] = {
+                "tokens": float(np.mean([f["attention_mask"].sum() for f in feeds])),
+                "mean_ms": mean,
+                "ratio": mean["early exit"] / mean["single graph"],
+                "mean_layers": float(np.dot(hist, ctl.layers) / max(1, sum(hist))),
+            }
+            outputs[shape] = {n: np.concatenate(o) for n, o in outs.items()}
+    return spec, shapes, outputs
+
+
+def timing_line(target: str, shape: str, spec: str, exits, r: dict, quality: str) -> str:
+    return (
+        f"{target} b1 {shape}: {spec} exits {exits or 'all'}: early exit {r['mean_ms']['early exit']:.3f} ms vs single graph "
+        f"{r['mean_ms']['single graph']:.3f} ms ({r['ratio']:.3f}x); {quality}; {r['mean_layers']:.2f} layers"
+    )
+
+
+def write_json(path: Path | None, doc: dict) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("heads", type=Path, help="exit-head directory (edgekit exits train)")
@@ -87,40 +130,15 @@ def main() -> None:
             doc["targets"][target] = {"recommendation": cal.recommendation, "message": cal.message}
             print(f"{target}: {cal.recommendation}: {cal.message}", flush=True)
             continue
-        spec = f"{c.policy}=" + ",".join(str(v) for v in (c.param if isinstance(c.param, list) else [c.param]))
-        steps.export(args.heads, spec, work / "onnx", calibration=work / "calibration" / "calibration.json")
-        spin = {"spinning": False} if target == "ort-cpu" else None  # as compile_exits: idle segments' threads must not spin
-        compile_exits(work / "onnx", target, work / "artifact", options=spin)
-        opts = tg.resolve_options(target, spin)
+        spec, shapes, outputs = run_chosen(args.heads, c, target, work, report_texts, args.rounds)
         row = {"chosen": spec, "exits": c.exits, "calibration_mean_layers": c.mean_layers, "expected_latency_ratio": c.latency_ratio}
-        with Predictor(work / "artifact", options=opts) as p:
-            ctl = p.exits
-            single, name = ctl.single, ctl.output_name
-            runs = {"single graph": lambda f, s=single, k=name: s.infer(f)[k], "early exit": p.run}
-            for shape, pad in (("real length", None), ("s128", 128)):
-                feeds = [p.tokenizer([t], pad_to=pad) if pad else p.tokenizer([t]) for t in report_texts]
-                ctl.histogram[:] = 0
-                mean, outs = timed(runs, feeds, args.rounds)
-                acc = {n: float(np.mean(np.concatenate(o).argmax(-1) == y)) for n, o in outs.items()}
-                hist = (ctl.histogram // args.rounds).tolist()
-                row[shape] = {
-                    "tokens": float(np.mean([f["attention_mask"].sum() for f in feeds])),
-                    "mean_ms": mean,
-                    "ratio": mean["early exit"] / mean["single graph"],
-                    "accuracy": acc,
-                    "drop_points": 100 * (acc["single graph"] - acc["early exit"]),
-                    "mean_layers": float(np.dot(hist, ctl.layers) / max(1, sum(hist))),
-                }
-                print(
-                    f"{target} b1 {shape}: {spec} exits {c.exits or 'all'}: early exit {mean['early exit']:.3f} ms vs single graph "
-                    f"{mean['single graph']:.3f} ms ({row[shape]['ratio']:.3f}x), accuracy {acc['early exit']:.4f} vs "
-                    f"{acc['single graph']:.4f} (drop {row[shape]['drop_points']:.2f} pt), {row[shape]['mean_layers']:.2f} layers",
-                    flush=True,
-                )
+        for shape, r in shapes.items():
+            acc = {n: float(np.mean(o.argmax(-1) == y)) for n, o in outputs[shape].items()}
+            row[shape] = r | {"accuracy": acc, "drop_points": 100 * (acc["single graph"] - acc["early exit"])}
+            quality = f"accuracy {acc['early exit']:.4f} vs {acc['single graph']:.4f} (drop {row[shape]['drop_points']:.2f} pt)"
+            print(timing_line(target, shape, spec, c.exits, r, quality), flush=True)
         doc["targets"][target] = row
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=1) + "\n")
+    write_json(args.json, doc)
 
 
 if __name__ == "__main__":
