@@ -171,7 +171,7 @@ class Pipeline:
                     cal,
                     heads / "calibration",
                     max_drop=e.max_drop,
-                    unsupervised=data.kind(cal) != "labeled",
+                    unsupervised=data.kind(cal) not in ("labeled", "pairs"),  # pairs: recall@1 of an embedding model
                     confidence=e.confidence or None,  # 0: choose on the dev point estimate
                     groups=e.groups,
                 )
