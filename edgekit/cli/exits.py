@@ -146,12 +146,12 @@ def calibrate(
     style = "bold" if r.recommendation == "exits" else "bold yellow"
     console.print(f"[{style}]{r.recommendation}[/]: {r.message}")
     if r.interval is not None:
-        i = r.interval
+        i, unit = r.interval, "query/doc pairs" if r.metric == "recall@1" else "texts"
         console.print(
             f"dev drop {i.drop:.2f} points, {100 * i.confidence:g}% bound {i.drop_high:.2f} (quality {100 * i.quality:.2f}%, "
-            f"bounds {100 * i.quality_low:.2f}..{100 * i.quality_high:.2f}%) on {i.dev_texts} texts"
+            f"bounds {100 * i.quality_low:.2f}..{100 * i.quality_high:.2f}%) on {i.dev_texts} {unit}"
             f"{f' in {i.dev_groups} groups ({groups})' if i.dev_groups is not None else ''}; "
-            f"about {i.dev_texts_needed} texts would bring the bound's margin under {max_drop / 4:g} points"
+            f"about {i.dev_texts_needed} {unit} would bring the bound's margin under {max_drop / 4:g} points"
         )
     if r.exits is not None:
         console.print(f"exits kept: layers {', '.join(map(str, r.exits))} (export only these)")

@@ -147,7 +147,12 @@ def test_an_embedding_model_calibrates_on_retrieval_pairs(checkpoints, tmp_path,
     assert doc["metric"] == "recall@1" and doc["base_quality"] == pytest.approx(want)
     assert doc["interval"]["dev_texts"] == 40  # the bound resamples the 40 queries
     assert sum(doc["points"][0]["exit_histogram"]) == 80  # every query and doc runs through the exits
-    assert f"no exit: recall@1 {100 * want:.2f}%" in out
+    assert f"no exit: recall@1 {100 * want:.2f}%" in out and "on 40 query/doc pairs" in " ".join(out.split())
+    few = tmp_path / "few.jsonl"
+    few.write_text("".join(pairs.read_text().splitlines(keepends=True)[:10]))
+    code, _, err = run_cli(["exits", "calibrate", str(heads), "--data", str(few), "--out", str(tmp_path / "f")], monkeypatch, capsys)
+    assert_user_error(code, err, "(10 query/doc pairs are fewer than 30): about 30 query/doc pairs needed")
+    assert not (tmp_path / "f" / "calibration.json").exists()
     code, out, err = run_cli(
         ["exits", "calibrate", str(heads), "--data", str(pairs), "--out", str(tmp_path / "u"), "--unsupervised", "--confidence", "0"],
         monkeypatch,

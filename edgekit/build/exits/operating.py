@@ -83,19 +83,20 @@ def dev_texts_needed(n: int, margin: float, max_drop: float) -> int:
     return max(MIN_DEV_TEXTS, math.ceil(n * (margin / target) ** 2))
 
 
-def check_dev_size(n: int, margin: float, max_drop: float, confidence: float) -> None:
-    """Refuse a dev set whose bound alone would take the whole budget (or too few texts to bootstrap)."""
+def check_dev_size(n: int, margin: float, max_drop: float, confidence: float, unit: str = "texts") -> None:
+    """Refuse a dev set whose bound alone would take the whole budget (or too few rows to bootstrap);
+    ``unit`` names the rows the bound resamples (texts, or query/doc pairs)."""
     if n >= MIN_DEV_TEXTS and margin <= max_drop:
         return
     needed = dev_texts_needed(n, margin, max_drop)
     why = (
-        f"{n} texts are fewer than {MIN_DEV_TEXTS}"
+        f"{n} {unit} are fewer than {MIN_DEV_TEXTS}"
         if n < MIN_DEV_TEXTS
-        else f"on {n} texts the bound adds {margin:.2f} points, more than the budget"
+        else f"on {n} {unit} the bound adds {margin:.2f} points, more than the budget"
     )
     raise DevSetTooSmall(
-        f"dev set too small for a {100 * confidence:g}% bound on the drop ({why}): about {needed} texts needed",
-        hint=f"give about {needed} dev texts, or pass --confidence 0 to choose on the point estimate",
+        f"dev set too small for a {100 * confidence:g}% bound on the drop ({why}): about {needed} {unit} needed",
+        hint=f"give about {needed} dev {unit}, or pass --confidence 0 to choose on the point estimate",
     )
 
 
@@ -205,7 +206,8 @@ def report(
         within = [p for p in points if p.exits is None and (scorer.base - p.quality) * 100 <= max_drop + 1e-9]
         first = min(within, key=lambda p: p.mean_layers, default=None)
         if first is not None:
-            check_dev_size(boot.n, 100 * (first.quality - first.quality_low), max_drop, boot.confidence)
+            unit = "query/doc pairs" if task == "embedding" and labels is not None else "texts"
+            check_dev_size(boot.n, 100 * (first.quality - first.quality_low), max_drop, boot.confidence, unit)
     per_exit_q = [cal.quality(task, e["output"], exits[-1]["output"], labels) for e in exits]
     single_ms, extra = scorer.single_ms, {}
     if timing is not None:
