@@ -27,6 +27,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_early_exit import cpu_model  # noqa: E402
 from exit_deploy_run import run_chosen, timing_line, write_json  # noqa: E402
@@ -35,6 +37,15 @@ from edgekit.build.exits import steps
 from edgekit.build.exits.train import TrainConfig
 from edgekit.deploy import data
 from edgekit.deploy.eval import retrieval
+
+
+def single_graph_embeddings(artifact: Path, texts: list[str], batch: int = 32) -> np.ndarray:
+    """``texts`` through the single graph an exit artifact ships (as a doc index is built: offline, no exits)."""
+    from edgekit.deploy.runtime import Predictor
+
+    with Predictor(artifact) as p:
+        one, name = p.exits.single, p.exits.output_name
+        return np.concatenate([one.infer(p.tokenizer(texts[i : i + batch]))[name] for i in range(0, len(texts), batch)])
 
 
 def main() -> None:
@@ -49,6 +60,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--work", type=Path, default=Path("bench/work/exit_retrieval"))
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument(
+        "--queries-only",
+        action="store_true",
+        help="docs embedded once by the single graph (an index built offline); only queries take exits (calibrate --queries-only)",
+    )
     args = ap.parse_args()
     dev, test = args.pairs / "dev.jsonl", args.pairs / "test.jsonl"
     heads = args.heads or args.work / "heads"
@@ -60,21 +76,23 @@ def main() -> None:
     texts, n = queries + docs, len(queries)
     doc = {"cpu": cpu_model(), "cores": os.cpu_count(), "model": args.model, "heads": str(heads), "pairs": str(args.pairs)}
     doc |= {"test_pairs": n, "max_drop": args.max_drop, "heads_dev": training.get("dev"), "targets": {}}
+    doc["queries_only"] = args.queries_only
     print(f"CPU: {doc['cpu']} ({doc['cores']} cores); {n} test pairs ({2 * n} texts)", flush=True)
     for target in [t for t in args.targets.split(",") if t]:
         work = args.work / target
-        cal = steps.calibrate(heads, dev, work / "calibration", target=target, max_drop=args.max_drop)
+        cal = steps.calibrate(heads, dev, work / "calibration", target=target, max_drop=args.max_drop, queries_only=args.queries_only)
         row: dict = {"dev_recall@1": cal.base_quality, "per_exit_dev_recall@1": cal.per_exit_quality, "message": cal.message}
         c = cal.chosen
         if c is None:
             doc["targets"][target] = row | {"recommendation": cal.recommendation}
             print(f"{target}: {cal.recommendation}: {cal.message}", flush=True)
             continue
-        spec, shapes, outputs = run_chosen(heads, c, target, work, texts, args.rounds)
+        spec, shapes, outputs = run_chosen(heads, c, target, work, queries if args.queries_only else texts, args.rounds)
+        index = single_graph_embeddings(work / "artifact", docs) if args.queries_only else None
         row |= {"chosen": spec, "exits": c.exits, "calibration_mean_layers": c.mean_layers, "expected_latency_ratio": c.latency_ratio}
         row["interval"] = cal.interval.model_dump() if cal.interval is not None else None
         for shape, r in shapes.items():
-            quality = {k: retrieval(o[:n], o[n:]) for k, o in outputs[shape].items()}
+            quality = {k: retrieval(o[:n], o[n:] if index is None else index) for k, o in outputs[shape].items()}
             drop = {m: 100 * (quality["single graph"][m] - quality["early exit"][m]) for m in quality["single graph"]}
             row[shape] = r | {"retrieval": quality, "drop_points": drop}
             q, s = quality["early exit"], quality["single graph"]

@@ -122,6 +122,13 @@ def calibrate(
             "resamples whole groups (cluster bootstrap), as it must when rows of one group are alike"
         ),
     ] = None,
+    queries_only: Annotated[
+        bool,
+        typer.Option(
+            help="with query/doc pairs: only the queries take exits; the docs are embedded once by the model without "
+            "exits, as an index built offline is (recall@1 and latency are the queries')"
+        ),
+    ] = False,
 ) -> None:
     """Sweep every policy on a dev file and choose the operating point that meets the budget."""
     from edgekit.build.exits import operating
@@ -140,13 +147,14 @@ def calibrate(
             subsets=subsets,
             per_exit=per_exit,
             groups=groups,
+            queries_only=queries_only,
         )
     single = f", single graph {r.single_graph_latency_ms:.2f} ms on {target}" if r.single_graph_latency_ms is not None else ""
     console.print(f"no exit: {r.metric} {100 * r.base_quality:.2f}%{single}")
     style = "bold" if r.recommendation == "exits" else "bold yellow"
     console.print(f"[{style}]{r.recommendation}[/]: {r.message}")
     if r.interval is not None:
-        i, unit = r.interval, "query/doc pairs" if r.metric == "recall@1" else "texts"
+        i, unit = r.interval, "query/doc pairs" if r.metric.startswith("recall@1") else "texts"
         console.print(
             f"dev drop {i.drop:.2f} points, {100 * i.confidence:g}% bound {i.drop_high:.2f} (quality {100 * i.quality:.2f}%, "
             f"bounds {100 * i.quality_low:.2f}..{100 * i.quality_high:.2f}%) on {i.dev_texts} {unit}"

@@ -52,6 +52,14 @@ def test_calibrate_reports_the_bound_or_refuses_a_dev_set_too_small(heads, texts
     assert "90% bound" in out and "texts would bring" in out
 
 
+def test_queries_only_needs_an_embedding_model_and_pairs(heads, texts, tmp_path, monkeypatch, capsys):
+    dev = _dev(tmp_path / "dev.jsonl", texts, 40)
+    args = ["exits", "calibrate", str(heads), "--data", str(dev), "--out", str(tmp_path / "q"), "--queries-only"]
+    code, _, err = run_cli(args, monkeypatch, capsys)
+    assert_user_error(code, err, "--queries-only needs an embedding model and a dev file of query/doc pairs (got a classifier model")
+    assert not (tmp_path / "q").exists()
+
+
 def test_calibrate_says_the_best_reachable_drop(heads, texts, tmp_path, monkeypatch, capsys):
     dev = _dev(tmp_path / "dev.jsonl", texts, 12)
     code, _, err = run_cli(
@@ -153,6 +161,15 @@ def test_an_embedding_model_calibrates_on_retrieval_pairs(checkpoints, tmp_path,
     code, _, err = run_cli(["exits", "calibrate", str(heads), "--data", str(few), "--out", str(tmp_path / "f")], monkeypatch, capsys)
     assert_user_error(code, err, "(10 query/doc pairs are fewer than 30): about 30 query/doc pairs needed")
     assert not (tmp_path / "f" / "calibration.json").exists()
+    code, out, err = run_cli(
+        ["exits", "calibrate", str(heads), "--data", str(pairs), "--out", str(tmp_path / "q"), "--queries-only", "--confidence", "0"],
+        monkeypatch,
+        capsys,
+    )
+    assert code == 0, err
+    doc = json.loads((tmp_path / "q" / "calibration.json").read_text())
+    assert doc["metric"].startswith("recall@1 (queries") and doc["base_quality"] == pytest.approx(want)
+    assert sum(doc["points"][0]["exit_histogram"]) == 40  # only the queries run the exits
     code, out, err = run_cli(
         ["exits", "calibrate", str(heads), "--data", str(pairs), "--out", str(tmp_path / "u"), "--unsupervised", "--confidence", "0"],
         monkeypatch,

@@ -159,10 +159,13 @@ def row_quality(task: str, outputs: np.ndarray, final: np.ndarray, labels: np.nd
     """Per row: 1/0 right (labels) or agreeing with the final exit (no labels); cosine to the final output (embeddings).
 
     An embedding model's ``labels`` make it retrieval (:func:`retrieval_labels`): one value per query, 1/0
-    whether its relevant doc ranks first among the docs (recall@1), both sides embedded as deployed."""
+    whether its relevant doc ranks first among the docs (recall@1), both sides embedded as deployed; with
+    :class:`IndexedDocs` the rows are queries alone, ranked against docs the full model embedded."""
     if task == "classifier":
         target = labels if labels is not None else final.argmax(-1)
         return (outputs.argmax(-1) == target).astype(np.float64)
+    if isinstance(labels, IndexedDocs):  # every row is a query; its doc was embedded by the full model
+        return (ranks(outputs, labels.docs) == 1).astype(np.float64)
     if labels is not None:
         docs, queries = np.flatnonzero(labels < 0), np.flatnonzero(labels >= 0)
         rank = ranks(outputs[queries], outputs[docs], np.searchsorted(docs, labels[queries]))
@@ -176,6 +179,14 @@ def quality(task: str, outputs: np.ndarray, final: np.ndarray, labels: np.ndarra
     return float(np.mean(row_quality(task, outputs, final, labels)))
 
 
+@dataclass(frozen=True)
+class IndexedDocs:
+    """The ``labels`` of retrieval against an index built offline: the docs' embeddings by the model without
+    exits (``docs[i]`` is the relevant doc of dev row i, a query); only the queries take exits."""
+
+    docs: np.ndarray
+
+
 def retrieval_labels(n: int) -> np.ndarray:
     """The ``labels`` of ``n`` query/doc pairs embedded as ``queries + docs``: each query row holds the row
     of its relevant doc, each doc row -1."""
@@ -186,6 +197,8 @@ def metric_name(task: str, labels: np.ndarray | None) -> str:
     """What a calibration's quality measures, for reports."""
     if task == "classifier":
         return "accuracy" if labels is not None else "agreement with the final exit"
+    if isinstance(labels, IndexedDocs):
+        return "recall@1 (queries; docs embedded without exits)"
     return "recall@1" if labels is not None else "cosine to the final exit"
 
 

@@ -271,21 +271,29 @@ def calibrate(
     latency_texts: int = 100,
     rounds: int = 3,
     groups: str | None = None,
+    queries_only: bool = False,
 ) -> cal.CalibrationReport:
     """``edgekit exits calibrate``: exit outputs on ``data_file``, latencies measured on ``target`` (per
-    length bucket, beside the single graph), then :func:`report`; writes calibration.json/.png."""
+    length bucket, beside the single graph), then :func:`report`; writes calibration.json/.png.
+
+    ``queries_only`` (an embedding model, a file of query/doc pairs): the docs are embedded once by the model
+    without exits, as an index built offline is, and only the queries take exits: quality is their recall@1
+    against that index, latency theirs."""
     from edgekit.build.exits.dev import measure_target, texts_and_labels
     from edgekit.build.exits.model import load_exits
     from edgekit.build.exits.segments import torch_exits
 
     model = load_exits(heads)
     out = Path(out)
-    texts, labels = texts_and_labels(
-        data_file,
-        None if unsupervised else list(model.encoder.info.labels or []),
-        need_labels=model.task == "classifier" and not unsupervised,
-        retrieval=model.task == "embedding" and not unsupervised,
-    )
+    if queries_only:
+        texts, labels = indexed_queries(model, data_file, unsupervised)
+    else:
+        texts, labels = texts_and_labels(
+            data_file,
+            None if unsupervised else list(model.encoder.info.labels or []),
+            need_labels=model.task == "classifier" and not unsupervised,
+            retrieval=model.task == "embedding" and not unsupervised,
+        )
     group_ids = None
     if groups is not None:
         if not confidence:
@@ -303,7 +311,7 @@ def calibrate(
         exits,
         list(model.config.layers),
         model.task,
-        np.asarray(labels) if labels is not None else None,
+        labels if labels is None or isinstance(labels, cal.IndexedDocs) else np.asarray(labels),
         lengths=lengths,
         timing=timing,
         max_drop=max_drop,
@@ -320,3 +328,19 @@ def calibrate(
     )
     files = cal.save(r, out)
     return r.model_copy(update={"files": [str(f) for f in files]})
+
+
+def indexed_queries(model, data_file: str | Path, unsupervised: bool) -> tuple[list[str], cal.IndexedDocs]:
+    """(the queries, their docs embedded by the model without exits) of a file of query/doc pairs."""
+    from edgekit.build.exits.segments import torch_exits
+    from edgekit.deploy import data
+
+    if model.task != "embedding" or unsupervised or data.kind(data_file) != "pairs":
+        raise ConfigError(
+            f"--queries-only needs an embedding model and a dev file of query/doc pairs (got a {model.task} model, "
+            f"{data.kind(data_file)} data{', --unsupervised' if unsupervised else ''})",
+            hint="drop --queries-only, or give 'query'/'doc' pairs for an embedding model's heads",
+        )
+    queries, docs = data.read_pairs(data_file)
+    feed = model.encoder.tokenize(docs, max_length=model.encoder.info.max_length)
+    return queries, cal.IndexedDocs(torch_exits(model, feed)[-1]["output"])

@@ -201,3 +201,19 @@ def test_retrieval_quality_is_recall_at_1_per_query_with_queries_and_docs_embedd
     assert bound.interval.dev_texts == n  # the bound resamples queries, not the 2n texts embedded
     unsup = report(exits, [3, 6], "embedding", None, max_drop=1.0, confidence=None, **kw)
     assert unsup.metric == "cosine to the final exit"
+
+
+def test_queries_only_rank_against_docs_the_full_model_embedded():
+    from edgekit.build.exits.calibrate import IndexedDocs, row_quality
+
+    n = 60
+    both = _retrieval_exits(n)
+    exits = [{"output": e["output"][:n], "score": e["score"][:n]} for e in both]  # the queries' rows only
+    index = IndexedDocs(both[1]["output"][n:])  # the docs, by the final exit
+    rows = row_quality("embedding", exits[0]["output"], exits[1]["output"], index)
+    assert rows.shape == (n,) and rows[:4].sum() == 0 and rows[4:].all()
+    kw = {"lengths": np.full(n, 10), "policies": ["learned"], "per_exit": False, "confidence": None}
+    r = report(exits, [3, 6], "embedding", index, max_drop=10.0, **kw)
+    assert r.metric.startswith("recall@1") and "docs embedded without exits" in r.metric and r.base_quality == 1.0
+    every = next(p for p in r.points if p.param == 0.5)
+    assert every.quality == pytest.approx(56 / 60) and every.exit_histogram == [n, 0]  # only queries run the exits
