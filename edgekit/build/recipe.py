@@ -146,6 +146,11 @@ class Exits(_M):
     groups: str | None = Field(
         None, description="calibration: a field of the calibration file naming each row's group; the bound resamples whole groups"
     )
+    queries_only: bool = Field(
+        False,
+        description="calibration on query/doc pairs (embedding model): only queries take exits; docs are embedded once "
+        "by the model without exits, as an offline index is",
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

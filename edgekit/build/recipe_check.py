@@ -52,6 +52,14 @@ def check_files(recipe: Recipe, source: str = "recipe") -> list[str]:
             data.read_field(resolve_path(recipe.data.calibration_file()), e.groups)
         except DataError as err:
             raise DataError(f"{source}: steps.exits.groups: {err.message}", hint=err.hint) from None
+    if e is not None and e.queries_only:
+        cal = recipe.data.calibration_file()
+        if info.task != "embedding" or cal is None or data.kind(resolve_path(cal)) != "pairs":
+            raise ConfigError(
+                f"{source}: steps.exits.queries_only needs an embedding model and query/doc pairs to calibrate on "
+                f"(the model is a {info.task}; data.calibration {'is ' + data.kind(resolve_path(cal)) + ' data' if cal else 'is not given'})",
+                hint="drop steps.exits.queries_only, or give query/doc pairs as data.calibration",
+            )
     if recipe.profile.texts and not resolve_path(recipe.profile.texts).is_file():
         raise DataError(f"{source}: profile.texts: {resolve_path(recipe.profile.texts)}: no such file", hint="fix the path")
     metric = recipe.metric_for(info.task)

@@ -275,7 +275,8 @@ def test_embedding_model_with_pairs_and_a_short_max_length(work, checkpoints, tm
     assert ort["latency"]["seq_len"] == 64  # the model's limit, not the profile's 128
 
 
-def test_embedding_exits_in_a_recipe_calibrate_on_pairs_by_recall_at_1(work, checkpoints, tmp_path):
+@pytest.mark.parametrize("queries_only", [False, True])
+def test_embedding_exits_in_a_recipe_calibrate_on_pairs_by_recall_at_1(work, checkpoints, tmp_path, queries_only):
     from edgekit.deploy import data
 
     texts = data.sample_texts()
@@ -285,12 +286,13 @@ def test_embedding_exits_in_a_recipe_calibrate_on_pairs_by_recall_at_1(work, che
         name="embexits",
         model=str(checkpoints["bert-embedding"]),
         data={"train": "train.jsonl", "dev": str(pairs), "calibration": str(pairs)},
-        steps={"exits": {"layers": [1, 2], "epochs": 1, "confidence": 0}},
+        steps={"exits": {"layers": [1, 2], "epochs": 1, "confidence": 0, "queries_only": queries_only}},
         budgets={"max_accuracy_drop": 100},
     )
     runner.build(path, say=quiet, train_progress=False)
     (cal,) = [json.loads(f.read_text()) for f in tmp_path.rglob("calibration.json")]
-    assert cal["metric"] == "recall@1" and sum(cal["points"][0]["exit_histogram"]) == 60  # 30 queries + 30 docs
+    assert cal["metric"].startswith("recall@1") and ("queries" in cal["metric"]) == queries_only
+    assert sum(cal["points"][0]["exit_histogram"]) == (30 if queries_only else 60)  # the queries (and the docs)
 
 
 def test_a_step_whose_module_is_missing_says_which_step():

@@ -138,6 +138,14 @@ def test_check_files_names_missing_data_and_models(tmp_path, checkpoints, monkey
         recipe_check.check_files(parse(model=ck, data={"train": "cal.jsonl"}, steps={"exits": {"groups": "source"}}), "r.yaml")
     (tmp_path / "cal.jsonl").write_text('{"text": "a", "label": "a", "source": "s1"}\n')
     recipe_check.check_files(parse(model=ck, data={"train": "cal.jsonl"}, steps={"exits": {"groups": "source"}}), "r.yaml")
+    q = {"exits": {"queries_only": True}}
+    with pytest.raises(ConfigError, match=r"steps.exits.queries_only needs an embedding model .*\(the model is a classifier"):
+        recipe_check.check_files(parse(model=ck, data={"train": "cal.jsonl"}, steps=q), "r.yaml")
+    emb = str(checkpoints["bert-embedding"])
+    with pytest.raises(ConfigError, match=r"data.calibration is labeled data"):
+        recipe_check.check_files(parse(model=emb, data={"train": "cal.jsonl"}, steps=q), "r.yaml")
+    (tmp_path / "pairs.jsonl").write_text('{"query": "a", "doc": "b"}\n')
+    recipe_check.check_files(parse(model=emb, data={"train": "cal.jsonl", "calibration": "pairs.jsonl"}, steps=q), "r.yaml")
     notes = recipe_check.check_files(parse(model=ck, targets=["ort-cpu", "jetson"]), "r.yaml")
     assert any(n.startswith("jetson: compiles here, runs on the device only") for n in notes)
     assert schema.resolve_path("edgekit:pydoc_pairs.jsonl").is_file()
