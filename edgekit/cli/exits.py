@@ -132,8 +132,9 @@ def calibrate(
 ) -> None:
     """Sweep every policy on a dev file and choose the operating point that meets the budget."""
     from edgekit.build.exits import operating
+    from edgekit.cli.views import stage_progress
 
-    with console.status("calibrating"):
+    with stage_progress("calibrating") as progress:
         r = operating.calibrate(
             heads,
             data,
@@ -148,6 +149,7 @@ def calibrate(
             per_exit=per_exit,
             groups=groups,
             queries_only=queries_only,
+            progress=progress,
         )
     single = f", single graph {r.single_graph_latency_ms:.2f} ms on {target}" if r.single_graph_latency_ms is not None else ""
     console.print(f"no exit: {r.metric} {100 * r.base_quality:.2f}%{single}")

@@ -175,6 +175,26 @@ def training_progress(what: str):
     return bar()
 
 
+def stage_progress(what: str):
+    """A progress bar over named stages (calibration): a context manager yielding ``progress(stage, done, total)``."""
+    from contextlib import contextmanager
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    @contextmanager
+    def bar():
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True) as p:
+            task = p.add_task(what, total=None)
+
+            def progress(stage: str, done: int, total: int) -> None:
+                p.update(task, description=f"{what}: {stage}", completed=done, total=total)
+
+            yield progress
+
+    return bar()
+
+
 def profiles(reports, comparison) -> None:
     """What ``edgekit profile`` prints: the latency table, the comparison, memory and warnings."""
     from edgekit.deploy.render import comparison_table, latency_table

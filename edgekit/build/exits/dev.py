@@ -46,12 +46,15 @@ def pick(lengths: np.ndarray, buckets: list[int], n: int) -> list[int]:
     return picked
 
 
-def measure_target(model, texts: list[str], lengths: np.ndarray, target: str, out: Path, n: int = 100, rounds: int = 3) -> cal.Timing:
+def measure_target(
+    model, texts: list[str], lengths: np.ndarray, target: str, out: Path, n: int = 100, rounds: int = 3, progress=None
+) -> cal.Timing:
     """Batch-1 latency on ``target`` per length bucket: the segments (to the end of each, exit checks
     included) and the single graph of the same model (the one the exit artifact ships, compiled
     with it), timed on the same texts at their own lengths, interleaved text by text (median over
-    ``rounds``). Without exit checks the deployed controller runs that single graph, so the
-    no-checks latency (``chain_ms``) is the single graph's."""
+    ``rounds``; ``progress(done, total)`` after each text of each round). Without exit checks the
+    deployed controller runs that single graph, so the no-checks latency (``chain_ms``) is the single
+    graph's."""
     import time
 
     from edgekit.deploy import targets
@@ -84,6 +87,8 @@ def measure_target(model, texts: list[str], lengths: np.ndarray, target: str, ou
                 t_one[r, i] = time.perf_counter() - t
                 if not (i + r) % 2:
                     t_cum[r, i] = ctl.timed_chain(f)
+                if progress is not None:
+                    progress(r * len(feeds) + i + 1, rounds * len(feeds))
     rows_b = cal.bucket_of(lengths[picked], buckets)
     keep = [b for b in range(len(buckets)) if (rows_b == b).any()]
     med = lambda a: np.median(a, axis=0) * 1000  # noqa: E731

@@ -131,12 +131,19 @@ def search(
     max_drop: float,
     subsets: int = 3,
     per_exit: bool = True,
+    progress=None,
 ) -> list[cal.Point]:
     """Every policy x grid point (on every exit subset of up to ``subsets`` exits, with a timing), then
-    a per-exit vector tuned from each policy's fastest point within ``max_drop``."""
+    a per-exit vector tuned from each policy's fastest point within ``max_drop``; ``progress(stage, done,
+    total)`` as it goes."""
+    say = progress or (lambda stage, done, total: None)
     names = policies or [n for n, p in EXIT_POLICIES.items() if scorer.task in p.tasks]
     keeps: list = [None] + (scorer.subsets(subsets) if scorer.timing is not None and subsets else [])
-    points = [scorer.point(name, param, keep) for keep in keeps for name in names for param in EXIT_POLICIES[name].grid]
+    grid = [(name, param, keep) for keep in keeps for name in names for param in EXIT_POLICIES[name].grid]
+    points = []
+    for k, (name, param, keep) in enumerate(grid, 1):
+        points.append(scorer.point(name, param, keep))
+        say("scoring operating points", k, len(grid))
     if not per_exit or len(scorer.layers) < 3:
         return points
     timed = all(p.expected_latency_ms is not None for p in points)
@@ -148,11 +155,12 @@ def search(
         fast = cal.saves(p, scorer.single_ms)
         return fast and (scorer.base - p.budget_quality()) * 100 <= max_drop + 1e-9
 
-    for name in names:
+    for k, name in enumerate(names, 1):
         ok = [p for p in points if p.policy == name and admissible(p)]
         if ok:
             tuned = tune_per_exit(scorer, min(ok, key=speed), admissible, speed)
             points += [tuned] if tuned is not None else []
+        say("per-exit thresholds", k, len(names))
     return points
 
 
@@ -192,16 +200,17 @@ def report(
     subsets: int = 3,
     per_exit: bool = True,
     groups=None,
+    progress=None,
     **fields,
 ) -> cal.CalibrationReport:
     """The whole choice on precomputed exit outputs (and a target's ``timing``): points, the bound
     (over ``groups`` when given: one id per row), the chosen point, the recommendation. ``fields``:
-    data, target, heads (for the report)."""
+    data, target, heads (for the report); ``progress(stage, done, total)``: the search's progress."""
     final = exits[-1]["output"]
     n = len(cal.row_quality(task, final, final, labels))  # the rows a bound resamples (queries, for retrieval)
     boot = Bootstrap(n, confidence, resamples, groups=groups) if confidence else None
     scorer = cal.Scorer(exits, layers, task, labels, lengths=lengths, timing=timing, bound=boot)
-    points = search(scorer, policies, max_drop=max_drop, subsets=subsets, per_exit=per_exit and max_latency_ms is None)
+    points = search(scorer, policies, max_drop=max_drop, subsets=subsets, per_exit=per_exit and max_latency_ms is None, progress=progress)
     if boot is not None:  # the point-estimate choice tells how wide the bound is at this dev size
         within = [p for p in points if p.exits is None and (scorer.base - p.quality) * 100 <= max_drop + 1e-9]
         first = min(within, key=lambda p: p.mean_layers, default=None)
@@ -272,21 +281,24 @@ def calibrate(
     rounds: int = 3,
     groups: str | None = None,
     queries_only: bool = False,
+    progress=None,
 ) -> cal.CalibrationReport:
     """``edgekit exits calibrate``: exit outputs on ``data_file``, latencies measured on ``target`` (per
     length bucket, beside the single graph), then :func:`report`; writes calibration.json/.png.
 
     ``queries_only`` (an embedding model, a file of query/doc pairs): the docs are embedded once by the model
     without exits, as an index built offline is, and only the queries take exits: quality is their recall@1
-    against that index, latency theirs."""
+    against that index, latency theirs. ``progress(stage, done, total)``: each stage's progress (exit outputs,
+    latency on the target, the search)."""
     from edgekit.build.exits.dev import measure_target, texts_and_labels
     from edgekit.build.exits.model import load_exits
     from edgekit.build.exits.segments import torch_exits
 
     model = load_exits(heads)
     out = Path(out)
+    say = progress or (lambda stage, done, total: None)
     if queries_only:
-        texts, labels = indexed_queries(model, data_file, unsupervised)
+        texts, labels = indexed_queries(model, data_file, unsupervised, lambda d, t: say("docs, without exits", d, t))
     else:
         texts, labels = texts_and_labels(
             data_file,
@@ -304,9 +316,10 @@ def calibrate(
 
         group_ids = read_field(data_file, groups)  # before any model work: a missing field fails fast
     feed = model.encoder.tokenize(texts, max_length=model.encoder.info.max_length)
-    exits = torch_exits(model, feed)
+    exits = torch_exits(model, feed, progress=lambda d, t: say("exit outputs on the dev texts", d, t))
     lengths = feed["attention_mask"].sum(1)
-    timing = measure_target(model, texts, lengths, target, out, latency_texts, rounds) if target else None
+    timed = lambda d, t: say(f"latency on {target}", d, t)  # noqa: E731
+    timing = measure_target(model, texts, lengths, target, out, latency_texts, rounds, progress=timed) if target else None
     r = report(
         exits,
         list(model.config.layers),
@@ -322,6 +335,7 @@ def calibrate(
         subsets=subsets,
         per_exit=per_exit,
         groups=group_ids,
+        progress=progress,
         data=str(data_file),
         target=target,
         heads=str(heads),
@@ -330,7 +344,7 @@ def calibrate(
     return r.model_copy(update={"files": [str(f) for f in files]})
 
 
-def indexed_queries(model, data_file: str | Path, unsupervised: bool) -> tuple[list[str], cal.IndexedDocs]:
+def indexed_queries(model, data_file: str | Path, unsupervised: bool, progress=None) -> tuple[list[str], cal.IndexedDocs]:
     """(the queries, their docs embedded by the model without exits) of a file of query/doc pairs."""
     from edgekit.build.exits.segments import torch_exits
     from edgekit.deploy import data
@@ -343,4 +357,4 @@ def indexed_queries(model, data_file: str | Path, unsupervised: bool) -> tuple[l
         )
     queries, docs = data.read_pairs(data_file)
     feed = model.encoder.tokenize(docs, max_length=model.encoder.info.max_length)
-    return queries, cal.IndexedDocs(torch_exits(model, feed)[-1]["output"])
+    return queries, cal.IndexedDocs(torch_exits(model, feed, progress=progress)[-1]["output"])

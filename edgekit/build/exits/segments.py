@@ -144,14 +144,16 @@ EXACT = {"min_same_exit": 1.0, "atol": 1e-3}
 LOWERED = {"min_same_exit": 0.96, "atol": 0.5}
 
 
-def torch_exits(model: MultiExitModel, feed: dict[str, np.ndarray], batch: int = 64) -> list[dict[str, np.ndarray]]:
-    """Every exit's outputs (numpy) for a tokenized feed, in batches."""
+def torch_exits(model: MultiExitModel, feed: dict[str, np.ndarray], batch: int = 64, progress=None) -> list[dict[str, np.ndarray]]:
+    """Every exit's outputs (numpy) for a tokenized feed, in batches; ``progress(done, total)`` after each."""
     rows = next(iter(feed.values())).shape[0]
     parts = []
     with torch.inference_mode():
         for i in range(0, rows, batch):
             sub = {k: torch.from_numpy(v[i : i + batch]) for k, v in feed.items()}
             parts.append([{k: v.float().numpy() for k, v in o.items()} for o in model.forward_all(sub)])
+            if progress is not None:
+                progress(min(i + batch, rows), rows)
     return [{k: np.concatenate([p[j][k] for p in parts]) for k in parts[0][j]} for j in range(len(parts[0]))]
 
 

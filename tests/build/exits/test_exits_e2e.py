@@ -107,8 +107,20 @@ def test_calibrate_with_measured_segments_and_unlabeled_dev(trained, texts, tmp_
         build.calibrate(trained, dev, tmp_path / "cal")
     with pytest.raises(DataError, match="dev set too small for a 90% bound"):  # the budget's bound needs 30 texts or more
         build.calibrate(trained, dev, tmp_path / "cal", unsupervised=True)
-    r = build.calibrate(trained, dev, tmp_path / "cal", target="ort-cpu", unsupervised=True, latency_texts=3, confidence=None)
+    seen: dict[str, tuple[int, int]] = {}
+    r = build.calibrate(
+        trained,
+        dev,
+        tmp_path / "cal",
+        target="ort-cpu",
+        unsupervised=True,
+        latency_texts=3,
+        confidence=None,
+        progress=lambda stage, done, total: seen.__setitem__(stage, (done, total)),
+    )
     assert len(r["segment_latency_ms"]) == 2 and all(t > 0 for t in r["segment_latency_ms"])
+    assert list(seen)[:3] == ["exit outputs on the dev texts", "latency on ort-cpu", "scoring operating points"]
+    assert all(done == total > 0 for done, total in seen.values())  # every stage ran to its end
     doc = json.loads((tmp_path / "cal" / "calibration.json").read_text())
     assert {p["policy"] for p in doc["points"]} == {"entropy", "patience", "learned", "similarity"}
     assert (tmp_path / "cal" / "calibration.png").stat().st_size > 5000
