@@ -87,6 +87,13 @@ def register(app: typer.Typer) -> None:
         json_out: Annotated[
             Path | None, typer.Option("--json", help="report path (default: ARTIFACT_DIR/../reports/<target>.eval.json)")
         ] = None,
+        docs_without_exits: Annotated[
+            bool,
+            typer.Option(
+                help="query/doc pairs on an early-exit artifact: embed the docs with the single graph it ships (an index "
+                "built offline by the model without exits); only the queries take exits (as 'exits calibrate --queries-only')"
+            ),
+        ] = False,
     ) -> None:
         """Accuracy of the artifact itself on your data (and fidelity to the PyTorch model)."""
         from edgekit.cli.views import metrics
@@ -99,7 +106,13 @@ def register(app: typer.Typer) -> None:
 
         with console.status("evaluating") as status:
             report = evaluate(
-                artifact_dir, data, batch=batch, fidelity=fidelity, reference=reference, progress=lambda m: status.update(f"eval: {m}")
+                artifact_dir,
+                data,
+                batch=batch,
+                fidelity=fidelity,
+                reference=reference,
+                progress=lambda m: status.update(f"eval: {m}"),
+                docs_without_exits=docs_without_exits,
             )
         metrics(f"{report.target} on {data.name} ({report.n} texts)", report.metrics, report.notes)
         path = json_out or artifact_dir.resolve().parent / "reports" / f"{report.target}.eval.json"

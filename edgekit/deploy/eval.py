@@ -87,8 +87,12 @@ def evaluate(
     fidelity: bool = True,
     reference: Reference | None = None,
     progress: Callable[[str], None] | None = None,
+    docs_without_exits: bool = False,
 ) -> EvalReport:
     """Evaluate the artifact in ``artifact_dir`` on ``data_file``.
+
+    ``docs_without_exits`` (query/doc pairs on an early-exit artifact): the docs go through the single graph the
+    artifact ships, as an index built offline by the model without exits; only the queries take exits.
 
     Fidelity to PyTorch needs ``reference`` (the build side's ``edgekit.build.load.torch_reference``):
     this side never imports torch.
@@ -126,7 +130,13 @@ def evaluate(
             else:
                 texts = data.read_texts(data_file)
             say(f"embedding {len(texts)} texts")
-            outputs = pred.predict(texts, batch=batch)
+            if kind == "pairs" and docs_without_exits and pred.exits is not None:
+                notes.append("docs embedded by the single graph (no exits), as an offline index; only the queries took exits")
+                outputs = np.concatenate([pred.predict(queries, batch=batch), pred.predict(docs, batch=batch, exits=False)])
+            else:
+                outputs = pred.predict(texts, batch=batch)
+            if docs_without_exits and (kind != "pairs" or pred.exits is None):
+                notes.append("--docs-without-exits ignored: it applies to query/doc pairs on an early-exit artifact")
             if kind == "pairs":
                 metrics.update(retrieval(outputs[: len(queries)], outputs[len(queries) :]))
         if (note := pred.tokenizer.truncation_note(texts)) is not None:

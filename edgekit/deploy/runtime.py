@@ -115,12 +115,17 @@ class Predictor:
         """Model only: one call on an already tokenized batch."""
         return self.session.infer(feed)[self.output]
 
-    def predict(self, texts: list[str], *, batch: int = 16) -> np.ndarray:
-        """Outputs (logits or embeddings) for every text, in batches; static batches padded."""
+    def predict(self, texts: list[str], *, batch: int = 16, exits: bool = True) -> np.ndarray:
+        """Outputs (logits or embeddings) for every text, in batches; static batches padded. ``exits=False`` on an
+        early-exit artifact: through the single graph it ships (the model without exits)."""
         batch = self.static_batch or batch
+        run = self.run
+        if not exits and self.exits is not None:
+            single, name = self.exits.single, self.exits.output_name
+            run = lambda feed: single.infer(feed)[name]  # noqa: E731
         parts = []
         for i in range(0, len(texts), batch):
             chunk = texts[i : i + batch]
             padded = chunk + [chunk[-1]] * (batch - len(chunk)) if self.static_batch else chunk
-            parts.append(self.run(self.tokenizer(padded))[: len(chunk)])
+            parts.append(run(self.tokenizer(padded))[: len(chunk)])
         return np.concatenate(parts, axis=0)

@@ -85,6 +85,32 @@ def test_similarity_exits_for_an_embedding_model(checkpoints, texts, tmp_path):
     assert m.settings["exit_parity"]["same_exit_layer"] == 1.0
 
 
+def test_eval_can_embed_the_docs_without_exits(checkpoints, tmp_path):
+    """``eval --docs-without-exits``: on pairs, the docs run the single graph the exit artifact ships (the original
+    model's embeddings), only the queries take exits; elsewhere the option is ignored with a note."""
+    from edgekit.deploy import data
+    from edgekit.deploy.eval import evaluate, retrieval
+
+    model = MultiExitModel(load(checkpoints["distilbert-embedding"]))
+    export_segments(model, make("learned", 0.0, "embedding"), tmp_path / "onnx")  # every text leaves at the first exit
+    compile_exits(tmp_path / "onnx", "ort-cpu", tmp_path / "ort")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(data.shipped("pydoc_pairs.jsonl").read_text().splitlines(keepends=True)[:20]))
+    queries, docs = data.read_pairs(pairs)
+    exits = torch_exits(model, model.encoder.tokenize(queries + docs, max_length=model.encoder.info.max_length))
+    early, final = exits[0]["output"], exits[-1]["output"]
+    both = evaluate(tmp_path / "ort", pairs, fidelity=False)
+    assert both.metrics["mean_exit_layer"] == model.config.layers[0] and both.metrics["recall@1"] == pytest.approx(
+        retrieval(early[:20], early[20:])["recall@1"]
+    )
+    indexed = evaluate(tmp_path / "ort", pairs, fidelity=False, docs_without_exits=True)
+    assert indexed.metrics["mrr"] == pytest.approx(retrieval(early[:20], final[20:])["mrr"], abs=1e-4)
+    assert any("docs embedded by the single graph" in n for n in indexed.notes)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(queries) + "\n")
+    assert any("ignored" in n for n in evaluate(tmp_path / "ort", texts, fidelity=False, docs_without_exits=True).notes)
+
+
 def test_pruned_model_is_a_plain_shorter_graph(trained, tmp_path, texts):
     import onnx
 
