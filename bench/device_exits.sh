@@ -19,7 +19,8 @@
 #        PACK=1 (or PACK="frozen-mean ..." for some heads only): each heads folder comes back as $OUT/pack-<head>_a? (PACK_PART bytes, 15M by default; here: cat pack-joint_* | tar xf - -C HEADS,
 #        then bench/exit_deploy_run.py HEADS). Joint heads: the float backbone is stored in fp16 right after training
 #        (bench/tools/exits_fp16.py, so every figure is of the weights that come back). Frozen heads: the checkpoint they
-#        sit on goes along as backbone/; only a QAT student saved in fp16 fits (QUANT_ARGS with --save-dtype float16)
+#        sit on goes along as backbone/, in fp16 when it is a float one; a QAT student fits only when saved in fp16
+#        (QUANT_ARGS with --save-dtype float16)
 #   here (CPU check of the script):  SMOKE=1 TIMING=none OUT=/tmp/exits_out bash bench/device_exits.sh
 # Back: $OUT/exits-quality.json and .md, the four calibration.json/.png -> bench/results/exits-quality/.
 set -euo pipefail
@@ -71,6 +72,9 @@ for h in frozen frozen-mean; do  # frozen-mean: the heads read the mean of the t
   echo "$h heads: $(( $(date +%s) - t0 )) s"
   if [[ " ${PACK:-} " == *" $h "* || "${PACK:-}" == 1 ]]; then  # the checkpoint under the heads travels with them (load_exits reads backbone/ first)
     cp -rL "$BASE" "$W/$h/backbone"  # -L: a TEACHER given is a symlink; its files must travel, not the link
+    # a float checkpoint travels in fp16 (90 MB in fp32 is past the return limits); calibrated below on the same weights.
+    # A QAT student stays as it is (its latent weights decide its codes; the tool refuses it)
+    $PY bench/tools/exits_fp16.py "$W/$h" || true
     tar cf - -C "$W/$h" --exclude train_state.pt . | split -b "${PACK_PART:-15M}" - "$OUT/pack-${h}_"
   fi
 done
