@@ -161,20 +161,16 @@ def test_an_embedding_model_calibrates_on_retrieval_pairs(checkpoints, tmp_path,
     code, _, err = run_cli(["exits", "calibrate", str(heads), "--data", str(few), "--out", str(tmp_path / "f")], monkeypatch, capsys)
     assert_user_error(code, err, "(10 query/doc pairs are fewer than 30): about 30 query/doc pairs needed")
     assert not (tmp_path / "f" / "calibration.json").exists()
-    code, out, err = run_cli(
-        ["exits", "calibrate", str(heads), "--data", str(pairs), "--out", str(tmp_path / "q"), "--queries-only", "--confidence", "0"],
-        monkeypatch,
-        capsys,
-    )
-    assert code == 0, err
-    doc = json.loads((tmp_path / "q" / "calibration.json").read_text())
+
+    def calibrated(flag: str) -> dict:
+        out_dir = tmp_path / flag.strip("-")
+        args = ["exits", "calibrate", str(heads), "--data", str(pairs), "--out", str(out_dir), flag, "--confidence", "0"]
+        code, _, err = run_cli(args, monkeypatch, capsys)
+        assert code == 0, err
+        return json.loads((out_dir / "calibration.json").read_text())
+
+    doc = calibrated("--queries-only")
     assert doc["metric"].startswith("recall@1 (queries") and doc["base_quality"] == pytest.approx(want)
     assert sum(doc["points"][0]["exit_histogram"]) == 40  # only the queries run the exits
-    code, out, err = run_cli(
-        ["exits", "calibrate", str(heads), "--data", str(pairs), "--out", str(tmp_path / "u"), "--unsupervised", "--confidence", "0"],
-        monkeypatch,
-        capsys,
-    )
-    assert code == 0, err
-    doc = json.loads((tmp_path / "u" / "calibration.json").read_text())
+    doc = calibrated("--unsupervised")
     assert doc["metric"] == "cosine to the final exit" and np.isclose(doc["base_quality"], 1.0)
