@@ -393,12 +393,12 @@ def recommend(
     if base is not None and faster:
         best = max(faster, key=lambda p: (p.budget_quality(), -p.expected_latency_ms))
         why = (
-            f"no exit policy within {max_drop:g} points is {MIN_SAVING:.0%} faster than the single graph on {target} ({single_ms:.2f} ms; "
+            f"no exit policy within {max_drop:g} points is at least {MIN_SAVING:.0%} faster than the single graph on {target} ({single_ms:.2f} ms; "
             f"the best faster one, {best.spec}, drops {100 * (base - best.budget_quality()):.2f} points at {best.expected_latency_ms:.2f} ms)"
         )
     else:
         why = (
-            f"no exit policy is {MIN_SAVING:.0%} faster than the single graph on {target} ({single_ms:.2f} ms; "
+            f"no exit policy is at least {MIN_SAVING:.0%} faster than the single graph on {target} ({single_ms:.2f} ms; "
             f"fastest policy {fastest.spec}: {fastest.expected_latency_ms:.2f} ms)"
         )
     layer = shallowest_within(per_exit, layers, max_drop)
