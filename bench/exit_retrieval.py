@@ -27,8 +27,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_early_exit import cpu_model  # noqa: E402
 from exit_deploy_run import run_chosen, timing_line, write_json  # noqa: E402
@@ -37,15 +35,7 @@ from edgekit.build.exits import steps
 from edgekit.build.exits.train import TrainConfig
 from edgekit.deploy import data
 from edgekit.deploy.eval import retrieval
-
-
-def single_graph_embeddings(artifact: Path, texts: list[str], batch: int = 32) -> np.ndarray:
-    """``texts`` through the single graph an exit artifact ships (as a doc index is built: offline, no exits)."""
-    from edgekit.deploy.runtime import Predictor
-
-    with Predictor(artifact) as p:
-        one, name = p.exits.single, p.exits.output_name
-        return np.concatenate([one.infer(p.tokenizer(texts[i : i + batch]))[name] for i in range(0, len(texts), batch)])
+from edgekit.deploy.runtime import Predictor
 
 
 def main() -> None:
@@ -88,7 +78,10 @@ def main() -> None:
             print(f"{target}: {cal.recommendation}: {cal.message}", flush=True)
             continue
         spec, shapes, outputs = run_chosen(heads, c, target, work, queries if args.queries_only else texts, args.rounds)
-        index = single_graph_embeddings(work / "artifact", docs) if args.queries_only else None
+        index = None
+        if args.queries_only:  # the docs as an offline index: through the single graph the artifact ships
+            with Predictor(work / "artifact") as p:
+                index = p.predict(docs, batch=32, exits=False)
         row |= {"chosen": spec, "exits": c.exits, "calibration_mean_layers": c.mean_layers, "expected_latency_ratio": c.latency_ratio}
         row["interval"] = cal.interval.model_dump() if cal.interval is not None else None
         for shape, r in shapes.items():
