@@ -220,11 +220,15 @@ class Pipeline:
             def segments(entry: Path) -> tuple[str, dict]:
                 from edgekit.build.exits import steps as xb
 
-                xb.export(heads.out, policy, entry / "onnx", name=name)
-                return "onnx", {"policy": policy}
+                xb.export(heads.out, policy, entry / "onnx", name=name, form=form)
+                return "onnx", {"policy": policy, "form": form}
 
+            form = s.exits.form
             return self.runner.run(
-                "segments", f"export: early-exit segments, policy {policy}", {"heads": heads.key, "policy": policy, "name": name}, segments
+                "segments",
+                f"export: early exit ({'one graph' if form == 'graph' else 'segments'}), policy {policy}",
+                {"heads": heads.key, "policy": policy, "name": name, "form": form},
+                segments,
             )
         if s.lower:
             model = self.model

@@ -129,6 +129,13 @@ def calibrate(
             "exits, as an index built offline is (recall@1 and latency are the queries')"
         ),
     ] = False,
+    form: Annotated[
+        str,
+        typer.Option(
+            help="graph: the exits decided inside one ONNX graph (one runtime call; a batch stops once every row has left); "
+            "segments: one graph per segment, run by the controller (rows that leave are dropped from a batch)"
+        ),
+    ] = "graph",
 ) -> None:
     """Sweep every policy on a dev file and choose the operating point that meets the budget."""
     from edgekit.build.exits import operating
@@ -149,6 +156,7 @@ def calibrate(
             per_exit=per_exit,
             groups=groups,
             queries_only=queries_only,
+            form=form,
             progress=progress,
         )
     single = f", single graph {r.single_graph_latency_ms:.2f} ms on {target}" if r.single_graph_latency_ms is not None else ""
@@ -180,7 +188,7 @@ def export(
             help="NAME=VALUE (entropy, patience, learned or similarity, e.g. entropy=0.3) or NAME=V1,V2,... (one per exit before the last)"
         ),
     ],
-    out: Annotated[Path, typer.Option(help="ONNX segments artifact to write")] = Path("build/exits-onnx"),
+    out: Annotated[Path, typer.Option(help="ONNX early-exit artifact to write")] = Path("build/exits-onnx"),
     exits: Annotated[
         str | None,
         typer.Option(help="keep only the exits after these layers, e.g. 2,4 (the last layer's is always kept; default: the calibration's)"),
@@ -189,26 +197,34 @@ def export(
         Path | None,
         typer.Option(help="calibration.json whose length plan and kept exits apply when it chose this policy (default: HEADS/calibration)"),
     ] = None,
+    form: Annotated[
+        str | None,
+        typer.Option(
+            help="graph: the exits decided inside one ONNX graph (one runtime call); segments: one graph per segment "
+            "(default: the form the calibration timed, else graph)"
+        ),
+    ] = None,
 ) -> None:
-    """Export the early-exit model as one ONNX graph per segment (dynamic exit)."""
+    """Export the early-exit model for dynamic exit: one ONNX graph with the exits inside, or one per segment."""
     from edgekit.build.exits import steps
     from edgekit.deploy.exits.policies import policy_spec
 
-    m = steps.export(heads, policy, out, calibration=calibration, exits=ints(exits, "--exits"))
+    m = steps.export(heads, policy, out, calibration=calibration, exits=ints(exits, "--exits"), form=form)
     rows = m.settings.get("exit_parity", {}).get("rows", 32)
+    shape = "one graph" if m.exits.graph is not None else f"{len(m.exits.segments)} segments"
     console.print(
-        f"[green]exported[/] {len(m.exits.segments)} segments, exits at layers {','.join(map(str, m.exits.layers))} "
+        f"[green]exported[/] {shape}, exits at layers {','.join(map(str, m.exits.layers))} "
         f"({policy_spec(m.exits.policy, m.exits.param)}) -> {out}; exits match PyTorch on {rows} texts"
     )
 
 
 @app.command("compile")
 def compile_(
-    onnx_dir: Annotated[Path, typer.Argument(help="segments artifact (from 'edgekit exits export')")],
+    onnx_dir: Annotated[Path, typer.Argument(help="early-exit artifact (from 'edgekit exits export')")],
     target: TargetsOpt = ["ort-cpu"],  # noqa: B006
     out: Annotated[Path, typer.Option(help="output root: writes OUT/<target>/")] = Path("dist/exits"),
 ) -> None:
-    """Compile every segment for each target; checks that exits equal PyTorch's."""
+    """Compile the exit graph (or every segment) and the single graph for each target; checks that exits equal PyTorch's."""
     from edgekit.build import plan, runner
     from edgekit.cli.views import compiled
     from edgekit.deploy import artifact

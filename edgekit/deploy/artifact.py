@@ -115,12 +115,20 @@ class SegmentSpec(_Frozen):
 
 
 class ExitSpec(_Frozen):
-    """How a dynamic early-exit artifact runs: its segments and the exit policy."""
+    """How a dynamic early-exit artifact runs: its segments, or its one graph, and the exit policy."""
 
     layers: list[int]
     policy: str
     param: float | list[float]  # one value for every exit, or one per exit before the last
-    segments: list[SegmentSpec]
+    segments: list[SegmentSpec]  # empty when ``graph`` runs the exits
+    # the one-graph form (edgekit.build.exits.onegraph): every layer, head and decision in one model with
+    # If nodes; outputs the model's output and ``exit_layer``
+    graph: SegmentSpec | None = None
+
+    @property
+    def parts(self) -> list[SegmentSpec]:
+        """The model files that run the exits: the one graph, or the segments."""
+        return [self.graph] if self.graph is not None else list(self.segments)
 
 
 class Manifest(_Frozen):
@@ -192,8 +200,8 @@ def _referenced_files(manifest: Manifest) -> list[str]:
     names = [manifest.model_file]
     packs = [(manifest.model_file, manifest.settings.get("packed"))]
     if manifest.exits is not None:
-        names += [s.model_file for s in manifest.exits.segments]
-        packs += [(s.model_file, s.packed) for s in manifest.exits.segments]
+        names += [s.model_file for s in manifest.exits.parts]
+        packs += [(s.model_file, s.packed) for s in manifest.exits.parts]
     for model, p in packs:
         if isinstance(p, dict) and isinstance(p.get("file"), str):
             names.append(str(PurePosixPath(model).parent / p["file"]))
@@ -235,7 +243,7 @@ def check_model_files(root: Path, manifest: Manifest, suffixes: tuple[str, ...])
     """Every model file of the artifact (segments too) is of a kind its target runs (``suffixes``,
     the target's own ``model_suffixes``; only the first once nothing is pending on the device)."""
     expected = suffixes if manifest.pending else suffixes[:1]
-    models = [manifest.model_file, *(s.model_file for s in (manifest.exits.segments if manifest.exits else []))]
+    models = [manifest.model_file, *(s.model_file for s in (manifest.exits.parts if manifest.exits else []))]
     for name in models:
         if not name.endswith(expected):
             raise ArtifactError(

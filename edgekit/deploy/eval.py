@@ -148,8 +148,9 @@ def evaluate(
             say("early exit: measured vs expected latency (batch 1)")
             exits = latency_check(pred.exits, [pred.tokenizer([t]) for t in texts[:EXIT_LATENCY_TEXTS]])
             metrics["mean_exit_layer"] = exits["mean_exit_layer"]
-            metrics["measured_mean_latency_ms"] = exits["measured_mean_latency_ms"]
-            metrics["expected_latency_ms"] = exits["expected_latency_ms"]
+            for key in ("measured_mean_latency_ms", "single_graph_latency_ms", "measured_over_single_graph", "expected_latency_ms"):
+                if exits[key] is not None:
+                    metrics[key] = exits[key]
         if fidelity:
             say("PyTorch reference for fidelity")
             ref = reference(manifest, texts, notes) if reference is not None else None

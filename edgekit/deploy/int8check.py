@@ -31,16 +31,27 @@ _OV_MATMULS = frozenset({"FullyConnected", "MatMul", "Gemm"})
 _OV_INT = frozenset({"u8", "i8", "U8", "I8"})
 
 
+def nodes(graph) -> list[Any]:
+    """Every node of an ONNX graph, its subgraphs' (an ``If``'s branches) included."""
+    out = []
+    for node in graph.node:
+        out.append(node)
+        for attr in node.attribute:
+            if attr.type == 5:  # AttributeProto.GRAPH
+                out += nodes(attr.g)
+    return out
+
+
 def _producers(graph) -> dict[str, Any]:
-    return {out: node for node in graph.node for out in node.output}
+    return {out: node for node in nodes(graph) for out in node.output}
 
 
 def quantized_matmuls(model) -> list[str]:
-    """Names of the matmuls in an ONNX ``ModelProto`` that take a DequantizeLinear output."""
+    """Names of the matmuls in an ONNX ``ModelProto`` (subgraphs included) that take a DequantizeLinear output."""
     prod = _producers(model.graph)
     return [
         n.name or n.output[0]
-        for n in model.graph.node
+        for n in nodes(model.graph)
         if n.op_type in FLOAT_MATMULS and any(getattr(prod.get(i), "op_type", "") == "DequantizeLinear" for i in n.input)
     ]
 
@@ -62,14 +73,14 @@ def ort_report(model: bytes | str | Path, *, level: str = "all", threads: int | 
         optimized = onnx.load(so.optimized_model_filepath)
     integer: dict[str, int] = {}
     floats: dict[str, int] = {}
-    for node in optimized.graph.node:
+    for node in nodes(optimized.graph):
         if node.op_type in INTEGER_OPS:
             integer[node.op_type] = integer.get(node.op_type, 0) + 1
         elif node.op_type in FLOAT_MATMULS:
             floats[node.op_type] = floats.get(node.op_type, 0) + 1
     # still fed by a DequantizeLinear, or a quantized matmul of the source left as a float
     # matmul of the same name (ONNX Runtime folds a weight-only DequantizeLinear into a float constant)
-    still_float = {n.name for n in optimized.graph.node if n.op_type in FLOAT_MATMULS}
+    still_float = {n.name for n in nodes(optimized.graph) if n.op_type in FLOAT_MATMULS}
     fallback = list(dict.fromkeys([*quantized_matmuls(optimized), *(n for n in expected if n in still_float)]))
     return {
         "runtime": f"onnxruntime {ort.__version__}",
@@ -83,14 +94,16 @@ def ort_report(model: bytes | str | Path, *, level: str = "all", threads: int | 
     }
 
 
-def openvino_report(compiled: Any, expected: int | None = None) -> dict[str, Any]:
+def openvino_report(compiled: Any, expected: int | None = None, bodies: list[Any] = ()) -> dict[str, Any]:
     """Runtime precisions of the matmuls in an OpenVINO ``CompiledModel``.
 
     OpenVINO's CPU plugin may fuse a whole attention block (QK^T, softmax, PV) into one
     Snippets ``Subgraph``/``MHA`` node; an INT8 one that holds a Softmax counts as the two
-    attention matmuls it runs."""
+    attention matmuls it runs. The runtime model shows an ``If`` as one node: ``bodies`` are its
+    branches compiled on their own (:func:`if_bodies`), whose matmuls count too."""
     integer, floats, blocks = [], [], []
-    for op in compiled.get_runtime_model().get_ordered_ops():
+    ops = [op for c in (compiled, *bodies) for op in c.get_runtime_model().get_ordered_ops()]
+    for op in ops:
         rt = op.get_rt_info()
         kind = rt["layerType"].astype(str) if "layerType" in rt else op.get_type_name()
         precision = rt["runtimePrecision"].astype(str) if "runtimePrecision" in rt else "?"
@@ -114,6 +127,18 @@ def openvino_report(compiled: Any, expected: int | None = None) -> dict[str, Any
         report["expected_int8"] = expected
         report["all_int8"] = report["int8"] >= expected
     return report
+
+
+def if_bodies(model: Any) -> list[Any]:
+    """The branches of every ``If`` in an ``ov.Model``, nested ones included (each an ``ov.Model``
+    whose own ``If`` nodes are not expanded again: those come in the list themselves)."""
+    out = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "If":
+            for i in (0, 1):
+                body = op.get_function(i)
+                out += [body, *if_bodies(body)]
+    return out
 
 
 def fallback_message(runtime: str, report: dict[str, Any]) -> str:

@@ -83,34 +83,51 @@ def sha256(values: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()
 
 
+def _graphs(graph, path: str = "") -> Iterator[tuple[Any, str]]:
+    """``graph`` and its subgraphs (an ``If``'s branches), each with its path: ``""`` for the main
+    graph, else ``NODE/ATTRIBUTE`` steps joined by ``/`` (the node's name, the branch attribute)."""
+    yield graph, path
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == 5:  # AttributeProto.GRAPH
+                yield from _graphs(attr.g, f"{path}/{node.name}/{attr.name}".lstrip("/"))
+
+
 def pack_onnx(model_path: Path, out_dir: Path, *, min_elements: int = MIN_ELEMENTS, file: str = PACKED_FILE) -> dict[str, Any] | None:
     """Move the low-bit int8 initializers of ``model_path`` into ``out_dir/file``, packed.
 
-    Rewrites ``model_path`` without them. Returns the manifest entry, or None (nothing to pack)."""
+    Initializers of subgraphs (the one-graph exit model keeps each stage's weights in its ``If``
+    branch) are packed too; their entry names the graph (``graph``: the :func:`_graphs` path) so
+    loading puts them back where they were. Rewrites ``model_path`` without them. Returns the
+    manifest entry, or None (nothing to pack)."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(model_path))
-    keep, tensors, blob = [], {}, bytearray()
+    tensors, blob = {}, bytearray()
     kept_int8 = {"tensors": 0, "bytes": 0}
-    for init in model.graph.initializer:
-        bits = None
-        if init.data_type == _INT8 and int(np.prod(init.dims)) >= min_elements:
-            values = numpy_helper.to_array(init)
-            bits = lowbit_width(values)
+    for graph, path in list(_graphs(model.graph)):
+        keep = []
+        for init in graph.initializer:
+            bits = None
+            if init.data_type == _INT8 and int(np.prod(init.dims)) >= min_elements:
+                values = numpy_helper.to_array(init)
+                bits = lowbit_width(values)
+                if bits is None:
+                    kept_int8["tensors"] += 1
+                    kept_int8["bytes"] += int(values.size)
             if bits is None:
-                kept_int8["tensors"] += 1
-                kept_int8["bytes"] += int(values.size)
-        if bits is None:
-            keep.append(init)
-            continue
-        data = pack(values, bits)
-        tensors[init.name] = {"bits": bits, "shape": list(values.shape), "offset": len(blob), "bytes": len(data), "sha256": sha256(values)}
-        blob += data
+                keep.append(init)
+                continue
+            data = pack(values, bits)
+            entry = {"bits": bits, "shape": list(values.shape), "offset": len(blob), "bytes": len(data), "sha256": sha256(values)}
+            tensors[init.name] = entry | ({"graph": path} if path else {})
+            blob += data
+        if len(keep) != len(graph.initializer):
+            del graph.initializer[:]
+            graph.initializer.extend(keep)
     if not tensors:
         return None
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
     onnx.save(model, str(model_path))
     (Path(out_dir) / file).write_bytes(bytes(blob))
     unpacked = sum(int(np.prod(t["shape"])) for t in tensors.values())
@@ -265,41 +282,99 @@ def tensor_proto(name: str, values: np.ndarray) -> bytes:
     return dims + _varint(2 << 3) + _varint(_INT8) + _field(8, name.encode()) + _field(9, np.ascontiguousarray(values).tobytes())
 
 
-def append_initializers(model_bytes: bytes, tensors: dict[str, np.ndarray]) -> bytes:
-    """``model_bytes`` (a serialized ModelProto) with ``tensors`` added to its graph's initializers."""
-    i, out, found = 0, bytearray(), False
-    while i < len(model_bytes):
+def _fields(buf: bytes) -> Iterator[tuple[int, int, int, int, int]]:
+    """Top-level protobuf fields of ``buf``: (field number, wire type, start, payload start, end)."""
+    i = 0
+    while i < len(buf):
         start = i
-        key, i = _read_varint(model_bytes, i)
-        wire = key & 7
+        key, i = _read_varint(buf, i)
+        wire, j = key & 7, i
         if wire == 0:
-            _, i = _read_varint(model_bytes, i)
+            _, i = _read_varint(buf, i)
         elif wire == 1:
             i += 8
         elif wire == 5:
             i += 4
         elif wire == 2:
-            length, j = _read_varint(model_bytes, i)
+            length, j = _read_varint(buf, i)
             i = j + length
-            if key >> 3 == 7:  # ModelProto.graph
-                graph = model_bytes[j:i] + b"".join(_field(5, tensor_proto(n, v)) for n, v in tensors.items())  # GraphProto.initializer = 5
-                out += _field(7, graph)
-                found = True
-                continue
         else:
             raise ArtifactError(
                 f"unexpected protobuf wire type {wire} in the model file", hint="the model file is corrupt; rebuild the artifact"
             )
-        out += model_bytes[start:i]
+        yield key >> 3, wire, start, j, i
+
+
+def _name_of(buf: bytes, number: int) -> str:
+    """The string field ``number`` of a message (a NodeProto's or AttributeProto's name is field 3 / 1)."""
+    return next((buf[j:e].decode() for f, w, _, j, e in _fields(buf) if f == number and w == 2), "")
+
+
+def _with_initializers(graph: bytes, by_path: dict[str, dict[str, np.ndarray]], path: str = "") -> tuple[bytes, int]:
+    """A GraphProto with the tensors of ``by_path[path]`` appended to its initializers, and those of
+    deeper paths to the subgraphs they name (NodeProto.attribute=5, AttributeProto.g=6); and how
+    many tensors went in."""
+    if not any(p == path or p.startswith(f"{path}/" if path else "") for p in by_path):
+        return graph, 0
+    out, placed = bytearray(), 0
+    for number, wire, start, j, end in _fields(graph):
+        if number != 1 or wire != 2:  # GraphProto.node = 1
+            out += graph[start:end]
+            continue
+        node = graph[j:end]
+        name, rebuilt, changed = _name_of(node, 3), bytearray(), False
+        for f, w, s, k, e in _fields(node):
+            attr = node[k:e]
+            if f == 5 and w == 2:
+                sub = f"{path}/{name}/{_name_of(attr, 1)}".lstrip("/")
+                body = bytearray()
+                for f2, w2, s2, k2, e2 in _fields(attr):
+                    if f2 == 6 and w2 == 2:
+                        g, n = _with_initializers(attr[k2:e2], by_path, sub)
+                        placed, changed = placed + n, changed or n > 0
+                        body += _field(6, g)
+                    else:
+                        body += attr[s2:e2]
+                rebuilt += _field(5, bytes(body))
+            else:
+                rebuilt += node[s:e]
+        out += _field(1, bytes(rebuilt)) if changed else graph[start:end]
+    here = by_path.get(path, {})
+    out += b"".join(_field(5, tensor_proto(n, v)) for n, v in here.items())  # GraphProto.initializer = 5
+    return bytes(out), placed + len(here)
+
+
+def append_initializers(model_bytes: bytes, tensors: dict[str, np.ndarray], graphs: dict[str, str] | None = None) -> bytes:
+    """``model_bytes`` (a serialized ModelProto) with ``tensors`` added to its graph's initializers, or,
+    for a name in ``graphs``, to the subgraph at that path (see :func:`pack_onnx`)."""
+    by_path: dict[str, dict[str, np.ndarray]] = {}
+    for name, values in tensors.items():
+        by_path.setdefault((graphs or {}).get(name, ""), {})[name] = values
+    out, found, placed = bytearray(), False, 0
+    for number, wire, start, j, end in _fields(model_bytes):
+        if number == 7 and wire == 2:  # ModelProto.graph
+            graph, placed = _with_initializers(model_bytes[j:end], by_path)
+            out += _field(7, graph)
+            found = True
+        else:
+            out += model_bytes[start:end]
     if not found:
         raise ArtifactError("the model file has no graph", hint="the model file is corrupt; rebuild the artifact")
+    if placed != len(tensors):
+        raise ArtifactError(
+            f"{len(tensors) - placed} packed weights name a subgraph the model file does not have",
+            hint="the artifact is corrupt; rebuild it",
+        )
     return bytes(out)
 
 
 def model_bytes(artifact_dir: Path, model_file: str, packed: dict[str, Any] | None) -> bytes:
     """The complete model: the file itself, plus its unpacked weights when ``packed``."""
     data = (Path(artifact_dir) / model_file).read_bytes()
-    return data if not packed else append_initializers(data, unpack_all(artifact_dir, packed))
+    if not packed:
+        return data
+    graphs = {name: t["graph"] for name, t in packed["tensors"].items() if t.get("graph")}
+    return append_initializers(data, unpack_all(artifact_dir, packed), graphs)
 
 
 @contextlib.contextmanager

@@ -74,3 +74,59 @@ def test_unpack_refuses_a_hash_mismatch_and_other_formats(tmp_path):
         packing.model_bytes(tmp_path, "m.onnx", packed)
     with pytest.raises(ArtifactError, match="format"):
         packing.unpack_all(tmp_path, {**packed, "format": "other"})
+
+
+def _nested_model(outer: np.ndarray, inner: np.ndarray) -> onnx.ModelProto:
+    """A model whose If branches hold their own low-bit weights (as the one-graph exit model's stages do)."""
+
+    def branch(name: str, weight: np.ndarray, nested=None) -> onnx.GraphProto:
+        nodes = [
+            helper.make_node("DequantizeLinear", [name, "s"], [f"{name}_f"]),
+            helper.make_node("ReduceSum", [f"{name}_f"], [f"{name}_r"]),
+        ]
+        out = f"{name}_r"
+        if nested is not None:
+            zero = helper.make_graph(
+                [helper.make_node("Constant", [], ["zero"], value=helper.make_tensor("z", TensorProto.FLOAT, [], [0.0]))],
+                "zero",
+                [],
+                [helper.make_tensor_value_info("zero", TensorProto.FLOAT, None)],
+            )
+            nodes.append(helper.make_node("If", ["c"], [f"{name}_if"], name=f"if_{name}", then_branch=nested, else_branch=zero))
+            nodes.append(helper.make_node("Add", [out, f"{name}_if"], [f"{name}_sum"]))
+            out = f"{name}_sum"
+        return helper.make_graph(
+            nodes, name, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], [numpy_helper.from_array(weight, name)]
+        )
+
+    deep = branch("deep", inner)
+    mid = branch("mid", inner.copy(), deep)
+    top = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], name="top_if", then_branch=mid, else_branch=branch("plain", outer))],
+        "g",
+        [helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.float32(0.5), "s")],
+    )
+    model = helper.make_model(top, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_weights_inside_subgraphs_are_packed_and_put_back_where_they_were(tmp_path):
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(2)
+    model = _nested_model(rng.choice([-1, 1], size=(32, 16)).astype(np.int8), rng.choice([-1, 0, 1], size=(24, 20)).astype(np.int8))
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    packed = packing.pack_onnx(tmp_path / "m.onnx", tmp_path)
+    graphs = {name: t.get("graph", "") for name, t in packed["tensors"].items()}
+    assert graphs == {"mid": "top_if/then_branch", "deep": "top_if/then_branch/if_mid/then_branch", "plain": "top_if/else_branch"}
+    restored = packing.model_bytes(tmp_path, "m.onnx", packed)
+    for c in (True, False):
+        feed = {"c": np.array(c)}
+        ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+        np.testing.assert_array_equal(ort.InferenceSession(restored, providers=["CPUExecutionProvider"]).run(None, feed)[0], ref[0])
+    lost = {**packed, "tensors": {**packed["tensors"], "deep": {**packed["tensors"]["deep"], "graph": "top_if/then_branch/nowhere/g"}}}
+    with pytest.raises(ArtifactError, match="1 packed weights name a subgraph the model file does not have"):
+        packing.model_bytes(tmp_path, "m.onnx", lost)

@@ -147,6 +147,7 @@ class CalibrationReport(BaseModel):
     exits: list[int] | None = None  # layers whose exits the chosen point keeps (None: all of ``layers``)
     interval: Interval | None = None
     confidence: float | None = None  # one-sided level of the bound the budget was checked on (None: point estimate)
+    form: str = "segments"  # the exit artifact the latencies were measured on (calibrations before the one graph: segments)
 
     ALIASES: ClassVar[dict[str, str]] = {"base": "base_quality"}
 

@@ -47,22 +47,37 @@ def pick(lengths: np.ndarray, buckets: list[int], n: int) -> list[int]:
 
 
 def measure_target(
-    model, texts: list[str], lengths: np.ndarray, target: str, out: Path, n: int = 100, rounds: int = 3, progress=None
+    model,
+    texts: list[str],
+    lengths: np.ndarray,
+    target: str,
+    out: Path,
+    n: int = 100,
+    rounds: int = 3,
+    progress=None,
+    form: str = "graph",
 ) -> cal.Timing:
-    """Batch-1 latency on ``target`` per length bucket: the segments (to the end of each, exit checks
-    included) and the single graph of the same model (the one the exit artifact ships, compiled
+    """Batch-1 latency on ``target`` per length bucket: the exit artifact of ``form`` to each exit (exit
+    checks included) and the single graph of the same model (the one the exit artifact ships, compiled
     with it), timed on the same texts at their own lengths, interleaved text by text (median over
     ``rounds``; ``progress(done, total)`` after each text of each round). Without exit checks the
     deployed controller runs that single graph, so the no-checks latency (``chain_ms``) is the single
-    graph's."""
+    graph's.
+
+    Segments: one pass runs every segment and stamps the end of each. One graph: calibration's timing
+    graph (:func:`edgekit.build.exits.onegraph.Flat`) is called once per exit with every row forced
+    out there, the policy's arithmetic run at every exit before it."""
     import time
 
     from edgekit.deploy import targets
     from edgekit.deploy.runtime import Predictor
 
-    never = make("entropy", 0.0) if model.task == "classifier" else make("learned", 1.0)
-    art = out / "segments"
-    export_segments(model, never, art / "onnx")
+    if form == "graph":  # a positive threshold: the entropy is computed at every exit, as a deployed policy does
+        never = make("entropy", 1e-6) if model.task == "classifier" else make("learned", 1.0)
+    else:
+        never = make("entropy", 0.0) if model.task == "classifier" else make("learned", 1.0)
+    art = out / form
+    export_segments(model, never, art / "onnx", form=form, timing=form == "graph")
     compile_exits(art / "onnx", target, art / target)
     fields = targets.get(target).options_model.model_fields
     options = {"spinning": False} if "spinning" in fields else None  # as compile_exits: idle sessions' threads must not spin
@@ -70,23 +85,35 @@ def measure_target(
     max_len = int(lengths.max())
     buckets = [b for b in cal.BUCKETS if b < max_len] + [next((b for b in cal.BUCKETS if b >= max_len), max_len)]
     picked = pick(lengths, buckets, n)
+    exits = len(model.config.layers)
     with Predictor(art / target, options=opts) as seg:
         ctl = seg.exits
         one = ctl.single
+
+        def to_each_exit(f: dict) -> list[float]:
+            if form == "segments":
+                return ctl.timed_chain(f)
+            stamps = []
+            for k in range(exits):
+                t = time.perf_counter()
+                ctl.forced(f, k)
+                stamps.append(time.perf_counter() - t)
+            return stamps
+
         feeds = [seg.tokenizer([texts[i]]) for i in picked]
         for f in feeds[:5]:  # warm-up
-            one.infer(f), ctl.timed_chain(f)
+            one.infer(f), to_each_exit(f)
         t_one = np.zeros((rounds, len(feeds)))
-        t_cum = np.zeros((rounds, len(feeds), len(model.config.layers)))
+        t_cum = np.zeros((rounds, len(feeds), exits))
         for r in range(rounds):
             for i, f in enumerate(feeds):
                 if (i + r) % 2:
-                    t_cum[r, i] = ctl.timed_chain(f)
+                    t_cum[r, i] = to_each_exit(f)
                 t = time.perf_counter()
                 one.infer(f)
                 t_one[r, i] = time.perf_counter() - t
                 if not (i + r) % 2:
-                    t_cum[r, i] = ctl.timed_chain(f)
+                    t_cum[r, i] = to_each_exit(f)
                 if progress is not None:
                     progress(r * len(feeds) + i + 1, rounds * len(feeds))
     rows_b = cal.bucket_of(lengths[picked], buckets)

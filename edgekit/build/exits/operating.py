@@ -281,6 +281,7 @@ def calibrate(
     rounds: int = 3,
     groups: str | None = None,
     queries_only: bool = False,
+    form: str = "graph",
     progress=None,
 ) -> cal.CalibrationReport:
     """``edgekit exits calibrate``: exit outputs on ``data_file``, latencies measured on ``target`` (per
@@ -288,12 +289,16 @@ def calibrate(
 
     ``queries_only`` (an embedding model, a file of query/doc pairs): the docs are embedded once by the model
     without exits, as an index built offline is, and only the queries take exits: quality is their recall@1
-    against that index, latency theirs. ``progress(stage, done, total)``: each stage's progress (exit outputs,
+    against that index, latency theirs. ``form``: the exit artifact whose latency is measured (``graph``: the
+    exits decided inside one graph; ``segments``); the export of the chosen point uses it. ``progress(stage, done, total)``: each stage's progress (exit outputs,
     latency on the target, the search)."""
     from edgekit.build.exits.dev import measure_target, texts_and_labels
     from edgekit.build.exits.model import load_exits
+    from edgekit.build.exits.onegraph import FORMS
     from edgekit.build.exits.segments import torch_exits
 
+    if form not in FORMS:
+        raise ConfigError(f"unknown early-exit form {form!r}", hint=f"use one of: {', '.join(FORMS)}")
     model = load_exits(heads)
     out = Path(out)
     say = progress or (lambda stage, done, total: None)
@@ -319,7 +324,7 @@ def calibrate(
     exits = torch_exits(model, feed, progress=lambda d, t: say("exit outputs on the dev texts", d, t))
     lengths = feed["attention_mask"].sum(1)
     timed = lambda d, t: say(f"latency on {target}", d, t)  # noqa: E731
-    timing = measure_target(model, texts, lengths, target, out, latency_texts, rounds, progress=timed) if target else None
+    timing = measure_target(model, texts, lengths, target, out, latency_texts, rounds, progress=timed, form=form) if target else None
     r = report(
         exits,
         list(model.config.layers),
@@ -340,6 +345,7 @@ def calibrate(
         target=target,
         heads=str(heads),
     )
+    r = r.model_copy(update={"form": form})
     files = cal.save(r, out)
     return r.model_copy(update={"files": [str(f) for f in files]})
 

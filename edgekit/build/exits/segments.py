@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.build.exits.model import MultiExitModel, torch
+from edgekit.build.exits.onegraph import FORMS, GRAPH_FILE, export_graph, graph_spec
 from edgekit.build.export import ExportOptions, parity_feed, source_of
 from edgekit.deploy import artifact, packing, parity
 from edgekit.deploy.artifact import ExitSpec, Manifest, SegmentSpec, TensorSpec, TokenizerInfo
-from edgekit.deploy.exits.controller import SINGLE_GRAPH, segment_manifest, single_graph_entry, single_manifest
+from edgekit.deploy.exits.controller import SINGLE_GRAPH, graph_manifest, segment_manifest, single_graph_entry, single_manifest
 from edgekit.deploy.exits.policies import Policy, simulate
 from edgekit.deps import version_of
 from edgekit.errors import ConfigError, ParityError, TargetError
@@ -186,6 +187,12 @@ def _graph(module: Segment, feed: dict[str, np.ndarray], hidden: int, path: Path
     else:
         sample = (torch.zeros(2, feed["attention_mask"].shape[1], hidden), torch.from_numpy(feed["attention_mask"][:2]))
     _export(module, sample, path, 17)
+    return _checked(path, config, int8)
+
+
+def _checked(path: Path, config, int8: list) -> dict | None:
+    """A quantized model's exported graph must be INT8 (its report appended to ``int8``); its low-bit
+    codes are packed (returns the packing record, or None)."""
     if config is None:
         return None
     from edgekit.build.lower import require_int8
@@ -217,12 +224,19 @@ def export_segments(
     name: str | None = None,
     extra: dict | None = None,
     layers: list[int] | None = None,
+    form: str = "segments",
+    timing: bool = False,
 ) -> Manifest:
-    """Dynamic early exit: one ONNX per segment, the single graph, and the PyTorch controller reference.
+    """Dynamic early exit: one ONNX per segment (``form="segments"``) or the one-graph exit model
+    (``form="graph"``: :mod:`edgekit.build.exits.onegraph`), the single graph, and the PyTorch
+    controller reference.
 
     ``layers``: keep only the exits after these layers (default: every trained exit); the last
-    layer's exit is always kept.
+    layer's exit is always kept. ``timing`` (one graph only): calibration's timing graph, whose
+    inputs ``exit_at``/``use_policy`` can force every row out at one exit (see ``onegraph.Flat``).
     """
+    if form not in FORMS:
+        raise ConfigError(f"unknown early-exit form {form!r}", hint=f"use one of: {', '.join(FORMS)}")
     out = Path(out)
     model = subset(model, layers)
     max_length = model.encoder.info.max_length
@@ -234,8 +248,11 @@ def export_segments(
     config = quant_config(model)
     lowered = _lower_in_place(model, config) if config is not None else None
     with artifact.staging(out) as tmp:
-        segs, int8 = [], []
-        for i in range(len(model.config.layers)):
+        segs, int8, graph = [], [], None
+        if form == "graph":
+            export_graph(model, policy, feed, tmp / GRAPH_FILE, timing=timing)
+            graph = graph_spec(model, GRAPH_FILE, width, _checked(tmp / GRAPH_FILE, config, int8), timing)
+        for i in range(len(model.config.layers) if form == "segments" else 0):
             seg = Segment(model, i, decides_on=DECIDES_ON.get(policy.name)).eval()
             packed = _graph(seg, feed, hidden, tmp / f"seg{i}.onnx", config, int8)
             segs.append(_segment_spec(seg, model, i, width, hidden, packed))
@@ -251,13 +268,13 @@ def export_segments(
             **{f"input.{k}": v for k, v in feed.items()},
         )
         parity.save_reference(tmp / parity.REFERENCE, feed, final)
-        spec = ExitSpec(layers=list(model.config.layers), policy=policy.name, param=policy.param, segments=segs)
+        spec = ExitSpec(layers=list(model.config.layers), policy=policy.name, param=policy.param, segments=segs, graph=graph)
         settings: dict = {"exits": (extra or {}) | {SINGLE_GRAPH: single}, "exit_tolerance": EXACT}
         base = _base_manifest(model, name or out.name, max_length, width, model.encoder.tokenizer)
         if lowered is not None:
             settings |= {"exit_tolerance": LOWERED, "lowered": {**lowered, "onnxruntime_int8": int8}}
             base["precision"] = "int8"
-        manifest = Manifest(**base, model_file="seg0.onnx", exits=spec, settings=settings)
+        manifest = Manifest(**base, model_file=spec.parts[0].model_file, exits=spec, settings=settings)
         manifest = artifact.write_manifest(tmp, manifest)
         check_controller(tmp, manifest, "onnx")
         return manifest
@@ -350,7 +367,14 @@ def compile_exits(onnx_dir: str | Path, target_name: str, out: str | Path, *, op
     if target.executable_here(src) is not None or target.static_shapes or getattr(opts, "seq_lens", None):
         raise TargetError(f"dynamic early exit cannot run on {target_name} here", hint="use 'edgekit exits prune' for static-shape targets")
     with artifact.staging(out) as tmp:
-        segs, fields = [], {}
+        segs, fields, graph = [], {}, None
+        if src.exits.graph is not None:  # the one-graph form
+            (tmp / "graph").mkdir()
+            with packing.unpacked_dir(onnx_dir, graph_manifest(src)) as source:
+                fields = target.compile(source, graph_manifest(src), opts, tmp / "graph")
+            graph = src.exits.graph.model_copy(
+                update={"model_file": f"graph/{fields['model_file']}", "packed": fields["settings"].pop("packed", None)}
+            )
         for i, seg in enumerate(src.exits.segments):
             seg_manifest = segment_manifest(src, i)
             (tmp / f"seg{i}").mkdir()
@@ -374,12 +398,12 @@ def compile_exits(onnx_dir: str | Path, target_name: str, out: str | Path, *, op
                 "target": target.name,
                 "name": out.parent.name,
                 "created": artifact.now(),
-                "model_file": segs[0].model_file,
+                "model_file": (graph or segs[0]).model_file,
                 "precision": fields["precision"],
                 "runtime": fields["runtime"],
                 "settings": {**src.settings, **fields["settings"], "exits": exit_settings},
                 "parent": artifact.manifest_sha256(onnx_dir),
-                "exits": src.exits.model_copy(update={"segments": segs}),
+                "exits": src.exits.model_copy(update={"segments": segs, "graph": graph}),
                 "files": {},
             }
         )

@@ -66,8 +66,11 @@ def export(
     name: str | None = None,
     calibration: str | Path | cal.CalibrationReport | None = None,
     exits: list[int] | None = None,
+    form: str | None = None,
 ):
-    """Segments under ``policy``, plus the single graph for inputs that check no exit.
+    """The exit artifact under ``policy`` (``form``: ``graph``, the exits decided inside one graph, or
+    ``segments``; default: the form calibration timed, else ``graph``), plus the single graph for
+    inputs that check no exit.
 
     From ``calibration`` (a report or its calibration.json; default HEADS/calibration/calibration.json),
     when it chose this very policy: the length plan (which sequence lengths check exits) and the
@@ -83,9 +86,11 @@ def export(
         raise ConfigError(f"{calibration}: no such calibration.json", hint="give the file 'edgekit exits calibrate' wrote")
     chosen = from_calibration(pol, calibration or Path(heads) / "calibration" / "calibration.json")
     kept = chosen.pop("exits", None)
+    form = form or chosen.pop("form", None) or "graph"
+    chosen.pop("form", None)
     layers = exits if exits is not None else kept
     check_thresholds(pol, list(subset(model, layers).config.layers))
-    return export_segments(model, pol, out, name=name, extra=chosen or None, layers=layers)
+    return export_segments(model, pol, out, name=name, extra=chosen or None, layers=layers, form=form)
 
 
 def check_thresholds(policy, layers: list[int]) -> None:
@@ -99,8 +104,8 @@ def check_thresholds(policy, layers: list[int]) -> None:
 
 
 def from_calibration(policy, calibration: str | Path | cal.CalibrationReport) -> dict:
-    """What a calibration chose for ``policy`` when its chosen point is that policy: ``length_plan``
-    and ``exits`` (the kept exit layers; absent: all), as present; else {}."""
+    """What a calibration chose for ``policy`` when its chosen point is that policy: ``length_plan``,
+    ``exits`` (the kept exit layers; absent: all) and ``form`` (the artifact it timed), as present; else {}."""
     import json
 
     if isinstance(calibration, (str, Path)):
@@ -113,11 +118,12 @@ def from_calibration(policy, calibration: str | Path | cal.CalibrationReport) ->
             "chosen": {"policy": calibration.chosen.policy, "param": calibration.chosen.param} if calibration.chosen else None,
             "length_plan": calibration.length_plan,
             "exits": getattr(calibration, "exits", None),
+            "form": getattr(calibration, "form", None),
         }
     chosen = doc.get("chosen") or {}
     if chosen.get("policy") != policy.name or not same_param(chosen.get("param"), policy.param):
         return {}
-    return {k: doc[k] for k in ("length_plan", "exits") if doc.get(k)}
+    return {k: doc[k] for k in ("length_plan", "exits", "form") if doc.get(k)}
 
 
 def same_param(a, b) -> bool:

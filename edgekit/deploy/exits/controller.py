@@ -34,6 +34,12 @@ def segment_manifest(manifest: Manifest, i: int) -> Manifest:
     return _plain(manifest, seg.model_file, seg.packed, inputs=seg.inputs, outputs=seg.outputs)
 
 
+def graph_manifest(manifest: Manifest) -> Manifest:
+    """The one-graph exit model (``exits.graph``) as a plain artifact's manifest."""
+    one = manifest.exits.graph
+    return _plain(manifest, one.model_file, one.packed, inputs=one.inputs, outputs=one.outputs)
+
+
 def single_graph_entry(model_file: str, packed: dict | None) -> dict:
     """``settings.exits.single_graph``: the model file and its packed weights' files named from the
     artifact's root (so the manifest's check of named files covers them)."""
@@ -113,9 +119,14 @@ class ExitController:
             raise ArtifactError(f"{artifact_dir}: {err.message}", hint="re-export it with one threshold per exit before the last") from err
         self.output_name = manifest.outputs[0].name
         self._sessions = [target.load(artifact_dir, segment_manifest(manifest, i), options) for i in range(len(spec.segments))]
+        # the one-graph form: exits decided inside the model (edgekit.build.exits.onegraph), one call
+        self.graph = target.load(artifact_dir, graph_manifest(manifest), options) if spec.graph is not None else None
         one = single_manifest(manifest)
         self.single = target.load(artifact_dir, one, options) if one is not None else None
-        self.input_names = list(self._sessions[0].input_names)
+        self.input_names = list((self.graph or self._sessions[0]).input_names)
+        # calibration's timing graph takes two more inputs; left out, it decides as the policy says
+        self._graph_defaults = {"exit_at": np.array(-1, np.int64), "use_policy": np.array(True)} if "exit_at" in self.input_names else {}
+        self.input_names = [n for n in self.input_names if n not in self._graph_defaults]
         self.output_names = [self.output_name, EXIT_LAYER]
         self.histogram = np.zeros(len(spec.layers), dtype=np.int64)
         self.segment_calls = np.zeros(len(spec.layers), dtype=np.int64)
@@ -126,12 +137,13 @@ class ExitController:
 
     def __enter__(self) -> ExitController:
         self._sessions = [s.__enter__() for s in self._sessions]
+        self.graph = self.graph.__enter__() if self.graph is not None else None
         self.single = self.single.__enter__() if self.single is not None else None
         self.linked = all(hasattr(s, "infer_linked") and not getattr(s, "buckets", None) for s in self._sessions)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for s in [*self._sessions, *([self.single] if self.single is not None else [])]:
+        for s in [*self._sessions, *(x for x in (self.graph, self.single) if x is not None)]:
             s.__exit__(*exc)
 
     def run_segment(self, k: int, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -157,12 +169,17 @@ class ExitController:
         """Per-row exits; ``check=False`` checks none: the single graph answers (or, in an artifact
         without one, every segment runs without exit checks). ``None``: :meth:`checks` decides."""
         n = next(iter(feed.values())).shape[0]
-        last = len(self._sessions) - 1
+        last = len(self.layers) - 1
         check = self.checks(feed) if check is None else check
         if not check and self.single is not None:
             self.single_calls += 1
             self.histogram[last] += n
             return {self.output_name: self.single.infer(feed)[self.output_name], EXIT_LAYER: np.full(n, self.layers[last])}
+        if self.graph is not None:
+            res = self.graph.infer(feed | self._graph_defaults)
+            layer = res[EXIT_LAYER].astype(np.int64)
+            self.histogram += np.bincount(np.searchsorted(self.layers, layer), minlength=len(self.layers))
+            return {self.output_name: res[self.output_name], EXIT_LAYER: layer}
         if n == 1:
             return self._infer_one(feed)
         exit_at = np.full(n, last)
@@ -214,10 +231,23 @@ class ExitController:
         self.histogram[k] += 1
         return {self.output_name: res["output"], EXIT_LAYER: self.layers[k : k + 1]}
 
+    def forced(self, feed: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
+        """A timing graph's call with every row leaving at exit ``k`` (0-based), the policy's arithmetic run
+        but not obeyed: what the one graph costs to that exit (calibration's latency per exit)."""
+        if not self._graph_defaults:
+            raise ArtifactError("only calibration's timing graph can force an exit", hint="export it with timing=True")
+        return self.graph.infer(feed | {"exit_at": np.array(k, np.int64), "use_policy": np.array(False)})
+
     def timed_chain(self, feed: dict[str, np.ndarray], check: bool = True) -> list[float]:
         """Run every row through every segment (no row leaves) and return the time (s) from the
         start to the end of each segment, exit check included (``check``: heads read, policy run)."""
         import time
+
+        if self.graph is not None:
+            raise ArtifactError(
+                "this artifact decides its exits inside one graph: there are no segments to time one by one",
+                hint="time whole calls (edgekit profile), or export with --form segments",
+            )
 
         t0 = time.perf_counter()
         stamps = []
@@ -242,29 +272,38 @@ def segment_latencies(controller: ExitController, feeds: list[dict[str, np.ndarr
 
 
 def latency_check(controller: ExitController, feeds: list[dict[str, np.ndarray]]) -> dict:
-    """Measured mean batch-1 latency vs the latency predicted from segment timings.
-
-    Runs every input through the controller (timing each call), then every input through
-    all segments (timing each segment); predicted = sum_k P(exit at k) * (segments 0..k).
-    """
+    """Measured mean batch-1 latency, beside the single graph the artifact ships (the model without
+    exits, the same inputs, calls interleaved) and, for segments, the latency predicted from segment
+    timings: sum_k P(exit at k) * (segments 0..k). A one-graph artifact has no segments to time
+    (``expected_latency_ms`` is None)."""
     import time
 
     for f in feeds[:3]:
         controller.infer(f)  # warm-up
+        if controller.single is not None:
+            controller.single.infer(f)
     before = controller.histogram.copy()
-    times = []
-    for f in feeds:
-        t = time.perf_counter()
-        controller.infer(f)
-        times.append(time.perf_counter() - t)
+    times, single = [], []
+    for i, f in enumerate(feeds):
+        for run in ("exits", "single") if i % 2 == 0 else ("single", "exits"):
+            if run == "single" and controller.single is None:
+                continue
+            t = time.perf_counter()
+            controller.infer(f, check=True) if run == "exits" else controller.single.infer(f)
+            (times if run == "exits" else single).append(time.perf_counter() - t)
     hist = controller.histogram - before
-    seg_ms = segment_latencies(controller, feeds, rounds=1)
-    expected = float((hist / hist.sum()) @ np.cumsum(seg_ms))
     measured = float(np.mean(times) * 1000)
+    seg_ms = expected = None
+    if controller.graph is None:
+        seg_ms = segment_latencies(controller, feeds, rounds=1)
+        expected = float((hist / hist.sum()) @ np.cumsum(seg_ms))
+    single_ms = float(np.mean(single) * 1000) if single else None
     return {
         "exit_histogram": {int(layer): int(n) for layer, n in zip(controller.layers, hist)},
         "mean_exit_layer": float((hist * controller.layers).sum() / hist.sum()),
         "measured_mean_latency_ms": measured,
+        "single_graph_latency_ms": single_ms,
+        "measured_over_single_graph": measured / single_ms if single_ms else None,
         "expected_latency_ms": expected,
         "segment_latency_ms": seg_ms,
         "measured_over_expected": measured / expected if expected else None,

@@ -192,6 +192,8 @@ class OrtCpuTarget:
         new_session(ort, source, so)
         # the runtime leaves each lowered matmul's bias as its own Add: fold it into the op (see fold_matmul_bias)
         folded = ort_fusion.fold_matmul_bias(out / MODEL_FILE) if manifest.precision == "int8" and is_installed("onnx") else 0
+        if is_installed("onnx"):  # subgraphs (If branches) saved with repeated names would not load again
+            ort_fusion.unique_names(out / MODEL_FILE)
         settings: dict[str, Any] = {
             "fusion": fusion,
             "optimization_saved": options.optimization,

@@ -83,6 +83,30 @@ def test_segments_of_a_quantized_model_are_int8_and_exit_like_fake_quant_torch(h
         np.testing.assert_allclose(res["logits"][same], ref[same], atol=LOWERED["atol"])
 
 
+def test_the_one_graph_of_a_quantized_model_is_int8_packed_and_exits_like_fake_quant_torch(heads, texts, tmp_path):
+    """The one-graph form: every branch's matmuls INT8 on both runtimes, the branches' binary codes packed with
+    the subgraph they belong to, and the exits those of the fake-quant torch controller."""
+    model = load_exits(heads)
+    policy = make("entropy", _middle_threshold(model, texts))
+    exit_at, ref = simulate(policy, torch_exits(model, model.encoder.tokenize(texts)))
+    m = export_segments(model, policy, tmp_path / "onnx", form="graph")
+    report = m.settings["lowered"]["onnxruntime_int8"][0]
+    assert report["all_int8"] and report["integer_total"] == report["expected_int8"] > 0
+    packed = m.exits.graph.packed
+    assert {t.get("graph", "") for t in packed["tensors"].values()} >= {"", "exit_if_0/else_branch"}  # layer 1, and later
+    for target in ("ort-cpu", "openvino-cpu"):
+        c = compile_exits(tmp_path / "onnx", target, tmp_path / target)
+        assert c.settings["exit_parity"]["same_exit_layer"] >= LOWERED["min_same_exit"] and c.exits.graph.packed, target
+        assert c.settings["int8"]["all_int8"], target  # the branches' matmuls counted too
+        expected = report["expected_int8"]
+        assert c.settings["int8"].get("integer_total", c.settings["int8"].get("int8")) >= expected, target
+        with Predictor(tmp_path / target) as pred:
+            res = pred.session.infer(pred.tokenizer(texts))
+        same = res["exit_layer"] == np.asarray(model.config.layers)[exit_at]
+        assert same.mean() >= 0.9, target
+        np.testing.assert_allclose(res["logits"][same], ref[same], atol=LOWERED["atol"])
+
+
 def test_depth_cut_of_a_quantized_model_is_a_lowered_int8_graph(heads, texts, tmp_path):
     model = load_exits(heads)
     ref = torch_exits(model, model.encoder.tokenize(texts))[0]["output"]  # exit 1, fake-quant
