@@ -4,7 +4,8 @@ The fine-tuned MiniLM-L6 classifier (bench/finetune.py -> .ckpt/minilm-debian, s
 archive sections) with exit heads after every layer (``edgekit exits train``, backbone
 frozen, so the last exit is the original model). For each target (ort-cpu, openvino-cpu):
 
-1. calibrate every policy on the dev file with segment latencies measured on the target,
+1. calibrate every policy on the dev file with the exit artifact's latency measured on the target
+   (``--form graph``, the default: the exits inside one graph; ``--form segments``),
    and take each policy's fastest operating point within ``--max-drop`` points of the
    model without exits (dev accuracy);
 2. build the deployed artifacts: the model without exits (one graph, the baseline), one
@@ -70,6 +71,7 @@ def main() -> int:
     )
     ap.add_argument("--work", type=Path, default=Path("bench/work/early_exit"))
     ap.add_argument("--out", type=Path, default=Path("bench/results/early_exit"))
+    ap.add_argument("--form", default="graph", help="the exit artifacts: graph (exits inside one graph, the default) or segments")
     args = ap.parse_args()
     if not (args.model / "config.json").exists():
         print(f"error: {args.model}: no fine-tuned checkpoint (run python bench/finetune.py first)", file=sys.stderr)
@@ -98,7 +100,9 @@ def main() -> int:
     onnx_manifest = artifact.read_manifest(onnx_dir)
     for target in targets:
         t0 = time.time()
-        cal = build.calibrate(args.heads, DATA / "dev.jsonl", args.work / f"calibration-{target}", target=target, max_drop=args.max_drop)
+        cal = build.calibrate(
+            args.heads, DATA / "dev.jsonl", args.work / f"calibration-{target}", target=target, max_drop=args.max_drop, form=args.form
+        )
         points = list(cal.points)
         arts: dict[str, tuple[Path, dict]] = {}
         full = args.work / "full" / target
@@ -107,9 +111,9 @@ def main() -> int:
         for policy in dict.fromkeys(p.policy for p in points):
             chosen = choose(cal["base"], [p for p in points if p.policy == policy], max_drop=args.max_drop)
             kept = f"@{'-'.join(map(str, chosen.exits))}" if chosen.exits is not None else ""
-            seg = args.work / (chosen.spec.replace("=", "-").replace(",", "_") + kept)  # a per-exit point's param is a list
+            seg = args.work / args.form / (chosen.spec.replace("=", "-").replace(",", "_") + kept)  # a per-exit point's param is a list
             if not (seg / "onnx" / "manifest.json").exists():
-                export_segments(model, make(policy, chosen.param, model.task), seg / "onnx", layers=chosen.exits)
+                export_segments(model, make(policy, chosen.param, model.task), seg / "onnx", layers=chosen.exits, form=args.form)
             compile_exits(seg / "onnx", target, seg / target)
             arts[chosen.spec + kept] = (
                 seg / target,

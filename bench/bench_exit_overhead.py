@@ -13,6 +13,8 @@ over texts), every figure a ratio to the single graph measured in the same run:
 - all 6 exits, never exits: an exit artifact whose policy never lets a row leave (learned=1.0),
   exits checked at every boundary: what six segment boundaries cost;
 - exits 2,4 (+6), never exits: the same with three segments (``export_segments(layers=[2, 4])``);
+- one graph, 6 exits / exits 2,4,6, never exits: the same two as ``--form graph`` artifacts (the exits
+  decided inside one ONNX graph with If nodes, one runtime call: edgekit.build.exits.onegraph);
 - checks off: the 6-exit artifact called with exit checks off (the length plan's short inputs, or
   a policy that can never exit): the controller runs the single graph it ships;
 - calibrated: ``steps.calibrate`` on dev texts with the target's latency (unsupervised: agreement
@@ -66,10 +68,10 @@ def build(work: Path, heads: Path, targets: list[str], dev: int, calibrate: bool
 
     model = load_exits(heads)
     never = make("learned", 1.0, model.task)
-    sources = {"never-6": (None,), "never-2-4": ([2, 4],)}
-    for key, (layers,) in sources.items():
+    sources = {"never-6": (None, "segments"), "never-2-4": ([2, 4], "segments"), "graph-6": (None, "graph"), "graph-2-4": ([2, 4], "graph")}
+    for key, (layers, form) in sources.items():
         if not (work / key / "onnx" / "manifest.json").exists():
-            export_segments(model, never, work / key / "onnx", layers=layers)
+            export_segments(model, never, work / key / "onnx", layers=layers, form=form)
     if not (work / "single" / "onnx" / "manifest.json").exists():
         export_pruned(model, model.config.layers[-1], work / "single" / "onnx")
     arts: dict[str, dict[str, Path]] = {}
@@ -112,6 +114,8 @@ def measure(arts: dict[str, Path], target: str, texts: list[str], rounds: int) -
             "all 6 exits, never exits": lambda f: ctl6.infer(f, check=True),
             "exits 2,4,6, never exits": lambda f: preds["never-2-4"].exits.infer(f, check=True),
             "checks off (shipped single graph)": lambda f: ctl6.infer(f, check=False),
+            "one graph, 6 exits, never exits": lambda f: preds["graph-6"].exits.infer(f, check=True),
+            "one graph, exits 2,4,6, never exits": lambda f: preds["graph-2-4"].exits.infer(f, check=True),
         }
         if "calibrated" in preds:
             runs["calibrated"] = preds["calibrated"].run

@@ -116,10 +116,10 @@ def _model_files(model_file: str, packed: dict | None) -> list[str]:
 
 
 def artifact_model_bytes(root: Path) -> int:
-    """Bytes of the model (every early-exit segment's), tokenizer and manifest left out."""
+    """Bytes of the model (an early-exit artifact's exit graph or every segment's), tokenizer and manifest left out."""
     m = artifact.read_manifest(root, verify=False)
     if m.exits is not None:
-        return sum(files_bytes(root, _model_files(seg.model_file, seg.packed)) for seg in m.exits.segments)
+        return sum(files_bytes(root, _model_files(seg.model_file, seg.packed)) for seg in m.exits.parts)
     return files_bytes(root, _model_files(m.model_file, m.settings.get("packed")))
 
 
@@ -386,7 +386,8 @@ def make_backends(built: dict[str, Any], work: Path) -> list[Backend]:
         for target in ("ort-cpu", "openvino-cpu"):
             pred = Predictor(root / target).__enter__()
             m = pred.manifest
-            packed = "packed" if all(s.packed for s in m.exits.segments) else "int8 codes unpacked"
+            packed = "packed" if all(s.packed for s in m.exits.parts) else "int8 codes unpacked"
+            shape = "one graph" if m.exits.graph is not None else f"{len(m.exits.segments)} segments"
             backends.append(
                 Backend(
                     f"edgekit {label} / {target}",
@@ -394,7 +395,7 @@ def make_backends(built: dict[str, Any], work: Path) -> list[Backend]:
                     pred.run,
                     artifact_model_bytes(root / target),
                     bits=label,
-                    note=f"{target} {m.precision}, {len(m.exits.segments)} segments, {packed}",
+                    note=f"{target} {m.precision}, {shape}, {packed}",
                 )
             )
     return backends

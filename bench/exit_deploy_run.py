@@ -14,7 +14,10 @@ that script's seed), then, per target, what a user runs:
 Accuracy is of the real-length runs; the drop is against the single graph on the same texts.
 
     python bench/exit_deploy_run.py HEADS --data bench/data/debian-sections [--seed 0] [--targets ort-cpu,openvino-cpu]
-        [--json OUT.json]
+        [--json OUT.json] [--form graph|segments]
+
+``--form``: the exit artifact calibrated, exported and timed: ``graph`` (default; the exits decided inside one
+ONNX graph, one runtime call) or ``segments`` (one graph per segment, run by the controller).
 """
 
 from __future__ import annotations
@@ -111,6 +114,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--work", type=Path, default=Path("bench/work/exit_deploy_run"))
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--form", default="graph", help="the exit artifact: graph (exits inside one graph) or segments")
     args = ap.parse_args()
     model = load_exits(args.heads)
     texts, labels = texts_and_labels(args.data / "test.jsonl", list(model.encoder.info.labels))
@@ -120,11 +124,14 @@ def main() -> None:
     sample.write_text("".join(json.dumps({"text": texts[i]}) + "\n" for i in deploy))  # texts only: no label leaves test's other half
     report_texts, y = [texts[i] for i in rep], np.asarray(labels)[rep]
     doc = {"cpu": cpu_model(), "cores": os.cpu_count(), "heads": str(args.heads), "data": str(args.data), "seed": args.seed}
+    doc["form"] = args.form
     doc |= {"deployment_texts": len(deploy), "report_texts": len(rep), "max_drop": args.max_drop, "targets": {}}
     print(f"CPU: {doc['cpu']} ({doc['cores']} cores); {len(deploy)} deployment texts, {len(rep)} report texts", flush=True)
     for target in [t for t in args.targets.split(",") if t]:
         work = args.work / target
-        cal = steps.calibrate(args.heads, sample, work / "calibration", target=target, unsupervised=True, max_drop=args.max_drop)
+        cal = steps.calibrate(
+            args.heads, sample, work / "calibration", target=target, unsupervised=True, max_drop=args.max_drop, form=args.form
+        )
         c = cal.chosen
         if c is None:
             doc["targets"][target] = {"recommendation": cal.recommendation, "message": cal.message}

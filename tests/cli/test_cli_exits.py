@@ -97,6 +97,23 @@ def test_export_exits_and_calibration_options(heads, tmp_path, monkeypatch, caps
     assert m["exits"]["param"] == 0.3 and m["settings"]["exits"]["length_plan"] == plan
 
 
+def test_export_form_one_graph_by_default_segments_on_request(heads, tmp_path, monkeypatch, capsys):
+    def export(out, *extra):
+        return run_cli(["exits", "export", str(heads), "--policy", "entropy=0.2", "--out", str(tmp_path / out), *extra], monkeypatch, capsys)
+
+    code, out, err = export("g")
+    assert code == 0, err
+    assert "exported one graph, exits at layers 1,2" in out
+    assert json.loads((tmp_path / "g" / "manifest.json").read_text())["exits"]["graph"]["model_file"] == "exits.onnx"
+    code, out, err = export("s", "--form", "segments")
+    assert code == 0 and "exported 2 segments" in out, err
+    code, _, err = export("x", "--form", "one")
+    assert_user_error(code, err, "unknown early-exit form 'one'", "graph, segments")
+    assert not (tmp_path / "x").exists()
+    code, _, err = run_cli(["exits", "calibrate", str(heads), "--data", str(tmp_path / "none.jsonl"), "--form", "one"], monkeypatch, capsys)
+    assert_user_error(code, err, "unknown early-exit form 'one'")
+
+
 def test_train_with_a_dev_file_keeps_an_epoch_and_refuses_bad_flags(checkpoints, texts, tmp_path, monkeypatch, capsys):
     train = _dev(tmp_path / "train.jsonl", texts, 10)
     dev = _dev(tmp_path / "dev.jsonl", texts, 6)
