@@ -99,7 +99,9 @@ def test_export_exits_and_calibration_options(heads, tmp_path, monkeypatch, caps
 
 def test_export_form_one_graph_by_default_segments_on_request(heads, tmp_path, monkeypatch, capsys):
     def export(out, *extra):
-        return run_cli(["exits", "export", str(heads), "--policy", "entropy=0.2", "--out", str(tmp_path / out), *extra], monkeypatch, capsys)
+        return run_cli(
+            ["exits", "export", str(heads), "--policy", "entropy=0.2", "--out", str(tmp_path / out), *extra], monkeypatch, capsys
+        )
 
     code, out, err = export("g")
     assert code == 0, err
