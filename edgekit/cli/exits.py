@@ -1,4 +1,4 @@
-"""``edgekit exits ...``: train exit heads, calibrate policies, export segments or a depth cut, compile."""
+"""``edgekit exits ...``: train exit heads, calibrate policies, export the exit artifact or a depth cut, compile."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 from edgekit.cli.console import console
 from edgekit.cli.options import ModelArg, TargetsOpt, ints, names
 
-app = typer.Typer(no_args_is_help=True, help="Early exit: train exit heads, calibrate policies, export segments or a depth cut.")
+app = typer.Typer(no_args_is_help=True, help="Early exit: train exit heads, calibrate policies, export the exit artifact or a depth cut.")
 
 
 @app.command("train")
@@ -175,7 +175,7 @@ def calibrate(
         console.print(f"exits kept: layers {', '.join(map(str, r.exits))} (export only these)")
     if r.length_plan is not None:
         on = [f"<={b}" for b, c in zip(r.length_plan["buckets"], r.length_plan["check"]) if c]
-        console.print(f"exit checks at token lengths: {', '.join(on) or 'none (every length runs all segments)'}")
+        console.print(f"exit checks at token lengths: {', '.join(on) or 'none (every length runs the single graph)'}")
     console.print("curve: " + ", ".join(r.files))
 
 

@@ -99,7 +99,7 @@ class LengthBucket(BaseModel):
     dev_texts: int
     latency_texts: int
     single_graph_ms: float
-    segments_ms: list[float]  # per segment, exit check included
+    segments_ms: list[float]  # per exit: from the previous exit to this one, exit check included (one graph or segment)
     no_checks_ms: float  # a call that checks no exit: the shipped single graph (formerly every segment back to back)
 
 

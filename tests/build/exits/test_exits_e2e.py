@@ -19,15 +19,6 @@ from edgekit.deploy.runtime import Predictor
 from edgekit.errors import ConfigError, DataError, TargetError
 
 
-@pytest.fixture(scope="module")
-def trained(checkpoints, texts, tmp_path_factory):
-    out = tmp_path_factory.mktemp("heads")
-    model = MultiExitModel(load(checkpoints["bert-classifier"]))
-    train_heads(model, texts * 4, None, out, TrainConfig(epochs=3, batch=4), resume=False)
-    model.save(out)
-    return out
-
-
 def _threshold(model, texts):
     """An entropy threshold in a wide gap of exit-1 entropies, so about half the rows leave early."""
     ent = np.sort(normalized_entropy(torch_exits(model, model.encoder.tokenize(texts))[0]["output"]))

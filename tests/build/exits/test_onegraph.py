@@ -10,7 +10,6 @@ import pytest
 from edgekit.build.exits.model import MultiExitModel, load_exits
 from edgekit.build.exits.onegraph import GRAPH_FILE, IF_NAME
 from edgekit.build.exits.segments import compile_exits, export_segments, torch_exits
-from edgekit.build.exits.train import TrainConfig, train_heads
 from edgekit.build.load import load
 from edgekit.deploy import artifact, int8check
 from edgekit.deploy.exits.controller import EXIT_LAYER, ExitController, latency_check
@@ -19,14 +18,9 @@ from edgekit.deploy.runtime import Predictor, target_for
 from edgekit.errors import ArtifactError, ConfigError
 
 
-@pytest.fixture(scope="module")
-def heads(checkpoints, texts, tmp_path_factory):
-    """Exit heads on the tiny 2-layer BERT classifier, plus one more exit: layers 1 and 2 (the last)."""
-    out = tmp_path_factory.mktemp("onegraph-heads")
-    model = MultiExitModel(load(checkpoints["bert-classifier"]))
-    train_heads(model, texts * 4, None, out, TrainConfig(epochs=3, batch=4), resume=False)
-    model.save(out)
-    return out
+@pytest.fixture
+def heads(trained):
+    return trained
 
 
 def _threshold(model, feed) -> float:
