@@ -226,7 +226,7 @@ class Pipeline:
             form = s.exits.form
             return self.runner.run(
                 "segments",
-                f"export: early exit ({'one graph' if form == 'graph' else 'segments'}), policy {policy}",
+                f"export: early exit ({ {'graph': 'one graph', 'segments': 'segments'}.get(form, 'one graph and segments') }), policy {policy}",
                 {"heads": heads.key, "policy": policy, "name": name, "form": form},
                 segments,
             )

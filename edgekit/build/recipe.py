@@ -151,10 +151,11 @@ class Exits(_M):
         description="calibration on query/doc pairs (embedding model): only queries take exits; docs are embedded once "
         "by the model without exits, as an offline index is",
     )
-    form: Literal["graph", "segments"] = Field(
+    form: Literal["graph", "segments", "both"] = Field(
         "graph",
-        description="the exit artifact: graph (the exits decided inside one ONNX graph, one runtime call) or segments "
-        "(one graph per segment, rows that leave dropped from a batch)",
+        description="the exit artifact: graph (the exits decided inside one ONNX graph, one runtime call), segments "
+        "(one graph per segment, rows that leave dropped from a batch), or both (the graph for single inputs, the "
+        "segments for batches; a third copy of the weights)",
     )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -133,7 +133,8 @@ def calibrate(
         str,
         typer.Option(
             help="graph: the exits decided inside one ONNX graph (one runtime call; a batch stops once every row has left); "
-            "segments: one graph per segment, run by the controller (rows that leave are dropped from a batch)"
+            "segments: one graph per segment, run by the controller (rows that leave are dropped from a batch); "
+            "both: the graph for single inputs, the segments for batches (latency timed on the graph)"
         ),
     ] = "graph",
 ) -> None:
@@ -200,8 +201,8 @@ def export(
     form: Annotated[
         str | None,
         typer.Option(
-            help="graph: the exits decided inside one ONNX graph (one runtime call); segments: one graph per segment "
-            "(default: the form the calibration timed, else graph)"
+            help="graph: the exits decided inside one ONNX graph (one runtime call); segments: one graph per segment; "
+            "both: the graph answers single inputs, the segments batches (default: the form the calibration timed, else graph)"
         ),
     ] = None,
 ) -> None:
@@ -211,7 +212,9 @@ def export(
 
     m = steps.export(heads, policy, out, calibration=calibration, exits=ints(exits, "--exits"), form=form)
     rows = m.settings.get("exit_parity", {}).get("rows", 32)
-    shape = "one graph" if m.exits.graph is not None else f"{len(m.exits.segments)} segments"
+    shape = " and ".join(
+        ([] if m.exits.graph is None else ["one graph"]) + ([f"{len(m.exits.segments)} segments"] if m.exits.segments else [])
+    )
     console.print(
         f"[green]exported[/] {shape}, exits at layers {','.join(map(str, m.exits.layers))} "
         f"({policy_spec(m.exits.policy, m.exits.param)}) -> {out}; exits match PyTorch on {rows} texts"

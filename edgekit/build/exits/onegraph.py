@@ -38,9 +38,10 @@ from edgekit.deps import require
 
 nn = torch.nn
 GRAPH_FILE = "exits.onnx"
-# how an exit artifact runs its exits: one graph with the decisions inside (one runtime call), or
-# one graph per segment run by the deploy-side controller (rows that leave are dropped from a batch)
-FORMS = ("graph", "segments")
+# how an exit artifact runs its exits: one graph with the decisions inside (one runtime call); one graph
+# per segment run by the deploy-side controller (rows that leave are dropped from a batch); or both, the
+# one graph answering single inputs and the segments batches (a third copy of the weights)
+FORMS = ("graph", "segments", "both")
 TIMING_INPUTS = ("exit_at", "use_policy")  # the timing graph's extra inputs (see export_graph)
 IF_NAME = "exit_if_{}"  # the If node after exit k; packing records nested weights by these names
 _GLUE = "exit."  # prefix of the names this module adds to the graph

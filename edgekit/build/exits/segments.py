@@ -249,10 +249,10 @@ def export_segments(
     lowered = _lower_in_place(model, config) if config is not None else None
     with artifact.staging(out) as tmp:
         segs, int8, graph = [], [], None
-        if form == "graph":
+        if form in ("graph", "both"):
             export_graph(model, policy, feed, tmp / GRAPH_FILE, timing=timing)
             graph = graph_spec(model, GRAPH_FILE, width, _checked(tmp / GRAPH_FILE, config, int8), timing)
-        for i in range(len(model.config.layers) if form == "segments" else 0):
+        for i in range(len(model.config.layers) if form in ("segments", "both") else 0):
             seg = Segment(model, i, decides_on=DECIDES_ON.get(policy.name)).eval()
             packed = _graph(seg, feed, hidden, tmp / f"seg{i}.onnx", config, int8)
             segs.append(_segment_spec(seg, model, i, width, hidden, packed))
@@ -308,10 +308,15 @@ def export_pruned(model: MultiExitModel, layer: int, out: str | Path, *, name: s
     return export(pruned, out, name=name)
 
 
+def _row(feed: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
+    return {k: v[i : i + 1] for k, v in feed.items()}
+
+
 def check_controller(artifact_dir: Path, manifest: Manifest, runtime: str, options=None) -> dict:
     """Run the deployed controller on the reference feed: exits must equal PyTorch's
     (within ``settings.exit_tolerance``: exactly for float artifacts, see LOWERED for INT8), and
-    with exit checks off (the shipped single graph) the output must be PyTorch's final one."""
+    with exit checks off (the shipped single graph) the output must be PyTorch's final one. An artifact
+    with both forms is checked both ways: batches through the segments, single rows through the one graph."""
     from edgekit.deploy.exits.controller import ExitController
     from edgekit.deploy.runtime import target_for
 
@@ -321,21 +326,26 @@ def check_controller(artifact_dir: Path, manifest: Manifest, runtime: str, optio
         ref_last = z["last"] if "last" in z.files else None
     chunks = [{k: v[i : i + 8] for k, v in feed.items()} for i in range(0, len(ref_exit), 8)]
     with ExitController(target_for(manifest, artifact_dir), artifact_dir, manifest, options) as ctl:
-        res = [ctl.infer(c, check=True) for c in chunks]
+        runs = {"": [ctl.infer(c, check=True) for c in chunks]}
+        if ctl.graph is not None and ctl.segments:  # both forms: single inputs run the one graph, batches the segments
+            one_by_one = [ctl.infer(_row(feed, i), check=True) for i in range(len(ref_exit))]
+            runs = {" (batches: segments)": runs[""], " (single inputs: the one graph)": one_by_one}
         plain = [ctl.infer(c, check=False) for c in chunks] if ctl.single is not None else None
     name = manifest.outputs[0].name
-    layers = np.concatenate([r["exit_layer"] for r in res])
-    out = np.concatenate([r[name] for r in res])
     tol = manifest.settings.get("exit_tolerance") or EXACT
-    agree = layers == np.asarray(manifest.exits.layers)[ref_exit]
-    same = float(np.mean(agree))
-    diff = float(np.max(np.abs(out[agree] - ref_out[agree]))) if agree.any() else float("inf")
-    if same < tol["min_same_exit"] or diff > tol["atol"]:
-        raise ParityError(
-            f"{runtime}: early-exit decisions differ from PyTorch ({same:.1%} of rows exit at the same layer, max abs diff {diff:.2e}; "
-            f"allowed: {tol['min_same_exit']:.0%}, {tol['atol']:g})",
-            hint="the runtime's numerics moved rows across the policy threshold; report it",
-        )
+    same, diff = 1.0, 0.0
+    for label, res in runs.items():
+        layers = np.concatenate([r["exit_layer"] for r in res])
+        out = np.concatenate([r[name] for r in res])
+        agree = layers == np.asarray(manifest.exits.layers)[ref_exit]
+        same = min(same, float(np.mean(agree)))
+        diff = max(diff, float(np.max(np.abs(out[agree] - ref_out[agree]))) if agree.any() else float("inf"))
+        if same < tol["min_same_exit"] or diff > tol["atol"]:
+            raise ParityError(
+                f"{runtime}{label}: early-exit decisions differ from PyTorch ({same:.1%} of rows exit at the same layer, max abs diff "
+                f"{diff:.2e}; allowed: {tol['min_same_exit']:.0%}, {tol['atol']:g})",
+                hint="the runtime's numerics moved rows across the policy threshold; report it",
+            )
     check = {"same_exit_layer": same, "max_abs_diff": diff, "rows": int(len(ref_exit)), "tolerance": tol}
     if plain is not None and ref_last is not None:
         single = float(np.max(np.abs(np.concatenate([r[name] for r in plain]) - ref_last)))

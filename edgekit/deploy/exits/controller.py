@@ -99,8 +99,10 @@ class LengthPlan:
 
 
 class ExitController:
-    """A Session over several segment sessions (``infer`` adds ``exit_layer`` per row).
+    """A Session over the exit artifact's graphs (``infer`` adds ``exit_layer`` per row).
 
+    The one graph (``exits.graph``) decides every exit inside one runtime call; an artifact that ships
+    segments too (``--form both``) answers single inputs with the graph and batches with the segments.
     Between segments the hidden state stays a runtime value where the sessions allow it
     (``infer_linked``: ONNX Runtime I/O binding, OpenVINO tensors set on the next request):
     only the exit heads' small outputs come back to numpy, and only rows that stay are
@@ -146,6 +148,11 @@ class ExitController:
         for s in [*self._sessions, *(x for x in (self.graph, self.single) if x is not None)]:
             s.__exit__(*exc)
 
+    @property
+    def segments(self) -> int:
+        """How many segment sessions the artifact runs (0: the one graph alone)."""
+        return len(self._sessions)
+
     def run_segment(self, k: int, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self._sessions[k].infer(feed)
 
@@ -175,7 +182,7 @@ class ExitController:
             self.single_calls += 1
             self.histogram[last] += n
             return {self.output_name: self.single.infer(feed)[self.output_name], EXIT_LAYER: np.full(n, self.layers[last])}
-        if self.graph is not None:
+        if self.graph is not None and (n == 1 or not self._sessions):  # with segments too, they take the batches
             res = self.graph.infer(feed | self._graph_defaults)
             layer = res[EXIT_LAYER].astype(np.int64)
             self.histogram += np.bincount(np.searchsorted(self.layers, layer), minlength=len(self.layers))
@@ -243,7 +250,7 @@ class ExitController:
         start to the end of each segment, exit check included (``check``: heads read, policy run)."""
         import time
 
-        if self.graph is not None:
+        if not self._sessions:
             raise ArtifactError(
                 "this artifact decides its exits inside one graph: there are no segments to time one by one",
                 hint="time whole calls (edgekit profile), or export with --form segments",
@@ -294,7 +301,7 @@ def latency_check(controller: ExitController, feeds: list[dict[str, np.ndarray]]
     hist = controller.histogram - before
     measured = float(np.mean(times) * 1000)
     seg_ms = expected = None
-    if controller.graph is None:
+    if controller.graph is None:  # batch 1 runs the segments: their timings predict it
         seg_ms = segment_latencies(controller, feeds, rounds=1)
         expected = float((hist / hist.sum()) @ np.cumsum(seg_ms))
     single_ms = float(np.mean(single) * 1000) if single else None

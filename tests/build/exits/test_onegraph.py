@@ -141,3 +141,22 @@ def test_quantized_matmuls_inside_branches_are_counted(heads, tmp_path):
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
     )
     assert int8check.quantized_matmuls(helper.make_model(top)) == ["mm"]
+
+
+def test_both_forms_answer_single_inputs_with_the_graph_and_batches_with_the_segments(heads, texts, tmp_path):
+    model = load_exits(heads)
+    feed = _feed(model, texts)
+    policy = make("entropy", _threshold(model, feed))
+    exit_at, ref = simulate(policy, torch_exits(model, feed))
+    m = export_segments(model, policy, tmp_path / "onnx", form="both")
+    assert m.exits.graph is not None and len(m.exits.segments) == 2 and m.model_file == GRAPH_FILE
+    c = compile_exits(tmp_path / "onnx", "ort-cpu", tmp_path / "ort")
+    assert c.settings["exit_parity"]["same_exit_layer"] == 1.0 and c.exits.graph and len(c.exits.segments) == 2
+    layers = np.asarray(model.config.layers)[exit_at]
+    with ExitController(target_for(c, tmp_path / "ort"), tmp_path / "ort", c) as ctl:
+        ones = [ctl.infer({k: v[i : i + 1] for k, v in feed.items()}, check=True) for i in range(len(exit_at))]
+        assert ctl.segment_calls.sum() == 0  # single inputs: the one graph
+        batch = ctl.infer(feed, check=True)
+        assert ctl.segment_calls[0] == 1  # a batch: the segments, rows dropped as they leave
+    assert np.concatenate([r[EXIT_LAYER] for r in ones]).tolist() == batch[EXIT_LAYER].tolist() == layers.tolist()
+    np.testing.assert_allclose(batch["logits"], ref, atol=1e-4)
