@@ -20,31 +20,18 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_early_exit import cpu_model  # noqa: E402
+from exit_deploy_run import timed  # noqa: E402
 
 from edgekit.build.exits import steps
 from edgekit.build.exits.segments import compile_exits
 from edgekit.deploy import targets as tg
 from edgekit.deploy.runtime import Predictor
-
-
-def timed(runs: dict, feeds: list[dict], rounds: int) -> dict[str, float]:
-    for fn in runs.values():
-        fn(feeds[0])
-    ms = {n: np.zeros((rounds, len(feeds))) for n in runs}
-    for r in range(rounds):
-        for i, f in enumerate(feeds):
-            for n in list(runs) if (i + r) % 2 == 0 else list(reversed(runs)):
-                t = time.perf_counter()
-                runs[n](f)
-                ms[n][r, i] = (time.perf_counter() - t) * 1000
-    return {n: float(np.median(v, axis=0).mean()) for n, v in ms.items()}
 
 
 def main() -> None:
@@ -80,7 +67,7 @@ def main() -> None:
                 ("b1 real length", [p.tokenizer([t]) for t in rows]),
                 ("b32 s128", [p.tokenizer(rows[i : i + 32], pad_to=128) for i in range(0, len(rows) - 31, 32)]),
             ):
-                mean = timed(runs, feeds, args.rounds)
+                mean, _ = timed(runs, feeds, args.rounds)
                 res[shape] = {"mean_ms": mean, "ratio": {n: mean[n] / mean["single graph"] for n in runs}}
                 if shape.startswith("b32"):
                     res[shape]["seq_per_s"] = {n: 32 * 1000 / v for n, v in mean.items()}
