@@ -91,6 +91,11 @@ def run_chosen(heads: Path, chosen, target: str, work: Path, texts: list[str], r
     return spec, shapes, outputs
 
 
+def chosen_row(spec: str, c) -> dict:
+    """The result row's record of a calibration's chosen point."""
+    return {"chosen": spec, "exits": c.exits, "calibration_mean_layers": c.mean_layers, "expected_latency_ratio": c.latency_ratio}
+
+
 def timing_line(target: str, shape: str, spec: str, exits, r: dict, quality: str) -> str:
     return (
         f"{target} b1 {shape}: {spec} exits {exits or 'all'}: early exit {r['mean_ms']['early exit']:.3f} ms vs single graph "
@@ -138,7 +143,7 @@ def main() -> None:
             print(f"{target}: {cal.recommendation}: {cal.message}", flush=True)
             continue
         spec, shapes, outputs = run_chosen(args.heads, c, target, work, report_texts, args.rounds)
-        row = {"chosen": spec, "exits": c.exits, "calibration_mean_layers": c.mean_layers, "expected_latency_ratio": c.latency_ratio}
+        row = chosen_row(spec, c)
         for shape, r in shapes.items():
             acc = {n: float(np.mean(o.argmax(-1) == y)) for n, o in outputs[shape].items()}
             row[shape] = r | {"accuracy": acc, "drop_points": 100 * (acc["single graph"] - acc["early exit"])}

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_early_exit import cpu_model  # noqa: E402
-from exit_deploy_run import run_chosen, timing_line, write_json  # noqa: E402
+from exit_deploy_run import chosen_row, run_chosen, timing_line, write_json  # noqa: E402
 
 from edgekit.build.exits import steps
 from edgekit.build.exits.train import TrainConfig
@@ -82,7 +82,7 @@ def main() -> None:
         if args.queries_only:  # the docs as an offline index: through the single graph the artifact ships
             with Predictor(work / "artifact") as p:
                 index = p.predict(docs, batch=32, exits=False)
-        row |= {"chosen": spec, "exits": c.exits, "calibration_mean_layers": c.mean_layers, "expected_latency_ratio": c.latency_ratio}
+        row |= chosen_row(spec, c)
         row["interval"] = cal.interval.model_dump() if cal.interval is not None else None
         for shape, r in shapes.items():
             quality = {k: retrieval(o[:n], o[n:] if index is None else index) for k, o in outputs[shape].items()}

@@ -35,6 +35,7 @@ from edgekit.build.exits.model import MultiExitModel, torch
 from edgekit.deploy.exits.controller import EXIT_LAYER
 from edgekit.deploy.exits.policies import Policy
 from edgekit.deps import require
+from edgekit.errors import ConfigError
 
 nn = torch.nn
 GRAPH_FILE = "exits.onnx"
@@ -42,6 +43,13 @@ GRAPH_FILE = "exits.onnx"
 # per segment run by the deploy-side controller (rows that leave are dropped from a batch); or both, the
 # one graph answering single inputs and the segments batches (a third copy of the weights)
 FORMS = ("graph", "segments", "both")
+
+
+def check_form(form: str) -> None:
+    if form not in FORMS:
+        raise ConfigError(f"unknown early-exit form {form!r}", hint=f"use one of: {', '.join(FORMS)}")
+
+
 TIMING_INPUTS = ("exit_at", "use_policy")  # the timing graph's extra inputs (see export_graph)
 IF_NAME = "exit_if_{}"  # the If node after exit k; packing records nested weights by these names
 _GLUE = "exit."  # prefix of the names this module adds to the graph

@@ -294,11 +294,10 @@ def calibrate(
     latency on the target, the search)."""
     from edgekit.build.exits.dev import measure_target, texts_and_labels
     from edgekit.build.exits.model import load_exits
-    from edgekit.build.exits.onegraph import FORMS
+    from edgekit.build.exits.onegraph import check_form
     from edgekit.build.exits.segments import torch_exits
 
-    if form not in FORMS:
-        raise ConfigError(f"unknown early-exit form {form!r}", hint=f"use one of: {', '.join(FORMS)}")
+    check_form(form)  # before any model work
     model = load_exits(heads)
     out = Path(out)
     say = progress or (lambda stage, done, total: None)

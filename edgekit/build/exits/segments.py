@@ -25,7 +25,7 @@ import numpy as np
 
 from edgekit.build.exits.checks import EXACT, EXIT_REFERENCE, LOWERED, check_controller
 from edgekit.build.exits.model import MultiExitModel, torch
-from edgekit.build.exits.onegraph import FORMS, GRAPH_FILE, export_graph, graph_spec
+from edgekit.build.exits.onegraph import GRAPH_FILE, check_form, export_graph, graph_spec
 from edgekit.build.export import ExportOptions, parity_feed, source_of
 from edgekit.deploy import artifact, packing, parity
 from edgekit.deploy.artifact import ExitSpec, Manifest, SegmentSpec, TensorSpec, TokenizerInfo
@@ -223,8 +223,7 @@ def export_segments(
     layer's exit is always kept. ``timing`` (one graph only): calibration's timing graph, whose
     inputs ``exit_at``/``use_policy`` can force every row out at one exit (see ``onegraph.Flat``).
     """
-    if form not in FORMS:
-        raise ConfigError(f"unknown early-exit form {form!r}", hint=f"use one of: {', '.join(FORMS)}")
+    check_form(form)
     out = Path(out)
     model = subset(model, layers)
     max_length = model.encoder.info.max_length
