@@ -164,6 +164,7 @@ class Pipeline:
                 head_pooling=e.head_pooling,
                 resume=True,
                 config=TrainConfig(epochs=e.epochs, lr=e.lr, seed=e.seed, device=e.device),
+                unlabeled_file=resolve_path(e.unlabeled) if e.unlabeled else None,
             )
             try:
                 r = xb.calibrate(
@@ -192,7 +193,13 @@ class Pipeline:
         return self.runner.run(
             "exits",
             "exits: train heads, calibrate",
-            {"model": model.id, "train": train.id, "calibration": calib.id, "settings": e.model_dump()},
+            {
+                "model": model.id,
+                "train": train.id,
+                "calibration": calib.id,
+                "unlabeled": hash_path(resolve_path(e.unlabeled)) if e.unlabeled else None,  # its content, not its name
+                "settings": e.model_dump(),
+            },
             fn,
         )
 

@@ -132,6 +132,9 @@ class Exits(_M):
     )
     epochs: int = Field(20, ge=1)
     lr: float = Field(1e-3, gt=0)
+    unlabeled: str | None = Field(
+        None, description="more texts without labels (.txt, or JSONL/CSV with 'text'): the heads distil the final layer on them too"
+    )
     limit: int | None = Field(None, ge=1, description="train and calibrate on the first N texts only")
     max_drop: float = Field(1.0, ge=0, description="calibration: quality budget in points for the chosen exit policy / depth")
     policy: str | None = Field(

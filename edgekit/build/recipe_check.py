@@ -41,12 +41,15 @@ def check_files(recipe: Recipe, source: str = "recipe") -> list[str]:
                 f"{source}: data.dev: {path} has no query/doc pairs, so an embedding model has no accuracy to budget",
                 hint="give {'query': ..., 'doc': ...} records, or drop budgets.max_accuracy_drop",
             )
-    q = recipe.steps.quantize
-    if q is not None and q.unlabeled:
-        from edgekit.build.quant.augment import read_unlabeled  # torch-free
+    from edgekit.build.quant.augment import read_unlabeled  # torch-free
 
-        read_unlabeled(resolve_path(q.unlabeled))  # missing, empty or non-UTF-8: one line, before any step runs
-    e = recipe.steps.exits
+    q, e = recipe.steps.quantize, recipe.steps.exits
+    for step, corpus in (("quantize", q and q.unlabeled), ("exits", e and e.unlabeled)):
+        if corpus:
+            try:  # missing, empty or non-UTF-8: one line, before any step runs
+                read_unlabeled(resolve_path(corpus))
+            except DataError as err:
+                raise DataError(f"{source}: steps.{step}.unlabeled: {err.message}", hint=err.hint) from None
     if e is not None and e.groups and e.confidence and recipe.data.calibration_file():
         try:  # every calibration row names its group
             data.read_field(resolve_path(recipe.data.calibration_file()), e.groups)

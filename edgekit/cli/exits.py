@@ -47,6 +47,13 @@ def train(
         ),
     ] = None,
     final_tolerance: Annotated[float, typer.Option(help="with --eval: points the final exit may lose on dev")] = 0.2,
+    unlabeled: Annotated[
+        Path | None,
+        typer.Option(
+            help="more texts without labels (.txt, one per line, or JSONL/CSV with 'text'): the heads distil the final "
+            "layer on them too, no label loss"
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     resume: Annotated[bool, typer.Option(help="continue from OUT's last checkpoint if there is one")] = True,
@@ -82,6 +89,7 @@ def train(
             config=config,
             progress=progress,
             dev_file=eval_data,
+            unlabeled_file=unlabeled,
         )
     console.print(f"[green]trained[/] exit heads -> {out} (final loss {report['loss'][-1]:.4f} on {report['device']})")
     if "dev" in report:

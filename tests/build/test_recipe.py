@@ -138,6 +138,11 @@ def test_check_files_names_missing_data_and_models(tmp_path, checkpoints, monkey
         recipe_check.check_files(parse(model=ck, data={"train": "cal.jsonl"}, steps={"exits": {"groups": "source"}}), "r.yaml")
     (tmp_path / "cal.jsonl").write_text('{"text": "a", "label": "a", "source": "s1"}\n')
     recipe_check.check_files(parse(model=ck, data={"train": "cal.jsonl"}, steps={"exits": {"groups": "source"}}), "r.yaml")
+    (tmp_path / "blank.txt").write_text("\n \n")
+    for step, settings in (("exits", {}), ("quantize", {"scheme": "ternary-w2a8", "steps": 1})):
+        steps = {step: {**settings, "unlabeled": "blank.txt"}}
+        with pytest.raises(DataError, match=rf"r.yaml: steps.{step}.unlabeled: .*blank.txt: no text"):
+            recipe_check.check_files(parse(model=ck, data={"train": "cal.jsonl"}, steps=steps), "r.yaml")
     q = {"exits": {"queries_only": True}}
     with pytest.raises(ConfigError, match=r"steps.exits.queries_only needs an embedding model .*\(the model is a classifier"):
         recipe_check.check_files(parse(model=ck, data={"train": "cal.jsonl"}, steps=q), "r.yaml")

@@ -134,6 +134,24 @@ def test_train_with_a_dev_file_keeps_an_epoch_and_refuses_bad_flags(checkpoints,
     assert not (tmp_path / "y").exists()
 
 
+def test_train_distils_on_an_unlabeled_corpus_and_refuses_a_bad_one(checkpoints, texts, tmp_path, monkeypatch, capsys):
+    train = _dev(tmp_path / "train.jsonl", texts, 10)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join([*texts, "A new text without a label.", "A new text without a label.", "Another one."]) + "\n")
+    base = ["exits", "train", str(checkpoints["bert-classifier"]), "--data", str(train), "--layers", "1", "--device", "cpu"]
+    base += ["--epochs", "1"]
+    code, _, err = run_cli([*base, "--out", str(tmp_path / "h"), "--unlabeled", str(corpus)], monkeypatch, capsys)
+    assert code == 0, err
+    training = json.loads((tmp_path / "h" / "exits.json").read_text())["training"]
+    # the training texts and the repeated line are distilled once: two new texts
+    assert (training["texts"], training["unlabeled"], training["labels"]) == (12, 2, True)
+    for name, content in (("empty.txt", b"\n\n"), ("latin1.txt", "caf\xe9 cr\xe8me\n".encode("latin-1"))):
+        (tmp_path / name).write_bytes(content)
+        code, _, err = run_cli([*base, "--out", str(tmp_path / "x"), "--unlabeled", str(tmp_path / name)], monkeypatch, capsys)
+        assert_user_error(code, err, name)
+        assert not (tmp_path / "x").exists()
+
+
 def test_calibrate_with_groups_bootstraps_them_and_refuses_a_missing_field(heads, texts, tmp_path, monkeypatch, capsys):
     rows = [{"text": texts[i % len(texts)], "label": LABELS[i % 3], "source": f"s{i // 4}"} for i in range(80)]
     dev = tmp_path / "dev.jsonl"

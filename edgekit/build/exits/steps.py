@@ -32,17 +32,30 @@ def train(
     resume: bool = True,
     progress=None,
     dev_file: str | Path | None = None,
+    unlabeled_file: str | Path | None = None,
 ) -> dict:
     """Exit heads for a trained checkpoint, trained on ``data_file`` (labels optional); with ``dev_file``,
-    the epoch kept is chosen on it (:func:`edgekit.build.exits.train.train_heads`)."""
+    the epoch kept is chosen on it (:func:`edgekit.build.exits.train.train_heads`). ``unlabeled_file``:
+    more texts the heads distil the final layer on, without a label loss (a few hundred labelled texts
+    teach a head little about where it agrees with the final layer; in-domain text without labels does)."""
+    from edgekit.build.exits.train import UNLABELED
+    from edgekit.build.quant.augment import read_unlabeled
+
+    extra = read_unlabeled(unlabeled_file) if unlabeled_file is not None else []  # a bad file fails before the model loads
     model = MultiExitModel(load(checkpoint), layers, head_pooling)
     names = list(model.encoder.info.labels or [])
     texts, labels = texts_and_labels(data_file, names)
+    seen = set(texts)
+    extra = [t for t in dict.fromkeys(extra) if t not in seen]  # a training text is not distilled twice
+    texts = texts + extra
+    labels = list(labels) + [UNLABELED] * len(extra) if labels is not None else None
     # an embedding model's dev pairs are scored as calibration scores them: recall@1
     dev = texts_and_labels(dev_file, names, retrieval=model.task == "embedding") if dev_file is not None else None
     if dev is not None and not dev[0]:
         raise DataError(f"{dev_file}: no texts", hint="give a dev file with at least one text, or leave out --eval")
     report = train_heads(model, texts, labels, Path(out), config, resume=resume, progress=progress, dev=dev)
+    if unlabeled_file is not None:
+        report |= {"unlabeled": len(extra), "unlabeled_file": str(unlabeled_file)}
     model.save(Path(out), {"training": report, "data": str(data_file)})
     return report
 

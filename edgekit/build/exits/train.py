@@ -1,7 +1,8 @@
 """Training exit heads from a trained checkpoint.
 
 Self-distillation from the model's own last exit (works without labels, on any text),
-plus cross-entropy when labels are given; the learned exit score is trained to predict
+plus cross-entropy on the rows that have a label (an unlabeled corpus added to a labelled
+file is distilled only: label ``UNLABELED``); the learned exit score is trained to predict
 whether its exit already agrees with the target. With a frozen backbone (the default)
 each layer's features are computed once and the heads train on them, which takes seconds
 even on a CPU, and the last exit keeps the original model's accuracy exactly.
@@ -34,6 +35,7 @@ from edgekit.errors import ConfigError, DataError
 
 nn = torch.nn
 STATE = "train_state.pt"
+UNLABELED = -100  # the label of a distillation-only row (an --unlabeled text), F.cross_entropy's ignore_index
 
 
 @dataclass(frozen=True)
@@ -91,15 +93,20 @@ def anchor_loss(model: MultiExitModel, final, teacher, labels, cfg: TrainConfig)
     """Joint training: keeps the final exit near the original model (its outputs ``teacher``)."""
     if model.task != "classifier":
         return (1 - nn.functional.cosine_similarity(final, teacher, dim=-1)).mean()
+    return distil(final, teacher, labels, cfg)
+
+
+def distil(out, soft, labels, cfg: TrainConfig):
+    """Distillation of ``out`` from the logits ``soft`` on every row, mixed per row (``label_weight``)
+    with cross-entropy where the row has a label (``labels`` None: no row has; ``UNLABELED``: this one not)."""
     t = cfg.temperature
-    kd = (
-        nn.functional.kl_div(nn.functional.log_softmax(final / t, -1), nn.functional.softmax(teacher / t, -1), reduction="batchmean")
-        * t
-        * t
-    )
+    log_p, q = nn.functional.log_softmax(out / t, -1), nn.functional.softmax(soft / t, -1)
+    kd = nn.functional.kl_div(log_p, q, reduction="none").sum(-1) * t * t
     if labels is None:
-        return kd
-    return (1 - cfg.label_weight) * kd + cfg.label_weight * nn.functional.cross_entropy(final, labels)
+        return kd.mean()
+    w = cfg.label_weight * (labels != UNLABELED).float()
+    ce = nn.functional.cross_entropy(out, labels, reduction="none", ignore_index=UNLABELED)
+    return ((1 - w) * kd + w * ce).mean()
 
 
 @torch.no_grad()
@@ -182,14 +189,8 @@ def head_loss(model: MultiExitModel, outs: list, final, labels, cfg: TrainConfig
     total = 0.0
     for out, score in outs:
         if model.task == "classifier":
-            t = cfg.temperature
-            kd = (
-                nn.functional.kl_div(nn.functional.log_softmax(out / t, -1), nn.functional.softmax(final / t, -1), reduction="batchmean")
-                * t
-                * t
-            )
-            target = labels if labels is not None else final.argmax(-1)
-            loss = kd if labels is None else (1 - cfg.label_weight) * kd + cfg.label_weight * nn.functional.cross_entropy(out, labels)
+            target = final.argmax(-1) if labels is None else torch.where(labels != UNLABELED, labels, final.argmax(-1))
+            loss = distil(out, final, labels, cfg)
             right = (out.argmax(-1) == target).float()
         else:
             cos = nn.functional.cosine_similarity(out, final, dim=-1)

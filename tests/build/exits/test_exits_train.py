@@ -150,3 +150,22 @@ def test_embedding_heads_on_pairs_train_on_both_sides_and_choose_the_epoch_by_re
     final = torch_exits(model, model.encoder.tokenize(queries + docs, max_length=model.encoder.info.max_length))[-1]["output"]
     assert dev["texts"] == 40 and dev["original_final"] == pytest.approx(100 * retrieval(final[:20], final[20:])["recall@1"], abs=1e-3)
     assert all(round(x * 20 / 100, 6).is_integer() for row in dev["curve"] for x in row["per_exit"])  # k of 20 queries, in points
+
+
+def test_distillation_mixes_a_label_loss_only_into_labelled_rows():
+    import torch
+
+    from edgekit.build.exits.train import UNLABELED, distil
+
+    torch.manual_seed(0)
+    out, soft = torch.randn(4, 3), torch.randn(4, 3)
+    cfg = TrainConfig(temperature=2.0, label_weight=0.5)
+    t = cfg.temperature
+    kd = torch.nn.functional.kl_div(torch.log_softmax(out / t, -1), torch.softmax(soft / t, -1), reduction="none").sum(-1) * t * t
+    ce = torch.nn.functional.cross_entropy(out, torch.tensor([0, 1, 2, 0]), reduction="none")
+    assert distil(out, soft, None, cfg).item() == pytest.approx(kd.mean().item(), rel=1e-6)
+    labels = torch.tensor([0, 1, 2, 0])
+    assert distil(out, soft, labels, cfg).item() == pytest.approx((0.5 * kd + 0.5 * ce).mean().item(), rel=1e-6)
+    mixed = torch.tensor([0, UNLABELED, 2, UNLABELED])
+    want = torch.stack([0.5 * kd[0] + 0.5 * ce[0], kd[1], 0.5 * kd[2] + 0.5 * ce[2], kd[3]]).mean()
+    assert distil(out, soft, mixed, cfg).item() == pytest.approx(want.item(), rel=1e-6)
