@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# What an in-domain unlabelled corpus (bench/data/debian-unlabeled, 12,776 Debian descriptions from the training
+# side of every task) adds, on one H200 in one call (< 9 min):
+#
+#   1. fine-tune both teachers from the fp16 MiniLM (.ckpt/minilm-fp16[.tar.xz]): debian-sections (4 epochs) and
+#      debian-works-with (8 epochs);
+#   2. QAT lanes side by side (bench/device_qat_more.sh's lanes and summary), every run --deterministic, seed 0,
+#      batch 64, dev selection: ternary-w2a8 on each task without the corpus (600 steps), with it (600 steps, the
+#      same compute), and with it at 1,200 steps; ternary-w2e2a8 on debian-sections with it at 1,200 steps;
+#   3. beside them, joint exit heads on debian-works-with (exits train --no-freeze-backbone --anchor-weight 10
+#      --unlabeled, mean heads, 4 epochs, the epoch chosen on dev), their test accuracy and agreement with the final
+#      exit per layer, packed with their fp16 backbone and the teacher's test accuracy.
+#
+#   lent GPU (carry .ckpt/minilm-fp16.tar.xz and .whl):  OUT=$OUT bash bench/device_unlabeled.sh
+#   back: $OUT/results.tar (QAT summary.md/.json, reports.json, log.txt, joint-exits.json, logs), $OUT/pack-joint_a?
+#   here, a check of the script:  SMOKE=1 OUT=/tmp/unl_out bash bench/device_unlabeled.sh
+set -uo pipefail
+OUT=${OUT:-/tmp/device_out}; mkdir -p "$OUT"
+PY=${PY:-python3}
+W=${WORK:-/tmp/unl_work}; rm -rf "$W"; mkdir -p "$W/res"
+MODEL=${MODEL:-.ckpt/minilm-fp16}
+[ -d "$MODEL" ] || [ ! -f "$MODEL.tar.xz" ] || $PY -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter='data')" "$MODEL.tar.xz" "$(dirname "$MODEL")"
+if ! $PY -c "import pydantic" 2>/dev/null; then
+  $PY -m pip install -q --no-index --find-links .whl --target /tmp/pylib pydantic pydantic-core annotated-types typing-inspection typing-extensions 2>&1 | tail -2
+fi
+export PYTHONPATH=$PWD:/tmp/pylib${PYTHONPATH:+:$PYTHONPATH}
+T0=$(date +%s)
+CORPUS=$W/corpus.txt
+xz -dkc bench/data/debian-unlabeled/train.txt.xz > "$CORPUS"
+if [ -n "${SMOKE:-}" ]; then
+  FT=(--limit 64 --epochs 1); E_JOINT=1; head -n 40 "$CORPUS" > "$CORPUS.s" && mv "$CORPUS.s" "$CORPUS"; LONG=2
+else
+  FT=(); E_JOINT=4; LONG=1200
+fi
+$PY bench/finetune.py --model "$MODEL" --data bench/data/debian-sections --out "$W/ts" --epochs 4 "${FT[@]}" 2>&1 | grep -E "dev|test" | tail -n 2
+$PY bench/finetune.py --model "$MODEL" --data bench/data/debian-works-with --out "$W/tw" --epochs 8 "${FT[@]}" 2>&1 | grep -E "dev|test" | tail -n 2
+echo "teachers: $(( $(date +%s) - T0 )) s"
+
+# 3. joint exit heads on debian-works-with, in the background beside the QAT lanes
+(
+  $PY -m edgekit.cli exits train "$W/tw" --data bench/data/debian-works-with/train.jsonl --unlabeled "$CORPUS" \
+    --eval bench/data/debian-works-with/dev.jsonl --out "$W/joint" --epochs $E_JOINT --no-freeze-backbone --anchor-weight 10 \
+    --no-resume > "$W/res/joint-train.log" 2>&1
+  $PY bench/tools/exits_fp16.py "$W/joint" >> "$W/res/joint-train.log" 2>&1
+  $PY - "$W" <<'PY' > "$W/res/joint-exits.log" 2>&1
+"""Test (and dev) accuracy per exit, agreement with the final exit, and the original model's accuracy."""
+import json, sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgekit.build.exits.dev import texts_and_labels
+from edgekit.build.exits.model import load_exits
+from edgekit.build.exits.segments import torch_exits
+from edgekit.build.load import load
+from edgekit.build.quant.textdata import evaluate
+
+w = Path(sys.argv[1])
+m = load_exits(w / "joint")
+teacher = load(w / "tw")
+doc = {"training": json.loads((w / "joint" / "exits.json").read_text()).get("training", {}).get("dev")}
+for split in ("dev", "test"):
+    texts, labels = texts_and_labels(f"bench/data/debian-works-with/{split}.jsonl", list(m.encoder.info.labels))
+    outs = torch_exits(m, m.encoder.tokenize(texts, max_length=128))
+    pred = [o["output"].argmax(-1) for o in outs]
+    y = np.asarray(labels)
+    orig = evaluate(teacher, teacher.module, texts, labels, torch.device("cpu")).accuracy
+    doc[split] = {"accuracy_per_exit": [float((p == y).mean()) for p in pred], "agreement_with_final": [float((p == pred[-1]).mean()) for p in pred],
+                  "original_accuracy": orig}
+(w / "res" / "joint-exits.json").write_text(json.dumps(doc, indent=1))
+print(json.dumps({k: v for k, v in doc.items() if k != "training"}))
+PY
+  tar cf - -C "$W/joint" --exclude train_state.pt . | split -b "${PACK_PART:-16700000}" - "$OUT/pack-joint_"
+  echo "joint heads done: $(( $(date +%s) - T0 )) s" >> "$W/res/joint-train.log"
+) &
+JOINT=$!
+
+# 2. the QAT lanes
+U=$CORPUS
+JOBS=$(cat <<EOF
+{"s-base": ["S", {"scheme": "ternary-w2a8", "deterministic": true}],
+ "s-unl": ["S", {"scheme": "ternary-w2a8", "deterministic": true, "unlabeled": "$U"}],
+ "s-unl-long": ["S", {"scheme": "ternary-w2a8", "deterministic": true, "unlabeled": "$U", "steps": $LONG}],
+ "s-e2-unl-long": ["S", {"scheme": "ternary-w2e2a8", "deterministic": true, "unlabeled": "$U", "steps": $LONG}],
+ "w-base": ["W", {"scheme": "ternary-w2a8", "deterministic": true}],
+ "w-unl": ["W", {"scheme": "ternary-w2a8", "deterministic": true, "unlabeled": "$U"}],
+ "w-unl-long": ["W", {"scheme": "ternary-w2a8", "deterministic": true, "unlabeled": "$U", "steps": $LONG}]}
+EOF
+)
+SMOKE=${SMOKE:-} TEACHER_S=$W/ts TEACHER_W=$W/tw OUT=$W/res WORK=$W/qat JOBS="$JOBS" LANES="s-base;s-unl;s-unl-long;s-e2-unl-long;w-base;w-unl;w-unl-long" \
+  LANE_TIMEOUT=${LANE_TIMEOUT:-400} TITLE="QAT with an in-domain unlabelled corpus (12,776 Debian descriptions; MiniLM-L6, one H200, seven lanes side by side)" \
+  bash bench/device_qat_more.sh > "$W/res/qat.log" 2>&1
+wait $JOINT
+cp "$W/ts/finetune.json" "$W/res/finetune-sections.json" 2>/dev/null; cp "$W/tw/finetune.json" "$W/res/finetune-works-with.json" 2>/dev/null
+tar cf "$OUT/results.tar" -C "$W/res" .
+cat "$W/res/summary.md" "$W/res/joint-exits.log" 2>/dev/null; tail -n 3 "$W/res/joint-train.log"
+echo "whole call: $(( $(date +%s) - T0 )) s"
