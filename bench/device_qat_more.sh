@@ -27,7 +27,7 @@ if ! $PY -c "import pydantic" 2>/dev/null; then
 fi
 export PYTHONPATH=$PWD:/tmp/pylib${PYTHONPATH:+:$PYTHONPATH}
 T0=$(date +%s)
-if [ -n "${SMOKE:-}" ]; then ST=2; SB=2; AUG=1; BATCH=8; LIMIT=24; else ST=600; SB=500; AUG=${AUG:-8}; BATCH=64; LIMIT=; fi
+if [ -n "${SMOKE:-}" ]; then ST=2; SB=2; AUG=1; BATCH=8; LIMIT=24; else ST=600; SB=500; AUG=${AUG:-8}; BATCH=${BATCH:-64}; LIMIT=; fi
 export ST SB AUG BATCH LIMIT TEACHER_S TEACHER_W
 cat > "$W/lane.py" <<'PY'
 """One lane: the jobs named in argv, one after another; each writes NAME.result.json."""

@@ -105,7 +105,7 @@ def main() -> None:
     tok.save_pretrained(args.out)
     (args.out / "finetune.json").write_text(
         json.dumps(
-            {"dev_accuracy": dev_acc, "test_accuracy": test_acc, "epochs": args.epochs, "data": "bench/data/debian-sections"}, indent=2
+            {"dev_accuracy": dev_acc, "test_accuracy": test_acc, "epochs": args.epochs, "data": str(args.data)}, indent=2
         )
     )
     if args.fp16_copy:
