@@ -11,9 +11,15 @@
 #      --unlabeled, mean heads, 4 epochs, the epoch chosen on dev), their test accuracy and agreement with the final
 #      exit per layer, packed with their fp16 backbone and the teacher's test accuracy.
 #
-#   lent GPU (carry .ckpt/minilm-fp16.tar.xz and .whl):  OUT=$OUT bash bench/device_unlabeled.sh
-#   back: $OUT/results.tar (QAT summary.md/.json, reports.json, log.txt, joint-exits.json, logs), $OUT/pack-joint_a?
-#   here, a check of the script:  SMOKE=1 OUT=/tmp/unl_out bash bench/device_unlabeled.sh
+#   PHASE=long (the second call, < 8 min): debian-sections only, batch 256 with sqrt lr scaling (steps/s do not
+#      fall with the batch on an H200, bench/results/quant-speed), EPOCHS (20) of the union of the labelled texts and
+#      the corpus: ternary-w2a8 without and with it (seeds 0 and 1), with it plus --augment 2, ternary-w2e2a8 and
+#      bit-w1a1 BiT multi-step (a third of the epochs per stage) with it; six lanes.
+#
+#   lent GPU (carry .ckpt/minilm-fp16.tar.xz and .whl):  OUT=$OUT [PHASE=long] bash bench/device_unlabeled.sh
+#   back: $OUT/results.tar (QAT summary.md/.json, reports.json, log.txt, joint-exits.json, logs), $OUT/pack-joint_a?;
+#         PHASE=long: $OUT/summary.md, summary.json, reports.json, log.txt, finetune.json
+#   here, a check of the script:  SMOKE=1 OUT=/tmp/unl_out [PHASE=long] bash bench/device_unlabeled.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/device_out}; mkdir -p "$OUT"
 PY=${PY:-python3}
@@ -33,6 +39,23 @@ else
   FT=(); E_JOINT=4; LONG=1200
 fi
 $PY bench/finetune.py --model "$MODEL" --data bench/data/debian-sections --out "$W/ts" --epochs 4 "${FT[@]}" 2>&1 | grep -E "dev|test" | tail -n 2
+if [ "${PHASE:-}" = long ]; then
+  U=$CORPUS; E=${EPOCHS:-20}; [ -n "${SMOKE:-}" ] && E=0.01
+  cp "$W/ts/finetune.json" "$OUT/finetune.json"
+  JOBS=$(cat <<JSON
+{"base": ["S", {"scheme": "ternary-w2a8", "deterministic": true, "steps": null, "epochs": $E}],
+ "unl": ["S", {"scheme": "ternary-w2a8", "deterministic": true, "steps": null, "epochs": $E, "unlabeled": "$U"}],
+ "unl-seed1": ["S", {"scheme": "ternary-w2a8", "deterministic": true, "steps": null, "epochs": $E, "unlabeled": "$U", "seed": 1}],
+ "unl-aug2": ["S", {"scheme": "ternary-w2a8", "deterministic": true, "steps": null, "epochs": $($PY -c "print($E * 0.6)"), "unlabeled": "$U", "augment": 2}],
+ "e2-unl": ["S", {"scheme": "ternary-w2e2a8", "deterministic": true, "steps": null, "epochs": $E, "unlabeled": "$U"}],
+ "w1a1-unl": ["S", {"scheme": "bit-w1a1", "multi_step": true, "deterministic": true, "steps": null, "epochs": $($PY -c "print(round($E / 3, 2))"), "unlabeled": "$U"}]}
+JSON
+  )
+  SMOKE=${SMOKE:-} BATCH=${BATCH:-256} TEACHER_S=$W/ts TEACHER_W=$W/ts OUT=$OUT WORK=$W/qat JOBS="$JOBS" LANES="base;unl;unl-seed1;unl-aug2;e2-unl;w1a1-unl" \
+    LANE_TIMEOUT=${LANE_TIMEOUT:-430} TITLE="QAT with the unlabelled corpus at batch 256 (MiniLM-L6 on debian-sections, one H200, six lanes side by side)" \
+    bash bench/device_qat_more.sh
+  exit
+fi
 $PY bench/finetune.py --model "$MODEL" --data bench/data/debian-works-with --out "$W/tw" --epochs 8 "${FT[@]}" 2>&1 | grep -E "dev|test" | tail -n 2
 echo "teachers: $(( $(date +%s) - T0 )) s"
 
