@@ -15,16 +15,9 @@
 #   here:      SMOKE=1 OUT=/tmp/embed_exits bash bench/device_embed_exits.sh
 set -euo pipefail
 OUT=${OUT:-/tmp/device_out}; mkdir -p "$OUT"
-PY=${PY:-python3}
 W=${WORK:-/tmp/embed_exits_work}; rm -rf "$W"; mkdir -p "$W"
-MODEL=${MODEL:-.ckpt/minilm-fp16}
-# the tree travels in 64 MiB: the checkpoint may come as .ckpt/minilm-fp16.tar.xz (tar cf - minilm-fp16 | xz, 5 MB smaller)
-[ -d "$MODEL" ] || [ ! -f "$MODEL.tar.xz" ] || $PY -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter='data')" "$MODEL.tar.xz" "$(dirname "$MODEL")"
+. bench/tools/device_env.sh  # MODEL unpacked, pydantic, PYTHONPATH
 PAIRS=${PAIRS:-bench/data/debian-synopsis}
-if ! $PY -c "import pydantic" 2>/dev/null; then
-  $PY -m pip install -q --no-index --find-links .whl --target /tmp/pylib pydantic pydantic-core annotated-types typing-inspection typing-extensions 2>&1 | tail -2
-fi
-export PYTHONPATH=$PWD:/tmp/pylib${PYTHONPATH:+:$PYTHONPATH}
 EK=($PY -m edgekit.cli)
 $PY -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" "${TRAIN_XZ:-.ckpt/synopsis-train.jsonl.xz}" "$W/train.jsonl"
 cp "$PAIRS/dev.jsonl" "$W/dev.jsonl"

@@ -25,17 +25,10 @@
 # Back: $OUT/exits-quality.json and .md, the four calibration.json/.png -> bench/results/exits-quality/.
 set -euo pipefail
 OUT=${OUT:-/tmp/device_out}; mkdir -p "$OUT"
-PY=${PY:-python3}
 W=${WORK:-/tmp/exits_work}; rm -rf "$W"; mkdir -p "$W"
 SRC=${SRC:-bench/data/debian-sections}
-MODEL=${MODEL:-.ckpt/minilm-fp16}
-# the tree travels in 64 MiB: the checkpoint may come as .ckpt/minilm-fp16.tar.xz (tar cf - minilm-fp16 | xz, 5 MB smaller)
-[ -d "$MODEL" ] || [ ! -f "$MODEL.tar.xz" ] || $PY -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter='data')" "$MODEL.tar.xz" "$(dirname "$MODEL")"
+. bench/tools/device_env.sh  # MODEL unpacked, pydantic, PYTHONPATH
 TIMING=${TIMING:-ort-cpu}
-if ! $PY -c "import pydantic" 2>/dev/null; then
-  $PY -m pip install -q --no-index --find-links .whl --target /tmp/pylib pydantic pydantic-core annotated-types typing-inspection typing-extensions 2>&1 | tail -2
-fi
-export PYTHONPATH=$PWD:/tmp/pylib${PYTHONPATH:+:$PYTHONPATH}
 EK=($PY -m edgekit.cli)
 if [ -n "${SMOKE:-}" ]; then  # a check of the script: a handful of texts and steps
   FT=(--limit 64 --epochs 1); E_FROZEN=1; E_JOINT=1; N=${N:-64}

@@ -22,14 +22,8 @@
 #   here, a check of the script:  SMOKE=1 OUT=/tmp/unl_out [PHASE=long] bash bench/device_unlabeled.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/device_out}; mkdir -p "$OUT"
-PY=${PY:-python3}
 W=${WORK:-/tmp/unl_work}; rm -rf "$W"; mkdir -p "$W/res"
-MODEL=${MODEL:-.ckpt/minilm-fp16}
-[ -d "$MODEL" ] || [ ! -f "$MODEL.tar.xz" ] || $PY -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter='data')" "$MODEL.tar.xz" "$(dirname "$MODEL")"
-if ! $PY -c "import pydantic" 2>/dev/null; then
-  $PY -m pip install -q --no-index --find-links .whl --target /tmp/pylib pydantic pydantic-core annotated-types typing-inspection typing-extensions 2>&1 | tail -2
-fi
-export PYTHONPATH=$PWD:/tmp/pylib${PYTHONPATH:+:$PYTHONPATH}
+. bench/tools/device_env.sh  # MODEL unpacked, pydantic, PYTHONPATH
 T0=$(date +%s)
 CORPUS=$W/corpus.txt
 xz -dkc bench/data/debian-unlabeled/train.txt.xz > "$CORPUS"
