@@ -104,9 +104,7 @@ def main() -> None:
     model.cpu().save_pretrained(args.out)
     tok.save_pretrained(args.out)
     (args.out / "finetune.json").write_text(
-        json.dumps(
-            {"dev_accuracy": dev_acc, "test_accuracy": test_acc, "epochs": args.epochs, "data": str(args.data)}, indent=2
-        )
+        json.dumps({"dev_accuracy": dev_acc, "test_accuracy": test_acc, "epochs": args.epochs, "data": str(args.data)}, indent=2)
     )
     if args.fp16_copy:
         model.half().save_pretrained(args.fp16_copy)
