@@ -59,16 +59,47 @@ app.add_typer(exits.app, name="exits")
 app.add_typer(report.app, name="report")
 
 
-def main() -> None:
-    """Console entry point: user errors are one line and exit code 2."""
+def _click_exceptions():
+    """The exceptions of the click that parses the command line: typer's own copy where typer vendors
+    click (typer 0.2x), else click's (older typer). Caught by class: their messages become one line."""
     try:
-        app()
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
+def _one_line(message: str, hint: str | None) -> None:
+    hint = f" (hint: {hint})" if hint else ""
+    err_console.print(f"[red]error:[/] {escape(message)}{escape(hint)}", soft_wrap=True, highlight=False)
+
+
+def main() -> None:
+    """Console entry point: user errors, the command line's own included (an unknown option, a value
+    of the wrong type, a missing option), are one line and exit code 2; no arguments show the help."""
+    click = _click_exceptions()
+    aborted = (typer.Abort, KeyboardInterrupt, *([click.Abort] if hasattr(click, "Abort") else []))  # Ctrl-C
+    try:
+        code = app(standalone_mode=False, prog_name="edgekit")
+    except getattr(click, "NoArgsIsHelpError", ()):  # `edgekit` or `edgekit exits` alone: typer has shown the help
+        sys.exit(2)
+    except click.UsageError as err:
+        command = err.ctx.command_path if err.ctx else "edgekit"
+        _one_line(" ".join(err.format_message().split()), f"see '{command} --help'")
+        sys.exit(2)
+    except click.ClickException as err:  # a file option that cannot be opened, and the like
+        _one_line(" ".join(err.format_message().split()), None)
+        sys.exit(err.exit_code)
+    except aborted:
+        err_console.print("aborted", highlight=False)
+        sys.exit(1)
     except EdgekitError as err:
         if _state["debug"] or env.debug():
             raise
-        hint = f" (hint: {err.hint})" if err.hint else ""
-        err_console.print(f"[red]error:[/] {escape(err.message)}{escape(hint)}", soft_wrap=True, highlight=False)
+        _one_line(err.message, err.hint)
         sys.exit(2)
+    if isinstance(code, int) and code:  # typer.Exit(code) in a command
+        sys.exit(code)
 
 
 if __name__ == "__main__":

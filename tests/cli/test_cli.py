@@ -103,6 +103,24 @@ def test_unknown_target(monkeypatch, capsys, tmp_path):
     assert_user_error(code, err, "unknown target 'tpu'", "ort-cpu", "openvino-cpu")
 
 
+def test_command_line_mistakes_are_one_line_with_the_help_to_read(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)  # exits train writes build/exits by default
+    code, _, err = run_cli(["exits", "train", "--data", "x.txt", "--bogus"], monkeypatch, capsys)
+    assert_user_error(code, err, "No such option: --bogus", "see 'edgekit exits train --help'")
+    assert len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["exits", "train"], monkeypatch, capsys)
+    assert_user_error(code, err, "Missing option '--data'")
+    code, _, err = run_cli(["exits", "train", "--data", "x.txt", "--epochs", "many"], monkeypatch, capsys)
+    assert_user_error(code, err, "Invalid value for '--epochs'")
+    code, _, err = run_cli(["nosuchcommand"], monkeypatch, capsys)
+    assert_user_error(code, err, "No such command 'nosuchcommand'", "see 'edgekit --help'")
+    assert not (tmp_path / "build").exists()
+    code, out, _ = run_cli(["exits"], monkeypatch, capsys)  # a group alone shows its help, once
+    assert code == 2 and out.count("Usage:") == 1 and "calibrate" in out
+    code, out, _ = run_cli(["exits", "train", "--help"], monkeypatch, capsys)
+    assert code == 0 and "--unlabeled" in out
+
+
 def test_bad_target_option(monkeypatch, capsys, tmp_path):
     code, _, err = run_cli(["compile", "-t", "openvino-cpu", "-o", "precision=int3", "--out", str(tmp_path)], monkeypatch, capsys)
     assert_user_error(code, err, "option precision")
