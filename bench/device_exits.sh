@@ -10,6 +10,7 @@
 #   lent GPU:  OUT=$OUT bash bench/device_exits.sh        (tree carries .ckpt/minilm-fp16 and .whl)
 #   env: SRC data folder (bench/data/debian-sections), FT_EPOCHS the teacher's epochs (4), TEACHER a classifier already fine-tuned on it (skips step 1),
 #        JOINT_ARGS more `exits train` flags for the joint heads, E_JOINT their epochs (4), TIMING ort-cpu | none,
+#        UNLABELED=1: every head also distils on bench/data/debian-unlabeled (exits train --unlabeled),
 #        HEADS which heads ("frozen joint"; also "frozen-mean": frozen heads reading the mean of the tokens), CONFS the bound levels to calibrate with ("0.9 0"; "0.9g": over the
 #        rows' source packages, --groups source), QUANT a scheme (e.g. ternary-w2a8): the heads go on a QAT student
 #        of the teacher (edgekit quantize, QUANT_ARGS; default batch 256, sqrt lr, 6 epochs), which is then "the
@@ -38,6 +39,12 @@ fi
 for s in train dev test; do
   if [ -n "$N" ]; then head -n "$N" $SRC/$s.jsonl > "$W/$s.jsonl"; else cp $SRC/$s.jsonl "$W/"; fi
 done
+UNL=()
+if [ -n "${UNLABELED:-}" ]; then
+  xz -dkc bench/data/debian-unlabeled/train.txt.xz > "$W/unlabeled.txt"
+  [ -n "$N" ] && { head -n "$N" "$W/unlabeled.txt" > "$W/u.txt"; mv "$W/u.txt" "$W/unlabeled.txt"; }
+  UNL=(--unlabeled "$W/unlabeled.txt")
+fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name --format=csv,noheader || true
 t0=$(date +%s)
 if [ -n "${TEACHER:-}" ]; then  # a teacher fine-tuned before (bench/finetune.py on the same SRC)
@@ -61,7 +68,7 @@ export HEADS CONFS
 for h in frozen frozen-mean; do  # frozen-mean: the heads read the mean of the tokens (--head-pooling mean)
   [[ " $HEADS " == *" $h "* ]] || continue
   HP=(); [ "$h" = frozen-mean ] && HP=(--head-pooling mean)
-  "${EK[@]}" exits train "$BASE" --data "$W/train.jsonl" --eval "$W/dev.jsonl" --out "$W/$h" --epochs $E_FROZEN --no-resume "${HP[@]}"
+  "${EK[@]}" exits train "$BASE" --data "$W/train.jsonl" --eval "$W/dev.jsonl" --out "$W/$h" --epochs $E_FROZEN --no-resume "${HP[@]}" "${UNL[@]}"
   echo "$h heads: $(( $(date +%s) - t0 )) s"
   if [[ " ${PACK:-} " == *" $h "* || "${PACK:-}" == 1 ]]; then  # the checkpoint under the heads travels with them (load_exits reads backbone/ first)
     cp -rL "$BASE" "$W/$h/backbone"  # -L: a TEACHER given is a symlink; its files must travel, not the link
@@ -73,7 +80,7 @@ for h in frozen frozen-mean; do  # frozen-mean: the heads read the mean of the t
 done
 # JOINT_ARGS: e.g. "--anchor-weight 4 --backbone-lr 1e-5"
 if [[ " $HEADS " == *" joint "* ]]; then
-  "${EK[@]}" exits train "$BASE" --data "$W/train.jsonl" --eval "$W/dev.jsonl" --out "$W/joint" --epochs $E_JOINT --no-freeze-backbone \
+  "${EK[@]}" exits train "$BASE" --data "$W/train.jsonl" --eval "$W/dev.jsonl" --out "$W/joint" --epochs $E_JOINT --no-freeze-backbone "${UNL[@]}" \
     --no-resume ${JOINT_ARGS:-}
   echo "joint: $(( $(date +%s) - t0 )) s"
   if [[ " ${PACK:-} " == *" joint "* || "${PACK:-}" == 1 ]]; then
