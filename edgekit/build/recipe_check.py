@@ -41,11 +41,11 @@ def check_files(recipe: Recipe, source: str = "recipe") -> list[str]:
                 f"{source}: data.dev: {path} has no query/doc pairs, so an embedding model has no accuracy to budget",
                 hint="give {'query': ..., 'doc': ...} records, or drop budgets.max_accuracy_drop",
             )
-    from edgekit.build.quant.augment import read_unlabeled  # torch-free
-
     q, e = recipe.steps.quantize, recipe.steps.exits
     for step, corpus in (("quantize", q and q.unlabeled), ("exits", e and e.unlabeled)):
         if corpus:
+            from edgekit.build.quant.augment import read_unlabeled  # torch-free
+
             try:  # missing, empty or non-UTF-8: one line, before any step runs
                 read_unlabeled(resolve_path(corpus))
             except DataError as err:

@@ -73,10 +73,8 @@ def measure_target(
     from edgekit.deploy.runtime import Predictor
 
     form = "graph" if form == "both" else form  # "both" answers single inputs with the one graph: time that
-    if form == "graph":  # a positive threshold: the entropy is computed at every exit, as a deployed policy does
-        never = make("entropy", 1e-6) if model.task == "classifier" else make("learned", 1.0)
-    else:
-        never = make("entropy", 0.0) if model.task == "classifier" else make("learned", 1.0)
+    # in the one graph a positive threshold keeps the entropy computed at every exit, as a deployed policy does
+    never = make("entropy", 1e-6 if form == "graph" else 0.0) if model.task == "classifier" else make("learned", 1.0)
     art = out / form
     export_segments(model, never, art / "onnx", form=form, timing=form == "graph")
     compile_exits(art / "onnx", target, art / target)
