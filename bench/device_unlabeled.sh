@@ -16,7 +16,17 @@
 #      the corpus: ternary-w2a8 without and with it (seeds 0 and 1), with it plus --augment 2, ternary-w2e2a8 and
 #      bit-w1a1 BiT multi-step (a third of the epochs per stage) with it; six lanes.
 #
-#   lent GPU (carry .ckpt/minilm-fp16.tar.xz and .whl):  OUT=$OUT [PHASE=long] bash bench/device_unlabeled.sh
+#   PHASE=steps (the third call, < 9 min): debian-sections only, batch 64 as in the first call, twice its longest
+#      budget (STEPS, 2,400 steps: its 1,200-step run was still improving on dev at its last step): ternary-w2a8
+#      with the corpus (seeds 0 and 1), with it plus --augment 2, and ternary-w2e2a8 with it (with and without
+#      --augment 2); five lanes.
+#
+#   PHASE=knobs (the fourth call, < 8 min): debian-sections, ternary-w2a8 with the corpus at the first call's best
+#      budget (1,200 steps of batch 64; 2,400 gave no more), one knob changed per lane: learning rate 5e-5 and 2e-4
+#      (default 1e-4), logits-only distillation, logits + hidden states (no attention), cross entropy with the labels
+#      on top (weight 1), temperature 2; beside them the mixed plan at the uniform W2E2A8 lowered size with the corpus.
+#
+#   lent GPU (carry .ckpt/minilm-fp16.tar.xz and .whl):  OUT=$OUT [PHASE=long|steps|knobs] bash bench/device_unlabeled.sh
 #   back: $OUT/results.tar (QAT summary.md/.json, reports.json, log.txt, joint-exits.json, logs), $OUT/pack-joint_a?;
 #         PHASE=long: $OUT/summary.md, summary.json, reports.json, log.txt, finetune.json
 #   here, a check of the script:  SMOKE=1 OUT=/tmp/unl_out [PHASE=long] bash bench/device_unlabeled.sh
@@ -47,6 +57,41 @@ JSON
   )
   SMOKE=${SMOKE:-} BATCH=${BATCH:-256} TEACHER_S=$W/ts TEACHER_W=$W/ts OUT=$OUT WORK=$W/qat JOBS="$JOBS" LANES="base;unl;unl-seed1;unl-aug2;e2-unl;w1a1-unl" \
     LANE_TIMEOUT=${LANE_TIMEOUT:-430} TITLE="QAT with the unlabelled corpus at batch 256 (MiniLM-L6 on debian-sections, one H200, six lanes side by side)" \
+    bash bench/device_qat_more.sh
+  exit
+fi
+if [ "${PHASE:-}" = knobs ]; then
+  U=$CORPUS; N=${STEPS:-1200}; [ -n "${SMOKE:-}" ] && N=2
+  cp "$W/ts/finetune.json" "$OUT/finetune.json"
+  B='"scheme": "ternary-w2a8", "deterministic": true, "steps": '$N', "unlabeled": "'$U'"'
+  JOBS=$(cat <<JSON
+{"lr5e-5": ["S", {$B, "lr": 5e-5}],
+ "lr2e-4": ["S", {$B, "lr": 2e-4}],
+ "logits": ["S", {$B, "distill": {"logits": 1.0, "hidden": 0.0, "attention": 0.0}}],
+ "logits-hidden": ["S", {$B, "distill": {"logits": 1.0, "hidden": 1.0, "attention": 0.0}}],
+ "ce1": ["S", {$B, "ce": 1.0}],
+ "t2": ["S", {$B, "distill": {"logits": 1.0, "hidden": 1.0, "attention": 1.0, "temperature": 2.0}}],
+ "mixed-e2size": ["S", {"scheme": "ternary-w2e2a8", "deterministic": true, "steps": $N, "unlabeled": "$U", "budget_mb": 6.814197}]}
+JSON
+  )
+  SMOKE=${SMOKE:-} BATCH=64 TEACHER_S=$W/ts TEACHER_W=$W/ts OUT=$OUT WORK=$W/qat JOBS="$JOBS" LANES="${LANES:-lr5e-5;lr2e-4;logits;logits-hidden;ce1;t2;mixed-e2size}" \
+    LANE_TIMEOUT=${LANE_TIMEOUT:-420} TITLE="QAT knobs with the unlabelled corpus, 1,200 steps of batch 64 (MiniLM-L6 on debian-sections, one H200, seven lanes side by side)" \
+    bash bench/device_qat_more.sh
+  exit
+fi
+if [ "${PHASE:-}" = steps ]; then
+  U=$CORPUS; N=${STEPS:-2400}; [ -n "${SMOKE:-}" ] && N=2
+  cp "$W/ts/finetune.json" "$OUT/finetune.json"
+  JOBS=$(cat <<JSON
+{"unl": ["S", {"scheme": "ternary-w2a8", "deterministic": true, "steps": $N, "unlabeled": "$U"}],
+ "unl-seed1": ["S", {"scheme": "ternary-w2a8", "deterministic": true, "steps": $N, "unlabeled": "$U", "seed": 1}],
+ "unl-aug2": ["S", {"scheme": "ternary-w2a8", "deterministic": true, "steps": $N, "unlabeled": "$U", "augment": 2}],
+ "e2-unl": ["S", {"scheme": "ternary-w2e2a8", "deterministic": true, "steps": $N, "unlabeled": "$U"}],
+ "e2-unl-aug2": ["S", {"scheme": "ternary-w2e2a8", "deterministic": true, "steps": $N, "unlabeled": "$U", "augment": 2}]}
+JSON
+  )
+  SMOKE=${SMOKE:-} BATCH=64 TEACHER_S=$W/ts TEACHER_W=$W/ts OUT=$OUT WORK=$W/qat JOBS="$JOBS" LANES="${LANES:-unl;unl-seed1;unl-aug2;e2-unl;e2-unl-aug2}" \
+    LANE_TIMEOUT=${LANE_TIMEOUT:-450} TITLE="QAT with the unlabelled corpus, 2,400 steps of batch 64 (MiniLM-L6 on debian-sections, one H200, five lanes side by side)" \
     bash bench/device_qat_more.sh
   exit
 fi
