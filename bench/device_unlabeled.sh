@@ -24,7 +24,8 @@
 #   PHASE=knobs (the fourth call, < 8 min): debian-sections, ternary-w2a8 with the corpus at the first call's best
 #      budget (1,200 steps of batch 64; 2,400 gave no more), one knob changed per lane: learning rate 5e-5 and 2e-4
 #      (default 1e-4), logits-only distillation, logits + hidden states (no attention), cross entropy with the labels
-#      on top (weight 1), temperature 2; beside them the mixed plan at the uniform W2E2A8 lowered size with the corpus.
+#      on top (weight 1), temperature 2, the attention core in float (--attention-bits 32, also for ternary-w2e2a8: what
+#      ort-cpu's fusion=qattention needs); beside them the mixed plan at the uniform W2E2A8 lowered size with the corpus.
 #
 #   lent GPU (carry .ckpt/minilm-fp16.tar.xz and .whl):  OUT=$OUT [PHASE=long|steps|knobs] bash bench/device_unlabeled.sh
 #   back: $OUT/results.tar (QAT summary.md/.json, reports.json, log.txt, joint-exits.json, logs), $OUT/pack-joint_a?;
@@ -60,6 +61,29 @@ JSON
     bash bench/device_qat_more.sh
   exit
 fi
+if [ "${PHASE:-}" = ce ]; then
+  # PHASE=ce (the fifth call): the knob that paid in the fourth (label cross entropy, weight 1, on top of distillation)
+  # again with seed 1, a second run of seed 0, on ternary-w2e2a8 and the mixed plan, and on debian-works-with.
+  $PY bench/finetune.py --model "$MODEL" --data bench/data/debian-works-with --out "$W/tw" --epochs 8 "${FT[@]}" 2>&1 | grep -E "dev|test" | tail -n 2
+  U=$CORPUS; N=${STEPS:-1200}; [ -n "${SMOKE:-}" ] && N=2
+  cp "$W/ts/finetune.json" "$OUT/finetune.json"; cp "$W/tw/finetune.json" "$OUT/finetune-works-with.json"
+  B='"deterministic": true, "steps": '$N', "ce": 1.0'
+  JOBS=$(cat <<JSON
+{"ce1": ["S", {"scheme": "ternary-w2a8", $B, "unlabeled": "$U"}],
+ "ce1-run2": ["S", {"scheme": "ternary-w2a8", $B, "unlabeled": "$U"}],
+ "ce1-seed1": ["S", {"scheme": "ternary-w2a8", $B, "unlabeled": "$U", "seed": 1}],
+ "e2-ce1": ["S", {"scheme": "ternary-w2e2a8", $B, "unlabeled": "$U"}],
+ "mixed-ce1": ["S", {"scheme": "ternary-w2e2a8", $B, "unlabeled": "$U", "budget_mb": 6.814197}],
+ "w-ce1": ["W", {"scheme": "ternary-w2a8", $B, "unlabeled": "$U"}],
+ "w-ce1-nocorpus": ["W", {"scheme": "ternary-w2a8", $B}],
+ "w-e2-ce1": ["W", {"scheme": "ternary-w2e2a8", $B, "unlabeled": "$U"}]}
+JSON
+  )
+  SMOKE=${SMOKE:-} BATCH=64 TEACHER_S=$W/ts TEACHER_W=$W/tw OUT=$OUT WORK=$W/qat JOBS="$JOBS" LANES="${LANES:-ce1;ce1-run2;ce1-seed1;e2-ce1;mixed-ce1;w-ce1;w-ce1-nocorpus;w-e2-ce1}" \
+    LANE_TIMEOUT=${LANE_TIMEOUT:-400} TITLE="QAT with label cross entropy on top of distillation, 1,200 steps of batch 64 (MiniLM-L6, one H200, eight lanes side by side)" \
+    bash bench/device_qat_more.sh
+  exit
+fi
 if [ "${PHASE:-}" = knobs ]; then
   U=$CORPUS; N=${STEPS:-1200}; [ -n "${SMOKE:-}" ] && N=2
   cp "$W/ts/finetune.json" "$OUT/finetune.json"
@@ -71,11 +95,13 @@ if [ "${PHASE:-}" = knobs ]; then
  "logits-hidden": ["S", {$B, "distill": {"logits": 1.0, "hidden": 1.0, "attention": 0.0}}],
  "ce1": ["S", {$B, "ce": 1.0}],
  "t2": ["S", {$B, "distill": {"logits": 1.0, "hidden": 1.0, "attention": 1.0, "temperature": 2.0}}],
- "mixed-e2size": ["S", {"scheme": "ternary-w2e2a8", "deterministic": true, "steps": $N, "unlabeled": "$U", "budget_mb": 6.814197}]}
+ "mixed-e2size": ["S", {"scheme": "ternary-w2e2a8", "deterministic": true, "steps": $N, "unlabeled": "$U", "budget_mb": 6.814197}],
+ "attn32": ["S", {$B, "attention_bits": 32}],
+ "e2-attn32": ["S", {"scheme": "ternary-w2e2a8", "deterministic": true, "steps": $N, "unlabeled": "$U", "attention_bits": 32}]}
 JSON
   )
-  SMOKE=${SMOKE:-} BATCH=64 TEACHER_S=$W/ts TEACHER_W=$W/ts OUT=$OUT WORK=$W/qat JOBS="$JOBS" LANES="${LANES:-lr5e-5;lr2e-4;logits;logits-hidden;ce1;t2;mixed-e2size}" \
-    LANE_TIMEOUT=${LANE_TIMEOUT:-420} TITLE="QAT knobs with the unlabelled corpus, 1,200 steps of batch 64 (MiniLM-L6 on debian-sections, one H200, seven lanes side by side)" \
+  SMOKE=${SMOKE:-} BATCH=64 TEACHER_S=$W/ts TEACHER_W=$W/ts OUT=$OUT WORK=$W/qat JOBS="$JOBS" LANES="${LANES:-lr5e-5;lr2e-4;logits;logits-hidden;ce1;t2;mixed-e2size;attn32;e2-attn32}" \
+    LANE_TIMEOUT=${LANE_TIMEOUT:-420} TITLE="QAT knobs with the unlabelled corpus, 1,200 steps of batch 64 (MiniLM-L6 on debian-sections, one H200, nine lanes side by side)" \
     bash bench/device_qat_more.sh
   exit
 fi
