@@ -27,7 +27,7 @@
 #      on top (weight 1), temperature 2, the attention core in float (--attention-bits 32, also for ternary-w2e2a8: what
 #      ort-cpu's fusion=qattention needs); beside them the mixed plan at the uniform W2E2A8 lowered size with the corpus.
 #
-#   lent GPU (carry .ckpt/minilm-fp16.tar.xz and .whl):  OUT=$OUT [PHASE=long|steps|knobs] bash bench/device_unlabeled.sh
+#   lent GPU (carry .ckpt/minilm-fp16.tar.xz and .whl):  OUT=$OUT [PHASE=long|steps|knobs|ce] bash bench/device_unlabeled.sh
 #   back: $OUT/results.tar (QAT summary.md/.json, reports.json, log.txt, joint-exits.json, logs), $OUT/pack-joint_a?;
 #         PHASE=long: $OUT/summary.md, summary.json, reports.json, log.txt, finetune.json
 #   here, a check of the script:  SMOKE=1 OUT=/tmp/unl_out [PHASE=long] bash bench/device_unlabeled.sh

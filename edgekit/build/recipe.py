@@ -94,6 +94,11 @@ class Quantize(_M):
     augment_method: Literal["both", "replace", "mask"] = Field(
         "both", description="replace: words by embedding neighbours; mask: a span by the mask token; both"
     )
+    attention_bits: Literal[1, 4, 8, 32] | None = Field(
+        None,
+        description="bits of the attention core (Q, K, the softmax, V; default: the scheme's). 32 keeps it in float: "
+        "ort-cpu can then run each layer's attention as one fused INT8 QAttention (compile -o fusion=qattention)",
+    )
 
     @field_validator("scheme", "intermediate")
     @classmethod

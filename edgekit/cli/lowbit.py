@@ -67,6 +67,13 @@ def register(app: typer.Typer) -> None:
         augment_method: Annotated[
             str, typer.Option(help="both | replace (words by embedding neighbours) | mask (a span by the mask token)")
         ] = "both",
+        attention_bits: Annotated[
+            int | None,
+            typer.Option(
+                help="bits of the attention core (Q, K, softmax, V; default: the scheme's); 32 keeps it in float, "
+                "which ort-cpu runs as one fused INT8 QAttention per layer (-o fusion=qattention)"
+            ),
+        ] = None,
         cache: QuantCacheOpt = Path("build/cache"),
     ) -> None:
         """Binarize or ternarize a trained checkpoint with distillation from the float model (QAT)."""

@@ -64,6 +64,7 @@ class TrainOptions(BaseModel):
     unlabeled: str | None = None  # an unlabeled corpus: .txt, or JSONL/CSV with 'text'
     augment: int = 0  # augmented copies per training text (word replacement from embedding neighbours, span masking)
     augment_method: Literal["both", "replace", "mask"] = "both"
+    attention_bits: Literal[1, 4, 8, 32] | None = None  # the attention core's bits (Q, K, softmax, V); None: the scheme's
     augment_cache: str | None = None  # folder of the generated corpora (default: OUT/../.edgekit-augment)
 
     @classmethod

@@ -52,8 +52,9 @@ def _summary(title: str, stage: StageReport) -> str:
 
 def run(opts: TrainOptions) -> QuantReport:
     """Train (one stage, or BiT's two) and write the checkpoint(s) and ``quant_report.json``."""
-    final_cfg = make_config(opts.scheme)
-    inter_cfg = make_config(opts.intermediate) if opts.multi_step else None
+    core = {"attention_bits": opts.attention_bits} if opts.attention_bits is not None else {}  # both stages: one attention core
+    final_cfg = make_config(opts.scheme, **core)
+    inter_cfg = make_config(opts.intermediate, **core) if opts.multi_step else None
     with Dist(opts.device) as dist, deterministic(opts.deterministic):
         seed_everything(opts.seed)
         out = Path(opts.out)

@@ -48,7 +48,9 @@ class OrtOptions(TargetOptions):
     # integer kernel); off saves ONNX Runtime's generic session optimizations only. Off by
     # default: on MiniLM-L6 (2-core Xeon, onnxruntime 1.32) the fused graph measured no faster
     # than the generic one, up to 12% slower at 128 tokens (bench/results/fusion/fusion.md).
-    fusion: Literal["auto", "off"] = "off"
+    # qattention: on a lowered graph whose attention core is float (attention_bits=32), each layer's
+    # quantized Q/K/V projections and attention as one com.microsoft QAttention, and no other fusion.
+    fusion: Literal["auto", "off", "qattention"] = "off"
 
 
 _LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
@@ -227,6 +229,8 @@ class OrtCpuTarget:
         if fusion_missing:
             fused["skip"] = fusion_missing
         cands = [fused]
+        if manifest.precision == "int8":  # quantized Q/K/V + float attention -> QAttention (skipped where the graph has none)
+            cands.append({**fused, "name": "fusion=qattention", "options": {"fusion": "qattention"}})
         if (os.cpu_count() or 1) > 1:
             cands.append({"name": "threads=1", "options": {"threads": 1}})
             cands.append({**fused, "name": "fusion=auto threads=1", "options": {"fusion": "auto", "threads": 1}})
@@ -253,7 +257,8 @@ def _fused_source(model_path: Path, manifest: Manifest, options: OrtOptions, out
     if why is not None:
         return model_path, {"mode": options.fusion, "applied": {}, "why": why}
     fused = out / "_fused.onnx"
-    report = ort_fusion.fuse(model_path, fused, int8=manifest.precision == "int8", threads=options.threads or 1)
+    int8 = manifest.precision == "int8"
+    report = ort_fusion.fuse(model_path, fused, int8=int8, threads=options.threads or 1, qattention=options.fusion == "qattention")
     return (fused if report["applied"] else model_path), {"mode": options.fusion, **report}
 
 

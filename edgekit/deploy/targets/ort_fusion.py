@@ -17,6 +17,14 @@ on the exported graph before the session optimizations:
   unfused and the report says why.
 
 The result records which fused operators the graph holds, counted by op type.
+
+``qattention=True`` (``ort-cpu -o fusion=qattention``) is another fusion, for a lowered graph
+whose attention core (Q·Kᵀ, softmax, ·V) is in float (a scheme trained with ``attention_bits=32``):
+each layer's three quantized Q/K/V projections and its attention become one ``com.microsoft``
+``QAttention`` (and nothing else is fused), the fused INT8 kernel ONNX Runtime's own dynamic quantization gives ``Attention``
+(:func:`_qattention`). It is not the same function: QAttention takes one input scale for the
+three projections (the largest of their three learned scales is used, so none clips more than
+it did), so compile's parity check against the fake-quant model decides, as for any candidate.
 """
 
 from __future__ import annotations
@@ -41,6 +49,19 @@ INT8_PLANS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("all", ()),
     ("no-attention", ("enable_attention",)),
     ("norm-gelu-only", ("enable_attention", "enable_embed_layer_norm", "enable_bias_skip_layer_norm", "enable_bias_gelu")),
+)
+
+
+# The other fusions are left out of ``qattention``: around a lowered graph's integer matmuls they measured slower
+# (SkipLayerNormalization: DISABLED_OPTIMIZERS in ort.py; in one interleaved A/B on MiniLM W2E2A8, QAttention plus
+# them ran b32 s128 at 0.87x the throughput and b1 s128 at 1.09x the latency of QAttention alone).
+ATTENTION_ONLY = (
+    "enable_gelu",
+    "enable_layer_norm",
+    "enable_skip_layer_norm",
+    "enable_bias_skip_layer_norm",
+    "enable_bias_gelu",
+    "enable_embed_layer_norm",
 )
 
 
@@ -133,10 +154,13 @@ def _optimize(model, dims: tuple[int, int] | None, disabled: tuple[str, ...]):
         logging.disable(logging.NOTSET)
 
 
-def fuse(source: Path, dest: Path, *, int8: bool = False, threads: int | None = 1) -> dict[str, Any]:
+def fuse(source: Path, dest: Path, *, int8: bool = False, threads: int | None = 1, qattention: bool = False) -> dict[str, Any]:
     """Write ``source`` with ONNX Runtime's transformer fusions to ``dest``; return what was done.
 
     ``int8``: the source is a QDQ graph whose quantized matmuls must stay on integer kernels.
+    ``qattention`` (with ``int8``): each layer's quantized Q/K/V projections and float attention as
+    one ``QAttention`` (:func:`_qattention`) and nothing else; where that cannot be used, nothing
+    is fused and ``why`` says why.
     Returns ``{"applied": {op_type: count}, "num_heads", "hidden_size", "plan", ...}``; when no
     fusion could be kept, ``dest`` is not written and ``applied`` is empty, with ``why``."""
     ort = require("onnxruntime", for_="transformer fusions")
@@ -154,6 +178,18 @@ def fuse(source: Path, dest: Path, *, int8: bool = False, threads: int | None = 
     before = fused_ops(model)
     expected = len(int8check.quantized_matmuls(model)) if int8 else 0
     tried = []
+    if qattention and int8:
+        fused, why = _qattention(onnx.load(str(source)), dims)
+        if fused is not None:
+            check = int8check.ort_report(fused.SerializeToString(), threads=threads)
+            # each fused layer turns three quantized matmuls into one QAttention, an integer kernel too
+            layers = fused_ops(fused).get("QAttention", 0)
+            if check["all_int8"] and check["integer_total"] + 2 * layers >= expected:
+                onnx.save(fused, str(dest))
+                applied = {op: n - before.get(op, 0) for op, n in fused_ops(fused).items() if n > before.get(op, 0)}
+                return {**report, "plan": "qattention", "applied": applied}
+            why = int8check.fallback_message("onnxruntime", check)
+        return {**report, "plan": None, "applied": {}, "why": f"qattention: {why}"}
     for name, disabled in INT8_PLANS if int8 else INT8_PLANS[:1]:
         fused = _optimize(onnx.load(str(source)), dims, disabled).model
         applied = {op: n - before.get(op, 0) for op, n in fused_ops(fused).items() if n > before.get(op, 0)}
@@ -168,6 +204,181 @@ def fuse(source: Path, dest: Path, *, int8: bool = False, threads: int | None = 
         onnx.save(fused, str(dest))
         return {**report, "plan": name, "applied": applied, **({"refused": tried} if tried else {})}
     return {**report, "plan": None, "applied": {}, "why": "; ".join(tried)}
+
+
+def _qdq_matmuls(graph, consts: dict[str, Any]) -> list[tuple[Any, dict[str, Any]]]:
+    """The quantized linear layers of a QDQ graph: ``(MatMul node, what it computes)``.
+
+    A layer: ``MatMul(DequantizeLinear(QuantizeLinear(x)), DequantizeLinear(codes))`` with int8
+    codes, a per-tensor or per-output-column scale, a symmetric activation quantizer and zero
+    points of zero for the weights (what :mod:`edgekit.build.lower` writes)."""
+    producers = {out: n for n in graph.node for out in n.output}
+    found = []
+    for node in graph.node:
+        if node.op_type != "MatMul" or len(node.input) != 2:
+            continue
+        a_dq, w_dq = producers.get(node.input[0]), producers.get(node.input[1])
+        if getattr(a_dq, "op_type", "") != "DequantizeLinear" or getattr(w_dq, "op_type", "") != "DequantizeLinear":
+            continue
+        a_q = producers.get(a_dq.input[0])
+        if (
+            getattr(a_q, "op_type", "") != "QuantizeLinear"
+            or len(a_q.input) < 3
+            or a_q.input[1] not in consts
+            or a_q.input[2] not in consts
+        ):
+            continue
+        codes, scale = consts.get(w_dq.input[0]), consts.get(w_dq.input[1])
+        zero = consts.get(w_dq.input[2]) if len(w_dq.input) > 2 and w_dq.input[2] else None
+        a_zero = consts[a_q.input[2]]
+        if codes is None or scale is None or codes.dtype.name != "int8" or codes.ndim != 2 or a_zero.any():
+            continue
+        if (zero is not None and zero.any()) or scale.size not in (1, codes.shape[1]):
+            continue
+        layer = {
+            "x": a_q.input[0],
+            "codes": codes,
+            "scale": scale.reshape(-1).astype("float32"),
+            "input_scale": consts[a_q.input[1]].reshape(()).astype("float32"),
+            "input_zero_point": a_zero.reshape(()),
+        }
+        found.append((node, layer))
+    return found
+
+
+def _drop_unused(graph) -> None:
+    """Remove, in place, the nodes of ``graph`` whose outputs nothing reads (repeatedly), and unread initializers."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {i for n in graph.node for i in n.input} | outputs
+        read |= {i for n in graph.node for sub in _subgraphs(n) for m in sub.node for i in m.input}
+        kept = [n for n in graph.node if any(o in read for o in n.output)]
+        if len(kept) == len(graph.node):
+            break
+        del graph.node[:]
+        graph.node.extend(kept)
+    for t in [t for t in graph.initializer if t.name not in read]:
+        graph.initializer.remove(t)
+
+
+def _requantized(node, layer: dict[str, Any], numpy_helper, helper) -> tuple[list[Any], list[Any]]:
+    """(nodes, initializers) that make ``node`` (a MatMul of ``layer``'s float weight) its QDQ form again."""
+    import numpy as np
+
+    p = f"{node.name or node.output[0]}/qdq"
+    inits = [
+        numpy_helper.from_array(layer["codes"], f"{p}/codes"),
+        numpy_helper.from_array(layer["scale"], f"{p}/scale"),
+        numpy_helper.from_array(np.zeros(layer["scale"].shape, np.int8), f"{p}/zero_point"),
+        numpy_helper.from_array(layer["input_scale"], f"{p}/input_scale"),
+        numpy_helper.from_array(layer["input_zero_point"], f"{p}/input_zero_point"),
+    ]
+    axis = {"axis": 1} if layer["scale"].size > 1 else {}
+    nodes = [
+        helper.make_node("QuantizeLinear", [node.input[0], f"{p}/input_scale", f"{p}/input_zero_point"], [f"{p}/xq"], name=f"{p}/q"),
+        helper.make_node("DequantizeLinear", [f"{p}/xq", f"{p}/input_scale", f"{p}/input_zero_point"], [f"{p}/x"], name=f"{p}/dq"),
+        helper.make_node("DequantizeLinear", [f"{p}/codes", f"{p}/scale", f"{p}/zero_point"], [f"{p}/w"], name=f"{p}/dqw", **axis),
+    ]
+    node.input[:] = [f"{p}/x", f"{p}/w"]
+    return nodes, inits
+
+
+def _qattention(model, dims: tuple[int, int] | None) -> tuple[Any, str | None]:
+    """(the graph with a ``QAttention`` per fused layer, None) or (None, why not).
+
+    ONNX Runtime's optimizer finds the attention pattern (the same code that fuses a float
+    export): every quantized linear layer is shown to it as a float matmul of its exact float
+    weight (codes times scales). Each ``Attention`` it writes becomes ``QuantizeLinear`` +
+    ``QAttention`` on the three projections' int8 codes, their per-column scales and one input
+    scale; every other linear layer is given its QDQ form back. A float weight that ends up
+    anywhere else leaves the whole graph as it was."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    if dims is None:
+        return None, "heads and hidden size not found in the graph"
+    graph = model.graph
+    layers = _qdq_matmuls(graph, _initializers(graph))
+    if not layers:
+        return None, "no quantized linear layers"
+    by_name: dict[str, dict[str, Any]] = {}
+    by_bytes: dict[bytes, dict[str, Any]] = {}
+    for node, layer in layers:
+        w = (layer["codes"].astype(np.float32) * layer["scale"]).astype(np.float32)
+        name = f"{node.name or node.output[0]}/float_weight"
+        graph.initializer.append(numpy_helper.from_array(w, name))
+        by_name[name], by_bytes[w.tobytes()] = layer, layer
+        node.input[:] = [layer["x"], name]
+    _drop_unused(graph)  # the quantizers just bypassed: the optimizer's patterns count a tensor's readers
+    fused = _optimize(model, dims, ATTENTION_ONLY).model
+    fg = fused.graph
+    inits = {t.name: t for t in fg.initializer}
+    added, nodes, count = [], [], 0
+    for node in fg.node:
+        if node.op_type == "Attention" and node.domain == FUSED_DOMAIN:
+            made = _to_qattention(node, inits, by_bytes, np, numpy_helper, helper)
+            if isinstance(made, str):
+                return None, made
+            nodes += made[0]
+            added += made[1]
+            count += 1
+            continue
+        floats = [i for i in node.input if i in by_name]
+        if floats:
+            if node.op_type != "MatMul" or node.input[1] != floats[0] or len(floats) > 1:
+                return None, f"a quantized weight ended up in a fused {node.op_type}"
+            more, inits_more = _requantized(node, by_name[floats[0]], numpy_helper, helper)
+            nodes += more
+            added += inits_more
+        nodes.append(node)
+    if not count:
+        return None, "the attention pattern matched no layer (is the attention core quantized? attention_bits=32 keeps it float)"
+    del fg.node[:]
+    fg.node.extend(nodes)
+    fg.initializer.extend(added)
+    _drop_unused(fg)
+    return fused, None
+
+
+def _to_qattention(node, inits, by_bytes, np, numpy_helper, helper) -> tuple[list[Any], list[Any]] | str:
+    """``QuantizeLinear`` + ``QAttention`` (and their initializers) for a fused float ``Attention``, or why not."""
+    extra = {a.name for a in node.attribute} - {"num_heads", "unidirectional"}
+    if extra or len(node.input) < 3 or node.input[1] not in inits or any(node.input[4:]):
+        return f"an Attention node QAttention cannot take ({', '.join(sorted(extra)) or 'its inputs'})"
+    blocks = np.split(numpy_helper.to_array(inits[node.input[1]]), 3, axis=1)
+    parts = [by_bytes.get(np.ascontiguousarray(b).tobytes()) for b in blocks]
+    if any(part is None for part in parts):
+        return "an Attention weight is not three quantized projections"
+    codes = np.concatenate([part["codes"] for part in parts], axis=1)
+    scales = np.concatenate([np.broadcast_to(part["scale"], (b.shape[1],)) for part, b in zip(parts, blocks)]).astype(np.float32)
+    # one input scale for Q, K and V: the largest, so no projection's input clips more than it did
+    s_in = max(float(part["input_scale"]) for part in parts)
+    p = f"{node.name or node.output[0]}/q"
+    inits_new = [
+        numpy_helper.from_array(codes.astype(np.int8), f"{p}/codes"),
+        numpy_helper.from_array(scales, f"{p}/weight_scale"),
+        numpy_helper.from_array(np.array(s_in, np.float32), f"{p}/input_scale"),
+        numpy_helper.from_array(np.array(128, np.uint8), f"{p}/input_zero_point"),  # QAttention reads uint8: int8 range + 128
+        numpy_helper.from_array(np.array(0, np.int8), f"{p}/weight_zero_point"),
+    ]
+    mask = node.input[3] if len(node.input) > 3 else ""
+    inputs = [
+        f"{p}/input",
+        f"{p}/codes",
+        node.input[2],
+        f"{p}/input_scale",
+        f"{p}/weight_scale",
+        mask,
+        f"{p}/input_zero_point",
+        f"{p}/weight_zero_point",
+    ]
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return [
+        helper.make_node(
+            "QuantizeLinear", [node.input[0], f"{p}/input_scale", f"{p}/input_zero_point"], [f"{p}/input"], name=f"{p}/quantize"
+        ),
+        helper.make_node("QAttention", inputs, list(node.output), name=node.name, domain=FUSED_DOMAIN, **attrs),
+    ], inits_new
 
 
 def _subgraphs(node) -> list[Any]:

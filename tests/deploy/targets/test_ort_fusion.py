@@ -123,3 +123,46 @@ def test_fusing_imports_no_torch(exported, tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def lowered_cores(checkpoints, encoders, tmp_path_factory):
+    """attention bits (32: float core, 8: quantized) -> (lowered ternary-w2a8 tiny BERT classifier, manifest)."""
+    from conftest import quantized_checkpoint
+
+    from edgekit.build.lower import lower
+    from edgekit.build.quant.config import make_config
+
+    root = tmp_path_factory.mktemp("qattention")
+    built = {}
+    for bits in (32, 8):
+        scheme = make_config("ternary-w2a8", attention_bits=bits)
+        ckpt = quantized_checkpoint(checkpoints, encoders, root / f"ckpt-{bits}", "bert-classifier", scheme)
+        built[bits] = (root / f"lowered-{bits}", lower(ckpt, root / f"lowered-{bits}"))
+    return built
+
+
+def test_qattention_runs_each_layer_as_one_integer_kernel(lowered_cores, tmp_path, texts):
+    src, manifest = lowered_cores[32]
+    plain = compile_artifact(src, manifest, TARGET, tmp_path / "off", options={"fusion": "off"})
+    fused = compile_artifact(src, manifest, TARGET, tmp_path / "qattention", options={"fusion": "qattention"})
+    fusion = fused.settings["fusion"]
+    assert fusion["plan"] == "qattention" and fusion["applied"] == {"QAttention": 2}  # conftest: 2 layers; no other fusion
+    ops = op_counts(tmp_path / "qattention" / MODEL_FILE)
+    assert ops["QAttention"] == 2 and ops["Softmax"] == 0  # the float attention core is inside the fused kernel
+    assert plain.settings["int8"]["all_int8"] and fused.settings["int8"]["all_int8"]
+    assert fused.parity.passed
+    with Predictor(tmp_path / "off") as a, Predictor(tmp_path / "qattention") as b:
+        x, y = a.predict(texts, batch=len(texts)), b.predict(texts, batch=len(texts))
+    assert (x.argmax(-1) == y.argmax(-1)).mean() >= 0.9
+    np.testing.assert_allclose(y, x, atol=0.1)  # one input scale for Q, K and V: close, not bit-exact
+
+
+def test_qattention_is_refused_where_the_attention_core_is_quantized(lowered_cores, tmp_path):
+    src, manifest = lowered_cores[8]
+    compiled = compile_artifact(src, manifest, TARGET, tmp_path / "out", options={"fusion": "qattention"})
+    fusion = compiled.settings["fusion"]
+    assert fusion["plan"] is None and fusion["applied"] == {}  # nothing fused: the graph is compiled as with fusion=off
+    assert fusion["why"].startswith("qattention: the attention pattern matched no layer")
+    assert op_counts(tmp_path / "out" / MODEL_FILE)["QAttention"] == 0
+    assert compiled.settings["int8"]["all_int8"] and compiled.parity.passed
