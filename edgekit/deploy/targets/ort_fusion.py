@@ -178,7 +178,14 @@ def fuse(source: Path, dest: Path, *, int8: bool = False, threads: int | None = 
     before = fused_ops(model)
     expected = len(int8check.quantized_matmuls(model)) if int8 else 0
     tried = []
-    if qattention and int8:
+    if qattention and not int8:
+        return {
+            **report,
+            "plan": None,
+            "applied": {},
+            "why": "qattention: the graph is not quantized (fusion=auto fuses a float attention)",
+        }
+    if qattention:
         fused, why = _qattention(onnx.load(str(source)), dims)
         if fused is not None:
             check = int8check.ort_report(fused.SerializeToString(), threads=threads)
@@ -353,12 +360,16 @@ def _to_qattention(node, inits, by_bytes, np, numpy_helper, helper) -> tuple[lis
     scales = np.concatenate([np.broadcast_to(part["scale"], (b.shape[1],)) for part, b in zip(parts, blocks)]).astype(np.float32)
     # one input scale for Q, K and V: the largest, so no projection's input clips more than it did
     s_in = max(float(part["input_scale"]) for part in parts)
+    signed = {part["input_zero_point"].dtype.name for part in parts}
+    if len(signed) != 1:
+        return "Q, K and V quantize their input with different types"
     p = f"{node.name or node.output[0]}/q"
     inits_new = [
         numpy_helper.from_array(codes.astype(np.int8), f"{p}/codes"),
         numpy_helper.from_array(scales, f"{p}/weight_scale"),
         numpy_helper.from_array(np.array(s_in, np.float32), f"{p}/input_scale"),
-        numpy_helper.from_array(np.array(128, np.uint8), f"{p}/input_zero_point"),  # QAttention reads uint8: int8 range + 128
+        # QAttention reads uint8: a signed (int8) input moves up by 128, an unsigned one keeps its zero point 0
+        numpy_helper.from_array(np.array(128 if signed == {"int8"} else 0, np.uint8), f"{p}/input_zero_point"),
         numpy_helper.from_array(np.array(0, np.int8), f"{p}/weight_zero_point"),
     ]
     mask = node.input[3] if len(node.input) > 3 else ""

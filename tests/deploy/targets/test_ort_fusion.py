@@ -166,3 +166,10 @@ def test_qattention_is_refused_where_the_attention_core_is_quantized(lowered_cor
     assert fusion["why"].startswith("qattention: the attention pattern matched no layer")
     assert op_counts(tmp_path / "out" / MODEL_FILE)["QAttention"] == 0
     assert compiled.settings["int8"]["all_int8"] and compiled.parity.passed
+
+
+def test_qattention_on_a_float_graph_fuses_nothing_and_says_why(compiled):
+    out, manifest = compiled("bert-embedding", "qattention")
+    fusion = manifest.settings["fusion"]
+    assert fusion["applied"] == {} and fusion["why"].startswith("qattention: the graph is not quantized")
+    assert op_counts(out / MODEL_FILE)["Attention"] == 0 and manifest.parity.passed
