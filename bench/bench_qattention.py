@@ -9,11 +9,13 @@ Compared in one process, interleaved round by round (order reversed every other 
 - ``... / ort-cpu fusion=qattention``: that graph with each layer's quantized Q/K/V projections and
   attention as one ``com.microsoft QAttention`` (edgekit.deploy.targets.ort_fusion);
 - ``ORT fused + dynamic INT8``: ONNX Runtime's transformer optimizer then ``quantize_dynamic``
-  of the FP32 export, the best ORT configuration a user makes in two calls (bench/op_profile.py).
+  of the FP32 export, the best ORT configuration a user makes in two calls (bench/op_profile.py);
+- on OpenVINO: both lowered graphs compiled for openvino-cpu (its default settings), against
+  ``OpenVINO NNCF INT8`` (``nncf.quantize`` of the FP32 export, LATENCY hint, bench/op_profile.py).
 
 Columns: b1 at real length (40 test texts of debian-sections at their natural length, and 40
 synopses of debian-synopsis: short inputs), b1 s128 and b32 s128 (p50 ms per call), and each
-graph's ratio to the best peer of the column (the INT8 PTQ graph). The lowered models are 4
+graph's ratio to the best peer of the column (the faster of the two INT8 PTQ graphs). The lowered models are 4
 QAT steps on the CPU (timing only, as bench/op_profile.py's): they are untrained, so the
 outputs of the two float-attention graphs are compared to each other (cosine, argmax) but no
 accuracy is claimed here.
@@ -35,12 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from op_profile import DATA, OrtRunner, build, cpu_model, say
+from op_profile import DATA, OrtRunner, OvRunner, build, cpu_model, say
 
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "results" / "qattention"
 SYNOPSIS = ROOT / "data" / "debian-synopsis" / "test.jsonl"
-PEER = "ORT fused + dynamic INT8"
+PEERS = ("ORT fused + dynamic INT8", "OpenVINO NNCF INT8")
 
 
 def build_float_core(work: Path) -> dict[str, Path]:
@@ -62,11 +64,15 @@ def build_float_core(work: Path) -> dict[str, Path]:
     src = artifact.read_manifest(lowered)
     loose = parity.Tolerance(atol=0.5, min_cosine=0.97)
     paths = {}
-    for name, options in (("ort", {"tune": "off"}), ("ort-qattention", {"tune": "off", "fusion": "qattention"})):
+    for name, target, options in (
+        ("ort", "ort-cpu", {"tune": "off"}),
+        ("ort-qattention", "ort-cpu", {"tune": "off", "fusion": "qattention"}),
+        ("ov", "openvino-cpu", {"tune": "off"}),
+    ):
         out = work / name
         if not (out / artifact.MANIFEST).exists():
             say(f"compile {name}")
-            compile_artifact(lowered, src, "ort-cpu", out, options=options, tolerance=loose, progress=False)
+            compile_artifact(lowered, src, target, out, options=options, tolerance=loose, progress=False)
         paths[name] = out
     return paths
 
@@ -97,7 +103,20 @@ def feeds(fp32_dir: Path) -> dict[str, list[dict[str, np.ndarray]]]:
     }
 
 
-def timed(runners: dict[str, OrtRunner], group: list[dict[str, np.ndarray]], rounds: int) -> dict[str, float]:
+def ov_runner(d: Path, threads: int | None) -> OvRunner:
+    import openvino as ov
+
+    from edgekit.deploy import artifact, packing
+
+    m = artifact.read_manifest(d)
+    cfg = dict(m.settings["config"]) | ({"INFERENCE_NUM_THREADS": str(threads)} if threads else {})
+    xml = d / m.model_file
+    if m.settings.get("packed"):
+        return OvRunner(ov.Core().read_model(xml.read_text(), ov.Tensor(packing.ir_weights(d, m.settings["packed"]))), cfg, False)
+    return OvRunner(str(xml), cfg, False)
+
+
+def timed(runners: dict[str, Any], group: list[dict[str, np.ndarray]], rounds: int) -> dict[str, float]:
     """p50 ms per call of each graph, interleaved round by round."""
     times: dict[str, list[float]] = {n: [] for n in runners}
     names = list(runners)
@@ -134,7 +153,14 @@ def main() -> None:
         "W2E2A8 lowered, attention 8-bit / ort-cpu": OrtRunner(model_bytes(peers["lowered-ort"]), args.threads, False),
         "W2E2A8 lowered, attention float / ort-cpu": OrtRunner(model_bytes(mine["ort"]), args.threads, False),
         "W2E2A8 lowered, attention float / ort-cpu fusion=qattention": OrtRunner(model_bytes(mine["ort-qattention"]), args.threads, False),
-        PEER: OrtRunner(str(peers["ort-fused-int8"]), args.threads, False),
+        PEERS[0]: OrtRunner(str(peers["ort-fused-int8"]), args.threads, False),
+        "W2E2A8 lowered, attention 8-bit / openvino-cpu": ov_runner(peers["lowered-ov"], args.threads),
+        "W2E2A8 lowered, attention float / openvino-cpu": ov_runner(mine["ov"], args.threads),
+        PEERS[1]: OvRunner(
+            str(peers["nncf"]),
+            {"PERFORMANCE_HINT": "LATENCY"} | ({"INFERENCE_NUM_THREADS": str(args.threads)} if args.threads else {}),
+            False,
+        ),
     }
     load_before = os.getloadavg()[0]
     walls = {g: timed(runners, f, args.rounds if g != "b32 s128" else max(3, args.rounds // 2)) for g, f in groups.items()}
@@ -162,23 +188,20 @@ def write_readme(env: dict[str, Any], walls: dict[str, dict[str, float]], check:
         f"# ort-cpu: the attention of a lowered W2E2A8 graph as one QAttention ({env['cpu']}, {env['cores']} cores, onnxruntime {ort.__version__})",
         "",
         "Lowered models: 4 QAT steps of ternary-w2e2a8 on all-MiniLM-L6-v2 (timing only), one with the scheme's 8-bit attention core, "
-        "one trained with `--attention-bits 32`. p50 ms per call, the four graphs interleaved in one process, "
+        "one trained with `--attention-bits 32`. p50 ms per call, the graphs interleaved in one process, "
         f"{env['rounds']} rounds; 1-min load average {env['load'][0]} before, {env['load'][1]} after (other processes share these cores): "
-        f"read the ratios. Mean tokens per text: {', '.join(f'{k} {v}' for k, v in env['lengths'].items())}. Ratio: to `{PEER}` "
-        "(the best ORT peer at real length, bench/results/op-profile); b32 is shown as ms per call (lower is better) and its ratio is of ms.",
+        f"read the ratios. Mean tokens per text: {', '.join(f'{k} {v}' for k, v in env['lengths'].items())}. Ratio: to the faster of "
+        f"`{PEERS[0]}` and `{PEERS[1]}` in each column (bold: the best graph); b32 is shown as ms per call (lower is better).",
         "",
         "| graph | " + " | ".join(f"{c} ms" for c in cols) + " | " + " | ".join(f"x peer {c}" for c in cols) + " |",
         "|---|" + "---|" * (2 * len(cols)),
     ]
+    peer = {c: min(walls[c][p] for p in PEERS) for c in cols}
+    best = {c: min(walls[c].values()) for c in cols}
     for name in walls[cols[0]]:
         ms = [walls[c][name] for c in cols]
-        lines.append(
-            f"| {name} | "
-            + " | ".join(f"{v:.3f}" for v in ms)
-            + " | "
-            + " | ".join(f"{walls[c][name] / walls[c][PEER]:.2f}" for c in cols)
-            + " |"
-        )
+        ratios = [f"**{walls[c][name] / peer[c]:.2f}**" if walls[c][name] == best[c] else f"{walls[c][name] / peer[c]:.2f}" for c in cols]
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in ms) + " | " + " | ".join(ratios) + " |")
     lines += [
         "",
         "Float-core graph without vs with QAttention (one input scale for Q, K and V: the largest of the three learned ones): "
