@@ -30,14 +30,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from op_profile import DATA, OrtRunner, OvRunner, build, cpu_model, say
+from op_profile import DATA, OrtRunner, OvRunner, build, cpu_model, say, wall_p50
 
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "results" / "qattention"
@@ -116,19 +114,6 @@ def ov_runner(d: Path, threads: int | None) -> OvRunner:
     return OvRunner(str(xml), cfg, False)
 
 
-def timed(runners: dict[str, Any], group: list[dict[str, np.ndarray]], rounds: int) -> dict[str, float]:
-    """p50 ms per call of each graph, interleaved round by round."""
-    times: dict[str, list[float]] = {n: [] for n in runners}
-    names = list(runners)
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            for feed in group:
-                t = time.perf_counter()
-                runners[name](feed)
-                times[name].append((time.perf_counter() - t) * 1e3)
-    return {n: statistics.median(v) for n, v in times.items()}
-
-
 def agreement(a: OrtRunner, b: OrtRunner, group: list[dict[str, np.ndarray]]) -> dict[str, float]:
     def out(r: OrtRunner, f: dict[str, np.ndarray]) -> np.ndarray:
         return r.sess.run(r.outs, {k: f[k] for k in r.names})[0].reshape(-1)
@@ -163,7 +148,7 @@ def main() -> None:
         ),
     }
     load_before = os.getloadavg()[0]
-    walls = {g: timed(runners, f, args.rounds if g != "b32 s128" else max(3, args.rounds // 2)) for g, f in groups.items()}
+    walls = {g: wall_p50(runners, f, args.rounds if g != "b32 s128" else max(3, args.rounds // 2)) for g, f in groups.items()}
     names = list(runners)
     a, b = runners[names[1]], runners[names[2]]
     check = {g: agreement(a, b, f) for g, f in groups.items()}

@@ -22,8 +22,6 @@ import argparse
 import collections
 import json
 import os
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -78,15 +76,8 @@ def op_ms(compiled: Any, feeds: list[dict[str, np.ndarray]], runs: int) -> dict[
 
 
 def interleaved(requests: dict[str, Any], feeds: list[dict[str, np.ndarray]], rounds: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {name: [] for name in requests}
-    names = list(requests)
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            for feed in feeds:
-                t = time.perf_counter()
-                requests[name].infer(feed)
-                times[name].append((time.perf_counter() - t) * 1e3)
-    return {n: statistics.median(v) for n, v in times.items()}
+    """p50 ms per call of each infer request, round by round (op_profile's timing)."""
+    return op_profile.wall_p50({name: r.infer for name, r in requests.items()}, feeds, rounds)
 
 
 def main() -> None:

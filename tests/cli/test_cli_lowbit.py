@@ -41,27 +41,25 @@ def test_ptq_cli(exported, tmp_path, monkeypatch, capsys):
     assert no_partials(tmp_path)
 
 
-def test_quantize_attention_bits_set_the_attention_core_of_the_saved_scheme(checkpoints, tmp_path, monkeypatch, capsys):
+def _quantize_attention_bits(checkpoints, tmp_path, bits: str) -> tuple[list[str], object]:
     from conftest import quantize_args
 
     train = tmp_path / "train.txt"
     train.write_text("\n".join(data.sample_texts()[:16]) + "\n")
     out = tmp_path / "q"
-    args = quantize_args(checkpoints["bert-embedding"], train, out, tmp_path / "cache", "ternary-w2a8", "--attention-bits", "32")
+    return quantize_args(checkpoints["bert-embedding"], train, out, tmp_path / "cache", "ternary-w2a8", "--attention-bits", bits), out
+
+
+def test_quantize_attention_bits_set_the_attention_core_of_the_saved_scheme(checkpoints, tmp_path, monkeypatch, capsys):
+    args, out = _quantize_attention_bits(checkpoints, tmp_path, "32")
     code, _, err = run_cli(args, monkeypatch, capsys)
     assert code == 0, err
-    saved = json.loads((out / "edgekit_quant.json").read_text())
-    config = saved.get("config", saved)
+    config = json.loads((out / "edgekit_quant.json").read_text())["config"]
     assert config["attention_bits"] == 32 and config["activation_bits"] == 8 and config["weight_bits"] == 2
 
 
 def test_quantize_attention_bits_not_offered_is_one_line(checkpoints, tmp_path, monkeypatch, capsys):
-    from conftest import quantize_args
-
-    train = tmp_path / "train.txt"
-    train.write_text("\n".join(data.sample_texts()[:16]) + "\n")
-    out = tmp_path / "q"
-    args = quantize_args(checkpoints["bert-embedding"], train, out, tmp_path / "cache", "ternary-w2a8", "--attention-bits", "3")
+    args, out = _quantize_attention_bits(checkpoints, tmp_path, "3")
     code, _, err = run_cli(args, monkeypatch, capsys)
     assert_user_error(code, err, "attention_bits", "1, 4, 8 or 32")
     assert no_partials(tmp_path) and not out.exists()
