@@ -229,8 +229,14 @@ class OrtCpuTarget:
         if fusion_missing:
             fused["skip"] = fusion_missing
         cands = [fused]
-        if manifest.precision == "int8":  # quantized Q/K/V + float attention -> QAttention (skipped where the graph has none)
-            cands.append({**fused, "name": "fusion=qattention", "options": {"fusion": "qattention"}})
+        if manifest.precision == "int8":  # quantized Q/K/V + float attention -> QAttention
+            qattention: dict[str, Any] = {**fused, "name": "fusion=qattention", "options": {"fusion": "qattention"}}
+            core = ((manifest.settings.get("lowered") or {}).get("config") or {}).get("attention_bits", 32)
+            if core < 32 and "skip" not in qattention:
+                qattention["skip"] = (
+                    f"the attention core is quantized ({core} bits): QAttention needs it float (quantize --attention-bits 32)"
+                )
+            cands.append(qattention)
         if (os.cpu_count() or 1) > 1:
             cands.append({"name": "threads=1", "options": {"threads": 1}})
             cands.append({**fused, "name": "fusion=auto threads=1", "options": {"fusion": "auto", "threads": 1}})

@@ -173,3 +173,14 @@ def test_qattention_on_a_float_graph_fuses_nothing_and_says_why(compiled):
     fusion = manifest.settings["fusion"]
     assert fusion["applied"] == {} and fusion["why"].startswith("qattention: the graph is not quantized")
     assert op_counts(out / MODEL_FILE)["Attention"] == 0 and manifest.parity.passed
+
+
+def test_autotune_offers_qattention_only_to_a_float_attention_core(lowered_cores):
+    from edgekit.deploy.targets.ort import OrtCpuTarget, OrtOptions
+
+    def candidate(bits):
+        cands = OrtCpuTarget().tune_candidates(OrtOptions(), lowered_cores[bits][1])
+        return next(c for c in cands if c["name"] == "fusion=qattention")
+
+    assert "skip" not in candidate(32)
+    assert candidate(8)["skip"].startswith("the attention core is quantized (8 bits)")
