@@ -68,6 +68,13 @@ if [ "${PHASE:-}" = ce ]; then
   U=$CORPUS; N=${STEPS:-1200}; [ -n "${SMOKE:-}" ] && N=2
   cp "$W/ts/finetune.json" "$OUT/finetune.json"; cp "$W/tw/finetune.json" "$OUT/finetune-works-with.json"
   B='"deterministic": true, "steps": '$N', "ce": 1.0'
+  if [ "${SEED1:-}" ]; then  # (the sixth call, < 5 min) works-with, seed 1, no corpus: with and without the label loss
+    JOBS='{"w-ce1-seed1": ["W", {"scheme": "ternary-w2a8", '$B', "seed": 1}], "w-base-seed1": ["W", {"scheme": "ternary-w2a8", "deterministic": true, "steps": '$N', "seed": 1}]}'
+    SMOKE=${SMOKE:-} BATCH=64 TEACHER_S=$W/ts TEACHER_W=$W/tw OUT=$OUT WORK=$W/qat JOBS="$JOBS" LANES="w-ce1-seed1;w-base-seed1" \
+      LANE_TIMEOUT=${LANE_TIMEOUT:-230} TITLE="debian-works-with, seed 1: label cross entropy on top of distillation or not (one H200, two lanes)" \
+      bash bench/device_qat_more.sh
+    exit
+  fi
   JOBS=$(cat <<JSON
 {"ce1": ["S", {"scheme": "ternary-w2a8", $B, "unlabeled": "$U"}],
  "ce1-run2": ["S", {"scheme": "ternary-w2a8", $B, "unlabeled": "$U"}],
