@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from op_profile import DATA, OrtRunner, OvRunner, build, cpu_model, say, wall_p50
+from op_profile import DATA, OrtRunner, OvRunner, build, compile_variants, cpu_model, say, wall_p50
 
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "results" / "qattention"
@@ -46,7 +46,6 @@ PEERS = ("ORT fused + dynamic INT8", "OpenVINO NNCF INT8")
 def build_float_core(work: Path) -> dict[str, Path]:
     """The W2E2A8 checkpoint trained with the attention core in float, lowered, compiled both ways (cached)."""
     from edgekit.build import lower as lower_mod
-    from edgekit.build.compile import compile_artifact
     from edgekit.deploy import artifact, parity
 
     lowered = work / "lowered"
@@ -59,20 +58,12 @@ def build_float_core(work: Path) -> dict[str, Path]:
         )  # fmt: skip
         lower_mod.TOLERANCE = parity.Tolerance(atol=0.25, min_cosine=0.99)  # untrained: as bench/op_profile.py
         lower_mod.lower(work / "ckpt", lowered)
-    src = artifact.read_manifest(lowered)
-    loose = parity.Tolerance(atol=0.5, min_cosine=0.97)
-    paths = {}
-    for name, target, options in (
+    variants = (
         ("ort", "ort-cpu", {"tune": "off"}),
         ("ort-qattention", "ort-cpu", {"tune": "off", "fusion": "qattention"}),
         ("ov", "openvino-cpu", {"tune": "off"}),
-    ):
-        out = work / name
-        if not (out / artifact.MANIFEST).exists():
-            say(f"compile {name}")
-            compile_artifact(lowered, src, target, out, options=options, tolerance=loose, progress=False)
-        paths[name] = out
-    return paths
+    )
+    return compile_variants(lowered, work, variants)
 
 
 def model_bytes(d: Path) -> bytes:

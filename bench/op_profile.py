@@ -58,9 +58,26 @@ def say(msg: str) -> None:
 # ----------------------------------------------------------------------------- builds
 
 
+def compile_variants(lowered: Path, work: Path, variants: tuple[tuple[str, str, dict[str, Any]], ...]) -> dict[str, Path]:
+    """``{name: artifact dir}``: ``lowered`` compiled per ``(name, target, options)`` into ``work / name`` (cached),
+    with a parity tolerance loose enough for an untrained lowered model."""
+    from edgekit.build.compile import compile_artifact
+    from edgekit.deploy import artifact, parity
+
+    src = artifact.read_manifest(lowered)
+    loose = parity.Tolerance(atol=0.5, min_cosine=0.97)
+    paths = {}
+    for name, target, options in variants:
+        out = work / name
+        if not (out / artifact.MANIFEST).exists():
+            say(f"compile {name}")
+            compile_artifact(lowered, src, target, out, options=options, tolerance=loose, progress=False)
+        paths[name] = out
+    return paths
+
+
 def build(work: Path, lowered: Path | None) -> dict[str, Path]:
     from edgekit.build import plan, runner
-    from edgekit.build.compile import compile_artifact
     from edgekit.deploy import artifact, parity
 
     paths: dict[str, Path] = {}
@@ -78,18 +95,12 @@ def build(work: Path, lowered: Path | None) -> dict[str, Path]:
 
             lower_mod.TOLERANCE = parity.Tolerance(atol=0.25, min_cosine=0.99)  # untrained: see the module docstring
             lower_mod.lower(ckpt, lowered)
-    src = artifact.read_manifest(lowered)
-    loose = parity.Tolerance(atol=0.5, min_cosine=0.97)
-    for name, target, options in (
+    variants = (
         ("lowered-ort", "ort-cpu", {"tune": "off"}),
         ("lowered-ort-fused", "ort-cpu", {"tune": "off", "fusion": "auto"}),
         ("lowered-ov", "openvino-cpu", {"tune": "off"}),
-    ):
-        out = work / name
-        if not (out / artifact.MANIFEST).exists():
-            say(f"compile {name}")
-            compile_artifact(lowered, src, target, out, options=options, tolerance=loose, progress=False)
-        paths[name] = out
+    )
+    paths |= compile_variants(lowered, work, variants)
     fp32 = work / "fp32"
     if not (fp32 / artifact.MANIFEST).exists():
         say("export FP32")
