@@ -127,23 +127,28 @@ def test_fusing_imports_no_torch(exported, tmp_path):
 
 @pytest.fixture(scope="module")
 def lowered_cores(checkpoints, encoders, tmp_path_factory):
-    """attention bits (32: float core, 8: quantized) -> (lowered ternary-w2a8 tiny BERT classifier, manifest)."""
+    """(tiny model, attention bits: 32 float core, 8 quantized) -> (its lowered ternary-w2a8 artifact, manifest), built once."""
     from conftest import quantized_checkpoint
 
     from edgekit.build.lower import lower
     from edgekit.build.quant.config import make_config
 
     root = tmp_path_factory.mktemp("qattention")
-    built = {}
-    for bits in (32, 8):
-        scheme = make_config("ternary-w2a8", attention_bits=bits)
-        ckpt = quantized_checkpoint(checkpoints, encoders, root / f"ckpt-{bits}", "bert-classifier", scheme)
-        built[bits] = (root / f"lowered-{bits}", lower(ckpt, root / f"lowered-{bits}"))
-    return built
+    built: dict = {}
+
+    def get(name: str, bits: int):
+        if (name, bits) not in built:
+            scheme = make_config("ternary-w2a8", attention_bits=bits)
+            ckpt = quantized_checkpoint(checkpoints, encoders, root / f"{name}-ckpt-{bits}", name, scheme)
+            built[name, bits] = (root / f"{name}-{bits}", lower(ckpt, root / f"{name}-{bits}"))
+        return built[name, bits]
+
+    return get
 
 
-def test_qattention_runs_each_layer_as_one_integer_kernel(lowered_cores, tmp_path, texts):
-    src, manifest = lowered_cores[32]
+@pytest.mark.parametrize("name", ["bert-classifier", "distilbert-classifier", "roberta-classifier"])
+def test_qattention_runs_each_layer_as_one_integer_kernel(lowered_cores, tmp_path, texts, name):
+    src, manifest = lowered_cores(name, 32)
     plain = compile_artifact(src, manifest, TARGET, tmp_path / "off", options={"fusion": "off"})
     fused = compile_artifact(src, manifest, TARGET, tmp_path / "qattention", options={"fusion": "qattention"})
     fusion = fused.settings["fusion"]
@@ -159,7 +164,7 @@ def test_qattention_runs_each_layer_as_one_integer_kernel(lowered_cores, tmp_pat
 
 
 def test_qattention_is_refused_where_the_attention_core_is_quantized(lowered_cores, tmp_path):
-    src, manifest = lowered_cores[8]
+    src, manifest = lowered_cores("bert-classifier", 8)
     compiled = compile_artifact(src, manifest, TARGET, tmp_path / "out", options={"fusion": "qattention"})
     fusion = compiled.settings["fusion"]
     assert fusion["plan"] is None and fusion["applied"] == {}  # nothing fused: the graph is compiled as with fusion=off
@@ -179,7 +184,7 @@ def test_autotune_offers_qattention_only_to_a_float_attention_core(lowered_cores
     from edgekit.deploy.targets.ort import OrtCpuTarget, OrtOptions
 
     def candidate(bits):
-        cands = OrtCpuTarget().tune_candidates(OrtOptions(), lowered_cores[bits][1])
+        cands = OrtCpuTarget().tune_candidates(OrtOptions(), lowered_cores("bert-classifier", bits)[1])
         return next(c for c in cands if c["name"] == "fusion=qattention")
 
     assert "skip" not in candidate(32)
