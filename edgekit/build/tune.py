@@ -11,6 +11,11 @@ lowest p50. Options the user set are never varied. Every candidate is recorded (
 parity and why, or why skipped), with the full option set that rebuilds the choice with
 ``tune=off``; nothing that failed parity or could not be built is ever chosen.
 
+The budget (``tune_budget_s``) is checked before each build and each timing round; two rules keep one
+slow candidate from outlasting it: a built candidate whose warm call takes over :data:`PROBE_RATIO`
+times the default's is skipped before its parity check, and one whose median is over
+:data:`DROP_RATIO` times the fastest after a timing round is not timed again.
+
 The objective is the p50 of one call at batch 1 over inputs at their real lengths: the texts of
 the ``data`` option where given, else PyTorch's parity texts, each cut to its own length (padded
 to the compiled lengths where ``seq_lens`` fixes them, as the session does).
@@ -37,6 +42,14 @@ MIN_GAIN = 0.02  # a candidate replaces the default only if its p50 is at least 
 MIN_ROUNDS = 3
 MAX_ROUNDS = 30
 MAX_FEEDS = 24  # timing inputs per round
+# A candidate whose warm call (on the longest timing input) takes this many times the default's is no contender:
+# it is skipped before its parity check and timing, which at that speed would outlast any budget (measured: OpenVINO's
+# fp16 inference precision on a CPU that reports FP16 ran a lowered MiniLM at 6.7 s a call against 5.8 ms, and its
+# parity check and timing took 21 minutes of a 120 s budget).
+PROBE_RATIO = 3.0
+# After each timing round, a candidate whose median is this many times the fastest one's stops being timed: it
+# cannot win by the MIN_GAIN a choice needs, and further rounds of it only spend the budget.
+DROP_RATIO = 1.5
 
 Build = Callable[[TargetOptions, Path], Manifest]  # compile the options into a folder: the manifest, parity not run
 Check = Callable[[Path, Manifest, TargetOptions], tuple[bool, str]]  # parity of a built candidate: (passed, why not)
@@ -114,6 +127,8 @@ def tune(
     start = time.perf_counter()
     cands = plan(candidates, options)
     feeds = feeds[:MAX_FEEDS]
+    longest = max(feeds, key=lambda f: next(iter(f.values())).size) if feeds else None
+    reference: float | None = None  # the default's warm call on the longest input, seconds
     built: list[tuple[dict[str, Any], Path, Manifest, TargetOptions]] = []
     with _progress(progress, len(cands)) as bar:
         for i, cand in enumerate(cands):
@@ -131,6 +146,17 @@ def tune(
                 where = workdir / f"c{i}"
                 where.mkdir(parents=True)
                 manifest = build(opts, where)
+                limit = PROBE_RATIO * reference if i and reference else None
+                probe = _probe(open_session, where, manifest, opts, longest, limit) if longest is not None else None
+                if i == 0:
+                    reference = probe
+                elif probe is not None and reference and probe > PROBE_RATIO * reference:
+                    cand.update(
+                        status="skipped",
+                        why=f"no contender: a warm call took {probe * 1e3:.1f} ms against {reference * 1e3:.1f} ms for the default "
+                        f"(over {PROBE_RATIO:g}x); parity and timing not run",
+                    )
+                    continue
                 passed, why = check(where, manifest, opts)
             except EdgekitError as err:  # a kernel or runtime feature missing here, a bad combination...
                 cand.update(status="skipped", why=err.message)
@@ -145,9 +171,11 @@ def tune(
                 cand.update(status="rejected", why="fails parity")
                 continue
             built.append((cand, where, manifest, opts))
-        timings, rounds = _time(built, feeds, open_session, start, budget_s, bar)
+        timings, rounds, stopped = _time(built, feeds, open_session, start, budget_s, bar)
     for cand, *_ in built:
         cand.update(status="timed", p50_ms=round(float(np.median(timings[cand["name"]])) * 1e3, 4))
+        if cand["name"] in stopped:
+            cand["why"] = f"timed {stopped[cand['name']]} round(s), then stopped: over {DROP_RATIO:g}x the fastest candidate's p50"
     chosen = _choose([c for c, *_ in built])
     shutil.rmtree(workdir, ignore_errors=True)
     record = {
@@ -175,8 +203,26 @@ def _choose(timed: list[dict[str, Any]]) -> dict[str, Any] | None:
     return best
 
 
-def _time(built, feeds, open_session: Open, start: float, budget_s: float, bar) -> tuple[dict[str, list[float]], int]:
-    """Per candidate, the seconds of every timed call: sessions open side by side, rounds interleaved."""
+def _probe(
+    open_session: Open, where: Path, manifest: Manifest, opts: TargetOptions, feed: dict[str, np.ndarray], limit: float | None = None
+) -> float:
+    """Seconds of one warm call of a built candidate on ``feed``: the faster of two, after one that warms it
+    (only one when it is over ``limit`` seconds: a candidate that slow is not called again)."""
+    with open_session(where, manifest, opts) as session:
+        session.infer(feed)
+        best = float("inf")
+        for _ in range(2):
+            t = time.perf_counter()
+            session.infer(feed)
+            best = min(best, time.perf_counter() - t)
+            if limit is not None and best > limit:
+                break
+    return best
+
+
+def _time(built, feeds, open_session: Open, start: float, budget_s: float, bar) -> tuple[dict[str, list[float]], int, dict[str, int]]:
+    """Per candidate, the seconds of every timed call: sessions open side by side, rounds interleaved;
+    the rounds of those stopped early (over :data:`DROP_RATIO` times the fastest median after a round)."""
     sessions = {}
     try:
         for cand, where, manifest, opts in built:
@@ -186,6 +232,7 @@ def _time(built, feeds, open_session: Open, start: float, budget_s: float, bar) 
         times: dict[str, list[float]] = {name: [] for name in sessions}
         names = list(sessions)
         rounds = 0
+        stopped: dict[str, int] = {}
         while rounds < MAX_ROUNDS and names:
             if rounds >= MIN_ROUNDS and time.perf_counter() - start > budget_s:
                 break
@@ -197,7 +244,11 @@ def _time(built, feeds, open_session: Open, start: float, budget_s: float, bar) 
                     infer(feed)
                     times[name].append(time.perf_counter() - t)
             rounds += 1
-        return times, rounds
+            fastest = min(float(np.median(times[n])) for n in names)
+            for name in [n for n in names if float(np.median(times[n])) > DROP_RATIO * fastest]:
+                names.remove(name)
+                stopped[name] = rounds
+        return times, rounds, stopped
     finally:
         for s in sessions.values():
             s.__exit__(None, None, None)

@@ -240,23 +240,26 @@ class OpenVinoCpuTarget:
         }
 
     def tune_candidates(self, options: OpenVinoOptions, manifest: Manifest) -> list[dict[str, Any]]:
-        """Variants for compile's autotuner: the THROUGHPUT hint, bf16/fp16 inference precision (where
-        this CPU computes it), two streams, the 1-bit kernel (W1A1 graphs, where it builds here), and
-        dynamic shapes where sequence buckets were asked for."""
+        """Variants for compile's autotuner, those most likely to pay first (the budget may run out before the
+        last): the 1-bit kernel (W1A1 graphs, where it builds here), two streams, dynamic shapes where sequence
+        buckets were asked for, the THROUGHPUT hint, then bf16/fp16 inference precision where this CPU reports
+        it (last: they change the numerics, often fail parity on lowered graphs, and fp16 ran a lowered MiniLM
+        at seconds a call on a Xeon that reports FP16)."""
         ov = require("openvino", for_=f"target {self.name}")
         caps = set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-        cands: list[dict[str, Any]] = [{"name": "hint=THROUGHPUT", "options": {"hint": "THROUGHPUT"}}]
+        cands: list[dict[str, Any]] = []
+        if manifest is not None and "lowered" in manifest.settings:  # binary weights exist only in lowered graphs
+            cands.append(xnor_candidate(manifest))
+        cands.append({"name": "streams=2", "options": {"streams": 2}})
+        if options.seq_lens is not None or options.data is not None:
+            # the buckets asked for are what is tuned here: timed against dynamic shapes on the same lengths
+            cands.append({"name": "dynamic shapes", "options": {"seq_lens": None, "data": None}, "replaces": ["seq_lens", "data"]})
+        cands.append({"name": "hint=THROUGHPUT", "options": {"hint": "THROUGHPUT"}})
         for precision, cap in (("bf16", "BF16"), ("fp16", "FP16")):
             cand: dict[str, Any] = {"name": f"precision={precision}", "options": {"precision": precision}}
             if cap not in caps:
                 cand["skip"] = f"this CPU has no {cap} compute (OpenVINO CPU capabilities: {', '.join(sorted(caps))})"
             cands.append(cand)
-        cands.append({"name": "streams=2", "options": {"streams": 2}})
-        if manifest is not None and "lowered" in manifest.settings:  # binary weights exist only in lowered graphs
-            cands.append(xnor_candidate(manifest))
-        if options.seq_lens is not None or options.data is not None:
-            # the buckets asked for are what is tuned here: timed against dynamic shapes on the same lengths
-            cands.append({"name": "dynamic shapes", "options": {"seq_lens": None, "data": None}, "replaces": ["seq_lens", "data"]})
         return cands
 
     def runs_here(self) -> str | None:
