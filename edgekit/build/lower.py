@@ -57,7 +57,11 @@ QUANT_FILE = "edgekit_quant.json"  # edgekit.build.quant.saving.QUANT_FILE (not 
 # argmax may differ on at most 1 of 32 texts whose top two logits are within that noise.
 # Embedding models: the same flips gave a worst-row cosine of 0.9984-0.9989 for ternary W2A8
 # and W2E2A8 all-MiniLM-L6-v2 (bench/results/quant-embed); a lowering error gives far below 0.99.
-TOLERANCE = parity.Tolerance(atol=0.25, min_argmax_agreement=0.96, min_cosine=0.995)
+# One binary flip is a large step (2x the activation scale): a BiT W1E1A1 MiniLM-L6 (debian-sections,
+# 2026-12-03) lowered bit-exact on 31 of 32 parity texts and 0.294 off on one (cosine 0.996, argmax
+# the same), so 1 text in 25 may exceed atol, as 1 in 25 may change its argmax; a lowering error
+# moves every text.
+TOLERANCE = parity.Tolerance(atol=0.25, min_argmax_agreement=0.96, min_cosine=0.995, max_rows_over_atol=0.04)
 
 
 def _not_quantized(path: Path) -> ConfigError:

@@ -18,7 +18,8 @@ from edgekit.cli.console import console, err_console
 def parity_line(p, against: str = "PyTorch") -> str:
     figure = f"argmax agreement {p.argmax_agreement:.4f}" if p.argmax_agreement is not None else f"min cosine {p.min_cosine:.6f}"
     verdict = "ok" if p.passed else "FAILED"
-    return f"parity vs {against} on {p.texts} real texts: max abs diff {p.max_abs_diff:.2e} (atol {p.atol:g}), {figure} -> {verdict}"
+    over = f", over it on {p.rows_over_atol} of {p.texts}" if p.rows_over_atol is not None else ""
+    return f"parity vs {against} on {p.texts} real texts: max abs diff {p.max_abs_diff:.2e} (atol {p.atol:g}{over}), {figure} -> {verdict}"
 
 
 def compiled(name: str, out: Path, manifest) -> None:

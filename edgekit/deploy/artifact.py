@@ -101,6 +101,7 @@ class ParityReport(_Frozen):
     min_cosine: float | None = None
     min_required: float
     passed: bool
+    rows_over_atol: int | None = None  # texts whose largest difference exceeds atol, where the tolerance allows some
 
 
 class SegmentSpec(_Frozen):

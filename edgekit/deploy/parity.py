@@ -25,6 +25,13 @@ class Tolerance(BaseModel):
     atol: float = Field(1e-3, gt=0, description="max abs difference allowed on any output value")
     min_argmax_agreement: float = Field(1.0, ge=0, le=1, description="classifier: share of rows whose argmax must agree")
     min_cosine: float = Field(0.9999, ge=-1, le=1, description="embeddings: lowest cosine allowed between rows")
+    max_rows_over_atol: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="share of rows (texts) whose largest difference may exceed atol: a quantization-boundary flip moves "
+        "a text or two, a wrong graph moves every text; the argmax/cosine floor still holds on every row",
+    )
 
 
 # Defaults per precision: fp32 runtimes must match PyTorch closely; half precisions cannot.
@@ -67,17 +74,28 @@ def compare(reference: np.ndarray, actual: np.ndarray, *, task: str, output: str
             f"output {output!r}: the PyTorch model itself gives NaN/Inf on real text ({int((~np.isfinite(ref)).sum())} values)",
             hint="the checkpoint's weights (or quantization scales) hold NaN/Inf; retrain or re-save it",
         )
-    max_abs = float(np.max(np.abs(ref - act))) if ref.size else 0.0
+    rows = int(ref.shape[0])
+    row_diff = np.abs(ref - act).reshape(rows, -1).max(-1) if ref.size else np.zeros(rows)
+    max_abs = float(row_diff.max()) if rows else 0.0
+    over = int(np.sum(~(row_diff <= tolerance.atol)))  # NaN counts as over
+    within = over <= tolerance.max_rows_over_atol * rows
     finite = bool(np.isfinite(act).all())
-    common = dict(runtime=runtime, output=output, texts=int(ref.shape[0]), max_abs_diff=max_abs, atol=tolerance.atol)
+    common = dict(
+        runtime=runtime,
+        output=output,
+        texts=rows,
+        max_abs_diff=max_abs,
+        atol=tolerance.atol,
+        rows_over_atol=over if tolerance.max_rows_over_atol else None,
+    )
     if task == "classifier":
         agree = float(np.mean(ref.argmax(-1) == act.argmax(-1)))
-        ok = finite and max_abs <= tolerance.atol and agree >= tolerance.min_argmax_agreement
+        ok = finite and within and agree >= tolerance.min_argmax_agreement
         return ParityReport(**common, argmax_agreement=agree, min_required=tolerance.min_argmax_agreement, passed=ok)
     num = (ref * act).sum(-1)
     den = np.linalg.norm(ref, axis=-1) * np.linalg.norm(act, axis=-1)
     cos = float(np.min(num / np.maximum(den, 1e-12)))
-    ok = finite and max_abs <= tolerance.atol and cos >= tolerance.min_cosine
+    ok = finite and within and cos >= tolerance.min_cosine
     return ParityReport(**common, min_cosine=cos, min_required=tolerance.min_cosine, passed=ok)
 
 
@@ -95,7 +113,13 @@ def enforce(report: ParityReport) -> ParityReport:
             else f"min cosine {report.min_cosine:.6f}"
         )
         raise ParityError(
-            f"{report.runtime} output {report.output!r} differs from PyTorch: max abs diff {report.max_abs_diff:.3g} (atol {report.atol:g}), {figure} (need >= {report.min_required})",
+            f"{report.runtime} output {report.output!r} differs from PyTorch: max abs diff {report.max_abs_diff:.3g} (atol {report.atol:g}"
+            f"{_rows_over(report)}), {figure} (need >= {report.min_required})",
             hint="loosen with --atol/--min-cosine if this precision is intended, else report a bug",
         )
     return report
+
+
+def _rows_over(report: ParityReport) -> str:
+    """'; over it on N of M texts' where the tolerance allows some texts over atol, else ''."""
+    return f"; over it on {report.rows_over_atol} of {report.texts} texts" if report.rows_over_atol is not None else ""

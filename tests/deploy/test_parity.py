@@ -64,6 +64,28 @@ def test_argmax_flip_within_atol_fails():
     assert _classify(ref, act, Tolerance(min_argmax_agreement=0.75)).passed
 
 
+def test_rows_over_atol_pass_up_to_the_share_allowed_and_the_error_counts_them():
+    """A quantization-boundary flip moves one text far; a wrong graph moves every text."""
+    ref = _logits(rows=32)
+    one = ref.copy()
+    one[7, 0] += 0.3  # one text off, its argmax kept
+    tol = Tolerance(atol=0.25, min_argmax_agreement=0.96, max_rows_over_atol=0.04)
+    assert _classify(ref, one).passed is False  # the default allows no text over atol
+    r = _classify(ref, one, tol)
+    assert r.passed and r.rows_over_atol == 1 and r.max_abs_diff == pytest.approx(0.3, rel=1e-4)
+    two = one.copy()
+    two[20, 2] -= 0.3
+    r = _classify(ref, two, tol)
+    assert not r.passed and r.rows_over_atol == 2
+    with pytest.raises(ParityError, match=r"atol 0.25; over it on 2 of 32 texts"):
+        enforce(r)
+    assert not _classify(ref, ref + 0.3, tol).passed  # every text moved: a lowering error
+    assert _classify(ref, ref, FP32).rows_over_atol is None  # not reported where none may be over
+    nan = one.copy()
+    nan[3, 1] = np.nan  # a NaN row counts as over, and NaN fails anyway
+    assert not _classify(ref, nan, tol).passed
+
+
 def test_nan_in_runtime_output_fails_and_enforce_says_nan():
     ref = _logits()
     act = ref.copy()
