@@ -39,8 +39,12 @@ TOLERANCES = {
     "fp32": Tolerance(),
     "fp16": Tolerance(atol=0.1, min_argmax_agreement=0.95, min_cosine=0.99),
     "bf16": Tolerance(atol=0.25, min_argmax_agreement=0.9, min_cosine=0.98),
-    # INT8 (PTQ or lowered QDQ graphs) vs the fp32 PyTorch model.
-    "int8": Tolerance(atol=0.5, min_argmax_agreement=0.9, min_cosine=0.97),
+    # INT8 (PTQ or lowered QDQ graphs) vs the fp32 PyTorch model (lowered: vs its fake-quant model). The share of texts
+    # that may change their argmax may also drift past atol: a code on a quantization boundary that rounds the other
+    # way moves one text, and in a binary network it moves it far (a lowered BiT W1E1A1 MiniLM-L6 on openvino-cpu,
+    # 2026-12-03: 30 of 32 parity texts bit-exact, one 0.29 off, one 0.88 off with its argmax changed; the same graph on
+    # ONNX Runtime moved only the first). A wrong graph moves every text.
+    "int8": Tolerance(atol=0.5, min_argmax_agreement=0.9, min_cosine=0.97, max_rows_over_atol=0.1),
 }
 
 
