@@ -19,9 +19,21 @@ EXIT_REFERENCE = "exit_reference.npz"
 # same layer must agree within 0.5, edgekit's INT8 tolerance (parity.TOLERANCES["int8"]): the
 # intermediate exits see the code flips less averaged out than the final one does (measured on
 # MiniLM W2A8 segments: 0.30 on OpenVINO, where the whole lowered graph stays within 0.25).
+# As for a whole INT8 graph (parity.TOLERANCES["int8"]), 1 row in 10 may be further off than that: in a binary
+# network one code on a boundary moves its text far (a lowered BiT W1E1A1 MiniLM-L6's single graph on openvino-cpu:
+# 0.88 on one of 32 rows, the rest within 0.3).
 # A float artifact must match exactly.
 EXACT = {"min_same_exit": 1.0, "atol": 1e-3}
-LOWERED = {"min_same_exit": 0.96, "atol": 0.5}
+LOWERED = {"min_same_exit": 0.96, "atol": 0.5, "max_rows_over_atol": 0.1}
+
+
+def _off(actual: np.ndarray, reference: np.ndarray, tol: dict) -> tuple[float, bool]:
+    """(largest abs difference of any row, whether few enough rows exceed atol: none, or the share the tolerance allows)."""
+    if not len(reference):
+        return 0.0, True
+    rows = np.abs(actual - reference).reshape(len(reference), -1).max(-1)
+    over = int(np.sum(~(rows <= tol["atol"])))
+    return float(rows.max()), over <= tol.get("max_rows_over_atol", 0.0) * len(reference)
 
 
 def _row(feed: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
@@ -55,20 +67,27 @@ def check_controller(artifact_dir: Path, manifest: Manifest, runtime: str, optio
         out = np.concatenate([r[name] for r in res])
         agree = layers == np.asarray(manifest.exits.layers)[ref_exit]
         same = min(same, float(np.mean(agree)))
-        diff = max(diff, float(np.max(np.abs(out[agree] - ref_out[agree]))) if agree.any() else float("inf"))
-        if same < tol["min_same_exit"] or diff > tol["atol"]:
+        off, few = _off(out[agree], ref_out[agree], tol) if agree.any() else (float("inf"), False)
+        diff = max(diff, off)
+        if same < tol["min_same_exit"] or not few:
             raise ParityError(
                 f"{runtime}{label}: early-exit decisions differ from PyTorch ({same:.1%} of rows exit at the same layer, max abs diff "
-                f"{diff:.2e}; allowed: {tol['min_same_exit']:.0%}, {tol['atol']:g})",
+                f"{diff:.2e}; allowed: {tol['min_same_exit']:.0%}, {tol['atol']:g}{_allowance(tol)})",
                 hint="the runtime's numerics moved rows across the policy threshold; report it",
             )
     check = {"same_exit_layer": same, "max_abs_diff": diff, "rows": int(len(ref_exit)), "tolerance": tol}
     if plain is not None and ref_last is not None:
-        single = float(np.max(np.abs(np.concatenate([r[name] for r in plain]) - ref_last)))
-        if single > tol["atol"]:
+        single, few = _off(np.concatenate([r[name] for r in plain]), ref_last, tol)
+        if not few:
             raise ParityError(
-                f"{runtime}: the single graph differs from PyTorch's final exit (max abs diff {single:.2e}, allowed {tol['atol']:g})",
+                f"{runtime}: the single graph differs from PyTorch's final exit (max abs diff {single:.2e}, allowed {tol['atol']:g}"
+                f"{_allowance(tol)})",
                 hint="rebuild the artifact; if it persists, report it",
             )
         check["single_graph_max_abs_diff"] = single
     return check
+
+
+def _allowance(tol: dict) -> str:
+    share = tol.get("max_rows_over_atol", 0.0)
+    return f" on all but {share:.0%} of rows" if share else ""

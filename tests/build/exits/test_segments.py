@@ -12,6 +12,7 @@ from edgekit.build.exits.model import MultiExitModel, load_exits
 from edgekit.build.exits.segments import (
     EXACT,
     EXIT_REFERENCE,
+    LOWERED,
     check_controller,
     compile_exits,
     export_segments,
@@ -126,6 +127,35 @@ def test_check_controller_catches_decisions_that_differ(segments, tmp_path):
     np.savez_compressed(copy / EXIT_REFERENCE, **arrays)
     with pytest.raises(ParityError, match=r"^onnx: early-exit decisions differ from PyTorch \(\d+\.\d% of rows exit at the same layer"):
         check_controller(copy, m, "onnx")
+
+
+def test_a_lowered_tolerance_lets_one_row_in_ten_be_further_off(segments, tmp_path):
+    """A binary code on a boundary moves one text far; a wrong artifact moves every text."""
+    import shutil
+
+    m = artifact.read_manifest(segments)
+    lowered = m.model_copy(update={"settings": {**m.settings, "exit_tolerance": LOWERED}})
+    copy = Path(shutil.copytree(segments, tmp_path / "copy"))
+    with np.load(copy / EXIT_REFERENCE) as z:
+        arrays = {k: z[k] for k in z.files}
+    rows = len(arrays["exit_at"])
+    assert rows >= 10, rows  # room for one row in ten
+    for key in ("output", "last"):
+        arrays[key] = arrays[key].copy()
+        arrays[key][0] += 2 * LOWERED["atol"]
+    np.savez_compressed(copy / EXIT_REFERENCE, **arrays)
+    check = check_controller(copy, lowered, "onnx")
+    assert check["max_abs_diff"] == pytest.approx(2 * LOWERED["atol"], rel=1e-3)
+    assert check["single_graph_max_abs_diff"] == pytest.approx(2 * LOWERED["atol"], rel=1e-3)
+    with pytest.raises(ParityError, match=r"allowed: 96%, 0\.5\)"):
+        check_controller(
+            copy, m.model_copy(update={"settings": {**m.settings, "exit_tolerance": {**LOWERED, "max_rows_over_atol": 0.0}}}), "onnx"
+        )
+    for key in ("output", "last"):
+        arrays[key] = arrays[key] + 2 * LOWERED["atol"]
+    np.savez_compressed(copy / EXIT_REFERENCE, **arrays)
+    with pytest.raises(ParityError, match="early-exit decisions differ from PyTorch"):
+        check_controller(copy, lowered, "onnx")
 
 
 def test_a_static_shape_target_is_refused(segments, tmp_path):
