@@ -64,6 +64,17 @@ def run_chunked(infer: Callable[[dict], np.ndarray], feed: dict[str, np.ndarray]
     return np.concatenate(parts, axis=0)
 
 
+def row_max_diff(reference: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """The largest abs difference of each row (text)."""
+    rows = len(reference)
+    return np.abs(actual - reference).reshape(rows, -1).max(-1) if reference.size else np.zeros(rows)
+
+
+def rows_over(row_diff: np.ndarray, atol: float) -> int:
+    """How many rows differ by more than ``atol`` (a NaN row counts)."""
+    return int(np.sum(~(row_diff <= atol)))
+
+
 def compare(reference: np.ndarray, actual: np.ndarray, *, task: str, output: str, runtime: str, tolerance: Tolerance) -> ParityReport:
     """Figures for ``actual`` vs ``reference``; ``passed`` says whether they meet ``tolerance``."""
     if reference.shape != actual.shape:
@@ -79,9 +90,9 @@ def compare(reference: np.ndarray, actual: np.ndarray, *, task: str, output: str
             hint="the checkpoint's weights (or quantization scales) hold NaN/Inf; retrain or re-save it",
         )
     rows = int(ref.shape[0])
-    row_diff = np.abs(ref - act).reshape(rows, -1).max(-1) if ref.size else np.zeros(rows)
+    row_diff = row_max_diff(ref, act)
     max_abs = float(row_diff.max()) if rows else 0.0
-    over = int(np.sum(~(row_diff <= tolerance.atol)))  # NaN counts as over
+    over = rows_over(row_diff, tolerance.atol)
     within = over <= tolerance.max_rows_over_atol * rows
     finite = bool(np.isfinite(act).all())
     common = dict(

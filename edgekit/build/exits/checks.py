@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.deploy import parity
 from edgekit.deploy.artifact import Manifest
 from edgekit.errors import ParityError
 
@@ -31,9 +32,8 @@ def _off(actual: np.ndarray, reference: np.ndarray, tol: dict) -> tuple[float, b
     """(largest abs difference of any row, whether few enough rows exceed atol: none, or the share the tolerance allows)."""
     if not len(reference):
         return 0.0, True
-    rows = np.abs(actual - reference).reshape(len(reference), -1).max(-1)
-    over = int(np.sum(~(rows <= tol["atol"])))
-    return float(rows.max()), over <= tol.get("max_rows_over_atol", 0.0) * len(reference)
+    rows = parity.row_max_diff(reference, actual)
+    return float(rows.max()), parity.rows_over(rows, tol["atol"]) <= tol.get("max_rows_over_atol", 0.0) * len(reference)
 
 
 def _row(feed: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
