@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 
 import pytest
 import torch
@@ -121,6 +122,32 @@ def test_a_candidate_far_slower_than_the_default_is_cut_short(wide_onnx, tmp_pat
     assert slow["why"] == "timed 1 round(s), then stopped: over 1.3x the fastest candidate's p50"
     assert slow["p50_ms"] > 1.3 * default["p50_ms"] and "why" not in default
     assert m.settings["tune"]["chosen"] == "default"
+
+
+def test_the_probe_stops_at_a_warm_up_call_far_over_its_limit():
+    """How many calls the probe makes of a candidate whose calls take 50 ms, against limits (the calls counted)."""
+    import contextlib
+
+    calls = []
+
+    class Slow:
+        def infer(self, feed):
+            calls.append(1)
+            time.sleep(0.05)
+
+    def open_session(where, manifest, opts):
+        return contextlib.nullcontext(Slow())
+
+    def probe(limit):
+        calls.clear()
+        took = tune._probe(open_session, None, None, None, {}, limit)
+        return took, len(calls)
+
+    took, n = probe(None)  # no limit: warm-up, then the faster of two
+    assert n == 3 and 0.05 <= took < 0.5
+    assert probe(0.01)[1] == 2  # over the limit, within WARM_SLACK of it: one timed call after the warm-up
+    took, n = probe(0.05 / (2 * tune.WARM_SLACK))  # the warm-up alone is far over: it is the probe
+    assert n == 1 and took >= 0.05
 
 
 def test_candidate_failing_parity_is_recorded_and_never_chosen(bert_onnx, tmp_path):
