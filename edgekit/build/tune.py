@@ -151,7 +151,7 @@ def tune(
                 probe = _probe(open_session, where, manifest, opts, longest, limit) if longest is not None else None
                 if i == 0:
                     reference = probe
-                elif probe is not None and reference and probe > PROBE_RATIO * reference:
+                elif probe is not None and limit is not None and probe > limit:
                     cand.update(
                         status="skipped",
                         why=f"no contender: a warm call took {probe * 1e3:.1f} ms against {reference * 1e3:.1f} ms for the default "
