@@ -1,8 +1,10 @@
-"""bench/ov_fq_hoist: openvino-cpu on a lowered graph, with and without moving FakeQuantize above Reshape/Transpose.
+"""bench/ov_fq_hoist: openvino-cpu on a lowered graph, before and after one of its FakeQuantize rewrites.
 
-``before``: the IR ``ov.convert_model`` makes of the lowered ONNX graph (openvino-cpu before the change);
-``after``: the same IR through :func:`edgekit.deploy.targets.openvino_fq.hoist_fake_quantize`, as the
-target compiles it now. Both compiled on the CPU plugin with the target's default config (f32, LATENCY).
+``--step hoist`` (default): ``before`` is the IR ``ov.convert_model`` makes of the lowered ONNX graph,
+``after`` the same through :func:`edgekit.deploy.targets.openvino_fq.hoist_fake_quantize` (quantizers moved
+above Reshape/Transpose). ``--step unsigned``: ``before`` is the hoisted IR, ``after`` the same through
+:func:`edgekit.deploy.targets.openvino_fq.unsign_fake_quantize` (the int8 matmuls' activations on the u8
+grid), as the target compiles it now. Both compiled on the CPU plugin with the target's default config (f32, LATENCY).
 
 Reports, per graph: the standalone ``FakeQuantize`` nodes of the runtime model (by what feeds them), their
 PERF_COUNT time, and wall p50 with the two graphs interleaved round by round (order reversed every other
@@ -12,8 +14,8 @@ the two graphs are compared on every feed. On a shared machine only the same-run
 The lowered model: bench/op_profile.py's (4 QAT steps of ternary-w2e2a8 on all-MiniLM-L6-v2, built there
 and cached in bench/work/op-profile), or ``--lowered DIR``.
 
-Run:  python bench/ov_fq_hoist.py [--rounds 20] [--threads N]
-Writes bench/results/ov-fq-hoist/ov_fq_hoist.json and README.md.
+Run:  python bench/ov_fq_hoist.py [--step hoist|unsigned] [--rounds 20] [--threads N]
+Writes bench/results/ov-fq-hoist/ (or ov-fq-unsigned/) ov_fq_hoist.json and README.md.
 """
 
 from __future__ import annotations
@@ -30,22 +32,32 @@ import op_profile
 
 from edgekit.deploy import artifact, packing
 from edgekit.deploy.targets.openvino import OpenVinoOptions, runtime_config
-from edgekit.deploy.targets.openvino_fq import hoist_fake_quantize
+from edgekit.deploy.targets.openvino_fq import hoist_fake_quantize, unsign_fake_quantize
 
 ROOT = Path(__file__).resolve().parent
-OUT = ROOT / "results" / "ov-fq-hoist"
-TYPES = ("FakeQuantize", "Subgraph", "FullyConnectedQuantizedLegacy", "Transpose", "Reshape")  # PERF_COUNT ms in the README
+TYPES = ("FakeQuantize", "Subgraph", "FullyConnected", "FullyConnectedQuantizedLegacy", "Transpose")  # PERF_COUNT ms in the README
+STEPS = {
+    "hoist": ("ov-fq-hoist", "FakeQuantize moved above Reshape/Transpose", "`ov.convert_model`", "`hoist_fake_quantize`"),
+    "unsigned": (
+        "ov-fq-unsigned",
+        "int8 matmul activations on the u8 grid",
+        "`ov.convert_model` + `hoist_fake_quantize`",
+        "`unsign_fake_quantize`",
+    ),
+}
 
 
-def models(lowered: Path) -> tuple[Any, Any, int]:
-    """(before, after, moves): the lowered graph's IR as convert_model makes it, and hoisted."""
+def models(lowered: Path, step: str) -> tuple[Any, Any, int]:
+    """(before, after, changes): the lowered graph's IR before ``step`` and after it."""
     import openvino as ov
 
     manifest = artifact.read_manifest(lowered)
     with packing.unpacked_dir(lowered, manifest) as src:
         before = ov.convert_model(str(src / manifest.model_file))
+    if step == "unsigned":
+        hoist_fake_quantize(before)
     after = before.clone()
-    return before, after, hoist_fake_quantize(after)
+    return before, after, (hoist_fake_quantize if step == "hoist" else unsign_fake_quantize)(after)
 
 
 def standalone_fq(compiled: Any) -> collections.Counter[str]:
@@ -86,6 +98,7 @@ def main() -> None:
     ap.add_argument("--lowered", type=Path, default=None, help="a lowered ONNX artifact (default: op_profile's, built if missing)")
     ap.add_argument("--rounds", type=int, default=20, help="interleaved rounds (b32 s128: half)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--step", choices=sorted(STEPS), default="hoist", help="the rewrite measured")
     args = ap.parse_args()
     import openvino as ov
 
@@ -93,7 +106,7 @@ def main() -> None:
     if lowered is None:
         op_profile.build(args.work, None)  # cached after the first run
         lowered = args.work / "lowered"
-    before, after, moves = models(lowered)
+    before, after, moves = models(lowered, args.step)
     config = runtime_config(OpenVinoOptions(threads=args.threads))
     core = ov.Core()
     graphs = {"before": before, "after": after}
@@ -127,6 +140,8 @@ def main() -> None:
         "lowered": str(args.lowered or "bench/work/op-profile/lowered (4 QAT steps of ternary-w2e2a8 on all-MiniLM-L6-v2)"),
         "load": round(os.getloadavg()[0], 1),
         "rounds": args.rounds,
+        "step": args.step,
+        "lowered_arg": str(args.lowered) if args.lowered else None,
     }
     record = {
         "env": env,
@@ -136,19 +151,22 @@ def main() -> None:
         "min_output_cosine": cosine,
         "results": results,
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "ov_fq_hoist.json").write_text(json.dumps(record, indent=1))
-    (OUT / "README.md").write_text("\n".join(readme(record)) + "\n")
+    out = ROOT / "results" / STEPS[args.step][0]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ov_fq_hoist.json").write_text(json.dumps(record, indent=1))
+    (out / "README.md").write_text("\n".join(readme(record)) + "\n")
     print("\n".join(readme(record)))
 
 
 def readme(rec: dict[str, Any]) -> list[str]:
     env = rec["env"]
+    step = env.get("step", "hoist")
+    _, title, before, change = STEPS[step]
     lines = [
-        f"# openvino-cpu: FakeQuantize moved above Reshape/Transpose ({env['cpu']}, {env['cores']} cores, openvino {env['openvino']})",
+        f"# openvino-cpu: {title} ({env['cpu']}, {env['cores']} cores, openvino {env['openvino']})",
         "",
-        f"Lowered model: {env['lowered']}; config {env['config']}. `before`: the IR of `ov.convert_model`; `after`: "
-        f"the same through `hoist_fake_quantize` ({rec['moves']} moves), as openvino-cpu compiles it. Wall p50: the two "
+        f"Lowered model: {env['lowered']}; config {env['config']}. `before`: the IR of {before}; `after`: "
+        f"the same through {change} ({rec['moves']} changed), as openvino-cpu compiles it. Wall p50: the two "
         f"graphs interleaved in one process, {env['rounds']} rounds (b32 s128: half); load average {env['load']} on "
         f"{env['cores']} cores, so read the ratios. Op ms by node type: PERF_COUNT, separate sessions. "
         f"Outputs of the two graphs over every feed: largest difference {rec['max_abs_output_diff']:.3g}, "
@@ -174,7 +192,12 @@ def readme(rec: dict[str, Any]) -> list[str]:
             + " | ".join(cells + sums)
             + " |"
         )
-    return [*lines, "", "Rerun: `python bench/ov_fq_hoist.py` (the lowered model is built by bench/op_profile.py's build, cached)."]
+    given = f" --lowered {env['lowered_arg']}" if env.get("lowered_arg") else ""
+    return [
+        *lines,
+        "",
+        f"Rerun: `python bench/ov_fq_hoist.py --step {step}{given}` (default lowered model is built by bench/op_profile.py's build, cached).",
+    ]
 
 
 if __name__ == "__main__":

@@ -89,3 +89,101 @@ def hoist_fake_quantize(model: Any) -> int:
     if moves:
         model.validate_nodes_and_infer_types()
     return moves
+
+
+# Activations into the int8 matmuls on an unsigned grid.
+#
+# A lowered graph quantizes activations symmetrically: ``FakeQuantize`` over [-128 s, 127 s], which the CPU
+# plugin's low-precision pass reads as i8 (its output range is signed and centred). oneDNN's int8 matmul
+# multiplies u8 activations by s8 weights (VNNI ``vpdpbusd``); s8 activations cost it a compensation pass,
+# and the plugin runs such matmuls as ``FullyConnectedQuantizedLegacy`` where NNCF's IR, whose activations are
+# u8 with a zero point, gets plain ``FullyConnected``. Measured (bench/ov_fq_hoist.py --step unsigned,
+# MiniLM W2E2A8 lowered, 2-core Xeon with AVX-512 VNNI and no AMX): 0.93-0.96x the wall time of the i8
+# graph at b1 real length, b1 s128 and b32 s128 (bench/results/ov-fq-unsigned). On AMX, whose tiles take
+# s8 activations as they are, it may not pay: ``unsigned=off`` is one of the autotuner's candidates.
+#
+# The same codes on the unsigned grid: the quantizer's output range moves from [lo, hi] to [0, hi - lo], so
+# each matmul reading it sees ``x - lo``; ``lo * colsum(W)`` (a constant per output column) is added back after
+# it, folded into the bias ``Add`` that follows. The integer products are those of the signed graph plus an
+# exact per-column integer offset; only the float order of the rescale differs.
+
+_CONST_OPS = {"Multiply": np.multiply, "Subtract": np.subtract, "Add": np.add}
+
+
+def constant_value(out: Any) -> np.ndarray | None:
+    """The value of a weight expression (``Constant``, ``Convert``, elementwise ``Multiply``/``Subtract``/``Add``
+    of those, ``Transpose`` by constant order) as float64, else None (not constant, or an op not read here)."""
+    node = out.get_node()
+    kind = node.get_type_name()
+    if kind == "Constant":
+        return node.get_data().astype(np.float64)
+    if kind == "Convert":
+        return constant_value(node.input_value(0))
+    if kind in _CONST_OPS:
+        a, b = constant_value(node.input_value(0)), constant_value(node.input_value(1))
+        return None if a is None or b is None else _CONST_OPS[kind](a, b)
+    if kind == "Transpose":
+        value, order = constant_value(node.input_value(0)), constant_value(node.input_value(1))
+        return None if value is None or order is None else np.transpose(value, order.astype(int))
+    return None
+
+
+def _weight_readers(fq: Any) -> list[tuple[Any, np.ndarray]] | None:
+    """Every matmul reading ``fq``'s output as its activations (through data-movement ops), each with its
+    2-D constant weights as [K, N]; None if any reader is anything else (it would see the shifted values)."""
+    found = []
+    for reader in fq.output(0).get_target_inputs():
+        node = reader.get_node()
+        if node.get_type_name() == "ShapeOf":
+            continue
+        while node.get_type_name() in MOVABLE and reader.get_index() == 0 and len(node.output(0).get_target_inputs()) == 1:
+            reader = next(iter(node.output(0).get_target_inputs()))
+            node = reader.get_node()
+        if node.get_type_name() != "MatMul" or reader.get_index() != 0 or node.get_transpose_a():
+            return None
+        weights = constant_value(node.input_value(1))
+        if weights is None or weights.ndim != 2:
+            return None
+        found.append((node, weights.T if node.get_transpose_b() else weights))
+    return found or None
+
+
+def _add_after(ops: Any, matmul: Any, offset: np.ndarray) -> None:
+    """Add the per-column ``offset`` to ``matmul``'s output: into the constant of the bias ``Add`` that is its
+    only reader, else as an ``Add`` of its own."""
+    readers = list(matmul.output(0).get_target_inputs())
+    if len(readers) == 1 and readers[0].get_node().get_type_name() == "Add":
+        add, port = readers[0].get_node(), 1 - readers[0].get_index()
+        bias = add.input_value(port).get_node()
+        if bias.get_type_name() == "Constant" and bias.get_data().shape[-1:] == offset.shape:
+            add.input(port).replace_source_output(ops.constant((bias.get_data() + offset).astype(np.float32)).output(0))
+            return
+    added = ops.add(matmul.output(0), ops.constant(offset.astype(np.float32)))
+    for reader in readers:
+        reader.replace_source_output(added.output(0))
+
+
+def unsign_fake_quantize(model: Any) -> int:
+    """Move every signed per-tensor activation ``FakeQuantize`` of ``model`` (changed in place) whose readers are
+    all int8-weight matmuls onto the unsigned grid, correcting each matmul's output; return how many moved."""
+    ops = require("openvino", for_="target openvino-cpu").opset13
+    moved = 0
+    for fq in [op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]:
+        ranges = _per_tensor_ranges(fq)
+        if ranges is None or constant_value(fq.input_value(0)) is not None:
+            continue
+        in_lo, in_hi, lo, hi = (float(v) for v in ranges)
+        if not (in_lo == lo and in_hi == hi and lo < 0 < hi):
+            continue
+        readers = _weight_readers(fq)
+        if readers is None:
+            continue
+        shape = fq.input_value(3).get_node().get_data().shape
+        fq.input(3).replace_source_output(ops.constant(np.zeros(shape, np.float32)).output(0))
+        fq.input(4).replace_source_output(ops.constant(np.full(shape, hi - lo, np.float32)).output(0))
+        for matmul, weights in readers:
+            _add_after(ops, matmul, lo * weights.sum(axis=0))
+        moved += 1
+    if moved:
+        model.validate_nodes_and_infer_types()
+    return moved

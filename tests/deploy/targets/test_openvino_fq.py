@@ -9,7 +9,7 @@ from edgekit.build.compile import compile_artifact
 from edgekit.deploy import packing
 from edgekit.deploy.runtime import Predictor
 from edgekit.deploy.targets.openvino import OpenVinoOptions, runtime_config
-from edgekit.deploy.targets.openvino_fq import hoist_fake_quantize
+from edgekit.deploy.targets.openvino_fq import hoist_fake_quantize, unsign_fake_quantize
 
 ov = pytest.importorskip("openvino")
 ops = ov.opset13
@@ -96,3 +96,61 @@ def test_lowered_model_runs_no_quantizer_behind_a_reshape(lowered_model, tmp_pat
         before = standalone_fq(compile_cpu(ov.convert_model(str(plain / manifest.model_file))))
     assert before.count("Reshape") >= 4 * manifest.settings["lowered"]["modules"]["attention"]
     assert len(after) == len(before) - before.count("Reshape") - before.count("Transpose")
+
+
+def _runtime_precisions(compiled) -> list[str]:
+    """The activation precision each int8 FullyConnected of a runtime model reads (its runtimePrecision)."""
+    return [
+        op.get_rt_info()["runtimePrecision"].astype(str)
+        for op in compiled.get_runtime_model().get_ordered_ops()
+        if _layer_type(op).startswith("FullyConnected") and op.get_rt_info()["runtimePrecision"].astype(str) in ("i8", "u8")
+    ]
+
+
+def shared_input(readers: str = "matmuls"):
+    """A symmetric activation quantizer read by two int8-weight matmuls (Q and K), one through a Reshape;
+    ``readers="float"``: also read by a float Relu."""
+    rng = np.random.default_rng(0)
+    x = ops.parameter([-1, -1, HIDDEN], np.float32, name="x")
+    xq = _fq(x, 0.05, 3)
+    outs = []
+    for i in range(2):
+        codes = ops.constant(rng.integers(-1, 2, (HIDDEN, HIDDEN)).astype(np.int8))
+        w = ops.multiply(ops.convert(codes, np.float32), ops.constant(np.full((1, HIDDEN), 0.02 * (i + 1), np.float32)))
+        src = xq if i == 0 else ops.reshape(xq, ops.constant(np.array([0, -1, HIDDEN], np.int64)), special_zero=True)
+        outs.append(ops.result(ops.add(ops.matmul(src, w, False, False), ops.constant(rng.normal(size=HIDDEN).astype(np.float32)))))
+    if readers == "float":
+        outs.append(ops.result(ops.relu(xq)))
+    return ov.Model(outs, [x])
+
+
+def test_unsigned_activations_run_u8_and_compute_the_same():
+    before = shared_input()
+    after = before.clone()
+    assert unsign_fake_quantize(after) == 1
+    assert set(_runtime_precisions(compile_cpu(before))) == {"i8"}
+    assert set(_runtime_precisions(compile_cpu(after))) == {"u8"}
+    x = np.random.default_rng(1).normal(scale=2.0, size=(2, 7, HIDDEN)).astype(np.float32)
+    b, a = compile_cpu(before)([x]), compile_cpu(after)([x])
+    for i in range(2):
+        assert np.abs(b[i]).max() > 0.1  # the matmuls see real signal, not clamped zeros
+        np.testing.assert_allclose(a[i], b[i], rtol=0, atol=1e-4)  # the same integer products, rescaled in another order
+
+
+def test_a_quantizer_read_in_float_stays_signed():
+    model = shared_input(readers="float")
+    assert unsign_fake_quantize(model) == 0
+
+
+def test_lowered_model_runs_its_matmuls_on_u8(lowered_model, tmp_path):
+    """A lowered ternary encoder: every int8 matmul reads u8 activations, parity holds; unsigned=off keeps i8."""
+    src, manifest = lowered_model("ternary-w2a8")
+    on = compile_artifact(src, manifest, "openvino-cpu", tmp_path / "on", options={"tune": "off"})
+    off = compile_artifact(src, manifest, "openvino-cpu", tmp_path / "off", options={"tune": "off", "unsigned": "off"})
+    assert on.parity.passed and on.settings["int8"]["all_int8"] and off.parity.passed
+    # per layer: the Q/K/V input, the attention output, the FFN input (the GELU output is unsigned already)
+    assert on.settings["fake_quantize_unsigned"] >= 3 * manifest.settings["lowered"]["modules"]["attention"]
+    assert "fake_quantize_unsigned" not in off.settings
+    with Predictor(tmp_path / "on") as pon, Predictor(tmp_path / "off") as poff:
+        assert set(_runtime_precisions(pon.session.compiled)) == {"u8"}
+        assert "i8" in _runtime_precisions(poff.session.compiled)
