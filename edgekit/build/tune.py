@@ -66,7 +66,9 @@ def wanted(options: TargetOptions, manifest: Manifest) -> bool:
 def plan(candidates: list[dict[str, Any]], options: TargetOptions) -> list[dict[str, Any]]:
     """The default candidate first, then the target's: overrides of options the user set dropped
     (those are fixed, unless the candidate names them in ``replaces``: dynamic shapes in place of
-    the sequence buckets asked for, say), duplicates and no-ops removed."""
+    the sequence buckets asked for, say), duplicates and no-ops removed. A candidate that undoes
+    one of the default build's changes names that change's manifest setting in ``needs``: where the
+    default build did not record it, the candidate would rebuild the default and is skipped."""
     out: list[dict[str, Any]] = [{"name": "default", "options": {}}]
     seen: list[dict[str, Any]] = [{}]
     for cand in candidates:
@@ -75,7 +77,8 @@ def plan(candidates: list[dict[str, Any]], options: TargetOptions) -> list[dict[
         if over in seen and not cand.get("skip"):
             continue
         seen.append(over)
-        out.append({"name": cand["name"], "options": over, **({"skip": cand["skip"]} if cand.get("skip") else {})})
+        extra = {key: cand[key] for key in ("skip", "needs") if cand.get(key)}
+        out.append({"name": cand["name"], "options": over, **extra})
     return out
 
 
@@ -131,12 +134,17 @@ def tune(
     longest = max(feeds, key=lambda f: next(iter(f.values())).size) if feeds else None
     reference: float | None = None  # the default's warm call on the longest input, seconds
     built: list[tuple[dict[str, Any], Path, Manifest, TargetOptions]] = []
+    default_settings: dict[str, Any] | None = None  # the default build's manifest settings
     with _progress(progress, len(cands)) as bar:
         for i, cand in enumerate(cands):
             bar(f"tune: build {cand['name']}")
             if cand.get("skip"):
                 cand["status"] = "skipped"
                 cand["why"] = cand.pop("skip")
+                continue
+            needs = cand.pop("needs", None)
+            if needs and default_settings is not None and needs not in default_settings:
+                cand.update(status="skipped", why=f"the same build as the default: it made no change to undo (no settings.{needs})")
                 continue
             if i and time.perf_counter() - start > budget_s:
                 cand.update(status="skipped", why=f"time budget: {budget_s:g} s (tune_budget_s) spent before it was built")
@@ -147,6 +155,8 @@ def tune(
                 where = workdir / f"c{i}"
                 where.mkdir(parents=True)
                 manifest = build(opts, where)
+                if i == 0:
+                    default_settings = manifest.settings
                 limit = PROBE_RATIO * reference if i and reference else None
                 probe = _probe(open_session, where, manifest, opts, longest, limit) if longest is not None else None
                 if i == 0:

@@ -221,3 +221,29 @@ def test_choice_is_the_lowest_p50_and_the_default_needs_a_clear_loser():
     assert tune._choose(near)["name"] == "default"  # within MIN_GAIN the default stays
     assert tune._choose([{"name": "a", "p50_ms": 3.0}])["name"] == "a"
     assert tune._choose([]) is None
+
+
+def test_a_candidate_undoing_a_change_the_default_did_not_make_is_skipped(wide_onnx, lowered_onnx, tmp_path):
+    """``unsigned=off`` undoes the default's u8 activations: on a float graph (no quantizers) it would
+    rebuild the default and is skipped unbuilt; on a lowered graph it is a real candidate, built and timed."""
+    undo = {"name": "unsigned=off", "options": {"unsigned": "off"}, "needs": "fake_quantize_unsigned"}
+
+    def record(src, where):
+        m = compile_artifact(
+            src,
+            artifact.read_manifest(src),
+            "openvino-cpu",
+            where,
+            options={"tune": "on", "tune_budget_s": 60},
+            candidates=[undo],
+            progress=False,
+        )
+        return m, {c["name"]: c for c in m.settings["tune"]["candidates"]}
+
+    m, by_name = record(wide_onnx, tmp_path / "float")
+    assert "fake_quantize_unsigned" not in m.settings
+    assert by_name["unsigned=off"]["status"] == "skipped"
+    assert by_name["unsigned=off"]["why"].startswith("the same build as the default"), by_name["unsigned=off"]
+    m, by_name = record(lowered_onnx, tmp_path / "lowered")
+    assert by_name["unsigned=off"]["status"] in ("timed", "rejected"), by_name["unsigned=off"]
+    assert "needs" not in by_name["unsigned=off"]

@@ -265,7 +265,7 @@ class OpenVinoCpuTarget:
             # the buckets asked for are what is tuned here: timed against dynamic shapes on the same lengths
             cands.append({"name": "dynamic shapes", "options": {"seq_lens": None, "data": None}, "replaces": ["seq_lens", "data"]})
         if manifest is not None and manifest.precision == "int8" and options.unsigned == "on":
-            cands.append({"name": "unsigned=off", "options": {"unsigned": "off"}})
+            cands.append({"name": "unsigned=off", "options": {"unsigned": "off"}, "needs": "fake_quantize_unsigned"})
         cands.append({"name": "hint=THROUGHPUT", "options": {"hint": "THROUGHPUT"}})
         for precision, cap in (("bf16", "BF16"), ("fp16", "FP16")):
             cand: dict[str, Any] = {"name": f"precision={precision}", "options": {"precision": precision}}
