@@ -15,7 +15,7 @@ The lowered model: bench/op_profile.py's (4 QAT steps of ternary-w2e2a8 on all-M
 and cached in bench/work/op-profile), or ``--lowered DIR``.
 
 Run:  python bench/ov_fq_hoist.py [--step hoist|unsigned] [--rounds 20] [--threads N]
-Writes bench/results/ov-fq-hoist/ (or ov-fq-unsigned/) ov_fq_hoist.json and README.md.
+Writes bench/results/ov-fq-hoist/ (or ov-fq-unsigned/<lowered model>/) ov_fq_hoist.json and README.md.
 """
 
 from __future__ import annotations
@@ -152,6 +152,8 @@ def main() -> None:
         "results": results,
     }
     out = ROOT / "results" / STEPS[args.step][0]
+    if args.step == "unsigned" and args.lowered is not None:  # one folder per lowered model measured
+        out = out / args.lowered.resolve().parent.name.removeprefix("edgekit-") if args.lowered.name == "onnx" else out / args.lowered.name
     out.mkdir(parents=True, exist_ok=True)
     (out / "ov_fq_hoist.json").write_text(json.dumps(record, indent=1))
     (out / "README.md").write_text("\n".join(readme(record)) + "\n")

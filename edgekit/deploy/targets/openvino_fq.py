@@ -102,8 +102,8 @@ def hoist_fake_quantize(model: Any) -> int:
 # graph at b1 real length, b1 s128 and b32 s128 (bench/results/ov-fq-unsigned). On AMX, whose tiles take
 # s8 activations as they are, it may not pay: ``unsigned=off`` is one of the autotuner's candidates.
 #
-# The same codes on the unsigned grid: the quantizer's output range moves from [lo, hi] to [0, hi - lo], so
-# each matmul reading it sees ``x - lo``; ``lo * colsum(W)`` (a constant per output column) is added back after
+# The same codes on the unsigned grid: the quantizer's output range moves from [lo, hi] to [0, hi - lo] (its
+# input range, which picks the code, stays), so each matmul reading it sees ``x - lo``; ``lo * colsum(W)`` (a constant per output column) is added back after
 # it, folded into the bias ``Add`` that follows. The integer products are those of the signed graph plus an
 # exact per-column integer offset; only the float order of the rescale differs.
 
@@ -172,8 +172,8 @@ def unsign_fake_quantize(model: Any) -> int:
         ranges = _per_tensor_ranges(fq)
         if ranges is None or constant_value(fq.input_value(0)) is not None:
             continue
-        in_lo, in_hi, lo, hi = (float(v) for v in ranges)
-        if not (in_lo == lo and in_hi == hi and lo < 0 < hi):
+        lo, hi = float(ranges[2]), float(ranges[3])  # the output grid; the input range only picks the code
+        if not lo < 0 < hi:
             continue
         readers = _weight_readers(fq)
         if readers is None:

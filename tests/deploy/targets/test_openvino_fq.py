@@ -142,9 +142,12 @@ def test_a_quantizer_read_in_float_stays_signed():
     assert unsign_fake_quantize(model) == 0
 
 
-def test_lowered_model_runs_its_matmuls_on_u8(lowered_model, tmp_path):
-    """A lowered ternary encoder: every int8 matmul reads u8 activations, parity holds; unsigned=off keeps i8."""
-    src, manifest = lowered_model("ternary-w2a8")
+@pytest.mark.parametrize("scheme", ["ternary-w2a8", "bit-w1a1"])
+def test_lowered_model_runs_its_matmuls_on_u8(lowered_model, tmp_path, scheme):
+    """A lowered ternary or binary encoder: every int8 matmul reads u8 activations, parity holds; unsigned=off
+    keeps i8. (W1A1's activation quantizer maps the {0, 1} bit onto a grid whose input and output ranges
+    differ: the output range is what moves.)"""
+    src, manifest = lowered_model(scheme)
     on = compile_artifact(src, manifest, "openvino-cpu", tmp_path / "on", options={"tune": "off"})
     off = compile_artifact(src, manifest, "openvino-cpu", tmp_path / "off", options={"tune": "off", "unsigned": "off"})
     assert on.parity.passed and on.settings["int8"]["all_int8"] and off.parity.passed
