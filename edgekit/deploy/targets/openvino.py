@@ -16,8 +16,8 @@ quantizers of the int8 matmuls are moved onto the u8 grid with a per-column bias
 ``unsigned=on``, default; recorded as ``settings.fake_quantize_unsigned``): oneDNN's int8 matmul takes u8
 activations natively, as in NNCF's IR. Measured (bench/ov_fq_hoist.py --step unsigned, MiniLM W2E2A8 lowered,
 2-core Xeon with AVX-512 VNNI, no AMX, 30 interleaved rounds): wall time 0.96x at b1 real length, 0.93x at
-b1 s128, 0.93x at b32 s128 (W1E1A1 with ``xnor=off``: 0.94x, 0.93x, 0.92x); against the fake-quant model the u8 graph was as close as the i8 one (32 parity
-texts: 13 rows over 0.05 against 22).
+b1 s128, 0.93x at b32 s128 (W1E1A1 with ``xnor=off``: 0.94x, 0.93x, 0.92x); against the fake-quant
+model the u8 graph was as close as the i8 one (32 parity texts: 13 rows over 0.05 against 22).
 
 Sequence buckets (``seq_lens=64,128``, or ``data=<texts file>``: p50/p90/max of its token
 lengths plus the powers of two between): the session compiles one model per bucket with
@@ -252,8 +252,8 @@ class OpenVinoCpuTarget:
     def tune_candidates(self, options: OpenVinoOptions, manifest: Manifest) -> list[dict[str, Any]]:
         """Variants for compile's autotuner, those most likely to pay first (the budget may run out before the
         last): the 1-bit kernel (W1A1 graphs, where it builds here), two streams, dynamic shapes where sequence
-        buckets were asked for, the int8 matmuls' activations left signed (an INT8 graph), the THROUGHPUT hint, then bf16/fp16 inference precision where this CPU reports
-        it (last: they change the numerics, often fail parity on lowered graphs, and fp16 ran a lowered MiniLM
+        buckets were asked for, the int8 matmuls' activations left signed (an INT8 graph), the THROUGHPUT hint,
+        then bf16/fp16 inference precision where this CPU reports it (last: they change the numerics, often fail parity on lowered graphs, and fp16 ran a lowered MiniLM
         at seconds a call on a Xeon that reports FP16)."""
         ov = require("openvino", for_=f"target {self.name}")
         caps = set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))

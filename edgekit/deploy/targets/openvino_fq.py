@@ -95,16 +95,17 @@ def hoist_fake_quantize(model: Any) -> int:
 #
 # A lowered graph quantizes activations symmetrically: ``FakeQuantize`` over [-128 s, 127 s], which the CPU
 # plugin's low-precision pass reads as i8 (its output range is signed and centred). oneDNN's int8 matmul
-# multiplies u8 activations by s8 weights (VNNI ``vpdpbusd``); s8 activations cost it a compensation pass,
-# and the plugin runs such matmuls as ``FullyConnectedQuantizedLegacy`` where NNCF's IR, whose activations are
-# u8 with a zero point, gets plain ``FullyConnected``. Measured (bench/ov_fq_hoist.py --step unsigned,
+# multiplies u8 activations by s8 weights (VNNI ``vpdpbusd``); s8 activations cost it a compensation pass.
+# NNCF's IR feeds its matmuls u8 (with a zero point). The plugin still names ours
+# ``FullyConnectedQuantizedLegacy`` after the change (a dequantization scale after the matmul); what changes
+# is the u8 input. Quantizers inside an ``If`` body (the one-graph exit model) are not visited. Measured (bench/ov_fq_hoist.py --step unsigned,
 # MiniLM W2E2A8 lowered, 2-core Xeon with AVX-512 VNNI and no AMX): 0.93-0.96x the wall time of the i8
 # graph at b1 real length, b1 s128 and b32 s128 (bench/results/ov-fq-unsigned). On AMX, whose tiles take
 # s8 activations as they are, it may not pay: ``unsigned=off`` is one of the autotuner's candidates.
 #
 # The same codes on the unsigned grid: the quantizer's output range moves from [lo, hi] to [0, hi - lo] (its
-# input range, which picks the code, stays), so each matmul reading it sees ``x - lo``; ``lo * colsum(W)`` (a constant per output column) is added back after
-# it, folded into the bias ``Add`` that follows. The integer products are those of the signed graph plus an
+# input range, which picks the code, stays), so each matmul reading it sees ``x - lo``; ``lo * colsum(W)``
+# (a constant per output column) is added back after it, folded into the bias ``Add`` that follows. The integer products are those of the signed graph plus an
 # exact per-column integer offset; only the float order of the rescale differs.
 
 _CONST_OPS = {"Multiply": np.multiply, "Subtract": np.subtract, "Add": np.add}
