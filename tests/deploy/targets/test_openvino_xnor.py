@@ -18,6 +18,7 @@ import sys
 import numpy as np
 import pytest
 
+from edgekit.build import tune
 from edgekit.build.compile import compile_artifact
 from edgekit.deploy import artifact, parity, targets
 from edgekit.deploy.kernels import xnor
@@ -128,17 +129,22 @@ def test_xnor_on_a_ternary_model_is_a_one_line_error(lowered_model, xnor_lib, tm
     assert not (tmp_path / "auto" / "kernels").exists() and auto.parity.passed
 
 
-def test_tune_times_xnor_on_w1a1_and_skips_it_with_the_reason_elsewhere(lowered_model, xnor_lib, tmp_path):
+def test_tune_times_xnor_on_w1a1_and_skips_it_with_the_reason_elsewhere(lowered_model, xnor_lib, tmp_path, monkeypatch):
+    # on a tiny model the kernel's per-call cost may be several times the INT8 graph's on a loaded machine (a CI
+    # run probed it out as "no contender"): whether it is faster is the benchmark's business, that it is timed this test's
+    monkeypatch.setattr(tune, "PROBE_RATIO", float("inf"))
+    monkeypatch.setattr(tune, "DROP_RATIO", float("inf"))
     target = targets.get(TARGET)
     src, manifest = lowered_model("bit-w1a1")
     opts = targets.resolve_options(TARGET, {"tune": "on"})
     (cand,) = [c for c in target.tune_candidates(opts, manifest) if c["name"] == "xnor=on"]
     assert cand["options"] == {"xnor": "on"} and "skip" not in cand
     tuned = compile_artifact(
-        src, manifest, TARGET, tmp_path / "w1a1", options={"tune": "on", "tune_budget_s": 60}, candidates=[cand], progress=False
+        src, manifest, TARGET, tmp_path / "w1a1", options={"tune": "on", "tune_budget_s": 180}, candidates=[cand], progress=False
     )
     record = tuned.settings["tune"]
     timed = {c["name"]: c for c in record["candidates"]}
+    assert timed["xnor=on"]["status"] == "timed", timed["xnor=on"]
     assert timed["xnor=on"]["status"] == "timed" and timed["xnor=on"]["parity"] == "pass" and timed["xnor=on"]["p50_ms"] > 0
     assert record["chosen"] in ("default", "xnor=on")
     # the artifact is what the tuner chose, and the manifest says how to rebuild it
