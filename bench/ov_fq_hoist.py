@@ -153,7 +153,8 @@ def main() -> None:
     }
     out = ROOT / "results" / STEPS[args.step][0]
     if args.step == "unsigned" and args.lowered is not None:  # one folder per lowered model measured
-        out = out / args.lowered.resolve().parent.name.removeprefix("edgekit-") if args.lowered.name == "onnx" else out / args.lowered.name
+        named = args.lowered.resolve()
+        out = out / (named.parent.name.removeprefix("edgekit-") if named.name == "onnx" else named.name)
     out.mkdir(parents=True, exist_ok=True)
     (out / "ov_fq_hoist.json").write_text(json.dumps(record, indent=1))
     (out / "README.md").write_text("\n".join(readme(record)) + "\n")

@@ -171,7 +171,7 @@ def unsign_fake_quantize(model: Any) -> int:
     moved = 0
     for fq in [op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]:
         ranges = _per_tensor_ranges(fq)
-        if ranges is None or constant_value(fq.input_value(0)) is not None:
+        if ranges is None:  # (a weight quantizer is no matmul's input 0: _weight_readers turns it down)
             continue
         lo, hi = float(ranges[2]), float(ranges[3])  # the output grid; the input range only picks the code
         if not lo < 0 < hi:
