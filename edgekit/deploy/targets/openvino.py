@@ -16,8 +16,9 @@ quantizers of the int8 matmuls are moved onto the u8 grid with a per-column bias
 ``unsigned=on``, default; recorded as ``settings.fake_quantize_unsigned``): oneDNN's int8 matmul takes u8
 activations natively, as in NNCF's IR. Measured (bench/ov_fq_hoist.py --step unsigned, MiniLM W2E2A8 lowered,
 2-core Xeon with AVX-512 VNNI, no AMX, 30 interleaved rounds): wall time 0.96x at b1 real length, 0.93x at
-b1 s128, 0.93x at b32 s128 (W1E1A1 with ``xnor=off``: 0.94x, 0.93x, 0.92x); against the fake-quant
-model the u8 graph was as close as the i8 one (32 parity texts: 13 rows over 0.05 against 22).
+b1 s128, 0.93x at b32 s128; against the fake-quant model the u8 graph was as close as the i8 one (32
+parity texts: 13 rows over 0.05 against 22). Binary activations stay i8 (the shift's rounding flips signs
+at the next binarizer: :func:`openvino_fq.unsign_fake_quantize`).
 
 Sequence buckets (``seq_lens=64,128``, or ``data=<texts file>``: p50/p90/max of its token
 lengths plus the powers of two between): the session compiles one model per bucket with

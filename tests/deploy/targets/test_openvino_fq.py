@@ -142,12 +142,9 @@ def test_a_quantizer_read_in_float_stays_signed():
     assert unsign_fake_quantize(model) == 0
 
 
-@pytest.mark.parametrize("scheme", ["ternary-w2a8", "bit-w1a1"])
-def test_lowered_model_runs_its_matmuls_on_u8(lowered_model, tmp_path, scheme):
-    """A lowered ternary or binary encoder: every int8 matmul reads u8 activations, parity holds; unsigned=off
-    keeps i8. (W1A1's activation quantizer maps the {0, 1} bit onto a grid whose input and output ranges
-    differ: the output range is what moves.)"""
-    src, manifest = lowered_model(scheme)
+def test_lowered_model_runs_its_matmuls_on_u8(lowered_model, tmp_path):
+    """A lowered ternary encoder: every int8 matmul reads u8 activations, parity holds; unsigned=off keeps i8."""
+    src, manifest = lowered_model("ternary-w2a8")
     on = compile_artifact(src, manifest, "openvino-cpu", tmp_path / "on", options={"tune": "off"})
     off = compile_artifact(src, manifest, "openvino-cpu", tmp_path / "off", options={"tune": "off", "unsigned": "off"})
     assert on.parity.passed and on.settings["int8"]["all_int8"] and off.parity.passed
@@ -157,3 +154,17 @@ def test_lowered_model_runs_its_matmuls_on_u8(lowered_model, tmp_path, scheme):
     with Predictor(tmp_path / "on") as pon, Predictor(tmp_path / "off") as poff:
         assert set(_runtime_precisions(pon.session.compiled)) == {"u8"}
         assert "i8" in _runtime_precisions(poff.session.compiled)
+
+
+def test_binary_activations_stay_signed(lowered_model, tmp_path):
+    """A lowered W1A1 encoder: its sign binarizers' quantizers are not moved (the shift's rounding would flip
+    signs downstream), so the default build computes what unsigned=off computes, to the bit."""
+    src, manifest = lowered_model("bit-w1a1")
+    on = compile_artifact(src, manifest, "openvino-cpu", tmp_path / "on", options={"tune": "off"})
+    compile_artifact(src, manifest, "openvino-cpu", tmp_path / "off", options={"tune": "off", "unsigned": "off"})
+    assert on.parity.passed and on.settings["int8"]["all_int8"]
+    assert "fake_quantize_unsigned" not in on.settings
+    texts = ["a short text", "another one, somewhat longer than the first", "x"]
+    with Predictor(tmp_path / "on") as pon, Predictor(tmp_path / "off") as poff:
+        assert "i8" in _runtime_precisions(pon.session.compiled)
+        np.testing.assert_array_equal(pon.predict(texts), poff.predict(texts))
