@@ -117,7 +117,7 @@ def binary_model() -> onnx.ModelProto:
         numpy_helper.from_array(BIAS, "bias"),
         numpy_helper.from_array(np.array([BETA, 0.0, 1.0], np.float32), "params"),
     ]
-    node = helper.make_node(xnor.OP_TYPE, ["X", "Wp", "scale", "bias", "params"], ["Y"], domain=xnor.DOMAIN, n=N, k=K, mode="pm1")
+    node = xnor.make_node(["X", "Wp", "scale", "bias", "params"], "Y", n=N, k=K, mode="pm1")
     return _model([node], inits, opsets=(("", 17), (xnor.DOMAIN, 1)))
 
 

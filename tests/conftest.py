@@ -341,7 +341,7 @@ def binary_matmul_graph(packed: np.ndarray, scale, bias, params, mode: str, n: i
         numpy_helper.from_array(np.asarray(bias, np.float32).reshape(n), "B"),
         numpy_helper.from_array(np.asarray(params, np.float32), "P"),
     ]
-    node = helper.make_node(xnor.OP_TYPE, ["X", "W", "S", "B", "P"], ["Y"], domain=xnor.DOMAIN, n=n, k=k, mode=mode)
+    node = xnor.make_node(["X", "W", "S", "B", "P"], "Y", n=n, k=k, mode=mode)
     graph = helper.make_graph(
         [node],
         "g",

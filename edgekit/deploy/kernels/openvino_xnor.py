@@ -93,6 +93,7 @@ def ship(p: Plan, out: Path, ov_version: str) -> dict[str, Any]:
         "isa": p.isa,
         "rewritten": len(p.report["rewritten"]),
         "kept": len(p.report["kept"]),
+        "fused": len(p.report.get("fused", [])),  # pairs handing packed bits to each other (rewrite.fuse_bits)
         "openvino": ov_version,
     }
     if env.xnor_isa():

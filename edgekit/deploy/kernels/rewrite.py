@@ -14,10 +14,18 @@ exactly the codes the kernel computes (the float32 QuantizeLinear of both branch
 is ``dot * (a * w_scale[n]) + bias[n]``, the order ONNX Runtime's MatMulIntegerToFloat uses. Matmuls
 that do not match (attention's activation x activation matmuls, ternary weights, 8-bit activations)
 are left as they are, each with the reason in the report.
+
+:func:`fuse_bits` then joins two rewritten matmuls where the first feeds the second through nothing but
+the second's binarizer, optionally behind an erf GELU (a BERT FFN: ``intermediate -> GELU -> output``):
+the first emits the second's activation bits directly (``y_bits``), the second reads them (``x_bits``),
+and the GELU and the float tensor between them are gone. The bits come from two integer thresholds per
+output column, found here by evaluating the float epilogue, the GELU and the binarizer for every dot
+product the first matmul can produce (see :func:`bit_thresholds`).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -50,6 +58,8 @@ class _Graph:
             for a in node.attribute:
                 if a.name == "value":
                     return self._np.to_array(a.t)
+        if node is not None and node.op_type == "Identity":  # the exporter's alias of an equal initializer
+            return self.const(node.input[0])
         return None
 
     def op(self, name: str, op_type: str):
@@ -182,13 +192,205 @@ def _prune(graph) -> None:
     graph.value_info.extend(infos)
 
 
-def rewrite(model, *, keep_gelu: bool = False) -> tuple[Any, dict[str, Any]]:
+GELU_MIN = -0.7517915246935645  # argmin of x * Phi(x): GELU decreases below it, increases above
+
+
+def _gelu(y: float) -> float:
+    return 0.5 * y * (1.0 + math.erf(y / math.sqrt(2.0)))
+
+
+def _binarize(g: np.ndarray, mode: str, params: np.ndarray) -> np.ndarray:
+    """The binarizer's bit for float32 values ``g``, in float32 as the kernel computes it (xnor_matmul.cpp: bit_of)."""
+    beta, hi, qscale = (np.float32(v) for v in params)
+    g = np.asarray(g, np.float32)
+    if mode == "pm1":
+        return g >= beta
+    return np.minimum(np.maximum(g - beta, np.float32(0)), hi) / qscale > np.float32(0.5)
+
+
+def _f32_key(v: float) -> int:
+    """An integer that orders float32 values as the values are ordered (-0.0 and +0.0 alike)."""
+    i = int(np.array([v], np.float32).view(np.int32)[0])
+    return i if i >= 0 else -(i & 0x7FFFFFFF)
+
+
+def _f32_of_key(key: int) -> np.float32:
+    bits = key if key >= 0 else (-key) | 0x80000000
+    return np.array([bits], np.uint32).view(np.float32)[0]
+
+
+def _first_true(bit, lo: int, hi: int) -> int | None:
+    """The smallest key in [lo, hi] where the monotone (False..., True...) ``bit`` of that key's float holds."""
+    if not bit(_f32_of_key(hi)):
+        return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if bit(_f32_of_key(mid)):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _y_cuts(gelu: bool, mode: str, params: np.ndarray) -> tuple[np.float32, np.float32]:
+    """(yL, yR): a float32 epilogue output y gives bit 1 exactly where y <= yL or y >= yR (either may be infinite)."""
+    big = _f32_key(float(np.finfo(np.float32).max))
+
+    def bit(y: np.float32) -> bool:
+        g = np.float32(_gelu(float(y))) if gelu else y
+        return bool(_binarize(np.array([g]), mode, params)[0])
+
+    inf = np.float32(np.inf)
+    if not gelu:  # the binarizer alone: monotone in y
+        key = _first_true(bit, -big, big)
+        return -inf, (inf if key is None else _f32_of_key(key))
+    turn = _f32_key(GELU_MIN)
+    right = _first_true(bit, turn, big)  # GELU increases from its minimum on
+    left = _first_true(lambda y: bit(_f32_of_key(-_f32_key(y))), -turn, big)  # mirrored: the decreasing branch
+    y_r = inf if right is None else _f32_of_key(right)
+    y_l = -inf if left is None else _f32_of_key(-left)
+    return y_l, y_r
+
+
+def bit_thresholds(scale, bias, k: int, gelu: bool, mode: str, params) -> tuple[np.ndarray, np.ndarray]:
+    """The i32 thresholds (ge, le) of a BinaryMatMul's ``y_bits`` output: for every integer dot product d in
+    [-k, k] of output column n, ``(d >= ge[n]) | (d <= le[n])`` is the bit the next binarizer (``mode``,
+    ``params``) gives ``GELU(float32(d) * scale[n] + bias[n])`` (the GELU only if ``gelu``), in float32 as the
+    unfused graph computes the epilogue and the binarizer (the GELU exact, in float64, rounded to float32).
+    Raises ValueError if some column's bits are not of that form (they always are for a monotone binarizer
+    after an affine map and a GELU; the check keeps a wrong fusion from shipping)."""
+    scale, bias = np.asarray(scale, np.float32), np.asarray(bias, np.float32)
+    y_l, y_r = _y_cuts(gelu, mode, np.asarray(params, np.float32))
+    d = np.arange(-k, k + 1, dtype=np.int64)
+    y = d.astype(np.float32)[:, None] * scale[None, :] + bias[None, :]  # float32, rounded after each op
+    bits = (y >= y_r) | (y <= y_l)
+    rows = len(d)
+    lead = np.where(bits.all(axis=0), rows, np.argmin(bits, axis=0))
+    trail = np.where(bits.all(axis=0), rows, np.argmin(bits[::-1], axis=0))
+    le = np.where(lead == rows, k, -k - 1 + lead).astype(np.int64)
+    ge = np.where(lead == rows, k + 1, k + 1 - trail).astype(np.int64)
+    if not np.array_equal((d[:, None] >= ge[None, :]) | (d[:, None] <= le[None, :]), bits):
+        bad = int(np.flatnonzero(((d[:, None] >= ge[None, :]) | (d[:, None] <= le[None, :]) != bits).any(axis=0))[0])
+        raise ValueError(f"column {bad}: its bits over the dot products are not a low run and a high run")
+    return ge.astype(np.int32), le.astype(np.int32)
+
+
+def _attr(node, name: str, default: Any = None) -> Any:
+    from onnx import helper
+
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def _set_attr(node, name: str, value: int) -> None:
+    for a in node.attribute:
+        if a.name == name:
+            a.i = value
+            return
+    from onnx import helper
+
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def _is_binary_matmul(node) -> bool:
+    return node is not None and node.op_type == xnor.OP_TYPE and node.domain == xnor.DOMAIN
+
+
+def _only_reader(g: _Graph, name: str, node) -> bool:
+    return name not in g.outputs and [id(u) for u in g.consumers.get(name, [])] == [id(node)]
+
+
+def _gelu_source(g: _Graph, x: str) -> tuple[str, list] | None:
+    """(y, the GELU's nodes) if ``x`` is ``GELU(y)`` as exported (erf form, or one Gelu node), read only there."""
+    node = g.producer.get(x)
+    if node is None:
+        return None
+    if node.op_type == "Gelu" and _attr(node, "approximate", b"none") in (b"none", "none"):
+        return node.input[0], [node]
+    half = g.split_const(node) if node.op_type == "Mul" else None  # Mul(Mul(y, Add(Erf(Div(y, sqrt 2)), 1)), 0.5)
+    if half is None or not np.allclose(half[1], 0.5):
+        return None
+    outer = g.op(half[0], "Mul")
+    if outer is None or not _only_reader(g, half[0], node):
+        return None
+    for y, e in ((outer.input[0], outer.input[1]), (outer.input[1], outer.input[0])):
+        add = g.op(e, "Add")
+        one = g.split_const(add) if add is not None else None
+        erf = g.op(one[0], "Erf") if one is not None and np.allclose(one[1], 1.0) else None
+        div = g.op(erf.input[0], "Div") if erf is not None else None
+        root = g.split_const(div) if div is not None else None
+        if root is None or root[0] != y or not np.allclose(root[1], math.sqrt(2.0)):
+            continue
+        inner = [div, erf, add]
+        if all(_only_reader(g, n.output[0], nxt) for n, nxt in zip(inner, [erf, add, outer])):
+            readers = {id(u) for u in g.consumers.get(y, [])}
+            if readers == {id(div), id(outer)} and y not in g.outputs:
+                return y, [div, erf, add, outer, node]
+    return None
+
+
+def _join(g: _Graph, second) -> tuple[Any, list, np.ndarray, np.ndarray]:
+    """(first matmul, GELU nodes, ge, le) to join ``second`` to the binary matmul feeding it; _Skip says why not."""
+    x, gelu_nodes = second.input[0], []
+    source = _gelu_source(g, x)
+    if source is not None:
+        x, gelu_nodes = source
+    first = g.producer.get(x)
+    if not _is_binary_matmul(first) or _attr(first, "y_bits", 0):
+        raise _Skip("its input is not (a GELU of) another rewritten matmul's output")
+    if not gelu_nodes and not _only_reader(g, x, second):
+        raise _Skip("the matmul before it has other readers")
+    scale, bias, params = g.const(first.input[2]), g.const(first.input[3]), g.const(second.input[4])
+    if scale is None or bias is None or params is None:
+        raise _Skip("scale, bias or binarizer constants are not constant")
+    mode = _attr(second, "mode")
+    try:
+        ge, le = bit_thresholds(
+            scale, bias, int(_attr(first, "k")), bool(gelu_nodes), mode.decode() if isinstance(mode, bytes) else mode, params
+        )
+    except ValueError as err:
+        raise _Skip(str(err)) from err
+    return first, gelu_nodes, ge, le
+
+
+def fuse_bits(model) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Join rewritten binary matmuls in ``model`` (changed in place) that feed one another through a binarizer
+    (and a GELU): the first emits packed bits, the second reads them. Returns (one record per join, the
+    rewritten matmuls not joined to the one before them, each with the reason)."""
+    from onnx import numpy_helper
+
+    g = _Graph(model.graph)
+    fused, apart = [], []
+    for second in [n for n in model.graph.node if _is_binary_matmul(n) and not _attr(n, "x_bits", 0)]:
+        try:
+            first, gelu_nodes, ge, le = _join(g, second)
+        except _Skip as why:
+            apart.append({"name": second.name, "reason": str(why)})
+            continue
+        base = first.name or first.output[0]
+        names = [f"{base}.bits_ge", f"{base}.bits_le"]
+        model.graph.initializer.extend(numpy_helper.from_array(a, nm) for a, nm in zip((ge, le), names))
+        first.input[2], first.input[3] = names
+        _set_attr(first, "y_bits", 1)
+        _set_attr(second, "x_bits", 1)
+        second.input[0] = first.output[0]
+        fused.append({"from": first.name, "to": second.name, "gelu": bool(gelu_nodes)})
+    if fused:
+        retyped = {g.producer[n.input[0]].output[0] for n in model.graph.node if _attr(n, "x_bits", 0)}
+        infos = [v for v in model.graph.value_info if v.name not in retyped]  # now u8 bits, not the float shape inferred before
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(infos)
+        _prune(model.graph)
+    return fused, apart
+
+
+def rewrite(model, *, keep_gelu: bool = False, bits: bool = True) -> tuple[Any, dict[str, Any]]:
     """A copy of ``model`` with each binary x binary matmul replaced by ``BinaryMatMul``, and a report.
 
     The report lists the rewritten matmuls (name, K, N, mode) and the others with the reason they stay.
     ``keep_gelu`` leaves the matmuls whose output feeds a GELU as they are: OpenVINO fuses that GELU into
     its INT8 FullyConnected, and a standalone GELU over a ``[rows, 4 hidden]`` tensor costs more than the
-    1-bit kernel saves there at large batch (bench/results/xnor)."""
+    1-bit kernel saves there at large batch (bench/results/xnor). ``bits``: join rewritten matmuls that feed
+    one another through a binarizer (:func:`fuse_bits`); the report's ``fused`` lists them."""
     onnx = require("onnx", for_="rewriting a lowered W1A1 graph for the 1-bit kernel")
     from onnx import helper, numpy_helper
 
@@ -209,16 +411,7 @@ def rewrite(model, *, keep_gelu: bool = False) -> tuple[Any, dict[str, Any]]:
         names = [f"{base}.xnor_{part}" for part in ("weight", "scale", "bias", "params")]
         arrays = [xnor.pack_weights(m["codes"].T), m["scale"], m["bias"], m["params"]]
         out.graph.initializer.extend(numpy_helper.from_array(a, nm) for a, nm in zip(arrays, names))
-        new_nodes[idx] = helper.make_node(
-            xnor.OP_TYPE,
-            [m["x"], *names],
-            [m["out"]],
-            name=f"{mm.name}/BinaryMatMul",
-            domain=xnor.DOMAIN,
-            n=m["n"],
-            k=m["k"],
-            mode=m["mode"],
-        )
+        new_nodes[idx] = xnor.make_node([m["x"], *names], m["out"], name=f"{mm.name}/BinaryMatMul", n=m["n"], k=m["k"], mode=m["mode"])
         replaced.append({"name": mm.name, "k": m["k"], "n": m["n"], "mode": m["mode"]})
     if new_nodes:
         produced = {nd.output[0] for nd in new_nodes.values()}
@@ -233,5 +426,6 @@ def rewrite(model, *, keep_gelu: bool = False) -> tuple[Any, dict[str, Any]]:
         _prune(out.graph)
         if not any(op.domain == xnor.DOMAIN for op in out.opset_import):
             out.opset_import.append(helper.make_opsetid(xnor.DOMAIN, 1))
-    report = {"op": f"{xnor.DOMAIN}.{xnor.OP_TYPE}", "rewritten": replaced, "kept": kept}
+    fused, apart = fuse_bits(out) if bits and new_nodes else ([], [])
+    report = {"op": f"{xnor.DOMAIN}.{xnor.OP_TYPE}", "rewritten": replaced, "kept": kept, "fused": fused, "not_fused": apart}
     return out, report

@@ -184,6 +184,19 @@ def availability(cache_dir: str | Path | None = None) -> Availability:
         return Availability(False, str(err))
 
 
+def make_node(
+    inputs: list[str], output: str, *, n: int, k: int, mode: str, x_bits: bool = False, y_bits: bool = False, name: str = ""
+) -> Any:
+    """An ONNX ``BinaryMatMul`` node with every attribute set (the ONNX frontend maps each one; none may be missing).
+
+    ``inputs``: X, packed weights, scale and bias (``y_bits``: the i32 thresholds ge and le), params."""
+    from onnx import helper
+
+    return helper.make_node(
+        OP_TYPE, inputs, [output], name=name, domain=DOMAIN, n=n, k=k, mode=mode, x_bits=int(x_bits), y_bits=int(y_bits)
+    )
+
+
 def pack_weights(codes: np.ndarray) -> np.ndarray:
     """Weight codes ``[N, K]`` in {-1, +1} -> the kernel's packed u8 ``[ceil(N/16), ceil(K/64), 128]``.
 

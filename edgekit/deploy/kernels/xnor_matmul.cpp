@@ -10,11 +10,20 @@
 //   3  bias   f32 [N]
 //   4  params f32 [3]                 (beta, hi, qscale): the binarizer's constants, kept as a tensor so they
 //                                     stay bit-exact through every serialization
-// Attributes: n (N), k (K), mode:
+// Attributes: n (N), k (K), x_bits, y_bits (0|1; see "Packed bits" below), mode:
 //   "pm1": code = x >= beta ? +1 : -1               dot = K - 2 popcount(x ^ w)
 //   "01":  code = round_half_even(clip(x - beta, 0, hi) / qscale) in {0, 1}, i.e. (clip(..) / qscale) > 0.5
 //                                                   dot = 2 popcount(x & w) - popcount(x)
 // Output f32 [..., N] = float(dot) * scale[n] + bias[n]  (dot exact: an integer computed with popcounts).
+//
+// Packed bits, so that a binary matmul feeding the next one through nothing but its binarizer (and a GELU)
+// hands it 1 bit per value instead of 32:
+//   x_bits = 1: X is u8 [..., 8 ceil(K/64)], each row's activation bits already packed as little-endian 64-bit
+//               words, padding bits zero (another BinaryMatMul's y_bits output); params is not read
+//   y_bits = 1: inputs 2 and 3 are i32 [N] thresholds (ge, le) instead of scale and bias, and the output is
+//               u8 [..., 8 ceil(N/64)]: bit n of a row = (dot_n >= ge[n]) | (dot_n <= le[n]), padding bits zero.
+//               The rewrite computes the thresholds from the epilogue, the GELU and the next binarizer
+//               (edgekit/deploy/kernels/rewrite.py: fuse_bits), so the bits are the next binarizer's codes.
 //
 // The AVX-512 VPOPCNTDQ path is chosen at run time; EDGEKIT_XNOR_ISA=portable forces the portable one.
 // Work is spread over OpenVINO's TBB arena (the caller's), serial for small problems.
@@ -42,12 +51,16 @@ namespace edgekit {
 constexpr int64_t kBlock = 16;  // outputs per weight block
 
 struct Problem {
-    const float* x;
+    const float* x;        // f32 activations (x_bits = 0)
+    const uint64_t* xbits;  // packed activation bits (x_bits = 1), kw words a row
     const uint64_t* w;
-    const float* scale;
+    const float* scale;  // y_bits = 0
     const float* bias;
-    float* y;
-    int64_t m, n, k, kw, nb;
+    const int32_t* ge;  // y_bits = 1
+    const int32_t* le;
+    float* y;        // y_bits = 0
+    uint8_t* ybits;  // y_bits = 1, ykw words a row
+    int64_t m, n, k, kw, nb, ykw;
     bool and_mode;  // "01" mode: AND; "pm1": XOR
     float beta, hi, qscale;
 };
@@ -80,6 +93,21 @@ static void pack_rows_portable(const Problem& p, uint64_t* xb, int32_t* pc, int6
     }
 }
 
+// x_bits = 1: the rows are packed already; only their popcounts are needed (the "01" dot)
+static void count_rows(const Problem& p, int32_t* pc, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+        int32_t count = 0;
+        for (int64_t wd = 0; wd < p.kw; ++wd)
+            count += __builtin_popcountll(p.xbits[r * p.kw + wd]);
+        pc[r] = count;
+    }
+}
+
+// y_bits = 1: bits n0 .. n0 + 15 of a row as one 16-bit store (n0 is a multiple of 16, so no two tiles share one)
+static inline void store_bits16(const Problem& p, int64_t r, int64_t n0, uint16_t bits) {
+    std::memcpy(p.ybits + r * p.ykw * 8 + n0 / 8, &bits, sizeof(bits));
+}
+
 // dot from the popcount of (x op w): pm1: K - 2 acc; 01: 2 acc - popcount(x)
 static inline int32_t dot_of(const Problem& p, int32_t acc, int32_t pcx) {
     return p.and_mode ? 2 * acc - pcx : static_cast<int32_t>(p.k) - 2 * acc;
@@ -101,6 +129,15 @@ static void gemm_portable(const Problem& p, const uint64_t* xb, const int32_t* p
                 }
             }
             const int64_t n0 = blk * kBlock, nend = std::min<int64_t>(kBlock, p.n - n0);
+            if (p.ybits != nullptr) {
+                uint16_t bits = 0;
+                for (int64_t j = 0; j < nend; ++j) {
+                    const int32_t d = dot_of(p, acc[j], pc[r]);
+                    bits |= static_cast<uint16_t>((d >= p.ge[n0 + j]) | (d <= p.le[n0 + j])) << j;
+                }
+                store_bits16(p, r, n0, bits);
+                continue;
+            }
             float* yr = p.y + r * p.n + n0;
             for (int64_t j = 0; j < nend; ++j)
                 yr[j] = static_cast<float>(dot_of(p, acc[j], pc[r])) * p.scale[n0 + j] + p.bias[n0 + j];
@@ -166,17 +203,27 @@ XNOR_AVX512 static inline void tile_avx512(const Problem& p, const uint64_t* xb,
     }
     const int64_t n0 = blk * kBlock, nend = std::min<int64_t>(kBlock, p.n - n0);
     const __mmask16 om = nend >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << nend) - 1u);
-    const __m512 sc = _mm512_maskz_loadu_ps(om, p.scale + n0), bs = _mm512_maskz_loadu_ps(om, p.bias + n0);
+    __m512i dots[R];
     for (int i = 0; i < R; ++i) {
         // 16 popcounts (two 8 x i64 halves) -> 16 x i32
         const __m512i acc = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(acc0[i])), _mm512_cvtepi64_epi32(acc1[i]), 1);
-        __m512i dot;
         if (AND)  // 2 acc - popcount(x)
-            dot = _mm512_sub_epi32(_mm512_slli_epi32(acc, 1), _mm512_set1_epi32(pc[r + i]));
+            dots[i] = _mm512_sub_epi32(_mm512_slli_epi32(acc, 1), _mm512_set1_epi32(pc[r + i]));
         else  // K - 2 acc
-            dot = _mm512_sub_epi32(_mm512_set1_epi32(static_cast<int32_t>(p.k)), _mm512_slli_epi32(acc, 1));
+            dots[i] = _mm512_sub_epi32(_mm512_set1_epi32(static_cast<int32_t>(p.k)), _mm512_slli_epi32(acc, 1));
+    }
+    if (p.ybits != nullptr) {  // the next binarizer's bits: two integer compares, 16 bits a row
+        const __m512i ge = _mm512_maskz_loadu_epi32(om, p.ge + n0), le = _mm512_maskz_loadu_epi32(om, p.le + n0);
+        for (int i = 0; i < R; ++i) {
+            const __mmask16 bits = _mm512_mask_cmpge_epi32_mask(om, dots[i], ge) | _mm512_mask_cmple_epi32_mask(om, dots[i], le);
+            store_bits16(p, r + i, n0, static_cast<uint16_t>(bits));
+        }
+        return;
+    }
+    const __m512 sc = _mm512_maskz_loadu_ps(om, p.scale + n0), bs = _mm512_maskz_loadu_ps(om, p.bias + n0);
+    for (int i = 0; i < R; ++i) {
         // float(dot) * scale + bias, rounded twice (no FMA), as the INT8 kernels do
-        const __m512 out = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dot), sc), bs);
+        const __m512 out = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dots[i]), sc), bs);
         _mm512_mask_storeu_ps(p.y + (r + i) * p.n + n0, om, out);
     }
 }
@@ -220,21 +267,30 @@ static bool use_avx512() {
 
 static void run(const Problem& p) {
     const bool fast = use_avx512();
-    std::vector<uint64_t> xb(static_cast<size_t>(p.m * p.kw));
+    std::vector<uint64_t> packed(p.xbits != nullptr ? 0 : static_cast<size_t>(p.m * p.kw));
+    const uint64_t* xb = p.xbits != nullptr ? p.xbits : packed.data();
     std::vector<int32_t> pc(static_cast<size_t>(p.m));
+    if (p.ybits != nullptr) {  // the bytes past the last 16-output block of each row stay zero bits
+        const int64_t written = p.nb * 2, row = p.ykw * 8;
+        if (written < row)
+            for (int64_t r = 0; r < p.m; ++r)
+                std::memset(p.ybits + r * row + written, 0, static_cast<size_t>(row - written));
+    }
     auto pack = [&](int64_t r0, int64_t r1) {
+        if (p.xbits != nullptr)
+            return count_rows(p, pc.data(), r0, r1);
 #ifdef XNOR_X86
         if (fast)
-            return pack_rows_avx512(p, xb.data(), pc.data(), r0, r1);
+            return pack_rows_avx512(p, packed.data(), pc.data(), r0, r1);
 #endif
-        pack_rows_portable(p, xb.data(), pc.data(), r0, r1);
+        pack_rows_portable(p, packed.data(), pc.data(), r0, r1);
     };
     auto gemm = [&](int64_t r0, int64_t r1, int64_t b0, int64_t b1) {
 #ifdef XNOR_X86
         if (fast)
-            return gemm_avx512(p, xb.data(), pc.data(), r0, r1, b0, b1);
+            return gemm_avx512(p, xb, pc.data(), r0, r1, b0, b1);
 #endif
-        gemm_portable(p, xb.data(), pc.data(), r0, r1, b0, b1);
+        gemm_portable(p, xb, pc.data(), r0, r1, b0, b1);
     };
     // 64-bit word products: below ~100k of them a parallel region costs more than it saves
     const int64_t work = p.m * p.nb * kBlock * p.kw;
@@ -259,37 +315,48 @@ public:
     OPENVINO_OP("BinaryMatMul", "edgekit_xnor");
 
     BinaryMatMul() = default;
-    BinaryMatMul(const ov::OutputVector& args, int64_t n, int64_t k, std::string mode)
+    BinaryMatMul(const ov::OutputVector& args, int64_t n, int64_t k, std::string mode, int64_t x_bits, int64_t y_bits)
         : Op(args),
           m_n(n),
           m_k(k),
-          m_mode(std::move(mode)) {
+          m_mode(std::move(mode)),
+          m_x_bits(x_bits),
+          m_y_bits(y_bits) {
         constructor_validate_and_infer_types();
     }
 
     void validate_and_infer_types() override {
-        NODE_VALIDATION_CHECK(this, get_input_size() == 5, "BinaryMatMul takes 5 inputs (X, W, scale, bias, params)");
+        NODE_VALIDATION_CHECK(this, get_input_size() == 5, "BinaryMatMul takes 5 inputs (X, W, scale|ge, bias|le, params)");
         NODE_VALIDATION_CHECK(this, m_mode == "pm1" || m_mode == "01", "BinaryMatMul mode must be 'pm1' or '01', got ", m_mode);
         NODE_VALIDATION_CHECK(this, m_n > 0 && m_k > 0, "BinaryMatMul needs n > 0 and k > 0");
+        NODE_VALIDATION_CHECK(this, (m_x_bits == 0 || m_x_bits == 1) && (m_y_bits == 0 || m_y_bits == 1), "BinaryMatMul x_bits and y_bits are 0 or 1");
         NODE_VALIDATION_CHECK(this, get_input_element_type(1) == ov::element::u8, "BinaryMatMul weights must be u8 (packed 64-bit words)");
+        const auto x_type = m_x_bits ? ov::element::u8 : ov::element::f32;
+        NODE_VALIDATION_CHECK(this, get_input_element_type(0).compatible(x_type), "BinaryMatMul input must be ", x_type, " (x_bits = ", m_x_bits, ")");
+        if (m_y_bits)
+            NODE_VALIDATION_CHECK(this, get_input_element_type(2) == ov::element::i32 && get_input_element_type(3) == ov::element::i32,
+                                  "BinaryMatMul with y_bits = 1 takes i32 thresholds (ge, le) as inputs 2 and 3");
         auto shape = get_input_partial_shape(0);
         if (shape.rank().is_static()) {
             NODE_VALIDATION_CHECK(this, shape.rank().get_length() >= 1, "BinaryMatMul input must have rank >= 1");
-            const auto& last = shape[shape.rank().get_length() - 1];
-            NODE_VALIDATION_CHECK(this, last.compatible(m_k), "BinaryMatMul input's last dimension ", last, " != k = ", m_k);
-            shape[shape.rank().get_length() - 1] = m_n;
+            auto& last = shape[shape.rank().get_length() - 1];
+            const int64_t want = m_x_bits ? 8 * ((m_k + 63) / 64) : m_k;
+            NODE_VALIDATION_CHECK(this, last.compatible(want), "BinaryMatMul input's last dimension ", last, " != ", want);
+            last = m_y_bits ? 8 * ((m_n + 63) / 64) : m_n;
         }
-        set_output_type(0, ov::element::f32, shape);
+        set_output_type(0, m_y_bits ? ov::element::u8 : ov::element::f32, shape);
     }
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& new_args) const override {
-        return std::make_shared<BinaryMatMul>(new_args, m_n, m_k, m_mode);
+        return std::make_shared<BinaryMatMul>(new_args, m_n, m_k, m_mode, m_x_bits, m_y_bits);
     }
 
     bool visit_attributes(ov::AttributeVisitor& visitor) override {
         visitor.on_attribute("n", m_n);
         visitor.on_attribute("k", m_k);
         visitor.on_attribute("mode", m_mode);
+        visitor.on_attribute("x_bits", m_x_bits);
+        visitor.on_attribute("y_bits", m_y_bits);
         return true;
     }
 
@@ -302,26 +369,32 @@ public:
         const auto& w = inputs[1];
         const auto& params = inputs[4];
         ov::Shape shape = x.get_shape();
-        const int64_t kw = (m_k + 63) / 64, nb = (m_n + kBlock - 1) / kBlock;
-        OPENVINO_ASSERT(!shape.empty() && static_cast<int64_t>(shape.back()) == m_k, "BinaryMatMul: input's last dimension != k");
+        const int64_t kw = (m_k + 63) / 64, nb = (m_n + kBlock - 1) / kBlock, ykw = (m_n + 63) / 64;
+        const int64_t row = m_x_bits ? kw * 8 : m_k;
+        OPENVINO_ASSERT(!shape.empty() && static_cast<int64_t>(shape.back()) == row, "BinaryMatMul: input's last dimension != ", row);
         OPENVINO_ASSERT(w.get_byte_size() == static_cast<size_t>(nb * kw * kBlock * 8), "BinaryMatMul: packed weights have ",
                         w.get_byte_size(), " bytes, expected ", nb * kw * kBlock * 8);
         OPENVINO_ASSERT(inputs[2].get_size() == static_cast<size_t>(m_n) && inputs[3].get_size() == static_cast<size_t>(m_n) &&
                             params.get_size() == 3,
-                        "BinaryMatMul: scale/bias must have n elements and params 3");
-        shape.back() = static_cast<size_t>(m_n);
+                        "BinaryMatMul: scale/bias (or ge/le) must have n elements and params 3");
+        shape.back() = static_cast<size_t>(m_y_bits ? ykw * 8 : m_n);
         outputs[0].set_shape(shape);
         const float* prm = params.data<const float>();
-        Problem p{x.data<const float>(),
+        Problem p{m_x_bits ? nullptr : x.data<const float>(),
+                  m_x_bits ? static_cast<const uint64_t*>(x.data()) : nullptr,
                   static_cast<const uint64_t*>(w.data()),
-                  inputs[2].data<const float>(),
-                  inputs[3].data<const float>(),
-                  outputs[0].data<float>(),
-                  static_cast<int64_t>(x.get_size() / static_cast<size_t>(m_k)),
+                  m_y_bits ? nullptr : inputs[2].data<const float>(),
+                  m_y_bits ? nullptr : inputs[3].data<const float>(),
+                  m_y_bits ? inputs[2].data<const int32_t>() : nullptr,
+                  m_y_bits ? inputs[3].data<const int32_t>() : nullptr,
+                  m_y_bits ? nullptr : outputs[0].data<float>(),
+                  m_y_bits ? static_cast<uint8_t*>(outputs[0].data()) : nullptr,
+                  static_cast<int64_t>(x.get_size() / static_cast<size_t>(row)),
                   m_n,
                   m_k,
                   kw,
                   nb,
+                  ykw,
                   m_mode == "01",
                   prm[0],
                   prm[1],
@@ -335,6 +408,8 @@ private:
     int64_t m_n = 0;
     int64_t m_k = 0;
     std::string m_mode = "pm1";
+    int64_t m_x_bits = 0;
+    int64_t m_y_bits = 0;
 };
 
 }  // namespace edgekit

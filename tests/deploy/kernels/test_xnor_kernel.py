@@ -95,6 +95,60 @@ def test_forced_portable_path_gives_the_same_result(binary_matmul_model, ov_comp
         assert np.array_equal(results["default", mode], results["portable", mode])
 
 
+def _two_linears(w1, s1, b1, w2, s2, b2, mode2: str, params2, *, ge=None, le=None):
+    """X -> BinaryMatMul(w1) -> BinaryMatMul(w2, binarizing with ``mode2``/``params2``) -> Y: as floats, or (``ge``,
+    ``le`` given) joined by packed bits."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    (n1, k), n2 = w1.shape, w2.shape[0]
+    bits = ge is not None
+    arrays = {
+        "W1": xnor.pack_weights(w1),
+        "S1": ge if bits else s1,
+        "B1": le if bits else b1,
+        "P1": np.array([0.0, 0.0, 1.0], np.float32),
+        "W2": xnor.pack_weights(w2),
+        "S2": s2,
+        "B2": b2,
+        "P2": np.asarray(params2, np.float32),
+    }
+    nodes = [
+        xnor.make_node(["X", "W1", "S1", "B1", "P1"], "H", n=n1, k=k, mode="pm1", y_bits=bits),
+        xnor.make_node(["H", "W2", "S2", "B2", "P2"], "Y", n=n2, k=n1, mode=mode2, x_bits=bits),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["M", k])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n2])],
+        [numpy_helper.from_array(np.asarray(v), name) for name, v in arrays.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(xnor.DOMAIN, 1)])
+
+
+@pytest.mark.parametrize("isa", ["default", "portable"])
+@pytest.mark.parametrize("mode2", ["pm1", "01"])
+@pytest.mark.parametrize("m,k,n1,n2", [(3, 63, 70, 17), (70, 200, 130, 40), (5, 64, 64, 16)])
+def test_packed_bits_between_two_matmuls_give_the_same_result(ov_compile, xnor_lib, monkeypatch, isa, mode2, m, k, n1, n2):
+    """The first matmul's y_bits output (thresholds from rewrite.bit_thresholds) read by the second as x_bits: the
+    same output as the float hand-over, for widths off multiples of 16 and 64 (padding bits must stay zero)."""
+    from edgekit.deploy.kernels.rewrite import bit_thresholds
+
+    if isa == "portable":
+        monkeypatch.setenv("EDGEKIT_XNOR_ISA", "portable")
+    rng = np.random.default_rng(m + k + n1)
+    w1, w2 = (rng.choice(np.array([-1, 1], np.int8), size=s) for s in ((n1, k), (n2, n1)))
+    s1 = (rng.standard_normal(n1) * 0.05).astype(np.float32)
+    b1, s2, b2 = (rng.standard_normal(n).astype(np.float32) for n in (n1, n2, n2))
+    params2 = (0.1, 0.0, 1.0) if mode2 == "pm1" else (-0.2, 0.6, 0.6)
+    ge, le = bit_thresholds(s1, b1, k, False, mode2, params2)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    apart = ov_compile(_two_linears(w1, s1, b1, w2, s2, b2, mode2, params2), f"apart-{isa}.onnx")(x)[0]
+    joined = ov_compile(_two_linears(w1, s1, b1, w2, s2, b2, mode2, params2, ge=ge, le=le), f"joined-{isa}.onnx")(x)[0]
+    assert np.array_equal(joined, apart)
+    assert np.unique(apart).size > 1
+
+
 def test_tampered_or_missing_library_is_refused(xnor_lib, tmp_path):
     import openvino as ov
 

@@ -133,7 +133,8 @@ def lowered_w1a1(request, checkpoints, encoders, tmp_path_factory):
 
 def test_lowered_encoder_rewritten_matches_the_int8_graph(lowered_w1a1, ov_compile, ov_core, tmp_path):
     scheme, path, manifest, model = lowered_w1a1
-    new, report = rewrite.rewrite(model)
+    new, report = rewrite.rewrite(model, bits=False)  # each matmul on its own: probed one by one below
+    assert report["fused"] == []
     linears = manifest.settings["lowered"]["modules"]["linear"]
     assert len(report["rewritten"]) == linears  # every lowered linear (the classifier head stays float: not lowered)
     assert {r["reason"] for r in report["kept"]} <= {"activation x activation matmul (no constant weights)", "not a QDQ matmul"}
@@ -187,6 +188,49 @@ def test_lowered_encoder_rewritten_matches_the_int8_graph(lowered_w1a1, ov_compi
         fresh.read_model(str(xml))  # without the kernel the IR does not load
     ir = ov_core.compile_model(ov_core.read_model(str(xml)), "CPU", {"INFERENCE_NUM_THREADS": "2", "INFERENCE_PRECISION_HINT": "f32"})
     assert np.array_equal(ir(feed)[0], got)
+
+
+def test_ffn_matmuls_joined_by_bits_compute_the_same(lowered_w1a1, ov_compile):
+    """Each FFN's intermediate matmul hands its output matmul the bits of GELU + binarizer directly: the GELU and
+    the float tensor are gone, and the model computes what the unjoined rewrite computes, to the bit."""
+    scheme, path, manifest, model = lowered_w1a1
+    apart, _ = rewrite.rewrite(model, bits=False)
+    joined, report = rewrite.rewrite(model)
+    layers = manifest.settings["lowered"]["modules"]["attention"]
+    assert len(report["fused"]) == layers and all(f["gelu"] for f in report["fused"]), report["not_fused"]
+    assert all("intermediate" in f["from"] and "output" in f["to"] for f in report["fused"])
+    assert sum(nd.op_type == "Erf" for nd in joined.graph.node) == sum(nd.op_type == "Erf" for nd in apart.graph.node) - layers
+    feed = parity_feed(path, model)
+    np.testing.assert_array_equal(ov_compile(joined, "joined.onnx")(feed)[0], ov_compile(apart, "apart.onnx")(feed)[0])
+
+
+@pytest.mark.parametrize("gelu", [True, False])
+@pytest.mark.parametrize(
+    "mode,params", [("01", (0.05, 0.7, 0.7)), ("01", (-0.1, 0.5, 0.6)), ("pm1", (0.1, 0.0, 1.0)), ("pm1", (-0.05, 0.0, 1.0))]
+)
+def test_bit_thresholds_give_the_binarizers_bits_for_every_dot(gelu, mode, params):
+    """Against the unfused computation evaluated at every dot product: float32 epilogue, exact GELU rounded to
+    float32, the binarizer in float32. Negative, zero and positive scales; (-0.05, pm1) after a GELU has ones
+    on both sides (GELU dips to -0.17 below zero), a low run and a high run per column."""
+    import math
+
+    rng = np.random.default_rng(len(mode) + int(gelu))
+    k, n = 90, 40
+    scale = (rng.standard_normal(n) * 0.03).astype(np.float32)
+    scale[:2] = 0.0
+    bias = rng.standard_normal(n).astype(np.float32)
+    params = np.array(params, np.float32)
+    ge, le = rewrite.bit_thresholds(scale, bias, k, gelu, mode, params)
+    d = np.arange(-k, k + 1)
+    y = d.astype(np.float32)[:, None] * scale + bias
+    exact = np.vectorize(lambda v: np.float32(0.5 * float(v) * (1 + math.erf(float(v) / math.sqrt(2)))), otypes=[np.float32])
+    g = exact(y) if gelu else y
+    beta, hi, qscale = params
+    want = g >= beta if mode == "pm1" else np.minimum(np.maximum(g - beta, np.float32(0)), hi) / qscale > np.float32(0.5)
+    assert np.array_equal((d[:, None] >= ge) | (d[:, None] <= le), want)
+    assert 0 < want.mean() < 1
+    if gelu and mode == "pm1" and params[0] < 0:
+        assert ((le > -k - 1) & (ge < k + 1)).any()  # both runs occur
 
 
 def parity_feed(path, model) -> dict[str, np.ndarray]:

@@ -58,6 +58,7 @@ def test_xnor_on_ships_the_kernel_and_matches_xnor_off(w1a1, tmp_path):
     linears = lowered.settings["lowered"]["modules"]["linear"]
     assert rec["library"] == f"kernels/{xnor.LIBRARY}" and rec["rewritten"] == linears and rec["kept"] >= 1
     assert rec["isa"] in ("avx512-vpopcntdq", "portable") and rec["openvino"] == m_on.runtime["openvino"]
+    assert rec["fused"] == lowered.settings["lowered"]["modules"]["attention"]  # each FFN's two matmuls joined by bits
     assert m_on.files[rec["library"]].sha256 == rec["sha256"] == artifact.sha256_file(on / rec["library"])
     assert f"kernels/{xnor.LIBRARY}.sha256" in m_on.files
     assert "kernels" not in m_off.settings and not (off / "kernels").exists()
