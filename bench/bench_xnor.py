@@ -19,9 +19,9 @@ Ratios are to ``ov int8 FC (QDQ)`` (< 1: faster). Random weights and inputs: spe
 exactness is tested in tests/deploy/kernels).
 
 With ``--model``, a lowered W1A1 artifact (``edgekit lower``) is also timed end to end on OpenVINO CPU,
-as lowered and as rewritten by :mod:`edgekit.deploy.kernels.rewrite` (every binary matmul, or all but
-those feeding a GELU: ``keep_gelu``), at b1 s16 (real length), b1 s128
-and b32 s128 (random token ids, full attention mask).
+as lowered and as rewritten by :mod:`edgekit.deploy.kernels.rewrite` (every binary matmul on its own:
+``bits=False``; and as compile ships it, each FFN's two matmuls joined by packed bits), at b1 s16 (real
+length), b1 s128 and b32 s128 (random token ids, full attention mask).
 
 With ``--compiled OFF_DIR,ON_DIR``, two openvino-cpu artifacts of one lowered W1A1 model, compiled with
 ``edgekit compile LOWERED --target openvino-cpu -o xnor=off -o tune=off -o threads=2 --out OFF`` and the
@@ -131,16 +131,18 @@ def dynamic_int8_model() -> onnx.ModelProto:
 
 
 class OvRunner:
-    def __init__(self, core: ov.Core, model: onnx.ModelProto | None, path: Path) -> None:
+    def __init__(self, core: ov.Core, model: onnx.ModelProto | None, path: Path, extension: Path | None = None) -> None:
+        """``extension``: read the graph as the openvino-cpu target does (``ov.convert_model`` with the kernel)."""
         if model is not None:
             onnx.save(model, str(path))
+        read = ov.convert_model(str(path), extension=str(extension)) if extension else core.read_model(str(path))
         config = {
             "INFERENCE_NUM_THREADS": str(THREADS),
             "NUM_STREAMS": "1",
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": "f32",
         }
-        self.request = core.compile_model(core.read_model(str(path)), "CPU", config).create_infer_request()
+        self.request = core.compile_model(read, "CPU", config).create_infer_request()
 
     def __call__(self, x) -> np.ndarray:
         self.request.infer(x if isinstance(x, dict) else {0: x}, share_inputs=True)
@@ -215,12 +217,17 @@ def end_to_end(core: ov.Core, args, work: Path) -> dict:
     model = onnx.load_from_string(packing.model_bytes(Path(args.model), manifest.model_file, manifest.settings.get("packed")))
     onnx.save(model, str(work / "e2e-lowered.onnx"))
     counts = {}
-    for name, keep_gelu in (("rewritten", False), ("rewritten-keep-gelu", True)):
-        new, report = rewrite.rewrite(model, keep_gelu=keep_gelu)
+    variants = ("rewritten", "rewritten+bits")
+    for name, bits in zip(variants, (False, True)):
+        new, report = rewrite.rewrite(model, bits=bits)
         onnx.save(new, str(work / f"e2e-{name}.onnx"))
-        counts[name] = {"rewritten": len(report["rewritten"]), "kept": len(report["kept"])}
-        print(f"{args.model} {name}: {len(report['rewritten'])} matmuls rewritten, {len(report['kept'])} kept", flush=True)
-    runners = {name: OvRunner(core, None, work / f"e2e-{name}.onnx") for name in ("lowered", "rewritten", "rewritten-keep-gelu")}
+        counts[name] = {"rewritten": len(report["rewritten"]), "kept": len(report["kept"]), "fused": len(report["fused"])}
+        print(
+            f"{args.model} {name}: {len(report['rewritten'])} matmuls rewritten, {len(report['kept'])} kept, {len(report['fused'])} pairs joined",
+            flush=True,
+        )
+    lib = xnor.load(core)
+    runners = {name: OvRunner(core, None, work / f"e2e-{name}.onnx", lib) for name in ("lowered", *variants)}
     names = [i.name for i in model.graph.input]
     rows = []
     for label, b, s in (("b1 real length (16 tokens)", 1, 16), ("b1 s128", 1, 128), ("b32 s128", 32, 128)):
@@ -228,7 +235,7 @@ def end_to_end(core: ov.Core, args, work: Path) -> dict:
         full = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
         feed = {n: full[n] for n in names}
         ref = runners["lowered"](feed).copy()
-        got = max(float(np.abs(ref - runners[n](feed)).max()) for n in ("rewritten", "rewritten-keep-gelu"))
+        got = max(float(np.abs(ref - runners[n](feed)).max()) for n in variants)
         reps = max(3, int(400 // (b * s / 16)))
         stats = interleave(runners, feed, args.rounds, reps)
         row = {"case": label, "reps_per_round": reps, "max_abs_diff_rewritten_vs_lowered": got, "us": stats}
