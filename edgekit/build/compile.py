@@ -44,7 +44,7 @@ def compile_artifact(
     out: Path,
     *,
     options: dict[str, Any] | None = None,
-    tolerance: parity.Tolerance | None = None,
+    tolerance: parity.Tolerance | dict[str, float] | None = None,
     progress: bool = True,
     candidates: list[dict[str, Any]] | None = None,
 ) -> Manifest:
@@ -54,7 +54,8 @@ def compile_artifact(
     the target's candidate variants are built, checked and timed first (:mod:`edgekit.build.tune`)
     and the artifact is built with the fastest that passes parity; the manifest's
     ``settings.tune`` records every candidate and the options that rebuild the choice.
-    ``candidates`` replaces the target's own (same form as ``Target.tune_candidates``)."""
+    ``candidates`` replaces the target's own (same form as ``Target.tune_candidates``). ``tolerance``: a whole
+    parity tolerance, or fields laid over the one the artifact's precision (or its PTQ record) gives."""
     target = targets.get(target_name)
     opts = targets.resolve_options(target_name, options)
     target.check_available()
@@ -96,8 +97,15 @@ def _target_compile(
         ) from err
 
 
-def _tolerance(given: parity.Tolerance | None, manifest: Manifest, onnx_manifest: Manifest) -> parity.Tolerance:
-    return given or _recorded_tolerance(manifest, onnx_manifest) or parity.TOLERANCES.get(manifest.precision, parity.Tolerance())
+def _tolerance(given: parity.Tolerance | dict[str, float] | None, manifest: Manifest, onnx_manifest: Manifest) -> parity.Tolerance:
+    return _over(given, _recorded_tolerance(manifest, onnx_manifest) or parity.TOLERANCES.get(manifest.precision, parity.Tolerance()))
+
+
+def _over(given: parity.Tolerance | dict[str, float] | None, base: parity.Tolerance) -> parity.Tolerance:
+    """``given`` if it is a whole tolerance, else ``base`` with the given fields over it."""
+    if isinstance(given, parity.Tolerance):
+        return given
+    return base.model_copy(update=given) if given else base
 
 
 def _parity(target: targets.Target, where: Path, manifest: Manifest, opts: targets.TargetOptions, tol: parity.Tolerance, onnx_dir: Path):
@@ -125,7 +133,7 @@ def _tune(
     """(the options to build with, the tuning record): the target's candidates built, checked, timed."""
     # every candidate is held to the tolerance of the build the user asked for (not its own precision's)
     base_precision = "int8" if onnx_manifest.precision == "int8" else opts.build_precision
-    tol = tolerance or _recorded_tolerance(onnx_manifest) or parity.TOLERANCES.get(base_precision, parity.Tolerance())
+    tol = _over(tolerance, _recorded_tolerance(onnx_manifest) or parity.TOLERANCES.get(base_precision, parity.Tolerance()))
 
     def build(o, where: Path) -> Manifest:
         fields = _target_compile(target, source, onnx_manifest, o, where)

@@ -315,7 +315,9 @@ class Pipeline:
             if src.exits is not None:
                 m = compile_exits(onnx.out, t.name, out, options=options)
             else:
-                m = compile_step.compile_artifact(onnx.out, src, t.name, out, options=options, tolerance=self.plan.steps.export.tolerance())
+                m = compile_step.compile_artifact(
+                    onnx.out, src, t.name, out, options=options, tolerance=self.plan.steps.export.tolerance_overrides()
+                )
             return f"{name}/{t.name}", {"precision": m.precision, "pending": m.pending}
 
         file_options = {k: hash_path(Path(v)) for k, v in options.items() if isinstance(v, str) and Path(v).is_file()}

@@ -137,15 +137,22 @@ def _origin(recipe: Recipe, path: Path) -> dict[str, Any]:
 
 
 def export_settings(
-    static_shape: str | None = None, max_length: int | None = None, atol: float | None = None, min_cosine: float | None = None
+    static_shape: str | None = None,
+    max_length: int | None = None,
+    atol: float | None = None,
+    min_cosine: float | None = None,
+    min_agreement: float | None = None,
 ) -> Export:
-    """The export step's settings from a command's flags (one-line errors)."""
+    """The export step's settings from a command's flags (one-line errors); the parity fields a command gives
+    are laid over each compile's own tolerance."""
     from pydantic import ValidationError
 
     from edgekit.build.validation import describe_error
 
     try:
-        return Export(static_shape=static_shape, max_length=max_length, atol=atol, min_cosine=min_cosine)
+        return Export(
+            static_shape=static_shape, max_length=max_length, atol=atol, min_cosine=min_cosine, min_argmax_agreement=min_agreement
+        )
     except ValidationError as err:
         line, _ = describe_error(err, Export)
         raise ConfigError(f"invalid export option: {line}", hint="see the command's --help") from None

@@ -48,9 +48,13 @@ OP_TYPES = ("MatMul",)
 # out of domain for a task model, whose margins there are small: on MiniLM fine-tuned on
 # debian-sections, ORT static INT8 agrees with PyTorch on 84% of those argmaxes while its
 # task accuracy is unchanged (91.75% vs 91.25% FP32 on 400 dev texts). So the shipped texts
-# get a sanity tolerance (catches a broken graph: O(10) logit errors, random argmaxes), and
+# get a sanity tolerance (catches a broken graph: O(10) logit errors, argmaxes near chance), and
 # the gate that matters is fidelity to the FP32 model on the user's own texts (FIDELITY).
-TOLERANCE = parity.Tolerance(atol=4.0, min_argmax_agreement=0.75, min_cosine=0.95)
+# The argmax floor was 0.75 until a correct graph missed it on another CPU: the same PTQ artifact
+# compiled for openvino-cpu on an AMD EPYC agreed on 23 of the 32 shipped texts (0.72; ORT 0.81)
+# and on 98 % of 300 debian-sections dev texts (ORT 97 %). Across CPUs and runtimes these small
+# margins flip; a wrong graph falls to chance (1/labels), far below 0.5.
+TOLERANCE = parity.Tolerance(atol=4.0, min_argmax_agreement=0.5, min_cosine=0.95)
 FIDELITY = parity.Tolerance(atol=1e9, min_argmax_agreement=0.95, min_cosine=0.95)
 FIDELITY_TEXTS = 256
 

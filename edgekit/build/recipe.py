@@ -210,15 +210,20 @@ class Export(_M):
     min_argmax_agreement: float | None = Field(None, ge=0, le=1)
 
     def tolerance(self):
-        """The parity tolerance these fields ask for, or None for the defaults."""
+        """The export's parity tolerance (fp32 defaults with these fields over them), or None for the defaults."""
         from edgekit.deploy.parity import Tolerance
 
-        given = {
+        given = self.tolerance_overrides()
+        return Tolerance(**given) if given else None
+
+    def tolerance_overrides(self) -> dict[str, float]:
+        """The fields given, to lay over a compile's own tolerance (its precision's, or the one a PTQ artifact
+        records): ``--atol`` on an INT8 compile loosens atol and keeps INT8's argmax and cosine floors."""
+        return {
             k: v
             for k, v in (("atol", self.atol), ("min_cosine", self.min_cosine), ("min_argmax_agreement", self.min_argmax_agreement))
             if v is not None
         }
-        return Tolerance(**given) if given else None
 
     @field_validator("static_shape", mode="before")
     @classmethod

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from edgekit.cli.console import console
-from edgekit.cli.options import AtolOpt, CacheOpt, MinCosOpt, ModelArg, OptionOpt, StaticOpt, TargetsOpt, TaskOpt, key_values
+from edgekit.cli.options import AtolOpt, CacheOpt, MinAgreeOpt, MinCosOpt, ModelArg, OptionOpt, StaticOpt, TargetsOpt, TaskOpt, key_values
 
 
 def _say(message: str) -> None:
@@ -26,13 +26,14 @@ def register(app: typer.Typer) -> None:
         max_length: Annotated[int | None, typer.Option(help="cap the sequence length (default: the model's)")] = None,
         atol: AtolOpt = None,
         min_cosine: MinCosOpt = None,
+        min_agreement: MinAgreeOpt = None,
     ) -> None:
         """Export a checkpoint to ONNX, checked against PyTorch on real text."""
         from edgekit.build import plan, runner
         from edgekit.cli.views import parity_line
         from edgekit.deploy import artifact
 
-        settings = plan.export_settings(static_shape, max_length, atol, min_cosine)
+        settings = plan.export_settings(static_shape, max_length, atol, min_cosine, min_agreement)
         runner.run(plan.for_export(model or "default", out, task=task, export=settings), say=_say)
         manifest = artifact.read_manifest(out)
         console.print(f"[green]exported[/] {manifest.source.model_type} {manifest.task} -> {out}/{manifest.model_file}")
@@ -49,6 +50,7 @@ def register(app: typer.Typer) -> None:
         static_shape: StaticOpt = None,
         atol: AtolOpt = None,
         min_cosine: MinCosOpt = None,
+        min_agreement: MinAgreeOpt = None,
         cache: CacheOpt = None,
     ) -> None:
         """Compile for one or more targets (exports first when given a checkpoint)."""
@@ -58,7 +60,7 @@ def register(app: typer.Typer) -> None:
 
         names = target or [devices.get(device).targets[0] if device else "ort-cpu"]
         options = key_values(option)
-        settings = plan.export_settings(static_shape, None, atol, min_cosine)
+        settings = plan.export_settings(static_shape, None, atol, min_cosine, min_agreement)
         p = plan.for_compile(model or "default", out, [(n, options) for n in names], device=device, task=task, export=settings, cache=cache)
         runner.run(p, say=_say)
         for name in names:

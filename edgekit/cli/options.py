@@ -14,6 +14,12 @@ TaskOpt = Annotated[str | None, typer.Option(help="classifier | embedding (defau
 StaticOpt = Annotated[str | None, typer.Option("--static-shape", help="fixed BATCHxSEQUENCE, e.g. 1x128 (default: dynamic axes)")]
 AtolOpt = Annotated[float | None, typer.Option(help="parity: max abs difference to PyTorch (default 1e-3 for fp32)")]
 MinCosOpt = Annotated[float | None, typer.Option(help="parity: lowest cosine to PyTorch for embeddings (default 0.9999 for fp32)")]
+MinAgreeOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--min-agreement", help="parity: share of texts whose argmax must match PyTorch, classifiers (default 1.0 for fp32, 0.9 for int8)"
+    ),
+]
 TargetsOpt = Annotated[list[str], typer.Option("--target", "-t", help="target name (repeatable); see 'edgekit targets'")]
 OptionOpt = Annotated[list[str], typer.Option("--option", "-o", help="target option KEY=VALUE (repeatable), e.g. precision=bf16")]
 CacheOpt = Annotated[Path | None, typer.Option(help="step cache folder: unchanged steps are reused (default: none)")]

@@ -130,9 +130,19 @@ def enforce(report: ParityReport) -> ParityReport:
         raise ParityError(
             f"{report.runtime} output {report.output!r} differs from PyTorch: max abs diff {report.max_abs_diff:.3g} (atol {report.atol:g}"
             f"{_rows_over(report)}), {figure} (need >= {report.min_required})",
-            hint="loosen with --atol/--min-cosine if this precision is intended, else report a bug",
+            hint=f"loosen with {_flags(report)} if this precision is intended, else report a bug",
         )
     return report
+
+
+def _flags(report: ParityReport) -> str:
+    """The command-line flags that loosen the criteria ``report`` failed (``edgekit export``/``compile``)."""
+    flags = ["--atol"] if not report.max_abs_diff <= report.atol else []
+    if report.argmax_agreement is not None and report.argmax_agreement < report.min_required:
+        flags.append("--min-agreement")
+    if report.min_cosine is not None and report.min_cosine < report.min_required:
+        flags.append("--min-cosine")
+    return "/".join(flags or ["--atol"])
 
 
 def _rows_over(report: ParityReport) -> str:

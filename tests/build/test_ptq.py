@@ -32,6 +32,10 @@ def test_ort_static_ptq(exported, calib, tmp_path, texts):
     # an INT8 artifact compiles for ort-cpu as it is, its INT8 execution checked again
     compiled = compile_artifact(tmp_path / "ptq", manifest, "ort-cpu", tmp_path / "ort-cpu")
     assert compiled.precision == "int8" and compiled.settings["int8"]["all_int8"]
+    assert compiled.settings["tolerance"] == TOLERANCE.model_dump()
+    # a field given on the command line (compile --min-agreement) is laid over the artifact's own tolerance, not fp32's
+    loose = compile_artifact(tmp_path / "ptq", manifest, "ort-cpu", tmp_path / "loose", tolerance={"min_argmax_agreement": 0.2})
+    assert loose.settings["tolerance"] == {**TOLERANCE.model_dump(), "min_argmax_agreement": 0.2}
     with pytest.raises(ConfigError, match="already int8"):
         quantize_onnx(tmp_path / "ptq", tmp_path / "again", calibration=calib)
 

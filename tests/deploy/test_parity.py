@@ -183,6 +183,21 @@ def test_enforce_names_output_and_figures():
         enforce(_embed(emb, act))
 
 
+def test_enforce_hint_names_the_flag_of_the_failed_criterion():
+    ref = _logits()
+    act = ref.copy()
+    act[0] = np.roll(ref[0], 1)  # one row's argmax moves, every value within atol
+    with pytest.raises(ParityError) as info:
+        enforce(_classify(ref, act, Tolerance(atol=1e3)))
+    assert "--min-agreement" in info.value.hint and "--atol" not in info.value.hint
+    emb = 0.01 * _embeddings()
+    act = emb.copy()
+    act[:, 0] += 9e-4
+    with pytest.raises(ParityError) as info:
+        enforce(_embed(emb, act))
+    assert "--min-cosine" in info.value.hint and "--atol" not in info.value.hint
+
+
 def test_enforce_returns_a_passing_report_unchanged():
     ref = _logits()
     r = _classify(ref, ref + 1e-5)
