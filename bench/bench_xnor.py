@@ -26,7 +26,8 @@ length), b1 s128 and b32 s128 (random token ids, full attention mask).
 With ``--compiled OFF_DIR,ON_DIR``, two openvino-cpu artifacts of one lowered W1A1 model, compiled with
 ``edgekit compile LOWERED --target openvino-cpu -o xnor=off -o tune=off -o threads=2 --out OFF`` and the
 same with ``-o xnor=on``, are timed through the target's own sessions (the library the artifact ships,
-loaded as ``edgekit profile`` loads it), at the same three shapes.
+loaded as ``edgekit profile`` loads it), at the same three shapes; ``--perf`` adds each artifact's time per
+executed node type at each shape (OpenVINO's perf counters, untimed runs apart from the interleaved ones).
 """
 
 from __future__ import annotations
@@ -274,10 +275,38 @@ def compiled(args) -> dict:
         stats = interleave(runners, feed, args.rounds, reps)
         rows.append({"case": label, "reps_per_round": reps, "max_abs_diff_on_vs_off": diff, "us": stats})
         print(_line(f"{label} (max |on - off| = {diff:.1e})", stats, "xnor=off"), flush=True)
+        if args.perf:
+            rows[-1]["ms_by_op"] = {k: perf_by_op(Path(d), manifests[k], feed) for k, d in dirs.items()}
     for s in sessions.values():
         s.__exit__(None, None, None)
     kernel = manifests["xnor=on"].settings["kernels"]["xnor"]
     return {"artifacts": dirs, "config": manifests["xnor=on"].settings["config"], "kernel": kernel, "rows": rows}
+
+
+def perf_by_op(artifact_dir: Path, manifest, feed, runs: int = 10) -> dict[str, float]:
+    """ms per call by executed node type (OpenVINO ``PERF_COUNT``: the artifact loaded again as its session loads
+    it, with the counters on; ``runs`` calls after two warm-ups); printed, largest first."""
+    from edgekit.deploy.targets.openvino import OpenVinoSession
+
+    record = (manifest.settings.get("kernels") or {}).get("xnor")
+    config = {**manifest.settings.get("config", {}), "PERF_COUNT": True, "INFERENCE_NUM_THREADS": str(THREADS)}
+    session = OpenVinoSession(
+        artifact_dir / manifest.model_file,
+        config,
+        packed=manifest.settings.get("packed"),
+        xnor_kernel=(artifact_dir, record) if record and record.get("library") else None,
+    )
+    request = session.compiled.create_infer_request()
+    by_op: dict[str, float] = {}
+    for i in range(runs + 2):
+        request.infer(feed)
+        if i >= 2:
+            for info in request.get_profiling_info():
+                by_op[info.node_type] = by_op.get(info.node_type, 0.0) + info.real_time.total_seconds() * 1e3 / runs
+    top = dict(sorted(by_op.items(), key=lambda kv: -kv[1]))
+    total = sum(top.values())
+    print(f"  {artifact_dir.name}: {total:.2f} ms summed; " + ", ".join(f"{k} {v:.2f}" for k, v in list(top.items())[:10]), flush=True)
+    return top
 
 
 def main() -> None:
@@ -288,6 +317,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=THREADS)
     ap.add_argument("--model", help="a lowered W1A1 artifact directory: also time it end to end, lowered vs rewritten")
     ap.add_argument("--compiled", help="OFF_DIR,ON_DIR: openvino-cpu artifacts compiled with -o xnor=off and -o xnor=on")
+    ap.add_argument("--perf", action="store_true", help="with --compiled: also ms per executed node type (OpenVINO PERF_COUNT)")
     ap.add_argument("--skip-micro", action="store_true")
     ap.add_argument("--out", default="bench/results/xnor/bench.json")
     args = ap.parse_args()
