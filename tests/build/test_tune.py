@@ -223,6 +223,57 @@ def test_choice_is_the_lowest_p50_and_the_default_needs_a_clear_loser():
     assert tune._choose([]) is None
 
 
+def test_winning_changes_are_combined_fastest_first_without_a_clash():
+    timed = [
+        {"name": "default", "options": {}, "p50_ms": 10.0},
+        {"name": "bf16", "options": {"precision": "bf16"}, "p50_ms": 8.0},
+        {"name": "fp16", "options": {"precision": "fp16"}, "p50_ms": 8.5},  # sets what a faster one set
+        {"name": "signed", "options": {"unsigned": "off"}, "p50_ms": 9.0},
+        {"name": "slow", "options": {"hint": "THROUGHPUT"}, "p50_ms": 9.9},  # not a clear winner
+    ]
+    assert tune.combine(timed) == {"name": "bf16 + signed", "options": {"precision": "bf16", "unsigned": "off"}}
+    assert tune.combine(timed[:3]) is None  # one winner per option: nothing to combine
+    assert tune.combine(timed[1:]) is None  # no default to beat
+
+
+def test_a_combination_is_built_checked_and_timed_against_the_best_single_candidate(wide_onnx, tmp_path, monkeypatch):
+    """Two candidates beside the default (every candidate counts as a winner here: MIN_GAIN below zero, whatever
+    the tiny model's timings; the probe and drop rules off, as THROUGHPUT can take 5x the default's time on two
+    cores) make a third, both changes at once, recorded with its own second-pass p50s; the choice follows them
+    and rebuilds with tune=off."""
+    monkeypatch.setattr(tune, "MIN_GAIN", -100.0)
+    monkeypatch.setattr(tune, "PROBE_RATIO", float("inf"))
+    monkeypatch.setattr(tune, "DROP_RATIO", float("inf"))
+    src = artifact.read_manifest(wide_onnx)
+    cands = [
+        {"name": "dynamic shapes", "options": {"seq_lens": None}, "replaces": ["seq_lens"]},
+        {"name": "hint=THROUGHPUT", "options": {"hint": "THROUGHPUT"}},
+    ]
+    m = compile_artifact(
+        wide_onnx,
+        src,
+        "openvino-cpu",
+        tmp_path / "tuned",
+        options={"tune": "on", "seq_lens": "256", "tune_budget_s": 20},
+        candidates=cands,
+        progress=False,
+    )
+    record = m.settings["tune"]
+    by_name = {c["name"]: c for c in record["candidates"]}
+    singles = [by_name[n] for n in ("default", "dynamic shapes", "hint=THROUGHPUT")]
+    combo = by_name[tune.combine(singles)["name"]]
+    assert set(combo["name"].split(" + ")) == {"dynamic shapes", "hint=THROUGHPUT"}
+    assert combo["options"] == {"seq_lens": None, "hint": "THROUGHPUT"}
+    assert combo["status"] == "timed" and combo["parity"] == "pass", combo
+    (best, theirs), mine = next(iter(combo["against"].items())), combo["p50_ms"]
+    assert best == tune._choose(singles)["name"]
+    assert record["chosen"] == (combo["name"] if mine <= theirs * (1 + 100.0) else best) == combo["name"]
+    assert record["options"] == {"hint": "THROUGHPUT", "tune": "off"}  # seq_lens dropped: dynamic shapes
+    again = compile_artifact(wide_onnx, src, "openvino-cpu", tmp_path / "again", options=record["options"], progress=False)
+    assert same_ir(tmp_path / "again" / again.model_file, tmp_path / "tuned" / m.model_file)
+    assert again.settings["config"] == m.settings["config"] and "buckets" not in again.settings
+
+
 def test_a_candidate_undoing_a_change_the_default_did_not_make_is_skipped(wide_onnx, lowered_onnx, tmp_path):
     """``unsigned=off`` undoes the default's u8 activations: on a float graph (no quantizers) it would
     rebuild the default and is skipped unbuilt; on a lowered graph it is a real candidate, built and timed."""
