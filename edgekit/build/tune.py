@@ -204,9 +204,9 @@ def tune(
                 cand["why"] = f"timed {stopped[cand['name']]} round(s), then stopped: over {DROP_RATIO:g}x the fastest candidate's p50"
         chosen = _choose([c for c, *_ in built])
         combo = combine([c for c, *_ in built])
-        if combo is not None and time.perf_counter() - start <= budget_s:
-            # the winners together: built and checked like the others, then timed against the best single
-            # one in a second interleaved pass (its p50s, not the first pass's, decide between the two)
+        if combo is not None:
+            # the winners together: built and checked like the others (recorded as skipped if the budget is spent),
+            # then timed against the best single one in a second interleaved pass (its p50s decide between the two)
             bar(f"tune: build {combo['name']}")
             cands.append(combo)
             attempt(len(cands) - 1, combo)
