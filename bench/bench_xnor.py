@@ -290,19 +290,15 @@ def perf_by_op(artifact_dir: Path, manifest, feed, runs: int = 10) -> dict[str, 
 
     record = (manifest.settings.get("kernels") or {}).get("xnor")
     config = {**manifest.settings.get("config", {}), "PERF_COUNT": True, "INFERENCE_NUM_THREADS": str(THREADS)}
-    session = OpenVinoSession(
-        artifact_dir / manifest.model_file,
-        config,
-        packed=manifest.settings.get("packed"),
-        xnor_kernel=(artifact_dir, record) if record and record.get("library") else None,
-    )
-    request = session.compiled.create_infer_request()
+    kernel = (artifact_dir, record) if record and record.get("library") else None
     by_op: dict[str, float] = {}
-    for i in range(runs + 2):
-        request.infer(feed)
-        if i >= 2:
-            for info in request.get_profiling_info():
-                by_op[info.node_type] = by_op.get(info.node_type, 0.0) + info.real_time.total_seconds() * 1e3 / runs
+    with OpenVinoSession(artifact_dir / manifest.model_file, config, packed=manifest.settings.get("packed"), xnor_kernel=kernel) as session:
+        request = session.compiled.create_infer_request()
+        for i in range(runs + 2):
+            request.infer(feed)
+            if i >= 2:
+                for info in request.get_profiling_info():
+                    by_op[info.node_type] = by_op.get(info.node_type, 0.0) + info.real_time.total_seconds() * 1e3 / runs
     top = dict(sorted(by_op.items(), key=lambda kv: -kv[1]))
     total = sum(top.values())
     print(f"  {artifact_dir.name}: {total:.2f} ms summed; " + ", ".join(f"{k} {v:.2f}" for k, v in list(top.items())[:10]), flush=True)
