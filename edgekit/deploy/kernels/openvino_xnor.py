@@ -94,6 +94,7 @@ def ship(p: Plan, out: Path, ov_version: str) -> dict[str, Any]:
         "rewritten": len(p.report["rewritten"]),
         "kept": len(p.report["kept"]),
         "fused": len(p.report.get("fused", [])),  # pairs handing packed bits to each other (rewrite.fuse_bits)
+        "attention": len(p.report.get("attention", [])),  # self-attentions run as one BinaryAttention (rewrite.fuse_attention)
         "openvino": ov_version,
     }
     if env.xnor_isa():
@@ -134,13 +135,18 @@ def load_into(core: Any, artifact_dir: Path, record: dict[str, Any], ov_version:
 
 
 def count_binary(model: Any, compiled: Any) -> int:
-    """How many ``BinaryMatMul`` nodes of ``model`` the compiled model executes (as custom ``Reference`` nodes)."""
-    names = {op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == xnor.OP_TYPE}
+    """How many integer matmuls of ``model`` the kernel's custom nodes execute (as ``Reference`` nodes): one per
+    ``BinaryMatMul``, two per ``BinaryAttention`` (its query-key and probability-value products)."""
+    weight = {
+        op.get_friendly_name(): 2 if op.get_type_name() == xnor.ATTENTION_OP else 1
+        for op in model.get_ordered_ops()
+        if op.get_type_name() in (xnor.OP_TYPE, xnor.ATTENTION_OP)
+    }
     found = 0
     for op in compiled.get_runtime_model().get_ordered_ops():
         rt = op.get_rt_info()
         kind = rt["layerType"].astype(str) if "layerType" in rt else op.get_type_name()
-        original = set(rt["originalLayersNames"].astype(str).split(",")) if "originalLayersNames" in rt else set()
-        if kind in ("Reference", xnor.OP_TYPE) and (original & names or op.get_friendly_name() in names):
-            found += 1
+        original = rt["originalLayersNames"].astype(str).split(",") if "originalLayersNames" in rt else [op.get_friendly_name()]
+        if kind in ("Reference", xnor.OP_TYPE, xnor.ATTENTION_OP):
+            found += sum(weight.get(name, 0) for name in set(original) | {op.get_friendly_name()})
     return found

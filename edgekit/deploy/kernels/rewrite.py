@@ -116,7 +116,7 @@ def _binarizer(g: _Graph, q) -> tuple[str, str, np.ndarray]:
         if codes != [-1, 1]:
             raise _Skip(f"binarizer codes are {codes}, not [-1, +1]")
         return ge.input[0], "pm1", np.array([_scalar(gsplit[1], "threshold"), 0.0, qscale], np.float32)
-    if not signed and clip is not None:  # {0,1}: Clip(Sub(x, beta), 0, hi)
+    if clip is not None:  # {0,1}: Clip(Sub(x, beta), 0, hi), codes 0 and 1 whether signed or not
         lo_c = g.const(clip.input[1]) if len(clip.input) > 1 and clip.input[1] else None
         hi_c = g.const(clip.input[2]) if len(clip.input) > 2 and clip.input[2] else None
         sub = g.op(clip.input[0], "Sub")
@@ -375,22 +375,221 @@ def fuse_bits(model) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         second.input[0] = first.output[0]
         fused.append({"from": first.name, "to": second.name, "gelu": bool(gelu_nodes)})
     if fused:
-        retyped = {g.producer[n.input[0]].output[0] for n in model.graph.node if _attr(n, "x_bits", 0)}
-        infos = [v for v in model.graph.value_info if v.name not in retyped]  # now u8 bits, not the float shape inferred before
-        del model.graph.value_info[:]
-        model.graph.value_info.extend(infos)
+        _forget_types(
+            model.graph, {g.producer[n.input[0]].output[0] for n in model.graph.node if _attr(n, "x_bits", 0) and n.input[0] in g.producer}
+        )
         _prune(model.graph)
     return fused, apart
 
 
-def rewrite(model, *, keep_gelu: bool = False, bits: bool = True) -> tuple[Any, dict[str, Any]]:
+def _forget_types(graph, names: set[str]) -> None:
+    """Drop the inferred types of tensors that now hold u8 bits, not the float shape inferred before."""
+    infos = [v for v in graph.value_info if v.name not in names]
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
+
+
+def _private(g: _Graph, last, sink, tops: set[str], keep: str) -> bool:
+    """True if the nodes computing ``last`` from ``tops`` and ``keep`` (constants and Reshape target shapes aside)
+    are read by nothing but each other and ``sink``, and ``tops`` by nothing but those nodes and Shape nodes
+    (``keep`` may have other readers: it stays)."""
+    nodes, stack = {}, [last]
+    while stack:
+        n = stack.pop()
+        if id(n) in nodes:
+            continue
+        nodes[id(n)] = n
+        ins = n.input[:1] if n.op_type == "Reshape" else n.input
+        stack.extend(g.producer[i] for i in ins if i and i not in tops and i != keep and i in g.producer and g.const(i) is None)
+    inner = set(nodes)
+    for n in nodes.values():
+        for o in n.output:
+            if o in g.outputs or any(id(u) not in inner and u is not sink for u in g.consumers.get(o, [])):
+                return False
+    return all(t not in g.outputs and all(id(u) in inner or u.op_type == "Shape" for u in g.consumers.get(t, [])) for t in tops)
+
+
+def _perm(node) -> list[int] | None:
+    return list(_attr(node, "perm", [])) if node is not None and node.op_type == "Transpose" else None
+
+
+def _head_dim(g: _Graph, reshape) -> int | None:
+    """The last entry of a Reshape's target shape (constant, or a Concat ending in a constant)."""
+    shape = g.const(reshape.input[1])
+    if shape is None:
+        concat = g.op(reshape.input[1], "Concat")
+        shape = g.const(concat.input[-1]) if concat is not None else None
+    return int(shape.reshape(-1)[-1]) if shape is not None and shape.size >= 1 else None
+
+
+def _act(g: _Graph, name: str, perm: list[int], what: str) -> dict[str, Any]:
+    """One binary activation of attention: ``name`` is DequantizeLinear(QuantizeLinear(binarizer(x))); for Q, K, V,
+    x is Transpose(``perm``)(Reshape(a rewritten matmul's output)); for the probabilities perm is empty."""
+    dq = g.op(name, "DequantizeLinear")
+    q = g.op(dq.input[0], "QuantizeLinear") if dq is not None else None
+    if q is None:
+        raise _Skip(f"{what} is not a quantized activation")
+    zp = g.const(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros(1)
+    if zp is None or np.any(zp != 0):
+        raise _Skip(f"{what}'s zero point is not 0")
+    x, mode, params = _binarizer(g, q)
+    found = {"x": x, "mode": mode, "params": params, "scale": np.float32(_scalar(g.const(dq.input[1]), f"{what} scale")), "dq": dq}
+    if not perm:
+        return found
+    tr = g.producer.get(x)
+    if _perm(tr) != perm:
+        raise _Skip(f"{what} is not a head split (Transpose {perm} of a Reshape)")
+    rs = g.op(tr.input[0], "Reshape")
+    mm = g.producer.get(rs.input[0]) if rs is not None else None
+    if not _is_binary_matmul(mm) or _attr(mm, "y_bits", 0):
+        raise _Skip(f"{what} does not come from a rewritten binary matmul")
+    if mode != "pm1":
+        raise _Skip(f"{what} is not a sign binarizer")
+    found.update(mm=mm, head_dim=_head_dim(g, rs))
+    return found
+
+
+def _attention(g: _Graph, sm) -> dict[str, Any]:
+    """The binary attention around Softmax ``sm`` (see :func:`fuse_attention`); _Skip says why not."""
+    axis = _attr(sm, "axis", -1)
+    add = g.op(sm.input[0], "Add")
+    if axis not in (-1, 3) or add is None:
+        raise _Skip("the softmax is not over the last axis of scores plus a mask")
+    scaled_first = [
+        (s, m)
+        for s, m in ((add.input[0], add.input[1]), (add.input[1], add.input[0]))
+        if s in g.producer and g.producer[s].op_type in ("Mul", "Div") and g.split_const(g.producer[s]) is not None
+    ]
+    if not scaled_first:
+        raise _Skip("the scores are not a matmul scaled by a constant")
+    scores, mask = scaled_first[0]
+    scaled = g.producer[scores]
+    mm_var, c = g.split_const(scaled)
+    qk = g.op(mm_var, "MatMul")
+    if qk is None:
+        raise _Skip("the scores are not a matmul scaled by a constant")
+    q = _act(g, qk.input[0], [0, 2, 1, 3], "the query")
+    k = _act(g, qk.input[1], [0, 2, 3, 1], "the key")
+    users = g.consumers.get(sm.output[0], [])
+    if len(users) != 1 or sm.output[0] in g.outputs:
+        raise _Skip("the probabilities have other readers")
+    clip = next((u for u in g.consumers.get(users[0].output[0], []) if u.op_type == "Clip"), None)
+    pq = g.consumers.get(clip.output[0], [None])[0] if clip is not None else None
+    pdq = g.consumers.get(pq.output[0], [None])[0] if pq is not None and pq.op_type == "QuantizeLinear" else None
+    mm = g.consumers.get(pdq.output[0], [None])[0] if pdq is not None and pdq.op_type == "DequantizeLinear" else None
+    if mm is None or mm.op_type != "MatMul" or mm.input[0] != pdq.output[0]:
+        raise _Skip("the probabilities do not feed a matmul through a binarizer")
+    p = _act(g, mm.input[0], [], "the probabilities")
+    if p["x"] != sm.output[0] or p["mode"] != "01":
+        raise _Skip("the probabilities' binarizer is not {0, 1}")
+    v = _act(g, mm.input[1], [0, 2, 1, 3], "the value")
+    tr = g.consumers.get(mm.output[0], [])
+    rs = g.consumers.get(tr[0].output[0], []) if len(tr) == 1 and _perm(tr[0]) == [0, 2, 1, 3] else []
+    outs = g.consumers.get(rs[0].output[0], []) if len(rs) == 1 and rs[0].op_type == "Reshape" else []
+    if len(outs) != 1 or not _is_binary_matmul(outs[0]) or _attr(outs[0], "x_bits", 0) or rs[0].output[0] in g.outputs:
+        raise _Skip("the attention output does not feed one rewritten binary matmul (the output projection)")
+    n = {int(_attr(a["mm"], "n")) for a in (q, k, v)}
+    d = {a["head_dim"] for a in (q, k, v)}
+    if len(n) != 1 or len(d) != 1 or None in d or not 0 < next(iter(d)) <= 4096 or next(iter(n)) % next(iter(d)):
+        raise _Skip("Q, K and V do not split into heads alike")
+    o = outs[0]
+    if not _private(g, rs[0], o, {a["mm"].output[0] for a in (q, k, v)}, mask):
+        raise _Skip("a tensor inside the attention is read elsewhere")
+    o_mode = _attr(o, "mode")
+    return {
+        "q": q,
+        "k": k,
+        "v": v,
+        "mask": mask,
+        "out": o,
+        "e": n.pop(),
+        "head_dim": d.pop(),
+        "div": scaled.op_type == "Div",
+        "o_mode": o_mode.decode() if isinstance(o_mode, bytes) else o_mode,
+        "params": np.concatenate(
+            [
+                [np.float32(q["scale"] * k["scale"]), np.float32(_scalar(c, "score scale"))],
+                p["params"],
+                [np.float32(p["scale"] * v["scale"])],
+                g.const(o.input[4]).astype(np.float32),
+            ]
+        ).astype(np.float32),
+    }
+
+
+def fuse_attention(model) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Replace each binary self-attention of ``model`` (changed in place) with one ``BinaryAttention`` node.
+
+    BiT's W1A1 attention, as lowered: Q, K, V from rewritten binary matmuls, split into heads, each through a
+    sign binarizer; scores = Q K^T scaled by a constant plus the mask; softmax; the probabilities through a
+    {0, 1} binarizer; times V; heads merged into the output projection's binary matmul. The Q, K and V
+    matmuls then emit their binarizers' bits (``y_bits``, thresholds from :func:`bit_thresholds`), the
+    attention reads them and emits the output projection's input bits (``x_bits``): the head split and
+    merge, the float Q/K/V/probability tensors and the binarizers between them are gone (see
+    ``xnor_matmul.cpp``: BinaryAttention). Returns (one record per fused attention, the softmaxes left
+    alone, each with the reason)."""
+    from onnx import numpy_helper
+
+    g = _Graph(model.graph)
+    fused, apart, before = [], [], {}
+    for sm in [n for n in model.graph.node if n.op_type == "Softmax"]:
+        try:
+            a = _attention(g, sm)
+            thresholds = [
+                bit_thresholds(
+                    g.const(x["mm"].input[2]), g.const(x["mm"].input[3]), int(_attr(x["mm"], "k")), False, x["mode"], x["params"]
+                )
+                for x in (a["q"], a["k"], a["v"])
+            ]
+        except (_Skip, ValueError) as why:
+            apart.append({"name": sm.name, "reason": str(why)})
+            continue
+        base = (sm.name or sm.output[0]).strip("/").replace("/", ".").removesuffix(".Softmax")
+        for x, (ge, le) in zip((a["q"], a["k"], a["v"]), thresholds):
+            names = [f"{x['mm'].name}.bits_ge", f"{x['mm'].name}.bits_le"]
+            model.graph.initializer.extend(numpy_helper.from_array(t, nm) for t, nm in zip((ge, le), names))
+            x["mm"].input[2], x["mm"].input[3] = names
+            _set_attr(x["mm"], "y_bits", 1)
+        params = f"{base}.xnor_attention_params"
+        model.graph.initializer.append(numpy_helper.from_array(a["params"], params))
+        out = f"{base}.xnor_attention_bits"
+        heads = a["e"] // a["head_dim"]
+        before[a["out"].name or a["out"].output[0]] = xnor.make_attention_node(
+            [a["q"]["mm"].output[0], a["k"]["mm"].output[0], a["v"]["mm"].output[0], a["mask"], params],
+            out,
+            heads=heads,
+            head_dim=a["head_dim"],
+            div=a["div"],
+            o_mode=a["o_mode"],
+            name=f"{base}/BinaryAttention",
+        )
+        a["out"].input[0] = out
+        _set_attr(a["out"], "x_bits", 1)
+        bits = [x["mm"].output[0] for x in (a["q"], a["k"], a["v"])]
+        fused.append({"name": sm.name, "heads": heads, "head_dim": a["head_dim"], "to": a["out"].name, "bits": bits})
+    if fused:
+        nodes = []
+        for node in model.graph.node:
+            if (node.name or node.output[0]) in before:
+                nodes.append(before[node.name or node.output[0]])
+            nodes.append(node)
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        _forget_types(model.graph, {x for f in fused for x in f.pop("bits")})
+        _prune(model.graph)
+    return fused, apart
+
+
+def rewrite(model, *, keep_gelu: bool = False, bits: bool = True, attention: bool = True) -> tuple[Any, dict[str, Any]]:
     """A copy of ``model`` with each binary x binary matmul replaced by ``BinaryMatMul``, and a report.
 
     The report lists the rewritten matmuls (name, K, N, mode) and the others with the reason they stay.
     ``keep_gelu`` leaves the matmuls whose output feeds a GELU as they are: OpenVINO fuses that GELU into
     its INT8 FullyConnected, and a standalone GELU over a ``[rows, 4 hidden]`` tensor costs more than the
     1-bit kernel saves there at large batch (bench/results/xnor). ``bits``: join rewritten matmuls that feed
-    one another through a binarizer (:func:`fuse_bits`); the report's ``fused`` lists them."""
+    one another through a binarizer (:func:`fuse_bits`); the report's ``fused`` lists them. ``attention``: run
+    each binary self-attention as one ``BinaryAttention`` node (:func:`fuse_attention`); the report's
+    ``attention`` lists them, ``attention_apart`` the softmaxes left alone and why."""
     onnx = require("onnx", for_="rewriting a lowered W1A1 graph for the 1-bit kernel")
     from onnx import helper, numpy_helper
 
@@ -426,6 +625,15 @@ def rewrite(model, *, keep_gelu: bool = False, bits: bool = True) -> tuple[Any, 
         _prune(out.graph)
         if not any(op.domain == xnor.DOMAIN for op in out.opset_import):
             out.opset_import.append(helper.make_opsetid(xnor.DOMAIN, 1))
+    attention, attention_apart = fuse_attention(out) if attention and new_nodes else ([], [])
     fused, apart = fuse_bits(out) if bits and new_nodes else ([], [])
-    report = {"op": f"{xnor.DOMAIN}.{xnor.OP_TYPE}", "rewritten": replaced, "kept": kept, "fused": fused, "not_fused": apart}
+    report = {
+        "op": f"{xnor.DOMAIN}.{xnor.OP_TYPE}",
+        "rewritten": replaced,
+        "kept": kept,
+        "fused": fused,
+        "not_fused": apart,
+        "attention": attention,
+        "attention_apart": attention_apart,
+    }
     return out, report

@@ -35,6 +35,7 @@ from edgekit.errors import MissingDependency, TargetError
 SOURCE = Path(__file__).with_name("xnor_matmul.cpp")
 DOMAIN = "edgekit.xnor"  # ONNX domain of the op in rewritten graphs
 OP_TYPE = "BinaryMatMul"
+ATTENTION_OP = "BinaryAttention"
 BLOCK = 16  # outputs per packed weight block (xnor_matmul.cpp: kBlock)
 LIBRARY = "libedgekit_xnor.so"
 # -ffp-contract=off: float(dot) * scale + bias rounded twice, as the INT8 kernels and numpy do (no FMA).
@@ -194,6 +195,15 @@ def make_node(
 
     return helper.make_node(
         OP_TYPE, inputs, [output], name=name, domain=DOMAIN, n=n, k=k, mode=mode, x_bits=int(x_bits), y_bits=int(y_bits)
+    )
+
+
+def make_attention_node(inputs: list[str], output: str, *, heads: int, head_dim: int, div: bool, o_mode: str, name: str = "") -> Any:
+    """An ONNX ``BinaryAttention`` node. ``inputs``: Q, K, V bits, the additive mask, params (xnor_matmul.cpp)."""
+    from onnx import helper
+
+    return helper.make_node(
+        ATTENTION_OP, inputs, [output], name=name, domain=DOMAIN, heads=heads, head_dim=head_dim, div=int(div), o_mode=o_mode
     )
 
 

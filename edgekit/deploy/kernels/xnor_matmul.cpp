@@ -35,6 +35,10 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <mutex>
 #include <openvino/core/extension.hpp>
 #include <openvino/core/op_extension.hpp>
 #include <openvino/frontend/onnx/extension/op.hpp>
@@ -67,13 +71,18 @@ struct Problem {
 
 // ------------------------------------------------------------------ binarization (shared by both paths)
 
-static inline bool bit_of(const Problem& p, float v) {
-    if (!p.and_mode)
-        return v >= p.beta;
-    float d = v - p.beta;
+// "pm1": v >= beta; "01": round_half_even(clip(v - beta, 0, hi) / qscale) = 1, i.e. the quotient > 0.5
+static inline bool binarize(bool and_mode, float beta, float hi, float qscale, float v) {
+    if (!and_mode)
+        return v >= beta;
+    float d = v - beta;
     d = d < 0.0f ? 0.0f : d;
-    d = d > p.hi ? p.hi : d;
-    return d / p.qscale > 0.5f;  // round half to even of a value in [0, hi/qscale]: 1 iff > 0.5
+    d = d > hi ? hi : d;
+    return d / qscale > 0.5f;
+}
+
+static inline bool bit_of(const Problem& p, float v) {
+    return binarize(p.and_mode, p.beta, p.hi, p.qscale, v);
 }
 
 static void pack_rows_portable(const Problem& p, uint64_t* xb, int32_t* pc, int64_t r0, int64_t r1) {
@@ -308,6 +317,368 @@ static void run(const Problem& p) {
                               });
 }
 
+// ------------------------------------------------------------------ BinaryAttention
+//
+// One BERT self-attention whose Q, K, V, probabilities and output are all binary (BiT W1A1), on packed bits:
+//   inputs   0-2  Q, K, V  u8 [B, S, 8 ceil(E/64)]   the sign bits (1 = +1) of the query/key/value binarizers,
+//                                                    as the Q/K/V BinaryMatMuls write them (y_bits = 1);
+//                                                    head h is bits h*D .. h*D+D-1 of a row (E = heads * D)
+//            3    mask     f32, broadcastable to [B, heads, S, S] (rank <= 4, last dim S): added to the scores
+//            4    params   f32 [9]: qk, mul, p_beta, p_hi, p_qscale, pv, o_beta, o_hi, o_qscale
+//   attributes heads, head_dim (D), div (0|1), o_mode ("pm1"|"01")
+//   output   u8 [B, S, 8 ceil(E/64)]: the bits of the next binarizer (o_mode, o_beta, o_hi, o_qscale) of the
+//            attention output [B, S, E], i.e. what the output projection's BinaryMatMul reads (x_bits = 1).
+// Per head, as the lowered graph computes it:
+//   dot_qk = D - 2 popcount(q ^ k)                               (the {-1,+1} codes' dot product)
+//   score  = float(dot_qk) * qk * mul  (div: / mul) + mask        (qk = the two activation scales' product)
+//   p      = softmax(score) over the keys, in float32
+//   code_p = "01" binarizer of p (p_beta, p_hi, p_qscale)           ({0,1} probabilities)
+//   dot_pv = 2 popcount(p & v) - popcount(p)                      ({0,1} x {-1,+1})
+//   out    = the output binarizer of float(dot_pv) * pv            (pv = the two activation scales' product)
+// A score takes one of D + 1 values where the mask is 0, so exp(score - max) comes from a table of
+// (D + 1)^2 entries computed once per set of constants; keys whose mask puts exp() below float32's range
+// (the exporter's -3.4e38) count as exact zeros; a row with any other mask value is computed key by key.
+// The exp is the C library's, the sum in a fixed order: a probability within a rounding of the binarizer's
+// threshold may take the other bit than the runtime's own Softmax gives it (the parity check bounds that).
+
+struct AttnProblem {
+    const uint64_t* q;
+    const uint64_t* k;
+    const uint64_t* v;
+    const float* mask;
+    int64_t m_b, m_h, m_s;  // mask strides of batch, head, query row (0 where broadcast); keys are contiguous
+    uint64_t* out;
+    int64_t nb, s, h, d, ew, dw, sw;  // batch, sequence, heads, head dim, words per row, per head, per key row
+    bool div;
+    float qk, mul, p_beta, p_hi, p_qscale, pv;
+    bool o_and;
+    float o_beta, o_hi, o_qscale;
+    const float* score;  // [d + 1]: the score of popcount pc (mask 0)
+    const float* etab;   // [(d + 1)^2]: etab[m * (d + 1) + pc] = exp(score[pc] - score[m])
+    float dead;          // a mask value below this makes exp() zero for any key and row
+    float p_cut, o_cut;  // "01" binarizers as one compare: bit = (v - beta >= cut) (see clip_cut)
+};
+
+// The "01" binarizer round_half_even(clip(x, 0, hi) / qscale) = 1 of x = v - beta is monotone in x: it is
+// x >= cut for the smallest float32 cut where it holds (+inf if none), found by bisection over the floats.
+static float clip_cut(float hi, float qscale) {
+    auto holds = [&](float x) { return binarize(true, 0.0f, hi, qscale, x); };
+    auto key = [](float v) {
+        int32_t i;
+        std::memcpy(&i, &v, sizeof(i));
+        return i >= 0 ? static_cast<int64_t>(i) : -static_cast<int64_t>(i & 0x7FFFFFFF);
+    };
+    auto of = [](int64_t k) {
+        const uint32_t bits = k >= 0 ? static_cast<uint32_t>(k) : (static_cast<uint32_t>(-k) | 0x80000000u);
+        float v;
+        std::memcpy(&v, &bits, sizeof(v));
+        return v;
+    };
+    int64_t lo = key(-std::numeric_limits<float>::max()), hi_k = key(std::numeric_limits<float>::max());
+    if (!holds(of(hi_k)))
+        return std::numeric_limits<float>::infinity();
+    while (lo < hi_k) {
+        const int64_t mid = lo + (hi_k - lo) / 2;
+        if (holds(of(mid)))
+            hi_k = mid;
+        else
+            lo = mid + 1;
+    }
+    return of(lo);
+}
+
+// Bits [off, off + len) of a packed row as words, the last one zero-padded.
+static inline void extract_bits(const uint64_t* row, int64_t off, int64_t len, uint64_t* out) {
+    for (int64_t w = 0; w * 64 < len; ++w) {
+        const int64_t lo = off + w * 64, word = lo / 64, sh = lo % 64;
+        uint64_t bits = row[word] >> sh;
+        if (sh != 0 && (lo + 64 - sh) < off + len)
+            bits |= row[word + 1] << (64 - sh);
+        const int64_t left = len - w * 64;
+        out[w] = left >= 64 ? bits : bits & ((uint64_t{1} << left) - 1);
+    }
+}
+
+// In-place transpose of a 64 x 64 bit matrix (bit j of a[i] <-> bit i of a[j]).
+static void transpose64(uint64_t a[64]) {
+    uint64_t m = 0x00000000FFFFFFFFULL;
+    for (int j = 32; j != 0; j >>= 1, m ^= m << j)
+        for (int k = 0; k < 64; k = ((k | j) + 1) & ~j) {
+            const uint64_t t = ((a[k] >> j) ^ a[k | j]) & m;
+            a[k] ^= t << j;
+            a[k | j] ^= t;
+        }
+}
+
+// Per batch item: each head's key bits as [head][word][key] (keys contiguous), and the value bits transposed to
+// [key word][column] (bit t of word c, column n = value bit n of key 64 c + t).
+static void attn_prepare(const AttnProblem& p, int64_t b, uint64_t* kt, uint64_t* vt) {
+    for (int64_t hh = 0; hh < p.h; ++hh)
+        for (int64_t t = 0; t < p.s; ++t) {
+            uint64_t words[64];
+            extract_bits(p.k + (b * p.s + t) * p.ew, hh * p.d, p.d, words);
+            for (int64_t w = 0; w < p.dw; ++w)
+                kt[((b * p.h + hh) * p.dw + w) * p.s + t] = words[w];
+        }
+    const int64_t cols = p.ew * 64;
+    for (int64_t c = 0; c < p.sw; ++c)
+        for (int64_t cw = 0; cw < p.ew; ++cw) {
+            uint64_t block[64];
+            for (int64_t i = 0; i < 64; ++i) {
+                const int64_t t = c * 64 + i;
+                block[i] = t < p.s ? p.v[(b * p.s + t) * p.ew + cw] : 0;
+            }
+            transpose64(block);
+            std::memcpy(vt + (b * p.sw + c) * cols + cw * 64, block, sizeof(block));
+        }
+}
+
+// Keys of one mask row: 1 where the mask is 0 (as bytes and as packed words), 0 where exp() is zero for sure;
+// false if any key is neither or none is 0 (the row is then computed key by key).
+static inline bool classify(const AttnProblem& p, const float* mrow, uint8_t* valid, uint64_t* validw) {
+    bool any = false, plain = true;
+    for (int64_t w = 0; w < p.sw; ++w)
+        validw[w] = 0;
+    for (int64_t t = 0; t < p.s; ++t) {
+        const float m = mrow[t];
+        valid[t] = m == 0.0f;
+        validw[t / 64] |= static_cast<uint64_t>(m == 0.0f) << (t % 64);
+        any |= m == 0.0f;
+        plain &= (m == 0.0f) | (m < p.dead);
+    }
+    return plain && any;
+}
+
+static inline void set_bit(uint64_t* words, int64_t pos, bool bit) {
+    words[pos / 64] |= static_cast<uint64_t>(bit) << (pos % 64);
+}
+
+// sum over the valid keys of e[pc[t]] in 16 lanes (key t in lane t % 16), the lanes added pairwise as
+// _mm512_reduce_add_ps does, so both paths round alike
+static inline float lane_sum(const float* e, const int32_t* pc, const uint8_t* valid, int64_t s) {
+    float acc[16] = {0};
+    for (int64_t t = 0; t < s; ++t)
+        acc[t % 16] += valid[t] ? e[pc[t]] : 0.0f;
+    for (int half = 8; half >= 1; half /= 2)
+        for (int l = 0; l < half; ++l)
+            acc[l] += acc[l + half];
+    return acc[0];
+}
+
+// One (query row, head), any head size and mask, key by key: the probability bits into pw, the output bits of
+// the head into orow. `fast`: the row's mask is 0 or negligible everywhere (classify).
+static inline void row_head_generic(const AttnProblem& p, const uint64_t* qw, const uint64_t* kh, const uint64_t* vb, const float* mrow,
+                                    bool fast, const uint8_t* valid, int32_t* pc, float* st, uint64_t* pw, uint64_t* orow, int64_t hh) {
+    const int64_t s = p.s, d = p.d, cols = p.ew * 64;
+    for (int64_t t = 0; t < s; ++t)
+        pc[t] = 0;
+    for (int64_t w = 0; w < p.dw; ++w)
+        for (int64_t t = 0; t < s; ++t)
+            pc[t] += static_cast<int32_t>(__builtin_popcountll(qw[w] ^ kh[w * s + t]));
+    for (int64_t w = 0; w < p.sw; ++w)
+        pw[w] = 0;
+    if (fast) {  // exp() from the table, one value per popcount
+        int32_t lo = static_cast<int32_t>(d), hi = 0;
+        for (int64_t t = 0; t < s; ++t)
+            if (valid[t]) {
+                lo = pc[t] < lo ? pc[t] : lo;
+                hi = pc[t] > hi ? pc[t] : hi;
+            }
+        const int64_t top = p.score[lo] >= p.score[hi] ? lo : hi;  // the key with the largest score
+        const float* e = p.etab + top * (d + 1);
+        const float sum = lane_sum(e, pc, valid, s);
+        const bool zero = binarize(true, p.p_beta, p.p_hi, p.p_qscale, 0.0f / sum);
+        for (int64_t t = 0; t < s; ++t)
+            set_bit(pw, t, valid[t] ? binarize(true, p.p_beta, p.p_hi, p.p_qscale, e[pc[t]] / sum) : zero);
+    } else {  // as the graph does
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int64_t t = 0; t < s; ++t) {
+            st[t] = p.score[pc[t]] + mrow[t];
+            mx = st[t] > mx ? st[t] : mx;
+        }
+        float sum = 0.0f;
+        for (int64_t t = 0; t < s; ++t) {
+            st[t] = std::exp(st[t] - mx);
+            sum += st[t];
+        }
+        for (int64_t t = 0; t < s; ++t)
+            set_bit(pw, t, binarize(true, p.p_beta, p.p_hi, p.p_qscale, st[t] / sum));
+    }
+    int32_t pcp = 0;
+    for (int64_t w = 0; w < p.sw; ++w)
+        pcp += static_cast<int32_t>(__builtin_popcountll(pw[w]));
+    for (int64_t j = 0; j < d; ++j) {
+        int32_t a = 0;
+        for (int64_t w = 0; w < p.sw; ++w)
+            a += static_cast<int32_t>(__builtin_popcountll(pw[w] & vb[w * cols + j]));
+        set_bit(orow, hh * d + j, binarize(p.o_and, p.o_beta, p.o_hi, p.o_qscale, static_cast<float>(2 * a - pcp) * p.pv));
+    }
+}
+
+// All heads of query rows [r0, r1) (a row index is b * s + i). `head(...)` may take a (row, head) on a faster
+// path and return true; otherwise the generic one computes it.
+template <class Head>
+static void attn_rows(const AttnProblem& p, const uint64_t* kt, const uint64_t* vt, int64_t r0, int64_t r1, Head head) {
+    const int64_t s = p.s, cols = p.ew * 64;
+    std::vector<int32_t> pc(s + 16);
+    std::vector<uint8_t> valid(s);
+    std::vector<float> st(s);
+    std::vector<uint64_t> pw(p.sw), validw(p.sw), orow(p.ew);
+    const float* last = nullptr;
+    bool fast = false;
+    for (int64_t r = r0; r < r1; ++r) {
+        const int64_t b = r / s, i = r % s;
+        std::fill(orow.begin(), orow.end(), 0);
+        for (int64_t hh = 0; hh < p.h; ++hh) {
+            const float* mrow = p.mask + b * p.m_b + hh * p.m_h + i * p.m_s;
+            if (mrow != last) {
+                fast = classify(p, mrow, valid.data(), validw.data());
+                last = mrow;
+            }
+            uint64_t qw[64];
+            extract_bits(p.q + r * p.ew, hh * p.d, p.d, qw);
+            const uint64_t* kh = kt + (b * p.h + hh) * p.dw * s;
+            const uint64_t* vb = vt + b * p.sw * cols + hh * p.d;
+            if (!(fast && head(qw[0], kh, validw.data(), vb, pc.data(), pw.data(), orow.data(), hh)))
+                row_head_generic(p, qw, kh, vb, mrow, fast, valid.data(), pc.data(), st.data(), pw.data(), orow.data(), hh);
+        }
+        std::memcpy(p.out + r * p.ew, orow.data(), p.ew * sizeof(uint64_t));
+    }
+}
+
+static void attn_rows_portable(const AttnProblem& p, const uint64_t* kt, const uint64_t* vt, int64_t r0, int64_t r1) {
+    attn_rows(p, kt, vt, r0, r1, [](uint64_t, const uint64_t*, const uint64_t*, const uint64_t*, int32_t*, uint64_t*, uint64_t*, int64_t) { return false; });
+}
+
+#ifdef XNOR_X86
+// One (query row, head) whose mask row is 0 or negligible, for D <= 64 (a key's head bits in one word) and
+// D % 8 == 0, 16 keys at a time. The probability bits are those of popcounts in a range [a, b] (the
+// binarizer of a monotone function of the popcount); false, leaving the head to the generic path, where the
+// table says otherwise (it does not for a monotone exp).
+XNOR_AVX512 static bool row_head_avx512(const AttnProblem& p, uint64_t q, const uint64_t* kh, const uint64_t* validw, const uint64_t* vb,
+                                        int32_t* pc, uint64_t* pw, uint64_t* orow, int64_t hh) {
+    const int64_t s = p.s, d = p.d, cols = p.ew * 64;
+    const __m512i xq = _mm512_set1_epi64(static_cast<long long>(q));
+    __m512i lo = _mm512_set1_epi32(static_cast<int>(d)), hi = _mm512_setzero_si512();
+    for (int64_t t = 0; t < s; t += 16) {
+        const int64_t left = s - t;
+        const __mmask16 lm = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+        const __m512i k0 = _mm512_maskz_loadu_epi64(static_cast<__mmask8>(lm), kh + t);
+        const __m512i k1 = _mm512_maskz_loadu_epi64(static_cast<__mmask8>(lm >> 8), kh + t + 8);
+        const __m256i c0 = _mm512_cvtepi64_epi32(_mm512_popcnt_epi64(_mm512_xor_si512(xq, k0)));
+        const __m256i c1 = _mm512_cvtepi64_epi32(_mm512_popcnt_epi64(_mm512_xor_si512(xq, k1)));
+        const __m512i c = _mm512_inserti64x4(_mm512_castsi256_si512(c0), c1, 1);
+        _mm512_storeu_si512(pc + t, c);  // pc has 16 spare entries
+        const __mmask16 vm = lm & static_cast<__mmask16>(validw[t / 64] >> (t % 64));
+        lo = _mm512_mask_min_epi32(lo, vm, lo, c);
+        hi = _mm512_mask_max_epi32(hi, vm, hi, c);
+    }
+    const int64_t plo = _mm512_reduce_min_epi32(lo), phi = _mm512_reduce_max_epi32(hi);
+    const float* e = p.etab + (p.score[plo] >= p.score[phi] ? plo : phi) * (d + 1);
+    // e[pc] by in-register permutes over 32-entry pieces of the table (a gather is several times slower here)
+    const int64_t pieces = (d + 32) / 32;  // d + 1 entries, d <= 64
+    __m512 tab[3][2];
+    for (int64_t c = 0; c < pieces; ++c)
+        for (int half = 0; half < 2; ++half) {
+            const int64_t at = c * 32 + half * 16, left = d + 1 - at;
+            const __mmask16 lm = left >= 16 ? static_cast<__mmask16>(0xFFFF) : left <= 0 ? 0 : static_cast<__mmask16>((1u << left) - 1u);
+            tab[c][half] = _mm512_maskz_loadu_ps(lm, e + (left > 0 ? at : 0));
+        }
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t t = 0; t < s; t += 16) {
+        const int64_t left = s - t;
+        const __mmask16 lm = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+        const __mmask16 vm = lm & static_cast<__mmask16>(validw[t / 64] >> (t % 64));
+        const __m512i idx = _mm512_loadu_si512(pc + t);
+        __m512 v = _mm512_permutex2var_ps(tab[0][0], idx, tab[0][1]);  // uses idx's low 5 bits
+        for (int64_t c = 1; c < pieces; ++c)
+            v = _mm512_mask_mov_ps(v, _mm512_cmpge_epi32_mask(idx, _mm512_set1_epi32(static_cast<int>(32 * c))),
+                                   _mm512_permutex2var_ps(tab[c][0], idx, tab[c][1]));
+        acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(vm, v));
+    }
+    const float sum = _mm512_reduce_add_ps(acc);
+    // the probability bit of each popcount 0..d, 16 at a time
+    unsigned __int128 table = 0;
+    const __m512 vsum = _mm512_set1_ps(sum), beta = _mm512_set1_ps(p.p_beta), cut = _mm512_set1_ps(p.p_cut);
+    for (int64_t c = 0; c <= d; c += 16) {
+        const int64_t left = d + 1 - c;
+        const __mmask16 lm = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+        const __m512 v = _mm512_sub_ps(_mm512_div_ps(_mm512_maskz_loadu_ps(lm, e + c), vsum), beta);
+        const __mmask16 bits = _mm512_mask_cmp_ps_mask(lm, v, cut, _CMP_GE_OQ);  // the binarizer: see p_cut
+        table |= static_cast<unsigned __int128>(bits) << c;
+    }
+    int64_t a = 0, b = -1;  // the range of popcounts with bit 1 (empty: b < a)
+    if (table != 0) {
+        const auto lo64 = static_cast<uint64_t>(table), hi64 = static_cast<uint64_t>(table >> 64);
+        a = lo64 != 0 ? __builtin_ctzll(lo64) : 64 + __builtin_ctzll(hi64);
+        const unsigned __int128 run = table >> a;
+        if ((run & (run + 1)) != 0)
+            return false;  // not one range
+        b = a + __builtin_popcountll(lo64) + __builtin_popcountll(hi64) - 1;
+    }
+    const bool zbit = binarize(true, p.p_beta, p.p_hi, p.p_qscale, 0.0f / sum);
+    const __m512i va = _mm512_set1_epi32(static_cast<int>(a)), vb_ = _mm512_set1_epi32(static_cast<int>(b));
+    for (int64_t w = 0; w < p.sw; ++w)
+        pw[w] = 0;
+    for (int64_t t = 0; t < s; t += 16) {
+        const int64_t left = s - t;
+        const __mmask16 lm = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+        const __mmask16 vm = lm & static_cast<__mmask16>(validw[t / 64] >> (t % 64));
+        const __m512i c = _mm512_loadu_si512(pc + t);
+        __mmask16 m = _mm512_mask_cmpge_epi32_mask(vm, c, va) & _mm512_cmple_epi32_mask(c, vb_);
+        if (zbit)
+            m |= lm & ~vm;
+        pw[t / 64] |= static_cast<uint64_t>(m) << (t % 64);
+    }
+    int32_t pcp = 0;
+    for (int64_t w = 0; w < p.sw; ++w)
+        pcp += static_cast<int32_t>(__builtin_popcountll(pw[w]));
+    const __m256 pv = _mm256_set1_ps(p.pv), ob = _mm256_set1_ps(p.o_beta), oc = _mm256_set1_ps(p.o_cut);
+    for (int64_t j = 0; j < d; j += 8) {
+        __m512i cnt = _mm512_setzero_si512();
+        for (int64_t w = 0; w < p.sw; ++w)
+            cnt = _mm512_add_epi64(
+                cnt, _mm512_popcnt_epi64(_mm512_and_si512(_mm512_set1_epi64(static_cast<long long>(pw[w])), _mm512_loadu_si512(vb + w * cols + j))));
+        const __m512i dot = _mm512_sub_epi64(_mm512_slli_epi64(cnt, 1), _mm512_set1_epi64(pcp));
+        const __m256 y = _mm256_mul_ps(_mm512_cvtepi64_ps(dot), pv);
+        const __mmask8 m = p.o_and ? _mm256_cmp_ps_mask(_mm256_sub_ps(y, ob), oc, _CMP_GE_OQ) : _mm256_cmp_ps_mask(y, ob, _CMP_GE_OQ);
+        const int64_t pos = hh * d + j;
+        orow[pos / 64] |= static_cast<uint64_t>(m) << (pos % 64);
+    }
+    return true;
+}
+
+XNOR_AVX512 static void attn_rows_avx512(const AttnProblem& p, const uint64_t* kt, const uint64_t* vt, int64_t r0, int64_t r1) {
+    const bool usable = p.dw == 1 && p.d % 8 == 0;
+    attn_rows(p, kt, vt, r0, r1,
+              [&](uint64_t q, const uint64_t* kh, const uint64_t* validw, const uint64_t* vb, int32_t* pc, uint64_t* pw, uint64_t* orow, int64_t hh) {
+                  return usable && row_head_avx512(p, q, kh, validw, vb, pc, pw, orow, hh);
+              });
+}
+#endif
+
+static void attention(const AttnProblem& p) {
+    const bool fast = use_avx512();
+    std::vector<uint64_t> kt(static_cast<size_t>(p.nb * p.h * p.dw * p.s)), vt(static_cast<size_t>(p.nb * p.sw * p.ew * 64));
+    auto rows = [&](int64_t r0, int64_t r1) {
+#ifdef XNOR_X86
+        if (fast)
+            return attn_rows_avx512(p, kt.data(), vt.data(), r0, r1);
+#endif
+        attn_rows_portable(p, kt.data(), vt.data(), r0, r1);
+    };
+    const int64_t work = p.nb * p.s * p.h * p.s;  // query-key pairs
+    if (work < (1 << 15)) {
+        for (int64_t b = 0; b < p.nb; ++b)
+            attn_prepare(p, b, kt.data(), vt.data());
+        rows(0, p.nb * p.s);
+        return;
+    }
+    oneapi::tbb::parallel_for(int64_t{0}, p.nb, [&](int64_t b) { attn_prepare(p, b, kt.data(), vt.data()); });
+    oneapi::tbb::parallel_for(oneapi::tbb::blocked_range<int64_t>(0, p.nb * p.s, 8),
+                              [&](const oneapi::tbb::blocked_range<int64_t>& r) { rows(r.begin(), r.end()); });
+}
+
 // ------------------------------------------------------------------ the OpenVINO operation
 
 class BinaryMatMul : public ov::op::Op {
@@ -412,6 +783,154 @@ private:
     int64_t m_y_bits = 0;
 };
 
+
+class BinaryAttention : public ov::op::Op {
+public:
+    OPENVINO_OP("BinaryAttention", "edgekit_xnor");
+
+    BinaryAttention() = default;
+    BinaryAttention(const ov::OutputVector& args, int64_t heads, int64_t head_dim, int64_t div, std::string o_mode)
+        : Op(args),
+          m_heads(heads),
+          m_head_dim(head_dim),
+          m_div(div),
+          m_o_mode(std::move(o_mode)) {
+        constructor_validate_and_infer_types();
+    }
+
+    void validate_and_infer_types() override {
+        NODE_VALIDATION_CHECK(this, get_input_size() == 5, "BinaryAttention takes 5 inputs (Q, K, V bits, mask, params)");
+        NODE_VALIDATION_CHECK(this, m_heads > 0 && m_head_dim > 0 && m_head_dim <= 4096, "BinaryAttention needs heads > 0 and 0 < head_dim <= 4096");
+        NODE_VALIDATION_CHECK(this, m_div == 0 || m_div == 1, "BinaryAttention div is 0 or 1");
+        NODE_VALIDATION_CHECK(this, m_o_mode == "pm1" || m_o_mode == "01", "BinaryAttention o_mode must be 'pm1' or '01', got ", m_o_mode);
+        for (size_t i = 0; i < 3; ++i)
+            NODE_VALIDATION_CHECK(this, get_input_element_type(i).compatible(ov::element::u8), "BinaryAttention Q, K, V must be u8 packed bits");
+        NODE_VALIDATION_CHECK(this, get_input_element_type(3).compatible(ov::element::f32), "BinaryAttention mask must be f32");
+        auto shape = get_input_partial_shape(0);
+        if (shape.rank().is_static()) {
+            NODE_VALIDATION_CHECK(this, shape.rank().get_length() == 3, "BinaryAttention Q must be [B, S, bytes]");
+            const int64_t want = 8 * ((m_heads * m_head_dim + 63) / 64);
+            NODE_VALIDATION_CHECK(this, shape[2].compatible(want), "BinaryAttention Q's last dimension ", shape[2], " != ", want);
+        }
+        set_output_type(0, ov::element::u8, shape);
+    }
+
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& new_args) const override {
+        return std::make_shared<BinaryAttention>(new_args, m_heads, m_head_dim, m_div, m_o_mode);
+    }
+
+    bool visit_attributes(ov::AttributeVisitor& visitor) override {
+        visitor.on_attribute("heads", m_heads);
+        visitor.on_attribute("head_dim", m_head_dim);
+        visitor.on_attribute("div", m_div);
+        visitor.on_attribute("o_mode", m_o_mode);
+        return true;
+    }
+
+    bool has_evaluate() const override {
+        return true;
+    }
+
+    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
+        const ov::Shape shape = inputs[0].get_shape();
+        const int64_t d = m_head_dim, e = m_heads * d, ew = (e + 63) / 64;
+        OPENVINO_ASSERT(shape.size() == 3 && static_cast<int64_t>(shape[2]) == ew * 8, "BinaryAttention: Q must be [B, S, ", ew * 8, "]");
+        OPENVINO_ASSERT(inputs[1].get_shape() == shape && inputs[2].get_shape() == shape, "BinaryAttention: Q, K and V shapes differ");
+        OPENVINO_ASSERT(inputs[4].get_size() == 9, "BinaryAttention: params must have 9 elements");
+        const int64_t nb = static_cast<int64_t>(shape[0]), s = static_cast<int64_t>(shape[1]);
+        ov::Shape ms = inputs[3].get_shape();
+        OPENVINO_ASSERT(!ms.empty() && ms.size() <= 4 && static_cast<int64_t>(ms.back()) == s, "BinaryAttention: the mask's last dimension must be S = ", s);
+        while (ms.size() < 4)
+            ms.insert(ms.begin(), 1);
+        const int64_t dims[3] = {nb, m_heads, s};
+        int64_t strides[3], stride = s;
+        for (int i = 2; i >= 0; --i) {
+            const auto n = static_cast<int64_t>(ms[i]);
+            OPENVINO_ASSERT(n == 1 || n == dims[i], "BinaryAttention: the mask does not broadcast to [B, heads, S, S]");
+            strides[i] = n == 1 ? 0 : stride;
+            stride *= n;
+        }
+        outputs[0].set_shape(shape);
+        const float* prm = inputs[4].data<const float>();
+        const std::shared_ptr<const Tables> tab = tables(prm);
+        AttnProblem p{static_cast<const uint64_t*>(inputs[0].data()),
+                      static_cast<const uint64_t*>(inputs[1].data()),
+                      static_cast<const uint64_t*>(inputs[2].data()),
+                      inputs[3].data<const float>(),
+                      strides[0],
+                      strides[1],
+                      strides[2],
+                      static_cast<uint64_t*>(outputs[0].data()),
+                      nb,
+                      s,
+                      m_heads,
+                      d,
+                      ew,
+                      (d + 63) / 64,
+                      (s + 63) / 64,
+                      m_div == 1,
+                      prm[0],
+                      prm[1],
+                      prm[2],
+                      prm[3],
+                      prm[4],
+                      prm[5],
+                      m_o_mode == "01",
+                      prm[6],
+                      prm[7],
+                      prm[8],
+                      tab->score.data(),
+                      tab->etab.data(),
+                      tab->dead,
+                      tab->p_cut,
+                      tab->o_cut};
+        if (nb > 0 && s > 0)
+            attention(p);
+        return true;
+    }
+
+private:
+    struct Tables {
+        std::vector<float> params, score, etab;
+        float dead = 0.0f, p_cut = 0.0f, o_cut = 0.0f;
+    };
+
+    // the scores of each popcount, exp() of their differences and the binarizers' cuts, for the node's
+    // constants (kept across calls)
+    std::shared_ptr<const Tables> tables(const float* prm) const {
+        std::lock_guard<std::mutex> lock(m_lock);
+        const int64_t d = m_head_dim;
+        if (m_tab && std::equal(m_tab->params.begin(), m_tab->params.end(), prm))
+            return m_tab;
+        auto made = std::make_shared<Tables>();
+        Tables& t = *made;
+        t.params.assign(prm, prm + 9);
+        const float qk = prm[0], mul = prm[1];
+        t.p_cut = clip_cut(prm[3], prm[4]);
+        t.o_cut = m_o_mode == "01" ? clip_cut(prm[7], prm[8]) : 0.0f;
+        t.score.resize(d + 1);
+        t.etab.resize((d + 1) * (d + 1));
+        for (int64_t c = 0; c <= d; ++c) {
+            const float raw = static_cast<float>(d - 2 * c) * qk;
+            t.score[c] = m_div ? raw / mul : raw * mul;
+        }
+        const auto [lo, hi] = std::minmax_element(t.score.begin(), t.score.end());
+        t.dead = *lo - *hi - 120.0f;  // exp(x) is +0 in float32 below about -103.97
+        for (int64_t m = 0; m <= d; ++m)
+            for (int64_t c = 0; c <= d; ++c)
+                t.etab[m * (d + 1) + c] = std::exp(t.score[c] - t.score[m]);
+        m_tab = made;
+        return m_tab;
+    }
+
+    int64_t m_heads = 1;
+    int64_t m_head_dim = 1;
+    int64_t m_div = 0;
+    std::string m_o_mode = "pm1";
+    mutable std::mutex m_lock;
+    mutable std::shared_ptr<const Tables> m_tab;
+};
+
 }  // namespace edgekit
 
 extern "C" {
@@ -424,4 +943,6 @@ __attribute__((visibility("default"))) const char* edgekit_xnor_isa() {
 OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>({
     std::make_shared<ov::OpExtension<edgekit::BinaryMatMul>>(),
     std::make_shared<ov::frontend::onnx::OpExtension<edgekit::BinaryMatMul>>("BinaryMatMul", "edgekit.xnor"),
+    std::make_shared<ov::OpExtension<edgekit::BinaryAttention>>(),
+    std::make_shared<ov::frontend::onnx::OpExtension<edgekit::BinaryAttention>>("BinaryAttention", "edgekit.xnor"),
 }));

@@ -62,9 +62,11 @@ def test_xnor_on_ships_the_kernel_and_matches_xnor_off(w1a1, tmp_path):
     assert m_on.files[rec["library"]].sha256 == rec["sha256"] == artifact.sha256_file(on / rec["library"])
     assert f"kernels/{xnor.LIBRARY}.sha256" in m_on.files
     assert "kernels" not in m_off.settings and not (off / "kernels").exists()
-    # the BinaryMatMul nodes count as integer execution: every lowered matmul runs as integers
+    assert rec["attention"] == lowered.settings["lowered"]["modules"]["attention"]  # each attention one BinaryAttention
+    # the kernel's nodes count as integer execution (a BinaryAttention as its two activation x activation matmuls):
+    # every lowered matmul runs as integers
     int8 = m_on.settings["int8"]
-    assert int8["binary_matmul_nodes"] == linears and int8["all_int8"] is True
+    assert int8["binary_matmul_nodes"] == linears + 2 * rec["attention"] and int8["all_int8"] is True
     assert m_on.parity.passed and m_on.parity.max_abs_diff <= m_off.parity.max_abs_diff + ATOL
 
     feed, _ = parity.load_reference(src / parity.REFERENCE)
