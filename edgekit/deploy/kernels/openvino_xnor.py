@@ -135,18 +135,22 @@ def load_into(core: Any, artifact_dir: Path, record: dict[str, Any], ov_version:
 
 
 def count_binary(model: Any, compiled: Any) -> int:
-    """How many integer matmuls of ``model`` the kernel's custom nodes execute (as ``Reference`` nodes): one per
-    ``BinaryMatMul``, two per ``BinaryAttention`` (its query-key and probability-value products)."""
-    weight = {
-        op.get_friendly_name(): 2 if op.get_type_name() == xnor.ATTENTION_OP else 1
-        for op in model.get_ordered_ops()
-        if op.get_type_name() in (xnor.OP_TYPE, xnor.ATTENTION_OP)
-    }
+    """How many integer matmuls of the lowered graph the kernel's custom nodes of ``model`` execute (as
+    ``Reference`` nodes in ``compiled``): one per ``BinaryMatMul``, three for one computing a layer's Q, K and
+    V together, two per ``BinaryAttention`` (its query-key and probability-value products)."""
+    weight = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == xnor.OP_TYPE:
+            weight.setdefault(op.get_friendly_name(), 1)
+        elif op.get_type_name() == xnor.ATTENTION_OP:
+            weight[op.get_friendly_name()] = 2
+            if op.get_attributes().get("qkv"):
+                weight[op.input_value(0).get_node().get_friendly_name()] = 3
     found = 0
     for op in compiled.get_runtime_model().get_ordered_ops():
         rt = op.get_rt_info()
         kind = rt["layerType"].astype(str) if "layerType" in rt else op.get_type_name()
-        original = rt["originalLayersNames"].astype(str).split(",") if "originalLayersNames" in rt else [op.get_friendly_name()]
+        original = set(rt["originalLayersNames"].astype(str).split(",")) if "originalLayersNames" in rt else set()
         if kind in ("Reference", xnor.OP_TYPE, xnor.ATTENTION_OP):
-            found += sum(weight.get(name, 0) for name in set(original) | {op.get_friendly_name()})
+            found += sum(weight.get(name, 0) for name in original | {op.get_friendly_name()})
     return found

@@ -21,6 +21,10 @@ the first emits the second's activation bits directly (``y_bits``), the second r
 and the GELU and the float tensor between them are gone. The bits come from two integer thresholds per
 output column, found here by evaluating the float epilogue, the GELU and the binarizer for every dot
 product the first matmul can produce (see :func:`bit_thresholds`).
+
+:func:`fuse_attention`, before that, runs each BiT self-attention (binary Q, K, V and {0,1} attention
+probabilities between rewritten matmuls) as one ``BinaryAttention`` node on packed bits: the Q/K/V
+matmuls emit their binarizers' bits, the attention emits the output projection's.
 """
 
 from __future__ import annotations
@@ -517,6 +521,53 @@ def _attention(g: _Graph, sm) -> dict[str, Any]:
     }
 
 
+def _emit_bits(model, mm, ge, le) -> None:
+    """Make rewritten matmul ``mm`` emit packed bits by thresholds (ge, le) instead of floats."""
+    from onnx import numpy_helper
+
+    names = [f"{mm.name}.bits_ge", f"{mm.name}.bits_le"]
+    model.graph.initializer.extend(numpy_helper.from_array(t, nm) for t, nm in zip((ge, le), names))
+    mm.input[2], mm.input[3] = names
+    _set_attr(mm, "y_bits", 1)
+
+
+def _one_input(g: _Graph, mms: list) -> bool:
+    """True if the rewritten matmuls read one float input with one binarizer form (Q, K, V of a BERT layer; each
+    may have its own threshold and scale)."""
+    keys = {(m.input[0], _attr(m, "mode"), _attr(m, "k"), _attr(m, "x_bits", 0), _attr(m, "sections", 1)) for m in mms}
+    params = [g.const(m.input[4]) for m in mms]
+    return len(keys) == 1 and not _attr(mms[0], "x_bits", 0) and all(p is not None and p.size == 3 for p in params)
+
+
+def _join_qkv(model, mms: list, thresholds: list, e: int) -> str:
+    """Turn the first of ``mms`` (Q, K, V, each ``e`` outputs) into one matmul emitting the bits of all three, each
+    from a 64-bit word boundary (padding columns never set); returns its output. The other two are left unread."""
+    from onnx import numpy_helper
+
+    k, ew = int(_attr(mms[0], "k")), -(-e // 64)
+    weights, ges, les = [], [], []
+    for mm, (ge, le) in zip(mms, thresholds):
+        w = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == mm.input[1]))
+        weights.append(np.concatenate([w, np.zeros((4 * ew - len(w), *w.shape[1:]), w.dtype)]))  # 16 outputs a block
+        ges.append(np.concatenate([ge, np.full(64 * ew - e, k + 1, np.int32)]))  # a dot product is never above k
+        les.append(np.concatenate([le, np.full(64 * ew - e, -k - 1, np.int32)]))
+    first = mms[0]
+    name = first.name.removesuffix("/BinaryMatMul").replace("/query/", "/qkv/")
+    params = np.concatenate([numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == mm.input[4])) for mm in mms])
+    inits = {
+        f"{name}.xnor_weight": np.concatenate(weights),
+        f"{name}.bits_ge": np.concatenate(ges),
+        f"{name}.bits_le": np.concatenate(les),
+        f"{name}.xnor_params": params.astype(np.float32),
+    }
+    model.graph.initializer.extend(numpy_helper.from_array(a, nm) for nm, a in inits.items())
+    first.input[1], first.input[2], first.input[3], first.input[4] = inits
+    _set_attr(first, "n", 3 * 64 * ew)
+    _set_attr(first, "sections", 3)
+    _set_attr(first, "y_bits", 1)
+    return first.output[0]
+
+
 def fuse_attention(model) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Replace each binary self-attention of ``model`` (changed in place) with one ``BinaryAttention`` node.
 
@@ -526,8 +577,9 @@ def fuse_attention(model) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     matmuls then emit their binarizers' bits (``y_bits``, thresholds from :func:`bit_thresholds`), the
     attention reads them and emits the output projection's input bits (``x_bits``): the head split and
     merge, the float Q/K/V/probability tensors and the binarizers between them are gone (see
-    ``xnor_matmul.cpp``: BinaryAttention). Returns (one record per fused attention, the softmaxes left
-    alone, each with the reason)."""
+    ``xnor_matmul.cpp``: BinaryAttention). Where Q, K and V read one input alike (BERT), one matmul computes
+    the bits of all three (``qkv``). Returns (one record per fused attention, the softmaxes left alone,
+    each with the reason)."""
     from onnx import numpy_helper
 
     g = _Graph(model.graph)
@@ -545,28 +597,30 @@ def fuse_attention(model) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             apart.append({"name": sm.name, "reason": str(why)})
             continue
         base = (sm.name or sm.output[0]).strip("/").replace("/", ".").removesuffix(".Softmax")
-        for x, (ge, le) in zip((a["q"], a["k"], a["v"]), thresholds):
-            names = [f"{x['mm'].name}.bits_ge", f"{x['mm'].name}.bits_le"]
-            model.graph.initializer.extend(numpy_helper.from_array(t, nm) for t, nm in zip((ge, le), names))
-            x["mm"].input[2], x["mm"].input[3] = names
-            _set_attr(x["mm"], "y_bits", 1)
+        mms = [a[x]["mm"] for x in "qkv"]
+        if _one_input(g, mms):  # one matmul computes Q, K and V: one call, one pass over the input
+            bits = [_join_qkv(model, mms, thresholds, a["e"])]
+        else:
+            for mm, (ge, le) in zip(mms, thresholds):
+                _emit_bits(model, mm, ge, le)
+            bits = [mm.output[0] for mm in mms]
         params = f"{base}.xnor_attention_params"
         model.graph.initializer.append(numpy_helper.from_array(a["params"], params))
         out = f"{base}.xnor_attention_bits"
         heads = a["e"] // a["head_dim"]
         before[a["out"].name or a["out"].output[0]] = xnor.make_attention_node(
-            [a["q"]["mm"].output[0], a["k"]["mm"].output[0], a["v"]["mm"].output[0], a["mask"], params],
+            [*(bits * 3 if len(bits) == 1 else bits), a["mask"], params],
             out,
             heads=heads,
             head_dim=a["head_dim"],
             div=a["div"],
             o_mode=a["o_mode"],
+            qkv=len(bits) == 1,
             name=f"{base}/BinaryAttention",
         )
         a["out"].input[0] = out
         _set_attr(a["out"], "x_bits", 1)
-        bits = [x["mm"].output[0] for x in (a["q"], a["k"], a["v"])]
-        fused.append({"name": sm.name, "heads": heads, "head_dim": a["head_dim"], "to": a["out"].name, "bits": bits})
+        fused.append({"name": sm.name, "heads": heads, "head_dim": a["head_dim"], "qkv": len(bits) == 1, "to": a["out"].name, "bits": bits})
     if fused:
         nodes = []
         for node in model.graph.node:

@@ -1,4 +1,5 @@
-"""The 1-bit ``BinaryMatMul`` OpenVINO extension: build it with the system C++ compiler, load it, pack weights.
+"""The 1-bit OpenVINO extension (``BinaryMatMul``, ``BinaryAttention``): build it with the system C++ compiler,
+load it, pack weights.
 
 The C++ source (``xnor_matmul.cpp``, shipped beside this module) is compiled against the headers and
 libraries the ``openvino`` wheel ships, into a cache directory keyed by the source's hash, the compiler's
@@ -186,25 +187,36 @@ def availability(cache_dir: str | Path | None = None) -> Availability:
 
 
 def make_node(
-    inputs: list[str], output: str, *, n: int, k: int, mode: str, x_bits: bool = False, y_bits: bool = False, name: str = ""
+    inputs: list[str],
+    output: str,
+    *,
+    n: int,
+    k: int,
+    mode: str,
+    x_bits: bool = False,
+    y_bits: bool = False,
+    sections: int = 1,
+    name: str = "",
 ) -> Any:
     """An ONNX ``BinaryMatMul`` node with every attribute set (the ONNX frontend maps each one; none may be missing).
 
-    ``inputs``: X, packed weights, scale and bias (``y_bits``: the i32 thresholds ge and le), params."""
+    ``inputs``: X, packed weights, scale and bias (``y_bits``: the i32 thresholds ge and le), params (3 a
+    section: ``sections`` equal runs of outputs, each binarizing X with its own)."""
     from onnx import helper
 
-    return helper.make_node(
-        OP_TYPE, inputs, [output], name=name, domain=DOMAIN, n=n, k=k, mode=mode, x_bits=int(x_bits), y_bits=int(y_bits)
-    )
+    attrs = {"n": n, "k": k, "mode": mode, "x_bits": int(x_bits), "y_bits": int(y_bits), "sections": sections}
+    return helper.make_node(OP_TYPE, inputs, [output], name=name, domain=DOMAIN, **attrs)
 
 
-def make_attention_node(inputs: list[str], output: str, *, heads: int, head_dim: int, div: bool, o_mode: str, name: str = "") -> Any:
-    """An ONNX ``BinaryAttention`` node. ``inputs``: Q, K, V bits, the additive mask, params (xnor_matmul.cpp)."""
+def make_attention_node(
+    inputs: list[str], output: str, *, heads: int, head_dim: int, div: bool, o_mode: str, qkv: bool = False, name: str = ""
+) -> Any:
+    """An ONNX ``BinaryAttention`` node. ``inputs``: Q, K, V bits (``qkv``: one tensor of all three, given three
+    times), the additive mask, params (xnor_matmul.cpp)."""
     from onnx import helper
 
-    return helper.make_node(
-        ATTENTION_OP, inputs, [output], name=name, domain=DOMAIN, heads=heads, head_dim=head_dim, div=int(div), o_mode=o_mode
-    )
+    attrs = {"heads": heads, "head_dim": head_dim, "div": int(div), "o_mode": o_mode, "qkv": int(qkv)}
+    return helper.make_node(ATTENTION_OP, inputs, [output], name=name, domain=DOMAIN, **attrs)
 
 
 def pack_weights(codes: np.ndarray) -> np.ndarray:

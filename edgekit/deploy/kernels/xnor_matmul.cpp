@@ -1,4 +1,5 @@
-// BinaryMatMul: a 1-bit x 1-bit matmul for OpenVINO (XNOR/AND + popcount, no multiplications).
+// The 1-bit OpenVINO extension: BinaryMatMul (a 1-bit x 1-bit matmul: XNOR/AND + popcount, no multiplications)
+// and BinaryAttention (a binary self-attention on packed bits, further below).
 //
 // Inputs
 //   0  X      f32 [..., K]            activations, binarized inside (see `mode`)
@@ -8,9 +9,10 @@
 //                                     CPU plugin narrows 64-bit integer constants to i32)
 //   2  scale  f32 [N]                 output multiplier per output channel (activation scale * weight scale)
 //   3  bias   f32 [N]
-//   4  params f32 [3]                 (beta, hi, qscale): the binarizer's constants, kept as a tensor so they
-//                                     stay bit-exact through every serialization
-// Attributes: n (N), k (K), x_bits, y_bits (0|1; see "Packed bits" below), mode:
+//   4  params f32 [3 sections]        (beta, hi, qscale): the binarizer's constants, kept as a tensor so they
+//                                     stay bit-exact through every serialization; with sections > 1 the
+//                                     outputs are that many equal runs, run i binarizing X with params 3i..3i+2
+// Attributes: n (N), k (K), x_bits, y_bits (0|1; see "Packed bits" below), sections (>= 1), mode:
 //   "pm1": code = x >= beta ? +1 : -1               dot = K - 2 popcount(x ^ w)
 //   "01":  code = round_half_even(clip(x - beta, 0, hi) / qscale) in {0, 1}, i.e. (clip(..) / qscale) > 0.5
 //                                                   dot = 2 popcount(x & w) - popcount(x)
@@ -274,11 +276,19 @@ static bool use_avx512() {
     return cpu_has_avx512_popcnt();
 }
 
-static void run(const Problem& p) {
+// `sections` > 1 (x_bits = 0): the outputs are that many equal runs of whole blocks, run i reading X through its
+// own binarizer, params[3i .. 3i+2] (one call for a layer's Q, K and V, each with its own activation binarizer).
+static void run(const Problem& p, const float* params, int64_t sections) {
     const bool fast = use_avx512();
-    std::vector<uint64_t> packed(p.xbits != nullptr ? 0 : static_cast<size_t>(p.m * p.kw));
-    const uint64_t* xb = p.xbits != nullptr ? p.xbits : packed.data();
-    std::vector<int32_t> pc(static_cast<size_t>(p.m));
+    const int64_t per = p.nb / sections;  // blocks a section
+    std::vector<uint64_t> packed(p.xbits != nullptr ? 0 : static_cast<size_t>(sections * p.m * p.kw));
+    std::vector<int32_t> pc(static_cast<size_t>(sections * p.m));
+    std::vector<Problem> parts(static_cast<size_t>(sections), p);
+    for (int64_t sec = 0; sec < sections; ++sec) {
+        parts[sec].beta = params[3 * sec];
+        parts[sec].hi = params[3 * sec + 1];
+        parts[sec].qscale = params[3 * sec + 2];
+    }
     if (p.ybits != nullptr) {  // the bytes past the last 16-output block of each row stay zero bits
         const int64_t written = p.nb * 2, row = p.ykw * 8;
         if (written < row)
@@ -288,18 +298,33 @@ static void run(const Problem& p) {
     auto pack = [&](int64_t r0, int64_t r1) {
         if (p.xbits != nullptr)
             return count_rows(p, pc.data(), r0, r1);
+        for (int64_t sec = 0; sec < sections; ++sec) {
+            uint64_t* xb = packed.data() + sec * p.m * p.kw;
+            int32_t* counts = pc.data() + sec * p.m;
 #ifdef XNOR_X86
-        if (fast)
-            return pack_rows_avx512(p, packed.data(), pc.data(), r0, r1);
+            if (fast) {
+                pack_rows_avx512(parts[sec], xb, counts, r0, r1);
+                continue;
+            }
 #endif
-        pack_rows_portable(p, packed.data(), pc.data(), r0, r1);
+            pack_rows_portable(parts[sec], xb, counts, r0, r1);
+        }
     };
     auto gemm = [&](int64_t r0, int64_t r1, int64_t b0, int64_t b1) {
+        for (int64_t sec = 0; sec < sections; ++sec) {
+            const int64_t lo = std::max(b0, sec * per), hi = std::min(b1, (sec + 1) * per);
+            if (lo >= hi)
+                continue;
+            const uint64_t* xb = p.xbits != nullptr ? p.xbits : packed.data() + sec * p.m * p.kw;
+            const int32_t* counts = pc.data() + sec * p.m;
 #ifdef XNOR_X86
-        if (fast)
-            return gemm_avx512(p, xb, pc.data(), r0, r1, b0, b1);
+            if (fast) {
+                gemm_avx512(p, xb, counts, r0, r1, lo, hi);
+                continue;
+            }
 #endif
-        gemm_portable(p, xb, pc.data(), r0, r1, b0, b1);
+            gemm_portable(p, xb, counts, r0, r1, lo, hi);
+        }
     };
     // 64-bit word products: below ~100k of them a parallel region costs more than it saves
     const int64_t work = p.m * p.nb * kBlock * p.kw;
@@ -325,7 +350,9 @@ static void run(const Problem& p) {
 //                                                    head h is bits h*D .. h*D+D-1 of a row (E = heads * D)
 //            3    mask     f32, broadcastable to [B, heads, S, S] (rank <= 4, last dim S): added to the scores
 //            4    params   f32 [9]: qk, mul, p_beta, p_hi, p_qscale, pv, o_beta, o_hi, o_qscale
-//   attributes heads, head_dim (D), div (0|1), o_mode ("pm1"|"01")
+//            (qkv = 1: inputs 0-2 are one u8 [B, S, 3 * 8 ceil(E/64)] tensor holding each row's Q, K and V bits
+//            in turn, each from a word boundary: one BinaryMatMul computed all three)
+//   attributes heads, head_dim (D), div (0|1), o_mode ("pm1"|"01"), qkv (0|1)
 //   output   u8 [B, S, 8 ceil(E/64)]: the bits of the next binarizer (o_mode, o_beta, o_hi, o_qscale) of the
 //            attention output [B, S, E], i.e. what the output projection's BinaryMatMul reads (x_bits = 1).
 // Per head, as the lowered graph computes it:
@@ -349,6 +376,7 @@ struct AttnProblem {
     int64_t m_b, m_h, m_s;  // mask strides of batch, head, query row (0 where broadcast); keys are contiguous
     uint64_t* out;
     int64_t nb, s, h, d, ew, dw, sw;  // batch, sequence, heads, head dim, words per row, per head, per key row
+    int64_t rs;                       // words from one Q/K/V row to the next (ew, or 3 ew for one QKV tensor)
     bool div;
     float qk, mul, p_beta, p_hi, p_qscale, pv;
     bool o_and;
@@ -416,7 +444,7 @@ static void attn_prepare(const AttnProblem& p, int64_t b, uint64_t* kt, uint64_t
     for (int64_t hh = 0; hh < p.h; ++hh)
         for (int64_t t = 0; t < p.s; ++t) {
             uint64_t words[64];
-            extract_bits(p.k + (b * p.s + t) * p.ew, hh * p.d, p.d, words);
+            extract_bits(p.k + (b * p.s + t) * p.rs, hh * p.d, p.d, words);
             for (int64_t w = 0; w < p.dw; ++w)
                 kt[((b * p.h + hh) * p.dw + w) * p.s + t] = words[w];
         }
@@ -426,7 +454,7 @@ static void attn_prepare(const AttnProblem& p, int64_t b, uint64_t* kt, uint64_t
             uint64_t block[64];
             for (int64_t i = 0; i < 64; ++i) {
                 const int64_t t = c * 64 + i;
-                block[i] = t < p.s ? p.v[(b * p.s + t) * p.ew + cw] : 0;
+                block[i] = t < p.s ? p.v[(b * p.s + t) * p.rs + cw] : 0;
             }
             transpose64(block);
             std::memcpy(vt + (b * p.sw + c) * cols + cw * 64, block, sizeof(block));
@@ -536,7 +564,7 @@ static void attn_rows(const AttnProblem& p, const uint64_t* kt, const uint64_t* 
                 last = mrow;
             }
             uint64_t qw[64];
-            extract_bits(p.q + r * p.ew, hh * p.d, p.d, qw);
+            extract_bits(p.q + r * p.rs, hh * p.d, p.d, qw);
             const uint64_t* kh = kt + (b * p.h + hh) * p.dw * s;
             const uint64_t* vb = vt + b * p.sw * cols + hh * p.d;
             if (!(fast && head(qw[0], kh, validw.data(), vb, pc.data(), pw.data(), orow.data(), hh)))
@@ -686,13 +714,14 @@ public:
     OPENVINO_OP("BinaryMatMul", "edgekit_xnor");
 
     BinaryMatMul() = default;
-    BinaryMatMul(const ov::OutputVector& args, int64_t n, int64_t k, std::string mode, int64_t x_bits, int64_t y_bits)
+    BinaryMatMul(const ov::OutputVector& args, int64_t n, int64_t k, std::string mode, int64_t x_bits, int64_t y_bits, int64_t sections)
         : Op(args),
           m_n(n),
           m_k(k),
           m_mode(std::move(mode)),
           m_x_bits(x_bits),
-          m_y_bits(y_bits) {
+          m_y_bits(y_bits),
+          m_sections(sections) {
         constructor_validate_and_infer_types();
     }
 
@@ -701,6 +730,8 @@ public:
         NODE_VALIDATION_CHECK(this, m_mode == "pm1" || m_mode == "01", "BinaryMatMul mode must be 'pm1' or '01', got ", m_mode);
         NODE_VALIDATION_CHECK(this, m_n > 0 && m_k > 0, "BinaryMatMul needs n > 0 and k > 0");
         NODE_VALIDATION_CHECK(this, (m_x_bits == 0 || m_x_bits == 1) && (m_y_bits == 0 || m_y_bits == 1), "BinaryMatMul x_bits and y_bits are 0 or 1");
+        NODE_VALIDATION_CHECK(this, m_sections == 1 || (m_sections > 1 && m_x_bits == 0 && m_n % (kBlock * m_sections) == 0),
+                              "BinaryMatMul sections > 1 needs x_bits = 0 and n a multiple of 16 * sections");
         NODE_VALIDATION_CHECK(this, get_input_element_type(1) == ov::element::u8, "BinaryMatMul weights must be u8 (packed 64-bit words)");
         const auto x_type = m_x_bits ? ov::element::u8 : ov::element::f32;
         NODE_VALIDATION_CHECK(this, get_input_element_type(0).compatible(x_type), "BinaryMatMul input must be ", x_type, " (x_bits = ", m_x_bits, ")");
@@ -719,7 +750,7 @@ public:
     }
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& new_args) const override {
-        return std::make_shared<BinaryMatMul>(new_args, m_n, m_k, m_mode, m_x_bits, m_y_bits);
+        return std::make_shared<BinaryMatMul>(new_args, m_n, m_k, m_mode, m_x_bits, m_y_bits, m_sections);
     }
 
     bool visit_attributes(ov::AttributeVisitor& visitor) override {
@@ -728,6 +759,7 @@ public:
         visitor.on_attribute("mode", m_mode);
         visitor.on_attribute("x_bits", m_x_bits);
         visitor.on_attribute("y_bits", m_y_bits);
+        visitor.on_attribute("sections", m_sections);
         return true;
     }
 
@@ -746,8 +778,8 @@ public:
         OPENVINO_ASSERT(w.get_byte_size() == static_cast<size_t>(nb * kw * kBlock * 8), "BinaryMatMul: packed weights have ",
                         w.get_byte_size(), " bytes, expected ", nb * kw * kBlock * 8);
         OPENVINO_ASSERT(inputs[2].get_size() == static_cast<size_t>(m_n) && inputs[3].get_size() == static_cast<size_t>(m_n) &&
-                            params.get_size() == 3,
-                        "BinaryMatMul: scale/bias (or ge/le) must have n elements and params 3");
+                            params.get_size() == static_cast<size_t>(3 * m_sections),
+                        "BinaryMatMul: scale/bias (or ge/le) must have n elements and params 3 a section");
         shape.back() = static_cast<size_t>(m_y_bits ? ykw * 8 : m_n);
         outputs[0].set_shape(shape);
         const float* prm = params.data<const float>();
@@ -771,7 +803,7 @@ public:
                   prm[1],
                   prm[2]};
         if (p.m > 0)
-            run(p);
+            run(p, prm, m_sections);
         return true;
     }
 
@@ -781,6 +813,7 @@ private:
     std::string m_mode = "pm1";
     int64_t m_x_bits = 0;
     int64_t m_y_bits = 0;
+    int64_t m_sections = 1;
 };
 
 
@@ -789,19 +822,20 @@ public:
     OPENVINO_OP("BinaryAttention", "edgekit_xnor");
 
     BinaryAttention() = default;
-    BinaryAttention(const ov::OutputVector& args, int64_t heads, int64_t head_dim, int64_t div, std::string o_mode)
+    BinaryAttention(const ov::OutputVector& args, int64_t heads, int64_t head_dim, int64_t div, std::string o_mode, int64_t qkv)
         : Op(args),
           m_heads(heads),
           m_head_dim(head_dim),
           m_div(div),
-          m_o_mode(std::move(o_mode)) {
+          m_o_mode(std::move(o_mode)),
+          m_qkv(qkv) {
         constructor_validate_and_infer_types();
     }
 
     void validate_and_infer_types() override {
         NODE_VALIDATION_CHECK(this, get_input_size() == 5, "BinaryAttention takes 5 inputs (Q, K, V bits, mask, params)");
         NODE_VALIDATION_CHECK(this, m_heads > 0 && m_head_dim > 0 && m_head_dim <= 4096, "BinaryAttention needs heads > 0 and 0 < head_dim <= 4096");
-        NODE_VALIDATION_CHECK(this, m_div == 0 || m_div == 1, "BinaryAttention div is 0 or 1");
+        NODE_VALIDATION_CHECK(this, (m_div == 0 || m_div == 1) && (m_qkv == 0 || m_qkv == 1), "BinaryAttention div and qkv are 0 or 1");
         NODE_VALIDATION_CHECK(this, m_o_mode == "pm1" || m_o_mode == "01", "BinaryAttention o_mode must be 'pm1' or '01', got ", m_o_mode);
         for (size_t i = 0; i < 3; ++i)
             NODE_VALIDATION_CHECK(this, get_input_element_type(i).compatible(ov::element::u8), "BinaryAttention Q, K, V must be u8 packed bits");
@@ -809,14 +843,16 @@ public:
         auto shape = get_input_partial_shape(0);
         if (shape.rank().is_static()) {
             NODE_VALIDATION_CHECK(this, shape.rank().get_length() == 3, "BinaryAttention Q must be [B, S, bytes]");
-            const int64_t want = 8 * ((m_heads * m_head_dim + 63) / 64);
-            NODE_VALIDATION_CHECK(this, shape[2].compatible(want), "BinaryAttention Q's last dimension ", shape[2], " != ", want);
+            const int64_t ew = (m_heads * m_head_dim + 63) / 64;
+            NODE_VALIDATION_CHECK(this, shape[2].compatible(8 * ew * (m_qkv ? 3 : 1)), "BinaryAttention Q's last dimension ", shape[2], " != ",
+                                  8 * ew * (m_qkv ? 3 : 1));
+            shape[2] = 8 * ew;
         }
         set_output_type(0, ov::element::u8, shape);
     }
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& new_args) const override {
-        return std::make_shared<BinaryAttention>(new_args, m_heads, m_head_dim, m_div, m_o_mode);
+        return std::make_shared<BinaryAttention>(new_args, m_heads, m_head_dim, m_div, m_o_mode, m_qkv);
     }
 
     bool visit_attributes(ov::AttributeVisitor& visitor) override {
@@ -824,6 +860,7 @@ public:
         visitor.on_attribute("head_dim", m_head_dim);
         visitor.on_attribute("div", m_div);
         visitor.on_attribute("o_mode", m_o_mode);
+        visitor.on_attribute("qkv", m_qkv);
         return true;
     }
 
@@ -832,9 +869,9 @@ public:
     }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
-        const ov::Shape shape = inputs[0].get_shape();
-        const int64_t d = m_head_dim, e = m_heads * d, ew = (e + 63) / 64;
-        OPENVINO_ASSERT(shape.size() == 3 && static_cast<int64_t>(shape[2]) == ew * 8, "BinaryAttention: Q must be [B, S, ", ew * 8, "]");
+        ov::Shape shape = inputs[0].get_shape();
+        const int64_t d = m_head_dim, e = m_heads * d, ew = (e + 63) / 64, rs = ew * (m_qkv ? 3 : 1);
+        OPENVINO_ASSERT(shape.size() == 3 && static_cast<int64_t>(shape[2]) == rs * 8, "BinaryAttention: Q must be [B, S, ", rs * 8, "]");
         OPENVINO_ASSERT(inputs[1].get_shape() == shape && inputs[2].get_shape() == shape, "BinaryAttention: Q, K and V shapes differ");
         OPENVINO_ASSERT(inputs[4].get_size() == 9, "BinaryAttention: params must have 9 elements");
         const int64_t nb = static_cast<int64_t>(shape[0]), s = static_cast<int64_t>(shape[1]);
@@ -850,12 +887,14 @@ public:
             strides[i] = n == 1 ? 0 : stride;
             stride *= n;
         }
+        shape[2] = static_cast<size_t>(ew * 8);
         outputs[0].set_shape(shape);
         const float* prm = inputs[4].data<const float>();
         const std::shared_ptr<const Tables> tab = tables(prm);
-        AttnProblem p{static_cast<const uint64_t*>(inputs[0].data()),
-                      static_cast<const uint64_t*>(inputs[1].data()),
-                      static_cast<const uint64_t*>(inputs[2].data()),
+        const auto* q = static_cast<const uint64_t*>(inputs[0].data());
+        AttnProblem p{q,
+                      m_qkv ? q + ew : static_cast<const uint64_t*>(inputs[1].data()),
+                      m_qkv ? q + 2 * ew : static_cast<const uint64_t*>(inputs[2].data()),
                       inputs[3].data<const float>(),
                       strides[0],
                       strides[1],
@@ -868,6 +907,7 @@ public:
                       ew,
                       (d + 63) / 64,
                       (s + 63) / 64,
+                      rs,
                       m_div == 1,
                       prm[0],
                       prm[1],
@@ -927,6 +967,7 @@ private:
     int64_t m_head_dim = 1;
     int64_t m_div = 0;
     std::string m_o_mode = "pm1";
+    int64_t m_qkv = 0;
     mutable std::mutex m_lock;
     mutable std::shared_ptr<const Tables> m_tab;
 };

@@ -21,13 +21,17 @@ pytestmark = pytest.mark.openvino
 NEG = np.float32(np.finfo(np.float32).min)  # the exporter's masked-key value
 
 
-def _graph(heads: int, d: int, params: np.ndarray, o_mode: str, div: bool, mask_shape: list):
+def _graph(heads: int, d: int, params: np.ndarray, o_mode: str, div: bool, mask_shape: list, qkv: bool = False):
+    """One BinaryAttention; ``qkv``: Q, K and V in one input ``q`` (one row: Q's words, K's, V's)."""
     eb = 8 * (-(-heads * d // 64))
-    node = xnor.make_attention_node(["q", "k", "v", "mask", "params"], "y", heads=heads, head_dim=d, div=div, o_mode=o_mode)
+    names = ["q"] if qkv else ["q", "k", "v"]
+    node = xnor.make_attention_node(
+        [*(names * 3 if qkv else names), "mask", "params"], "y", heads=heads, head_dim=d, div=div, o_mode=o_mode, qkv=qkv
+    )
     graph = helper.make_graph(
         [node],
         "attention",
-        [helper.make_tensor_value_info(n, TensorProto.UINT8, ["B", "S", eb]) for n in "qkv"]
+        [helper.make_tensor_value_info(n, TensorProto.UINT8, ["B", "S", eb * (3 if qkv else 1)]) for n in names]
         + [helper.make_tensor_value_info("mask", TensorProto.FLOAT, mask_shape)],
         [helper.make_tensor_value_info("y", TensorProto.UINT8, ["B", "S", eb])],
         [numpy_helper.from_array(params, "params")],
@@ -79,8 +83,8 @@ CASES = [  # (batch, seq, heads, head_dim): one word a key and the AVX-512 path;
 
 @pytest.mark.parametrize("b,s,heads,d", CASES)
 @pytest.mark.parametrize("mask_kind", ["none", "padding", "padding-square", "general"])
-@pytest.mark.parametrize("o_mode,div", [("pm1", False), ("01", True)])
-def test_attention_bits_match_the_float_computation(ov_compile, xnor_lib, monkeypatch, b, s, heads, d, mask_kind, o_mode, div):
+@pytest.mark.parametrize("o_mode,div,qkv", [("pm1", False, False), ("01", True, False), ("pm1", False, True)])
+def test_attention_bits_match_the_float_computation(ov_compile, xnor_lib, monkeypatch, b, s, heads, d, mask_kind, o_mode, div, qkv):
     rng = np.random.default_rng(b * 1000 + s * 10 + d)
     e = heads * d
     codes = {n: rng.integers(0, 2, (b, s, e), dtype=np.uint8) for n in "qkv"}
@@ -100,14 +104,16 @@ def test_attention_bits_match_the_float_computation(ov_compile, xnor_lib, monkey
     elif mask_kind == "general":  # finite values: the key-by-key path
         mask = np.where(rng.random((b, 1, 1, s)) < 0.3, np.float32(-1.5), mask).astype(np.float32)
     feed = {n: _bits(c) for n, c in codes.items()} | {"mask": mask}
+    if qkv:  # one tensor: each row's Q, K and V words in turn
+        feed = {"q": np.concatenate([feed.pop(n) for n in "qkv"], axis=-1), "mask": mask}
     want, close = _reference(codes["q"], codes["k"], codes["v"], mask, params, heads, d, o_mode, div)
     results = {}
     for isa in ("default", "portable"):
         if isa == "portable":
             monkeypatch.setenv("EDGEKIT_XNOR_ISA", "portable")
-        model = _graph(heads, d, params, o_mode, div, ["B", 1, "S" if mask.shape[2] > 1 else 1, "S"])
+        model = _graph(heads, d, params, o_mode, div, ["B", 1, "S" if mask.shape[2] > 1 else 1, "S"], qkv)
         got = ov_compile(model, f"attention-{isa}.onnx")(feed)[0]
-        assert got.shape == feed["q"].shape
+        assert got.shape == (b, s, 8 * -(-e // 64))
         results[isa] = got.copy()
     assert np.array_equal(results["default"], results["portable"])
     got = np.unpackbits(results["default"], axis=-1, bitorder="little")

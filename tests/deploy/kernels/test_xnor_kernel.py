@@ -149,6 +149,44 @@ def test_packed_bits_between_two_matmuls_give_the_same_result(ov_compile, xnor_l
     assert np.unique(apart).size > 1
 
 
+@pytest.mark.parametrize("isa", ["default", "portable"])
+@pytest.mark.parametrize("mode", ["pm1", "01"])
+@pytest.mark.parametrize("m", [3, 90])
+def test_sections_binarize_the_input_each_with_its_own_params(binary_matmul_model, ov_compile, xnor_lib, monkeypatch, isa, mode, m):
+    """One BinaryMatMul of 3 sections (a layer's Q, K, V: one input, three binarizers) gives each section what a
+    matmul of its own gives: floats, and bits by thresholds."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    if isa == "portable":
+        monkeypatch.setenv("EDGEKIT_XNOR_ISA", "portable")
+    rng = np.random.default_rng(m)
+    k, n = 100, 48
+    w = [rng.choice(np.array([-1, 1], np.int8), size=(n, k)) for _ in range(3)]
+    scale, bias = rng.random(3 * n).astype(np.float32), rng.standard_normal(3 * n).astype(np.float32)
+    params = [[0.1, 0.0, 1.0], [-0.2, 0.0, 1.0], [0.3, 0.0, 1.0]] if mode == "pm1" else [[0.1, 0.5, 0.5], [-0.2, 0.7, 0.7], [0.0, 0.4, 0.3]]
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    apart = np.concatenate(
+        [
+            ov_compile(binary_matmul_model(w[i], scale[i * n : (i + 1) * n], bias[i * n : (i + 1) * n], params[i], mode), f"s{i}.onnx")(x)[
+                0
+            ]
+            for i in range(3)
+        ],
+        axis=1,
+    )
+    arrays = {"W": xnor.pack_weights(np.concatenate(w)), "S": scale, "B": bias, "P": np.array(params, np.float32).reshape(-1)}
+    graph = helper.make_graph(
+        [xnor.make_node(["X", "W", "S", "B", "P"], "Y", n=3 * n, k=k, mode=mode, sections=3)],
+        "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["M", k])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", 3 * n])],
+        [numpy_helper.from_array(v, name) for name, v in arrays.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(xnor.DOMAIN, 1)])
+    assert np.array_equal(ov_compile(model, "sections.onnx")(x)[0], apart)
+    assert not np.array_equal(apart[:, :n], ov_compile(binary_matmul_model(w[0], scale[:n], bias[:n], params[1], mode), "other.onnx")(x)[0])
+
+
 def test_tampered_or_missing_library_is_refused(xnor_lib, tmp_path):
     import openvino as ov
 

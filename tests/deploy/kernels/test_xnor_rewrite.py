@@ -272,8 +272,13 @@ def test_binary_attention_runs_each_layer_as_one_op(lowered_w1a1, ov_compile):
     ops = [nd for nd in fused.graph.node if nd.op_type == xnor.ATTENTION_OP]
     assert len(ops) == layers and not any(nd.op_type in ("Softmax", "Transpose") for nd in fused.graph.node)
     by_out = {nd.output[0]: nd for nd in fused.graph.node}
-    for op in ops:  # Q, K, V matmuls emit bits; the output projection reads them
-        assert all(helper.get_attribute_value(next(a for a in by_out[i].attribute if a.name == "y_bits")) == 1 for i in op.input[:3])
+    attr = lambda nd, name: helper.get_attribute_value(next(a for a in nd.attribute if a.name == name))  # noqa: E731
+    for op in ops:  # one matmul emits the bits of Q, K and V (they read one input alike); the output projection reads its bits
+        qkv = by_out[op.input[0]]
+        assert list(op.input[:3]) == [qkv.output[0]] * 3 and attr(op, "qkv") == 1 and attr(qkv, "y_bits") == 1
+        assert attr(qkv, "n") == 3 * 64 * -(-attr(op, "heads") * attr(op, "head_dim") // 64)  # Q, K, V each from a word boundary
+    assert all(f["qkv"] for f in report["attention"])
+    assert sum(nd.op_type == xnor.OP_TYPE for nd in fused.graph.node) == len(report["rewritten"]) - 2 * layers
     got, want = ov_compile(fused, "fused.onnx")(feed)[0], ov_compile(apart, "apart.onnx")(feed)[0]
     # softmax's exp and sum are not OpenVINO's to the last bit: a probability at its binarizer's threshold may
     # flip (see test_xnor_attention); on these 32 texts the logits come out equal or within the lowering's tolerance
