@@ -385,6 +385,7 @@ struct AttnProblem {
     const float* etab;   // [(d + 1)^2]: etab[m * (d + 1) + pc] = exp(score[pc] - score[m])
     float dead;          // a mask value below this makes exp() zero for any key and row
     float p_cut, o_cut;  // "01" binarizers as one compare: bit = (v - beta >= cut) (see clip_cut)
+    int64_t ref;         // the popcount of the largest score, if every score's exp() relative to it is a normal float; else -1
 };
 
 // The "01" binarizer round_half_even(clip(x, 0, hi) / qscale) = 1 of x = v - beta is monotone in x: it is
@@ -440,13 +441,15 @@ static void transpose64(uint64_t a[64]) {
 
 // Per batch item: each head's key bits as [head][word][key] (keys contiguous), and the value bits transposed to
 // [key word][column] (bit t of word c, column n = value bit n of key 64 c + t).
-static void attn_prepare(const AttnProblem& p, int64_t b, uint64_t* kt, uint64_t* vt) {
+static void attn_prepare(const AttnProblem& p, int64_t b, uint64_t* kt, uint32_t* kt32, uint64_t* vt) {
     for (int64_t hh = 0; hh < p.h; ++hh)
         for (int64_t t = 0; t < p.s; ++t) {
             uint64_t words[64];
             extract_bits(p.k + (b * p.s + t) * p.rs, hh * p.d, p.d, words);
             for (int64_t w = 0; w < p.dw; ++w)
                 kt[((b * p.h + hh) * p.dw + w) * p.s + t] = words[w];
+            if (kt32 != nullptr)  // D <= 32: the same words in 32 bits, 16 keys to a vector
+                kt32[(b * p.h + hh) * p.s + t] = static_cast<uint32_t>(words[0]);
         }
     const int64_t cols = p.ew * 64;
     for (int64_t c = 0; c < p.sw; ++c)
@@ -506,13 +509,16 @@ static inline void row_head_generic(const AttnProblem& p, const uint64_t* qw, co
     for (int64_t w = 0; w < p.sw; ++w)
         pw[w] = 0;
     if (fast) {  // exp() from the table, one value per popcount
-        int32_t lo = static_cast<int32_t>(d), hi = 0;
-        for (int64_t t = 0; t < s; ++t)
-            if (valid[t]) {
-                lo = pc[t] < lo ? pc[t] : lo;
-                hi = pc[t] > hi ? pc[t] : hi;
-            }
-        const int64_t top = p.score[lo] >= p.score[hi] ? lo : hi;  // the key with the largest score
+        int64_t top = p.ref;  // exp() relative to the largest score any key can have; else to this row's largest
+        if (top < 0) {
+            int32_t lo = static_cast<int32_t>(d), hi = 0;
+            for (int64_t t = 0; t < s; ++t)
+                if (valid[t]) {
+                    lo = pc[t] < lo ? pc[t] : lo;
+                    hi = pc[t] > hi ? pc[t] : hi;
+                }
+            top = p.score[lo] >= p.score[hi] ? lo : hi;
+        }
         const float* e = p.etab + top * (d + 1);
         const float sum = lane_sum(e, pc, valid, s);
         const bool zero = binarize(true, p.p_beta, p.p_hi, p.p_qscale, 0.0f / sum);
@@ -559,10 +565,10 @@ static void attn_rows(const AttnProblem& p, const uint64_t* kt, const uint64_t* 
         std::fill(orow.begin(), orow.end(), 0);
         for (int64_t hh = 0; hh < p.h; ++hh) {
             const float* mrow = p.mask + b * p.m_b + hh * p.m_h + i * p.m_s;
-            if (mrow != last) {
+            // a new mask row: classified again unless it holds what the last one held (an expanded [B, 1, S, S] mask)
+            if (mrow != last && (last == nullptr || std::memcmp(mrow, last, s * sizeof(float)) != 0))
                 fast = classify(p, mrow, valid.data(), validw.data());
-                last = mrow;
-            }
+            last = mrow;
             uint64_t qw[64];
             extract_bits(p.q + r * p.rs, hh * p.d, p.d, qw);
             const uint64_t* kh = kt + (b * p.h + hh) * p.dw * s;
@@ -583,26 +589,38 @@ static void attn_rows_portable(const AttnProblem& p, const uint64_t* kt, const u
 // D % 8 == 0, 16 keys at a time. The probability bits are those of popcounts in a range [a, b] (the
 // binarizer of a monotone function of the popcount); false, leaving the head to the generic path, where the
 // table says otherwise (it does not for a monotone exp).
-XNOR_AVX512 static bool row_head_avx512(const AttnProblem& p, uint64_t q, const uint64_t* kh, const uint64_t* validw, const uint64_t* vb,
-                                        int32_t* pc, uint64_t* pw, uint64_t* orow, int64_t hh) {
+// 16 popcounts of q ^ k for keys t .. t + 15 (lm: those that exist); kh32: D <= 32, one 32-bit word a key
+XNOR_AVX512 static inline __m512i popcounts16(__m512i xq, __m512i xq32, const uint64_t* kh, const uint32_t* kh32, int64_t t, __mmask16 lm) {
+    if (kh32 != nullptr)
+        return _mm512_popcnt_epi32(_mm512_xor_si512(xq32, _mm512_maskz_loadu_epi32(lm, kh32 + t)));
+    const __m512i k0 = _mm512_maskz_loadu_epi64(static_cast<__mmask8>(lm), kh + t);
+    const __m512i k1 = _mm512_maskz_loadu_epi64(static_cast<__mmask8>(lm >> 8), kh + t + 8);
+    const __m256i c0 = _mm512_cvtepi64_epi32(_mm512_popcnt_epi64(_mm512_xor_si512(xq, k0)));
+    const __m256i c1 = _mm512_cvtepi64_epi32(_mm512_popcnt_epi64(_mm512_xor_si512(xq, k1)));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(c0), c1, 1);
+}
+
+XNOR_AVX512 static bool row_head_avx512(const AttnProblem& p, uint64_t q, const uint64_t* kh, const uint32_t* kh32, const uint64_t* validw,
+                                        const uint64_t* vb, int32_t* pc, uint64_t* pw, uint64_t* orow, int64_t hh) {
     const int64_t s = p.s, d = p.d, cols = p.ew * 64;
-    const __m512i xq = _mm512_set1_epi64(static_cast<long long>(q));
-    __m512i lo = _mm512_set1_epi32(static_cast<int>(d)), hi = _mm512_setzero_si512();
-    for (int64_t t = 0; t < s; t += 16) {
-        const int64_t left = s - t;
-        const __mmask16 lm = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
-        const __m512i k0 = _mm512_maskz_loadu_epi64(static_cast<__mmask8>(lm), kh + t);
-        const __m512i k1 = _mm512_maskz_loadu_epi64(static_cast<__mmask8>(lm >> 8), kh + t + 8);
-        const __m256i c0 = _mm512_cvtepi64_epi32(_mm512_popcnt_epi64(_mm512_xor_si512(xq, k0)));
-        const __m256i c1 = _mm512_cvtepi64_epi32(_mm512_popcnt_epi64(_mm512_xor_si512(xq, k1)));
-        const __m512i c = _mm512_inserti64x4(_mm512_castsi256_si512(c0), c1, 1);
-        _mm512_storeu_si512(pc + t, c);  // pc has 16 spare entries
-        const __mmask16 vm = lm & static_cast<__mmask16>(validw[t / 64] >> (t % 64));
-        lo = _mm512_mask_min_epi32(lo, vm, lo, c);
-        hi = _mm512_mask_max_epi32(hi, vm, hi, c);
+    const __m512i xq = _mm512_set1_epi64(static_cast<long long>(q)), xq32 = _mm512_set1_epi32(static_cast<int>(q));
+    auto popcounts = [&](int64_t t, __mmask16 lm) { return popcounts16(xq, xq32, kh, kh32, t, lm); };
+    int64_t top = p.ref;  // exp() relative to the largest score any key can have; else to this row's largest
+    if (top < 0) {
+        __m512i lo = _mm512_set1_epi32(static_cast<int>(d)), hi = _mm512_setzero_si512();
+        for (int64_t t = 0; t < s; t += 16) {
+            const int64_t left = s - t;
+            const __mmask16 lm = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+            const __m512i c = popcounts(t, lm);
+            _mm512_storeu_si512(pc + t, c);  // pc has 16 spare entries
+            const __mmask16 vm = lm & static_cast<__mmask16>(validw[t / 64] >> (t % 64));
+            lo = _mm512_mask_min_epi32(lo, vm, lo, c);
+            hi = _mm512_mask_max_epi32(hi, vm, hi, c);
+        }
+        const int64_t plo = _mm512_reduce_min_epi32(lo), phi = _mm512_reduce_max_epi32(hi);
+        top = p.score[plo] >= p.score[phi] ? plo : phi;
     }
-    const int64_t plo = _mm512_reduce_min_epi32(lo), phi = _mm512_reduce_max_epi32(hi);
-    const float* e = p.etab + (p.score[plo] >= p.score[phi] ? plo : phi) * (d + 1);
+    const float* e = p.etab + top * (d + 1);
     // e[pc] by in-register permutes over 32-entry pieces of the table (a gather is several times slower here)
     const int64_t pieces = (d + 32) / 32;  // d + 1 entries, d <= 64
     __m512 tab[3][2];
@@ -617,7 +635,13 @@ XNOR_AVX512 static bool row_head_avx512(const AttnProblem& p, uint64_t q, const 
         const int64_t left = s - t;
         const __mmask16 lm = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
         const __mmask16 vm = lm & static_cast<__mmask16>(validw[t / 64] >> (t % 64));
-        const __m512i idx = _mm512_loadu_si512(pc + t);
+        __m512i idx;
+        if (p.ref >= 0) {  // one pass: the popcounts here
+            idx = popcounts(t, lm);
+            _mm512_storeu_si512(pc + t, idx);
+        } else {
+            idx = _mm512_loadu_si512(pc + t);
+        }
         __m512 v = _mm512_permutex2var_ps(tab[0][0], idx, tab[0][1]);  // uses idx's low 5 bits
         for (int64_t c = 1; c < pieces; ++c)
             v = _mm512_mask_mov_ps(v, _mm512_cmpge_epi32_mask(idx, _mm512_set1_epi32(static_cast<int>(32 * c))),
@@ -676,11 +700,12 @@ XNOR_AVX512 static bool row_head_avx512(const AttnProblem& p, uint64_t q, const 
     return true;
 }
 
-XNOR_AVX512 static void attn_rows_avx512(const AttnProblem& p, const uint64_t* kt, const uint64_t* vt, int64_t r0, int64_t r1) {
+XNOR_AVX512 static void attn_rows_avx512(const AttnProblem& p, const uint64_t* kt, const uint32_t* kt32, const uint64_t* vt, int64_t r0, int64_t r1) {
     const bool usable = p.dw == 1 && p.d % 8 == 0;
     attn_rows(p, kt, vt, r0, r1,
               [&](uint64_t q, const uint64_t* kh, const uint64_t* validw, const uint64_t* vb, int32_t* pc, uint64_t* pw, uint64_t* orow, int64_t hh) {
-                  return usable && row_head_avx512(p, q, kh, validw, vb, pc, pw, orow, hh);
+                  const uint32_t* kh32 = kt32 != nullptr ? kt32 + (kh - kt) : nullptr;  // one word a key: the same offset
+                  return usable && row_head_avx512(p, q, kh, kh32, validw, vb, pc, pw, orow, hh);
               });
 }
 #endif
@@ -688,21 +713,23 @@ XNOR_AVX512 static void attn_rows_avx512(const AttnProblem& p, const uint64_t* k
 static void attention(const AttnProblem& p) {
     const bool fast = use_avx512();
     std::vector<uint64_t> kt(static_cast<size_t>(p.nb * p.h * p.dw * p.s)), vt(static_cast<size_t>(p.nb * p.sw * p.ew * 64));
+    std::vector<uint32_t> kt32(fast && p.d <= 32 ? static_cast<size_t>(p.nb * p.h * p.s) : 0);
+    uint32_t* k32 = kt32.empty() ? nullptr : kt32.data();
     auto rows = [&](int64_t r0, int64_t r1) {
 #ifdef XNOR_X86
         if (fast)
-            return attn_rows_avx512(p, kt.data(), vt.data(), r0, r1);
+            return attn_rows_avx512(p, kt.data(), k32, vt.data(), r0, r1);
 #endif
         attn_rows_portable(p, kt.data(), vt.data(), r0, r1);
     };
     const int64_t work = p.nb * p.s * p.h * p.s;  // query-key pairs
     if (work < (1 << 15)) {
         for (int64_t b = 0; b < p.nb; ++b)
-            attn_prepare(p, b, kt.data(), vt.data());
+            attn_prepare(p, b, kt.data(), k32, vt.data());
         rows(0, p.nb * p.s);
         return;
     }
-    oneapi::tbb::parallel_for(int64_t{0}, p.nb, [&](int64_t b) { attn_prepare(p, b, kt.data(), vt.data()); });
+    oneapi::tbb::parallel_for(int64_t{0}, p.nb, [&](int64_t b) { attn_prepare(p, b, kt.data(), k32, vt.data()); });
     oneapi::tbb::parallel_for(oneapi::tbb::blocked_range<int64_t>(0, p.nb * p.s, 8),
                               [&](const oneapi::tbb::blocked_range<int64_t>& r) { rows(r.begin(), r.end()); });
 }
@@ -923,7 +950,8 @@ public:
                       tab->etab.data(),
                       tab->dead,
                       tab->p_cut,
-                      tab->o_cut};
+                      tab->o_cut,
+                      tab->ref};
         if (nb > 0 && s > 0)
             attention(p);
         return true;
@@ -933,6 +961,7 @@ private:
     struct Tables {
         std::vector<float> params, score, etab;
         float dead = 0.0f, p_cut = 0.0f, o_cut = 0.0f;
+        int64_t ref = -1;
     };
 
     // the scores of each popcount, exp() of their differences and the binarizers' cuts, for the node's
@@ -956,6 +985,9 @@ private:
         }
         const auto [lo, hi] = std::minmax_element(t.score.begin(), t.score.end());
         t.dead = *lo - *hi - 120.0f;  // exp(x) is +0 in float32 below about -103.97
+        // softmax is exp(x - m) / sum for any m; relative to the largest possible score, one pass over the keys
+        // gives the sum, unless the smallest term would leave float32's normal range (exp(-80) ~ 1.8e-35)
+        t.ref = *hi - *lo <= 80.0f ? hi - t.score.begin() : -1;
         for (int64_t m = 0; m <= d; ++m)
             for (int64_t c = 0; c <= d; ++c)
                 t.etab[m * (d + 1) + c] = std::exp(t.score[c] - t.score[m]);
