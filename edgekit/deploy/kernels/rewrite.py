@@ -360,7 +360,6 @@ def fuse_bits(model) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Join rewritten binary matmuls in ``model`` (changed in place) that feed one another through a binarizer
     (and a GELU): the first emits packed bits, the second reads them. Returns (one record per join, the
     rewritten matmuls not joined to the one before them, each with the reason)."""
-    from onnx import numpy_helper
 
     g = _Graph(model.graph)
     fused, apart = [], []
@@ -370,11 +369,7 @@ def fuse_bits(model) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         except _Skip as why:
             apart.append({"name": second.name, "reason": str(why)})
             continue
-        base = first.name or first.output[0]
-        names = [f"{base}.bits_ge", f"{base}.bits_le"]
-        model.graph.initializer.extend(numpy_helper.from_array(a, nm) for a, nm in zip((ge, le), names))
-        first.input[2], first.input[3] = names
-        _set_attr(first, "y_bits", 1)
+        _emit_bits(model, first, ge, le)
         _set_attr(second, "x_bits", 1)
         second.input[0] = first.output[0]
         fused.append({"from": first.name, "to": second.name, "gelu": bool(gelu_nodes)})
@@ -410,6 +405,7 @@ def _private(g: _Graph, last, sink, tops: set[str], keep: str) -> bool:
         for o in n.output:
             if o in g.outputs or any(id(u) not in inner and u is not sink for u in g.consumers.get(o, [])):
                 return False
+    # a Shape node may stay (it reads batch and sequence, dims 0 and 1, which the bits keep)
     return all(t not in g.outputs and all(id(u) in inner or u.op_type == "Shape" for u in g.consumers.get(t, [])) for t in tops)
 
 
@@ -525,7 +521,8 @@ def _emit_bits(model, mm, ge, le) -> None:
     """Make rewritten matmul ``mm`` emit packed bits by thresholds (ge, le) instead of floats."""
     from onnx import numpy_helper
 
-    names = [f"{mm.name}.bits_ge", f"{mm.name}.bits_le"]
+    base = mm.name or mm.output[0]
+    names = [f"{base}.bits_ge", f"{base}.bits_le"]
     model.graph.initializer.extend(numpy_helper.from_array(t, nm) for t, nm in zip((ge, le), names))
     mm.input[2], mm.input[3] = names
     _set_attr(mm, "y_bits", 1)
@@ -539,7 +536,7 @@ def _one_input(g: _Graph, mms: list) -> bool:
     return len(keys) == 1 and not _attr(mms[0], "x_bits", 0) and all(p is not None and p.size == 3 for p in params)
 
 
-def _join_qkv(model, mms: list, thresholds: list, e: int) -> str:
+def _join_qkv(g: _Graph, model, mms: list, thresholds: list, e: int) -> str:
     """Turn the first of ``mms`` (Q, K, V, each ``e`` outputs) into one matmul emitting the bits of all three, each
     from a 64-bit word boundary (padding columns never set); returns its output. The other two are left unread."""
     from onnx import numpy_helper
@@ -547,13 +544,13 @@ def _join_qkv(model, mms: list, thresholds: list, e: int) -> str:
     k, ew = int(_attr(mms[0], "k")), -(-e // 64)
     weights, ges, les = [], [], []
     for mm, (ge, le) in zip(mms, thresholds):
-        w = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == mm.input[1]))
+        w = g.const(mm.input[1])
         weights.append(np.concatenate([w, np.zeros((4 * ew - len(w), *w.shape[1:]), w.dtype)]))  # 16 outputs a block
         ges.append(np.concatenate([ge, np.full(64 * ew - e, k + 1, np.int32)]))  # a dot product is never above k
         les.append(np.concatenate([le, np.full(64 * ew - e, -k - 1, np.int32)]))
     first = mms[0]
     name = first.name.removesuffix("/BinaryMatMul").replace("/query/", "/qkv/")
-    params = np.concatenate([numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == mm.input[4])) for mm in mms])
+    params = np.concatenate([g.const(mm.input[4]) for mm in mms])
     inits = {
         f"{name}.xnor_weight": np.concatenate(weights),
         f"{name}.bits_ge": np.concatenate(ges),
@@ -599,7 +596,7 @@ def fuse_attention(model) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         base = (sm.name or sm.output[0]).strip("/").replace("/", ".").removesuffix(".Softmax")
         mms = [a[x]["mm"] for x in "qkv"]
         if _one_input(g, mms):  # one matmul computes Q, K and V: one call, one pass over the input
-            bits = [_join_qkv(model, mms, thresholds, a["e"])]
+            bits = [_join_qkv(g, model, mms, thresholds, a["e"])]
         else:
             for mm, (ge, le) in zip(mms, thresholds):
                 _emit_bits(model, mm, ge, le)
