@@ -31,10 +31,10 @@ holds it; a longer input runs on the dynamic-shape model, compiled on first use.
 ``BinaryMatMul`` XNOR/popcount extension (:mod:`edgekit.deploy.kernels.openvino_xnor`), shipped in the
 artifact and loaded into the session's Core; each FFN's two binary matmuls pass packed bits, not floats
 (:func:`edgekit.deploy.kernels.rewrite.fuse_bits`), and each BiT self-attention runs as one
-``BinaryAttention`` on the Q/K/V matmuls' bits (:func:`edgekit.deploy.kernels.rewrite.fuse_attention`). Measured (bench/bench_xnor.py --compiled, trained MiniLM
-W1E1A1 artifacts xnor=on vs xnor=off, 2 threads, 5 interleaved rounds, 2-core AMD EPYC with AVX-512
-VPOPCNTDQ): 0.73x the time at batch 1 / 16 tokens, 0.51x at b1 s128, 0.48x at b32 s128; ``tune=auto``
-keeps it only where it is faster on the CPU at hand.
+``BinaryAttention`` on the Q/K/V matmuls' bits (:func:`edgekit.deploy.kernels.rewrite.fuse_attention`).
+Measured (bench/bench_xnor.py --compiled, trained MiniLM W1E1A1 artifacts xnor=on vs xnor=off, 2 threads,
+5 interleaved rounds, 2-core AMD EPYC with AVX-512 VPOPCNTDQ): 0.54x the time at batch 1 / 16 tokens,
+0.38x at b1 s128, 0.33x at b32 s128; ``tune=auto`` keeps it only where it is faster on the CPU at hand.
 """
 
 from __future__ import annotations
