@@ -531,7 +531,7 @@ def _emit_bits(model, mm, ge, le) -> None:
 def _one_input(g: _Graph, mms: list) -> bool:
     """True if the rewritten matmuls read one float input with one binarizer form (Q, K, V of a BERT layer; each
     may have its own threshold and scale)."""
-    keys = {(m.input[0], _attr(m, "mode"), _attr(m, "k"), _attr(m, "x_bits", 0), _attr(m, "sections", 1)) for m in mms}
+    keys = {(m.input[0], _attr(m, "mode"), _attr(m, "k"), _attr(m, "x_bits", 0)) for m in mms}
     params = [g.const(m.input[4]) for m in mms]
     return len(keys) == 1 and not _attr(mms[0], "x_bits", 0) and all(p is not None and p.size == 3 for p in params)
 
@@ -559,8 +559,7 @@ def _join_qkv(g: _Graph, model, mms: list, thresholds: list, e: int) -> str:
     }
     model.graph.initializer.extend(numpy_helper.from_array(a, nm) for nm, a in inits.items())
     first.input[1], first.input[2], first.input[3], first.input[4] = inits
-    _set_attr(first, "n", 3 * 64 * ew)
-    _set_attr(first, "sections", 3)
+    _set_attr(first, "n", 3 * 64 * ew)  # 9 params: 3 sections
     _set_attr(first, "y_bits", 1)
     return first.output[0]
 

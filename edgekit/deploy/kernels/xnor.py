@@ -187,24 +187,15 @@ def availability(cache_dir: str | Path | None = None) -> Availability:
 
 
 def make_node(
-    inputs: list[str],
-    output: str,
-    *,
-    n: int,
-    k: int,
-    mode: str,
-    x_bits: bool = False,
-    y_bits: bool = False,
-    sections: int = 1,
-    name: str = "",
+    inputs: list[str], output: str, *, n: int, k: int, mode: str, x_bits: bool = False, y_bits: bool = False, name: str = ""
 ) -> Any:
     """An ONNX ``BinaryMatMul`` node with every attribute set (the ONNX frontend maps each one; none may be missing).
 
-    ``inputs``: X, packed weights, scale and bias (``y_bits``: the i32 thresholds ge and le), params (3 a
-    section: ``sections`` equal runs of outputs, each binarizing X with its own)."""
+    ``inputs``: X, packed weights, scale and bias (``y_bits``: the i32 thresholds ge and le), params (3 values a
+    section: 3 s values make s equal runs of outputs, each binarizing X with its own)."""
     from onnx import helper
 
-    attrs = {"n": n, "k": k, "mode": mode, "x_bits": int(x_bits), "y_bits": int(y_bits), "sections": sections}
+    attrs = {"n": n, "k": k, "mode": mode, "x_bits": int(x_bits), "y_bits": int(y_bits)}
     return helper.make_node(OP_TYPE, inputs, [output], name=name, domain=DOMAIN, **attrs)
 
 

@@ -10,9 +10,9 @@
 //   2  scale  f32 [N]                 output multiplier per output channel (activation scale * weight scale)
 //   3  bias   f32 [N]
 //   4  params f32 [3 sections]        (beta, hi, qscale): the binarizer's constants, kept as a tensor so they
-//                                     stay bit-exact through every serialization; with sections > 1 the
-//                                     outputs are that many equal runs, run i binarizing X with params 3i..3i+2
-// Attributes: n (N), k (K), x_bits, y_bits (0|1; see "Packed bits" below), sections (>= 1), mode:
+//                                     stay bit-exact through every serialization; 3 s values make s sections:
+//                                     the outputs are s equal runs, run i binarizing X with params 3i..3i+2
+// Attributes: n (N), k (K), x_bits, y_bits (0|1; see "Packed bits" below), mode:
 //   "pm1": code = x >= beta ? +1 : -1               dot = K - 2 popcount(x ^ w)
 //   "01":  code = round_half_even(clip(x - beta, 0, hi) / qscale) in {0, 1}, i.e. (clip(..) / qscale) > 0.5
 //                                                   dot = 2 popcount(x & w) - popcount(x)
@@ -276,7 +276,7 @@ static bool use_avx512() {
     return cpu_has_avx512_popcnt();
 }
 
-// `sections` > 1 (x_bits = 0): the outputs are that many equal runs of whole blocks, run i reading X through its
+// `sections` > 1 (x_bits = 0; params of 3 sections values): the outputs are that many equal runs of whole blocks, run i reading X through its
 // own binarizer, params[3i .. 3i+2] (one call for a layer's Q, K and V, each with its own activation binarizer).
 static void run(const Problem& p, const float* params, int64_t sections) {
     const bool fast = use_avx512();
@@ -741,14 +741,13 @@ public:
     OPENVINO_OP("BinaryMatMul", "edgekit_xnor");
 
     BinaryMatMul() = default;
-    BinaryMatMul(const ov::OutputVector& args, int64_t n, int64_t k, std::string mode, int64_t x_bits, int64_t y_bits, int64_t sections)
+    BinaryMatMul(const ov::OutputVector& args, int64_t n, int64_t k, std::string mode, int64_t x_bits, int64_t y_bits)
         : Op(args),
           m_n(n),
           m_k(k),
           m_mode(std::move(mode)),
           m_x_bits(x_bits),
-          m_y_bits(y_bits),
-          m_sections(sections) {
+          m_y_bits(y_bits) {
         constructor_validate_and_infer_types();
     }
 
@@ -757,8 +756,6 @@ public:
         NODE_VALIDATION_CHECK(this, m_mode == "pm1" || m_mode == "01", "BinaryMatMul mode must be 'pm1' or '01', got ", m_mode);
         NODE_VALIDATION_CHECK(this, m_n > 0 && m_k > 0, "BinaryMatMul needs n > 0 and k > 0");
         NODE_VALIDATION_CHECK(this, (m_x_bits == 0 || m_x_bits == 1) && (m_y_bits == 0 || m_y_bits == 1), "BinaryMatMul x_bits and y_bits are 0 or 1");
-        NODE_VALIDATION_CHECK(this, m_sections == 1 || (m_sections > 1 && m_x_bits == 0 && m_n % (kBlock * m_sections) == 0),
-                              "BinaryMatMul sections > 1 needs x_bits = 0 and n a multiple of 16 * sections");
         NODE_VALIDATION_CHECK(this, get_input_element_type(1) == ov::element::u8, "BinaryMatMul weights must be u8 (packed 64-bit words)");
         const auto x_type = m_x_bits ? ov::element::u8 : ov::element::f32;
         NODE_VALIDATION_CHECK(this, get_input_element_type(0).compatible(x_type), "BinaryMatMul input must be ", x_type, " (x_bits = ", m_x_bits, ")");
@@ -777,7 +774,7 @@ public:
     }
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& new_args) const override {
-        return std::make_shared<BinaryMatMul>(new_args, m_n, m_k, m_mode, m_x_bits, m_y_bits, m_sections);
+        return std::make_shared<BinaryMatMul>(new_args, m_n, m_k, m_mode, m_x_bits, m_y_bits);
     }
 
     bool visit_attributes(ov::AttributeVisitor& visitor) override {
@@ -786,7 +783,6 @@ public:
         visitor.on_attribute("mode", m_mode);
         visitor.on_attribute("x_bits", m_x_bits);
         visitor.on_attribute("y_bits", m_y_bits);
-        visitor.on_attribute("sections", m_sections);
         return true;
     }
 
@@ -805,8 +801,11 @@ public:
         OPENVINO_ASSERT(w.get_byte_size() == static_cast<size_t>(nb * kw * kBlock * 8), "BinaryMatMul: packed weights have ",
                         w.get_byte_size(), " bytes, expected ", nb * kw * kBlock * 8);
         OPENVINO_ASSERT(inputs[2].get_size() == static_cast<size_t>(m_n) && inputs[3].get_size() == static_cast<size_t>(m_n) &&
-                            params.get_size() == static_cast<size_t>(3 * m_sections),
+                            params.get_size() >= 3 && params.get_size() % 3 == 0,
                         "BinaryMatMul: scale/bias (or ge/le) must have n elements and params 3 a section");
+        const auto sections = static_cast<int64_t>(params.get_size() / 3);
+        OPENVINO_ASSERT(sections == 1 || (m_x_bits == 0 && m_n % (kBlock * sections) == 0),
+                        "BinaryMatMul: ", sections, " sections need x_bits = 0 and n a multiple of 16 * sections");
         shape.back() = static_cast<size_t>(m_y_bits ? ykw * 8 : m_n);
         outputs[0].set_shape(shape);
         const float* prm = params.data<const float>();
@@ -830,7 +829,7 @@ public:
                   prm[1],
                   prm[2]};
         if (p.m > 0)
-            run(p, prm, m_sections);
+            run(p, prm, sections);
         return true;
     }
 
@@ -840,7 +839,6 @@ private:
     std::string m_mode = "pm1";
     int64_t m_x_bits = 0;
     int64_t m_y_bits = 0;
-    int64_t m_sections = 1;
 };
 
 

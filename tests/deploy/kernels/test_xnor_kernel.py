@@ -176,7 +176,7 @@ def test_sections_binarize_the_input_each_with_its_own_params(binary_matmul_mode
     )
     arrays = {"W": xnor.pack_weights(np.concatenate(w)), "S": scale, "B": bias, "P": np.array(params, np.float32).reshape(-1)}
     graph = helper.make_graph(
-        [xnor.make_node(["X", "W", "S", "B", "P"], "Y", n=3 * n, k=k, mode=mode, sections=3)],
+        [xnor.make_node(["X", "W", "S", "B", "P"], "Y", n=3 * n, k=k, mode=mode)],  # 9 params: 3 sections
         "g",
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["M", k])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", 3 * n])],
