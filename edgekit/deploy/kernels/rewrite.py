@@ -449,6 +449,17 @@ def _act(g: _Graph, name: str, perm: list[int], what: str) -> dict[str, Any]:
     return found
 
 
+def _is_float(g: _Graph, name: str) -> bool:
+    """False where the graph says ``name`` is not float32 (a Cast to another type, a typed input or value)."""
+    from onnx import TensorProto
+
+    node = g.producer.get(name)
+    if node is not None and node.op_type == "Cast":
+        return _attr(node, "to") == TensorProto.FLOAT
+    typed = {v.name: v.type.tensor_type.elem_type for v in (*g.graph.input, *g.graph.value_info)}
+    return typed.get(name, TensorProto.FLOAT) in (TensorProto.FLOAT, TensorProto.UNDEFINED)
+
+
 def _attention(g: _Graph, sm) -> dict[str, Any]:
     """The binary attention around Softmax ``sm`` (see :func:`fuse_attention`); _Skip says why not."""
     axis = _attr(sm, "axis", -1)
@@ -463,6 +474,8 @@ def _attention(g: _Graph, sm) -> dict[str, Any]:
     if not scaled_first:
         raise _Skip("the scores are not a matmul scaled by a constant")
     scores, mask = scaled_first[0]
+    if not _is_float(g, mask):
+        raise _Skip("the mask added to the scores is not float32")
     scaled = g.producer[scores]
     mm_var, c = g.split_const(scaled)
     qk = g.op(mm_var, "MatMul")

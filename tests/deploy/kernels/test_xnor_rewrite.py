@@ -287,3 +287,27 @@ def test_binary_attention_runs_each_layer_as_one_op(lowered_w1a1, ov_compile):
 
     assert parity.compare(want, got, task=manifest.task, output="logits", runtime="BinaryAttention", tolerance=TOLERANCE).passed
     assert (got.argmax(-1) == want.argmax(-1)).all()
+
+
+def test_attention_with_a_mask_that_is_not_float32_is_left_apart(lowered_w1a1):
+    """The kernel adds a float32 mask: a graph whose mask is cast to another type keeps its attention, with the reason."""
+    scheme, _, _, model = lowered_w1a1
+    if scheme != "bit-w1a1":
+        pytest.skip("BiBERT's attention is never fused")
+    changed = onnx.ModelProto()
+    changed.CopyFrom(model)
+    g = rewrite._Graph(changed.graph)
+    casts = {
+        g.producer[add.input[1]].name
+        for add in changed.graph.node
+        if add.op_type == "Add"
+        and add.input[1] in g.producer
+        and g.producer[add.input[1]].op_type == "Cast"
+        and any(u.op_type == "Softmax" for u in g.consumers.get(add.output[0], []))
+    }
+    assert casts  # the exporter's mask reaches each attention through a Cast
+    for node in changed.graph.node:
+        if node.name in casts:
+            next(a for a in node.attribute if a.name == "to").i = onnx.TensorProto.FLOAT16
+    _, report = rewrite.rewrite(changed)
+    assert report["attention"] == [] and {r["reason"] for r in report["attention_apart"]} == {"the mask added to the scores is not float32"}
