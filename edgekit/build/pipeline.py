@@ -175,6 +175,7 @@ class Pipeline:
                     unsupervised=data.kind(cal) not in ("labeled", "pairs"),  # pairs: recall@1 of an embedding model
                     confidence=e.confidence or None,  # 0: choose on the dev point estimate
                     groups=e.groups,
+                    holdout=e.holdout,
                     queries_only=e.queries_only,
                 )
             except DevSetTooSmall as err:

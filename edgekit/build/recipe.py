@@ -154,6 +154,12 @@ class Exits(_M):
     groups: str | None = Field(
         None, description="calibration: a field of the calibration file naming each row's group; the bound resamples whole groups"
     )
+    holdout: float = Field(
+        0.5,
+        ge=0,
+        le=0.8,
+        description="calibration: share of the rows (whole groups) held out to check the chosen point's bound on; 0: the rows searched",
+    )
     queries_only: bool = Field(
         False,
         description="calibration on query/doc pairs (embedding model): only queries take exits; docs are embedded once "

@@ -130,6 +130,14 @@ def calibrate(
             "resamples whole groups (cluster bootstrap), as it must when rows of one group are alike"
         ),
     ] = None,
+    holdout: Annotated[
+        float,
+        typer.Option(
+            help="share of the dev rows (whole groups with --groups) held out: points are searched on the rest and checked "
+            "on these in a fixed order, so the chosen point's bound is not picked for being low by chance (0: search and "
+            "bound on the same rows)"
+        ),
+    ] = 0.5,
     queries_only: Annotated[
         bool,
         typer.Option(
@@ -164,6 +172,7 @@ def calibrate(
             subsets=subsets,
             per_exit=per_exit,
             groups=groups,
+            holdout=holdout,
             queries_only=queries_only,
             form=form,
             progress=progress,
@@ -176,7 +185,7 @@ def calibrate(
         i, unit = r.interval, "query/doc pairs" if r.metric.startswith("recall@1") else "texts"
         console.print(
             f"dev drop {i.drop:.2f} points, {100 * i.confidence:g}% bound {i.drop_high:.2f} (quality {100 * i.quality:.2f}%, "
-            f"bounds {100 * i.quality_low:.2f}..{100 * i.quality_high:.2f}%) on {i.dev_texts} {unit}"
+            f"bounds {100 * i.quality_low:.2f}..{100 * i.quality_high:.2f}%) on {i.dev_texts} {'held-out ' if i.search_texts else ''}{unit}"
             f"{f' in {i.dev_groups} groups ({groups})' if i.dev_groups is not None else ''}; "
             f"about {i.dev_texts_needed} {unit} would bring the bound's margin under {max_drop / 4:g} points"
         )

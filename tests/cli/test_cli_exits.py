@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from conftest import LABELS, run_cli
@@ -41,15 +42,21 @@ def test_calibrate_reports_the_bound_or_refuses_a_dev_set_too_small(heads, texts
     assert code == 0, err
     doc = json.loads((tmp_path / "c2" / "calibration.json").read_text())
     assert doc["confidence"] is None and doc["interval"] is None and doc["exits"] is None and "exits" in out
-    dev = _dev(tmp_path / "dev40.jsonl", texts, 40)
+    dev = _dev(tmp_path / "dev40.jsonl", texts, 40)  # too few to hold half out: 30 texts or more on each side
+    code, _, err = run_cli(["exits", "calibrate", str(heads), "--data", str(dev), "--out", str(tmp_path / "c4")], monkeypatch, capsys)
+    assert_user_error(code, err, "held-out rows", "--holdout 0")
     code, out, err = run_cli(
-        ["exits", "calibrate", str(heads), "--data", str(dev), "--out", str(tmp_path / "c3"), "--max-drop", "100"], monkeypatch, capsys
+        ["exits", "calibrate", str(heads), "--data", str(dev), "--out", str(tmp_path / "c3"), "--max-drop", "100", "--holdout", "0"],
+        monkeypatch,
+        capsys,
     )
     assert code == 0, err
     doc = json.loads((tmp_path / "c3" / "calibration.json").read_text())
     i = doc["interval"]
     assert doc["confidence"] == 0.9 and i["quality_low"] <= i["quality"] <= i["quality_high"] and i["dev_texts"] == 40
     assert "90% bound" in out and "texts would bring" in out
+    code, _, err = run_cli(["exits", "calibrate", str(heads), "--data", str(dev), "--holdout", "0.9"], monkeypatch, capsys)
+    assert_user_error(code, err, "holdout 0.9 out of range")
 
 
 def test_queries_only_needs_an_embedding_model_and_pairs(heads, texts, tmp_path, monkeypatch, capsys):
@@ -159,8 +166,10 @@ def test_calibrate_with_groups_bootstraps_them_and_refuses_a_missing_field(heads
     args = ["exits", "calibrate", str(heads), "--data", str(dev), "--max-drop", "100"]
     code, out, err = run_cli([*args, "--out", str(tmp_path / "c"), "--groups", "source"], monkeypatch, capsys)
     assert code == 0, err
-    assert "in 20 groups (source)" in out.replace("\n", " ")
-    assert json.loads((tmp_path / "c" / "calibration.json").read_text())["interval"]["dev_groups"] == 20
+    i = json.loads((tmp_path / "c" / "calibration.json").read_text())["interval"]
+    assert 0 < i["dev_groups"] < 20 and i["dev_texts"] == 4 * i["dev_groups"] and i["search_texts"] == 80 - i["dev_texts"]
+    said = re.sub(r"-\s+", "-", " ".join(out.split()))  # as printed, without the console's line wrapping
+    assert f"on {i['dev_texts']} held-out texts in {i['dev_groups']} groups (source)" in said
     code, _, err = run_cli([*args, "--out", str(tmp_path / "x"), "--groups", "customer"], monkeypatch, capsys)
     assert_user_error(code, err, "missing field 'customer'")
     assert not (tmp_path / "x").exists()

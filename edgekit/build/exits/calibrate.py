@@ -117,6 +117,7 @@ class Interval(BaseModel):
     dev_texts: int
     dev_texts_needed: int  # for the bound's margin (drop_high - drop) to be under a quarter of max_drop
     dev_groups: int | None = None  # groups the bootstrap resampled (--groups), None: rows
+    search_texts: int | None = None  # dev texts the point was chosen on, apart from the ``dev_texts`` it was checked on (None: the same)
 
 
 class CalibrationReport(BaseModel):
@@ -222,8 +223,9 @@ class Scorer:
         """The ``keep`` argument (exit indices before the last) of a point whose kept exit layers are ``exits``."""
         return None if exits is None else [self.layers.index(layer) for layer in exits[:-1]]
 
-    def _run(self, name: str, param, keep: list[int] | None):
-        """(exit index per row among the kept exits, output per row, kept layers, latency, ratio, check)."""
+    def _run(self, name: str, param, keep: list[int] | None, plan: list[bool] | None = None):
+        """(exit index per row among the kept exits, output per row, kept layers, latency, ratio, check);
+        ``plan``: the length plan to deploy (per bucket: exits checked), instead of the one these rows imply."""
         last_all = len(self.layers) - 1
         idx = list(range(last_all)) if keep is None else sorted(keep)
         exits = [self.exits[i] for i in idx] + [self.exits[-1]]
@@ -236,7 +238,7 @@ class Scorer:
             on = timing.cum_ms[rows_b, exit_at]  # each row's time with exits checked
             off = timing.chain_ms[rows_b]
             # a bucket no dev text falls in: judged with every row's exit as if it had that length
-            check = [
+            check = plan or [
                 bool(timing.cum_ms[b, exit_at[rows_b == b] if (rows_b == b).any() else exit_at].mean() < timing.chain_ms[b])
                 for b in range(len(timing.buckets))
             ]
@@ -249,13 +251,13 @@ class Scorer:
             latency = float(self.cum[exit_at].mean())
         return exit_at, out, layers, latency, ratio, check
 
-    def rows(self, name: str, param, keep: list[int] | None = None) -> np.ndarray:
+    def rows(self, name: str, param, keep: list[int] | None = None, plan: list[bool] | None = None) -> np.ndarray:
         """Per-row quality of a point as deployed."""
-        return row_quality(self.task, self._run(name, param, keep)[1], self.final, self.labels)
+        return row_quality(self.task, self._run(name, param, keep, plan)[1], self.final, self.labels)
 
-    def point(self, name: str, param, keep: list[int] | None = None) -> Point:
-        """``keep``: 0-based exits kept before the last (None: all)."""
-        exit_at, out, layers, latency, ratio, check = self._run(name, param, keep)
+    def point(self, name: str, param, keep: list[int] | None = None, plan: list[bool] | None = None) -> Point:
+        """``keep``: 0-based exits kept before the last (None: all); ``plan``: see :meth:`_run`."""
+        exit_at, out, layers, latency, ratio, check = self._run(name, param, keep, plan)
         rows = row_quality(self.task, out, self.final, self.labels)
         low = None if self.bound is None else self.base - self.bound.upper(self.base_rows - rows)
         return Point(
@@ -389,6 +391,10 @@ def recommend(
         kept = f", exits at layers {','.join(map(str, chosen.exits))}" if chosen.exits is not None else ""
         low = f" (bound {100 * chosen.quality_low:.2f}%)" if chosen.quality_low is not None else ""
         return "exits", None, f"early exit {chosen.spec}: {100 * chosen.quality:.2f}%{low}, {chosen.mean_layers:.2f} layers{kept}{lat}"
+    if single_ms is None:  # no timing (every point counts as faster): none held the budget
+        layer = shallowest_within(per_exit, layers, max_drop)
+        cut = f"ship the depth cut at layer {layer} (edgekit exits prune --layer {layer}), or no exits"
+        return ("prune", layer, cut) if layer < layers[-1] else ("none", None, "ship the model without exits")
     fastest = min(points, key=lambda p: p.expected_latency_ms)
     faster = [p for p in points if saves(p, single_ms)]
     if base is not None and faster:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgekit.build.exits.calibrate import Scorer, Timing, choose
-from edgekit.build.exits.operating import Bootstrap, check_dev_size, dev_texts_needed, report, search
+from edgekit.build.exits.operating import Bootstrap, check_dev_size, check_holdout, dev_texts_needed, report, search, split_rows
 from edgekit.errors import ConfigError, DataError
 
 
@@ -87,8 +87,12 @@ def test_report_shows_the_interval_the_subset_and_the_dev_size_needed():
     i = r.interval
     assert r.chosen is not None and r.confidence == 0.9
     assert i.quality_low <= i.quality <= i.quality_high and i.drop <= i.drop_high <= 1.0
-    assert i.dev_texts == 2000 and i.dev_texts_needed == dev_texts_needed(2000, i.drop_high - i.drop, 1.0)
+    # bounded on the held-out rows, searched on the others
+    assert 800 < i.dev_texts < 1200 and i.search_texts == 2000 - i.dev_texts
+    assert i.dev_texts_needed == dev_texts_needed(i.dev_texts, i.drop_high - i.drop, 1.0)
     assert r.exits is None  # no timing: subsets cannot be faster
+    same = report(exits, [2, 4, 6], "classifier", labels, lengths=np.full(2000, 10), max_drop=1.0, holdout=0).interval
+    assert same.dev_texts == 2000 and same.search_texts is None
     off = report(exits, [2, 4, 6], "classifier", labels, lengths=np.full(2000, 10), max_drop=1.0, confidence=None)
     assert off.interval is None and off.confidence is None
 
@@ -116,6 +120,10 @@ def test_recipe_exits_confidence_is_zero_or_a_one_sided_level():
     for bad in (0.3, 1.0, -0.1):
         with pytest.raises(ValidationError, match="confidence"):
             Exits(confidence=bad)
+    assert Exits().holdout == 0.5 and Exits(holdout=0).holdout == 0
+    for bad in (0.9, -0.1):
+        with pytest.raises(ValidationError, match="holdout"):
+            Exits(holdout=bad)
 
 
 def test_cluster_bootstrap_is_wider_when_rows_of_a_group_fail_together():
@@ -142,8 +150,10 @@ def test_cluster_bootstrap_is_wider_when_rows_of_a_group_fail_together():
 def test_report_names_the_groups_of_its_bound():
     exits, labels = _exits(600)
     groups = [f"g{i % 150}" for i in range(600)]
-    r = report(exits, [2, 4, 6], "classifier", labels, lengths=np.full(600, 10), max_drop=5.0, confidence=0.9, groups=groups)
+    r = report(exits, [2, 4, 6], "classifier", labels, lengths=np.full(600, 10), max_drop=5.0, confidence=0.9, groups=groups, holdout=0)
     assert r.interval is not None and r.interval.dev_groups == 150 and r.interval.dev_texts == 600
+    held = report(exits, [2, 4, 6], "classifier", labels, lengths=np.full(600, 10), max_drop=5.0, groups=groups).interval
+    assert 50 < held.dev_groups < 100 and held.dev_texts == 4 * held.dev_groups  # whole groups of 4 held out
 
 
 def test_the_accuracy_lost_to_exits_is_at_most_their_disagreement_with_the_final_exit():
@@ -217,3 +227,42 @@ def test_queries_only_rank_against_docs_the_full_model_embedded():
     assert r.metric.startswith("recall@1") and "docs embedded without exits" in r.metric and r.base_quality == 1.0
     every = next(p for p in r.points if p.param == 0.5)
     assert every.quality == pytest.approx(56 / 60) and every.exit_histogram == [n, 0]  # only queries run the exits
+
+
+def test_split_rows_holds_out_whole_groups_seeded():
+    groups = np.repeat([f"g{i}" for i in range(100)], 5)
+    search, held = split_rows(500, 0.5, groups)
+    assert len(search) + len(held) == 500 and not set(groups[search]) & set(groups[held])
+    assert 150 < len(held) < 350
+    again = split_rows(500, 0.5, groups)
+    assert np.array_equal(again[1], held)  # seeded: a calibration is reproducible
+    rows_only = split_rows(500, 0.5)
+    assert not np.array_equal(rows_only[1], held)
+
+
+def test_the_held_out_check_stops_a_point_whose_bound_was_low_by_chance():
+    """Exit 1 is wrong only on held-out rows: searched on the other rows it looks free, and the same-rows
+    choice (searched and bounded on every row) takes it at its 0.6-point drop; the held-out check tries it,
+    finds its bound over budget and stops there, so a slower point that never used exit 1 is chosen."""
+    n = 2000
+    exits, labels = _exits(n, wrong=0.0)
+    _, held = split_rows(n, 0.5)
+    wrong = held[:12]  # 12 of ~1,000 held-out rows: 1.2 points there, 0.6 points on all rows
+    first = exits[0]["output"].copy()
+    first[wrong] = first[wrong][:, ::-1]
+    exits[0] = {**exits[0], "output": first}
+    kw = dict(lengths=np.full(n, 10), max_drop=1.0, policies=["entropy"], per_exit=False)
+    same = report(exits, [2, 4, 6], "classifier", labels, holdout=0, **kw)
+    assert same.chosen.exit_histogram[0] == n  # every row leaves at exit 1
+    r = report(exits, [2, 4, 6], "classifier", labels, **kw)
+    assert r.chosen.exit_histogram[0] == 0 and r.chosen.mean_layers > same.chosen.mean_layers
+    assert r.chosen.quality == 1.0 and r.interval.drop_high <= 1.0
+
+
+def test_bad_holdout_and_a_dev_set_too_small_to_hold_out():
+    with pytest.raises(ConfigError, match="holdout 0.9 out of range"):
+        check_holdout(0.9)
+    check_holdout(0)
+    exits, labels = _exits(50)
+    with pytest.raises(DataError, match=r"held-out rows: \d+ .* texts of 50, fewer than 30: about 60 texts needed.*--holdout 0"):
+        report(exits, [2, 4, 6], "classifier", labels, lengths=np.full(50, 10), max_drop=5.0)
