@@ -26,11 +26,12 @@ drop on the search part, and the sequence stops at the first point whose held-ou
 the budget; the fastest point before it is chosen. This is the fixed-sequence test of Learn then
 Test (Angelopoulos et al., 2021), the way CALM (Schuster et al., 2022) calibrates its exits: the
 order is fixed before the held-out rows are seen, so the chosen point's bound holds at the asked
-confidence (as far as a bootstrap bound is a valid test: its usual caveats). Measured on debian-sections' dev alone (bench/exit_coverage.py: choose on half the
-source packages, score on the other half, 40 splits; bench/results/exits-coverage), with a 90 %
-group bound it overshot a 1-point budget on 3 of 40 halves for both models tried, and chose a
-point on 37 and 32 of 40 halves where the same-rows choice refused 20 and 31 (its bound's margin
-alone over the budget on ~400 texts) and overshot on 3 of the 20 it chose for the binary model.
+confidence (as far as a bootstrap bound is a valid test: its usual caveats). Measured on
+debian-sections' dev alone (bench/exit_coverage.py: choose on half the source packages, score on
+the other half, 40 splits; bench/results/exits-coverage), with a 90 % group bound it overshot a
+1-point budget on 3 of 40 halves for both models tried, and chose a point on 37 and 32 of 40
+halves where the same-rows choice refused 20 and 31 (its bound's margin alone over the budget on
+~400 texts) and overshot on 3 of the 20 it chose for the binary model.
 ``holdout`` 0 restores the same-rows choice; a retrieval metric (every doc ranked for every
 query) is not split.
 """
@@ -186,7 +187,7 @@ def check_holdout(holdout: float) -> None:
     if not 0 <= holdout <= 0.8:
         raise ConfigError(
             f"holdout {holdout:g} out of range",
-            hint="use a share of the dev rows in (0, 0.8], e.g. 0.5, or 0 to bound on the rows searched",
+            hint="use a share of the dev rows up to 0.8, e.g. 0.5, or 0 to bound on the rows searched",
         )
 
 
