@@ -73,7 +73,7 @@ def plot(plt, r, path: Path) -> None:
         title += f" {chosen.spec}"
     if r.interval is not None:
         i = r.interval
-        title += f"\ndev drop {i.drop:.2f} pt, {100 * i.confidence:g}% bound {i.drop_high:.2f} pt; ~{i.dev_texts_needed} dev texts for a margin under {r.max_drop / 4:g} pt"
+        title += f"\n{'held-out ' if i.search_texts else ''}dev drop {i.drop:.2f} pt, {100 * i.confidence:g}% bound {i.drop_high:.2f} pt; ~{i.dev_texts_needed} dev texts for a margin under {r.max_drop / 4:g} pt"
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
