@@ -182,7 +182,7 @@ class Pipeline:
                 raise DevSetTooSmall(
                     f"steps.exits: {err.message}",
                     hint="give more calibration texts (data.calibration, or a larger steps.exits.limit), "
-                    "or set steps.exits.confidence: 0 to choose on the point estimate",
+                    "or set steps.exits.holdout: 0 (bound on the rows searched) or steps.exits.confidence: 0 (the point estimate)",
                 ) from err
             return "heads", {
                 "layers": r["layers"],

@@ -310,3 +310,12 @@ def test_hash_path_skips_caches_and_sees_content(tmp_path):
     assert cache.hash_path(d) == h
     (d / "a.txt").write_text("b")
     assert cache.hash_path(d) != h
+
+
+def test_an_exits_step_with_too_few_calibration_texts_for_its_bound_says_how_to_go_on(work):
+    from edgekit.build.exits.operating import DevSetTooSmall
+
+    path = work(name="fewcal", steps={"exits": {"layers": [1, 2], "epochs": 1, "limit": 24}})  # the 90 % bound, held out
+    with pytest.raises(DevSetTooSmall, match=r"^steps.exits: dev set too small for a 90% bound") as err:
+        runner.build(path, say=quiet, train_progress=False)
+    assert "steps.exits.holdout: 0" in err.value.hint and "steps.exits.confidence: 0" in err.value.hint
