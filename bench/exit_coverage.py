@@ -47,10 +47,6 @@ WAYS = {
 }
 
 
-def _take(exits, idx):
-    return [{k: v[idx] for k, v in e.items()} for e in exits]
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("heads", type=Path)
@@ -87,11 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     for seed in range(a.splits):
         half = np.isin(groups, np.random.default_rng(1000 + seed).choice(names, len(names) // 2, replace=False))
         pick, unseen = np.flatnonzero(half), np.flatnonzero(~half)
-        other = Scorer(_take(exits, unseen), layers, "classifier", labels[unseen], lengths=lengths[unseen])
+        other = Scorer(operating.rows_of(exits, unseen), layers, "classifier", labels[unseen], lengths=lengths[unseen])
         for way, o in WAYS.items():
             try:
                 r = operating.report(
-                    _take(exits, pick),
+                    operating.rows_of(exits, pick),
                     layers,
                     "classifier",
                     labels[pick],

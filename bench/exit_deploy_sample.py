@@ -42,10 +42,6 @@ def _exits(model, texts):
     return torch_exits(model, feed), np.asarray(feed["attention_mask"].sum(1))
 
 
-def _take(exits, idx):
-    return [{k: v[idx] for k, v in e.items()} for e in exits]
-
-
 def halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Row indices of test's deployment half (labels dropped) and report half for one split seed."""
     order = np.random.default_rng(seed).permutation(n)
@@ -104,8 +100,10 @@ def main() -> None:
     rows = []
     for seed in range(args.seeds):
         deploy, rep = halves(len(test_texts), seed)
-        report = Scorer(_take(test_exits, rep), layers, task, y_test[rep], lengths=test_len[rep], timing=timing)
-        dep = choose(_take(test_exits, deploy), None, test_len[deploy], args.confidence)  # no labels: agreement with the final exit
+        report = Scorer(operating.rows_of(test_exits, rep), layers, task, y_test[rep], lengths=test_len[rep], timing=timing)
+        dep = choose(
+            operating.rows_of(test_exits, deploy), None, test_len[deploy], args.confidence
+        )  # no labels: agreement with the final exit
         for name, chosen in [*on_dev.items(), ("deployment-sample bound (unlabelled)", dep)]:
             if isinstance(chosen, str):
                 rows.append({"seed": seed, "calibration": name, "chosen": f"refused: {chosen}"})

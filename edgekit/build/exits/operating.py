@@ -205,7 +205,8 @@ def split_rows(n: int, holdout: float, groups=None, seed: int = 0) -> tuple[np.n
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 
-def _rows_of(exits: list[dict[str, np.ndarray]], idx: np.ndarray) -> list[dict[str, np.ndarray]]:
+def rows_of(exits: list[dict[str, np.ndarray]], idx: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """Every exit's outputs on the rows ``idx`` only."""
     return [{k: v[idx] for k, v in e.items()} for e in exits]
 
 
@@ -227,7 +228,7 @@ class HeldOut:
 
         def part(idx, boot):
             sub = None if labels is None else np.asarray(labels)[idx]
-            return cal.Scorer(_rows_of(exits, idx), layers, task, sub, lengths=np.asarray(lengths)[idx], timing=timing, bound=boot)
+            return cal.Scorer(rows_of(exits, idx), layers, task, sub, lengths=np.asarray(lengths)[idx], timing=timing, bound=boot)
 
         def boot(idx):
             return Bootstrap(len(idx), confidence, resamples, groups=None if groups is None else np.asarray(groups)[idx])
