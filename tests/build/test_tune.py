@@ -170,7 +170,9 @@ def test_candidate_failing_parity_is_recorded_and_never_chosen(bert_onnx, tmp_pa
     )
     record = m.settings["tune"]
     by_name = {c["name"]: c for c in record["candidates"]}
-    assert list(by_name) == ["default", "streams=2", "hint=THROUGHPUT", "precision=bf16", "precision=fp16"]
+    # the single settings, then any combination of two that beat the default (timing-dependent on a busy machine)
+    assert list(by_name)[:5] == ["default", "streams=2", "hint=THROUGHPUT", "precision=bf16", "precision=fp16"]
+    assert all(" + " in name for name in list(by_name)[5:])
     assert by_name["default"]["status"] == "timed" and by_name["default"]["p50_ms"] > 0
     bf16 = by_name["precision=bf16"]
     if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
