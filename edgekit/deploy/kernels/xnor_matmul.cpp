@@ -194,18 +194,22 @@ XNOR_AVX512 static void pack_rows_avx512(const Problem& p, uint64_t* xb, int32_t
     }
 }
 
-// R rows x 16 outputs per step; weights of a block are 16 consecutive words per K-word.
-template <int R, bool AND>
+// R rows x 16 outputs per step; weights of a block are 16 consecutive words per K-word. KW > 0: the K loop
+// has that many words, known at compile time (unrolled); KW = 0: p.kw words.
+template <int R, bool AND, int KW>
 XNOR_AVX512 static inline void tile_avx512(const Problem& p, const uint64_t* xb, const int32_t* pc, int64_t r, int64_t blk) {
-    const uint64_t* wb = p.w + blk * p.kw * kBlock;
+    const int64_t kw = KW > 0 ? KW : p.kw;
+    const uint64_t* wb = p.w + blk * kw * kBlock;
+    const uint64_t* xr = xb + r * kw;
     __m512i acc0[R], acc1[R];
     for (int i = 0; i < R; ++i)
         acc0[i] = acc1[i] = _mm512_setzero_si512();
-    for (int64_t wd = 0; wd < p.kw; ++wd) {
+#pragma GCC unroll 8
+    for (int64_t wd = 0; wd < kw; ++wd) {
         const __m512i w0 = _mm512_loadu_si512(wb + wd * kBlock);
         const __m512i w1 = _mm512_loadu_si512(wb + wd * kBlock + 8);
         for (int i = 0; i < R; ++i) {
-            const __m512i xv = _mm512_set1_epi64(static_cast<long long>(xb[(r + i) * p.kw + wd]));
+            const __m512i xv = _mm512_set1_epi64(static_cast<long long>(xr[i * kw + wd]));
             const __m512i v0 = AND ? _mm512_and_si512(xv, w0) : _mm512_xor_si512(xv, w0);
             const __m512i v1 = AND ? _mm512_and_si512(xv, w1) : _mm512_xor_si512(xv, w1);
             acc0[i] = _mm512_add_epi64(acc0[i], _mm512_popcnt_epi64(v0));
@@ -214,14 +218,15 @@ XNOR_AVX512 static inline void tile_avx512(const Problem& p, const uint64_t* xb,
     }
     const int64_t n0 = blk * kBlock, nend = std::min<int64_t>(kBlock, p.n - n0);
     const __mmask16 om = nend >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << nend) - 1u);
+    // the low 32 bits of each 64-bit popcount (< 2^31), outputs 0-7 from acc0 and 8-15 from acc1: one permute
+    const __m512i lows = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     __m512i dots[R];
     for (int i = 0; i < R; ++i) {
-        // 16 popcounts (two 8 x i64 halves) -> 16 x i32
-        const __m512i acc = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(acc0[i])), _mm512_cvtepi64_epi32(acc1[i]), 1);
+        const __m512i acc = _mm512_permutex2var_epi32(acc0[i], lows, acc1[i]);
         if (AND)  // 2 acc - popcount(x)
-            dots[i] = _mm512_sub_epi32(_mm512_slli_epi32(acc, 1), _mm512_set1_epi32(pc[r + i]));
+            dots[i] = _mm512_sub_epi32(_mm512_add_epi32(acc, acc), _mm512_set1_epi32(pc[r + i]));
         else  // K - 2 acc
-            dots[i] = _mm512_sub_epi32(_mm512_set1_epi32(static_cast<int32_t>(p.k)), _mm512_slli_epi32(acc, 1));
+            dots[i] = _mm512_sub_epi32(_mm512_set1_epi32(static_cast<int32_t>(p.k)), _mm512_add_epi32(acc, acc));
     }
     if (p.ybits != nullptr) {  // the next binarizer's bits: two integer compares, 16 bits a row
         const __m512i ge = _mm512_maskz_loadu_epi32(om, p.ge + n0), le = _mm512_maskz_loadu_epi32(om, p.le + n0);
@@ -239,15 +244,31 @@ XNOR_AVX512 static inline void tile_avx512(const Problem& p, const uint64_t* xb,
     }
 }
 
-template <bool AND>
-XNOR_AVX512 static void gemm_avx512_t(const Problem& p, const uint64_t* xb, const int32_t* pc, int64_t r0, int64_t r1, int64_t b0, int64_t b1) {
+template <bool AND, int KW>
+XNOR_AVX512 static void gemm_avx512_k(const Problem& p, const uint64_t* xb, const int32_t* pc, int64_t r0, int64_t r1, int64_t b0, int64_t b1) {
     int64_t r = r0;
     for (; r + 4 <= r1; r += 4)
         for (int64_t blk = b0; blk < b1; ++blk)
-            tile_avx512<4, AND>(p, xb, pc, r, blk);
+            tile_avx512<4, AND, KW>(p, xb, pc, r, blk);
     for (; r < r1; ++r)
         for (int64_t blk = b0; blk < b1; ++blk)
-            tile_avx512<1, AND>(p, xb, pc, r, blk);
+            tile_avx512<1, AND, KW>(p, xb, pc, r, blk);
+}
+
+// K of 384 and 1536 (6 and 24 words: MiniLM's and BERT-base's hidden sizes, 384 -> 1536 FFNs) with the K loop
+// unrolled; any other K loops over p.kw
+template <bool AND>
+XNOR_AVX512 static void gemm_avx512_t(const Problem& p, const uint64_t* xb, const int32_t* pc, int64_t r0, int64_t r1, int64_t b0, int64_t b1) {
+    switch (p.kw) {
+    case 6:
+        return gemm_avx512_k<AND, 6>(p, xb, pc, r0, r1, b0, b1);
+    case 12:
+        return gemm_avx512_k<AND, 12>(p, xb, pc, r0, r1, b0, b1);
+    case 24:
+        return gemm_avx512_k<AND, 24>(p, xb, pc, r0, r1, b0, b1);
+    default:
+        return gemm_avx512_k<AND, 0>(p, xb, pc, r0, r1, b0, b1);
+    }
 }
 
 XNOR_AVX512 static void gemm_avx512(const Problem& p, const uint64_t* xb, const int32_t* pc, int64_t r0, int64_t r1, int64_t b0, int64_t b1) {

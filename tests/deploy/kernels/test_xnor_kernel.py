@@ -43,9 +43,12 @@ def test_build_records_hash_and_reuses_cache(xnor_lib):
 
 
 @pytest.mark.parametrize("mode", ["pm1", "01"])
-@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (3, 63, 17), (5, 64, 16), (7, 65, 33), (4, 384, 40), (64, 1000, 300)])
+@pytest.mark.parametrize(
+    "m,k,n", [(1, 1, 1), (3, 63, 17), (5, 64, 16), (7, 65, 33), (4, 384, 40), (9, 768, 35), (6, 1536, 20), (64, 1000, 300)]
+)
 def test_integer_dots_are_exact(binary_matmul_model, ov_compile, mode, m, k, n):
-    """scale 1, bias 0: the output is the integer dot product itself, for K off multiples of 64 too."""
+    """scale 1, bias 0: the output is the integer dot product itself, for K off multiples of 64 too, and for the K
+    the AVX-512 path unrolls (384, 768, 1536: 6, 12, 24 words) with row counts off its 4-row tiles."""
     rng = np.random.default_rng(k * 1000 + n)
     w = rng.choice(np.array([-1, 1], np.int8), size=(n, k))
     beta, hi, qscale = (0.1, 0.0, 1.0) if mode == "pm1" else (0.1, 0.7, 0.7)
