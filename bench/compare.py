@@ -31,7 +31,9 @@ Columns: accuracy on dev and test (each artifact run by its own runtime), b1 s12
 static [1,128] models pad to 128), b32 s128 throughput (a static [1,128] model runs the 32
 rows one by one), model file size, and the ratio to the best baseline in each column.
 Timings are interleaved round by round (every backend sees each round back to back, the
-order reversed every other round), so machine drift hits all alike.
+order reversed every other round), so machine drift hits all alike. Before its timed calls in a
+round, each backend runs untimed for 0.1 s (``settle``): ONNX Runtime's default spinning threads
+otherwise slow whatever runs next in the process for tens of milliseconds.
 
 Also measured: where the time goes (ONNX Runtime's profiler, time per op type of the
 fastest edgekit ORT artifact), achieved INT8 GOP/s against a plain INT8 GEMM of the same
@@ -816,6 +818,21 @@ def main() -> int:
     return 0
 
 
+SETTLE_S = 0.1
+
+
+def settle(run: Callable[[dict], Any], feeds: list[dict]) -> None:
+    """Untimed calls of the backend about to be timed, for SETTLE_S seconds (at least one): threads the previous
+    backend's runtime left spinning stop before its first timed call. Measured here (b1 s128, W1E1A1 on
+    openvino-cpu right after 15 calls of an ONNX Runtime session with its default spinning): the next 9 calls
+    took 1.6x the time of the rest; with 0.1 s of its own calls first, none did."""
+    start = time.perf_counter()
+    i = 0
+    while i == 0 or time.perf_counter() - start < SETTLE_S:
+        run(feeds[i % len(feeds)])
+        i += 1
+
+
 def timed_rounds(dynamic: list[Backend], static: list[Backend], feeds_dyn: dict, feeds_static: dict, rounds: int, runs: dict) -> None:
     """Interleaved rounds over every backend; static [1,128] backends get inputs padded to 128."""
     everyone = [(b, feeds_dyn) for b in dynamic] + [(b, feeds_static) for b in static]
@@ -843,6 +860,7 @@ def timed_rounds(dynamic: list[Backend], static: list[Backend], feeds_dyn: dict,
             n = runs[key]
             for b, feeds in order:
                 fl = feeds[key]
+                settle(lambda f, b=b, key=key: call(b, key, f), fl)
                 for i in range(n):
                     b.times[key].append(call(b, key, fl[(r * n + i) % len(fl)]))
         say(f"round {r + 1}/{rounds} done")
@@ -853,7 +871,7 @@ def table(result: dict[str, Any]) -> str:
     lines = [
         f"# bench/compare: MiniLM-L6 on debian-sections ({h['cpu']}, {h['cores']} cores, onnxruntime {h['onnxruntime']}, openvino {h['openvino']})",
         "",
-        f"Real text: {result['data']['real_text_mean_tokens']:.1f} tokens on average (120 dev texts, batch 1; every backend ran each once before timing). Accuracy on "
+        f"Real text: {result['data']['real_text_mean_tokens']:.1f} tokens on average (120 dev texts, batch 1; every backend ran each once before timing, and runs 0.1 s untimed before its timed calls of each round and shape). Accuracy on "
         + ", ".join(f"{k} ({n} texts)" for k, n in result["data"]["accuracy_sets"].items())
         + "; static [1,128] models truncate longer texts to 128 tokens.",
         f"b1 s128 and b32: {result['data']['s128_texts']} (b1 cycles through them; b32 is 32 of them). "
