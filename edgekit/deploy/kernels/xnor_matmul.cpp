@@ -255,8 +255,8 @@ XNOR_AVX512 static void gemm_avx512_k(const Problem& p, const uint64_t* xb, cons
             tile_avx512<1, AND, KW>(p, xb, pc, r, blk);
 }
 
-// K of 384 and 1536 (6 and 24 words: MiniLM's and BERT-base's hidden sizes, 384 -> 1536 FFNs) with the K loop
-// unrolled; any other K loops over p.kw
+// K of 384, 768 and 1536 (6, 12 and 24 words: MiniLM's and BERT-base's hidden sizes and MiniLM's FFN) with the
+// K loop unrolled; any other K loops over p.kw
 template <bool AND>
 XNOR_AVX512 static void gemm_avx512_t(const Problem& p, const uint64_t* xb, const int32_t* pc, int64_t r0, int64_t r1, int64_t b0, int64_t b1) {
     switch (p.kw) {
