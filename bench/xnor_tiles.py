@@ -29,19 +29,9 @@ SOURCE = "edgekit/deploy/kernels/xnor_matmul.cpp"
 
 
 def build(source: Path, out: Path) -> Path:
-    _, include, libs = xnor._openvino_layout()
-    rpath = sorted({str(p.parent.resolve()) for p in libs})
-    cmd = [
-        xnor.compiler(),
-        *[f for f in xnor.FLAGS if f not in ("-shared", "-fvisibility=hidden")],
-        f"-I{include}",
-        f'-DKERNEL_SOURCE="{source}"',
-        str(HARNESS),
-        "-o",
-        str(out),
-        *map(str, libs),
-        *(f"-Wl,-rpath,{d}" for d in rpath),
-    ]
+    _, include, libs = xnor.openvino_layout()
+    flags = [f for f in xnor.FLAGS if f not in ("-shared", "-fvisibility=hidden")]  # an executable, not the library
+    cmd = [xnor.compiler(), *flags, f'-DKERNEL_SOURCE="{source}"', *xnor.openvino_args(include, libs, HARNESS, out)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return out
 

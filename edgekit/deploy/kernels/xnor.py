@@ -73,7 +73,7 @@ def compiler() -> str:
     raise _unavailable(f"no C++ compiler found ({'CXX=' + wanted if wanted else 'g++, c++, clang++'} not on PATH)")
 
 
-def _openvino_layout() -> tuple[str, Path, list[Path]]:
+def openvino_layout() -> tuple[str, Path, list[Path]]:
     """(openvino version, include dir, libraries to link) of the installed wheel."""
     try:
         ov = require("openvino", for_="the 1-bit BinaryMatMul kernel")
@@ -108,21 +108,27 @@ def cache_key(cxx: str, ov_version: str) -> str:
     return h.hexdigest()[:24]
 
 
+def openvino_args(include: Path, libs: list[Path], source: Path, out: Path) -> list[str]:
+    """The compiler arguments after the flags: the openvino wheel's headers, ``source``, ``-o out``, and its
+    libraries linked with their folders as rpath (also used by bench/xnor_tiles.py)."""
+    rpath = sorted({str(p.parent.resolve()) for p in libs})
+    return [f"-I{include}", str(source), "-o", str(out), *map(str, libs), *(f"-Wl,-rpath,{d}" for d in rpath)]
+
+
 def build(cache_dir: str | Path | None = None, *, force: bool = False) -> Path:
     """Compile the kernel (or reuse the cached build); returns the library's path."""
     if not SOURCE.exists():
         raise _unavailable(f"kernel source {SOURCE} is missing from the installation", hint="reinstall edgekit")
     cxx = compiler()
-    ov_version, include, libs = _openvino_layout()
+    ov_version, include, libs = openvino_layout()
     out_dir = Path(cache_dir or default_cache_dir()) / cache_key(cxx, ov_version)
     lib = out_dir / LIBRARY
     if lib.exists() and not force and _recorded_ok(lib):
         return lib
     out_dir.mkdir(parents=True, exist_ok=True)
-    rpath = sorted({str(p.parent.resolve()) for p in libs})
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         tmp_lib = Path(tmp) / LIBRARY
-        cmd = [cxx, *FLAGS, f"-I{include}", str(SOURCE), "-o", str(tmp_lib), *map(str, libs), *(f"-Wl,-rpath,{d}" for d in rpath)]
+        cmd = [cxx, *FLAGS, *openvino_args(include, libs, SOURCE, tmp_lib)]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         except (OSError, subprocess.SubprocessError) as err:
