@@ -38,17 +38,54 @@ from edgekit.deploy.kernels import xnor
 from edgekit.deps import require
 
 
-class _Graph:
-    """Producers, consumers and constant values of an ONNX graph."""
+def _subgraphs(node) -> list:
+    """The graphs an ``If`` (or any control-flow node) holds as attributes."""
+    from onnx import AttributeProto
 
-    def __init__(self, graph) -> None:
+    found = []
+    for a in node.attribute:
+        if a.type == AttributeProto.GRAPH:
+            found.append(a.g)
+        elif a.type == AttributeProto.GRAPHS:
+            found.extend(a.graphs)
+    return found
+
+
+def _reads(node) -> list[str]:
+    """What ``node`` reads: its inputs, and for a control-flow node every name its branches read from outside
+    them (an ``If`` of the one-graph exit model reads the hidden state and exit scores of the stages before)."""
+    names = [i for i in node.input if i]
+    for sub in _subgraphs(node):
+        inner = {o for n in sub.node for o in n.output} | {t.name for t in sub.initializer} | {v.name for v in sub.input}
+        names.extend(i for n in sub.node for i in _reads(n) if i not in inner)
+        names.extend(o.name for o in sub.output if o.name not in inner)
+    return names
+
+
+def _all_graphs(graph, outer: tuple = ()) -> list[tuple[Any, tuple]]:
+    """(graph, its enclosing graphs innermost first) for ``graph`` and every graph nested in it (an ``If``'s
+    branches, theirs, ...), outermost first."""
+    found = [(graph, outer)]
+    for node in graph.node:
+        for sub in _subgraphs(node):
+            found.extend(_all_graphs(sub, (graph, *outer)))
+    return found
+
+
+class _Graph:
+    """Producers, consumers and constant values of an ONNX graph (a nested branch reading a value counts as
+    a consumer of it, so nothing its branches read is rewritten away)."""
+
+    def __init__(self, graph, outer: tuple = ()) -> None:
+        """``outer``: the graphs enclosing ``graph`` (a branch), innermost first; their constants are visible."""
         from onnx import numpy_helper
 
         self.graph = graph
+        self.outer = _Graph(outer[0], outer[1:]) if outer else None
         self.producer = {o: n for n in graph.node for o in n.output}
         self.consumers: dict[str, list] = {}
         for n in graph.node:
-            for i in n.input:
+            for i in _reads(n):
                 self.consumers.setdefault(i, []).append(n)
         self.inits = {t.name: t for t in graph.initializer}
         self._np = numpy_helper
@@ -64,6 +101,8 @@ class _Graph:
                     return self._np.to_array(a.t)
         if node is not None and node.op_type == "Identity":  # the exporter's alias of an equal initializer
             return self.const(node.input[0])
+        if node is None and self.outer is not None:  # a branch reads the enclosing graph's constants
+            return self.outer.const(name)
         return None
 
     def op(self, name: str, op_type: str):
@@ -125,12 +164,18 @@ def _binarizer(g: _Graph, q) -> tuple[str, str, np.ndarray]:
         hi_c = g.const(clip.input[2]) if len(clip.input) > 2 and clip.input[2] else None
         sub = g.op(clip.input[0], "Sub")
         split = g.split_const(sub) if sub is not None else None
-        if lo_c is None or hi_c is None or not split or split[0] != sub.input[0]:
+        if split is None or split[0] != sub.input[0]:
+            # Clip(x, 0, hi): a threshold of 0, whose subtraction ONNX Runtime's basic optimizations remove (the
+            # one-graph exit model is simplified by them); x - 0 is x exactly, so the kernel's codes are the same
+            x, beta = clip.input[0], np.zeros((), np.float32)
+        else:
+            x, beta = sub.input[0], split[1]
+        if lo_c is None or hi_c is None:
             raise _Skip("unsigned activations not produced by Clip(Sub(x, beta), 0, hi)")
         clip_lo, clip_hi = _scalar(lo_c, "Clip min"), np.float32(_scalar(hi_c, "Clip max"))
         if clip_lo != 0.0 or _quantize(clip_hi, qscale, lo, hi) != 1:
             raise _Skip("Clip range does not give codes {0, 1}")
-        return sub.input[0], "01", np.array([_scalar(split[1], "threshold"), clip_hi, qscale], np.float32)
+        return x, "01", np.array([_scalar(beta, "threshold"), clip_hi, qscale], np.float32)
     raise _Skip("activations are not binary (no binarizer before QuantizeLinear)")
 
 
@@ -184,7 +229,7 @@ def _prune(graph) -> None:
     for node in reversed(list(graph.node)):
         if any(o in needed for o in node.output):
             keep.append(node)
-            needed.update(i for i in node.input if i)
+            needed.update(_reads(node))
     keep.reverse()
     del graph.node[:]
     graph.node.extend(keep)
@@ -356,28 +401,26 @@ def _join(g: _Graph, second) -> tuple[Any, list, np.ndarray, np.ndarray]:
     return first, gelu_nodes, ge, le
 
 
-def fuse_bits(model) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Join rewritten binary matmuls in ``model`` (changed in place) that feed one another through a binarizer
+def fuse_bits(graph, outer: tuple = ()) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Join rewritten binary matmuls in ONNX ``graph`` (changed in place) that feed one another through a binarizer
     (and a GELU): the first emits packed bits, the second reads them. Returns (one record per join, the
     rewritten matmuls not joined to the one before them, each with the reason)."""
 
-    g = _Graph(model.graph)
+    g = _Graph(graph, outer)
     fused, apart = [], []
-    for second in [n for n in model.graph.node if _is_binary_matmul(n) and not _attr(n, "x_bits", 0)]:
+    for second in [n for n in graph.node if _is_binary_matmul(n) and not _attr(n, "x_bits", 0)]:
         try:
             first, gelu_nodes, ge, le = _join(g, second)
         except _Skip as why:
             apart.append({"name": second.name, "reason": str(why)})
             continue
-        _emit_bits(model, first, ge, le)
+        _emit_bits(graph, first, ge, le)
         _set_attr(second, "x_bits", 1)
         second.input[0] = first.output[0]
         fused.append({"from": first.name, "to": second.name, "gelu": bool(gelu_nodes)})
     if fused:
-        _forget_types(
-            model.graph, {g.producer[n.input[0]].output[0] for n in model.graph.node if _attr(n, "x_bits", 0) and n.input[0] in g.producer}
-        )
-        _prune(model.graph)
+        _forget_types(graph, {g.producer[n.input[0]].output[0] for n in graph.node if _attr(n, "x_bits", 0) and n.input[0] in g.producer})
+        _prune(graph)
     return fused, apart
 
 
@@ -486,7 +529,10 @@ def _attention(g: _Graph, sm) -> dict[str, Any]:
     users = g.consumers.get(sm.output[0], [])
     if len(users) != 1 or sm.output[0] in g.outputs:
         raise _Skip("the probabilities have other readers")
-    clip = next((u for u in g.consumers.get(users[0].output[0], []) if u.op_type == "Clip"), None)
+    # Clip(Sub(p, beta)), or Clip(p) where a zero threshold's Sub was optimized away (see _binarizer)
+    clip = (
+        users[0] if users[0].op_type == "Clip" else next((u for u in g.consumers.get(users[0].output[0], []) if u.op_type == "Clip"), None)
+    )
     pq = g.consumers.get(clip.output[0], [None])[0] if clip is not None else None
     pdq = g.consumers.get(pq.output[0], [None])[0] if pq is not None and pq.op_type == "QuantizeLinear" else None
     mm = g.consumers.get(pdq.output[0], [None])[0] if pdq is not None and pdq.op_type == "DequantizeLinear" else None
@@ -530,13 +576,13 @@ def _attention(g: _Graph, sm) -> dict[str, Any]:
     }
 
 
-def _emit_bits(model, mm, ge, le) -> None:
+def _emit_bits(graph, mm, ge, le) -> None:
     """Make rewritten matmul ``mm`` emit packed bits by thresholds (ge, le) instead of floats."""
     from onnx import numpy_helper
 
     base = mm.name or mm.output[0]
     names = [f"{base}.bits_ge", f"{base}.bits_le"]
-    model.graph.initializer.extend(numpy_helper.from_array(t, nm) for t, nm in zip((ge, le), names))
+    graph.initializer.extend(numpy_helper.from_array(t, nm) for t, nm in zip((ge, le), names))
     mm.input[2], mm.input[3] = names
     _set_attr(mm, "y_bits", 1)
 
@@ -549,7 +595,7 @@ def _one_input(g: _Graph, mms: list) -> bool:
     return len(keys) == 1 and not _attr(mms[0], "x_bits", 0) and all(p is not None and p.size == 3 for p in params)
 
 
-def _join_qkv(g: _Graph, model, mms: list, thresholds: list, e: int) -> str:
+def _join_qkv(g: _Graph, graph, mms: list, thresholds: list, e: int) -> str:
     """Turn the first of ``mms`` (Q, K, V, each ``e`` outputs) into one matmul emitting the bits of all three, each
     from a 64-bit word boundary (padding columns never set); returns its output. The other two are left unread."""
     from onnx import numpy_helper
@@ -570,15 +616,15 @@ def _join_qkv(g: _Graph, model, mms: list, thresholds: list, e: int) -> str:
         f"{name}.bits_le": np.concatenate(les),
         f"{name}.xnor_params": params.astype(np.float32),
     }
-    model.graph.initializer.extend(numpy_helper.from_array(a, nm) for nm, a in inits.items())
+    graph.initializer.extend(numpy_helper.from_array(a, nm) for nm, a in inits.items())
     first.input[1], first.input[2], first.input[3], first.input[4] = inits
     _set_attr(first, "n", 3 * 64 * ew)  # 9 params: 3 sections
     _set_attr(first, "y_bits", 1)
     return first.output[0]
 
 
-def fuse_attention(model) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Replace each binary self-attention of ``model`` (changed in place) with one ``BinaryAttention`` node.
+def fuse_attention(graph, outer: tuple = ()) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Replace each binary self-attention of ONNX ``graph`` (changed in place) with one ``BinaryAttention`` node.
 
     BiT's W1A1 attention, as lowered: Q, K, V from rewritten binary matmuls, split into heads, each through a
     sign binarizer; scores = Q K^T scaled by a constant plus the mask; softmax; the probabilities through a
@@ -591,9 +637,9 @@ def fuse_attention(model) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     each with the reason)."""
     from onnx import numpy_helper
 
-    g = _Graph(model.graph)
+    g = _Graph(graph, outer)
     fused, apart, before = [], [], {}
-    for sm in [n for n in model.graph.node if n.op_type == "Softmax"]:
+    for sm in [n for n in graph.node if n.op_type == "Softmax"]:
         try:
             a = _attention(g, sm)
             thresholds = [
@@ -608,13 +654,13 @@ def fuse_attention(model) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         base = (sm.name or sm.output[0]).strip("/").replace("/", ".").removesuffix(".Softmax")
         mms = [a[x]["mm"] for x in "qkv"]
         if _one_input(g, mms):  # one matmul computes Q, K and V: one call, one pass over the input
-            bits = [_join_qkv(g, model, mms, thresholds, a["e"])]
+            bits = [_join_qkv(g, graph, mms, thresholds, a["e"])]
         else:
             for mm, (ge, le) in zip(mms, thresholds):
-                _emit_bits(model, mm, ge, le)
+                _emit_bits(graph, mm, ge, le)
             bits = [mm.output[0] for mm in mms]
         params = f"{base}.xnor_attention_params"
-        model.graph.initializer.append(numpy_helper.from_array(a["params"], params))
+        graph.initializer.append(numpy_helper.from_array(a["params"], params))
         out = f"{base}.xnor_attention_bits"
         heads = a["e"] // a["head_dim"]
         before[a["out"].name or a["out"].output[0]] = xnor.make_attention_node(
@@ -632,14 +678,14 @@ def fuse_attention(model) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         fused.append({"name": sm.name, "heads": heads, "head_dim": a["head_dim"], "qkv": len(bits) == 1, "to": a["out"].name, "bits": bits})
     if fused:
         nodes = []
-        for node in model.graph.node:
+        for node in graph.node:
             if (node.name or node.output[0]) in before:
                 nodes.append(before[node.name or node.output[0]])
             nodes.append(node)
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        _forget_types(model.graph, {x for f in fused for x in f.pop("bits")})
-        _prune(model.graph)
+        del graph.node[:]
+        graph.node.extend(nodes)
+        _forget_types(graph, {x for f in fused for x in f.pop("bits")})
+        _prune(graph)
     return fused, apart
 
 
@@ -652,16 +698,39 @@ def rewrite(model, *, keep_gelu: bool = False, bits: bool = True, attention: boo
     1-bit kernel saves there at large batch (bench/results/xnor). ``bits``: join rewritten matmuls that feed
     one another through a binarizer (:func:`fuse_bits`); the report's ``fused`` lists them. ``attention``: run
     each binary self-attention as one ``BinaryAttention`` node (:func:`fuse_attention`); the report's
-    ``attention`` lists them, ``attention_apart`` the softmaxes left alone and why."""
+    ``attention`` lists them, ``attention_apart`` the softmaxes left alone and why.
+
+    Every graph is rewritten, the branches of ``If`` nodes too (the one-graph early-exit model keeps each
+    stage's layers in the branch that runs them), each on its own: a pattern is matched within one graph."""
     onnx = require("onnx", for_="rewriting a lowered W1A1 graph for the 1-bit kernel")
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    g = _Graph(out.graph)
+    report: dict[str, Any] = {"op": f"{xnor.DOMAIN}.{xnor.OP_TYPE}"}
+    for key in ("rewritten", "kept", "fused", "not_fused", "attention", "attention_apart"):
+        report[key] = []
+    for graph, outer in _all_graphs(out.graph):
+        part = _rewrite_graph(graph, outer, keep_gelu=keep_gelu, bits=bits, attention=attention)
+        for key, items in part.items():
+            report[key].extend(items)
+    if report["rewritten"]:
+        for graph, _ in _all_graphs(out.graph):  # what an outer graph kept only for a branch's old pattern goes too
+            _prune(graph)
+        if not any(op.domain == xnor.DOMAIN for op in out.opset_import):
+            out.opset_import.append(helper.make_opsetid(xnor.DOMAIN, 1))
+    return out, report
+
+
+def _rewrite_graph(graph, outer: tuple, *, keep_gelu: bool, bits: bool, attention: bool) -> dict[str, list]:
+    """:func:`rewrite` on one graph (changed in place; its nested graphs are not entered; ``outer``: the graphs
+    enclosing it, innermost first, whose constants it may read)."""
+    from onnx import numpy_helper
+
+    g = _Graph(graph, outer)
     replaced, kept = [], []
     new_nodes: dict[int, Any] = {}
-    for idx, mm in enumerate(out.graph.node):
+    for idx, mm in enumerate(graph.node):
         if mm.op_type != "MatMul":
             continue
         try:
@@ -672,31 +741,20 @@ def rewrite(model, *, keep_gelu: bool = False, bits: bool = True, attention: boo
         base = (mm.name or mm.output[0]).strip("/").replace("/", ".")
         names = [f"{base}.xnor_{part}" for part in ("weight", "scale", "bias", "params")]
         arrays = [xnor.pack_weights(m["codes"].T), m["scale"], m["bias"], m["params"]]
-        out.graph.initializer.extend(numpy_helper.from_array(a, nm) for a, nm in zip(arrays, names))
+        graph.initializer.extend(numpy_helper.from_array(a, nm) for a, nm in zip(arrays, names))
         new_nodes[idx] = xnor.make_node([m["x"], *names], m["out"], name=f"{mm.name}/BinaryMatMul", n=m["n"], k=m["k"], mode=m["mode"])
         replaced.append({"name": mm.name, "k": m["k"], "n": m["n"], "mode": m["mode"]})
     if new_nodes:
         produced = {nd.output[0] for nd in new_nodes.values()}
         nodes = []
-        for idx, node in enumerate(out.graph.node):
+        for idx, node in enumerate(graph.node):
             if idx in new_nodes:
                 nodes.append(new_nodes[idx])
             elif not any(o in produced for o in node.output):  # the folded bias Add
                 nodes.append(node)
-        del out.graph.node[:]
-        out.graph.node.extend(nodes)
-        _prune(out.graph)
-        if not any(op.domain == xnor.DOMAIN for op in out.opset_import):
-            out.opset_import.append(helper.make_opsetid(xnor.DOMAIN, 1))
-    attention, attention_apart = fuse_attention(out) if attention and new_nodes else ([], [])
-    fused, apart = fuse_bits(out) if bits and new_nodes else ([], [])
-    report = {
-        "op": f"{xnor.DOMAIN}.{xnor.OP_TYPE}",
-        "rewritten": replaced,
-        "kept": kept,
-        "fused": fused,
-        "not_fused": apart,
-        "attention": attention,
-        "attention_apart": attention_apart,
-    }
-    return out, report
+        del graph.node[:]
+        graph.node.extend(nodes)
+        _prune(graph)
+    att, att_apart = fuse_attention(graph, outer) if attention and new_nodes else ([], [])
+    fused, apart = fuse_bits(graph, outer) if bits and new_nodes else ([], [])
+    return {"rewritten": replaced, "kept": kept, "fused": fused, "not_fused": apart, "attention": att, "attention_apart": att_apart}
