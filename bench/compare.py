@@ -422,7 +422,10 @@ def make_backends(built: dict[str, Any], work: Path) -> list[Backend]:
         for target in ("ort-cpu", "openvino-cpu"):
             pred = Predictor(root / target).__enter__()
             m = pred.manifest
-            packed = "packed" if all(s.packed for s in m.exits.parts) else "int8 codes unpacked"
+            if ((m.settings.get("kernels") or {}).get("xnor") or {}).get("used"):  # its weights are the kernel's packed bits
+                packed = "1-bit kernel in every part"
+            else:
+                packed = "packed" if all(s.packed for s in m.exits.parts) else "int8 codes unpacked"
             forms = [
                 *(["one graph"] if m.exits.graph is not None else []),
                 *([f"{len(m.exits.segments)} segments"] if m.exits.segments else []),

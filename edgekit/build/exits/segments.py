@@ -31,6 +31,7 @@ from edgekit.deploy import artifact, packing, parity
 from edgekit.deploy.artifact import ExitSpec, Manifest, SegmentSpec, TensorSpec, TokenizerInfo
 from edgekit.deploy.exits.controller import SINGLE_GRAPH, graph_manifest, segment_manifest, single_graph_entry, single_manifest
 from edgekit.deploy.exits.policies import Policy, simulate
+from edgekit.deploy.kernels.openvino_xnor import KERNEL_DIR
 from edgekit.deps import version_of
 from edgekit.errors import ConfigError, TargetError
 
@@ -296,7 +297,10 @@ def export_pruned(model: MultiExitModel, layer: int, out: str | Path, *, name: s
 
 
 def compile_exits(onnx_dir: str | Path, target_name: str, out: str | Path, *, options: dict | None = None) -> Manifest:
-    """Compile every segment and the single graph for a target and check the controller against PyTorch."""
+    """Compile every segment and the single graph for a target and check the controller against PyTorch.
+
+    On openvino-cpu a lowered W1A1 model's binary matmuls run as the 1-bit kernel in every part, the one graph's
+    branches included (``xnor=auto`` unless ``options`` set ``xnor``); the library ships once, in ``kernels/``."""
     from edgekit.deploy import targets
 
     onnx_dir, out = Path(onnx_dir), Path(out)
@@ -310,15 +314,22 @@ def compile_exits(onnx_dir: str | Path, target_name: str, out: str | Path, *, op
         # steal them from the next (measured: calibration's expected latency 2x the real one with
         # spinning on). Off unless the user chose.
         opts = opts.model_copy(update={"spinning": False})
+    if "xnor" in type(opts).model_fields and "xnor" not in (options or {}) and _w1a1(src):
+        # The 1-bit kernel where it builds here (auto: otherwise the manifest records why not). A plain W1A1
+        # artifact gets it from compile's autotune; exit artifacts are not tuned, and with it the W1E1A1 exit
+        # artifact of bench/compare ran at about half the time of its INT8 matmuls (1.09 against 2.03 ms a text).
+        opts = opts.model_copy(update={"xnor": "auto"})
     target.check_available()
     if target.executable_here(src) is not None or target.static_shapes or getattr(opts, "seq_lens", None):
         raise TargetError(f"dynamic early exit cannot run on {target_name} here", hint="use 'edgekit exits prune' for static-shape targets")
     with artifact.staging(out) as tmp:
         segs, fields, graph = [], {}, None
+        kernels: dict[str, dict] = {}  # part -> the kernel record its compile wrote (settings.kernels.xnor)
         if src.exits.graph is not None:  # the one-graph form
             (tmp / "graph").mkdir()
             with packing.unpacked_dir(onnx_dir, graph_manifest(src)) as source:
                 fields = target.compile(source, graph_manifest(src), opts, tmp / "graph")
+            _take_kernel(fields, tmp, "graph", kernels)
             graph = src.exits.graph.model_copy(
                 update={"model_file": f"graph/{fields['model_file']}", "packed": fields["settings"].pop("packed", None)}
             )
@@ -327,6 +338,7 @@ def compile_exits(onnx_dir: str | Path, target_name: str, out: str | Path, *, op
             (tmp / f"seg{i}").mkdir()
             with packing.unpacked_dir(onnx_dir, seg_manifest) as source:  # packed segments: unpacked, hash-checked
                 fields = target.compile(source, seg_manifest, opts, tmp / f"seg{i}")
+            _take_kernel(fields, tmp, f"seg{i}", kernels)
             # a packed source gives a packed compiled segment (its weights file beside it in seg{i}/)
             seg_packed = fields["settings"].pop("packed", None)
             segs.append(seg.model_copy(update={"model_file": f"seg{i}/{fields['model_file']}", "packed": seg_packed}))
@@ -335,6 +347,7 @@ def compile_exits(onnx_dir: str | Path, target_name: str, out: str | Path, *, op
             (tmp / "single").mkdir()
             with packing.unpacked_dir(onnx_dir, one) as source:
                 single = target.compile(source, one, opts, tmp / "single")
+            _take_kernel(single, tmp, "single", kernels)
             exit_settings[SINGLE_GRAPH] = single_graph_entry(f"single/{single['model_file']}", single["settings"].get("packed"))
         artifact.copy_tokenizer(onnx_dir, tmp)
         for f in (parity.REFERENCE, EXIT_REFERENCE):
@@ -348,7 +361,7 @@ def compile_exits(onnx_dir: str | Path, target_name: str, out: str | Path, *, op
                 "model_file": (graph or segs[0]).model_file,
                 "precision": fields["precision"],
                 "runtime": fields["runtime"],
-                "settings": {**src.settings, **fields["settings"], "exits": exit_settings},
+                "settings": {**src.settings, **fields["settings"], **_kernel_settings(kernels), "exits": exit_settings},
                 "parent": artifact.manifest_sha256(onnx_dir),
                 "exits": src.exits.model_copy(update={"segments": segs, "graph": graph}),
                 "files": {},
@@ -357,3 +370,48 @@ def compile_exits(onnx_dir: str | Path, target_name: str, out: str | Path, *, op
         check = check_controller(tmp, manifest, target.name, opts)
         manifest = manifest.model_copy(update={"settings": {**manifest.settings, "exit_parity": check}})
         return artifact.write_manifest(tmp, manifest)
+
+
+def _w1a1(m: Manifest) -> bool:
+    """True for a lowered model with binary weights and binary activations (what the 1-bit kernel runs)."""
+    config = (m.settings.get("lowered") or {}).get("config") or {}
+    return (config.get("weight_bits"), config.get("activation_bits")) == (1, 1)
+
+
+def _take_kernel(fields: dict, root: Path, part: str, kernels: dict[str, dict]) -> None:
+    """Move the native kernel a part's compile shipped (``<part>/kernels/``, the 1-bit kernel of openvino-cpu
+    ``xnor=on``) to the artifact's ``kernels/``, where every part's session loads it from, and keep the part's
+    record (``settings.kernels.xnor``) for :func:`_kernel_settings`. Every part ships the same library."""
+    record = (fields["settings"].pop("kernels", None) or {}).get("xnor")
+    if record is None:
+        return
+    kernels[part] = record
+    shipped, common = root / part / KERNEL_DIR, root / KERNEL_DIR
+    if not shipped.is_dir():
+        return
+    if not common.is_dir():
+        shipped.rename(common)
+        return
+    for f in shipped.iterdir():
+        if not (common / f.name).is_file() or artifact.sha256_file(f) != artifact.sha256_file(common / f.name):
+            raise TargetError(f"{part}: its compile shipped a kernel file {f.name} unlike the other parts'", hint="recompile")
+    shutil.rmtree(shipped)
+
+
+def _kernel_settings(kernels: dict[str, dict]) -> dict:
+    """``settings.kernels.xnor`` of an exit artifact: the library every part loads (one record), each part's
+    counts under ``parts``; or, where no part uses it, the first part's reason."""
+    if not kernels:
+        return {}
+    used = {part: r for part, r in kernels.items() if r.get("used")}
+    if not used:
+        return {"kernels": {"xnor": next(iter(kernels.values()))}}
+    counts = ("rewritten", "kept", "fused", "attention")
+    first = next(iter(used.values()))
+    record = {k: v for k, v in first.items() if k not in counts}
+    record |= {k: sum(r.get(k, 0) for r in used.values()) for k in counts}
+    record["parts"] = {
+        part: {k: r.get(k, 0) for k in counts} if r.get("used") else {"used": False, "reason": r.get("reason")}
+        for part, r in kernels.items()
+    }
+    return {"kernels": {"xnor": record}}

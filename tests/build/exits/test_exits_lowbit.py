@@ -20,6 +20,11 @@ from edgekit.deploy.runtime import Predictor
 from edgekit.errors import ArtifactError
 
 
+# the INT8 execution these tests check: on openvino-cpu a W1A1 exit artifact otherwise runs the 1-bit kernel
+# (tested on its own below, where the kernel is built into the test session's cache)
+INT8_PATH = {"ort-cpu": None, "openvino-cpu": {"xnor": "off"}}
+
+
 @pytest.fixture(scope="module", params=["bit-w1a1", "bit-w1e1a1"])
 def heads(request, checkpoints, encoders, texts, tmp_path_factory):
     """Exit heads trained on a calibrated W1A1 tiny BERT classifier (3 layers: exits at 1, 2, 3),
@@ -73,7 +78,7 @@ def test_segments_of_a_quantized_model_are_int8_and_exit_like_fake_quant_torch(h
         assert (tmp_path / "onnx" / seg.packed["file"]).stat().st_size == seg.packed["packed_bytes"]
         assert not any(init.name in seg.packed["tensors"] for init in graph.graph.initializer)
     for target in ("ort-cpu", "openvino-cpu"):
-        c = compile_exits(tmp_path / "onnx", target, tmp_path / target)
+        c = compile_exits(tmp_path / "onnx", target, tmp_path / target, options=INT8_PATH[target])
         assert c.settings["exit_parity"]["same_exit_layer"] >= LOWERED["min_same_exit"]
         assert "packed" not in c.settings and all(seg.packed for seg in c.exits.segments), target  # packed per segment
         with Predictor(tmp_path / target) as pred:
@@ -95,7 +100,7 @@ def test_the_one_graph_of_a_quantized_model_is_int8_packed_and_exits_like_fake_q
     packed = m.exits.graph.packed
     assert {t.get("graph", "") for t in packed["tensors"].values()} >= {"", "exit_if_0/else_branch"}  # layer 1, and later
     for target in ("ort-cpu", "openvino-cpu"):
-        c = compile_exits(tmp_path / "onnx", target, tmp_path / target)
+        c = compile_exits(tmp_path / "onnx", target, tmp_path / target, options=INT8_PATH[target])
         assert c.settings["exit_parity"]["same_exit_layer"] >= LOWERED["min_same_exit"] and c.exits.graph.packed, target
         assert c.settings["int8"]["all_int8"], target  # the branches' matmuls counted too
         expected = report["expected_int8"]
@@ -151,3 +156,33 @@ def test_joint_heads_on_a_quantized_checkpoint_save_a_quantized_backbone(checkpo
         np.testing.assert_allclose(a["output"], b["output"], atol=1e-5)
     moved = torch_exits(MultiExitModel(load(ckpt)), tokens)  # the original quantized backbone, untrained
     assert not np.allclose(moved[0]["output"], trained[0]["output"], atol=1e-3)
+
+
+def test_exit_artifact_runs_the_1bit_kernel_in_every_part_on_openvino(heads, texts, xnor_lib, tmp_path):
+    """openvino-cpu, no options: the binary matmuls of the one graph (its If branches too), of every segment and
+    of the single graph run as the 1-bit kernel; the library ships once, at the artifact's kernels/; exits and
+    outputs those of the same artifact compiled with xnor=off (the same integer dot products)."""
+    from edgekit.deploy.kernels import xnor
+
+    model = load_exits(heads)
+    m = export_segments(model, make("entropy", _middle_threshold(model, texts)), tmp_path / "onnx", form="both")
+    on = compile_exits(tmp_path / "onnx", "openvino-cpu", tmp_path / "on")
+    off = compile_exits(tmp_path / "onnx", "openvino-cpu", tmp_path / "off", options={"xnor": "off"})
+    rec = on.settings["kernels"]["xnor"]
+    assert rec["used"] and rec["library"] == f"kernels/{xnor.LIBRARY}" and (tmp_path / "on" / rec["library"]).is_file()
+    parts = rec["parts"]
+    assert set(parts) == {"graph", "single", *(f"seg{i}" for i in range(len(m.exits.segments)))}
+    assert not any((tmp_path / "on" / part / "kernels").exists() for part in parts)  # one copy of the library
+    binary = parts["single"]["rewritten"]
+    assert binary >= 6 * len(model.config.layers)  # every layer's Q, K, V, output, FFN-in and FFN-out
+    assert parts["graph"]["rewritten"] == binary == sum(parts[f"seg{i}"]["rewritten"] for i in range(len(m.exits.segments)))
+    assert parts["graph"]["attention"] == len(model.config.layers)  # the branches' attentions fused too
+    assert on.settings["int8"]["all_int8"] and "kernels" not in off.settings
+    with Predictor(tmp_path / "on") as a, Predictor(tmp_path / "off") as b:
+        batch_a, batch_b = a.session.infer(a.tokenizer(texts)), b.session.infer(b.tokenizer(texts))  # the segments
+        np.testing.assert_array_equal(batch_a["exit_layer"], batch_b["exit_layer"])
+        np.testing.assert_allclose(batch_a["logits"], batch_b["logits"], atol=1e-5)
+        for t in texts[:6]:  # batch 1: the one graph
+            one_a, one_b = a.session.infer(a.tokenizer([t])), b.session.infer(b.tokenizer([t]))
+            assert one_a["exit_layer"].tolist() == one_b["exit_layer"].tolist()
+            np.testing.assert_allclose(one_a["logits"], one_b["logits"], atol=1e-5)
