@@ -62,14 +62,14 @@ def _reads(node) -> list[str]:
     return names
 
 
-def _all_graphs(graph, outer: tuple = ()) -> list[tuple[Any, tuple]]:
-    """(graph, its enclosing graphs innermost first) for ``graph`` and every graph nested in it (an ``If``'s
-    branches, theirs, ...), outermost first."""
-    found = [(graph, outer)]
+def _walk(graph, fn, outer: tuple = ()) -> None:
+    """``fn(graph, outer)`` on ``graph``, then on every graph nested in it (an ``If``'s branches, theirs, ...),
+    ``outer`` the enclosing graphs innermost first. A graph's branches are looked up after ``fn`` has run on it:
+    rewriting a graph copies its nodes (protobuf), so a branch found before would be a detached copy."""
+    fn(graph, outer)
     for node in graph.node:
         for sub in _subgraphs(node):
-            found.extend(_all_graphs(sub, (graph, *outer)))
-    return found
+            _walk(sub, fn, (graph, *outer))
 
 
 class _Graph:
@@ -710,13 +710,14 @@ def rewrite(model, *, keep_gelu: bool = False, bits: bool = True, attention: boo
     report: dict[str, Any] = {"op": f"{xnor.DOMAIN}.{xnor.OP_TYPE}"}
     for key in ("rewritten", "kept", "fused", "not_fused", "attention", "attention_apart"):
         report[key] = []
-    for graph, outer in _all_graphs(out.graph):
-        part = _rewrite_graph(graph, outer, keep_gelu=keep_gelu, bits=bits, attention=attention)
-        for key, items in part.items():
+
+    def one(graph, outer: tuple) -> None:
+        for key, items in _rewrite_graph(graph, outer, keep_gelu=keep_gelu, bits=bits, attention=attention).items():
             report[key].extend(items)
+
+    _walk(out.graph, one)
     if report["rewritten"]:
-        for graph, _ in _all_graphs(out.graph):  # what an outer graph kept only for a branch's old pattern goes too
-            _prune(graph)
+        _walk(out.graph, lambda graph, _: _prune(graph))  # what an outer graph kept only for a branch's old pattern
         if not any(op.domain == xnor.DOMAIN for op in out.opset_import):
             out.opset_import.append(helper.make_opsetid(xnor.DOMAIN, 1))
     return out, report

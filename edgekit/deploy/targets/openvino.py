@@ -359,9 +359,10 @@ def check_int8(model: Any, config: dict[str, str], onnx_dir: Path, manifest: Man
     core = ov.Core()
     compiled = core.compile_model(model, "CPU", config)
     # an If (the one-graph exit model) runs its branches as graphs of their own: each is compiled to be read
-    bodies = [core.compile_model(body, "CPU", config) for body in int8check.if_bodies(model)]
+    body_models = int8check.if_bodies(model)
+    bodies = [core.compile_model(body, "CPU", config) for body in body_models]
     report = int8check.openvino_report(compiled, expected, bodies)
-    binary = openvino_xnor.count_binary(model, compiled)
+    binary = openvino_xnor.count_binary(model, compiled) + sum(openvino_xnor.count_binary(b, c) for b, c in zip(body_models, bodies))
     if binary:  # the 1-bit kernel's XNOR/popcount matmuls are integer execution too
         report["int8"] += binary
         report["binary_matmul_nodes"] = binary

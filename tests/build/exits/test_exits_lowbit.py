@@ -178,6 +178,11 @@ def test_exit_artifact_runs_the_1bit_kernel_in_every_part_on_openvino(heads, tex
     assert parts["graph"]["rewritten"] == binary == sum(parts[f"seg{i}"]["rewritten"] for i in range(len(m.exits.segments)))
     assert parts["graph"]["attention"] == len(model.config.layers)  # the branches' attentions fused too
     assert on.settings["int8"]["all_int8"] and "kernels" not in off.settings
+    # the compiled IRs themselves: the one graph's branches hold as many kernel nodes as the single graph
+    ir = {part: (tmp_path / "on" / part / "model.xml").read_text() for part in ("graph", "single")}
+    for op in ("BinaryMatMul", "BinaryAttention"):
+        assert ir["graph"].count(f'type="{op}"') == ir["single"].count(f'type="{op}"') > 0, op
+    assert 'type="FakeQuantize"' not in ir["graph"]  # no binary matmul left on the INT8 path, in no branch
     with Predictor(tmp_path / "on") as a, Predictor(tmp_path / "off") as b:
         batch_a, batch_b = a.session.infer(a.tokenizer(texts)), b.session.infer(b.tokenizer(texts))  # the segments
         np.testing.assert_array_equal(batch_a["exit_layer"], batch_b["exit_layer"])
