@@ -194,6 +194,12 @@ def calibrate(
     if r.length_plan is not None:
         on = [f"<={b}" for b, c in zip(r.length_plan["buckets"], r.length_plan["check"]) if c]
         console.print(f"exit checks at token lengths: {', '.join(on) or 'none (every length runs the single graph)'}")
+    if r.deployed_check is not None and r.deployed_check["kept"]:
+        d = r.deployed_check
+        console.print(
+            f"checked as deployed on {target}: {d['exit_ms']:.2f} ms against {d['single_ms']:.2f} for the single graph "
+            f"({d['ratio']:.2f}x, {d['texts']} texts)"
+        )
     console.print("curve: " + ", ".join(r.files))
 
 

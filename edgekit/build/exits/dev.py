@@ -126,3 +126,48 @@ def measure_target(
         single_ms=np.array([one_ms[rows_b == b].mean() for b in keep]),
         texts=[int((rows_b == b).sum()) for b in keep],
     )
+
+
+def measure_deployed(
+    heads,
+    report: cal.CalibrationReport,
+    texts: list[str],
+    lengths: np.ndarray,
+    target: str,
+    out: Path,
+    n: int = 100,
+    rounds: int = 3,
+    progress=None,
+) -> tuple[float, float, int]:
+    """(mean ms of the exit artifact of ``report``'s chosen point, mean ms of the single graph it ships, texts):
+    the point exported as ``edgekit exits export`` would (its exits, thresholds, length plan, form), compiled for
+    ``target`` and called as deployed at batch 1 on texts picked as :func:`measure_target` picks them (each at its
+    own length), the two interleaved text by text; a text's time is its median over ``rounds``."""
+    import time
+
+    from edgekit.build.exits import steps
+    from edgekit.deploy import targets
+    from edgekit.deploy.runtime import Predictor
+
+    art = out / "deployed"
+    steps.export(heads, report.chosen.spec, art / "onnx", calibration=report, form=report.form)
+    compile_exits(art / "onnx", target, art / target)
+    fields = targets.get(target).options_model.model_fields
+    opts = targets.resolve_options(target, {"spinning": False} if "spinning" in fields else None)  # as measure_target
+    buckets = [b.up_to for b in report.length_buckets or []] or [int(lengths.max())]
+    picked = pick(lengths, buckets, n)
+    with Predictor(art / target, options=opts) as deployed:
+        ctl = deployed.exits
+        feeds = [deployed.tokenizer([texts[i]]) for i in picked]
+        for f in feeds[:5]:  # warm-up
+            ctl.infer(f), ctl.single.infer(f)
+        t_exit, t_one = np.zeros((rounds, len(feeds))), np.zeros((rounds, len(feeds)))
+        for r in range(rounds):
+            for i, f in enumerate(feeds):
+                for run, times in ((ctl.infer, t_exit), (ctl.single.infer, t_one))[:: 1 if (i + r) % 2 else -1]:
+                    t = time.perf_counter()
+                    run(f)
+                    times[r, i] = time.perf_counter() - t
+                if progress is not None:
+                    progress(r * len(feeds) + i + 1, rounds * len(feeds))
+    return float(np.median(t_exit, 0).mean() * 1000), float(np.median(t_one, 0).mean() * 1000), len(feeds)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgekit.build.exits.calibrate import MIN_SAVING, CalibrationReport, Point, Timing, choose, recommend, save, sweep
+from edgekit.build.exits.calibrate import MIN_SAVING, CalibrationReport, Point, Timing, choose, recommend, save, sweep, verify_deployed
 from edgekit.errors import ConfigError
 
 
@@ -94,3 +94,36 @@ def test_report_is_typed_and_keeps_the_former_keys(tmp_path):
     assert doc.chosen == PTS[1] and doc.files == [str(f) for f in files]
     with pytest.raises(ValueError):
         CalibrationReport(**{**r.model_dump(), "recommendation": "maybe"})
+
+
+def _report(per_exit: list[float]) -> CalibrationReport:
+    return CalibrationReport(
+        base_quality=0.92,
+        layers=[2, 4, 6],
+        per_exit_quality=per_exit,
+        points=PTS,
+        chosen=PTS[1],
+        recommendation="exits",
+        message="early exit entropy=0.3",
+        single_graph_latency_ms=8.0,
+        target="openvino-cpu",
+        exits=[4, 6],
+        length_plan={"buckets": [64, 128], "check": [True, True]},
+    )
+
+
+def test_a_point_that_saves_as_deployed_is_kept_with_its_measurement():
+    r = verify_deployed(_report([0.5, 0.6, 0.92]), 4.0, 8.0, 40)
+    assert r.chosen == PTS[1] and r.recommendation == "exits" and r.exits == [4, 6]
+    assert r.deployed_check == {"exit_ms": 4.0, "single_ms": 8.0, "ratio": 0.5, "texts": 40, "kept": True}
+
+
+def test_a_point_no_faster_as_deployed_is_dropped_for_the_depth_cut_or_no_exits():
+    """Expected latency is a model of the artifact; the artifact as deployed decides (on OpenVINO with the 1-bit
+    kernel a point expected at 0.96x ran at 1.07-1.11x the single graph)."""
+    r = verify_deployed(_report([0.5, 0.6, 0.92]), 8.56, 8.0, 40)
+    assert r.chosen is None and r.recommendation == "none" and r.exits is None and r.length_plan is None
+    assert "ran at 1.07x the single graph as deployed on openvino-cpu" in r.message and "without exits" in r.message
+    assert r.deployed_check["kept"] is False and r.deployed_check["ratio"] == pytest.approx(1.07)
+    cut = verify_deployed(_report([0.5, 0.919, 0.92]), 8.0 * (1 - MIN_SAVING / 2), 8.0, 40)  # saves under MIN_SAVING
+    assert cut.chosen is None and (cut.recommendation, cut.prune_layer) == ("prune", 4) and "--layer 4" in cut.message

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from edgekit.build.exits import steps as build
+from edgekit.build.exits.calibrate import MIN_SAVING
 from edgekit.build.exits.model import MultiExitModel, load_exits
 from edgekit.build.exits.segments import compile_exits, export_pruned, export_segments, torch_exits
 from edgekit.build.exits.train import TrainConfig, train_heads
@@ -141,11 +142,16 @@ def test_calibrate_with_measured_segments_and_unlabeled_dev(trained, texts, tmp_
     doc = json.loads((tmp_path / "cal" / "calibration.json").read_text())
     assert {p["policy"] for p in doc["points"]} == {"entropy", "patience", "learned", "similarity"}
     assert (tmp_path / "cal" / "calibration.png").stat().st_size > 5000
+    check = doc["deployed_check"]  # a chosen point is exported, compiled and timed as deployed before it is kept
     if doc["chosen"] is None:  # no policy beat the single graph on this tiny model: calibration says what to do instead
         assert doc["recommendation"] in ("prune", "none") and doc["message"]
+        assert check is None or (not check["kept"] and "as deployed on ort-cpu" in doc["message"])
     else:
         assert doc["chosen"]["quality"] >= doc["base_quality"] - 0.01
         assert doc["chosen"]["expected_latency_ms"] < doc["single_graph_latency_ms"]
+        assert check["kept"] and check["ratio"] <= 1 - MIN_SAVING and check["texts"] >= 3 and check["exit_ms"] > 0
+    if check is not None:
+        assert "the chosen point as deployed on ort-cpu" in seen
 
 
 def test_artifact_from_another_runtime_version_is_refused(trained, texts, tmp_path, monkeypatch):
