@@ -27,6 +27,9 @@
 #      on top (weight 1), temperature 2, the attention core in float (--attention-bits 32, also for ternary-w2e2a8: what
 #      ort-cpu's fusion=qattention needs); beside them the mixed plan at the uniform W2E2A8 lowered size with the corpus.
 #
+#   PHASE=ce SEEDS=1 (the seventh call, < 9 min): ternary-w2a8 seeds 2 and 3 with and without --ce 1, debian-sections
+#      with the corpus and debian-works-with without it, 1,200 steps of batch 64; eight lanes.
+#
 #   lent GPU (carry .ckpt/minilm-fp16.tar.xz and .whl):  OUT=$OUT [PHASE=long|steps|knobs|ce] bash bench/device_unlabeled.sh
 #   back: $OUT/results.tar (QAT summary.md/.json, reports.json, log.txt, joint-exits.json, logs), $OUT/pack-joint_a?;
 #         PHASE=long: $OUT/summary.md, summary.json, reports.json, log.txt, finetune.json
@@ -72,6 +75,26 @@ if [ "${PHASE:-}" = ce ]; then
     JOBS='{"w-ce1-seed1": ["W", {"scheme": "ternary-w2a8", '$B', "seed": 1}], "w-base-seed1": ["W", {"scheme": "ternary-w2a8", "deterministic": true, "steps": '$N', "seed": 1}]}'
     SMOKE=${SMOKE:-} BATCH=64 TEACHER_S=$W/ts TEACHER_W=$W/tw OUT=$OUT WORK=$W/qat JOBS="$JOBS" LANES="w-ce1-seed1;w-base-seed1" \
       LANE_TIMEOUT=${LANE_TIMEOUT:-230} TITLE="debian-works-with, seed 1: label cross entropy on top of distillation or not (one H200, two lanes)" \
+      bash bench/device_qat_more.sh
+    exit
+  fi
+  if [ "${SEEDS:-}" ]; then  # (the seventh call, < 9 min) seeds 2 and 3 of the ternary-w2a8 recipes with and without the
+    # label loss: sections with the corpus, works-with without it (calls 4-6 ran seeds 0 and 1)
+    C='"deterministic": true, "steps": '$N
+    JOBS=$(cat <<JSON
+{"s-base-seed2": ["S", {"scheme": "ternary-w2a8", $C, "unlabeled": "$U", "seed": 2}],
+ "s-base-seed3": ["S", {"scheme": "ternary-w2a8", $C, "unlabeled": "$U", "seed": 3}],
+ "s-ce1-seed2": ["S", {"scheme": "ternary-w2a8", $B, "unlabeled": "$U", "seed": 2}],
+ "s-ce1-seed3": ["S", {"scheme": "ternary-w2a8", $B, "unlabeled": "$U", "seed": 3}],
+ "w-base-seed2": ["W", {"scheme": "ternary-w2a8", $C, "seed": 2}],
+ "w-base-seed3": ["W", {"scheme": "ternary-w2a8", $C, "seed": 3}],
+ "w-ce1-seed2": ["W", {"scheme": "ternary-w2a8", $B, "seed": 2}],
+ "w-ce1-seed3": ["W", {"scheme": "ternary-w2a8", $B, "seed": 3}]}
+JSON
+    )
+    SMOKE=${SMOKE:-} BATCH=64 TEACHER_S=$W/ts TEACHER_W=$W/tw OUT=$OUT WORK=$W/qat JOBS="$JOBS" \
+      LANES="s-base-seed2;s-base-seed3;s-ce1-seed2;s-ce1-seed3;w-base-seed2;w-base-seed3;w-ce1-seed2;w-ce1-seed3" \
+      LANE_TIMEOUT=${LANE_TIMEOUT:-400} TITLE="ternary-w2a8, seeds 2 and 3, with and without label cross entropy (one H200, eight lanes)" \
       bash bench/device_qat_more.sh
     exit
   fi

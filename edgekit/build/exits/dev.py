@@ -129,7 +129,7 @@ def measure_target(
 
 
 def measure_deployed(
-    heads,
+    model,
     report: cal.CalibrationReport,
     texts: list[str],
     lengths: np.ndarray,
@@ -145,12 +145,13 @@ def measure_deployed(
     own length), the two interleaved text by text; a text's time is its median over ``rounds``."""
     import time
 
-    from edgekit.build.exits import steps
     from edgekit.deploy import targets
     from edgekit.deploy.runtime import Predictor
 
     art = out / "deployed"
-    steps.export(heads, report.chosen.spec, art / "onnx", calibration=report, form=report.form)
+    chosen = make(report.chosen.policy, report.chosen.param)
+    extra = {"length_plan": report.length_plan} if report.length_plan else None  # what 'exits export' takes from it
+    export_segments(model, chosen, art / "onnx", extra=extra, layers=report.exits, form=report.form)
     compile_exits(art / "onnx", target, art / target)
     fields = targets.get(target).options_model.model_fields
     opts = targets.resolve_options(target, {"spinning": False} if "spinning" in fields else None)  # as measure_target

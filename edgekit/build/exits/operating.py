@@ -491,7 +491,7 @@ def calibrate(
         from edgekit.build.exits.dev import measure_deployed
 
         checked = lambda d, t: say(f"the chosen point as deployed on {target}", d, t)  # noqa: E731
-        exit_ms, single_ms, n_texts = measure_deployed(heads, r, texts, lengths, target, out, latency_texts, rounds, progress=checked)
+        exit_ms, single_ms, n_texts = measure_deployed(model, r, texts, lengths, target, out, latency_texts, rounds, progress=checked)
         r = cal.verify_deployed(r, exit_ms, single_ms, n_texts)
     files = cal.save(r, out)
     return r.model_copy(update={"files": [str(f) for f in files]})
