@@ -43,13 +43,13 @@ def plot(plt, r, path: Path) -> None:
             ax.scatter([x], [y], s=80, facecolors="none", edgecolors="black", label=f"chosen{kept}")
             if r.interval is not None:
                 i = r.interval
+                # the point is shown on all dev rows; a bound from other rows (held out) can lie above it: no bar then
                 if i.search_texts:  # checked on held-out rows: their drop bound, below the chosen point
-                    err, label = [[y - 100 * chosen.quality_low], [0.0]], f"{100 * i.confidence:g}% drop bound ({i.dev_texts} held-out dev)"
+                    err = [[max(0.0, y - 100 * chosen.quality_low)], [0.0]]
+                    label = f"{100 * i.confidence:g}% drop bound ({i.dev_texts} held-out dev)"
                 else:
-                    err, label = (
-                        [[y - 100 * i.quality_low], [100 * i.quality_high - y]],
-                        f"{100 * i.confidence:g}% bounds ({i.dev_texts} dev)",
-                    )
+                    err = [[max(0.0, y - 100 * i.quality_low)], [max(0.0, 100 * i.quality_high - y)]]
+                    label = f"{100 * i.confidence:g}% bounds ({i.dev_texts} dev)"
                 ax.errorbar([x], [y], yerr=err, color="black", capsize=4, lw=1, label=label)
         ax.set(xlabel=xlabel, ylabel=f"{r.metric} (%)")
         ax.grid(alpha=0.3)

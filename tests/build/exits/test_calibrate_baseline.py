@@ -5,7 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgekit.build.exits.calibrate import MIN_SAVING, CalibrationReport, Point, Timing, choose, recommend, save, sweep, verify_deployed
+from edgekit.build.exits.calibrate import (
+    MIN_SAVING,
+    CalibrationReport,
+    Interval,
+    Point,
+    Timing,
+    choose,
+    recommend,
+    save,
+    sweep,
+    verify_deployed,
+)
 from edgekit.errors import ConfigError
 
 
@@ -127,3 +138,16 @@ def test_a_point_no_faster_as_deployed_is_dropped_for_the_depth_cut_or_no_exits(
     assert r.deployed_check["kept"] is False and r.deployed_check["ratio"] == pytest.approx(1.07)
     cut = verify_deployed(_report([0.5, 0.919, 0.92]), 8.0 * (1 - MIN_SAVING / 2), 8.0, 40)  # saves under MIN_SAVING
     assert cut.chosen is None and (cut.recommendation, cut.prune_layer) == ("prune", 4) and "--layer 4" in cut.message
+
+
+def test_a_held_out_bound_above_the_point_on_all_dev_rows_still_plots(tmp_path):
+    """The chosen point is shown on every dev row, its bound comes from the held-out rows: the bound can lie above
+    it (a held-out half where the point lost nothing). The plot draws no bar then, instead of failing."""
+    chosen = Point("entropy", 0.3, 0.915, 4, [5, 5], 7.0, quality_low=0.93)
+    held = Interval(
+        confidence=0.9, resamples=1000, quality=0.92, quality_low=0.93, quality_high=0.95, drop=-0.5, drop_high=-0.1,
+        dev_texts=200, dev_texts_needed=30, search_texts=200,
+    )  # fmt: skip
+    r = _report([0.5, 0.6, 0.92]).model_copy(update={"chosen": chosen, "points": [*PTS, chosen], "interval": held})
+    files = save(r, tmp_path)
+    assert (tmp_path / "calibration.png").stat().st_size > 5000 and len(files) == 2
