@@ -46,6 +46,14 @@ def pick(lengths: np.ndarray, buckets: list[int], n: int) -> list[int]:
     return picked
 
 
+def timing_options(target: str):
+    """``target``'s options for a timed exit artifact: as compile_exits, idle sessions' threads must not spin."""
+    from edgekit.deploy import targets
+
+    fields = targets.get(target).options_model.model_fields
+    return targets.resolve_options(target, {"spinning": False} if "spinning" in fields else None)
+
+
 def measure_target(
     model,
     texts: list[str],
@@ -69,7 +77,6 @@ def measure_target(
     out there, the policy's arithmetic run at every exit before it."""
     import time
 
-    from edgekit.deploy import targets
     from edgekit.deploy.runtime import Predictor
 
     form = "graph" if form == "both" else form  # "both" answers single inputs with the one graph: time that
@@ -78,9 +85,7 @@ def measure_target(
     art = out / form
     export_segments(model, never, art / "onnx", form=form, timing=form == "graph")
     compile_exits(art / "onnx", target, art / target)
-    fields = targets.get(target).options_model.model_fields
-    options = {"spinning": False} if "spinning" in fields else None  # as compile_exits: idle sessions' threads must not spin
-    opts = targets.resolve_options(target, options)
+    opts = timing_options(target)
     max_len = int(lengths.max())
     buckets = [b for b in cal.BUCKETS if b < max_len] + [next((b for b in cal.BUCKETS if b >= max_len), max_len)]
     picked = pick(lengths, buckets, n)
@@ -145,7 +150,6 @@ def measure_deployed(
     own length), the two interleaved text by text; a text's time is its median over ``rounds``."""
     import time
 
-    from edgekit.deploy import targets
     from edgekit.deploy.runtime import Predictor
 
     art = out / "deployed"
@@ -153,8 +157,7 @@ def measure_deployed(
     extra = {"length_plan": report.length_plan} if report.length_plan else None  # what 'exits export' takes from it
     export_segments(model, chosen, art / "onnx", extra=extra, layers=report.exits, form=report.form)
     compile_exits(art / "onnx", target, art / target)
-    fields = targets.get(target).options_model.model_fields
-    opts = targets.resolve_options(target, {"spinning": False} if "spinning" in fields else None)  # as measure_target
+    opts = timing_options(target)
     buckets = [b.up_to for b in report.length_buckets or []] or [int(lengths.max())]
     picked = pick(lengths, buckets, n)
     with Predictor(art / target, options=opts) as deployed:
