@@ -37,8 +37,8 @@ otherwise slow whatever runs next in the process for tens of milliseconds.
 
 Also measured: where the time goes (ONNX Runtime's profiler, time per op type of the
 fastest edgekit ORT artifact), achieved INT8 GOP/s against a plain INT8 GEMM of the same
-shape on the same cores, and sequence buckets (p50/p90/max of the training texts' token
-lengths) against dynamic shapes and padding to 128.
+shape on the same cores, and sequence buckets (openvino-cpu's default from the training texts:
+the lengths that pad them least) against dynamic shapes and padding to the largest.
 
 Run:  python bench/compare.py            # ~10-15 min on 2 CPU cores (builds cached in bench/work/compare)
       python bench/compare.py --rebuild  # rebuild every artifact
@@ -752,18 +752,19 @@ def main() -> int:
             "plain_int8_gemm_gops": gemm,
             "achieved": achieved,
         }
-        from edgekit.deploy.targets.openvino import with_powers_of_two
-        from edgekit.deploy.targets.shapes import ROUND, buckets_from_lengths
+        from edgekit.deploy.targets.openvino import OpenVinoOptions
+        from edgekit.deploy.targets.shapes import ROUND, least_padding
 
         max_length = onnx_manifest.tokenizer.max_length
-        buckets = with_powers_of_two(buckets_from_lengths(tok.lengths(data.read_texts(calib)), max_length), max_length)
+        n_buckets = OpenVinoOptions().max_buckets
+        buckets = least_padding(tok.lengths(data.read_texts(calib)), max_length, n_buckets)
         longest = max(f["input_ids"].shape[1] for f in real)
         if longest > buckets[-1]:  # a dev text longer than every training text: one more bucket
             buckets.append(ROUND * -(-longest // ROUND))
         analysis["buckets"] = {
             "artifact": f"edgekit {label} / openvino-cpu",
             "buckets": buckets,
-            "source": "p50/p90/max of the 256 training texts' token lengths + powers of two between",
+            "source": f"the {n_buckets} lengths that pad the 256 training texts least (openvino-cpu's default with data=)",
             "b1_real_mean_ms": bucket_study(built["edgekit"][label], real, buckets, pad_id, max(1, args.rounds - 1)),
         }
         analysis["openvino_tuning"] = {

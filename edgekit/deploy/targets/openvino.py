@@ -20,12 +20,14 @@ b1 s128, 0.93x at b32 s128; against the fake-quant model the u8 graph was as clo
 parity texts: 13 rows over 0.05 against 22). Binary activations stay i8 (the shift's rounding flips signs
 at the next binarizer: :func:`openvino_fq.unsign_fake_quantize`).
 
-Sequence buckets (``seq_lens=64,128``, or ``data=<texts file>``: p50/p90/max of its token
-lengths plus the powers of two between): the session compiles one model per bucket with
-a static sequence length (batch stays dynamic) and pads each call to the smallest bucket that
-holds it; a longer input runs on the dynamic-shape model, compiled on first use. Measured
-(bench/compare, MiniLM W2A8 lowered, batch 1 over real dev texts, 2-core x86): buckets
-64/112/128/256 5.8 ms mean, dynamic shapes 7.7 ms, padding to 256 12.7 ms.
+Sequence buckets (``seq_lens=64,128``, or ``data=<texts file>``: the ``max_buckets`` lengths, default 8, on a
+16-token grid that pad its texts least, :func:`shapes.least_padding`): single inputs run on a model compiled at
+[1, s] for the smallest bucket that holds them, compiled at load; a call of several rows runs a [-1, s] model,
+compiled on the first such call of its bucket; a longer input runs on the dynamic-shape model, compiled on first
+use. Each compiled model holds its own copy of the compiled weights (~30 MB for MiniLM-L6 INT8). Measured
+(bench/ov_shapes.py, MiniLM W2E2A8 lowered, 120 real dev texts of 66 tokens on average, 2-core AMD EPYC, 4
+interleaved rounds): 8 least-padding buckets 4.28 ms at batch 1, the p50/p90/max + powers-of-two buckets
+[-1, s] used before 4.99 ms, dynamic shapes 5.27 ms; at 128 tokens 6.11 against 7.28 and 7.44 ms.
 
 1-bit kernel (``xnor=on|auto``, default off): a lowered W1A1 graph's binary matmuls run as the
 ``BinaryMatMul`` XNOR/popcount extension (:mod:`edgekit.deploy.kernels.openvino_xnor`), shipped in the
@@ -44,6 +46,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 
 from edgekit.deploy import int8check, packing
 from edgekit.deploy.artifact import Manifest
@@ -51,7 +54,7 @@ from edgekit.deploy.devices import DeviceProfile
 from edgekit.deploy.kernels import openvino_xnor, xnor
 from edgekit.deploy.targets import openvino_fq
 from edgekit.deploy.targets.base import TargetOptions, runtime_version
-from edgekit.deploy.targets.shapes import DataFile, SeqLens, fit_feed, pick_bucket, plan_seq_lens, used_length
+from edgekit.deploy.targets.shapes import DataFile, SeqLens, fit_feed, least_padding, pick_bucket, plan_seq_lens, used_length
 from edgekit.deps import is_installed, require
 from edgekit.errors import ConfigError, TargetError
 
@@ -67,6 +70,8 @@ class OpenVinoOptions(TargetOptions):
     streams: int | None = None
     seq_lens: SeqLens = None  # static sequence buckets (default: dynamic shapes)
     data: DataFile = None
+    # with data: how many sequence lengths to compile (each holds its own copy of the compiled weights)
+    max_buckets: int = Field(default=8, ge=1, le=32)
     # the 1-bit XNOR/popcount kernel for W1A1 graphs: on (required), auto (where it builds here), off
     xnor: Literal["off", "auto", "on"] = "off"
     # signed activation quantizers of int8 matmuls moved onto the u8 grid (the same codes; openvino_fq)
@@ -115,15 +120,15 @@ class OpenVinoSession:
             weights = packing.ir_weights(Path(path).parent, packed)
             self._source = core.read_model(Path(path).read_text(), ov.Tensor(weights))
         self._dynamic: tuple[Any, Any] | None = None
+        # Buckets: single inputs run on models compiled at [1, s], eagerly (the latency path); a call of several
+        # rows runs a [-1, s] model, compiled on the first such call of that bucket (bench/ov_shapes.py: fixing the
+        # batch too made batch-1 calls 0.89-0.94x the time of [-1, s] models; each [1, s] model holds ~35 MB).
+        self._single: dict[int, tuple[Any, Any]] = {}
+        self._batched: dict[int, tuple[Any, Any]] = {}
         if self.buckets:
-            model = core.read_model(self._source) if isinstance(self._source, str) else self._source
-            self._models = {}
-            for s in self.buckets:
-                m = model.clone()
-                m.reshape({p.get_any_name(): ov.PartialShape([-1, s]) for p in m.inputs})
-                compiled = core.compile_model(m, device, config)
-                self._models[s] = (compiled, compiled.create_infer_request())
-            self._compiled, self._request = self._models[self.buckets[-1]]
+            self._model = core.read_model(self._source) if isinstance(self._source, str) else self._source
+            self._single = {s: self._compile_at(1, s) for s in self.buckets}
+            self._compiled, self._request = self._single[self.buckets[-1]]
         else:
             self._compiled = core.compile_model(self._source, device, config)
             self._request = self._compiled.create_infer_request()
@@ -134,12 +139,20 @@ class OpenVinoSession:
     def compiled(self) -> Any:
         return self._compiled
 
+    def _compile_at(self, batch: int, seq: int) -> tuple[Any, Any]:
+        """The model compiled with inputs of shape [batch, seq] (-1: dynamic), and its infer request."""
+        ov = require("openvino", for_="target openvino-cpu")
+        m = self._model.clone()
+        m.reshape({p.get_any_name(): ov.PartialShape([batch, seq]) for p in m.inputs})
+        compiled = self._core.compile_model(m, self._device, self._config)
+        return compiled, compiled.create_infer_request()
+
     def __enter__(self) -> OpenVinoSession:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._request = self._compiled = self._dynamic = None
-        self._models = {}
+        self._single, self._batched = {}, {}
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         compiled, request = self._compiled, self._request
@@ -156,7 +169,12 @@ class OpenVinoSession:
                 s = pick_bucket(length, self.buckets)
                 self.last_bucket = s
                 feed = fit_feed(feed, rows, s, self.pad_id)
-                compiled, request = self._models[s]
+                if rows == 1:
+                    compiled, request = self._single[s]
+                else:
+                    if s not in self._batched:
+                        self._batched[s] = self._compile_at(-1, s)
+                    compiled, request = self._batched[s]
         result = request.infer(feed)
         # Copy: the request reuses its output buffers on the next call.
         return {name: np.array(result[compiled.output(name)]) for name in self.output_names}
@@ -338,15 +356,11 @@ def plan_buckets(onnx_dir: Path, manifest: Manifest, options: OpenVinoOptions) -
     seq = plan_seq_lens(onnx_dir, manifest, options.seq_lens, options.data)
     if seq.observed is None:
         return seq.lengths, seq.source
-    return with_powers_of_two(seq.lengths, manifest.tokenizer.max_length), f"{seq.source}, plus the powers of two between"
-
-
-def with_powers_of_two(picks: list[int], max_length: int) -> list[int]:
-    """``picks`` (p50/p90/max of a length histogram) plus every power of two between the first and
-    the last, so no input is padded to more than twice its length and the common 64/128/256
-    shapes are buckets of their own."""
-    powers = [p for p in (16, 32, 64, 128, 256, 512, 1024, 2048) if picks[0] < p < picks[-1] and p <= max_length]
-    return sorted(set(picks) | set(powers))
+    lengths = least_padding(seq.observed, manifest.tokenizer.max_length, options.max_buckets)
+    return (
+        lengths,
+        f"the {len(lengths)} lengths that pad the {len(seq.observed)} texts of {options.data} least (max_buckets={options.max_buckets})",
+    )
 
 
 def check_int8(model: Any, config: dict[str, str], onnx_dir: Path, manifest: Manifest) -> dict[str, Any]:

@@ -6,7 +6,8 @@ options, at most one of them:
 
 - ``seq_lens``: the lengths, ``"64,128"`` or ``[64, 128]`` (sorted, unique, each >= 4);
 - ``data``: a texts file (.txt, or JSONL/CSV ``text``) whose token-length histogram picks them:
-  p50, p90 and max, each rounded up to a multiple of 16 and capped at the model's max length.
+  p50, p90 and max, each rounded up to a multiple of 16 and capped at the model's max length
+  (``openvino-cpu``, whose buckets are cheap to add: :func:`least_padding`).
 
 :func:`plan_seq_lens` turns either into lengths (or None: neither given), and the session
 helpers (:func:`run_in_buckets`, :func:`fit_feed`, :func:`pad_to`) fit a feed to one of them.
@@ -52,7 +53,11 @@ SeqLens = Annotated[
     Field(description="sequence lengths, e.g. 64,128 (or [64, 128])"),
 ]
 DataFile = Annotated[
-    str | None, Field(description="texts file whose token-length histogram picks the sequence lengths (p50/p90/max, rounded up to 16)")
+    str | None,
+    Field(
+        description="texts file whose token-length histogram picks the sequence lengths (p50/p90/max, rounded up to 16;"
+        " openvino-cpu: the max_buckets lengths that pad them least)"
+    ),
 ]
 
 
@@ -71,6 +76,33 @@ def buckets_from_lengths(lengths: list[int], max_length: int) -> list[int]:
         raise ConfigError("no texts to pick sequence lengths from", hint="pass a data file with texts, or seq_lens")
     picks = (np.percentile(lengths, 50), np.percentile(lengths, 90), max(lengths))
     return sorted({min(max_length, ROUND * math.ceil(p / ROUND)) for p in picks})
+
+
+def least_padding(lengths: list[int], max_length: int, count: int) -> list[int]:
+    """At most ``count`` sequence lengths, multiples of 16 (or ``max_length``), the last holding the longest of
+    ``lengths``, that minimize the total padded length of ``lengths``: each input runs at the smallest one that
+    holds it, and time grows with the padded length. Exact (dynamic programming over the 16-token grid)."""
+    if not lengths:
+        raise ConfigError("no texts to pick sequence lengths from", hint="pass a data file with texts, or seq_lens")
+    grid = sorted({min(max_length, ROUND * math.ceil(max(n, 1) / ROUND)) for n in lengths})
+    counts = np.array([sum(1 for n in lengths if min(max_length, ROUND * math.ceil(max(n, 1) / ROUND)) == g) for g in grid])
+    before = np.concatenate([[0], np.cumsum(counts)])  # inputs at grid points below index i: before[i]
+    n = len(grid)
+    # cost[k][j]: least padded total of the inputs at grid[0..j] with k + 1 lengths, the last at grid[j]
+    cost = np.full((count, n), np.inf)
+    back = np.zeros((count, n), dtype=int)
+    cost[0] = [grid[j] * before[j + 1] for j in range(n)]
+    for k in range(1, count):
+        for j in range(k, n):
+            options = [cost[k - 1][i] + grid[j] * (before[j + 1] - before[i + 1]) for i in range(k - 1, j)]
+            best = int(np.argmin(options))
+            cost[k][j], back[k][j] = options[best], best + k - 1
+    k = int(np.argmin(cost[:, n - 1]))  # fewer lengths when more cannot pad less
+    picks, j = [], n - 1
+    while k >= 0:
+        picks.append(grid[j])
+        j, k = back[k][j], k - 1
+    return sorted(picks)
 
 
 def token_lengths(onnx_dir: Path, manifest: Manifest, path: str | Path) -> list[int]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from edgekit.build.compile import compile_artifact
 from edgekit.deploy import artifact, data
 from edgekit.deploy.runtime import Predictor
+from edgekit.deploy.targets.shapes import pick_bucket, used_length
 from edgekit.errors import ConfigError
 
 pytest.importorskip("openvino")
@@ -27,6 +29,17 @@ def test_buckets_pick_the_smallest_that_fits(exported, tmp_path, texts):
         pred.run(pred.tokenizer([texts[-1]]))
         assert pred.session.last_bucket == 64
         assert pred.predict(texts).shape == (len(texts), 32)
+        # single inputs run on [1, s] models compiled up front; batches on [-1, s] models compiled on first use
+        session = pred.session
+        assert {s: str(c.inputs[0].get_partial_shape()) for s, (c, _) in session._single.items()} == {16: "[1,16]", 64: "[1,64]"}
+        session._batched.clear()  # predict above ran batches
+        rows = pred.tokenizer(texts[:3])
+        bucket = pick_bucket(used_length(rows, 0), [16, 64])
+        together = pred.run(rows)
+        assert list(session._batched) == [bucket]
+        assert str(session._batched[bucket][0].inputs[0].get_partial_shape()) == f"[?,{bucket}]"
+        one_by_one = np.concatenate([pred.run(pred.tokenizer([t])) for t in texts[:3]])
+        np.testing.assert_allclose(together, one_by_one, atol=1e-4)
 
 
 @pytest.mark.openvino
@@ -39,8 +52,8 @@ def test_buckets_from_data_and_bad_options(exported, static_bert_onnx, tmp_path)
     )
     assert (
         manifest.settings["buckets"][-1] <= 64
-        and "200 texts" in manifest.settings["bucket_source"]
-        and "powers of two" in manifest.settings["bucket_source"]
+        and "pad the 200 texts" in manifest.settings["bucket_source"]
+        and len(manifest.settings["buckets"]) <= 8
     )
     with pytest.raises(ConfigError, match="not both"):
         compile_artifact(

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgekit.deploy import artifact, data
 from edgekit.deploy.targets import TARGETS, resolve_options, shapes
@@ -20,6 +24,32 @@ def test_buckets_from_lengths_are_p50_p90_max_rounded_to_16_and_capped():
     assert shapes.buckets_from_lengths([130], max_length=126) == [126]
     with pytest.raises(ConfigError, match="no texts"):
         shapes.buckets_from_lengths([], max_length=128)
+
+
+def _padded(lengths: list[int], buckets: list[int]) -> int:
+    return sum(shapes.pick_bucket(n, buckets) for n in lengths)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 140), min_size=1, max_size=40), st.integers(1, 4))
+def test_least_padding_is_the_best_choice_of_that_many_lengths(lengths, count):
+    max_length = 128
+    got = shapes.least_padding(lengths, max_length, count)
+    grid = sorted({min(max_length, 16 * -(-n // 16)) for n in lengths})
+    assert got == sorted(set(got)) and len(got) <= count and got[-1] == grid[-1] and set(got) <= set(grid)
+    held = [n for n in lengths if n <= grid[-1]]
+    # brute force: every choice of at most `count` grid lengths that holds the longest input
+    best = min(_padded(held, [*c, grid[-1]]) for k in range(count) for c in itertools.combinations(grid[:-1], k))
+    assert _padded(held, got) == best
+
+
+def test_least_padding_follows_the_texts():
+    lengths = [10] * 50 + [60] * 40 + [120] * 10
+    assert shapes.least_padding(lengths, 128, 3) == [16, 64, 128]
+    assert shapes.least_padding(lengths, 128, 8) == [16, 64, 128]  # more lengths cannot pad less
+    assert shapes.least_padding([300], 256, 4) == [256]
+    with pytest.raises(ConfigError, match="no texts"):
+        shapes.least_padding([], 128, 4)
 
 
 def test_fit_feed_pads_with_the_pad_id_and_mask_zero():
