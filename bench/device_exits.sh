@@ -11,6 +11,7 @@
 #   env: SRC data folder (bench/data/debian-sections), FT_EPOCHS the teacher's epochs (4), TEACHER a classifier already fine-tuned on it (skips step 1),
 #        JOINT_ARGS more `exits train` flags for the joint heads, E_JOINT their epochs (4), TIMING ort-cpu | none,
 #        UNLABELED=1: every head also distils on bench/data/debian-unlabeled (exits train --unlabeled),
+#        UNLABELED_HOLDOUT=N: except N of its texts (seeded shuffle, bench/tools/split_corpus.py --seed 0), kept for calibration,
 #        HEADS which heads ("frozen joint"; also "frozen-mean": frozen heads reading the mean of the tokens), CONFS the bound levels to calibrate with ("0.9 0"; "0.9g": over the
 #        rows' source packages, --groups source), QUANT a scheme (e.g. ternary-w2a8): the heads go on a QAT student
 #        of the teacher (edgekit quantize, QUANT_ARGS; default batch 256, sqrt lr, 6 epochs), which is then "the
@@ -43,6 +44,10 @@ UNL=()
 if [ -n "${UNLABELED:-}" ]; then
   xz -dkc bench/data/debian-unlabeled/train.txt.xz > "$W/unlabeled.txt"
   [ -n "$N" ] && { head -n "$N" "$W/unlabeled.txt" > "$W/u.txt"; mv "$W/u.txt" "$W/unlabeled.txt"; }
+  if [ -n "${UNLABELED_HOLDOUT:-}" ]; then  # texts the heads never see, for calibrating on unlabelled text afterwards
+    $PY bench/tools/split_corpus.py "$W/unlabeled.txt" "$W/u.txt" "$W/unlabeled-holdout.txt" --holdout "$UNLABELED_HOLDOUT" --seed 0
+    mv "$W/u.txt" "$W/unlabeled.txt"
+  fi
   UNL=(--unlabeled "$W/unlabeled.txt")
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name --format=csv,noheader || true

@@ -14,7 +14,10 @@ that script's seed), then, per target, what a user runs:
 Accuracy is of the real-length runs; the drop is against the single graph on the same texts.
 
     python bench/exit_deploy_run.py HEADS --data bench/data/debian-sections [--seed 0] [--targets ort-cpu,openvino-cpu]
-        [--json OUT.json] [--form graph|segments]
+        [--json OUT.json] [--form graph|segments] [--sample UNLABELLED.txt]
+
+``--sample``: calibrate on an unlabelled texts file instead (texts the heads never saw: bench/tools/split_corpus.py's
+held-out part of the corpus, as ``UNLABELED_HOLDOUT`` in bench/device_exits.sh), and report on the whole test set.
 
 ``--form``: the exit artifact calibrated, exported and timed: ``graph`` (default; the exits decided inside one
 ONNX graph, one runtime call) or ``segments`` (one graph per segment, run by the controller).
@@ -120,18 +123,28 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("bench/work/exit_deploy_run"))
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--form", default="graph", help="the exit artifact: graph (exits inside one graph) or segments")
+    ap.add_argument(
+        "--sample",
+        type=Path,
+        help="an unlabelled texts file to calibrate on instead of test's deployment half; the whole test set is then reported",
+    )
     args = ap.parse_args()
     model = load_exits(args.heads)
     texts, labels = texts_and_labels(args.data / "test.jsonl", list(model.encoder.info.labels))
-    deploy, rep = halves(len(texts), args.seed)  # the split bench/exit_deploy_sample.py uses for this seed
     args.work.mkdir(parents=True, exist_ok=True)
-    sample = args.work / f"deployment-seed{args.seed}.jsonl"
-    sample.write_text("".join(json.dumps({"text": texts[i]}) + "\n" for i in deploy))  # texts only: no label leaves test's other half
+    if args.sample:  # e.g. texts held out from the heads' training (bench/tools/split_corpus.py): test is all report
+        deploy, rep, sample = [], list(range(len(texts))), args.sample
+    else:
+        deploy, rep = halves(len(texts), args.seed)  # the split bench/exit_deploy_sample.py uses for this seed
+        sample = args.work / f"deployment-seed{args.seed}.jsonl"
+        sample.write_text("".join(json.dumps({"text": texts[i]}) + "\n" for i in deploy))  # texts only: no label leaves test's other half
     report_texts, y = [texts[i] for i in rep], np.asarray(labels)[rep]
     doc = {"cpu": cpu_model(), "cores": os.cpu_count(), "heads": str(args.heads), "data": str(args.data), "seed": args.seed}
     doc["form"] = args.form
-    doc |= {"deployment_texts": len(deploy), "report_texts": len(rep), "max_drop": args.max_drop, "targets": {}}
-    print(f"CPU: {doc['cpu']} ({doc['cores']} cores); {len(deploy)} deployment texts, {len(rep)} report texts", flush=True)
+    n_sample = len(deploy) if not args.sample else sum(1 for line in args.sample.read_text(encoding="utf-8").splitlines() if line.strip())
+    doc |= {"deployment_texts": n_sample, "report_texts": len(rep), "max_drop": args.max_drop, "targets": {}}
+    doc["sample"] = str(args.sample) if args.sample else f"test's deployment half (seed {args.seed})"
+    print(f"CPU: {doc['cpu']} ({doc['cores']} cores); {n_sample} deployment texts ({doc['sample']}), {len(rep)} report texts", flush=True)
     for target in [t for t in args.targets.split(",") if t]:
         work = args.work / target
         cal = steps.calibrate(
