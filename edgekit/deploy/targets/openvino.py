@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from edgekit.deploy import int8check, packing
 from edgekit.deploy.artifact import Manifest
@@ -76,6 +76,12 @@ class OpenVinoOptions(TargetOptions):
     xnor: Literal["off", "auto", "on"] = "off"
     # signed activation quantizers of int8 matmuls moved onto the u8 grid (the same codes; openvino_fq)
     unsigned: Literal["on", "off"] = "on"
+
+    @model_validator(mode="after")
+    def _buckets_from_data(self) -> OpenVinoOptions:
+        if "max_buckets" in self.model_fields_set and self.seq_lens is not None:
+            raise ValueError("max_buckets picks the lengths from data; with seq_lens you give them: drop one")
+        return self
 
 
 def runtime_config(options: OpenVinoOptions) -> dict[str, str]:
@@ -122,9 +128,10 @@ class OpenVinoSession:
         self._dynamic: tuple[Any, Any] | None = None
         # Buckets: single inputs run on models compiled at [1, s], eagerly (the latency path); a call of several
         # rows runs a [-1, s] model, compiled on the first such call of that bucket (bench/ov_shapes.py: fixing the
-        # batch too made batch-1 calls 0.89-0.94x the time of [-1, s] models; each [1, s] model holds ~35 MB).
+        # batch too made batch-1 calls 0.89-0.94x the time of [-1, s] models; each compiled model holds ~30 MB for MiniLM).
         self._single: dict[int, tuple[Any, Any]] = {}
         self._batched: dict[int, tuple[Any, Any]] = {}
+        self._model: Any = None
         if self.buckets:
             self._model = core.read_model(self._source) if isinstance(self._source, str) else self._source
             self._single = {s: self._compile_at(1, s) for s in self.buckets}
@@ -151,7 +158,7 @@ class OpenVinoSession:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._request = self._compiled = self._dynamic = None
+        self._request = self._compiled = self._dynamic = self._model = None
         self._single, self._batched = {}, {}
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

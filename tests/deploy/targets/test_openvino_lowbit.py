@@ -71,6 +71,13 @@ def test_buckets_from_data_and_bad_options(exported, static_bert_onnx, tmp_path)
         compile_artifact(
             static_bert_onnx, artifact.read_manifest(static_bert_onnx), "openvino-cpu", tmp_path / "x", options={"seq_lens": "16"}
         )
+    with pytest.raises(ConfigError, match="max_buckets picks the lengths from data"):
+        compile_artifact(src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "x", options={"seq_lens": "16", "max_buckets": "2"})
+    assert not (tmp_path / "x").exists()
+    manifest = compile_artifact(
+        src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "two", options={"tune": "off", "data": str(texts), "max_buckets": "2"}
+    )
+    assert len(manifest.settings["buckets"]) <= 2 and "max_buckets=2" in manifest.settings["bucket_source"]
     # NNCF PTQ is a build step (edgekit.build.ptq.quantize_nncf), not a target option
     for gone in ("int8", "calibration", "samples", "buckets", "buckets_from"):
         with pytest.raises(ConfigError, match=f"target openvino-cpu: option {gone}: Extra inputs are not permitted"):
