@@ -79,7 +79,8 @@ class OpenVinoOptions(TargetOptions):
 
     @model_validator(mode="after")
     def _buckets_from_data(self) -> OpenVinoOptions:
-        if "max_buckets" in self.model_fields_set and self.seq_lens is not None:
+        # compared with the default, not read from the fields set: the tuner rebuilds options from a full dump
+        if self.seq_lens is not None and self.max_buckets != type(self).model_fields["max_buckets"].default:
             raise ValueError("max_buckets picks the lengths from data; with seq_lens you give them: drop one")
         return self
 
