@@ -3,6 +3,7 @@ latency of the segments and of the single graph, per length bucket."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,31 @@ def timing_options(target: str):
     return targets.resolve_options(target, {"spinning": False} if "spinning" in fields else None)
 
 
+def timed(run, feed: dict) -> float:
+    """Seconds one call of ``run(feed)`` took."""
+    t = time.perf_counter()
+    run(feed)
+    return time.perf_counter() - t
+
+
+def interleaved(feeds: list[dict], calls: list, rounds: int, progress=None) -> list[np.ndarray]:
+    """Each of ``calls`` (feed -> its measurement: seconds, or a vector of them) on every feed, ``rounds`` times,
+    text by text, the order reversed every other text and round; five feeds untimed first. One array per call,
+    shaped [rounds, feeds, *measurement]; ``progress(done, total)`` after each text of each round."""
+    for f in feeds[:5]:  # warm-up
+        for call in calls:
+            call(f)
+    out: list[list[list]] = [[[] for _ in range(rounds)] for _ in calls]
+    for r in range(rounds):
+        for i, f in enumerate(feeds):
+            order = range(len(calls)) if (i + r) % 2 else reversed(range(len(calls)))
+            for c in order:
+                out[c][r].append(calls[c](f))
+            if progress is not None:
+                progress(r * len(feeds) + i + 1, rounds * len(feeds))
+    return [np.asarray(o, dtype=float) for o in out]
+
+
 def measure_target(
     model,
     texts: list[str],
@@ -75,8 +101,6 @@ def measure_target(
     Segments: one pass runs every segment and stamps the end of each. One graph: calibration's timing
     graph (:func:`edgekit.build.exits.onegraph.Flat`) is called once per exit with every row forced
     out there, the policy's arithmetic run at every exit before it."""
-    import time
-
     from edgekit.deploy.runtime import Predictor
 
     form = "graph" if form == "both" else form  # "both" answers single inputs with the one graph: time that
@@ -97,29 +121,10 @@ def measure_target(
         def to_each_exit(f: dict) -> list[float]:
             if form == "segments":
                 return ctl.timed_chain(f)
-            stamps = []
-            for k in range(exits):
-                t = time.perf_counter()
-                ctl.forced(f, k)
-                stamps.append(time.perf_counter() - t)
-            return stamps
+            return [timed(lambda g, k=k: ctl.forced(g, k), f) for k in range(exits)]
 
         feeds = [seg.tokenizer([texts[i]]) for i in picked]
-        for f in feeds[:5]:  # warm-up
-            one.infer(f), to_each_exit(f)
-        t_one = np.zeros((rounds, len(feeds)))
-        t_cum = np.zeros((rounds, len(feeds), exits))
-        for r in range(rounds):
-            for i, f in enumerate(feeds):
-                if (i + r) % 2:
-                    t_cum[r, i] = to_each_exit(f)
-                t = time.perf_counter()
-                one.infer(f)
-                t_one[r, i] = time.perf_counter() - t
-                if not (i + r) % 2:
-                    t_cum[r, i] = to_each_exit(f)
-                if progress is not None:
-                    progress(r * len(feeds) + i + 1, rounds * len(feeds))
+        t_cum, t_one = interleaved(feeds, [to_each_exit, lambda f: timed(one.infer, f)], rounds, progress)
     rows_b = cal.bucket_of(lengths[picked], buckets)
     keep = [b for b in range(len(buckets)) if (rows_b == b).any()]
     med = lambda a: np.median(a, axis=0) * 1000  # noqa: E731
@@ -148,8 +153,6 @@ def measure_deployed(
     the point exported as ``edgekit exits export`` would (its exits, thresholds, length plan, form), compiled for
     ``target`` and called as deployed at batch 1 on texts picked as :func:`measure_target` picks them (each at its
     own length), the two interleaved text by text; a text's time is its median over ``rounds``."""
-    import time
-
     from edgekit.deploy.runtime import Predictor
 
     art = out / "deployed"
@@ -163,15 +166,5 @@ def measure_deployed(
     with Predictor(art / target, options=opts) as deployed:
         ctl = deployed.exits
         feeds = [deployed.tokenizer([texts[i]]) for i in picked]
-        for f in feeds[:5]:  # warm-up
-            ctl.infer(f), ctl.single.infer(f)
-        t_exit, t_one = np.zeros((rounds, len(feeds))), np.zeros((rounds, len(feeds)))
-        for r in range(rounds):
-            for i, f in enumerate(feeds):
-                for run, times in ((ctl.infer, t_exit), (ctl.single.infer, t_one))[:: 1 if (i + r) % 2 else -1]:
-                    t = time.perf_counter()
-                    run(f)
-                    times[r, i] = time.perf_counter() - t
-                if progress is not None:
-                    progress(r * len(feeds) + i + 1, rounds * len(feeds))
+        t_exit, t_one = interleaved(feeds, [lambda f: timed(ctl.infer, f), lambda f: timed(ctl.single.infer, f)], rounds, progress)
     return float(np.median(t_exit, 0).mean() * 1000), float(np.median(t_one, 0).mean() * 1000), len(feeds)
