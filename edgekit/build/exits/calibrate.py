@@ -394,9 +394,7 @@ def recommend(
         low = f" (bound {100 * chosen.quality_low:.2f}%)" if chosen.quality_low is not None else ""
         return "exits", None, f"early exit {chosen.spec}: {100 * chosen.quality:.2f}%{low}, {chosen.mean_layers:.2f} layers{kept}{lat}"
     if single_ms is None:  # no timing (every point counts as faster): none held the budget
-        layer = shallowest_within(per_exit, layers, max_drop)
-        cut = f"ship the depth cut at layer {layer} (edgekit exits prune --layer {layer}), or no exits"
-        return ("prune", layer, cut) if layer < layers[-1] else ("none", None, "ship the model without exits")
+        return depth_cut_or_none(per_exit, layers, max_drop)
     fastest = min(points, key=lambda p: p.expected_latency_ms)
     faster = [p for p in points if saves(p, single_ms)]
     if base is not None and faster:
@@ -414,6 +412,15 @@ def recommend(
     if layer < layers[-1]:
         return "prune", layer, f"{why}: ship the depth cut at layer {layer} (edgekit exits prune --layer {layer}), or no exits"
     return "none", None, f"{why}, and no depth cut stays within {max_drop:g} points: ship the model without exits"
+
+
+def depth_cut_or_none(per_exit: list[float], layers: list[int], max_drop: float) -> tuple[str, int | None, str]:
+    """(recommendation, prune layer, advice) where no exit policy is shipped: the shallowest depth cut within the
+    budget, or the model without exits."""
+    layer = shallowest_within(per_exit, layers, max_drop)
+    if layer < layers[-1]:
+        return "prune", layer, f"ship the depth cut at layer {layer} (edgekit exits prune --layer {layer}), or no exits"
+    return "none", None, "ship the model without exits"
 
 
 def save(report: CalibrationReport, out: Path) -> list[Path]:
@@ -451,13 +458,7 @@ def verify_deployed(report: CalibrationReport, exit_ms: float, single_ms: float,
     if report.chosen is None or check["kept"]:
         return report.model_copy(update={"deployed_check": check})
     chosen = report.chosen
-    layer = shallowest_within(report.per_exit_quality, report.layers, report.max_drop)
-    rec = "prune" if layer < report.layers[-1] else "none"
-    ship = (
-        f"ship the depth cut at layer {layer} (edgekit exits prune --layer {layer}), or no exits"
-        if rec == "prune"
-        else "ship the model without exits"
-    )
+    rec, layer, ship = depth_cut_or_none(report.per_exit_quality, report.layers, report.max_drop)
     expected = f" (expected {chosen.latency_ratio:.2f}x)" if chosen.latency_ratio is not None else ""
     why = (
         f"the chosen point {chosen.spec}{expected} ran at {ratio:.2f}x the single graph as deployed on {report.target} "
@@ -467,7 +468,7 @@ def verify_deployed(report: CalibrationReport, exit_ms: float, single_ms: float,
         update={
             "chosen": None,
             "recommendation": rec,
-            "prune_layer": layer if rec == "prune" else None,
+            "prune_layer": layer,
             "message": why + ship,
             "exits": None,
             "length_plan": None,
