@@ -77,7 +77,7 @@ def compile_artifact(
             # Nothing to run here: ship what was produced, say plainly that parity is still to check.
             settings = {**manifest.settings, "tolerance": tol.model_dump(), "parity_not_run": not_here}
             return artifact.write_manifest(tmp, manifest.model_copy(update={"settings": settings}))
-        report = parity.enforce(_parity(target, tmp, manifest, opts, tol, onnx_dir))
+        report = parity.enforce(compiled_parity(target, tmp, manifest, opts, tol, onnx_dir))
         manifest = manifest.model_copy(update={"parity": report, "settings": {**manifest.settings, "tolerance": tol.model_dump()}})
         return artifact.write_manifest(tmp, manifest)
 
@@ -108,7 +108,9 @@ def _over(given: parity.Tolerance | dict[str, float] | None, base: parity.Tolera
     return base.model_copy(update=given) if given else base
 
 
-def _parity(target: targets.Target, where: Path, manifest: Manifest, opts: targets.TargetOptions, tol: parity.Tolerance, onnx_dir: Path):
+def compiled_parity(
+    target: targets.Target, where: Path, manifest: Manifest, opts: targets.TargetOptions, tol: parity.Tolerance, onnx_dir: Path
+):
     """The compiled model in ``where`` against PyTorch's parity reference (of ``onnx_dir``), not enforced."""
     feed, reference = parity.load_reference(onnx_dir / parity.REFERENCE)
     output = manifest.outputs[0].name
@@ -141,7 +143,7 @@ def _tune(
 
     def check(where: Path, m: Manifest, o) -> tuple[bool, str]:
         try:
-            report = parity.enforce(_parity(target, where, m, o, tol, onnx_dir))
+            report = parity.enforce(compiled_parity(target, where, m, o, tol, onnx_dir))
         except ParityError as err:
             return False, err.message
         return report.passed, ""

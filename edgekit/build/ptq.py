@@ -325,16 +325,9 @@ def quantize_nncf(
             },
             "tolerance": TOLERANCE.model_dump(),
         }
-        from edgekit.build.compile import compiled_manifest
+        from edgekit.build.compile import compiled_manifest, compiled_parity
 
         manifest = compiled_manifest(onnx_dir, source, fields, target.name, out, tmp)
         say("checking parity with PyTorch (FP32)")
-        feed, reference = parity.load_reference(tmp / parity.REFERENCE)
-        output = manifest.outputs[0].name
-        with target.load(tmp, manifest, opts) as session:
-            actual = parity.run_chunked(lambda f: session.infer(f)[output], feed, manifest.static_shape[0] if manifest.static_shape else 8)
-        runtime = " ".join(f"{k} {v}" for k, v in fields["runtime"].items())
-        report = parity.enforce(
-            parity.compare(reference, actual, task=manifest.task, output=output, runtime=f"{target.name} ({runtime})", tolerance=TOLERANCE)
-        )
+        report = parity.enforce(compiled_parity(target, tmp, manifest, opts, TOLERANCE, tmp))
         return artifact.write_manifest(tmp, manifest.model_copy(update={"parity": report}))
