@@ -209,7 +209,7 @@ def export(
     policy: Annotated[
         str,
         typer.Option(
-            help="NAME=VALUE (entropy, patience, learned or similarity, e.g. entropy=0.3) or NAME=V1,V2,... (one per exit before the last)"
+            help="NAME=VALUE (entropy, margin, patience, learned or similarity, e.g. entropy=0.3) or NAME=V1,V2,... (one per exit before the last)"
         ),
     ],
     out: Annotated[Path, typer.Option(help="ONNX early-exit artifact to write")] = Path("build/exits-onnx"),

@@ -66,6 +66,9 @@ def decide(policy: Policy, k: int, o: dict, state: dict):
         logp = torch.log_softmax(out.float(), -1)
         entropy = -(logp.exp() * logp).sum(-1) / float(np.log(out.shape[-1]))
         return entropy < param
+    if policy.name == "margin":
+        top = torch.topk(torch.softmax(out.float(), -1), 2, dim=-1).values
+        return top[:, 0] - top[:, 1] >= param
     if policy.name == "learned":
         return o["score"] >= param
     if policy.name == "patience":

@@ -37,7 +37,7 @@ from edgekit.errors import ConfigError, TargetError
 
 nn = torch.nn
 # The head output each policy decides on, besides ``output`` (None: ``output`` itself).
-DECIDES_ON: dict[str, str | None] = {"entropy": None, "patience": None, "learned": "score", "similarity": "rep"}
+DECIDES_ON: dict[str, str | None] = {"entropy": None, "margin": None, "patience": None, "learned": "score", "similarity": "rep"}
 
 
 def subset(model: MultiExitModel, layers: list[int] | None) -> MultiExitModel:

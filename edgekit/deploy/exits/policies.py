@@ -114,6 +114,32 @@ class EntropyPolicy(Policy):
         return normalized_entropy(outputs["output"]) < param if param > 0 else np.zeros(len(outputs["output"]), bool), state
 
 
+def top_margin(logits: np.ndarray) -> np.ndarray:
+    """The most probable class's softmax probability minus the second's: 0 (a tie) .. 1 (certain)."""
+    p = np.sort(softmax(logits.astype(np.float64)), -1)
+    return p[..., -1] - p[..., -2]
+
+
+class MarginPolicy(Policy):
+    """Leave when the top two classes' probabilities are at least ``param`` apart.
+
+    Entropy reads the whole distribution, so with many classes the mass spread over the unlikely ones
+    keeps it high where the choice is already clear. The margin asks only whether the first class beats
+    the second. Measured on debian-works-with (11 classes, joint mean heads): at one threshold for
+    every exit, calibrated on 4,000 unlabelled texts within the same disagreement, it left after
+    2.89 layers on test, against 3.43 for entropy and 4.95 for the learned score
+    (bench/results/exits-margin)."""
+
+    name = "margin"
+    tasks = ("classifier",)
+    lower, upper = 0.0, 1.0
+    grid = (1.0, 0.99, 0.98, 0.97, 0.95, 0.93, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
+    higher_is_faster = False
+
+    def leave(self, outputs, state, param):
+        return top_margin(outputs["output"]) >= param, state
+
+
 class PatiencePolicy(Policy):
     """PABEE: leave once the prediction has stayed the same for ``param`` consecutive exits."""
 
@@ -161,7 +187,7 @@ class SimilarityPolicy(Policy):
         return leave, State(state.prev_pred, state.agree, rep)
 
 
-EXIT_POLICIES: dict[str, type[Policy]] = {p.name: p for p in (EntropyPolicy, PatiencePolicy, LearnedPolicy, SimilarityPolicy)}
+EXIT_POLICIES: dict[str, type[Policy]] = {p.name: p for p in (EntropyPolicy, MarginPolicy, PatiencePolicy, LearnedPolicy, SimilarityPolicy)}
 
 
 def policy_spec(name: str, param: float | Sequence[float]) -> str:

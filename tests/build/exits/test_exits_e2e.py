@@ -140,7 +140,7 @@ def test_calibrate_with_measured_segments_and_unlabeled_dev(trained, texts, tmp_
     assert list(seen)[:3] == ["exit outputs on the dev texts", "latency on ort-cpu", "scoring operating points"]
     assert all(done == total > 0 for done, total in seen.values())  # every stage ran to its end
     doc = json.loads((tmp_path / "cal" / "calibration.json").read_text())
-    assert {p["policy"] for p in doc["points"]} == {"entropy", "patience", "learned", "similarity"}
+    assert {p["policy"] for p in doc["points"]} == {"entropy", "margin", "patience", "learned", "similarity"}
     assert (tmp_path / "cal" / "calibration.png").stat().st_size > 5000
     check = doc["deployed_check"]  # a chosen point is exported, compiled and timed as deployed before it is kept
     if doc["chosen"] is None:  # no policy beat the single graph on this tiny model: calibration says what to do instead

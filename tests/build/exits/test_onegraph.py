@@ -62,7 +62,12 @@ def test_the_one_graph_decides_like_the_torch_controller_at_every_batch_size(hea
 
 @pytest.mark.parametrize(
     ("name", "param", "checkpoint"),
-    [("patience", 1, "bert-classifier"), ("learned", 0.5, "distilbert-embedding"), ("similarity", 0.5, "distilbert-embedding")],
+    [
+        ("patience", 1, "bert-classifier"),
+        ("margin", 0.05, "bert-classifier"),
+        ("learned", 0.5, "distilbert-embedding"),
+        ("similarity", 0.5, "distilbert-embedding"),
+    ],
 )
 def test_every_policy_decides_inside_the_graph_as_in_numpy(name, param, checkpoint, checkpoints, texts, tmp_path):
     model = MultiExitModel(load(checkpoints[checkpoint]), [1]).eval()

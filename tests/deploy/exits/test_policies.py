@@ -5,13 +5,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgekit.deploy.exits.policies import EXIT_POLICIES, State, make, normalized_entropy, parse, simulate
+from edgekit.deploy.exits.policies import EXIT_POLICIES, State, make, normalized_entropy, parse, simulate, top_margin
 from edgekit.errors import ConfigError
 
 
 def test_normalized_entropy_bounds():
     assert normalized_entropy(np.array([[0.0, 0.0, 0.0]]))[0] == pytest.approx(1.0)
     assert normalized_entropy(np.array([[100.0, 0.0, 0.0]]))[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_margin_reads_only_the_top_two_classes():
+    # two rows with the same top-two gap; the second spreads the rest over many classes, which raises its entropy
+    flat_tail = np.log(np.array([[0.6, 0.2, 0.2, 1e-9, 1e-9, 1e-9], [0.6, 0.2, 0.05, 0.05, 0.05, 0.05]]))
+    assert top_margin(flat_tail) == pytest.approx([0.4, 0.4])
+    assert normalized_entropy(flat_tail)[1] > normalized_entropy(flat_tail)[0] + 0.1
+    leave, _ = make("margin", 0.39).decide({"output": flat_tail}, State())
+    assert leave.tolist() == [True, True]
+    leave, _ = make("margin", 0.41).decide({"output": flat_tail}, State())
+    assert leave.tolist() == [False, False]
+    assert top_margin(np.array([[1.0, 1.0, 0.0]]))[0] == pytest.approx(0.0)  # a tie: never confident
 
 
 def test_patience_counts_consecutive_agreement():
@@ -50,7 +62,7 @@ def test_simulate_takes_rows_out_and_the_last_exit_takes_the_rest():
     assert out[0].argmax() == 0 and out[1].argmax() == 1 and out[2].argmax() == 2
 
 
-@pytest.mark.parametrize("spec", ["entropy=1.5", "patience=0", "learned=-0.1", "similarity=2"])
+@pytest.mark.parametrize("spec", ["entropy=1.5", "margin=1.2", "patience=0", "learned=-0.1", "similarity=2"])
 def test_parameter_out_of_range(spec):
     with pytest.raises(ConfigError, match="out of range"):
         parse(spec)
