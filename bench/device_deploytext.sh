@@ -97,7 +97,7 @@ res["wall_s"] = round(time.time() - t0, 1)
 print(f"{name}: done in {res['wall_s']} s", flush=True)
 PY
 
-SP=$W/split-sections; WP=$W/split-works-with
+WP=$W/split-works-with
 JOBS=("teacher-s sections 0 -" "teacher-w works-with 0 -")
 for seed in ${SEEDS_S-0 1}; do
   JOBS+=("s-base-$seed sections $seed $W/corpus.txt" "s-dep-a-$seed sections $seed $W/s-unl-a.txt" "s-dep-b-$seed sections $seed $W/s-unl-b.txt")
