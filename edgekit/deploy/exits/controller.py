@@ -66,8 +66,6 @@ def never_exits(policy, exits: int) -> bool:
     values = list(policy.param) if isinstance(policy.param, (list, tuple)) else [policy.param]
     if policy.name == "entropy":
         return all(v <= 0 for v in values)
-    if policy.name == "margin":  # a margin of probabilities never exceeds 1
-        return all(v > 1 for v in values)
     if policy.name == "patience":  # the agreement count reaches at most exits - 2 at the last decision
         return all(v > exits - 2 for v in values)
     return exits < 2
