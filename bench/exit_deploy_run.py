@@ -19,6 +19,9 @@ Accuracy is of the real-length runs; the drop is against the single graph on the
 ``--sample``: calibrate on an unlabelled texts file instead (texts the heads never saw: bench/tools/split_corpus.py's
 held-out part of the corpus, as ``UNLABELED_HOLDOUT`` in bench/device_exits.sh), and report on the whole test set.
 
+``--estimate expected --temperature-data DEV.jsonl``: calibrate counting each disagreement by the final exit's
+probabilities, temperature-scaled on the labelled dev file (calibrate's options of the same names).
+
 ``--form``: the exit artifact calibrated, exported and timed: ``graph`` (default; the exits decided inside one
 ONNX graph, one runtime call) or ``segments`` (one graph per segment, run by the controller).
 """
@@ -128,6 +131,10 @@ def main() -> None:
         type=Path,
         help="an unlabelled texts file to calibrate on instead of test's deployment half; the whole test set is then reported",
     )
+    ap.add_argument("--estimate", default="agreement", help="calibrate's --estimate: agreement or expected")
+    ap.add_argument(
+        "--temperature-data", type=Path, help="with --estimate expected: a labelled file to fit the temperature on (e.g. dev.jsonl)"
+    )
     args = ap.parse_args()
     model = load_exits(args.heads)
     texts, labels = texts_and_labels(args.data / "test.jsonl", list(model.encoder.info.labels))
@@ -141,6 +148,7 @@ def main() -> None:
     report_texts, y = [texts[i] for i in rep], np.asarray(labels)[rep]
     doc = {"cpu": cpu_model(), "cores": os.cpu_count(), "heads": str(args.heads), "data": str(args.data), "seed": args.seed}
     doc["form"] = args.form
+    doc |= {"estimate": args.estimate, "temperature_data": None if args.temperature_data is None else str(args.temperature_data)}
     n_sample = len(deploy) if not args.sample else sum(1 for line in args.sample.read_text(encoding="utf-8").splitlines() if line.strip())
     doc |= {"deployment_texts": n_sample, "report_texts": len(rep), "max_drop": args.max_drop, "targets": {}}
     doc["sample"] = str(args.sample) if args.sample else f"test's deployment half (seed {args.seed})"
@@ -148,7 +156,15 @@ def main() -> None:
     for target in [t for t in args.targets.split(",") if t]:
         work = args.work / target
         cal = steps.calibrate(
-            args.heads, sample, work / "calibration", target=target, unsupervised=True, max_drop=args.max_drop, form=args.form
+            args.heads,
+            sample,
+            work / "calibration",
+            target=target,
+            unsupervised=True,
+            max_drop=args.max_drop,
+            form=args.form,
+            estimate=args.estimate,
+            temperature_data=args.temperature_data,
         )
         c = cal.chosen
         if c is None:
@@ -156,7 +172,7 @@ def main() -> None:
             print(f"{target}: {cal.recommendation}: {cal.message}", flush=True)
             continue
         spec, shapes, outputs = run_chosen(args.heads, c, target, work, report_texts, args.rounds)
-        row = chosen_row(spec, c)
+        row = chosen_row(spec, c) | {"temperature": cal.temperature, "sample_mean_layers": c.mean_layers}
         for shape, r in shapes.items():
             acc = {n: float(np.mean(o.argmax(-1) == y)) for n, o in outputs[shape].items()}
             row[shape] = r | {"accuracy": acc, "drop_points": 100 * (acc["single graph"] - acc["early exit"])}

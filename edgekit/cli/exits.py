@@ -117,6 +117,19 @@ def calibrate(
     max_drop: Annotated[float, typer.Option(help="quality budget: at most this many points below the model without exits")] = 1.0,
     max_latency: Annotated[float | None, typer.Option(help="or: a latency target in ms (needs --target)")] = None,
     unsupervised: Annotated[bool, typer.Option(help="score agreement with the final exit instead of labels")] = False,
+    estimate: Annotated[
+        str,
+        typer.Option(
+            help="with --unsupervised: how a text whose exit disagrees with the final exit counts. agreement: as a whole "
+            "point lost (safe, and it overstates the drop); expected: by the final exit's probabilities (its probability "
+            "of its own class minus of the exit's class), the accuracy drop expected if those probabilities are "
+            "calibrated (a classifier; scale them with --temperature-data)"
+        ),
+    ] = "agreement",
+    temperature_data: Annotated[
+        Path | None,
+        typer.Option(help="with --estimate expected: a labelled dev file on which the final exit's temperature is fit first"),
+    ] = None,
     confidence: Annotated[
         float, typer.Option(help="check --max-drop on this one-sided bootstrap bound of the dev drop (0: on the point estimate)")
     ] = 0.9,
@@ -175,8 +188,13 @@ def calibrate(
             holdout=holdout,
             queries_only=queries_only,
             form=form,
+            estimate=estimate,
+            temperature_data=temperature_data,
             progress=progress,
         )
+    if r.temperature is not None:
+        fit = f"fit on {r.temperature_data}" if r.temperature_data else "not fit: give --temperature-data to calibrate them"
+        console.print(f"disagreements counted by the final exit's probabilities (temperature {r.temperature:.3g}, {fit})")
     single = f", single graph {r.single_graph_latency_ms:.2f} ms on {target}" if r.single_graph_latency_ms is not None else ""
     console.print(f"no exit: {r.metric} {100 * r.base_quality:.2f}%{single}")
     style = "bold" if r.recommendation == "exits" else "bold yellow"

@@ -67,6 +67,32 @@ def test_queries_only_needs_an_embedding_model_and_pairs(heads, texts, tmp_path,
     assert not (tmp_path / "q").exists()
 
 
+def test_calibrate_with_the_expected_estimate_fits_a_temperature_and_refuses_bad_input(heads, texts, tmp_path, monkeypatch, capsys):
+    dev = _dev(tmp_path / "dev.jsonl", texts, 40)
+    sample = tmp_path / "sample.txt"
+    sample.write_text("\n".join(texts[i % len(texts)] for i in range(40)) + "\n")
+    base = ["exits", "calibrate", str(heads), "--data", str(sample), "--max-drop", "100", "--holdout", "0"]
+    code, out, err = run_cli(
+        [*base, "--out", str(tmp_path / "e"), "--unsupervised", "--estimate", "expected", "--temperature-data", str(dev)],
+        monkeypatch,
+        capsys,
+    )
+    assert code == 0, err
+    doc = json.loads((tmp_path / "e" / "calibration.json").read_text())
+    assert doc["metric"] == "expected accuracy under the final exit's probabilities" and doc["temperature_data"] == str(dev)
+    assert 0.05 <= doc["temperature"] <= 20 and 0 < doc["base_quality"] < 1  # the top probability, not agreement's 1.0
+    assert f"temperature{doc['temperature']:.3g},fiton{dev}" in re.sub(r"\s", "", out)  # rich wraps long paths
+    for extra, *want in (
+        (["--estimate", "expected"], "it needs --unsupervised"),
+        (["--unsupervised", "--temperature-data", str(dev)], "--temperature-data scales the probabilities", "add --estimate expected"),
+        (["--unsupervised", "--estimate", "expected", "--temperature-data", str(sample)], "needs labelled rows"),
+        (["--unsupervised", "--estimate", "expected", "--temperature-data", str(tmp_path / "none.jsonl")], "no such file"),
+    ):
+        code, _, err = run_cli([*base, "--out", str(tmp_path / "bad"), *extra], monkeypatch, capsys)
+        assert_user_error(code, err, *want)
+        assert not (tmp_path / "bad").exists()
+
+
 def test_calibrate_says_the_best_reachable_drop(heads, texts, tmp_path, monkeypatch, capsys):
     dev = _dev(tmp_path / "dev.jsonl", texts, 12)
     code, _, err = run_cli(

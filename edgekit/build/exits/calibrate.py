@@ -148,6 +148,10 @@ class CalibrationReport(BaseModel):
     exits: list[int] | None = None  # layers whose exits the chosen point keeps (None: all of ``layers``)
     interval: Interval | None = None
     confidence: float | None = None  # one-sided level of the bound the budget was checked on (None: point estimate)
+    # --estimate expected: the final exit's probabilities stand in for labels, scaled by this temperature
+    # (fit on ``temperature_data``, or 1.0 when no labelled file was given)
+    temperature: float | None = None
+    temperature_data: str | None = None
     form: str = "segments"  # the exit artifact the latencies were measured on (calibrations before the one graph: segments)
     # the chosen point exported, compiled and timed as deployed against its single graph (see verify_deployed)
     deployed_check: dict | None = None
@@ -162,10 +166,16 @@ class CalibrationReport(BaseModel):
 def row_quality(task: str, outputs: np.ndarray, final: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
     """Per row: 1/0 right (labels) or agreeing with the final exit (no labels); cosine to the final output (embeddings).
 
+    A classifier's ``labels`` may instead be an [N, classes] array of the final exit's probabilities
+    (:func:`expected_targets`): each row then scores the probability that its prediction is right, if those
+    probabilities are calibrated (expected accuracy; the no-exit row scores its top probability).
+
     An embedding model's ``labels`` make it retrieval (:func:`retrieval_labels`): one value per query, 1/0
     whether its relevant doc ranks first among the docs (recall@1), both sides embedded as deployed; with
     :class:`IndexedDocs` the rows are queries alone, ranked against docs the full model embedded."""
     if task == "classifier":
+        if labels is not None and np.ndim(labels) == 2:  # expected accuracy (:func:`expected_targets`)
+            return np.asarray(labels, dtype=np.float64)[np.arange(len(outputs)), outputs.argmax(-1)]
         target = labels if labels is not None else final.argmax(-1)
         return (outputs.argmax(-1) == target).astype(np.float64)
     if isinstance(labels, IndexedDocs):  # every row is a query; its doc was embedded by the full model
@@ -197,8 +207,35 @@ def retrieval_labels(n: int) -> np.ndarray:
     return np.concatenate([np.arange(n, 2 * n), np.full(n, -1)])
 
 
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T that minimises the negative log-likelihood of ``softmax(logits / T)`` on labelled rows
+    (temperature scaling: one parameter, so a few hundred dev texts fit it); searched on a log grid from 0.05
+    to 20 (labels the logits do not predict at all give the top of the range), then refined around the best grid point."""
+    logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels)
+
+    def nll(t: float) -> float:
+        z = logits / t
+        z = z - z.max(-1, keepdims=True)
+        return float((np.log(np.exp(z).sum(-1)) - z[np.arange(len(z)), labels]).mean())
+
+    grid = np.geomspace(0.05, 20.0, 121)
+    best = grid[int(np.argmin([nll(t) for t in grid]))]
+    fine = np.geomspace(max(best / 1.06, grid[0]), min(best * 1.06, grid[-1]), 41)
+    return float(fine[int(np.argmin([nll(t) for t in fine]))])
+
+
+def expected_targets(final_logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """The ``labels`` of an unlabelled calibration that counts each disagreement by what it is expected to cost:
+    the final exit's class probabilities, ``softmax(logits / temperature)`` [N, classes] (:func:`row_quality`)."""
+    z = np.asarray(final_logits, dtype=np.float64) / temperature
+    z = np.exp(z - z.max(-1, keepdims=True))
+    return z / z.sum(-1, keepdims=True)
+
+
 def metric_name(task: str, labels: np.ndarray | None) -> str:
     """What a calibration's quality measures, for reports."""
+    if task == "classifier" and labels is not None and np.ndim(labels) == 2:
+        return "expected accuracy under the final exit's probabilities"
     if task == "classifier":
         return "accuracy" if labels is not None else "agreement with the final exit"
     if isinstance(labels, IndexedDocs):

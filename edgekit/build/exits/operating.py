@@ -52,6 +52,25 @@ from edgekit.errors import ConfigError, DataError
 
 MIN_DEV_TEXTS = 30  # below this a bootstrap interval means little, whatever it says
 HOLDOUT = 0.5  # share of the dev rows (whole groups) held out to check the chosen point's bound
+# how an unlabelled calibration counts a row whose exit disagrees with the final exit: as a loss (agreement),
+# or by the final exit's probability that the exit's class is right (expected; see calibrate.row_quality)
+ESTIMATES = ("agreement", "expected")
+
+
+def check_estimate(estimate: str, unsupervised: bool, temperature_data) -> None:
+    """Refuse an ``--estimate`` / ``--temperature-data`` combination before any model work."""
+    if estimate not in ESTIMATES:
+        raise ConfigError(f"unknown --estimate {estimate!r}", hint=f"use one of: {', '.join(ESTIMATES)}")
+    if estimate == "expected" and not unsupervised:
+        raise ConfigError(
+            "--estimate expected reads the final exit's probabilities in place of labels: it needs --unsupervised",
+            hint="add --unsupervised for an unlabelled sample, or drop --estimate (labels measure accuracy itself)",
+        )
+    if temperature_data is not None and estimate != "expected":
+        raise ConfigError(
+            "--temperature-data scales the probabilities that --estimate expected reads",
+            hint="add --estimate expected, or drop --temperature-data",
+        )
 
 
 class Bootstrap:
@@ -422,6 +441,8 @@ def calibrate(
     holdout: float = HOLDOUT,
     queries_only: bool = False,
     form: str = "graph",
+    estimate: str = "agreement",
+    temperature_data: str | Path | None = None,
     progress=None,
 ) -> cal.CalibrationReport:
     """``edgekit exits calibrate``: exit outputs on ``data_file``, latencies measured on ``target`` (per
@@ -431,7 +452,12 @@ def calibrate(
     without exits, as an index built offline is, and only the queries take exits: quality is their recall@1
     against that index, latency theirs. ``form``: the exit artifact whose latency is measured (``graph``: the
     exits decided inside one graph; ``segments``); the export of the chosen point uses it. ``progress(stage, done, total)``: each stage's progress (exit outputs,
-    latency on the target, the search)."""
+    latency on the target, the search).
+
+    ``estimate="expected"`` (a classifier, ``unsupervised``): a row whose exit disagrees with the final exit costs
+    the final exit's probability of its class minus that of the exit's class, not a whole point; those
+    probabilities are temperature-scaled on ``temperature_data`` (a labelled file) when given. The budget then
+    holds if the final exit's scaled probabilities are calibrated on the sample's texts."""
     from edgekit.build.exits.dev import measure_target, texts_and_labels
     from edgekit.build.exits.model import load_exits
     from edgekit.build.exits.onegraph import check_form
@@ -439,7 +465,23 @@ def calibrate(
 
     check_form(form)  # before any model work
     check_holdout(holdout)
+    check_estimate(estimate, unsupervised, temperature_data)
+    if temperature_data is not None:
+        from edgekit.deploy import data
+
+        if not Path(temperature_data).is_file():
+            raise DataError(f"{temperature_data}: no such file (--temperature-data)", hint="give a labelled dev file of the task")
+        if data.kind(temperature_data) != "labeled":  # fail before any model work
+            raise DataError(
+                f"{temperature_data}: --temperature-data needs labelled rows ('text' and 'label')",
+                hint="give a labelled dev file of the task (a few hundred texts fit the one temperature)",
+            )
     model = load_exits(heads)
+    if estimate == "expected" and model.task != "classifier":
+        raise ConfigError(
+            f"--estimate expected reads class probabilities: {heads} is an {model.task} model's heads",
+            hint="drop --estimate (an embedding model's unlabelled quality is the cosine to the final exit)",
+        )
     out = Path(out)
     say = progress or (lambda stage, done, total: None)
     if queries_only:
@@ -463,6 +505,16 @@ def calibrate(
     feed = model.encoder.tokenize(texts, max_length=model.encoder.info.max_length)
     exits = torch_exits(model, feed, progress=lambda d, t: say("exit outputs on the dev texts", d, t))
     lengths = feed["attention_mask"].sum(1)
+    scaled = {}
+    if estimate == "expected":
+        temperature = 1.0
+        if temperature_data is not None:
+            t_texts, t_labels = texts_and_labels(temperature_data, list(model.encoder.info.labels or []), need_labels=True)
+            t_feed = model.encoder.tokenize(t_texts, max_length=model.encoder.info.max_length)
+            t_final = torch_exits(model, t_feed, progress=lambda d, t: say("final exit on the temperature texts", d, t))[-1]
+            temperature = cal.fit_temperature(t_final["output"], np.asarray(t_labels))
+        labels = cal.expected_targets(exits[-1]["output"], temperature)
+        scaled = {"temperature": temperature, "temperature_data": None if temperature_data is None else str(temperature_data)}
     timed = lambda d, t: say(f"latency on {target}", d, t)  # noqa: E731
     timing = measure_target(model, texts, lengths, target, out, latency_texts, rounds, progress=timed, form=form) if target else None
     r = report(
@@ -486,7 +538,7 @@ def calibrate(
         target=target,
         heads=str(heads),
     )
-    r = r.model_copy(update={"form": form})
+    r = r.model_copy(update={"form": form, **scaled})
     if target and r.chosen is not None:  # the chosen point as deployed: expected latency is a model of it
         from edgekit.build.exits.dev import measure_deployed
 

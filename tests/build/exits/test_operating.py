@@ -5,8 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgekit.build.exits.calibrate import Scorer, Timing, choose
-from edgekit.build.exits.operating import Bootstrap, check_dev_size, check_holdout, dev_texts_needed, report, search, split_rows
+from edgekit.build.exits.calibrate import Scorer, Timing, choose, expected_targets, fit_temperature
+from edgekit.build.exits.operating import (
+    Bootstrap,
+    check_dev_size,
+    check_estimate,
+    check_holdout,
+    dev_texts_needed,
+    report,
+    search,
+    split_rows,
+)
 from edgekit.errors import ConfigError, DataError
 
 
@@ -173,6 +182,49 @@ def test_the_accuracy_lost_to_exits_is_at_most_their_disagreement_with_the_final
         assert drop <= disagreement + 1e-12
         gaps.append(disagreement - drop)
     assert max(gaps) > 0  # strict somewhere: the bound is conservative, not an identity
+
+
+def test_the_expected_estimate_counts_a_disagreement_by_the_final_exits_probabilities():
+    """``--estimate expected``: with the final exit's probabilities as ``labels``, a point's drop lies between 0
+    and its disagreement, and it is exactly the labelled drop expected when the labels follow those
+    probabilities (the final exit calibrated): averaged over label draws, the two meet."""
+    rng = np.random.default_rng(11)
+    n, k = 300, 5
+    cls = rng.integers(0, k, n)
+    exits = [{"output": rng.normal(size=(n, k)) * s + np.eye(k)[cls] * a} for s, a in ((2.0, 1.0), (1.0, 2.0), (1.0, 2.5))]
+    probs = expected_targets(exits[-1]["output"])
+    expected, agreeing = Scorer(exits, [2, 4, 6], "classifier", probs), Scorer(exits, [2, 4, 6], "classifier", None)
+    assert expected.base == pytest.approx(probs.max(-1).mean()) and expected.base < 1.0
+    cum = probs.cumsum(-1)
+    draws = [(rng.random((n, 1)) > cum).sum(-1).clip(max=k - 1) for _ in range(400)]  # labels ~ the final exit
+    for value in (0.3, 0.6, 0.9):
+        drop = expected.base - expected.point("entropy", value).quality
+        disagreement = 1.0 - agreeing.point("entropy", value).quality
+        assert 0.0 <= drop <= disagreement + 1e-12
+        labelled = [Scorer(exits, [2, 4, 6], "classifier", y) for y in draws]
+        drops = np.array([sc.base - sc.point("entropy", value).quality for sc in labelled])
+        assert abs(drops.mean() - drop) < 4 * drops.std() / np.sqrt(len(drops)) + 1e-9
+    assert 1.0 - agreeing.point("entropy", 0.9).quality > 0  # the check above is not of a point that never leaves
+
+
+def test_temperature_scaling_recovers_the_temperature_the_labels_were_drawn_at():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(6000, 4)) * 3
+    for t in (0.5, 2.0):
+        cum = expected_targets(logits, t).cumsum(-1)
+        labels = (rng.random((len(logits), 1)) > cum).sum(-1).clip(max=3)
+        assert fit_temperature(logits, labels) == pytest.approx(t, rel=0.1)
+        assert expected_targets(logits, t).sum(-1) == pytest.approx(1.0)
+
+
+def test_estimate_combinations_are_refused_before_any_model_work():
+    check_estimate("expected", True, "dev.jsonl")  # the one complete combination
+    with pytest.raises(ConfigError, match="unknown --estimate 'soft'"):
+        check_estimate("soft", True, None)
+    with pytest.raises(ConfigError, match="it needs --unsupervised"):
+        check_estimate("expected", False, None)
+    with pytest.raises(ConfigError, match="--temperature-data scales the probabilities"):
+        check_estimate("agreement", True, "dev.jsonl")
 
 
 def _retrieval_exits(n: int, dim: int = 64, moved: int = 4):
