@@ -19,6 +19,8 @@ Accuracy is of the real-length runs; the drop is against the single graph on the
 ``--sample``: calibrate on an unlabelled texts file instead (texts the heads never saw: bench/tools/split_corpus.py's
 held-out part of the corpus, as ``UNLABELED_HOLDOUT`` in bench/device_exits.sh), and report on the whole test set.
 
+``--dev DEV.jsonl``: calibrate on a labelled dev file (calibrate's default, supervised) and report on the whole test set.
+
 ``--estimate expected --temperature-data DEV.jsonl``: calibrate counting each disagreement by the final exit's
 probabilities, temperature-scaled on the labelled dev file (calibrate's options of the same names).
 
@@ -131,6 +133,11 @@ def main() -> None:
         type=Path,
         help="an unlabelled texts file to calibrate on instead of test's deployment half; the whole test set is then reported",
     )
+    ap.add_argument(
+        "--dev",
+        type=Path,
+        help="a labelled dev file to calibrate on (supervised: accuracy, the default calibration) instead; the whole test set is then reported",
+    )
     ap.add_argument("--estimate", default="agreement", help="calibrate's --estimate: agreement or expected")
     ap.add_argument(
         "--temperature-data", type=Path, help="with --estimate expected: a labelled file to fit the temperature on (e.g. dev.jsonl)"
@@ -139,7 +146,11 @@ def main() -> None:
     model = load_exits(args.heads)
     texts, labels = texts_and_labels(args.data / "test.jsonl", list(model.encoder.info.labels))
     args.work.mkdir(parents=True, exist_ok=True)
-    if args.sample:  # e.g. texts held out from the heads' training (bench/tools/split_corpus.py): test is all report
+    if args.sample and args.dev:
+        ap.error("give --sample (unlabelled) or --dev (labelled), not both")
+    if args.dev:  # the labelled dev set a user calibrates on by default: test is all report
+        deploy, rep, sample = [], list(range(len(texts))), args.dev
+    elif args.sample:  # e.g. texts held out from the heads' training (bench/tools/split_corpus.py): test is all report
         deploy, rep, sample = [], list(range(len(texts))), args.sample
     else:
         deploy, rep = halves(len(texts), args.seed)  # the split bench/exit_deploy_sample.py uses for this seed
@@ -149,10 +160,12 @@ def main() -> None:
     doc = {"cpu": cpu_model(), "cores": os.cpu_count(), "heads": str(args.heads), "data": str(args.data), "seed": args.seed}
     doc["form"] = args.form
     doc |= {"estimate": args.estimate, "temperature_data": None if args.temperature_data is None else str(args.temperature_data)}
-    n_sample = len(deploy) if not args.sample else sum(1 for line in args.sample.read_text(encoding="utf-8").splitlines() if line.strip())
+    given = args.dev or args.sample
+    n_sample = len(deploy) if not given else sum(1 for line in given.read_text(encoding="utf-8").splitlines() if line.strip())
     doc |= {"deployment_texts": n_sample, "report_texts": len(rep), "max_drop": args.max_drop, "targets": {}}
-    doc["sample"] = str(args.sample) if args.sample else f"test's deployment half (seed {args.seed})"
-    print(f"CPU: {doc['cpu']} ({doc['cores']} cores); {n_sample} deployment texts ({doc['sample']}), {len(rep)} report texts", flush=True)
+    doc["sample"] = str(given) if given else f"test's deployment half (seed {args.seed})"
+    doc["labelled_calibration"] = args.dev is not None
+    print(f"CPU: {doc['cpu']} ({doc['cores']} cores); {n_sample} calibration texts ({doc['sample']}), {len(rep)} report texts", flush=True)
     for target in [t for t in args.targets.split(",") if t]:
         work = args.work / target
         cal = steps.calibrate(
@@ -160,7 +173,7 @@ def main() -> None:
             sample,
             work / "calibration",
             target=target,
-            unsupervised=True,
+            unsupervised=args.dev is None,
             max_drop=args.max_drop,
             form=args.form,
             estimate=args.estimate,
@@ -172,7 +185,7 @@ def main() -> None:
             print(f"{target}: {cal.recommendation}: {cal.message}", flush=True)
             continue
         spec, shapes, outputs = run_chosen(args.heads, c, target, work, report_texts, args.rounds)
-        row = chosen_row(spec, c) | {"temperature": cal.temperature, "sample_mean_layers": c.mean_layers}
+        row = chosen_row(spec, c) | {"temperature": cal.temperature}
         for shape, r in shapes.items():
             acc = {n: float(np.mean(o.argmax(-1) == y)) for n, o in outputs[shape].items()}
             row[shape] = r | {"accuracy": acc, "drop_points": 100 * (acc["single graph"] - acc["early exit"])}

@@ -11,8 +11,9 @@ checked on the deployment distribution itself, at the price of counting every di
 This script simulates it without touching the test labels it reports on: test.jsonl is split in two by a
 seeded shuffle; the first half's texts (labels dropped) are the deployment sample, the second half is the
 report. For each split seed it prints the choice of three calibrations and their drop on the report half:
-the 90 % bound on labelled dev, the point estimate on labelled dev, and the 90 % bound on the unlabelled
-deployment half. With ``--target`` (ort-cpu, openvino-cpu) the segments and the single graph are timed on
+the 90 % bound on labelled dev, the point estimate on labelled dev, the 90 % bound on the unlabelled
+deployment half, and the same bound with each disagreement counted by the final exit's probabilities
+(temperature-scaled on dev: `exits calibrate --estimate expected --temperature-data dev.jsonl`). With ``--target`` (ort-cpu, openvino-cpu) the segments and the single graph are timed on
 that runtime per length bucket, as `exits calibrate --target` does, so each choice is the fastest within
 budget and the report half gets its expected latency as a ratio to the single graph; without it, expected
 layers only.
@@ -30,11 +31,14 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.build.exits import operating
-from edgekit.build.exits.calibrate import Scorer
+from edgekit.build.exits.calibrate import Scorer, expected_targets, fit_temperature
 from edgekit.build.exits.dev import texts_and_labels
 from edgekit.build.exits.model import load_exits
 from edgekit.build.exits.segments import torch_exits
 from edgekit.errors import DataError
+
+UNLABELLED = "deployment-sample bound (unlabelled)"
+EXPECTED = "deployment-sample bound, expected drop (unlabelled; temperature on dev)"
 
 
 def _exits(model, texts):
@@ -92,6 +96,8 @@ def main() -> None:
         except DataError as err:
             return err.message
 
+    temperature = fit_temperature(dev_exits[-1]["output"], y_dev)  # for the expected estimate
+    print(f"the final exit's temperature on dev: {temperature:.3f}")
     # the dev choices do not depend on the split
     on_dev = {
         "dev bound": choose(dev_exits, y_dev, dev_len, args.confidence),
@@ -104,7 +110,10 @@ def main() -> None:
         dep = choose(
             operating.rows_of(test_exits, deploy), None, test_len[deploy], args.confidence
         )  # no labels: agreement with the final exit
-        for name, chosen in [*on_dev.items(), ("deployment-sample bound (unlabelled)", dep)]:
+        # no labels either: each disagreement counted by the final exit's probabilities, scaled on dev (--estimate expected)
+        probs = expected_targets(test_exits[-1]["output"][deploy], temperature)
+        expect = choose(operating.rows_of(test_exits, deploy), probs, test_len[deploy], args.confidence)
+        for name, chosen in [*on_dev.items(), (UNLABELLED, dep), (EXPECTED, expect)]:
             if isinstance(chosen, str):
                 rows.append({"seed": seed, "calibration": name, "chosen": f"refused: {chosen}"})
                 continue
@@ -123,7 +132,7 @@ def main() -> None:
             f"| {r['seed']} | {r['calibration']} | {r['chosen']} | {r.get('calibration_mean_layers', '-')} | {r.get('test_drop', '-')} | "
             f"{r.get('held', '-')} | {r.get('test_mean_layers', '-')} | {r.get('test_latency_ratio', '-')} |"
         )
-    for name in [*on_dev, "deployment-sample bound (unlabelled)"]:
+    for name in [*on_dev, UNLABELLED, EXPECTED]:
         mine = [r for r in rows if r["calibration"] == name and "held" in r]
         if mine:
             print(
