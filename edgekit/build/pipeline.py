@@ -146,6 +146,7 @@ class Pipeline:
             from edgekit.build.exits.operating import DevSetTooSmall
             from edgekit.build.exits.train import TrainConfig
             from edgekit.deploy import data
+            from edgekit.errors import ConfigError
 
             heads = entry / "heads"
             tr = subset(train.path, e.limit, entry)
@@ -156,6 +157,12 @@ class Pipeline:
             else:
                 cal = tr
                 self.say("exits: calibrating on the heads' own training texts (give data.calibration, or a limit under half of data.train)")
+            if e.estimate == "expected" and data.kind(cal) in ("labeled", "pairs"):  # before the heads train
+                raise ConfigError(
+                    "steps.exits.estimate: expected reads the final exit's probabilities in place of labels, but the "
+                    "calibration texts are labelled",
+                    hint="drop steps.exits.estimate (labels measure accuracy itself), or give unlabelled data.calibration",
+                )
             xb.train(
                 model.path,
                 tr,
@@ -177,6 +184,8 @@ class Pipeline:
                     groups=e.groups,
                     holdout=e.holdout,
                     queries_only=e.queries_only,
+                    estimate=e.estimate,
+                    temperature_data=resolve_path(e.temperature_data) if e.temperature_data else None,
                 )
             except DevSetTooSmall as err:
                 raise DevSetTooSmall(

@@ -160,6 +160,14 @@ class Exits(_M):
         le=0.8,
         description="calibration: share of the rows (whole groups) held out to check the chosen point's bound on; 0: the rows searched",
     )
+    estimate: Literal["agreement", "expected"] = Field(
+        "agreement",
+        description="calibration on unlabelled texts: count a text whose exit disagrees with the final exit as a point lost "
+        "(agreement), or by the final exit's probabilities (expected: the drop expected if they are calibrated)",
+    )
+    temperature_data: str | None = Field(
+        None, description="with estimate: expected, a labelled file on which the final exit's temperature is fit first"
+    )
     queries_only: bool = Field(
         False,
         description="calibration on query/doc pairs (embedding model): only queries take exits; docs are embedded once "
@@ -180,6 +188,12 @@ class Exits(_M):
         if 0 < v < 0.5:
             raise ValueError("must be 0 (the point estimate) or a one-sided level in [0.5, 1), e.g. 0.9")
         return v
+
+    @model_validator(mode="after")
+    def _temperature_needs_expected(self) -> Exits:
+        if self.temperature_data is not None and self.estimate != "expected":
+            raise ValueError("temperature_data scales the probabilities that estimate: expected reads; set estimate: expected")
+        return self
 
 
 class Prune(_M):

@@ -319,3 +319,23 @@ def test_an_exits_step_with_too_few_calibration_texts_for_its_bound_says_how_to_
     with pytest.raises(DevSetTooSmall, match=r"^steps.exits: dev set too small for a 90% bound") as err:
         runner.build(path, say=quiet, train_progress=False)
     assert "steps.exits.holdout: 0" in err.value.hint and "steps.exits.confidence: 0" in err.value.hint
+
+
+def test_an_exits_step_counts_disagreements_by_expected_cost_on_unlabelled_calibration_texts(work):
+    from edgekit.deploy import data
+
+    Path("deploy.txt").write_text("\n".join(data.sample_texts()[300:380]) + "\n")
+    exits = {"layers": [1, 2], "epochs": 1, "estimate": "expected", "holdout": 0}
+    path = work(name="labelled", steps={"exits": exits}, budgets={"max_accuracy_drop": 100})
+    with pytest.raises(ConfigError, match="steps.exits.estimate: expected .* the calibration texts are labelled"):
+        runner.build(path, say=quiet, train_progress=False)
+    assert not list(Path().rglob("heads"))  # refused before the heads trained
+    path = work(
+        name="expected",
+        data={"train": "train.jsonl", "dev": "dev.jsonl", "calibration": "deploy.txt"},
+        steps={"exits": {**exits, "temperature_data": "dev.jsonl"}},
+        budgets={"max_accuracy_drop": 100},
+    )
+    runner.build(path, say=quiet, train_progress=False)
+    (cal,) = [json.loads(f.read_text()) for f in Path().rglob("calibration.json")]
+    assert cal["metric"] == "expected accuracy under the final exit's probabilities" and cal["temperature_data"] == "dev.jsonl"

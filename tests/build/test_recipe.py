@@ -198,3 +198,10 @@ def test_ci_example_builds_a_target_matrix_uploads_and_gates():
     assert upload["if"] == "always()" and upload["with"]["path"].startswith("dist/")
     recipe = schema.load(ROOT / job["strategy"]["matrix"]["recipe"][0])
     assert set(job["strategy"]["matrix"]["target"]) <= {t.name for t in recipe.targets}
+
+
+def test_exits_temperature_data_needs_the_expected_estimate():
+    assert "temperature_data scales the probabilities" in error_of(steps={"exits": {"temperature_data": "dev.jsonl"}})
+    assert "steps.exits.estimate" in error_of(steps={"exits": {"estimate": "soft"}})
+    e = parse(data={"train": "t.jsonl"}, steps={"exits": {"estimate": "expected", "temperature_data": "dev.jsonl"}}).steps.exits
+    assert (e.estimate, e.temperature_data) == ("expected", "dev.jsonl")

@@ -12,6 +12,7 @@ from edgekit.build.exits.operating import (
     check_estimate,
     check_holdout,
     dev_texts_needed,
+    frontier,
     report,
     search,
     split_rows,
@@ -318,3 +319,11 @@ def test_bad_holdout_and_a_dev_set_too_small_to_hold_out():
     exits, labels = _exits(50)
     with pytest.raises(DataError, match=r"held-out rows: \d+ .* texts of 50, fewer than 30: about 60 texts needed.*--holdout 0"):
         report(exits, [2, 4, 6], "classifier", labels, lengths=np.full(50, 10), max_drop=5.0)
+
+
+def test_the_held_out_sequence_keeps_only_points_faster_than_every_safer_one():
+    """A point slower than one with a smaller drop bound can never be chosen; tested in the sequence, its chance
+    failure would end the sequence before the faster points (frontier)."""
+    order = [(0.1, 5.0), (0.2, 6.0), (0.3, 4.0), (0.3, 4.0), (0.4, 4.5), (0.5, 3.0)]  # (bound, speed), by bound
+    assert frontier(order, lambda p: p[1]) == [(0.1, 5.0), (0.3, 4.0), (0.5, 3.0)]
+    assert frontier([], lambda p: p[1]) == []
