@@ -10,7 +10,7 @@ checked on the deployment distribution itself, at the price of counting every di
 
 This script simulates it without touching the test labels it reports on: test.jsonl is split in two by a
 seeded shuffle; the first half's texts (labels dropped) are the deployment sample, the second half is the
-report. For each split seed it prints the choice of three calibrations and their drop on the report half:
+report. For each split seed it prints the choice of four calibrations and their drop on the report half:
 the 90 % bound on labelled dev, the point estimate on labelled dev, the 90 % bound on the unlabelled
 deployment half, and the same bound with each disagreement counted by the final exit's probabilities
 (temperature-scaled on dev: `exits calibrate --estimate expected --temperature-data dev.jsonl`). With ``--target`` (ort-cpu, openvino-cpu) the segments and the single graph are timed on
