@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from edgekit.deploy.eval import ranks
-from edgekit.deploy.exits.policies import EXIT_POLICIES, make, policy_spec, simulate
+from edgekit.deploy.exits.policies import EXIT_POLICIES, make, policy_spec, simulate, softmax
 from edgekit.errors import ConfigError
 
 BUCKETS = (16, 32, 64, 128, 256, 512)
@@ -227,9 +227,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 def expected_targets(final_logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """The ``labels`` of an unlabelled calibration that counts each disagreement by what it is expected to cost:
     the final exit's class probabilities, ``softmax(logits / temperature)`` [N, classes] (:func:`row_quality`)."""
-    z = np.asarray(final_logits, dtype=np.float64) / temperature
-    z = np.exp(z - z.max(-1, keepdims=True))
-    return z / z.sum(-1, keepdims=True)
+    return softmax(np.asarray(final_logits, dtype=np.float64) / temperature)
 
 
 def metric_name(task: str, labels: np.ndarray | None) -> str:
