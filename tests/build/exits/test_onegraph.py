@@ -165,3 +165,28 @@ def test_both_forms_answer_single_inputs_with_the_graph_and_batches_with_the_seg
         assert ctl.segment_calls[0] == 1  # a batch: the segments, rows dropped as they leave
     assert np.concatenate([r[EXIT_LAYER] for r in ones]).tolist() == batch[EXIT_LAYER].tolist() == layers.tolist()
     np.testing.assert_allclose(batch["logits"], ref, atol=1e-4)
+
+
+def test_timing_by_exit_never_repeats_a_shape_on_one_model():
+    """Deployed batch-1 calls each follow a call at another text's length; timing each exit in its own pass
+    over the texts keeps that true of every timed call (OpenVINO charges the first call at a new shape)."""
+    from edgekit.build.exits.dev import by_exit
+
+    calls = []
+    feeds = [{"input_ids": np.zeros((1, n), np.int64)} for n in (5, 7, 9)]
+    done = []
+    to_exit, one = by_exit(
+        feeds,
+        lambda f, k: calls.append(("graph", f["input_ids"].shape[1], k)),
+        lambda f: calls.append(("single", f["input_ids"].shape[1], None)),
+        exits=3,
+        rounds=2,
+        progress=lambda d, t: done.append((d, t)),
+    )
+    assert to_exit.shape == (2, 3, 3) and one.shape == (6, 3) and (to_exit > 0).all() and (one > 0).all()
+    for model in ("graph", "single"):
+        seq = [n for m, n, _ in calls if m == model][3:]  # after the warm-up (one call per feed)
+        assert all(a != b for a, b in zip(seq, seq[1:]))
+    timed_exits = [k for m, _, k in calls[6:] if m == "graph"]
+    assert timed_exits == [k for _ in range(2) for k in range(3) for _ in feeds]
+    assert done[-1] == (18, 18) and len(done) == 6
