@@ -34,7 +34,10 @@ alone (bench/exit_coverage.py: choose on half of dev's source packages, score on
 40 splits; four heads on debian-sections and debian-works-with; bench/results/exits-coverage),
 with a 90 % group bound and a 1-point budget it chose a point on 131 of 160 halves and overshot
 on 14 of those (11 %; 4 of 24 on the smallest, ~170-text halves). The same-rows choice chose on
-36 (its bound's margin alone exceeded the budget on the rest) and overshot on 3 of those.
+36 (its bound's margin alone exceeded the budget on the rest) and overshot on 3 of those. (Those 40
+splits ran the sequence before the frontier filter; on 20 splits of the current heads, the frontier
+overshot on 7 of 62 chosen points against 6 of 62 for the unfiltered sequence, and chose points
+that leave earlier: bench/results/exits-dev-margin.)
 ``holdout`` 0 restores the same-rows choice; a retrieval metric (every doc ranked for every
 query) is not split.
 """
