@@ -55,6 +55,9 @@ from edgekit.deploy.exits.policies import EXIT_POLICIES
 from edgekit.errors import ConfigError, DataError
 
 MIN_DEV_TEXTS = 30  # below this a bootstrap interval means little, whatever it says
+# the held-out sequence's least step: a point must save this share of the model without exits (its latency,
+# or its layers untimed) over the point before it (see frontier)
+FRONTIER_STEP = 0.02
 HOLDOUT = 0.5  # share of the dev rows (whole groups) held out to check the chosen point's bound
 # how an unlabelled calibration counts a row whose exit disagrees with the final exit: as a loss (agreement),
 # or by the final exit's probability that the exit's class is right (expected; see calibrate.row_quality)
@@ -233,15 +236,17 @@ def rows_of(exits: list[dict[str, np.ndarray]], idx: np.ndarray) -> list[dict[st
     return [{k: v[idx] for k, v in e.items()} for e in exits]
 
 
-def frontier(order: list, speed) -> list:
+def frontier(order: list, speed, step: float = 0.0) -> list:
     """The points of ``order`` (sorted by the drop bound on the search rows) that are faster than every point
-    before them: the search rows' frontier of drop against speed. A point off it is slower than a point with a
-    smaller bound, so it can never be the choice; in the fixed sequence it could only stop the sequence early
-    (one held-out test that fails by chance). Measured on dev halves (bench/results/exits-dev-margin), the
-    frontier goes further on the same rows at about the same overshoot rate."""
+    before them, by more than ``step`` than the last one kept: the search rows' frontier of drop against
+    speed, thinned. A point off it is slower than a point with a smaller bound, so it can never be the
+    choice; in the fixed sequence it could only stop the sequence early (one held-out test that fails by
+    chance). Measured on dev halves (bench/results/exits-dev-margin), the frontier goes further on the same
+    rows at about the same overshoot rate. A point that saves less than ``step`` over the one before it is
+    the same bet again for next to nothing: left out, the sequence has fewer tests to fail by chance."""
     kept, fastest = [], math.inf
     for p in order:
-        if speed(p) < fastest:
+        if speed(p) < fastest - step or not kept:
             kept.append(p)
             fastest = speed(p)
     return kept
@@ -253,6 +258,7 @@ class HeldOut:
 
     def __init__(self, exits, layers, task, labels, *, lengths, timing, holdout, confidence, resamples, groups=None) -> None:
         n = len(exits[-1]["output"])
+        self.layers = max(layers)
         self.search_idx, self.check_idx = split_rows(n, holdout, groups)
         for what, idx in (("search", self.search_idx), ("held-out", self.check_idx)):
             if len(idx) < MIN_DEV_TEXTS:
@@ -286,8 +292,11 @@ class HeldOut:
         s = self.search
         timed = all(p.expected_latency_ms is not None for p in points)
         speed = (lambda p: p.expected_latency_ms) if timed else (lambda p: p.mean_layers)
+        full = s.single_ms if timed and s.single_ms else float(self.layers)  # the model without exits, in speed's unit
         order = frontier(
-            sorted((p for p in points if cal.saves(p, s.single_ms)), key=lambda p: (s.base - p.budget_quality(), -speed(p))), speed
+            sorted((p for p in points if cal.saves(p, s.single_ms)), key=lambda p: (s.base - p.budget_quality(), -speed(p))),
+            speed,
+            FRONTIER_STEP * full,
         )
         tried, passed = [], []
         for p in order:

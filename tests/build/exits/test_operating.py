@@ -327,3 +327,7 @@ def test_the_held_out_sequence_keeps_only_points_faster_than_every_safer_one():
     order = [(0.1, 5.0), (0.2, 6.0), (0.3, 4.0), (0.3, 4.0), (0.4, 4.5), (0.5, 3.0)]  # (bound, speed), by bound
     assert frontier(order, lambda p: p[1]) == [(0.1, 5.0), (0.3, 4.0), (0.5, 3.0)]
     assert frontier([], lambda p: p[1]) == []
+    # thinned: a point must be faster than the last one kept by more than the step; the first is always kept
+    order = [(0.1, 5.0), (0.2, 4.95), (0.3, 4.85), (0.4, 4.0), (0.5, 3.99)]
+    assert frontier(order, lambda p: p[1], step=0.1) == [(0.1, 5.0), (0.3, 4.85), (0.4, 4.0)]
+    assert frontier(order, lambda p: p[1], step=10.0) == [(0.1, 5.0)]
