@@ -127,10 +127,9 @@ def measure_target(
     graph (:func:`edgekit.build.exits.onegraph.Flat`) is called with every row forced out at one exit,
     the policy's arithmetic run at every exit before it: a pass over the texts per exit, so that each
     timed call follows a call at another text's length, as deployed calls do. (Timing the six exits of
-    one text back to back, only the first call paid for the new input shape: on OpenVINO that made the
-    first exit look 0.5 ms dearer than it is and every later one 0.5-0.8 ms cheaper, about 5 % of the
-    single graph at 65 tokens; bench/results/exits-shape-timing.) The single graph is timed beside
-    every pass."""
+    one text back to back, only the first call paid for the new input shape: on OpenVINO every later
+    exit read 3-17 % of the single graph too cheap; bench/exit_timing_order.py,
+    bench/results/exits-shape-timing.) The single graph is timed beside every pass."""
     from edgekit.deploy.runtime import Predictor
 
     form = "graph" if form == "both" else form  # "both" answers single inputs with the one graph: time that
