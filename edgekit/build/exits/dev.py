@@ -92,8 +92,8 @@ def by_exit(feeds: list[dict], forced, single, exits: int, rounds: int, progress
     one = np.zeros((rounds, exits, len(feeds)))
     for r in range(rounds):
         for k in range(exits):
+            to_k = lambda g, k=k: forced(g, k)  # noqa: E731
             for i, f in enumerate(feeds):
-                to_k = lambda g, k=k: forced(g, k)  # noqa: E731
                 if (i + r + k) % 2:
                     one[r, k, i] = timed(single, f)
                     to_exit[r, i, k] = timed(to_k, f)

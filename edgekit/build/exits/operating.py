@@ -246,7 +246,7 @@ def frontier(order: list, speed, step: float = 0.0) -> list:
     the same bet again for next to nothing: left out, the sequence has fewer tests to fail by chance."""
     kept, fastest = [], math.inf
     for p in order:
-        if speed(p) < fastest - step or not kept:
+        if speed(p) < fastest - step:  # the first point always: fastest starts at infinity
             kept.append(p)
             fastest = speed(p)
     return kept

@@ -183,7 +183,7 @@ def test_timing_by_exit_never_repeats_a_shape_on_one_model():
         rounds=2,
         progress=lambda d, t: done.append((d, t)),
     )
-    assert to_exit.shape == (2, 3, 3) and one.shape == (6, 3) and (to_exit > 0).all() and (one > 0).all()
+    assert to_exit.shape == (2, 3, 3) and one.shape == (6, 3)
     for model in ("graph", "single"):
         seq = [n for m, n, _ in calls if m == model][3:]  # after the warm-up (one call per feed)
         assert all(a != b for a, b in zip(seq, seq[1:]))
