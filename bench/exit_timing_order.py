@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.build.exits.dev import by_exit
+
 
 def runners(graph_dir: Path, runtime: str, threads: int):
     if runtime == "openvino-cpu":
@@ -90,21 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     back[r, i] = [timed(graph, forced(f, k)) for k in range(a.exits)]
                     back_one[r, i] = timed(single, f)
-        per = np.zeros((a.rounds, len(feeds), a.exits))
-        per_one = np.zeros((a.rounds, a.exits, len(feeds)))
-        for r in range(a.rounds):
-            for k in range(a.exits):
-                for i, f in enumerate(feeds):
-                    if (i + r + k) % 2:
-                        per_one[r, k, i] = timed(single, f)
-                        per[r, i, k] = timed(graph, forced(f, k))
-                    else:
-                        per[r, i, k] = timed(graph, forced(f, k))
-                        per_one[r, k, i] = timed(single, f)
-        for name, t, one in (
-            ("back to back", back, back_one),
-            ("pass per exit", per, per_one.reshape(-1, len(feeds))),
-        ):
+        per, per_one = by_exit(feeds, lambda f, k: graph(forced(f, k)), single, a.exits, a.rounds)  # calibration's own loop
+        for name, t, one in (("back to back", back, back_one), ("pass per exit", per, per_one)):
             base = np.median(one, 0).mean()
             ratios = np.median(t, 0).mean(0) / base
             print(f"repeat {rep + 1} {name:>13}: single {base * 1000:.2f} ms; to each exit " + " ".join(f"{x:.3f}" for x in ratios))
