@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
 
-from edgekit.build.exits.dev import by_exit
+from edgekit.build.exits.dev import by_exit, interleaved, timed
 
 
 def runners(graph_dir: Path, runtime: str, threads: int):
@@ -43,12 +42,6 @@ def runners(graph_dir: Path, runtime: str, threads: int):
     one = ort.InferenceSession(str(graph_dir / "onnx" / "exits.onnx"), so, providers=["CPUExecutionProvider"])
     single = ort.InferenceSession(str(graph_dir / "onnx" / "single.onnx"), so, providers=["CPUExecutionProvider"])
     return (lambda f: one.run(None, f)), (lambda f: single.run(None, f))
-
-
-def timed(fn, feed) -> float:
-    t = time.perf_counter()
-    fn(feed)
-    return time.perf_counter() - t
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,16 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         single(f)
     print(f"CPU: {platform.processor() or platform.machine()}; {a.runtime}; {a.inputs} inputs of 20-119 tokens")
     for rep in range(a.repeats):
-        back = np.zeros((a.rounds, len(feeds), a.exits))
-        back_one = np.zeros((a.rounds, len(feeds)))
-        for r in range(a.rounds):
-            for i, f in enumerate(feeds):
-                if (i + r) % 2:
-                    back_one[r, i] = timed(single, f)
-                    back[r, i] = [timed(graph, forced(f, k)) for k in range(a.exits)]
-                else:
-                    back[r, i] = [timed(graph, forced(f, k)) for k in range(a.exits)]
-                    back_one[r, i] = timed(single, f)
+        back, back_one = interleaved(  # the order before aca993b, as calibration ran it
+            feeds, [lambda f: [timed(graph, forced(f, k)) for k in range(a.exits)], lambda f: timed(single, f)], a.rounds
+        )
         per, per_one = by_exit(feeds, lambda f, k: graph(forced(f, k)), single, a.exits, a.rounds)  # calibration's own loop
         for name, t, one in (("back to back", back, back_one), ("pass per exit", per, per_one)):
             base = np.median(one, 0).mean()
