@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from edgekit.cli.console import console
-from edgekit.cli.options import ModelArg, TargetsOpt, ints, names
+from edgekit.cli.options import ModelArg, OptionOpt, TargetsOpt, ints, key_values, names
 
 app = typer.Typer(no_args_is_help=True, help="Early exit: train exit heads, calibrate policies, export the exit artifact or a depth cut.")
 
@@ -166,6 +166,15 @@ def calibrate(
             "both: the graph for single inputs, the segments for batches (latency timed on the graph)"
         ),
     ] = "graph",
+    option: Annotated[
+        list[str],
+        typer.Option(
+            "--option",
+            "-o",
+            help="--target's option KEY=VALUE (repeatable) for the timed artifacts, e.g. data=dev.jsonl: openvino-cpu's sequence "
+            "buckets (one-graph form); compile the exported point with the same options",
+        ),
+    ] = [],  # noqa: B006
 ) -> None:
     """Sweep every policy on a dev file and choose the operating point that meets the budget."""
     from edgekit.build.exits import operating
@@ -190,6 +199,7 @@ def calibrate(
             form=form,
             estimate=estimate,
             temperature_data=temperature_data,
+            target_options=key_values(option) or None,
             progress=progress,
         )
     if r.temperature is not None:
@@ -267,13 +277,18 @@ def compile_(
     onnx_dir: Annotated[Path, typer.Argument(help="early-exit artifact (from 'edgekit exits export')")],
     target: TargetsOpt = ["ort-cpu"],  # noqa: B006
     out: Annotated[Path, typer.Option(help="output root: writes OUT/<target>/")] = Path("dist/exits"),
+    option: OptionOpt = [],  # noqa: B006
 ) -> None:
-    """Compile the exit graph (or every segment) and the single graph for each target; checks that exits equal PyTorch's."""
+    """Compile the exit graph (or every segment) and the single graph for each target; checks that exits equal PyTorch's.
+
+    openvino-cpu takes sequence buckets for the one graph (-o data=dev.jsonl, or -o seq_lens=32,64,128): each input
+    runs padded to the smallest compiled length that holds it, the single graph too."""
     from edgekit.build import plan, runner
     from edgekit.cli.views import compiled
     from edgekit.deploy import artifact
 
-    runner.run(plan.for_compile(str(onnx_dir), out, [(name, {}) for name in target]), say=lambda m: None)
+    options = key_values(option)
+    runner.run(plan.for_compile(str(onnx_dir), out, [(name, options) for name in target]), say=lambda m: None)
     for name in target:
         compiled(name, out / name, artifact.read_manifest(out / name))
 

@@ -149,6 +149,34 @@ def test_export_form_one_graph_by_default_segments_on_request(heads, tmp_path, m
     assert_user_error(code, err, "unknown early-exit form 'one'")
 
 
+def test_target_options_are_checked_before_any_model_work(heads, texts, tmp_path, monkeypatch, capsys):
+    dev = _dev(tmp_path / "dev.jsonl", texts, 6)
+    base = ["exits", "calibrate", str(heads), "--data", str(dev), "--out", str(tmp_path / "c")]
+    code, _, err = run_cli([*base, "-o", "seq_lens=32"], monkeypatch, capsys)
+    assert_user_error(code, err, "target options were given without --target", "add --target")
+    code, _, err = run_cli([*base, "--target", "openvino-cpu", "-o", "buckets=32"], monkeypatch, capsys)
+    assert_user_error(code, err, "buckets")
+    code, _, err = run_cli([*base, "--target", "openvino-cpu", "-o", "seq_lens=32", "--form", "segments"], monkeypatch, capsys)
+    assert_user_error(code, err, "one-graph exit form only, not --form segments", "--form graph")
+    code, _, err = run_cli([*base, "--target", "openvino-cpu", "-o", "seq_lens"], monkeypatch, capsys)
+    assert_user_error(code, err, "invalid --option 'seq_lens'", "KEY=VALUE")
+    assert not (tmp_path / "c").exists()
+
+
+def test_exits_compile_takes_sequence_buckets_for_the_one_graph(heads, texts, tmp_path, monkeypatch, capsys):
+    for form in ("graph", "segments"):
+        args = ["exits", "export", str(heads), "--policy", "entropy=0.5", "--out", str(tmp_path / form), "--form", form]
+        code, _, err = run_cli(args, monkeypatch, capsys)
+        assert code == 0, err
+    base = ["exits", "compile", "-t", "openvino-cpu", "-o", "seq_lens=16,64"]
+    code, out, err = run_cli([*base, str(tmp_path / "graph"), "--out", str(tmp_path / "ov")], monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "ov" / "openvino-cpu" / "manifest.json").read_text())["settings"]["buckets"] == [16, 64]
+    code, _, err = run_cli([*base, str(tmp_path / "segments"), "--out", str(tmp_path / "ov2")], monkeypatch, capsys)
+    assert_user_error(code, err, "one-graph exit form only", "--form graph")
+    assert not (tmp_path / "ov2" / "openvino-cpu").exists()
+
+
 def test_train_with_a_dev_file_keeps_an_epoch_and_refuses_bad_flags(checkpoints, texts, tmp_path, monkeypatch, capsys):
     train = _dev(tmp_path / "train.jsonl", texts, 10)
     dev = _dev(tmp_path / "dev.jsonl", texts, 6)

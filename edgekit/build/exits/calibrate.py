@@ -141,6 +141,9 @@ class CalibrationReport(BaseModel):
     length_plan: dict | None = None  # the chosen point's {"buckets", "check"}: the controller's length plan
     data: str = ""
     target: str | None = None
+    # the target options the latencies were measured with (openvino-cpu's seq_lens/data: sequence buckets);
+    # compile the exported point with the same options
+    target_options: dict | None = None
     max_drop: float = 1.0
     max_latency_ms: float | None = None
     heads: str = ""

@@ -115,6 +115,7 @@ def measure_target(
     rounds: int = 3,
     progress=None,
     form: str = "graph",
+    options: dict | None = None,
 ) -> cal.Timing:
     """Batch-1 latency on ``target`` per length bucket: the exit artifact of ``form`` to each exit (exit
     checks included) and the single graph of the same model (the one the exit artifact ships, compiled
@@ -129,7 +130,8 @@ def measure_target(
     timed call follows a call at another text's length, as deployed calls do. (Timing the six exits of
     one text back to back, only the first call paid for the new input shape: on OpenVINO every later
     exit read 3-17 % of the single graph too cheap; bench/exit_timing_order.py,
-    bench/results/exits-shape-timing.) The single graph is timed beside every pass."""
+    bench/results/exits-shape-timing.) The single graph is timed beside every pass. ``options``: the target's
+    compile options for both (e.g. openvino-cpu's sequence buckets)."""
     from edgekit.deploy.runtime import Predictor
 
     form = "graph" if form == "both" else form  # "both" answers single inputs with the one graph: time that
@@ -137,7 +139,7 @@ def measure_target(
     never = make("entropy", 1e-6 if form == "graph" else 0.0) if model.task == "classifier" else make("learned", 1.0)
     art = out / form
     export_segments(model, never, art / "onnx", form=form, timing=form == "graph")
-    compile_exits(art / "onnx", target, art / target)
+    compile_exits(art / "onnx", target, art / target, options=options)
     opts = timing_options(target)
     max_len = int(lengths.max())
     buckets = [b for b in cal.BUCKETS if b < max_len] + [next((b for b in cal.BUCKETS if b >= max_len), max_len)]
@@ -175,18 +177,20 @@ def measure_deployed(
     n: int = 100,
     rounds: int = 3,
     progress=None,
+    options: dict | None = None,
 ) -> tuple[float, float, int]:
     """(mean ms of the exit artifact of ``report``'s chosen point, mean ms of the single graph it ships, texts):
     the point exported as ``edgekit exits export`` would (its exits, thresholds, length plan, form), compiled for
     ``target`` and called as deployed at batch 1 on texts picked as :func:`measure_target` picks them (each at its
-    own length), the two interleaved text by text; a text's time is its median over ``rounds``."""
+    own length), the two interleaved text by text; a text's time is its median over ``rounds``. ``options``: the
+    target's compile options, as calibration timed it."""
     from edgekit.deploy.runtime import Predictor
 
     art = out / "deployed"
     chosen = make(report.chosen.policy, report.chosen.param)
     extra = {"length_plan": report.length_plan} if report.length_plan else None  # what 'exits export' takes from it
     export_segments(model, chosen, art / "onnx", extra=extra, layers=report.exits, form=report.form)
-    compile_exits(art / "onnx", target, art / target)
+    compile_exits(art / "onnx", target, art / target, options=options)
     opts = timing_options(target)
     buckets = [b.up_to for b in report.length_buckets or []] or [int(lengths.max())]
     picked = pick(lengths, buckets, n)

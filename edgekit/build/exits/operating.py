@@ -473,6 +473,7 @@ def calibrate(
     form: str = "graph",
     estimate: str = "agreement",
     temperature_data: str | Path | None = None,
+    target_options: dict | None = None,
     progress=None,
 ) -> cal.CalibrationReport:
     """``edgekit exits calibrate``: exit outputs on ``data_file``, latencies measured on ``target`` (per
@@ -487,13 +488,17 @@ def calibrate(
     ``estimate="expected"`` (a classifier, ``unsupervised``): a row whose exit disagrees with the final exit costs
     the final exit's probability of its class minus that of the exit's class, not a whole point; those
     probabilities are temperature-scaled on ``temperature_data`` (a labelled file) when given. The budget then
-    holds if the final exit's scaled probabilities are calibrated on the sample's texts."""
+    holds if the final exit's scaled probabilities are calibrated on the sample's texts.
+
+    ``target_options``: ``target``'s compile options for the timed artifacts (e.g. openvino-cpu's ``data`` or
+    ``seq_lens``: sequence buckets, one-graph form only); the exported point is to be compiled with them."""
     from edgekit.build.exits.dev import measure_target, texts_and_labels
     from edgekit.build.exits.model import load_exits
     from edgekit.build.exits.onegraph import check_form
     from edgekit.build.exits.segments import torch_exits
 
     check_form(form)  # before any model work
+    check_target_options(target, target_options, form)
     check_holdout(holdout)
     check_estimate(estimate, unsupervised, temperature_data)
     if temperature_data is not None:
@@ -546,7 +551,11 @@ def calibrate(
         labels = cal.expected_targets(exits[-1]["output"], temperature)
         scaled = {"temperature": temperature, "temperature_data": None if temperature_data is None else str(temperature_data)}
     timed = lambda d, t: say(f"latency on {target}", d, t)  # noqa: E731
-    timing = measure_target(model, texts, lengths, target, out, latency_texts, rounds, progress=timed, form=form) if target else None
+    timing = (
+        measure_target(model, texts, lengths, target, out, latency_texts, rounds, progress=timed, form=form, options=target_options)
+        if target
+        else None
+    )
     r = report(
         exits,
         list(model.config.layers),
@@ -568,15 +577,30 @@ def calibrate(
         target=target,
         heads=str(heads),
     )
-    r = r.model_copy(update={"form": form, **scaled})
+    r = r.model_copy(update={"form": form, "target_options": target_options or None, **scaled})
     if target and r.chosen is not None:  # the chosen point as deployed: expected latency is a model of it
         from edgekit.build.exits.dev import measure_deployed
 
         checked = lambda d, t: say(f"the chosen point as deployed on {target}", d, t)  # noqa: E731
-        exit_ms, single_ms, n_texts = measure_deployed(model, r, texts, lengths, target, out, latency_texts, rounds, progress=checked)
+        exit_ms, single_ms, n_texts = measure_deployed(
+            model, r, texts, lengths, target, out, latency_texts, rounds, progress=checked, options=target_options
+        )
         r = cal.verify_deployed(r, exit_ms, single_ms, n_texts)
     files = cal.save(r, out)
     return r.model_copy(update={"files": [str(f) for f in files]})
+
+
+def check_target_options(target: str | None, options: dict | None, form: str) -> None:
+    """Target options need a target, must be ones the target takes, and sequence buckets need the one graph."""
+    if not options:
+        return
+    if target is None:
+        raise ConfigError("target options were given without --target", hint="add --target, or drop the options")
+    from edgekit.deploy import targets
+
+    resolved = targets.resolve_options(target, options)  # an unknown key or a bad value: a one-line error
+    if (getattr(resolved, "seq_lens", None) or getattr(resolved, "data", None)) and form != "graph":
+        raise ConfigError(f"sequence buckets (seq_lens/data) run the one-graph exit form only, not --form {form}", hint="use --form graph")
 
 
 def indexed_queries(model, data_file: str | Path, unsupervised: bool, progress=None) -> tuple[list[str], cal.IndexedDocs]:

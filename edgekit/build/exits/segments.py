@@ -321,8 +321,16 @@ def compile_exits(onnx_dir: str | Path, target_name: str, out: str | Path, *, op
         # 120 real dev texts, interleaved; 0.37x at b32).
         opts = opts.model_copy(update={"xnor": "auto"})
     target.check_available()
-    if target.executable_here(src) is not None or target.static_shapes or getattr(opts, "seq_lens", None):
+    if target.executable_here(src) is not None or target.static_shapes:
         raise TargetError(f"dynamic early exit cannot run on {target_name} here", hint="use 'edgekit exits prune' for static-shape targets")
+    if (getattr(opts, "seq_lens", None) or getattr(opts, "data", None)) and src.exits.segments:
+        # Sequence buckets pad each input to a compiled length. The one graph runs in them like any model (on
+        # openvino-cpu its If bodies then skip per-call shape work: bench/results/exits-ov-buckets); segments
+        # pass the hidden state between dynamic-shape sessions (infer_linked) and drop rows that leave.
+        raise TargetError(
+            f"sequence buckets (seq_lens/data) run the one-graph exit form only; {onnx_dir} has {len(src.exits.segments)} segments",
+            hint="export with --form graph, or compile without seq_lens/data",
+        )
     with artifact.staging(out) as tmp:
         segs, fields, graph = [], {}, None
         kernels: dict[str, dict] = {}  # part -> the kernel record its compile wrote (settings.kernels.xnor)

@@ -141,6 +141,7 @@ class OpenVinoSession:
             self._compiled = core.compile_model(self._source, device, config)
             self._request = self._compiled.create_infer_request()
         self.input_names = [p.get_any_name() for p in self._compiled.inputs]
+        self._scalars = {p.get_any_name() for p in self._compiled.inputs if p.get_partial_shape().rank.get_length() == 0}
         self.output_names = [p.get_any_name() for p in self._compiled.outputs]
 
     @property
@@ -148,10 +149,11 @@ class OpenVinoSession:
         return self._compiled
 
     def _compile_at(self, batch: int, seq: int) -> tuple[Any, Any]:
-        """The model compiled with inputs of shape [batch, seq] (-1: dynamic), and its infer request."""
+        """The model compiled with its [batch, seq] inputs at that shape (-1: dynamic), and its infer request.
+        Inputs of another rank (the scalars of calibration's exit timing graph) keep their shape."""
         ov = require("openvino", for_="target openvino-cpu")
         m = self._model.clone()
-        m.reshape({p.get_any_name(): ov.PartialShape([batch, seq]) for p in m.inputs})
+        m.reshape({p.get_any_name(): ov.PartialShape([batch, seq]) for p in m.inputs if p.get_partial_shape().rank.get_length() == 2})
         compiled = self._core.compile_model(m, self._device, self._config)
         return compiled, compiled.create_infer_request()
 
@@ -165,7 +167,7 @@ class OpenVinoSession:
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         compiled, request = self._compiled, self._request
         if self.buckets:
-            rows = next(iter(feed.values())).shape[0]
+            rows = feed["attention_mask"].shape[0] if "attention_mask" in feed else feed["input_ids"].shape[0]
             length = used_length(feed, self.pad_id)
             if length > self.buckets[-1]:  # longer than every bucket: the dynamic-shape model, compiled once
                 if self._dynamic is None:
@@ -177,6 +179,11 @@ class OpenVinoSession:
                 s = pick_bucket(length, self.buckets)
                 self.last_bucket = s
                 feed = fit_feed(feed, rows, s, self.pad_id)
+                if self._scalars:
+                    # a static model takes its scalar inputs (calibration's timing graph) at shape [] only, and the
+                    # binding sends a 0-d array as [1]: a tensor keeps the shape
+                    ov = require("openvino", for_="target openvino-cpu")
+                    feed = {k: ov.Tensor(np.asarray(v).reshape(())) if k in self._scalars else v for k, v in feed.items()}
                 if rows == 1:
                     compiled, request = self._single[s]
                 else:

@@ -153,9 +153,13 @@ def used_length(feed: dict[str, np.ndarray], pad_id: int) -> int:
 
 
 def pad_to(feed: dict[str, np.ndarray], seq: int, pad_id: int) -> dict[str, np.ndarray]:
-    """Every input cut or padded to ``seq`` columns: the pad id for ``input_ids``, 0 elsewhere (mask 0: ignored)."""
+    """Every [batch, seq] input cut or padded to ``seq`` columns: the pad id for ``input_ids``, 0 elsewhere (mask 0:
+    ignored). Inputs of lower rank (the scalars of calibration's exit timing graph) pass unchanged."""
     out = {}
     for name, value in feed.items():
+        if value.ndim < 2:
+            out[name] = value
+            continue
         value = value[:, :seq]
         if value.shape[1] < seq:
             fill = pad_id if name == "input_ids" else 0
@@ -167,10 +171,10 @@ def pad_to(feed: dict[str, np.ndarray], seq: int, pad_id: int) -> dict[str, np.n
 def fit_feed(feed: dict[str, np.ndarray], batch: int, seq: int, pad_id: int) -> dict[str, np.ndarray]:
     """``feed`` (at most ``batch`` rows, real tokens within ``seq`` columns) padded or cut to ``[batch, seq]``.
 
-    Only all-padding columns are cut; missing rows repeat the last one."""
+    Only all-padding columns are cut; missing rows repeat the last one; inputs of lower rank pass unchanged."""
     out = {}
     for name, value in pad_to(feed, seq, pad_id).items():
-        if value.shape[0] < batch:
+        if value.ndim >= 2 and value.shape[0] < batch:
             value = np.concatenate([value, np.repeat(value[-1:], batch - value.shape[0], axis=0)], axis=0)
         out[name] = np.ascontiguousarray(value)
     return out

@@ -117,6 +117,39 @@ def test_calibration_times_the_one_graph_at_each_exit(heads, texts, tmp_path):
     assert check["measured_over_single_graph"] == pytest.approx(check["measured_mean_latency_ms"] / check["single_graph_latency_ms"])
 
 
+def test_the_one_graph_runs_in_openvino_sequence_buckets(heads, texts, tmp_path):
+    # each input padded to the smallest compiled length that holds it: the same exits and outputs as dynamic shapes,
+    # the single graph in the same buckets; calibration's timing graph too (its scalar inputs keep their shape)
+    from edgekit.build.exits.dev import measure_target
+
+    model = load_exits(heads)
+    feed = _feed(model, texts)
+    policy = make("entropy", _threshold(model, feed))
+    outs = torch_exits(model, feed)
+    exit_at, ref = simulate(policy, outs)
+    export_segments(model, policy, tmp_path / "onnx", form="graph")
+    lengths = feed["attention_mask"].sum(1)
+    buckets = [int(np.median(lengths)), int(lengths.max())]
+    m = compile_exits(tmp_path / "onnx", "openvino-cpu", tmp_path / "ov", options={"seq_lens": buckets})
+    assert m.settings["buckets"] == buckets and m.settings["exit_parity"]["same_exit_layer"] == 1.0
+    with Predictor(tmp_path / "ov") as pred:
+        ctl = pred.exits
+        assert ctl.graph.buckets == buckets == ctl.single.buckets
+        seen = set()
+        for i in range(len(exit_at)):
+            row = {k: v[i : i + 1, : lengths[i]] for k, v in feed.items()}  # each row at its own length
+            res = ctl.infer(row, check=True)
+            seen.add(ctl.graph.last_bucket)
+            assert res[EXIT_LAYER].tolist() == [model.config.layers[exit_at[i]]]
+            np.testing.assert_allclose(res["logits"], ref[i : i + 1], atol=1e-4)
+            np.testing.assert_allclose(ctl.single.infer(row)["logits"], outs[-1]["output"][i : i + 1], atol=1e-4)
+        assert seen == set(buckets)  # both compiled lengths ran
+    both = [t.upper() for t in texts] + texts  # _feed's texts, row for row
+    timing = measure_target(model, both, lengths, "openvino-cpu", tmp_path / "cal", n=4, rounds=1, options={"seq_lens": buckets})
+    assert (timing.cum_ms > 0).all()
+    assert artifact.read_manifest(tmp_path / "cal" / "graph" / "openvino-cpu").settings["buckets"] == buckets
+
+
 def test_an_unknown_form_is_refused(heads, tmp_path):
     with pytest.raises(ConfigError, match="unknown early-exit form 'one'"):
         export_segments(load_exits(heads), make("entropy", 0.1), tmp_path / "onnx", form="one")

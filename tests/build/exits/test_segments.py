@@ -166,9 +166,13 @@ def test_a_static_shape_target_is_refused(segments, tmp_path):
     assert not (tmp_path / "npu").exists()
 
 
-def test_static_buckets_on_a_dynamic_target_are_refused(segments, tmp_path):
-    with pytest.raises(TargetError, match="dynamic early exit cannot run on openvino-cpu"):
-        compile_exits(segments, "openvino-cpu", tmp_path / "ov", options={"seq_lens": [64]})
+@pytest.mark.parametrize("option", [{"seq_lens": [64]}, {"data": "texts.txt"}])
+def test_sequence_buckets_are_refused_for_segments(segments, option, tmp_path):
+    # segments hand the hidden state between dynamic-shape sessions; the one graph takes buckets (test_onegraph)
+    with pytest.raises(TargetError, match="one-graph exit form only") as info:
+        compile_exits(segments, "openvino-cpu", tmp_path / "ov", options=option)
+    assert "--form graph" in info.value.hint
+    assert not (tmp_path / "ov").exists()
 
 
 def test_a_plain_export_is_not_compiled_as_segments(exported, tmp_path):
