@@ -26,6 +26,13 @@ probabilities, temperature-scaled on the labelled dev file (calibrate's options 
 
 ``--form``: the exit artifact calibrated, exported and timed: ``graph`` (default; the exits decided inside one
 ONNX graph, one runtime call) or ``segments`` (one graph per segment, run by the controller).
+
+``--option TARGET:KEY=VALUE`` (repeatable): a target's compile options for calibration and the deployed artifact,
+e.g. ``openvino-cpu:data=bench/data/debian-works-with/dev.jsonl`` (sequence buckets from dev's lengths). With
+buckets, the artifact's single graph runs in them too, and the single graph compiled without them (dynamic shapes)
+is timed beside both: the ratio is to the faster of the two single graphs. A bucketed session cuts an input
+padded to 128 back to its real length, so with buckets only the real-length column is run (bench/exit_ov_buckets.py
+times a point at a static [1, 128] against dynamic shapes).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import json
 import os
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -69,30 +77,42 @@ def timed(runs: dict, feeds: list[dict], rounds: int) -> tuple[dict[str, float],
     return {n: float(np.median(v, axis=0).mean()) for n, v in ms.items()}, outs
 
 
-def run_chosen(heads: Path, chosen, target: str, work: Path, texts: list[str], rounds: int) -> tuple[str, dict, dict]:
-    """Export a calibration's chosen point (its calibration.json in ``work/calibration``), compile it for ``target``,
-    then ``texts`` through the exit artifact and the single graph it ships, batch 1, interleaved (:func:`timed`), at
-    their own lengths and padded to 128 tokens. (policy spec, per shape: tokens, mean_ms, ratio, mean_layers; per
-    shape: each run's outputs, one row per text)."""
+def run_chosen(
+    heads: Path, chosen, target: str, work: Path, texts: list[str], rounds: int, options: dict | None = None
+) -> tuple[str, dict, dict]:
+    """Export a calibration's chosen point (its calibration.json in ``work/calibration``), compile it for ``target``
+    (with ``options``), then ``texts`` through the exit artifact and the single graph it ships, batch 1, interleaved
+    (:func:`timed`), at their own lengths and (without sequence buckets) padded to 128 tokens. (policy spec, per shape: tokens, mean_ms, ratio,
+    mean_layers; per shape: each run's outputs, one row per text)."""
     c = chosen
     spec = f"{c.policy}=" + ",".join(str(v) for v in (c.param if isinstance(c.param, list) else [c.param]))
     steps.export(heads, spec, work / "onnx", calibration=work / "calibration" / "calibration.json")
-    spin = {"spinning": False} if target == "ort-cpu" else None  # as compile_exits: idle segments' threads must not spin
-    compile_exits(work / "onnx", target, work / "artifact", options=spin)
+    spin = {"spinning": False} if target == "ort-cpu" else {}  # as compile_exits: idle segments' threads must not spin
+    compile_exits(work / "onnx", target, work / "artifact", options=(spin | (options or {})) or None)
+    bucketed = bool(options and (options.get("seq_lens") or options.get("data")))
+    if bucketed:  # the single graph a user would otherwise ship may run faster without buckets: time it too
+        compile_exits(work / "onnx", target, work / "artifact-dynamic", options=spin or None)
     shapes, outputs = {}, {}
-    with Predictor(work / "artifact", options=tg.resolve_options(target, spin)) as p:
+    load = tg.resolve_options(target, spin or None)
+    with (
+        Predictor(work / "artifact", options=load) as p,
+        Predictor(work / "artifact-dynamic", options=load) if bucketed else nullcontext() as dyn,
+    ):
         ctl = p.exits
         single, name = ctl.single, ctl.output_name
         runs = {"single graph": lambda f, s=single, k=name: s.infer(f)[k], "early exit": p.run}
-        for shape, pad in (("real length", None), ("s128", 128)):
+        if dyn is not None:
+            runs["single graph (dynamic shapes)"] = lambda f, s=dyn.exits.single, k=name: s.infer(f)[k]
+        for shape, pad in (("real length", None), ("s128", 128))[: 1 if bucketed else 2]:
             feeds = [p.tokenizer([t], pad_to=pad) if pad else p.tokenizer([t]) for t in texts]
             ctl.histogram[:] = 0
             mean, outs = timed(runs, feeds, rounds)
             hist = (ctl.histogram // rounds).tolist()
+            base = min(v for k, v in mean.items() if k.startswith("single graph"))
             shapes[shape] = {
                 "tokens": float(np.mean([f["attention_mask"].sum() for f in feeds])),
                 "mean_ms": mean,
-                "ratio": mean["early exit"] / mean["single graph"],
+                "ratio": mean["early exit"] / base,
                 "mean_layers": float(np.dot(hist, ctl.layers) / max(1, sum(hist))),
             }
             outputs[shape] = {n: np.concatenate(o) for n, o in outs.items()}
@@ -107,7 +127,13 @@ def chosen_row(spec: str, c) -> dict:
 def timing_line(target: str, shape: str, spec: str, exits, r: dict, quality: str) -> str:
     return (
         f"{target} b1 {shape}: {spec} exits {exits or 'all'}: early exit {r['mean_ms']['early exit']:.3f} ms vs single graph "
-        f"{r['mean_ms']['single graph']:.3f} ms ({r['ratio']:.3f}x); {quality}; {r['mean_layers']:.2f} layers"
+        f"{r['mean_ms']['single graph']:.3f} ms"
+        + (
+            f" (dynamic shapes {r['mean_ms']['single graph (dynamic shapes)']:.3f} ms)"
+            if "single graph (dynamic shapes)" in r["mean_ms"]
+            else ""
+        )
+        + f" ({r['ratio']:.3f}x the faster); {quality}; {r['mean_layers']:.2f} layers"
     )
 
 
@@ -140,6 +166,12 @@ def main() -> None:
     )
     ap.add_argument("--estimate", default="agreement", help="calibrate's --estimate: agreement or expected")
     ap.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        help="TARGET:KEY=VALUE, a target's compile option (repeatable), e.g. openvino-cpu:data=dev.jsonl",
+    )
+    ap.add_argument(
         "--temperature-data", type=Path, help="with --estimate expected: a labelled file to fit the temperature on (e.g. dev.jsonl)"
     )
     args = ap.parse_args()
@@ -166,6 +198,14 @@ def main() -> None:
     doc["sample"] = str(given) if given else f"test's deployment half (seed {args.seed})"
     doc["labelled_calibration"] = args.dev is not None
     print(f"CPU: {doc['cpu']} ({doc['cores']} cores); {n_sample} calibration texts ({doc['sample']}), {len(rep)} report texts", flush=True)
+    options: dict[str, dict] = {}
+    for item in args.option:
+        target, _, kv = item.partition(":")
+        key, sep, value = kv.partition("=")
+        if not sep:
+            ap.error(f"--option {item!r}: write TARGET:KEY=VALUE")
+        options.setdefault(target, {})[key] = value
+    doc["options"] = options
     for target in [t for t in args.targets.split(",") if t]:
         work = args.work / target
         cal = steps.calibrate(
@@ -178,13 +218,14 @@ def main() -> None:
             form=args.form,
             estimate=args.estimate,
             temperature_data=args.temperature_data,
+            target_options=options.get(target),
         )
         c = cal.chosen
         if c is None:
             doc["targets"][target] = {"recommendation": cal.recommendation, "message": cal.message}
             print(f"{target}: {cal.recommendation}: {cal.message}", flush=True)
             continue
-        spec, shapes, outputs = run_chosen(args.heads, c, target, work, report_texts, args.rounds)
+        spec, shapes, outputs = run_chosen(args.heads, c, target, work, report_texts, args.rounds, options.get(target))
         row = chosen_row(spec, c) | {"temperature": cal.temperature}
         for shape, r in shapes.items():
             acc = {n: float(np.mean(o.argmax(-1) == y)) for n, o in outputs[shape].items()}

@@ -228,6 +228,9 @@ def calibrate(
             f"checked as deployed on {target}: {d['exit_ms']:.2f} ms against {d['single_ms']:.2f} for the single graph "
             f"({d['ratio']:.2f}x, {d['texts']} texts)"
         )
+    if r.target_options:
+        opts = " ".join(f"-o {k}={v}" for k, v in r.target_options.items())
+        console.print(f"timed with {opts}: compile the exported point with the same ('edgekit exits compile EXPORT -t {target} {opts}')")
     console.print("curve: " + ", ".join(r.files))
 
 

@@ -163,6 +163,18 @@ def test_target_options_are_checked_before_any_model_work(heads, texts, tmp_path
     assert not (tmp_path / "c").exists()
 
 
+def test_calibrate_times_openvino_buckets_and_says_to_compile_with_them(heads, texts, tmp_path, monkeypatch, capsys):
+    dev = _dev(tmp_path / "dev.jsonl", texts, 12)
+    args = ["exits", "calibrate", str(heads), "--data", str(dev), "--out", str(tmp_path / "c"), "--target", "openvino-cpu"]
+    args += ["-o", "seq_lens=16,128", "--confidence", "0", "--max-drop", "100", "--holdout", "0"]
+    code, out, err = run_cli(args, monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "c" / "calibration.json").read_text())["target_options"] == {"seq_lens": "16,128"}
+    assert "timed with -o seq_lens=16,128: compile the exported point with the same" in " ".join(out.split())
+    timed = json.loads((tmp_path / "c" / "graph" / "openvino-cpu" / "manifest.json").read_text())
+    assert timed["settings"]["buckets"] == [16, 128]
+
+
 def test_exits_compile_takes_sequence_buckets_for_the_one_graph(heads, texts, tmp_path, monkeypatch, capsys):
     for form in ("graph", "segments"):
         args = ["exits", "export", str(heads), "--policy", "entropy=0.5", "--out", str(tmp_path / form), "--form", form]

@@ -323,7 +323,13 @@ def compile_exits(onnx_dir: str | Path, target_name: str, out: str | Path, *, op
     target.check_available()
     if target.executable_here(src) is not None or target.static_shapes:
         raise TargetError(f"dynamic early exit cannot run on {target_name} here", hint="use 'edgekit exits prune' for static-shape targets")
-    if (getattr(opts, "seq_lens", None) or getattr(opts, "data", None)) and src.exits.segments:
+    bucketed = getattr(opts, "seq_lens", None) or getattr(opts, "data", None)
+    if bucketed and target.name != "openvino-cpu":  # the one target whose exit graph is measured and tested in buckets
+        raise TargetError(
+            f"sequence buckets (seq_lens/data) for early exit are built for openvino-cpu only, not {target_name}",
+            hint="compile without seq_lens/data",
+        )
+    if bucketed and src.exits.segments:
         # Sequence buckets pad each input to a compiled length. The one graph runs in them like any model (on
         # openvino-cpu its If bodies then skip per-call shape work: bench/results/exits-ov-buckets); segments
         # pass the hidden state between dynamic-shape sessions (infer_linked) and drop rows that leave.

@@ -175,6 +175,12 @@ def test_sequence_buckets_are_refused_for_segments(segments, option, tmp_path):
     assert not (tmp_path / "ov").exists()
 
 
+def test_sequence_buckets_for_exits_are_openvino_cpu_only(segments, tmp_path):
+    with pytest.raises(TargetError, match="openvino-cpu only, not ort-mobile"):
+        compile_exits(segments, "ort-mobile", tmp_path / "m", options={"seq_lens": [128], "batch": 1})
+    assert not (tmp_path / "m").exists()
+
+
 def test_a_plain_export_is_not_compiled_as_segments(exported, tmp_path):
     with pytest.raises(ConfigError, match="not an early-exit export"):
         compile_exits(exported("bert-embedding"), "ort-cpu", tmp_path / "x")
