@@ -217,6 +217,14 @@ def calibrate(
             f"{f' in {i.dev_groups} groups ({groups})' if i.dev_groups is not None else ''}; "
             f"about {i.dev_texts_needed} {unit} would bring the bound's margin under {max_drop / 4:g} points"
         )
+    if r.held_out_sequence:
+        seq, last = r.held_out_sequence, r.held_out_sequence[-1]
+        end = (
+            f"ended at {last['point']} (held-out bound {last['held_out_drop_bound']:.2f} points)"
+            if last["held_out_drop_bound"] > max_drop + 1e-9
+            else "every point held"
+        )
+        console.print(f"held-out sequence: {len(seq)} points tried, {end} (calibration.json: held_out_sequence)")
     if r.exits is not None:
         console.print(f"exits kept: layers {', '.join(map(str, r.exits))} (export only these)")
     if r.length_plan is not None:

@@ -93,6 +93,16 @@ def test_calibrate_with_the_expected_estimate_fits_a_temperature_and_refuses_bad
         assert not (tmp_path / "bad").exists()
 
 
+def test_calibrate_reports_its_held_out_sequence(heads, texts, tmp_path, monkeypatch, capsys):
+    dev = _dev(tmp_path / "dev.jsonl", texts, 80)
+    args = ["exits", "calibrate", str(heads), "--data", str(dev), "--out", str(tmp_path / "h"), "--max-drop", "100"]
+    code, out, err = run_cli(args, monkeypatch, capsys)
+    assert code == 0, err
+    seq = json.loads((tmp_path / "h" / "calibration.json").read_text())["held_out_sequence"]
+    assert seq and all(t["held_out_drop_bound"] <= 100 for t in seq)
+    assert f"held-out sequence: {len(seq)} points tried, every point held" in " ".join(out.split())
+
+
 def test_calibrate_says_the_best_reachable_drop(heads, texts, tmp_path, monkeypatch, capsys):
     dev = _dev(tmp_path / "dev.jsonl", texts, 12)
     code, _, err = run_cli(

@@ -158,6 +158,9 @@ class CalibrationReport(BaseModel):
     form: str = "segments"  # the exit artifact the latencies were measured on (calibrations before the one graph: segments)
     # the chosen point exported, compiled and timed as deployed against its single graph (see verify_deployed)
     deployed_check: dict | None = None
+    # the held-out check's fixed sequence, in order: each point tried (policy spec, exits kept, expected latency
+    # ratio and drop bound on the search rows, drop bound on the held-out rows); the first over --max-drop ends it
+    held_out_sequence: list[dict] | None = None
 
     ALIASES: ClassVar[dict[str, str]] = {"base": "base_quality"}
 

@@ -425,6 +425,18 @@ def report(
             f"no point that saves time held the budget on {len(held.check_idx)} held-out dev texts "
             f"(the first tried, {first.spec}, {high:.2f} points at the {100 * boot.confidence:g}% bound): " + message
         )
+    if held is not None:
+        extra["held_out_sequence"] = [
+            {
+                "point": p.spec,
+                "exits": p.exits,
+                "latency_ratio": p.latency_ratio,
+                "mean_layers": p.mean_layers,
+                "search_drop_bound": 100 * (held.search.base - p.budget_quality()),
+                "held_out_drop_bound": high,
+            }
+            for p, high in tried
+        ]
     if chosen is not None:
         extra["exits"] = chosen.exits
         if chosen.check is not None:

@@ -310,6 +310,10 @@ def test_the_held_out_check_stops_a_point_whose_bound_was_low_by_chance():
     r = report(exits, [2, 4, 6], "classifier", labels, **kw)
     assert r.chosen.exit_histogram[0] == 0 and r.chosen.mean_layers > same.chosen.mean_layers
     assert r.chosen.quality == 1.0 and r.interval.drop_high <= 1.0
+    # the report keeps the sequence: every point before the last held, the last (exit 1 taken) did not
+    seq = r.held_out_sequence
+    assert seq[-1]["held_out_drop_bound"] > 1.0 and all(t["held_out_drop_bound"] <= 1.0 for t in seq[:-1])
+    assert r.chosen.spec in [t["point"] for t in seq[:-1]] and same.held_out_sequence is None
 
 
 def test_bad_holdout_and_a_dev_set_too_small_to_hold_out():
