@@ -1,11 +1,13 @@
-"""Recompute calibration's held-out sequence from saved calibrations: which points were tried, in which order, and
-which one ended it. (bench/results/exits-ov-buckets; calibration.json records it as ``held_out_sequence`` since then.)
+"""Calibration's held-out sequence recomputed from saved calibrations, ordered two ways: by mean layers (calibration's
+order since bench/results/exits-ov-buckets) and by measured latency (the order before): which points were tried,
+which one ended the sequence, which was chosen. calibration.json records calibration's own sequence as
+``held_out_sequence``.
 
 The exit outputs on the labelled dev file are recomputed from the heads; each calibration.json gives its measured
-timing (per length bucket), so the runs differ only in what they timed. Defaults as ``exits calibrate``'s (50 %
-held out, 90 % bound, 1000 resamples, three-exit subsets, per-exit thresholds).
+timing (per length bucket), so the calibrations differ only in what they timed. Defaults as ``exits calibrate``'s
+(50 % held out, 90 % bound, 1000 resamples, three-exit subsets, per-exit thresholds).
 
-    python bench/exit_sequence.py HEADS DEV.jsonl CALIBRATION.json [CALIBRATION.json ...] [--max-drop 1]
+    python bench/exit_sequence.py HEADS DEV.jsonl CALIBRATION.json [CALIBRATION.json ...] [--max-drop 1] [--sequence]
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 from edgekit.build.exits import calibrate as cal
 from edgekit.build.exits.dev import texts_and_labels
 from edgekit.build.exits.model import load_exits
-from edgekit.build.exits.operating import HOLDOUT, HeldOut, search
+from edgekit.build.exits.operating import FRONTIER_STEP, HOLDOUT, HeldOut, frontier, search
 from edgekit.build.exits.segments import torch_exits
 
 
@@ -33,34 +35,62 @@ def timing_of(doc: dict) -> cal.Timing:
     )
 
 
+def by_latency(held: HeldOut, points: list, max_drop: float):
+    """HeldOut.choose as it was before the layer order: the sequence ordered and thinned by expected latency."""
+    s = held.search
+    speed = lambda p: p.expected_latency_ms  # noqa: E731
+    order = frontier(
+        sorted((p for p in points if cal.saves(p, s.single_ms)), key=lambda p: (s.base - p.budget_quality(), -speed(p))),
+        speed,
+        FRONTIER_STEP * s.single_ms,
+    )
+    tried, passed = [], []
+    for p in order:
+        high = held.drop_high(p)
+        tried.append((p, high))
+        if high > max_drop + 1e-9:
+            break
+        passed.append(p)
+    return (min(passed, key=speed) if passed else None), tried
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("heads")
     ap.add_argument("dev")
     ap.add_argument("calibrations", nargs="+")
     ap.add_argument("--max-drop", type=float, default=1.0)
+    ap.add_argument("--sequence", action="store_true", help="print every point tried, not only the last")
     a = ap.parse_args()
     model = load_exits(a.heads)
     texts, labels = texts_and_labels(a.dev, list(model.encoder.info.labels), need_labels=True)
     feed = model.encoder.tokenize(texts, max_length=model.encoder.info.max_length)
     exits = torch_exits(model, feed)
     lengths, layers = feed["attention_mask"].sum(1), list(model.config.layers)
+    ratios: dict[str, list[float]] = {"layers": [], "latency": []}
     for path in a.calibrations:
         timing = timing_of(json.loads(open(path).read()))
         held = HeldOut(
             exits, layers, "classifier", np.asarray(labels), lengths=lengths, timing=timing, holdout=HOLDOUT, confidence=0.9, resamples=1000
         )
-        pick, tried = held.choose(search(held.search, None, max_drop=a.max_drop, subsets=3, per_exit=True), a.max_drop)
-        print(
-            f"{path}: chose {pick.spec if pick else None} {pick.exits if pick else ''} (expected {pick.latency_ratio:.3f}x)"
-            if pick
-            else f"{path}: none"
-        )
-        for p, high in tried:
-            print(
-                f"    {p.spec} exits {p.exits or 'all'}: expected {p.latency_ratio:.3f}x, search bound "
-                f"{100 * (held.search.base - p.budget_quality()):.2f}, held-out bound {high:.2f}"
+        found = search(held.search, None, max_drop=a.max_drop, subsets=3, per_exit=True)
+        print(path)
+        for order, (pick, tried) in (("layers", held.choose(found, a.max_drop)), ("latency", by_latency(held, found, a.max_drop))):
+            last, high = tried[-1]
+            end = (
+                f"ended at {last.spec} exits {last.exits or 'all'} (held-out bound {high:.2f})" if high > a.max_drop else "every point held"
             )
+            chose = f"{pick.spec} exits {pick.exits or 'all'}, expected {pick.latency_ratio:.3f}x" if pick else "nothing"
+            print(f"  by {order}: chose {chose}; {len(tried)} points tried, {end}")
+            if pick:
+                ratios[order].append(pick.latency_ratio)
+            for p, h in tried if a.sequence else []:
+                print(
+                    f"      {p.spec} exits {p.exits or 'all'}: expected {p.latency_ratio:.3f}x, {p.mean_layers:.2f} layers, "
+                    f"search bound {100 * (held.search.base - p.budget_quality()):.2f}, held-out bound {h:.2f}"
+                )
+    for order, r in ratios.items():
+        print(f"by {order}: mean expected ratio {np.mean(r):.3f} over {len(r)} calibrations, spread {min(r):.3f}-{max(r):.3f}")
 
 
 if __name__ == "__main__":

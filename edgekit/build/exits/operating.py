@@ -55,8 +55,8 @@ from edgekit.deploy.exits.policies import EXIT_POLICIES
 from edgekit.errors import ConfigError, DataError
 
 MIN_DEV_TEXTS = 30  # below this a bootstrap interval means little, whatever it says
-# the held-out sequence's least step: a point must save this share of the model without exits (its latency,
-# or its layers untimed) over the point before it (see frontier)
+# the held-out sequence's least step: a point must save this share of the model's layers over the point before
+# it (see frontier, HeldOut.choose)
 FRONTIER_STEP = 0.02
 HOLDOUT = 0.5  # share of the dev rows (whole groups) held out to check the chosen point's bound
 # how an unlabelled calibration counts a row whose exit disagrees with the final exit: as a loss (agreement),
@@ -239,9 +239,8 @@ def rows_of(exits: list[dict[str, np.ndarray]], idx: np.ndarray) -> list[dict[st
 def frontier(order: list, speed, step: float = 0.0) -> list:
     """The points of ``order`` (sorted by the drop bound on the search rows) that are faster than every point
     before them, by more than ``step`` than the last one kept: the search rows' frontier of drop against
-    speed, thinned. A point off it is slower than a point with a smaller bound, so it can never be the
-    choice; in the fixed sequence it could only stop the sequence early (one held-out test that fails by
-    chance). Measured on dev halves (bench/results/exits-dev-margin), the frontier goes further on the same
+    speed, thinned. A point off it is slower than a point with a smaller bound, so it is not worth a test: in
+    the fixed sequence it could only stop the sequence early (one held-out test that fails by chance). Measured on dev halves (bench/results/exits-dev-margin), the frontier goes further on the same
     rows at about the same overshoot rate. A point that saves less than ``step`` over the one before it is
     the same bet again for next to nothing: left out, the sequence has fewer tests to fail by chance."""
     kept, fastest = [], math.inf
@@ -287,16 +286,24 @@ class HeldOut:
     def choose(self, points: list[cal.Point], max_drop: float) -> tuple[cal.Point | None, list[tuple[cal.Point, float]]]:
         """(the fastest point of the sequence's passing prefix, or None; every point tried with its held-out
         bound). ``points`` were scored on the search rows; the sequence holds those that save time, from
-        the smallest drop bound there (the slower first among equals), each faster than every point before it
-        (:func:`frontier`)."""
+        the smallest drop bound there (the deeper first among equals), each shallower than every point before
+        it by more than the step (:func:`frontier`); among the points that held, the fastest is chosen (by
+        measured latency when timed).
+
+        The sequence is ordered and thinned by mean layers, not by measured latency: a timing re-measured on a
+        shared CPU moved points on and off a latency frontier, and the sequence ends at its first failure, so
+        one marginal point decided how far it went. Two calibrations of one task on openvino-cpu chose 0.67x
+        and 0.41x that way; recomputed with the timings of 19 saved calibrations of two tasks, the layer order
+        chose one point per task every time, on average 0.01 of the single graph faster
+        (bench/exit_sequence.py, bench/results/exits-ov-buckets). Layers are what bench/exit_coverage.py's
+        splits measured the sequence's overshoot on."""
         s = self.search
         timed = all(p.expected_latency_ms is not None for p in points)
-        speed = (lambda p: p.expected_latency_ms) if timed else (lambda p: p.mean_layers)
-        full = s.single_ms if timed and s.single_ms else float(self.layers)  # the model without exits, in speed's unit
+        layers = lambda p: p.mean_layers  # noqa: E731
         order = frontier(
-            sorted((p for p in points if cal.saves(p, s.single_ms)), key=lambda p: (s.base - p.budget_quality(), -speed(p))),
-            speed,
-            FRONTIER_STEP * full,
+            sorted((p for p in points if cal.saves(p, s.single_ms)), key=lambda p: (s.base - p.budget_quality(), -layers(p))),
+            layers,
+            FRONTIER_STEP * self.layers,
         )
         tried, passed = [], []
         for p in order:
@@ -305,7 +312,8 @@ class HeldOut:
             if high > max_drop + 1e-9:
                 break
             passed.append(p)
-        return (min(passed, key=speed) if passed else None), tried
+        fastest = (lambda p: p.expected_latency_ms) if timed else layers
+        return (min(passed, key=fastest) if passed else None), tried
 
 
 def interval(scorer: cal.Scorer, chosen: cal.Point, boot: Bootstrap, max_drop: float, search_texts: int | None = None) -> cal.Interval:

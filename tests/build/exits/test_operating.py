@@ -335,3 +335,35 @@ def test_the_held_out_sequence_keeps_only_points_faster_than_every_safer_one():
     order = [(0.1, 5.0), (0.2, 4.95), (0.3, 4.85), (0.4, 4.0), (0.5, 3.99)]
     assert frontier(order, lambda p: p[1], step=0.1) == [(0.1, 5.0), (0.3, 4.85), (0.4, 4.0)]
     assert frontier(order, lambda p: p[1], step=10.0) == [(0.1, 5.0)]
+
+
+def test_the_held_out_sequence_is_ordered_by_layers_and_chooses_the_fastest_that_held():
+    """Measured latency is re-timed on a shared CPU each calibration: it picks the fastest point that held, but
+    the sequence (its order and its thinning) follows mean layers, so timing noise cannot add or drop a test."""
+    from types import SimpleNamespace
+
+    from edgekit.build.exits.calibrate import Point
+    from edgekit.build.exits.operating import HeldOut
+
+    def point(name, bound, layers, ms):
+        return Point("entropy", name, 1.0, layers, [], ms, ms / 10.0, quality_low=1.0 - bound / 100)
+
+    a, b, c, d, e = (
+        point(0.1, 0.0, 5.0, 9.0),
+        point(0.2, 0.1, 4.0, 6.0),
+        point(0.3, 0.2, 3.9, 5.0),
+        point(0.4, 0.3, 3.0, 6.5),
+        point(0.5, 0.4, 2.0, 7.0),
+    )
+    held = HeldOut.__new__(HeldOut)  # the search rows' scores and the held-out bounds stubbed: the order alone
+    held.search, held.layers = SimpleNamespace(base=1.0, single_ms=10.0), 6
+    held.drop_high = lambda p: 2.0 if p.param == e.param else 0.5
+    pick, tried = held.choose([e, c, a, d, b], max_drop=1.0)
+    # c is thinned (0.1 layers under b, the step is 2 % of 6 layers); e fails and ends the sequence
+    assert [p for p, _ in tried] == [a, b, d, e] and pick is b  # b: the fastest by latency of a, b, d
+    slower = [
+        point(x.param, 100 * (1 - x.quality_low), x.mean_layers, x.expected_latency_ms * f)
+        for x, f in zip([a, b, c, d, e], [1, 1.3, 0.8, 0.7, 1])
+    ]
+    pick, tried = held.choose(slower, max_drop=1.0)  # other timings: the same sequence, the fastest that held
+    assert [p.param for p, _ in tried] == [0.1, 0.2, 0.4, 0.5] and pick.param == 0.4
