@@ -240,8 +240,9 @@ def frontier(order: list, speed, step: float = 0.0) -> list:
     """The points of ``order`` (sorted by the drop bound on the search rows) that are faster than every point
     before them, by more than ``step`` than the last one kept: the search rows' frontier of drop against
     speed, thinned. A point off it is slower than a point with a smaller bound, so it is not worth a test: in
-    the fixed sequence it could only stop the sequence early (one held-out test that fails by chance). Measured on dev halves (bench/results/exits-dev-margin), the frontier goes further on the same
-    rows at about the same overshoot rate. A point that saves less than ``step`` over the one before it is
+    the fixed sequence it could only stop the sequence early (one held-out test that fails by chance).
+    Measured on dev halves (bench/results/exits-dev-margin), the frontier goes further on the same rows at
+    about the same overshoot rate. A point that saves less than ``step`` over the one before it is
     the same bet again for next to nothing: left out, the sequence has fewer tests to fail by chance."""
     kept, fastest = [], math.inf
     for p in order:
