@@ -20,7 +20,7 @@ import numpy as np
 from edgekit.build.exits import calibrate as cal
 from edgekit.build.exits.dev import texts_and_labels
 from edgekit.build.exits.model import load_exits
-from edgekit.build.exits.operating import FRONTIER_STEP, HOLDOUT, HeldOut, frontier, search
+from edgekit.build.exits.operating import FRONTIER_STEP, HOLDOUT, HeldOut, run_sequence, search
 from edgekit.build.exits.segments import torch_exits
 
 
@@ -37,20 +37,8 @@ def timing_of(doc: dict) -> cal.Timing:
 
 def by_latency(held: HeldOut, points: list, max_drop: float):
     """HeldOut.choose as it was before the layer order: the sequence ordered and thinned by expected latency."""
-    s = held.search
     speed = lambda p: p.expected_latency_ms  # noqa: E731
-    order = frontier(
-        sorted((p for p in points if cal.saves(p, s.single_ms)), key=lambda p: (s.base - p.budget_quality(), -speed(p))),
-        speed,
-        FRONTIER_STEP * s.single_ms,
-    )
-    tried, passed = [], []
-    for p in order:
-        high = held.drop_high(p)
-        tried.append((p, high))
-        if high > max_drop + 1e-9:
-            break
-        passed.append(p)
+    passed, tried = run_sequence(held.sequence(points, speed, FRONTIER_STEP * held.search.single_ms), held.drop_high, max_drop)
     return (min(passed, key=speed) if passed else None), tried
 
 

@@ -298,23 +298,31 @@ class HeldOut:
         chose one point per task every time, on average 0.01 of the single graph faster
         (bench/exit_sequence.py, bench/results/exits-ov-buckets). Layers are what bench/exit_coverage.py's
         splits measured the sequence's overshoot on."""
-        s = self.search
         timed = all(p.expected_latency_ms is not None for p in points)
         layers = lambda p: p.mean_layers  # noqa: E731
-        order = frontier(
-            sorted((p for p in points if cal.saves(p, s.single_ms)), key=lambda p: (s.base - p.budget_quality(), -layers(p))),
-            layers,
-            FRONTIER_STEP * self.layers,
-        )
-        tried, passed = [], []
-        for p in order:
-            high = self.drop_high(p)
-            tried.append((p, high))
-            if high > max_drop + 1e-9:
-                break
-            passed.append(p)
+        passed, tried = run_sequence(self.sequence(points, layers, FRONTIER_STEP * self.layers), self.drop_high, max_drop)
         fastest = (lambda p: p.expected_latency_ms) if timed else layers
         return (min(passed, key=fastest) if passed else None), tried
+
+    def sequence(self, points: list[cal.Point], speed, step: float) -> list[cal.Point]:
+        """The points that save time, from the smallest drop bound on the search rows (the slower by ``speed`` first
+        among equals), thinned to the frontier of ``speed`` by ``step``."""
+        s = self.search
+        ordered = sorted((p for p in points if cal.saves(p, s.single_ms)), key=lambda p: (s.base - p.budget_quality(), -speed(p)))
+        return frontier(ordered, speed, step)
+
+
+def run_sequence(order: list, drop_high, max_drop: float) -> tuple[list, list]:
+    """The fixed-sequence test: (the points of ``order`` before the first whose held-out bound ``drop_high(p)``
+    exceeds ``max_drop``; every point tried with its bound)."""
+    tried, passed = [], []
+    for p in order:
+        high = drop_high(p)
+        tried.append((p, high))
+        if high > max_drop + 1e-9:
+            break
+        passed.append(p)
+    return passed, tried
 
 
 def interval(scorer: cal.Scorer, chosen: cal.Point, boot: Bootstrap, max_drop: float, search_texts: int | None = None) -> cal.Interval:
