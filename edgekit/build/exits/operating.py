@@ -628,7 +628,7 @@ def check_target_options(target: str | None, options: dict | None, form: str) ->
     from edgekit.deploy import targets
 
     resolved = targets.resolve_options(target, options)  # an unknown key or a bad value: a one-line error
-    if (getattr(resolved, "seq_lens", None) or getattr(resolved, "data", None)) and form != "graph":
+    if resolved.sequence_buckets and form != "graph":
         raise ConfigError(f"sequence buckets (seq_lens/data) run the one-graph exit form only, not --form {form}", hint="use --form graph")
 
 

@@ -323,7 +323,7 @@ def compile_exits(onnx_dir: str | Path, target_name: str, out: str | Path, *, op
     target.check_available()
     if target.executable_here(src) is not None or target.static_shapes:
         raise TargetError(f"dynamic early exit cannot run on {target_name} here", hint="use 'edgekit exits prune' for static-shape targets")
-    bucketed = getattr(opts, "seq_lens", None) or getattr(opts, "data", None)
+    bucketed = opts.sequence_buckets
     if bucketed and target.name != "openvino-cpu":  # the one target whose exit graph is measured and tested in buckets
         raise TargetError(
             f"sequence buckets (seq_lens/data) for early exit are built for openvino-cpu only, not {target_name}",

@@ -34,6 +34,11 @@ class TargetOptions(BaseModel):
         return self
 
     @property
+    def sequence_buckets(self) -> bool:
+        """Whether these options ask for fixed sequence lengths (``seq_lens`` or ``data``; targets that take them)."""
+        return getattr(self, "seq_lens", None) is not None or getattr(self, "data", None) is not None
+
+    @property
     def build_precision(self) -> str:
         """The precision these options ask the target to build at: the ``precision`` option, else fp32
         (a target without one compiles the source's own precision)."""

@@ -361,7 +361,7 @@ def _xnor_record(manifest: Manifest) -> dict[str, Any] | None:
 
 def plan_buckets(onnx_dir: Path, manifest: Manifest, options: OpenVinoOptions) -> tuple[list[int], str] | None:
     """(sequence buckets, where they came from), or None for dynamic shapes."""
-    if options.seq_lens is None and options.data is None:
+    if not options.sequence_buckets:
         return None
     if manifest.static_shape:
         raise ConfigError(
