@@ -36,7 +36,9 @@ def sample_texts() -> list[str]:
 def _records(path: Path) -> list[tuple[int, dict]]:
     """(line number, record) for every row of a JSONL or CSV file."""
     if not path.exists():
-        raise DataError(f"{path}: no such data file", hint="check the --data path")
+        raise DataError(
+            f"{path}: no such data file", hint="check the path (a file read by --data, --eval, --unlabeled or an option such as data=)"
+        )
     if path.is_dir():
         raise DataError(f"{path}: is a directory, not a data file", hint="pass a .jsonl, .csv or .txt file")
     try:

@@ -199,3 +199,24 @@ def staging(out: str | Path, *, require: str | None = None) -> Iterator[Path]:
         if full:
             raise write_error(out, exc, written or None) from exc  # written so far: a lower bound of what is needed
         raise
+
+
+@contextlib.contextmanager
+def undone_on_failure(out: str | Path) -> Iterator[Path]:
+    """Yield ``out``; on any error, remove what the block created in it (``out`` itself when it was not there).
+
+    For a folder written in place (a calibration's output beside an earlier calibration.json, or inside the
+    heads folder), where :func:`staging` would replace the whole folder: what was there before stays, what the
+    failed step made is removed. Each artifact written inside it is staged on its own."""
+    out = Path(out)
+    existed = out.exists()
+    before = set(out.iterdir()) if out.is_dir() else set()
+    try:
+        yield out
+    except BaseException:
+        if not existed:
+            _remove(out)
+        elif out.is_dir():
+            for entry in set(out.iterdir()) - before:
+                _remove(entry)
+        raise

@@ -170,7 +170,37 @@ def test_target_options_are_checked_before_any_model_work(heads, texts, tmp_path
     assert_user_error(code, err, "one-graph exit form only, not --form segments", "--form graph")
     code, _, err = run_cli([*base, "--target", "openvino-cpu", "-o", "seq_lens"], monkeypatch, capsys)
     assert_user_error(code, err, "invalid --option 'seq_lens'", "KEY=VALUE")
+    code, _, err = run_cli([*base, "--target", "openvino-cpu", "-o", f"data={tmp_path / 'none.jsonl'}"], monkeypatch, capsys)
+    assert_user_error(code, err, "none.jsonl: no such data file", "option such as data=")
+    code, _, err = run_cli([*base, "--target", "openvino-cpu", "-o", "max_buckets=3"], monkeypatch, capsys)
+    assert_user_error(code, err, "max_buckets picks that many lengths from data", "data=FILE")
+    code, _, err = run_cli([*base, "--resamples", "5"], monkeypatch, capsys)
+    assert_user_error(code, err, "--resamples 5: too few for a bootstrap bound", "at least 100")
+    code, _, err = run_cli([*base, "--subsets", "-1"], monkeypatch, capsys)
+    assert_user_error(code, err, "--subsets -1 is negative")
     assert not (tmp_path / "c").exists()
+
+
+def test_a_calibration_that_fails_while_timing_leaves_the_earlier_one_as_it_was(heads, texts, tmp_path, monkeypatch, capsys):
+    dev = _dev(tmp_path / "dev.jsonl", texts, 12)
+    out = tmp_path / "c"
+
+    def calibrate(to, *extra: str):
+        args = ["exits", "calibrate", str(heads), "--data", str(dev), "--out", str(to), "--confidence", "0", "--max-drop", "100"]
+        return run_cli([*args, "--holdout", "0", *extra], monkeypatch, capsys)
+
+    code, _, err = calibrate(out)
+    assert code == 0, err
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "calibration.json" in before
+    # a bucket longer than the model takes fails in the timing compile, after the exit outputs are computed
+    too_long = ("--target", "openvino-cpu", "-o", "seq_lens=4096")
+    code, _, err = calibrate(out, *too_long)
+    assert_user_error(code, err, "exceeds the model's max length")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no timing folders left, the old files intact
+    code, _, err = calibrate(tmp_path / "fresh", *too_long)
+    assert_user_error(code, err, "exceeds the model's max length")
+    assert not (tmp_path / "fresh").exists()
 
 
 def test_calibrate_times_openvino_buckets_and_says_to_compile_with_them(heads, texts, tmp_path, monkeypatch, capsys):

@@ -52,6 +52,7 @@ import numpy as np
 
 from edgekit.build.exits import calibrate as cal
 from edgekit.deploy.exits.policies import EXIT_POLICIES
+from edgekit.deploy.files import undone_on_failure
 from edgekit.errors import ConfigError, DataError
 
 MIN_DEV_TEXTS = 30  # below this a bootstrap interval means little, whatever it says
@@ -59,6 +60,7 @@ MIN_DEV_TEXTS = 30  # below this a bootstrap interval means little, whatever it 
 # it (see frontier, HeldOut.choose)
 FRONTIER_STEP = 0.02
 HOLDOUT = 0.5  # share of the dev rows (whole groups) held out to check the chosen point's bound
+MIN_RESAMPLES = 100  # fewer bootstrap resamples put a 90 % quantile on a handful of values
 # how an unlabelled calibration counts a row whose exit disagrees with the final exit: as a loss (agreement),
 # or by the final exit's probability that the exit's class is right (expected; see calibrate.row_quality)
 ESTIMATES = ("agreement", "expected")
@@ -90,6 +92,7 @@ class Bootstrap:
             raise ConfigError(
                 f"confidence {confidence:g} out of range", hint="use a one-sided level in [0.5, 1), e.g. 0.9, or 0 for the point estimate"
             )
+        check_resamples(resamples)
         rng = np.random.default_rng(seed)
         self.n, self.confidence, self.resamples = n, confidence, resamples
         self.groups: int | None = None
@@ -209,6 +212,16 @@ def search(
             points += [tuned] if tuned is not None else []
         say("per-exit thresholds", k, len(names))
     return points
+
+
+def check_resamples(resamples: int) -> None:
+    if resamples < MIN_RESAMPLES:
+        raise ConfigError(f"--resamples {resamples}: too few for a bootstrap bound", hint=f"use at least {MIN_RESAMPLES} (default 1000)")
+
+
+def check_subsets(subsets: int) -> None:
+    if subsets < 0:
+        raise ConfigError(f"--subsets {subsets} is negative", hint="use 0 (every exit kept) or how many exits to keep at most, e.g. 3")
 
 
 def check_holdout(holdout: float) -> None:
@@ -529,6 +542,9 @@ def calibrate(
     check_form(form)  # before any model work
     check_target_options(target, target_options, form)
     check_holdout(holdout)
+    check_subsets(subsets)
+    if confidence:
+        check_resamples(resamples)
     check_estimate(estimate, unsupervised, temperature_data)
     if temperature_data is not None:
         from edgekit.deploy import data
@@ -579,44 +595,45 @@ def calibrate(
             temperature = cal.fit_temperature(t_final["output"], np.asarray(t_labels))
         labels = cal.expected_targets(exits[-1]["output"], temperature)
         scaled = {"temperature": temperature, "temperature_data": None if temperature_data is None else str(temperature_data)}
-    timed = lambda d, t: say(f"latency on {target}", d, t)  # noqa: E731
-    timing = (
-        measure_target(model, texts, lengths, target, out, latency_texts, rounds, progress=timed, form=form, options=target_options)
-        if target
-        else None
-    )
-    r = report(
-        exits,
-        list(model.config.layers),
-        model.task,
-        labels if labels is None or isinstance(labels, cal.IndexedDocs) else np.asarray(labels),
-        lengths=lengths,
-        timing=timing,
-        max_drop=max_drop,
-        max_latency_ms=max_latency_ms,
-        policies=policies,
-        confidence=confidence,
-        resamples=resamples,
-        subsets=subsets,
-        per_exit=per_exit,
-        groups=group_ids,
-        holdout=holdout,
-        progress=progress,
-        data=str(data_file),
-        target=target,
-        heads=str(heads),
-    )
-    r = r.model_copy(update={"form": form, "target_options": target_options or None, **scaled})
-    if target and r.chosen is not None:  # the chosen point as deployed: expected latency is a model of it
-        from edgekit.build.exits.dev import measure_deployed
-
-        checked = lambda d, t: say(f"the chosen point as deployed on {target}", d, t)  # noqa: E731
-        exit_ms, single_ms, n_texts = measure_deployed(
-            model, r, texts, lengths, target, out, latency_texts, rounds, progress=checked, options=target_options
+    with undone_on_failure(out):  # the timing artifacts and calibration.json: nothing half-made on an error
+        timed = lambda d, t: say(f"latency on {target}", d, t)  # noqa: E731
+        timing = (
+            measure_target(model, texts, lengths, target, out, latency_texts, rounds, progress=timed, form=form, options=target_options)
+            if target
+            else None
         )
-        r = cal.verify_deployed(r, exit_ms, single_ms, n_texts)
-    files = cal.save(r, out)
-    return r.model_copy(update={"files": [str(f) for f in files]})
+        r = report(
+            exits,
+            list(model.config.layers),
+            model.task,
+            labels if labels is None or isinstance(labels, cal.IndexedDocs) else np.asarray(labels),
+            lengths=lengths,
+            timing=timing,
+            max_drop=max_drop,
+            max_latency_ms=max_latency_ms,
+            policies=policies,
+            confidence=confidence,
+            resamples=resamples,
+            subsets=subsets,
+            per_exit=per_exit,
+            groups=group_ids,
+            holdout=holdout,
+            progress=progress,
+            data=str(data_file),
+            target=target,
+            heads=str(heads),
+        )
+        r = r.model_copy(update={"form": form, "target_options": target_options or None, **scaled})
+        if target and r.chosen is not None:  # the chosen point as deployed: expected latency is a model of it
+            from edgekit.build.exits.dev import measure_deployed
+
+            checked = lambda d, t: say(f"the chosen point as deployed on {target}", d, t)  # noqa: E731
+            exit_ms, single_ms, n_texts = measure_deployed(
+                model, r, texts, lengths, target, out, latency_texts, rounds, progress=checked, options=target_options
+            )
+            r = cal.verify_deployed(r, exit_ms, single_ms, n_texts)
+        files = cal.save(r, out)
+        return r.model_copy(update={"files": [str(f) for f in files]})
 
 
 def check_target_options(target: str | None, options: dict | None, form: str) -> None:
@@ -630,6 +647,10 @@ def check_target_options(target: str | None, options: dict | None, form: str) ->
     resolved = targets.resolve_options(target, options)  # an unknown key or a bad value: a one-line error
     if resolved.sequence_buckets and form != "graph":
         raise ConfigError(f"sequence buckets (seq_lens/data) run the one-graph exit form only, not --form {form}", hint="use --form graph")
+    if getattr(resolved, "data", None) is not None:  # a missing, empty or unreadable file: before any model work
+        from edgekit.deploy import data
+
+        data.read_texts(resolved.data)
 
 
 def indexed_queries(model, data_file: str | Path, unsupervised: bool, progress=None) -> tuple[list[str], cal.IndexedDocs]:

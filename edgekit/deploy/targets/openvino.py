@@ -80,8 +80,11 @@ class OpenVinoOptions(TargetOptions):
     @model_validator(mode="after")
     def _buckets_from_data(self) -> OpenVinoOptions:
         # compared with the default, not read from the fields set: the tuner rebuilds options from a full dump
-        if self.seq_lens is not None and self.max_buckets != type(self).model_fields["max_buckets"].default:
+        changed = self.max_buckets != type(self).model_fields["max_buckets"].default
+        if self.seq_lens is not None and changed:
             raise ValueError("max_buckets picks the lengths from data; with seq_lens you give them: drop one")
+        if self.data is None and changed:  # it would be ignored: dynamic shapes
+            raise ValueError("max_buckets picks that many lengths from data: add data=FILE, or drop max_buckets")
         return self
 
 

@@ -73,6 +73,8 @@ def test_buckets_from_data_and_bad_options(exported, static_bert_onnx, tmp_path)
         )
     with pytest.raises(ConfigError, match="max_buckets picks the lengths from data"):
         compile_artifact(src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "x", options={"seq_lens": "16", "max_buckets": "2"})
+    with pytest.raises(ConfigError, match="max_buckets picks that many lengths from data: add data=FILE"):
+        compile_artifact(src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "x", options={"max_buckets": "2"})
     assert not (tmp_path / "x").exists()
     manifest = compile_artifact(
         src, artifact.read_manifest(src), "openvino-cpu", tmp_path / "two", options={"tune": "off", "data": str(texts), "max_buckets": "2"}
