@@ -21,7 +21,9 @@ too; trained and lowered on a GPU by bench/device_lowbit.sh or bench/device_comp
 with its attention core in float (what ort-cpu's ``fusion=qattention`` fuses; device_compare.sh),
 and the low-bit checkpoints with early exit (exit heads trained on a GPU by device_compare.sh
 when .ckpt/minilm-<bits>-heads is there, else here on 2,000 training texts; the policy
-calibrated on dev against ort-cpu latency within 1 point at the 90 % bootstrap bound; exported
+calibrated on dev against ort-cpu latency within 1 point at the 90 % bootstrap bound, or with
+``--exit-sample FILE`` on unlabelled texts the heads never saw (the bound on disagreement with the final exit,
+``exits calibrate --unsupervised``); exported
 ``--form both``: single inputs through the one graph, batches through segments whose rows
 leave as they exit). The lowered graphs are also compiled for ``jetson`` (TensorRT plan,
 signed INT8) and that graph's test accuracy is measured with ONNX Runtime: TensorRT is not here.
@@ -150,7 +152,7 @@ def artifact_model_bytes(root: Path) -> int:
 # ----------------------------------------------------------------------------- builds
 
 
-def build_all(work: Path, calib: Path, rebuild: bool) -> dict[str, Any]:
+def build_all(work: Path, calib: Path, rebuild: bool, exit_sample: Path | None = None) -> dict[str, Any]:
     """Every artifact, built once into ``work`` (kept between runs unless ``rebuild``)."""
     import onnxruntime as ort
 
@@ -281,7 +283,7 @@ def build_all(work: Path, calib: Path, rebuild: bool) -> dict[str, Any]:
     for bits, ckpt in LOW_BIT.items():
         if not (ckpt / "edgekit_quant.json").exists():
             continue
-        root = work / f"edgekit-{bits}-exits"
+        root = work / f"edgekit-{bits}-exits{'-sample' if exit_sample else ''}"  # a calibration of its own, cached apart
         gpu_heads = CKPT / f"minilm-{bits.lower()}-heads"
 
         def heads(ckpt=ckpt, root=root, gpu_heads=gpu_heads) -> None:
@@ -295,7 +297,12 @@ def build_all(work: Path, calib: Path, rebuild: bool) -> dict[str, Any]:
         cal = root / "heads" / "calibration" / "calibration.json"
         if rebuild or not cal.exists():
             say(f"calibrate exits {bits} on {EXIT_TARGET}")
-            exits.calibrate(root / "heads", DATA / "dev.jsonl", cal.parent, max_drop=EXIT_MAX_DROP, target=EXIT_TARGET, groups=EXIT_GROUPS)
+            if exit_sample is not None:
+                exits.calibrate(root / "heads", exit_sample, cal.parent, max_drop=EXIT_MAX_DROP, target=EXIT_TARGET, unsupervised=True)
+            else:
+                exits.calibrate(
+                    root / "heads", DATA / "dev.jsonl", cal.parent, max_drop=EXIT_MAX_DROP, target=EXIT_TARGET, groups=EXIT_GROUPS
+                )
         chosen = json.loads(cal.read_text())["chosen"]
         if chosen is None:
             say(f"skip {bits} early exit: calibration chose no point ({cal})")
@@ -647,6 +654,11 @@ def main() -> int:
     ap.add_argument("--rebuild", action="store_true", help="rebuild every artifact")
     ap.add_argument("--acc-limit", type=int, default=None, help="accuracy on the first N texts only")
     ap.add_argument("--dev-accuracy", action="store_true", help="also measure accuracy on dev (test only by default)")
+    ap.add_argument(
+        "--exit-sample",
+        type=Path,
+        help="calibrate early exit on this unlabelled texts file (e.g. bench/work/ww/unlabeled-holdout.txt) instead of labelled dev",
+    )
     args = ap.parse_args()
     t0 = time.time()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -654,7 +666,7 @@ def main() -> int:
     calib = args.work / "calibration.txt"
     calib.write_text("\n".join(t.replace("\n", " ") for t in train) + "\n")
 
-    built = build_all(args.work, calib, args.rebuild)
+    built = build_all(args.work, calib, args.rebuild, args.exit_sample)
     say("loading backends")
     backends = make_backends(built, args.work)
     onnx_manifest = artifact.read_manifest(built["fp32_onnx"])
@@ -800,6 +812,11 @@ def main() -> int:
             "real_text_mean_tokens": statistics.mean(f["input_ids"].shape[1] for f in real),
             "s128_texts": f"{len(set(long128))} dev texts of >= 128 tokens, truncated to 128",
             "calibration": "first 256 texts of train.jsonl",
+            "exit_calibration": (
+                f"{args.exit_sample} (unlabelled, 90 % bound on disagreement with the final exit)"
+                if args.exit_sample
+                else "dev.jsonl (labelled, 90 % bound resampling source packages)"
+            ),
         },
         "rounds": args.rounds,
         "runs_per_round": runs,
@@ -879,7 +896,8 @@ def table(result: dict[str, Any]) -> str:
         + ", ".join(f"{k} ({n} texts)" for k, n in result["data"]["accuracy_sets"].items())
         + "; static [1,128] models truncate longer texts to 128 tokens.",
         f"b1 s128 and b32: {result['data']['s128_texts']} (b1 cycles through them; b32 is 32 of them). "
-        "Early-exit rows leave where their policy says, so their time depends on the text: read them on real text.",
+        "Early-exit rows leave where their policy says, so their time depends on the text: read them on real text. "
+        f"Their policy was calibrated on {result['data'].get('exit_calibration', 'dev.jsonl')}, within 1 point.",
         "Ratios (x): against the best baseline in that column (>1 is better: faster, more throughput, smaller).",
         "",
         "| backend | dev acc | test acc | drop pts (test) | b1 s128 p50 ms | p90 ms | b1 real mean ms | b32 seq/s | model MB | vs FP32 ONNX | x p50 | x real | x b32 | x size |",
