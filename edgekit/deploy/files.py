@@ -206,8 +206,9 @@ def undone_on_failure(out: str | Path) -> Iterator[Path]:
     """Yield ``out``; on any error, remove what the block created in it (``out`` itself when it was not there).
 
     For a folder written in place (a calibration's output beside an earlier calibration.json, or inside the
-    heads folder), where :func:`staging` would replace the whole folder: what was there before stays, what the
-    failed step made is removed. Each artifact written inside it is staged on its own."""
+    heads folder), where :func:`staging` would replace the whole folder: the entries the failed block added are
+    removed, the ones that were there before are left. An entry that existed may have been rewritten by the block:
+    each artifact inside is staged on its own, so it is then whole, old or new."""
     out = Path(out)
     existed = out.exists()
     before = set(out.iterdir()) if out.is_dir() else set()
