@@ -77,7 +77,10 @@ def train(
         device=device,
         seed=seed,
     )
-    layer_list = [int(x) for x in names(layers)] if layers else None
+    try:
+        layer_list = [int(x) for x in names(layers)] if layers else None
+    except ValueError:
+        raise ConfigError(f"--layers {layers!r}: not a list of layer numbers", hint="give layers like 2,4,6") from None
     with training_progress("exits") as progress:
         report = steps.train(
             model or "default",

@@ -239,6 +239,12 @@ def test_train_with_a_dev_file_keeps_an_epoch_and_refuses_bad_flags(checkpoints,
     assert meta["training"]["dev"]["texts"] == 6 and len(meta["training"]["dev"]["curve"]) == 2
     code, _, err = run_cli([*base, "--out", str(tmp_path / "x"), "--anchor-weight", "-1"], monkeypatch, capsys)
     assert_user_error(code, err, "--anchor-weight must be >= 0")
+    code, _, err = run_cli([*base, "--out", str(tmp_path / "x"), "--epochs", "0"], monkeypatch, capsys)
+    assert_user_error(code, err, "--epochs must be at least 1 (got 0)")
+    code, _, err = run_cli([*base, "--out", str(tmp_path / "x"), "--lr", "0"], monkeypatch, capsys)
+    assert_user_error(code, err, "--lr must be > 0")
+    code, _, err = run_cli([*base, "--out", str(tmp_path / "x"), "--layers", "2,a"], monkeypatch, capsys)
+    assert_user_error(code, err, "--layers '2,a': not a list of layer numbers", "2,4,6")
     assert not (tmp_path / "x").exists()
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

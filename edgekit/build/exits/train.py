@@ -53,6 +53,14 @@ class TrainConfig:
     device: str = "auto"
     max_length: int = 128
 
+    def __post_init__(self) -> None:  # values no training can use: one-line errors before any model work
+        for flag, value in (("--epochs", self.epochs), ("batch", self.batch)):
+            if value < 1:
+                raise ConfigError(f"{flag} must be at least 1 (got {value})", hint=f"pass a positive {flag}")
+        for flag, value in (("--lr", self.lr), ("--backbone-lr", self.backbone_lr)):
+            if not value > 0:
+                raise ConfigError(f"{flag} must be > 0 (got {value:g})", hint=f"pass a positive {flag}, e.g. 1e-3 for the heads")
+
 
 def _device(name: str) -> str:
     if name == "auto":
