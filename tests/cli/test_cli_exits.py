@@ -130,6 +130,13 @@ def test_export_exits_and_calibration_options(heads, tmp_path, monkeypatch, caps
     assert_user_error(code, err, "2 thresholds given, 1 expected", "kept exits at layers 1,2")
     code, _, err = export("--policy", "entropy=0.1", "--calibration", str(tmp_path / "missing.json"))
     assert_user_error(code, err, "missing.json: no such calibration.json")
+    code, _, err = export("--policy", "entropy=0.1", "--exits", "2")
+    assert_user_error(code, err, "exits 2: only the last layer's exit is left", "keep at least one earlier exit")
+    for name, content in (("binary.json", b"\xff\xfe"), ("broken.json", b"{bad"), ("list.json", b"[1, 2]")):
+        (tmp_path / name).write_bytes(content)
+        code, _, err = export("--policy", "entropy=0.1", "--calibration", str(tmp_path / name))
+        assert_user_error(code, err, f"{name}: not a calibration.json", "'edgekit exits calibrate' wrote")
+    assert not (tmp_path / "x").exists()
     plan = {"buckets": [16, 64], "check": [False, True]}
     cal = tmp_path / "calibration.json"
     cal.write_text(json.dumps({"chosen": {"policy": "entropy", "param": [0.3]}, "exits": None, "length_plan": plan}))

@@ -50,6 +50,11 @@ def subset(model: MultiExitModel, layers: list[int] | None) -> MultiExitModel:
     if bad:
         raise ConfigError(f"no exit at layer {bad[0]}", hint=f"the heads have exits at layers {have}")
     keep = sorted(set(layers) | {have[-1]})
+    if len(keep) == 1:
+        raise ConfigError(
+            f"exits {','.join(map(str, layers))}: only the last layer's exit is left, nothing can leave early",
+            hint=f"keep at least one earlier exit (the heads have {have[:-1]}), or ship the model without exits (edgekit compile)",
+        )
     if keep == have:
         return model
     sub = MultiExitModel(model.encoder, keep)

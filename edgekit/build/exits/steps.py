@@ -125,7 +125,12 @@ def from_calibration(policy, calibration: str | Path | cal.CalibrationReport) ->
         path = Path(calibration)
         if not path.exists():
             return {}
-        doc = json.loads(path.read_text())
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ConfigError(f"{path}: not a calibration.json ({err})", hint="give the file 'edgekit exits calibrate' wrote") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{path}: not a calibration.json (not a JSON object)", hint="give the file 'edgekit exits calibrate' wrote")
     else:
         doc = {
             "chosen": {"policy": calibration.chosen.policy, "param": calibration.chosen.param} if calibration.chosen else None,
