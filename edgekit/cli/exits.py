@@ -298,9 +298,17 @@ def compile_(
     openvino-cpu takes sequence buckets for the one graph (-o data=dev.jsonl, or -o seq_lens=32,64,128): each input
     runs padded to the smallest compiled length that holds it, the single graph too."""
     from edgekit.build import plan, runner
+    from edgekit.build.exits.model import EXITS_CONFIG
     from edgekit.cli.views import compiled
     from edgekit.deploy import artifact
+    from edgekit.errors import ConfigError
 
+    if (onnx_dir / EXITS_CONFIG).exists():
+        raise ConfigError(
+            f"{onnx_dir}: exit heads, not an exit export", hint=f"export them first: edgekit exits export {onnx_dir} --policy entropy=0.3"
+        )
+    if artifact.read_manifest(onnx_dir, verify=False).exits is None:  # also: no such directory, or not an artifact
+        raise ConfigError(f"{onnx_dir}: not an early-exit export", hint="use 'edgekit compile' for plain artifacts")
     options = key_values(option)
     runner.run(plan.for_compile(str(onnx_dir), out, [(name, options) for name in target]), say=lambda m: None)
     for name in target:

@@ -234,6 +234,15 @@ def test_exits_compile_takes_sequence_buckets_for_the_one_graph(heads, texts, tm
     code, _, err = run_cli([*base, str(tmp_path / "segments"), "--out", str(tmp_path / "ov2")], monkeypatch, capsys)
     assert_user_error(code, err, "one-graph exit form only", "--form graph")
     assert not (tmp_path / "ov2" / "openvino-cpu").exists()
+    # the heads themselves, or a plain export, are not what this command compiles
+    code, _, err = run_cli([*base, str(heads), "--out", str(tmp_path / "ov3")], monkeypatch, capsys)
+    assert_user_error(code, err, "exit heads, not an exit export", "edgekit exits export")
+    plain = tmp_path / "plain"
+    code, _, err = run_cli(["exits", "prune", str(heads), "--layer", "1", "--out", str(plain)], monkeypatch, capsys)
+    assert code == 0, err
+    code, _, err = run_cli([*base, str(plain), "--out", str(tmp_path / "ov3")], monkeypatch, capsys)
+    assert_user_error(code, err, "not an early-exit export", "'edgekit compile'")
+    assert not (tmp_path / "ov3").exists()
 
 
 def test_train_with_a_dev_file_keeps_an_epoch_and_refuses_bad_flags(checkpoints, texts, tmp_path, monkeypatch, capsys):
