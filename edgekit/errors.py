@@ -49,3 +49,11 @@ class ParityError(EdgekitError):
 
 class TrainingError(EdgekitError):
     """Training that cannot go on (e.g. a NaN loss); the last good checkpoint is kept."""
+
+
+def first_error(err) -> str:
+    """``field.path: message`` of a pydantic ``ValidationError``'s first entry (one line)."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first.get("loc", ()) if not isinstance(p, int))
+    msg = str(first.get("msg")).removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg

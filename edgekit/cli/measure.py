@@ -82,7 +82,7 @@ def register(app: typer.Typer) -> None:
         data: Annotated[
             Path, typer.Option(help="JSONL/CSV: {text,label} for classifiers; {query,doc} pairs or {text} for embedding models")
         ],
-        batch: Annotated[int, typer.Option(help="batch size")] = 16,
+        batch: Annotated[int, typer.Option(min=1, help="batch size")] = 16,
         fidelity: Annotated[bool, typer.Option(help="also compare with the source PyTorch model (needs torch)")] = True,
         json_out: Annotated[
             Path | None, typer.Option("--json", help="report path (default: ARTIFACT_DIR/../reports/<target>.eval.json)")

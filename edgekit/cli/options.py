@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgekit.errors import ConfigError
+from edgekit.errors import ConfigError, first_error
 
 ModelArg = Annotated[str | None, typer.Argument(help="checkpoint directory, or 'default' (all-MiniLM-L6-v2)", show_default="default")]
 TaskOpt = Annotated[str | None, typer.Option(help="classifier | embedding (default: detected from the checkpoint)")]
@@ -56,4 +56,4 @@ def profile_options(**fields):
     try:
         return ProfileOptions(**fields)
     except ValueError as err:
-        raise ConfigError(f"invalid profile option: {str(err).splitlines()[-1].strip()}", hint="see 'edgekit profile --help'") from err
+        raise ConfigError(f"invalid profile option: {first_error(err)}", hint="see 'edgekit profile --help'") from err

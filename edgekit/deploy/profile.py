@@ -19,6 +19,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -55,9 +56,13 @@ class ProfileOptions(BaseModel):
     seconds_per_point: float = Field(2.0, gt=0, description="keep timing a point until this budget is spent")
     max_runs: int = Field(2000, ge=3)
     seq_len: int = Field(128, ge=4, description="sequence length for fixed-length first-token and the throughput sweep")
-    seq_lens: list[int] = Field(default_factory=list, description="also sweep batch-1 latency over these sequence lengths")
+    seq_lens: list[Annotated[int, Field(ge=4)]] = Field(
+        default_factory=list, description="also sweep batch-1 latency over these sequence lengths"
+    )
     text_file: Path | None = Field(None, description="draw first-token inputs from this real text file")
-    batches: list[int] | None = Field(None, description="throughput sweep (default: 1, 4, 16, 32; a static artifact: its batch)")
+    batches: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, description="throughput sweep (default: 1, 4, 16, 32; a static artifact: its batch)"
+    )
     cold_runs: int = Field(3, ge=0, description="fresh-process cold starts (0 skips)")
     threads: int | None = None
 

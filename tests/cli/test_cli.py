@@ -166,6 +166,18 @@ def test_profile_of_a_non_artifact(monkeypatch, capsys, tmp_path):
     assert_user_error(code, err, "not a finished edgekit artifact")
 
 
+def test_sizes_and_counts_below_one_are_one_line_errors(monkeypatch, capsys, exported, tmp_path):
+    art = str(exported("bert-classifier"))
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text('{"text": "a short text", "label": "positive"}\n')
+    code, _, err = run_cli(["eval", art, "--data", str(dev), "--batch", "0"], monkeypatch, capsys)
+    assert_user_error(code, err, "'--batch'", "edgekit eval --help")
+    for flags, field in ((["--batches", "4,0"], "batches"), (["--seq-lens", "2"], "seq_lens"), (["--seq-len", "0"], "seq_len")):
+        code, _, err = run_cli(["profile", art, *flags, "--out", str(tmp_path / "r")], monkeypatch, capsys)
+        assert_user_error(code, err, f"invalid profile option: {field}: Input should be greater than or equal to")
+    assert not (tmp_path / "r").exists()
+
+
 def test_debug_shows_the_traceback(monkeypatch, capsys, tmp_path):
     from edgekit.errors import CheckpointError
 

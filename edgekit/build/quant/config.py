@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer, model_validator
 
-from edgekit.errors import ConfigError
+from edgekit.errors import ConfigError, first_error
 
 WEIGHT_BITS = (1, 2, 32)
 PART_BITS = (1, 2, 8)  # weight bits a part of a mixed plan may take (all lower to INT8 codes)
@@ -205,13 +205,6 @@ def make_config(scheme: str | QuantConfig | None = None, **overrides) -> QuantCo
         return QuantConfig(**fields)
     except ValidationError as err:
         raise ConfigError(f"quant: {first_error(err)}") from err
-
-
-def first_error(err: ValidationError) -> str:
-    """``field.path: message`` of a pydantic error's first entry (one line)."""
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first.get("loc", ()) if not isinstance(p, int))
-    return f"{loc}: {first.get('msg')}" if loc else str(first.get("msg"))
 
 
 # ----------------------------------------------------------------------------- distillation

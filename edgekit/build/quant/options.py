@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from edgekit.build.quant.config import DistillConfig, first_error, make_config
-from edgekit.errors import ConfigError
+from edgekit.build.quant.config import DistillConfig, make_config
+from edgekit.errors import ConfigError, first_error
 
 STATE_DIR = "train_state"  # OUT/train_state/state.pt: optimizer, step, RNG (``resume`` continues from it)
 REPORT = "quant_report.json"

@@ -13,9 +13,9 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer
 
-from edgekit.build.quant.config import DistillConfig, QuantConfig, first_error
+from edgekit.build.quant.config import DistillConfig, QuantConfig
 from edgekit.build.quant.mixed import MixedPlan
-from edgekit.errors import ArtifactError
+from edgekit.errors import ArtifactError, first_error
 
 
 class _Record(BaseModel):
