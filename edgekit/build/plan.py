@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgekit.build.recipe import SHIPPED_PREFIX, Budgets, Data, Export, Profile, Recipe, Steps, resolve_path
-from edgekit.errors import ConfigError
+from edgekit.errors import ConfigError, first_error
 
 Layout = Literal["build", "targets", "checkpoint", "onnx"]
 
@@ -269,8 +269,12 @@ def for_ptq(model: str, out: Path, calibration: str, samples: int, *, method: st
 
     try:
         ptq = Ptq(samples=samples, method=method)
-    except ValidationError:
-        raise ConfigError(f"unknown PTQ method {method!r}", hint="use --method ort (ONNX Runtime) or --method nncf (OpenVINO)") from None
+    except ValidationError as err:
+        if any(e["loc"] == ("method",) for e in err.errors()):
+            raise ConfigError(
+                f"unknown PTQ method {method!r}", hint="use --method ort (ONNX Runtime) or --method nncf (OpenVINO)"
+            ) from None
+        raise ConfigError(f"invalid PTQ option: {first_error(err)}", hint="see 'edgekit ptq --help'") from None
     return Plan(
         source="edgekit ptq",
         name=Path(out).resolve().name,

@@ -205,6 +205,9 @@ def test_onnx_layout_commands(tmp_path):
     assert ptq.layout == "onnx" and ptq.steps.ptq == recipe.Ptq(samples=64, method="nncf") and ptq.data.calibration == "calib.txt"
     with pytest.raises(ConfigError, match="unknown PTQ method 'tflite'"):
         for_ptq("onnx-dir", tmp_path / "p", "calib.txt", 64, method="tflite")
+    # a bad sample count is named as such, not as an unknown method
+    with pytest.raises(ConfigError, match="invalid PTQ option: samples: Input should be greater than or equal to 1"):
+        for_ptq("onnx-dir", tmp_path / "p", "calib.txt", 0)
 
 
 # ----------------------------------------------------------------------------- frozen
