@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -131,7 +131,7 @@ def quantize_settings(**fields: Any) -> Quantize:
 class Exits(_M):
     """Exit heads trained by self-distillation, then calibrated (edgekit.exits)."""
 
-    layers: list[int] | None = Field(None, description="layers with an exit (default: every layer)")
+    layers: list[Annotated[int, Field(ge=1)]] | None = Field(None, description="layers with an exit (default: every layer)")
     head_pooling: Literal["cls", "mean"] | None = Field(
         None, description="what each exit head reads: the mean of the tokens or the first token (default: mean; embedding models: theirs)"
     )

@@ -63,6 +63,16 @@ def check_files(recipe: Recipe, source: str = "recipe") -> list[str]:
                 f"(the model is a {info.task}; data.calibration {'is ' + data.kind(resolve_path(cal)) + ' data' if cal else 'is not given'})",
                 hint="drop steps.exits.queries_only, or give query/doc pairs as data.calibration",
             )
+    if e is not None and e.layers:
+        import json
+
+        config = json.loads((info.path / "config.json").read_text(encoding="utf-8"))
+        depth = config.get("num_hidden_layers") or config.get("n_layers")
+        if depth and max(e.layers) > depth:
+            raise ConfigError(
+                f"{source}: steps.exits.layers: the model has layers 1..{depth}, not {max(e.layers)}",
+                hint=f"choose exit layers between 1 and {depth}",
+            )
     if recipe.profile.texts and not resolve_path(recipe.profile.texts).is_file():
         raise DataError(f"{source}: profile.texts: {resolve_path(recipe.profile.texts)}: no such file", hint="fix the path")
     metric = recipe.metric_for(info.task)
@@ -73,6 +83,11 @@ def check_files(recipe: Recipe, source: str = "recipe") -> list[str]:
         )
     notes = []
     for t in recipe.targets:
+        if t.options.get("data") is not None:  # sequence buckets from a texts file: missing, empty or non-UTF-8
+            try:
+                data.read_texts(resolve_path(str(t.options["data"])))
+            except DataError as err:
+                raise DataError(f"{source}: targets: {t.name}: option data: {err.message}", hint=err.hint) from None
         target = targets.get(t.name)
         try:
             target.check_available()

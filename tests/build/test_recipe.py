@@ -153,6 +153,14 @@ def test_check_files_names_missing_data_and_models(tmp_path, checkpoints, monkey
     recipe_check.check_files(parse(model=emb, data={"train": "cal.jsonl", "calibration": "pairs.jsonl"}, steps=q), "r.yaml")
     notes = recipe_check.check_files(parse(model=ck, targets=["ort-cpu", "jetson"]), "r.yaml")
     assert any(n.startswith("jetson: compiles here, runs on the device only") for n in notes)
+    buckets = [{"name": "openvino-cpu", "options": {"data": "missing.jsonl"}}]
+    with pytest.raises(DataError, match=r"r.yaml: targets: openvino-cpu: option data: missing.jsonl: no such data file"):
+        recipe_check.check_files(parse(model=ck, targets=buckets), "r.yaml")
+    depth = json.loads((checkpoints["bert-classifier"] / "config.json").read_text())["num_hidden_layers"]
+    with pytest.raises(ConfigError, match=rf"steps.exits.layers: the model has layers 1..{depth}, not {depth + 1}"):
+        recipe_check.check_files(parse(model=ck, data={"train": "cal.jsonl"}, steps={"exits": {"layers": [1, depth + 1]}}), "r.yaml")
+    with pytest.raises(ConfigError, match=r"steps.exits.layers\[0\]: Input should be greater than or equal to 1"):
+        parse(steps={"exits": {"layers": [0]}})
     assert schema.resolve_path("edgekit:pydoc_pairs.jsonl").is_file()
 
 
