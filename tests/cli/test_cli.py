@@ -126,6 +126,9 @@ def test_bad_target_option(monkeypatch, capsys, tmp_path):
     assert_user_error(code, err, "option precision")
     code, _, err = run_cli(["compile", "-t", "ort-cpu", "-o", "novalue", "--out", str(tmp_path)], monkeypatch, capsys)
     assert_user_error(code, err, "KEY=VALUE")
+    for target in ("ort-cpu", "openvino-cpu"):  # openvino-cpu raised its own RuntimeError at compile
+        code, _, err = run_cli(["compile", "-t", target, "-o", "threads=-1", "--out", str(tmp_path)], monkeypatch, capsys)
+        assert_user_error(code, err, f"target {target}: option threads: Input should be greater than or equal to 0")
 
 
 def test_missing_runtime_names_the_extra(monkeypatch, capsys, checkpoints, tmp_path):

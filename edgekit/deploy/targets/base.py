@@ -20,7 +20,7 @@ class TargetOptions(BaseModel):
     """Base of every target's options: frozen, unknown keys are errors."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    threads: int | None = None
+    threads: int | None = Field(None, ge=0, description="runtime threads (0: the runtime's own default)")
     # Compile-time autotuning (edgekit.build.tune): on, off, or auto (on for lowered binary/ternary
     # models, off otherwise); the candidates are the target's (tune_candidates below).
     tune: Literal["auto", "on", "off"] = "auto"
